@@ -1,0 +1,58 @@
+"""Session fixtures: a real redis-server and a real Kafka-protocol broker on loopback.
+
+Set RINGWATCH_TEST_REDIS_URL or RINGWATCH_TEST_KAFKA_BOOTSTRAP to run against
+servers you already have (for example Apache Kafka) instead of starting them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from ringwatch.connectors import EmbeddedBroker
+from services import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    existing = os.environ.get("RINGWATCH_TEST_REDIS_URL")
+    if existing:
+        yield existing
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    existing = os.environ.get("RINGWATCH_TEST_KAFKA_BOOTSTRAP")
+    if existing:
+        yield existing
+        return
+    broker = EmbeddedBroker(workdir=tmp_path_factory.mktemp("tansu")).start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A fresh name for a topic, group or namespace, so tests never see each other's data."""
+    return f"t-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The project's one test command (README.md): on a fresh Debian machine with
+# Python 3.11 it installs everything the tests need, then runs the whole suite.
+# Extra arguments go to pytest, e.g. `bash tests/run.sh -k kafka -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "tests/run.sh: installing Debian's redis-server package" >&2
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# pytest exits 5 when it collects no test: that is a failure here, never a pass.
+exec .venv/bin/python -m pytest "$@"
