@@ -1,0 +1,54 @@
+"""`SourceRecord`: what every source yields, and the one way raw input becomes one.
+
+A source never drops input: a row or message that does not fit the transaction
+contract still becomes a record, carrying its raw bytes and the reason, so the
+engine can send it to a dead-letter destination and still advance past it.
+Kafka messages and JSON lines share `record_from_json`; CSV and Parquet rows
+share `record_from_mapping`, so all sources judge input by the same rule.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ringwatch.graph import InvalidTransactionError, Transaction
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One message or row: a valid `transaction`, or the `raw` input and the `error` that rejected it.
+
+    `position` is `(topic, partition, offset)` for Kafka and `(path, row_number)` for files.
+    """
+
+    position: tuple
+    transaction: Transaction | None
+    raw: bytes | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def record_from_mapping(position: tuple, data: Mapping[str, Any], raw: bytes | None = None) -> SourceRecord:
+    """Validate a decoded row; on failure keep `raw` (or the row as JSON) and the reason."""
+    try:
+        return SourceRecord(position, Transaction.from_dict(data), raw)
+    except InvalidTransactionError as exc:
+        if raw is None:
+            raw = json.dumps(dict(data), default=str, separators=(",", ":")).encode()
+        return SourceRecord(position, None, raw, f"invalid:{exc}")
+
+
+def record_from_json(position: tuple, raw: bytes, max_bytes: int | None = None) -> SourceRecord:
+    """Decode and validate one JSON object (a Kafka message value or a JSON line)."""
+    if max_bytes is not None and len(raw) > max_bytes:
+        return SourceRecord(position, None, raw, f"oversize:{len(raw)} bytes > limit {max_bytes}")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return SourceRecord(position, None, raw, f"malformed-json:{exc}")
+    return record_from_mapping(position, data, raw)
