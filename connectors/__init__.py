@@ -3,6 +3,7 @@
 from .embedded_broker import BrokerStartError, EmbeddedBroker
 from .files import FileSource, UnsupportedFileError
 from .records import SourceRecord
+from .sinks import JsonlSink, Sink
 from .synthetic import (
     GeneratorSource,
     InjectedRing,
@@ -13,6 +14,7 @@ from .synthetic import (
     read_truth,
     write_stream,
 )
+from .webhook import InvalidWebhookConfigError, WebhookSink
 
 __all__ = [
     "BrokerStartError",
@@ -21,10 +23,14 @@ __all__ = [
     "GeneratorSource",
     "InjectedRing",
     "InvalidSyntheticConfigError",
+    "InvalidWebhookConfigError",
+    "JsonlSink",
+    "Sink",
     "SourceRecord",
     "SyntheticConfig",
     "SyntheticStream",
     "UnsupportedFileError",
+    "WebhookSink",
     "generate",
     "read_truth",
     "write_stream",
