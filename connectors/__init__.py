@@ -2,6 +2,7 @@
 
 from .embedded_broker import BrokerStartError, EmbeddedBroker
 from .files import FileSource, UnsupportedFileError
+from .kafka import KafkaConnectorError, KafkaSink, KafkaSource, dead_letter_topic, next_positions
 from .records import SourceRecord
 from .sinks import JsonlSink, Sink
 from .synthetic import (
@@ -25,13 +26,18 @@ __all__ = [
     "InvalidSyntheticConfigError",
     "InvalidWebhookConfigError",
     "JsonlSink",
+    "KafkaConnectorError",
+    "KafkaSink",
+    "KafkaSource",
     "Sink",
     "SourceRecord",
     "SyntheticConfig",
     "SyntheticStream",
     "UnsupportedFileError",
     "WebhookSink",
+    "dead_letter_topic",
     "generate",
+    "next_positions",
     "read_truth",
     "write_stream",
 ]

@@ -64,20 +64,26 @@ def drop_partial_last_line(path: Path) -> None:
 
 
 class SettledIds:
-    """An append-only file of settled ids (one per line, fsynced), compacted when it grows past 2x capacity."""
+    """An append-only file of settled ids (one per line, fsynced), compacted when it grows past 2x capacity.
 
-    def __init__(self, path: str | Path, capacity: int = DEFAULT_CAPACITY):
-        self.path = Path(path)
+    With `path` None the record lives in memory only (for callers without a state directory).
+    """
+
+    def __init__(self, path: str | Path | None, capacity: int = DEFAULT_CAPACITY):
+        self.path = Path(path) if path is not None else None
+        self._recent = RecentIds(capacity)
+        self._lines = 0
+        self._lock = threading.Lock()
+        self._file = None
+        if self.path is None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.touch(exist_ok=True)
         drop_partial_last_line(self.path)
-        self._recent = RecentIds(capacity)
-        self._lines = 0
         with open(self.path, encoding="utf-8") as lines:
             for line in lines:
                 self._recent.add(line.rstrip("\n"))
                 self._lines += 1
-        self._lock = threading.Lock()
         self._file = open(self.path, "a", encoding="utf-8")
 
     def __contains__(self, alert_id: object) -> bool:
@@ -90,13 +96,14 @@ class SettledIds:
             new = [alert_id for alert_id in alert_ids if alert_id not in self._recent]
             if not new:
                 return
-            self._file.write("".join(f"{alert_id}\n" for alert_id in new))
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            if self._file is not None:
+                self._file.write("".join(f"{alert_id}\n" for alert_id in new))
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._lines += len(new)
             for alert_id in new:
                 self._recent.add(alert_id)
-            self._lines += len(new)
-            if self._lines > 2 * self._recent.capacity:
+            if self._file is not None and self._lines > 2 * self._recent.capacity:
                 self._compact()
 
     def _compact(self) -> None:
@@ -113,7 +120,8 @@ class SettledIds:
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
 
 
 def _fsync_directory(directory: Path) -> None:

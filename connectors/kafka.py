@@ -1,0 +1,264 @@
+"""Kafka in and out: `KafkaSource` (consumer group, manual offsets, dead-letter topic) and `KafkaSink`.
+
+Offsets are committed only when the engine says so (`commit`), after the
+checkpoint covering them is durable, so a crash replays from the checkpoint
+and loses nothing. A message that fails parsing or validation is produced to
+the dead-letter topic with its original bytes and its topic, partition, offset
+and reason in headers, and still yielded (as an error record) so the engine
+advances past it; `commit` first makes those dead-letters durable.
+
+Defaults are tuned so that a restarted or extra consumer joins the group in
+seconds against Tansu and Apache Kafka alike (Kafka's 300 s poll interval
+stalls group joins after a consumer dies).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.structs import OffsetAndMetadata
+
+from ringwatch.graph import Alert
+
+from .records import SourceRecord, record_from_json
+from .settled import DEFAULT_CAPACITY, SettledIds
+
+logger = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+Positions = Mapping[Partition, int]
+RebalanceCallback = Callable[[list[Partition]], None]
+
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
+DLQ_SUFFIX = ".dlq"
+
+
+class KafkaConnectorError(RuntimeError):
+    """A Kafka operation that did not succeed in time; the message says which and why."""
+
+
+def dead_letter_topic(topic: str) -> str:
+    return topic + DLQ_SUFFIX
+
+
+def next_positions(records: Iterable[SourceRecord]) -> dict[Partition, int]:
+    """The positions to resume from after `records`: per partition, the last offset + 1."""
+    positions: dict[Partition, int] = {}
+    for record in records:
+        topic, partition, offset = record.position
+        positions[(topic, partition)] = max(positions.get((topic, partition), 0), offset + 1)
+    return positions
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, source: "KafkaSource"):
+        self.source = source
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        self.source._partitions_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.source._partitions_assigned(assigned)
+
+
+class KafkaSource:
+    """Transactions from one or more topics as a member of consumer group `group`.
+
+    `on_revoke(partitions)` is called before partitions are given up in a
+    rebalance (finish in-flight batches and commit there); `on_assign`
+    after new ones arrive. Both run inside `poll_batch`.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: str | Sequence[str],
+        group: str,
+        *,
+        dlq_topic: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        on_revoke: RebalanceCallback | None = None,
+        on_assign: RebalanceCallback | None = None,
+        auto_offset_reset: str = "earliest",
+        session_timeout_ms: int = 6_000,
+        heartbeat_interval_ms: int = 1_000,
+        max_poll_interval_ms: int = 10_000,
+        request_timeout_ms: int = 30_000,
+        client_id: str = "ringwatch",
+    ):
+        self.topics = [topics] if isinstance(topics, str) else list(topics)
+        if not self.topics:
+            raise ValueError("topics: give at least one topic to consume")
+        self.group = group
+        self.dlq_topic = dlq_topic
+        self.max_message_bytes = max_message_bytes
+        self.on_revoke = on_revoke
+        self.on_assign = on_assign
+        self.dead_lettered: Counter[str] = Counter()
+        self._pending_seeks: dict[Partition, int] = {}
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, client_id=client_id,
+            enable_auto_commit=False, auto_offset_reset=auto_offset_reset,
+            session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms,
+            max_poll_interval_ms=max_poll_interval_ms, request_timeout_ms=request_timeout_ms,
+        )
+        self._dlq = KafkaProducer(
+            bootstrap_servers=bootstrap, client_id=f"{client_id}-dlq", acks="all",
+            max_request_size=max(max_message_bytes, 32 * 1_048_576), request_timeout_ms=request_timeout_ms,
+        )
+        self._dlq_sends: list = []
+        self._consumer.subscribe(self.topics, listener=_Listener(self))
+
+    def dead_letter_topic_for(self, topic: str) -> str:
+        return self.dlq_topic or dead_letter_topic(topic)
+
+    def poll_batch(self, max_records: int = 500, timeout_ms: int = 100) -> list[SourceRecord]:
+        """Up to `max_records` records in partition order; invalid ones are already dead-lettered."""
+        fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        batch: list[SourceRecord] = []
+        for messages in fetched.values():
+            for message in messages:
+                record = self._to_record(message)
+                if not record.ok:
+                    self._dead_letter(message, record.error)
+                batch.append(record)
+        return batch
+
+    def _to_record(self, message) -> SourceRecord:
+        position = (message.topic, message.partition, message.offset)
+        if message.value is None:
+            return SourceRecord(position, None, b"", "empty:message has no value")
+        return record_from_json(position, message.value, self.max_message_bytes)
+
+    def _dead_letter(self, message, reason: str) -> None:
+        headers = [
+            ("topic", message.topic.encode()),
+            ("partition", str(message.partition).encode()),
+            ("offset", str(message.offset).encode()),
+            ("reason", reason.encode("utf-8", errors="replace")),
+        ]
+        target = self.dead_letter_topic_for(message.topic)
+        self._dlq_sends.append(self._dlq.send(target, value=message.value or b"", key=message.key, headers=headers))
+        self.dead_lettered[reason.split(":", 1)[0]] += 1
+        logger.warning("dead-lettered %s[%d]@%d to %s: %s", message.topic, message.partition,
+                       message.offset, target, reason)
+
+    def flush_dead_letters(self, timeout_s: float = 30.0) -> None:
+        """Wait until every dead-letter produced so far is acknowledged by the broker."""
+        self._dlq.flush(timeout=timeout_s)
+        sends, self._dlq_sends = self._dlq_sends, []
+        for send in sends:
+            try:
+                send.get(timeout=0)
+            except KafkaError as exc:
+                raise KafkaConnectorError(f"dead-letter produce failed; not committing offsets: {exc}") from exc
+
+    def commit(self, positions: Positions, timeout_s: float = 30.0) -> None:
+        """Commit exactly `positions` (next offset to read per partition), dead-letters first."""
+        self.flush_dead_letters(timeout_s)
+        offsets = {TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+                   for (topic, partition), offset in positions.items()}
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets, timeout_ms=int(timeout_s * 1000))
+        except KafkaError as exc:
+            raise KafkaConnectorError(f"offset commit for group {self.group!r} failed: {exc}") from exc
+
+    def committed(self, partition: Partition) -> int | None:
+        return self._consumer.committed(TopicPartition(*partition))
+
+    def seek(self, positions: Positions) -> None:
+        """Resume from `positions`: partitions held now move at once, the others when assigned."""
+        assigned = self._consumer.assignment()
+        for (topic, partition), offset in positions.items():
+            tp = TopicPartition(topic, partition)
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+            else:
+                self._pending_seeks[(topic, partition)] = offset
+
+    def assignment(self) -> list[Partition]:
+        return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def _partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        if self.on_revoke is not None:
+            self.on_revoke(sorted((tp.topic, tp.partition) for tp in revoked))
+
+    def _partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        for tp in assigned:
+            offset = self._pending_seeks.pop((tp.topic, tp.partition), None)
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+        if self.on_assign is not None:
+            self.on_assign(sorted((tp.topic, tp.partition) for tp in assigned))
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Leave the group (without committing) after making dead-letters durable."""
+        try:
+            self.flush_dead_letters(timeout_s)
+        finally:
+            self._dlq.close(timeout=timeout_s)
+            self._consumer.close(autocommit=False)
+
+
+class KafkaSink:
+    """Alerts to `topic`, keyed by alert id, acks=all.
+
+    With `state_dir`, ids acknowledged by the broker are recorded there so a
+    replay after a restart produces none of them again; without it the
+    record lives only in memory. An engine crash between the broker's ack and
+    that record can repeat an alert, with the same key, once.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, state_dir: str | Path | None = None, *,
+                 request_timeout_ms: int = 30_000, remember: int = DEFAULT_CAPACITY, client_id: str = "ringwatch"):
+        self.topic = topic
+        self._settled = SettledIds(Path(state_dir) / f"kafka-sink-{topic}.settled" if state_dir else None, remember)
+        self._producer = KafkaProducer(
+            bootstrap_servers=bootstrap, client_id=f"{client_id}-alerts", acks="all",
+            request_timeout_ms=request_timeout_ms, linger_ms=5,
+        )
+        self._in_flight: dict[str, tuple[Alert, object]] = {}
+        self.outcomes: Counter[str] = Counter()
+
+    def deliver(self, alerts: Iterable[Alert]) -> None:
+        for alert in alerts:
+            if alert.alert_id in self._in_flight or alert.alert_id in self._settled:
+                continue
+            self._send(alert)
+
+    def _send(self, alert: Alert) -> None:
+        future = self._producer.send(self.topic, key=alert.alert_id.encode(), value=alert.to_json().encode())
+        self._in_flight[alert.alert_id] = (alert, future)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for the broker's acks; alerts that failed are sent again and False is returned."""
+        try:
+            self._producer.flush(timeout=timeout)
+        except KafkaTimeoutError:
+            logger.warning("topic %s: %d alerts not acknowledged within %s s", self.topic, len(self._in_flight), timeout)
+        acknowledged, failed = [], []
+        for alert_id, (alert, future) in self._in_flight.items():
+            if not future.is_done:
+                continue
+            (acknowledged if future.succeeded() else failed).append(alert)
+        for alert in acknowledged + failed:
+            del self._in_flight[alert.alert_id]
+        self._settled.add(a.alert_id for a in acknowledged)
+        self.outcomes["delivered"] += len(acknowledged)
+        for alert in failed:
+            logger.warning("alert %s not acknowledged by topic %s; sending again", alert.alert_id, self.topic)
+            self.outcomes["retried"] += 1
+            self._send(alert)
+        return not self._in_flight
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.flush(timeout)
+        self._producer.close(timeout=timeout)
+        self._settled.close()

@@ -1,0 +1,210 @@
+"""KafkaSource and KafkaSink against the real Tansu broker."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from ringwatch.connectors import KafkaSink, KafkaSource, SyntheticConfig, generate, next_positions
+from ringwatch.graph import Alert, alert_id
+
+DEADLINE_S = 60.0
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        admin.close()
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes | None], partition_of: Callable[[int], int]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=4_194_304)
+    try:
+        for i, value in enumerate(values):
+            producer.send(topic, value=value, key=str(i).encode(), partition=partition_of(i))
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+
+
+def read_topic(bootstrap: str, topic: str, until: Callable[[list], bool]) -> list:
+    """Every message of `topic` (all its partitions) from the beginning, read until `until(messages)` holds."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_bytes=8_388_608)
+    consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
+    consumer.seek_to_beginning()
+    messages: list = []
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while not until(messages):
+            assert time.monotonic() < deadline, f"timed out reading {topic}: {len(messages)} messages so far"
+            for batch in consumer.poll(timeout_ms=200).values():
+                messages.extend(batch)
+    finally:
+        consumer.close()
+    return messages
+
+
+def poll_until(source: KafkaSource, count: int) -> list:
+    records: list = []
+    deadline = time.monotonic() + DEADLINE_S
+    while len(records) < count:
+        assert time.monotonic() < deadline, f"timed out: {len(records)} of {count} records"
+        records.extend(source.poll_batch(max_records=100, timeout_ms=200))
+    return records
+
+
+@pytest.fixture
+def transactions():
+    return generate(SyntheticConfig(n_transactions=300, n_accounts=200, days=2, n_rings=3, seed=5)).transactions
+
+
+def encoded(tx) -> bytes:
+    return json.dumps(tx.to_dict()).encode()
+
+
+def test_valid_messages_are_consumed_and_poison_lands_in_the_dlq_with_reasons(kafka_bootstrap, unique_name,
+                                                                              transactions):
+    topic = unique_name
+    create_topic(kafka_bootstrap, topic, 2)
+    poison = {
+        b'{"tx_id": "p1", "src": "a", "dst"': "malformed-json",
+        json.dumps({"tx_id": "p2", "src": "a", "amount": 5, "ts": 1}).encode(): "invalid:dst: missing",
+        json.dumps({"tx_id": "p3", "src": "a", "dst": "b", "amount": -5, "ts": 1}).encode(): "invalid:amount",
+        json.dumps({"tx_id": "p4", "src": "a", "dst": "b", "amount": 5, "ts": 1,
+                    "memo": "x" * 100_000}).encode(): "oversize",
+    }
+    values = [encoded(tx) for tx in transactions]
+    for index, value in zip((10, 50, 120, 250), poison):
+        values.insert(index, value)
+    produce(kafka_bootstrap, topic, values, partition_of=lambda i: i % 2)
+
+    source = KafkaSource(kafka_bootstrap, topic, f"{topic}-group", max_message_bytes=50_000)
+    try:
+        records = poll_until(source, len(values))
+        source.flush_dead_letters()
+    finally:
+        source.close()
+
+    assert len(records) == len(values)
+    assert sorted(r.transaction.tx_id for r in records if r.ok) == sorted(tx.tx_id for tx in transactions)
+    assert {r.transaction for r in records if r.ok} == set(transactions)
+    bad = [r for r in records if not r.ok]
+    assert sorted(r.raw for r in bad) == sorted(poison)
+    assert source.dead_lettered == {"malformed-json": 1, "invalid": 2, "oversize": 1}
+
+    dlq = read_topic(kafka_bootstrap, f"{topic}.dlq", until=lambda m: len(m) >= 4)
+    assert len(dlq) == 4
+    by_value = {m.value: dict(m.headers) for m in dlq}
+    assert set(by_value) == set(poison)
+    for value, headers in by_value.items():
+        assert headers["reason"].decode().startswith(poison[value])
+        assert headers["topic"].decode() == topic
+        original = next(r for r in bad if r.raw == value)
+        assert (int(headers["partition"]), int(headers["offset"])) == original.position[1:]
+
+
+def test_committed_offsets_resume_in_a_new_consumer_of_the_group(kafka_bootstrap, unique_name, transactions):
+    topic, group = unique_name, f"{unique_name}-group"
+    create_topic(kafka_bootstrap, topic, 2)
+    produce(kafka_bootstrap, topic, [encoded(tx) for tx in transactions], partition_of=lambda i: i % 2)
+
+    first = KafkaSource(kafka_bootstrap, [topic], group)
+    try:
+        records = poll_until(first, len(transactions))
+        checkpointed = [r for r in records if r.position[2] < 40]
+        positions = next_positions(checkpointed)
+        assert positions == {(topic, 0): 40, (topic, 1): 40}
+        first.commit(positions)
+        assert first.committed((topic, 0)) == 40
+    finally:
+        first.close()
+
+    second = KafkaSource(kafka_bootstrap, [topic], group)
+    try:
+        resumed = poll_until(second, len(transactions) - 80)
+    finally:
+        second.close()
+
+    assert sorted(r.position for r in resumed) == sorted(r.position for r in records if r.position[2] >= 40)
+
+
+def test_seek_before_assignment_applies_when_partitions_arrive(kafka_bootstrap, unique_name, transactions):
+    topic = unique_name
+    create_topic(kafka_bootstrap, topic, 2)
+    produce(kafka_bootstrap, topic, [encoded(tx) for tx in transactions], partition_of=lambda i: i % 2)
+
+    assigned: list = []
+    source = KafkaSource(kafka_bootstrap, topic, f"{topic}-group", on_assign=assigned.extend)
+    try:
+        source.seek({(topic, 0): 140, (topic, 1): 145})
+        records = poll_until(source, 15)
+    finally:
+        source.close()
+
+    assert sorted(assigned) == [(topic, 0), (topic, 1)]
+    assert sorted(r.position[1:] for r in records) == [(0, o) for o in range(140, 150)] + [(1, o) for o in range(145, 150)]
+
+
+def test_a_second_member_triggers_revoke_before_partitions_move(kafka_bootstrap, unique_name, transactions):
+    topic, group = unique_name, f"{unique_name}-group"
+    create_topic(kafka_bootstrap, topic, 2)
+    produce(kafka_bootstrap, topic, [encoded(tx) for tx in transactions], partition_of=lambda i: i % 2)
+    events: list[tuple[str, str, list]] = []
+    first = KafkaSource(kafka_bootstrap, topic, group,
+                        on_revoke=lambda p: events.append(("first", "revoke", p)),
+                        on_assign=lambda p: events.append(("first", "assign", p)))
+    second = None
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while first.assignment() != [(topic, 0), (topic, 1)]:
+            assert time.monotonic() < deadline, "the first member never got both partitions"
+            first.poll_batch(timeout_ms=200)
+        second = KafkaSource(kafka_bootstrap, topic, group,
+                             on_assign=lambda p: events.append(("second", "assign", p)))
+        while not (len(first.assignment()) == 1 and len(second.assignment()) == 1):
+            assert time.monotonic() < deadline, f"partitions never split between members: {events}"
+            first.poll_batch(timeout_ms=100)
+            second.poll_batch(timeout_ms=100)
+        split = first.assignment() + second.assignment()
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+
+    assert sorted(split) == [(topic, 0), (topic, 1)]
+    revoke = events.index(("first", "revoke", [(topic, 0), (topic, 1)]))
+    second_assign = next(i for i, e in enumerate(events) if e[:2] == ("second", "assign") and e[2])
+    assert revoke < second_assign, f"partitions moved before the first member gave them up: {events}"
+
+
+def make_alert(i: int) -> Alert:
+    accounts = (f"a{i}", f"b{i}")
+    return Alert(alert_id(f"t{i}", accounts), f"t{i}", accounts, (f"s{i}", f"t{i}"), 2, 190.0, 1, 2, 3, 0.5)
+
+
+def test_kafka_sink_keys_alerts_by_id_and_a_replay_produces_nothing_twice(kafka_bootstrap, unique_name, tmp_path):
+    topic = unique_name
+    create_topic(kafka_bootstrap, topic, 1)
+    alerts = [make_alert(i) for i in range(10)]
+    sink = KafkaSink(kafka_bootstrap, topic, tmp_path / "state")
+    sink.deliver(alerts[:6])
+    sink.deliver(alerts[3:])
+    assert sink.flush(30)
+    sink.close()
+
+    replay = KafkaSink(kafka_bootstrap, topic, tmp_path / "state")
+    sentinel = make_alert(99)
+    replay.deliver(alerts + [sentinel])
+    assert replay.flush(30)
+    replay.close()
+
+    messages = read_topic(kafka_bootstrap, topic, until=lambda m: any(x.key == sentinel.alert_id.encode() for x in m))
+    assert [m.key.decode() for m in messages] == [a.alert_id for a in alerts + [sentinel]]
+    assert [Alert.from_dict(json.loads(m.value)) for m in messages] == alerts + [sentinel]
