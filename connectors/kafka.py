@@ -183,6 +183,25 @@ class KafkaSource:
             else:
                 self._pending_seeks[(topic, partition)] = offset
 
+    def lag(self) -> dict[Partition, int]:
+        """Messages behind the log end per assigned partition, from the high watermark of recent fetches.
+
+        Partitions not fetched from yet are left out (their log end is not known without
+        a ListOffsets request, which some brokers, Tansu among them, answer inexactly).
+        """
+        lags: dict[Partition, int] = {}
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                position = self._consumer.position(tp, timeout_ms=1_000)
+            except KafkaError:
+                continue
+            if position is not None:
+                lags[(tp.topic, tp.partition)] = max(0, highwater - position)
+        return lags
+
     def assignment(self) -> list[Partition]:
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
 

@@ -139,7 +139,13 @@ class WebhookSink:
         for leftover in self._outbox.glob("*.tmp"):
             leftover.unlink()
         for file in sorted(self._outbox.glob("*.json")):
-            alert = Alert.from_dict(json.loads(file.read_bytes()))
+            try:
+                alert = Alert.from_dict(json.loads(file.read_bytes()))
+            except (ValueError, KeyError, TypeError) as exc:
+                kept = file.with_name(file.name + ".unreadable")
+                file.rename(kept)
+                logger.error("webhook outbox entry %s is not an alert (%s); kept as %s", file, exc, kept)
+                continue
             if alert.alert_id in self._settled:
                 file.unlink()
                 continue

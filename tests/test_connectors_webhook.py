@@ -279,3 +279,24 @@ def test_a_receiver_that_hangs_is_timed_out_and_retried(tmp_path, receivers):
 def test_bad_settings_are_refused_naming_the_setting(tmp_path, url, secret, field):
     with pytest.raises(InvalidWebhookConfigError, match=field):
         WebhookSink(url, secret, tmp_path)
+
+
+def test_an_unreadable_outbox_entry_is_set_aside_and_the_rest_delivered(tmp_path, receivers):
+    receiver = Receiver(free_port()).start()
+    receivers.append(receiver)
+    outbox = tmp_path / "state" / "outbox"
+    outbox.mkdir(parents=True)
+    [good] = make_alerts(1)
+    (outbox / f"000000000001-{good.alert_id}.json").write_text(good.to_json())
+    (outbox / "000000000002-garbage.json").write_text('{"alert_id": "garb')
+
+    sink = fast_sink(receiver.url, tmp_path / "state")
+    try:
+        assert sink.flush(DEADLINE_S)
+        sink.deliver(make_alerts(1, tag="next"))
+        assert sink.flush(DEADLINE_S)
+    finally:
+        sink.close()
+
+    assert receiver.accepted_ids() == [good.alert_id, make_alerts(1, tag="next")[0].alert_id]
+    assert (outbox / "000000000002-garbage.json.unreadable").exists()
