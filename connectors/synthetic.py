@@ -327,10 +327,15 @@ def write_stream(stream: SyntheticStream, path: str | Path) -> Path:
         _write_jsonl(table, path)
     else:
         raise ValueError(f"write_stream: unknown suffix {path.suffix!r} of {path}; use .jsonl, .csv or .parquet")
-    truth_path = path.with_name(path.name + ".truth.json")
+    return write_truth(stream, path.with_name(path.name + ".truth.json"))
+
+
+def write_truth(stream: SyntheticStream, path: str | Path) -> Path:
+    """Write the config and the injected rings as JSON (what `read_truth` reads back)."""
+    path = Path(path)
     truth = {"config": asdict(stream.config), "rings": [asdict(ring) for ring in stream.rings]}
-    truth_path.write_text(json.dumps(truth, indent=1))
-    return truth_path
+    path.write_text(json.dumps(truth, indent=1))
+    return path
 
 
 def _write_jsonl(table: pa.Table, path: Path) -> None:
@@ -340,9 +345,10 @@ def _write_jsonl(table: pa.Table, path: Path) -> None:
 
 
 def read_truth(path: str | Path) -> list[InjectedRing]:
-    """The injected rings written beside a stream by `write_stream` (pass the stream's path)."""
+    """The injected rings from a truth file, or from the one `write_stream` put beside the stream at `path`."""
     path = Path(path)
-    truth_path = path if path.name.endswith(".truth.json") else path.with_name(path.name + ".truth.json")
+    beside = path.with_name(path.name + ".truth.json")
+    truth_path = beside if beside.exists() else path
     data = json.loads(truth_path.read_text())
     return [InjectedRing(tuple(r["accounts"]), tuple(r["tx_ids"])) for r in data["rings"]]
 

@@ -12,7 +12,9 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 def _registrars() -> list[Registrar]:
     """Subcommand registrars, in the order `ringwatch --help` lists them."""
-    return []
+    from ringwatch.connectors import commands as connectors_commands
+
+    return [connectors_commands.register]
 
 
 def build_parser() -> argparse.ArgumentParser:
