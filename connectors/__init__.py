@@ -2,7 +2,14 @@
 
 from .embedded_broker import BrokerStartError, EmbeddedBroker
 from .files import FileSource, UnsupportedFileError
-from .kafka import KafkaConnectorError, KafkaSink, KafkaSource, dead_letter_topic, next_positions
+from .kafka import (
+    KafkaConnectorError,
+    KafkaSink,
+    KafkaSource,
+    dead_letter_topic,
+    next_positions,
+    produce_transactions,
+)
 from .records import SourceRecord
 from .sinks import JsonlSink, Sink
 from .synthetic import (
@@ -38,6 +45,7 @@ __all__ = [
     "dead_letter_topic",
     "generate",
     "next_positions",
+    "produce_transactions",
     "read_truth",
     "write_stream",
 ]

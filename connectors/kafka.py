@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -41,6 +42,15 @@ DLQ_SUFFIX = ".dlq"
 
 class KafkaConnectorError(RuntimeError):
     """A Kafka operation that did not succeed in time; the message says which and why."""
+
+
+@contextmanager
+def _naming_unreachable(bootstrap: str) -> Iterator[None]:
+    """Turn kafka-python's connection failures into an error that names the bootstrap address."""
+    try:
+        yield
+    except KafkaError as exc:
+        raise KafkaConnectorError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
 
 
 def dead_letter_topic(topic: str) -> str:
@@ -90,6 +100,7 @@ class KafkaSource:
         heartbeat_interval_ms: int = 1_000,
         max_poll_interval_ms: int = 10_000,
         request_timeout_ms: int = 30_000,
+        bootstrap_timeout_ms: int = 30_000,
         client_id: str = "ringwatch",
     ):
         self.topics = [topics] if isinstance(topics, str) else list(topics)
@@ -102,16 +113,19 @@ class KafkaSource:
         self.on_assign = on_assign
         self.dead_lettered: Counter[str] = Counter()
         self._pending_seeks: dict[Partition, int] = {}
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=group, client_id=client_id,
-            enable_auto_commit=False, auto_offset_reset=auto_offset_reset,
-            session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms,
-            max_poll_interval_ms=max_poll_interval_ms, request_timeout_ms=request_timeout_ms,
-        )
-        self._dlq = KafkaProducer(
-            bootstrap_servers=bootstrap, client_id=f"{client_id}-dlq", acks="all",
-            max_request_size=max(max_message_bytes, 32 * 1_048_576), request_timeout_ms=request_timeout_ms,
-        )
+        with _naming_unreachable(bootstrap):
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=bootstrap, group_id=group, client_id=client_id,
+                enable_auto_commit=False, auto_offset_reset=auto_offset_reset,
+                session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms,
+                max_poll_interval_ms=max_poll_interval_ms, request_timeout_ms=request_timeout_ms,
+                bootstrap_timeout_ms=bootstrap_timeout_ms,
+            )
+            self._dlq = KafkaProducer(
+                bootstrap_servers=bootstrap, client_id=f"{client_id}-dlq", acks="all",
+                max_request_size=max(max_message_bytes, 32 * 1_048_576), request_timeout_ms=request_timeout_ms,
+                bootstrap_timeout_ms=bootstrap_timeout_ms,
+            )
         self._dlq_sends: list = []
         self._consumer.subscribe(self.topics, listener=_Listener(self))
 
@@ -237,13 +251,15 @@ class KafkaSink:
     """
 
     def __init__(self, bootstrap: str, topic: str, state_dir: str | Path | None = None, *,
-                 request_timeout_ms: int = 30_000, remember: int = DEFAULT_CAPACITY, client_id: str = "ringwatch"):
+                 request_timeout_ms: int = 30_000, bootstrap_timeout_ms: int = 30_000,
+                 remember: int = DEFAULT_CAPACITY, client_id: str = "ringwatch"):
         self.topic = topic
         self._settled = SettledIds(Path(state_dir) / f"kafka-sink-{topic}.settled" if state_dir else None, remember)
-        self._producer = KafkaProducer(
-            bootstrap_servers=bootstrap, client_id=f"{client_id}-alerts", acks="all",
-            request_timeout_ms=request_timeout_ms, linger_ms=5,
-        )
+        with _naming_unreachable(bootstrap):
+            self._producer = KafkaProducer(
+                bootstrap_servers=bootstrap, client_id=f"{client_id}-alerts", acks="all",
+                request_timeout_ms=request_timeout_ms, bootstrap_timeout_ms=bootstrap_timeout_ms, linger_ms=5,
+            )
         self._in_flight: dict[str, tuple[Alert, object]] = {}
         self.outcomes: Counter[str] = Counter()
 
@@ -287,8 +303,9 @@ class KafkaSink:
 def produce_transactions(bootstrap: str, topic: str, transactions: Iterable[Transaction],
                          timeout_s: float = 120.0) -> int:
     """Produce transactions as JSON keyed by payer account (one account's payments stay in order); returns the count."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=262_144,
-                             client_id="ringwatch-producer")
+    with _naming_unreachable(bootstrap):
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=262_144,
+                                 client_id="ringwatch-producer")
     count = 0
     failures: list[Exception] = []
     try:

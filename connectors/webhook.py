@@ -194,7 +194,12 @@ class WebhookSink:
                 if item is None:
                     self._changed.wait(self._wait_s())
                     continue
-            self._settle(item, self._attempt(item))
+            try:
+                outcome = self._attempt(item)
+            except Exception as exc:  # the sender thread must outlive any one bad attempt
+                logger.exception("webhook alert %s: unexpected error while posting", item.alert.alert_id)
+                outcome = _Outcome(False, f"unexpected error: {type(exc).__name__}: {exc}", retry=True)
+            self._settle(item, outcome)
 
     def _next_due(self) -> _Pending | None:
         if not self._pending:

@@ -211,3 +211,12 @@ def test_kafka_sink_keys_alerts_by_id_and_a_replay_produces_nothing_twice(kafka_
     messages = read_topic(kafka_bootstrap, topic, until=lambda m: any(x.key == sentinel.alert_id.encode() for x in m))
     assert [m.key.decode() for m in messages] == [a.alert_id for a in alerts + [sentinel]]
     assert [Alert.from_dict(json.loads(m.value)) for m in messages] == alerts + [sentinel]
+
+
+def test_an_unreachable_broker_is_a_clear_error_naming_it():
+    from ringwatch.connectors import KafkaConnectorError
+    from ringwatch.connectors.embedded_broker import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(KafkaConnectorError, match=address):
+        KafkaSink(address, "alerts", bootstrap_timeout_ms=1_000)
