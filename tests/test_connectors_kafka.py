@@ -10,7 +10,15 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from ringwatch.connectors import KafkaSink, KafkaSource, SyntheticConfig, generate, next_positions
+from ringwatch.connectors import (
+    KafkaConnectorError,
+    KafkaSink,
+    KafkaSource,
+    SyntheticConfig,
+    generate,
+    next_positions,
+)
+from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.graph import Alert, alert_id
 
 DEADLINE_S = 60.0
@@ -214,9 +222,6 @@ def test_kafka_sink_keys_alerts_by_id_and_a_replay_produces_nothing_twice(kafka_
 
 
 def test_an_unreachable_broker_is_a_clear_error_naming_it():
-    from ringwatch.connectors import KafkaConnectorError
-    from ringwatch.connectors.embedded_broker import free_port
-
     address = f"127.0.0.1:{free_port()}"
     with pytest.raises(KafkaConnectorError, match=address):
         KafkaSink(address, "alerts", bootstrap_timeout_ms=1_000)
