@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.future import Future
 from kafka.structs import OffsetAndMetadata
 
 from ringwatch.graph import Alert, Transaction
@@ -66,23 +68,38 @@ def next_positions(records: Iterable[SourceRecord]) -> dict[Partition, int]:
     return positions
 
 
-class _Listener(ConsumerRebalanceListener):
+class _Listener(AsyncConsumerRebalanceListener):
+    """Runs the engine's rebalance callbacks on a worker thread and waits for them without blocking Kafka I/O.
+
+    kafka-python 3 calls listeners on its I/O thread, where blocking consumer
+    calls such as `commit` are refused and a long callback would stop
+    heartbeats. Awaiting the worker keeps the group membership alive while the
+    engine finishes its in-flight batches and commits.
+    """
+
     def __init__(self, source: "KafkaSource"):
         self.source = source
 
-    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        self.source._partitions_revoked(revoked)
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if self.source.on_revoke is not None:
+            await self.source._off_io_thread(self.source.on_revoke, revoked)
 
-    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        self.source._partitions_assigned(assigned)
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.source._apply_pending_seeks(assigned)
+        if self.source.on_assign is not None:
+            await self.source._off_io_thread(self.source.on_assign, assigned)
 
 
 class KafkaSource:
     """Transactions from one or more topics as a member of consumer group `group`.
 
     `on_revoke(partitions)` is called before partitions are given up in a
-    rebalance (finish in-flight batches and commit there); `on_assign`
-    after new ones arrive. Both run inside `poll_batch`.
+    rebalance (finish in-flight batches and `commit` there: it may block);
+    `on_assign(partitions)` after new ones arrive. Both are called while
+    `poll_batch` (or `close`) runs, on a worker thread, and must not call
+    `poll_batch` themselves. Partitions lost without a clean rebalance (the
+    session expired) are reported through `on_revoke` too; committing them
+    then fails with `KafkaConnectorError`.
     """
 
     def __init__(
@@ -220,17 +237,35 @@ class KafkaSource:
     def assignment(self) -> list[Partition]:
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
 
-    def _partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        if self.on_revoke is not None:
-            self.on_revoke(sorted((tp.topic, tp.partition) for tp in revoked))
-
-    def _partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+    def _apply_pending_seeks(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:
             offset = self._pending_seeks.pop((tp.topic, tp.partition), None)
             if offset is not None:
                 self._consumer.seek(tp, offset)
-        if self.on_assign is not None:
-            self.on_assign(sorted((tp.topic, tp.partition) for tp in assigned))
+
+    def _off_io_thread(self, callback: RebalanceCallback, partitions: set[TopicPartition]) -> Future:
+        """Start `callback` on a worker thread; the returned future resolves on Kafka's I/O loop when it ends."""
+        done = Future()
+        io_loop = self._consumer._net  # kafka-python's I/O loop: awaiting tasks must be woken from it
+
+        def run() -> None:
+            try:
+                callback(sorted((tp.topic, tp.partition) for tp in partitions))
+            except BaseException as exc:  # handed to kafka-python, which re-raises it from poll()
+                error = exc
+            else:
+                error = None
+
+            def resolve() -> None:
+                if error is None:
+                    done.success(None)
+                else:
+                    done.failure(error)
+
+            io_loop.call_soon_threadsafe(resolve)
+
+        threading.Thread(target=run, name="ringwatch-rebalance", daemon=True).start()
+        return done
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Leave the group (without committing) after making dead-letters durable."""

@@ -163,26 +163,32 @@ def test_seek_before_assignment_applies_when_partitions_arrive(kafka_bootstrap, 
     assert sorted(r.position[1:] for r in records) == [(0, o) for o in range(140, 150)] + [(1, o) for o in range(145, 150)]
 
 
-def test_a_second_member_triggers_revoke_before_partitions_move(kafka_bootstrap, unique_name, transactions):
+def test_a_second_member_takes_over_from_the_offsets_committed_in_on_revoke(kafka_bootstrap, unique_name):
     topic, group = unique_name, f"{unique_name}-group"
     create_topic(kafka_bootstrap, topic, 2)
-    produce(kafka_bootstrap, topic, [encoded(tx) for tx in transactions], partition_of=lambda i: i % 2)
+    stream = generate(SyntheticConfig(n_transactions=2_000, n_accounts=300, days=2, n_rings=3, seed=9))
+    produce(kafka_bootstrap, topic, [encoded(tx) for tx in stream.transactions], partition_of=lambda i: i % 2)
     events: list[tuple[str, str, list]] = []
-    first = KafkaSource(kafka_bootstrap, topic, group,
-                        on_revoke=lambda p: events.append(("first", "revoke", p)),
+    got: dict[str, list] = {"first": [], "second": []}
+
+    def finish_in_flight_and_commit(partitions: list) -> None:
+        events.append(("first", "revoke", partitions))
+        first.commit(next_positions(got["first"]))
+
+    first = KafkaSource(kafka_bootstrap, topic, group, on_revoke=finish_in_flight_and_commit,
                         on_assign=lambda p: events.append(("first", "assign", p)))
     second = None
     try:
         deadline = time.monotonic() + DEADLINE_S
         while first.assignment() != [(topic, 0), (topic, 1)]:
             assert time.monotonic() < deadline, "the first member never got both partitions"
-            first.poll_batch(timeout_ms=200)
+            got["first"] += first.poll_batch(max_records=10, timeout_ms=100)
         second = KafkaSource(kafka_bootstrap, topic, group,
                              on_assign=lambda p: events.append(("second", "assign", p)))
-        while not (len(first.assignment()) == 1 and len(second.assignment()) == 1):
-            assert time.monotonic() < deadline, f"partitions never split between members: {events}"
-            first.poll_batch(timeout_ms=100)
-            second.poll_batch(timeout_ms=100)
+        while len(got["first"]) + len(got["second"]) < len(stream):
+            assert time.monotonic() < deadline, f"stalled at {len(got['first'])}+{len(got['second'])}: {events}"
+            got["first"] += first.poll_batch(max_records=10, timeout_ms=100)
+            got["second"] += second.poll_batch(max_records=10, timeout_ms=100)
         split = first.assignment() + second.assignment()
     finally:
         first.close()
@@ -193,6 +199,9 @@ def test_a_second_member_triggers_revoke_before_partitions_move(kafka_bootstrap,
     revoke = events.index(("first", "revoke", [(topic, 0), (topic, 1)]))
     second_assign = next(i for i, e in enumerate(events) if e[:2] == ("second", "assign") and e[2])
     assert revoke < second_assign, f"partitions moved before the first member gave them up: {events}"
+    assert got["second"], "the second member took over a partition and read from it"
+    positions = [r.position for r in got["first"] + got["second"]]
+    assert len(positions) == len(set(positions)) == len(stream), "nothing read twice, nothing skipped"
 
 
 def make_alert(i: int) -> Alert:
