@@ -106,7 +106,10 @@ class InjectedRing:
 
 @dataclass
 class SyntheticStream:
-    """A generated stream held as columns, in non-decreasing `ts` order (row i is `tx_ids[i]`)."""
+    """A generated stream held as columns, in non-decreasing `ts` order.
+
+    `src`/`dst` are indices into `account_names`; row i has the id `tx_id(i)`.
+    """
 
     config: SyntheticConfig
     src: np.ndarray
@@ -122,16 +125,6 @@ class SyntheticStream:
 
     def tx_id(self, index: int) -> str:
         return _tx_id(index, len(self))
-
-    def transaction(self, index: int) -> Transaction:
-        return Transaction(
-            tx_id=self.tx_id(index),
-            src=str(self.account_names[self.src[index]]),
-            dst=str(self.account_names[self.dst[index]]),
-            amount=float(self.amount[index]),
-            ts=int(self.ts[index]),
-            currency=self.config.currency,
-        )
 
     @property
     def transactions(self) -> list[Transaction]:
@@ -211,7 +204,7 @@ def _lognormal_amounts(rng: np.random.Generator, kind: str, size: int) -> np.nda
     return np.maximum(np.round(rng.lognormal(mean, sigma, size=size), 2), 0.01)
 
 
-def _bank_payments(rng: np.random.Generator, n_accounts: int, n: int):
+def _bank_payments(rng: np.random.Generator, n_accounts: int, n: int) -> tuple[np.ndarray, ...]:
     """Payments between role-typed accounts; returns src, dst, amount and the ordinary accounts."""
     accounts = rng.permutation(n_accounts)
     counts = {role: max(1, int(n_accounts * share)) for role, share in _ROLE_SHARES.items()}
@@ -249,7 +242,7 @@ def _bank_payments(rng: np.random.Generator, n_accounts: int, n: int):
     return src, dst, amount, consumers
 
 
-def _dense_payments(rng: np.random.Generator, n_accounts: int, n: int):
+def _dense_payments(rng: np.random.Generator, n_accounts: int, n: int) -> tuple[np.ndarray, ...]:
     """Both ends from one heavy-tailed law; the ordinary accounts are the least popular half."""
     accounts = np.arange(n_accounts)
     weights = _heavy_tailed_weights(rng, n_accounts, 1.0)
@@ -269,7 +262,8 @@ def _distinct_from(rng: np.random.Generator, src: np.ndarray, pool: np.ndarray, 
     return dst
 
 
-def _ring_payments(rng, config: SyntheticConfig, lengths: np.ndarray, ordinary: np.ndarray, span_ms: int):
+def _ring_payments(rng: np.random.Generator, config: SyntheticConfig, lengths: np.ndarray,
+                   ordinary: np.ndarray, span_ms: int) -> tuple[np.ndarray, ...]:
     """Rows of every injected ring, each ring on its own accounts, hops strictly later than the last."""
     total = int(lengths.sum())
     members = rng.choice(ordinary, size=total, replace=False)
