@@ -1,15 +1,37 @@
 """The transaction graph: records, sharded temporal edge store, ring search."""
 
+from .detector import BatchResult, Rejected, RingDetector
 from .durations import InvalidDurationError, format_duration, parse_duration
+from .export import subgraph
 from .model import Alert, InvalidTransactionError, Transaction, alert_id, parse_timestamp
+from .ring_search import InvalidSearchOptionError, Ring, SearchOptions, SearchOutcome, Trigger, search
+from .shard_set import LocalShards, ShardSet
+from .shard_store import Edge, ExpandRequest, ExpandResult, ShardStore, shard_of
 
 __all__ = [
     "Alert",
+    "BatchResult",
+    "Edge",
+    "ExpandRequest",
+    "ExpandResult",
     "InvalidDurationError",
+    "InvalidSearchOptionError",
     "InvalidTransactionError",
+    "LocalShards",
+    "Rejected",
+    "Ring",
+    "RingDetector",
+    "SearchOptions",
+    "SearchOutcome",
+    "ShardSet",
+    "ShardStore",
     "Transaction",
+    "Trigger",
     "alert_id",
     "format_duration",
     "parse_duration",
     "parse_timestamp",
+    "search",
+    "shard_of",
+    "subgraph",
 ]
