@@ -53,6 +53,7 @@ class ShardSet:
         return sum(answers.values())
 
     def edge_count(self) -> int:
+        """Payments stored, counted once per shard that holds them (twice when src and dst part ways)."""
         return sum(self._call("count_edges", {shard: () for shard in range(self.num_shards)}).values())
 
     def nbytes(self) -> int:
