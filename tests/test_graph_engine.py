@@ -106,12 +106,13 @@ def test_a_payment_older_than_the_watermark_is_rejected_with_the_reason():
 
 
 def test_hub_guard_skips_hubs_and_says_the_search_was_cut_short():
+    # A -> HUB -> C0 -> D -> A: the forward half from A must pass through the hub.
     stream = [tx("a", "A", "HUB", 0)] + [tx(f"h{i}", "HUB", f"C{i}", 1 + i) for i in range(5)]
-    stream.append(tx("b", "C0", "A", 11))
+    stream += [tx("c", "C0", "D", 10), tx("d", "D", "A", 11)]
     guarded = RingDetector(LocalShards(2), SearchOptions(window_ms=H, max_degree=3)).process(stream)
     open_ = RingDetector(LocalShards(2), SearchOptions(window_ms=H, max_degree=None)).process(stream)
     assert guarded.alerts == [] and guarded.truncated_searches >= 1
-    assert [a.accounts for a in open_.alerts] == [("A", "HUB", "C0")] and open_.truncated_searches == 0
+    assert [a.accounts for a in open_.alerts] == [("A", "HUB", "C0", "D")] and open_.truncated_searches == 0
 
 
 def test_max_rings_per_tx_caps_and_flags_truncation():
