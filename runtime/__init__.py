@@ -1,1 +1,59 @@
-"""ringwatch.runtime."""
+"""A small Ray-style runtime: tasks, actors, object refs, a GCS, nodes over gRPC."""
+
+from .api import (
+    ActorClass,
+    ActorHandle,
+    RemoteFunction,
+    cancel,
+    get,
+    get_actor,
+    init,
+    is_initialized,
+    kill,
+    nodes,
+    object_store_stats,
+    put,
+    remote,
+    shutdown,
+    wait,
+)
+from .errors import (
+    ActorDiedError,
+    AuthError,
+    GetTimeoutError,
+    NotInitializedError,
+    ObjectLostError,
+    ResourceUnavailableError,
+    SerializationError,
+    TaskCancelledError,
+    TaskError,
+)
+from .refs import ObjectRef
+
+__all__ = [
+    "ActorClass",
+    "ActorDiedError",
+    "ActorHandle",
+    "AuthError",
+    "GetTimeoutError",
+    "NotInitializedError",
+    "ObjectLostError",
+    "ObjectRef",
+    "RemoteFunction",
+    "ResourceUnavailableError",
+    "SerializationError",
+    "TaskCancelledError",
+    "TaskError",
+    "cancel",
+    "get",
+    "get_actor",
+    "init",
+    "is_initialized",
+    "kill",
+    "nodes",
+    "object_store_stats",
+    "put",
+    "remote",
+    "shutdown",
+    "wait",
+]

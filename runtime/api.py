@@ -1,0 +1,359 @@
+"""The public runtime API: `init`, `@remote`, `get`, `put`, `wait`, actors.
+
+Every call goes through a backend: the node living in this process (local
+mode), the node a worker belongs to (inside tasks and actors), or a node of a
+cluster reached over gRPC (a driver that joined with `init(address=...)`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import inspect
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import cloudpickle
+
+from .errors import NotInitializedError, SerializationError
+from .object_store import Blob, pack, unpack
+from .protocol import ACTOR_CALL, ACTOR_CREATE, TASK, RefMarker, TaskSpec, new_id
+from .refs import ObjectRef, capture_refs, set_ref_listeners
+from .serialization import dumps_inline
+
+logger = logging.getLogger(__name__)
+
+_NO_THRESHOLD = 2**62
+
+
+class Backend(Protocol):
+    def post(self, method: str, args: tuple) -> None: ...
+    def call(self, method: str, *args: Any) -> Any: ...
+
+
+@dataclass
+class _Runtime:
+    backend: Any
+    namespace: str
+    node: Any = None
+    registered: set[str] = field(default_factory=set)
+    info: dict = field(default_factory=dict)
+
+
+_runtime: _Runtime | None = None
+_init_lock = threading.Lock()
+
+
+class _LocalBackend:
+    """The driver side of a node that lives in this process."""
+
+    def __init__(self, node: Any):
+        self.node = node
+
+    def post(self, method: str, args: tuple) -> None:
+        self.node.post(method, args)
+
+    def call(self, method: str, *args: Any) -> Any:
+        return self.node.call(method, *args)
+
+
+def init(address: str | None = None, *, num_workers: int | None = None, resources: dict[str, float] | None = None,
+         token: str | None = None, namespace: str = "default") -> None:
+    """Start a local cluster (`address=None`) or join the cluster whose GCS is at `address` as a driver."""
+    global _runtime
+    with _init_lock:
+        if _runtime is not None:
+            raise RuntimeError("ringwatch.runtime is already initialized; call shutdown() first")
+        if address is None:
+            from .node import Node
+            node = Node(num_workers or os.cpu_count() or 1, resources, log_level=logging.getLogger().level)
+            _runtime = _Runtime(_LocalBackend(node), namespace, node=node)
+        else:
+            from .cluster import connect_driver
+            _runtime = _Runtime(connect_driver(address, token=token, namespace=namespace), namespace)
+        _listen_for_refs(_runtime.backend)
+
+
+def attach_worker_backend(backend: Any, info: dict) -> None:
+    """Called in a worker process: runtime calls made by tasks go to the worker's node."""
+    global _runtime
+    _runtime = _Runtime(backend, "default", info=info)
+
+
+def _listen_for_refs(backend: Any) -> None:
+    set_ref_listeners(lambda object_id: backend.post("hold", (object_id,)),
+                      lambda object_id: backend.post("release", (object_id,)))
+
+
+def is_initialized() -> bool:
+    return _runtime is not None
+
+
+def shutdown() -> None:
+    """Stop the local cluster (or leave the cluster); `init` may be called again afterwards."""
+    global _runtime
+    with _init_lock:
+        runtime, _runtime = _runtime, None
+        set_ref_listeners(None, None)
+        if runtime is None:
+            return
+        if runtime.node is not None:
+            runtime.node.shutdown()
+        elif hasattr(runtime.backend, "close"):
+            runtime.backend.close()
+
+
+atexit.register(shutdown)
+
+
+def _current() -> _Runtime:
+    if _runtime is None:
+        raise NotInitializedError("the runtime is not started: call ringwatch.runtime.init() first")
+    return _runtime
+
+
+def _register(code: bytes) -> str:
+    function_id = hashlib.sha1(code).hexdigest()
+    runtime = _current()
+    if function_id not in runtime.registered:
+        runtime.backend.post("register_function", (function_id, code))
+        runtime.registered.add(function_id)
+    return function_id
+
+
+def _pack_call(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[Blob, tuple[str, ...], tuple[str, ...]]:
+    """Pickle a call's arguments; top-level refs become markers the worker replaces by their values."""
+    deps: list[str] = []
+
+    def mark(value: Any) -> Any:
+        if isinstance(value, ObjectRef):
+            deps.append(value.id)
+            return RefMarker(value.id)
+        return value
+
+    marked = ([mark(a) for a in args], {k: mark(v) for k, v in kwargs.items()})
+    try:
+        with capture_refs() as contained:
+            blob = pack(marked, what=f"the arguments of {name}", threshold=_NO_THRESHOLD)
+    except SerializationError:
+        _raise_for_culprit(name, args, kwargs)
+        raise
+    return blob, tuple(dict.fromkeys(deps)), tuple(dict.fromkeys(contained))
+
+
+def _raise_for_culprit(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+    labelled = [(f"argument {i}", a) for i, a in enumerate(args)] + [(f"argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in labelled:
+        try:
+            cloudpickle.dumps(value)
+        except Exception as exc:  # noqa: BLE001 - any pickling failure names the argument
+            raise SerializationError(f"cannot pickle {label} of {name} ({type(value).__name__}): {exc}") from exc
+
+
+def _submit(spec: TaskSpec) -> ObjectRef:
+    runtime = _current()
+    if runtime.node is not None:
+        runtime.node.check_feasible(spec)
+    ref = ObjectRef(spec.task_id)  # held before submitted, so the result cannot be freed early
+    runtime.backend.post("submit", (spec,))
+    return ref
+
+
+@dataclass(frozen=True)
+class _Options:
+    num_cpus: float = 1.0
+    resources: dict[str, float] = field(default_factory=dict)
+    max_retries: int = 3
+    retry_exceptions: bool = False
+    name: str | None = None
+    max_restarts: int = 0
+    max_task_retries: int = 0
+    checkpoint_interval_s: float | None = None
+    checkpoint_every: int | None = None
+
+
+_OPTION_NAMES = set(_Options.__dataclass_fields__)
+
+
+def _options(**kwargs: Any) -> _Options:
+    unknown = set(kwargs) - _OPTION_NAMES
+    if unknown:
+        raise TypeError(f"unknown remote option(s) {sorted(unknown)}; known: {sorted(_OPTION_NAMES)}")
+    return _Options(**kwargs)
+
+
+class RemoteFunction:
+    """A function that runs as a task: `f.remote(*args)` returns an `ObjectRef`."""
+
+    def __init__(self, function: Any, options: _Options):
+        self._function = function
+        self._options = options
+        self._code: bytes | None = None
+        self.__name__ = getattr(function, "__name__", "task")
+        self.__doc__ = getattr(function, "__doc__", None)
+
+    def options(self, **kwargs: Any) -> "RemoteFunction":
+        return RemoteFunction(self._function, replace(self._options, **kwargs))
+
+    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
+        name = f"{self.__name__}()"
+        if self._code is None:
+            self._code = dumps_inline(self._function, what=f"the function {self.__name__}")
+        blob, deps, contained = _pack_call(name, args, kwargs)
+        options = self._options
+        spec = TaskSpec(new_id(), TASK, name, _register(self._code), blob, deps, contained,
+                        num_cpus=options.num_cpus, resources=dict(options.resources),
+                        max_retries=options.max_retries, retry_exceptions=options.retry_exceptions)
+        return _submit(spec)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"remote function {self.__name__} is called with {self.__name__}.remote(...)")
+
+
+def _public_methods(cls: type) -> tuple[str, ...]:
+    return tuple(name for name, member in inspect.getmembers(cls, callable) if not name.startswith("_"))
+
+
+class ActorClass:
+    """A class whose instances live in their own worker process: `Cls.remote(*args)` returns a handle."""
+
+    def __init__(self, cls: type, options: _Options):
+        self._cls = cls
+        self._options = options
+        self._code: bytes | None = None
+        self.__name__ = cls.__name__
+
+    def options(self, **kwargs: Any) -> "ActorClass":
+        return ActorClass(self._cls, replace(self._options, **kwargs))
+
+    def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
+        if self._code is None:
+            self._code = dumps_inline(self._cls, what=f"the class {self.__name__}")
+        blob, deps, contained = _pack_call(f"{self.__name__}()", args, kwargs)
+        options = self._options
+        actor_id = new_id()
+        methods = _public_methods(self._cls)
+        spec = TaskSpec(new_id(), ACTOR_CREATE, self.__name__, _register(self._code), blob, deps, contained,
+                        actor_id=actor_id, actor_name=options.name, methods=methods,
+                        num_cpus=0.0, resources=dict(options.resources), max_retries=0)
+        _submit(spec)
+        return ActorHandle(actor_id, self.__name__, methods, options.name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"actor class {self.__name__} is instantiated with {self.__name__}.remote(...)")
+
+
+class ActorMethod:
+    def __init__(self, handle: "ActorHandle", method: str):
+        self._handle = handle
+        self._method = method
+
+    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
+        name = f"{self._handle.class_name}.{self._method}()"
+        blob, deps, contained = _pack_call(name, args, kwargs)
+        spec = TaskSpec(new_id(), ACTOR_CALL, name, None, blob, deps, contained,
+                        actor_id=self._handle.actor_id, method=self._method, num_cpus=0.0, max_retries=0)
+        return _submit(spec)
+
+
+class ActorHandle:
+    """A reference to a live actor; picklable, so it can be passed to tasks and other actors."""
+
+    def __init__(self, actor_id: str, class_name: str, methods: tuple[str, ...], name: str | None = None):
+        self.actor_id = actor_id
+        self.class_name = class_name
+        self.methods = tuple(methods)
+        self.name = name
+
+    def __getattr__(self, method: str) -> ActorMethod:
+        if method.startswith("_") or method not in self.methods:
+            raise AttributeError(f"actor {self.class_name} has no remote method {method!r}")
+        return ActorMethod(self, method)
+
+    def __reduce__(self):
+        return (ActorHandle, (self.actor_id, self.class_name, self.methods, self.name))
+
+    def __repr__(self) -> str:
+        return f"ActorHandle({self.class_name}, {self.name or self.actor_id[:12]})"
+
+
+def remote(*args: Any, **kwargs: Any) -> Any:
+    """`@remote` or `@remote(num_cpus=..., resources=..., max_retries=..., max_restarts=...)`."""
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return _make_remote(args[0], _Options())
+    options = _options(**kwargs)
+    return lambda target: _make_remote(target, options)
+
+
+def _make_remote(target: Any, options: _Options) -> Any:
+    if inspect.isclass(target):
+        return ActorClass(target, options)
+    return RemoteFunction(target, options)
+
+
+def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+    """The values of `refs` (one ref or a list), waiting up to `timeout` seconds."""
+    single = isinstance(refs, ObjectRef)
+    ref_list = [refs] if single else list(refs)
+    for ref in ref_list:
+        if not isinstance(ref, ObjectRef):
+            raise TypeError(f"get() takes ObjectRefs, got {type(ref).__name__}")
+    if not ref_list:
+        return []
+    blobs = _current().backend.call("get", [r.id for r in ref_list], timeout)
+    values = []
+    for blob in blobs:
+        if isinstance(blob, BaseException):
+            raise blob
+        values.append(unpack(blob))
+    return values[0] if single else values
+
+
+def put(value: Any) -> ObjectRef:
+    """Store `value` in the object store; the ref can be passed to many tasks without re-sending it."""
+    blob = pack(value, what="the value given to put()")
+    ref = ObjectRef(new_id())
+    _current().backend.post("put", (ref.id, blob))
+    return ref
+
+
+def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1,
+         timeout: float | None = None) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Split `refs` into (ready, not ready) once `num_returns` are ready or `timeout` passes."""
+    ref_list = list(refs)
+    if num_returns > len(ref_list):
+        raise ValueError(f"num_returns={num_returns} is more than the {len(ref_list)} refs given")
+    ready_ids = set(_current().backend.call("wait", [r.id for r in ref_list], num_returns, timeout))
+    ready = [r for r in ref_list if r.id in ready_ids][:max(num_returns, 0) or None]
+    chosen = {r.id for r in ready}
+    return ready, [r for r in ref_list if r.id not in chosen]
+
+
+def kill(handle: ActorHandle) -> None:
+    """Stop the actor now; calls still queued fail with ActorDiedError."""
+    _current().backend.call("kill", handle.actor_id)
+
+
+def cancel(ref: ObjectRef) -> bool:
+    """Cancel the task that makes `ref`: `get` then raises TaskCancelledError. False if already done."""
+    return bool(_current().backend.call("cancel", ref.id))
+
+
+def get_actor(name: str) -> ActorHandle:
+    """The handle of the live actor created with `.options(name=name)`."""
+    actor_id, class_name, methods, actor_name = _current().backend.call("get_actor", name)
+    return ActorHandle(actor_id, class_name, methods, actor_name)
+
+
+def nodes() -> list[dict]:
+    """Every node of the cluster: id, liveness, resources, load."""
+    return _current().backend.call("nodes")
+
+
+def object_store_stats() -> dict:
+    """Counts of the objects and functions the node holds (for operators and memory tests)."""
+    return _current().backend.call("object_count")

@@ -1,0 +1,59 @@
+"""The runtime's exceptions: each says what happened and what the caller can do."""
+
+from __future__ import annotations
+
+
+class RuntimeErrorBase(Exception):
+    """Base of every error the runtime raises."""
+
+
+class TaskError(RuntimeErrorBase):
+    """A remote task or actor method raised; `get` re-raises it here with the remote traceback."""
+
+    def __init__(self, type_name: str, message: str, traceback_text: str, task: str = ""):
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+        self.task = task
+        super().__init__(f"{task + ' raised ' if task else ''}{type_name}: {message}\n\nRemote traceback:\n{traceback_text}")
+
+    def __reduce__(self):
+        return (type(self), (self.type_name, self.message, self.traceback_text, self.task))
+
+
+class TaskCancelledError(TaskError):
+    """The task was cancelled with `cancel()` before it finished."""
+
+    def __init__(self, task: str = "", *_: object):
+        super().__init__("TaskCancelledError", "the task was cancelled", "", task)
+
+    def __reduce__(self):
+        return (type(self), (self.task,))
+
+
+class GetTimeoutError(RuntimeErrorBase, TimeoutError):
+    """`get` or `wait` ran out of time before the objects were ready."""
+
+
+class ActorDiedError(RuntimeErrorBase):
+    """The actor is gone (killed, its process died, or it could not be created)."""
+
+
+class ObjectLostError(RuntimeErrorBase):
+    """The object's only copy is gone and it cannot be rebuilt."""
+
+
+class AuthError(RuntimeErrorBase):
+    """A node refused the call: the cluster token is missing or wrong."""
+
+
+class SerializationError(RuntimeErrorBase):
+    """An argument or a return value could not be pickled; the message names it."""
+
+
+class ResourceUnavailableError(RuntimeErrorBase):
+    """No node of the cluster has the resources the task or actor asks for."""
+
+
+class NotInitializedError(RuntimeErrorBase):
+    """The runtime is not started: call `ringwatch.runtime.init()` first."""

@@ -1,0 +1,653 @@
+"""A node: worker processes, the objects they make, and the scheduler that feeds them.
+
+All node state is owned by one dispatcher thread. Clients — the driver in
+this process, the node's workers over their pipes, remote peers over gRPC —
+post requests `(method, args, reply)` to it; `reply(ok, value)` is called when
+the answer is known (at once, or when the objects a `get` waits for are
+ready). One thread owning the state means no locks on the hot path and a
+simple ordering rule: requests from one client are handled in the order sent.
+
+Objects are counted: a process that holds refs to an object counts once
+(`hold`/`release`), and every pending call that uses it pins it. An object
+nobody holds or pins is freed, with its shared-memory segment and its lineage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, Listener, wait
+from typing import Any
+
+from .errors import (
+    ActorDiedError,
+    GetTimeoutError,
+    ObjectLostError,
+    ResourceUnavailableError,
+    TaskCancelledError,
+    TaskError,
+)
+from .object_store import Blob, free
+from .protocol import ACTOR_CALL, ACTOR_CREATE, TaskResult, TaskSpec, new_id
+
+logger = logging.getLogger(__name__)
+
+Reply = Callable[[bool, Any], None]
+_MAX_BATCH = 64
+
+
+@dataclass
+class _Entry:
+    """One object id: its value once ready, who holds it, and the call that makes it."""
+
+    blob: Blob | None = None
+    error: Exception | None = None
+    ready: bool = False
+    holders: int = 0
+    pins: int = 0
+    spec: TaskSpec | None = None
+    contained: tuple[str, ...] = ()
+    waiters: list[Callable[[], None]] = field(default_factory=list)
+
+
+@dataclass
+class _Worker:
+    worker_id: str
+    process: subprocess.Popen
+    conn: Connection | None = None
+    actor_id: str | None = None
+    in_flight: deque = field(default_factory=deque)
+    known_functions: set[str] = field(default_factory=set)
+    blocked: bool = False
+
+
+@dataclass
+class _Actor:
+    actor_id: str
+    name: str | None
+    class_name: str
+    methods: tuple[str, ...]
+    worker: _Worker | None = None
+    queue: deque = field(default_factory=deque)
+    dead_reason: str | None = None
+
+
+class Node:
+    """One node's scheduler, object table and worker pool, driven by its dispatcher thread."""
+
+    def __init__(self, num_workers: int, resources: dict[str, float] | None = None, *, node_id: str = "local",
+                 log_level: int = logging.WARNING):
+        self.node_id = node_id
+        self.num_workers = max(1, num_workers)
+        self.resources = {"CPU": float(self.num_workers), **(resources or {})}
+        self._in_use: dict[str, float] = defaultdict(float)
+        self._log_level = log_level
+        # Workers connect back on a private Unix socket, authenticated with a per-node key.
+        self._socket_dir = tempfile.mkdtemp(prefix="ringwatch-node-")
+        self._key = secrets.token_bytes(32)
+        self._listener = Listener(os.path.join(self._socket_dir, "workers.sock"), family="AF_UNIX", authkey=self._key)
+        self._connecting: dict[str, _Worker] = {}
+        self._events: deque = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._entries: dict[str, _Entry] = {}
+        self._functions: dict[str, bytes] = {}
+        self._ready: deque[TaskSpec] = deque()
+        self._waiting_on: dict[str, list[TaskSpec]] = defaultdict(list)
+        self._workers: list[_Worker] = []
+        self._actors: dict[str, _Actor] = {}
+        self._named: dict[str, str] = {}
+        self._deadlines: list[tuple[float, Callable[[], None]]] = []
+        self._running = True
+        self.stats = {"tasks_done": 0, "workers_started": 0}
+        for _ in range(self.num_workers):
+            self._start_worker()
+        self._acceptor = threading.Thread(target=self._accept_workers, name="ringwatch-node-accept", daemon=True)
+        self._acceptor.start()
+        self._thread = threading.Thread(target=self._loop, name=f"ringwatch-node-{node_id}", daemon=True)
+        self._thread.start()
+
+    # ---- client side: any thread -------------------------------------------------------------
+
+    def post(self, method: str, args: tuple, reply: Reply | None = None) -> None:
+        """Hand a request to the dispatcher thread; `reply` gets the answer there."""
+        self._events.append((method, args, reply))
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """Post a request and wait for its answer (for threads other than the dispatcher)."""
+        done = threading.Event()
+        box: list = []
+
+        def reply(ok: bool, value: Any) -> None:
+            box.append((ok, value))
+            done.set()
+
+        self.post(method, args, reply)
+        if not done.wait(timeout):
+            raise GetTimeoutError(f"the node did not answer {method} within {timeout} s")
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    def check_feasible(self, spec: TaskSpec) -> None:
+        needs = {"CPU": spec.num_cpus if spec.kind != ACTOR_CALL else 0.0, **spec.resources}
+        missing = {k: v for k, v in needs.items() if v > self.resources.get(k, 0.0)}
+        if missing:
+            raise ResourceUnavailableError(
+                f"{spec.name} needs {missing} but no node has that much (this node has {self.resources})")
+
+    def shutdown(self) -> None:
+        if not self._running:
+            return
+        self.post("stop", ())
+        self._thread.join(timeout=10)
+        for worker in [*self._workers, *self._connecting.values()]:
+            _stop_process(worker)
+        for entry in self._entries.values():
+            if entry.blob is not None:
+                free(entry.blob)
+        self._listener.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # ---- the dispatcher thread ---------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while self._running:
+            timeout = self._next_timeout()
+            conns = [w.conn for w in self._workers if w.conn is not None]
+            try:
+                ready = wait([self._wake_r, *conns], timeout)
+            except OSError:
+                ready = []
+            if self._wake_r in ready:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            while self._events:
+                method, args, reply = self._events.popleft()
+                self._handle(method, args, reply)
+            for worker in list(self._workers):
+                if worker.conn is not None and worker.conn in ready:
+                    self._read_worker(worker)
+            self._reap_unconnected()
+            self._fire_deadlines()
+            self._schedule()
+
+    def _handle(self, method: str, args: tuple, reply: Reply | None) -> None:
+        try:
+            handler = getattr(self, f"_op_{method}")
+        except AttributeError:
+            if reply:
+                reply(False, ValueError(f"unknown runtime request {method!r}"))
+            return
+        try:
+            handler(reply or _ignore, *args)
+        except Exception as exc:  # a bad request must not stop the node
+            logger.exception("request %s failed", method)
+            if reply:
+                reply(False, exc)
+
+    def _next_timeout(self) -> float | None:
+        if not self._deadlines:
+            return 1.0
+        return max(0.0, min(d for d, _ in self._deadlines) - time.monotonic())
+
+    def _fire_deadlines(self) -> None:
+        if not self._deadlines:
+            return
+        now = time.monotonic()
+        due = [cb for d, cb in self._deadlines if d <= now]
+        self._deadlines = [(d, cb) for d, cb in self._deadlines if d > now]
+        for callback in due:
+            callback()
+
+    # ---- requests ----------------------------------------------------------------------------
+
+    def _op_stop(self, reply: Reply) -> None:
+        self._running = False
+        reply(True, None)
+
+    def _op_hold(self, reply: Reply, object_id: str) -> None:
+        self._entries.setdefault(object_id, _Entry()).holders += 1
+
+    def _op_release(self, reply: Reply, object_id: str) -> None:
+        entry = self._entries.get(object_id)
+        if entry is not None:
+            entry.holders -= 1
+            self._free_if_unused(object_id, entry)
+
+    def _op_register_function(self, reply: Reply, function_id: str, code: bytes) -> None:
+        self._functions[function_id] = code
+        reply(True, None)
+
+    def _op_submit(self, reply: Reply, spec: TaskSpec) -> None:
+        entry = self._entries.setdefault(spec.task_id, _Entry())
+        entry.spec = spec
+        for object_id in (*spec.deps, *spec.contained):
+            self._entries.setdefault(object_id, _Entry()).pins += 1
+        if spec.kind == ACTOR_CREATE:
+            self._create_actor(spec)
+        elif spec.kind == ACTOR_CALL:
+            actor = self._actors.get(spec.actor_id)
+            if actor is None or actor.dead_reason:
+                reason = actor.dead_reason if actor else "no such actor"
+                self._finish(TaskResult(spec.task_id, None, ActorDiedError(f"{spec.name}: {reason}")))
+            else:
+                actor.queue.append(spec)
+        else:
+            unready = [d for d in spec.deps if not self._entries[d].ready]
+            if unready:
+                for dep in unready:
+                    self._waiting_on[dep].append(spec)
+            else:
+                self._ready.append(spec)
+        reply(True, None)
+
+    def _op_put(self, reply: Reply, object_id: str, blob: Blob) -> None:
+        entry = self._entries.setdefault(object_id, _Entry())
+        entry.blob, entry.ready = blob, True
+        reply(True, None)
+
+    def _op_get(self, reply: Reply, object_ids: list[str], timeout: float | None) -> None:
+        """Answer with each object's Blob (or error) once all are ready, or GetTimeoutError."""
+        self._when_ready(object_ids, len(object_ids), timeout, reply,
+                         lambda: [self._value_of(i) for i in object_ids],
+                         lambda: GetTimeoutError(f"get timed out after {timeout} s waiting for "
+                                                 f"{sum(not self._is_ready(i) for i in object_ids)} of "
+                                                 f"{len(object_ids)} objects"))
+
+    def _op_wait(self, reply: Reply, object_ids: list[str], num_returns: int, timeout: float | None) -> None:
+        """Answer with the ids ready once `num_returns` are (or all ready ones at the timeout)."""
+        ready_ids = lambda: [i for i in object_ids if self._is_ready(i)]  # noqa: E731
+        self._when_ready(object_ids, num_returns, timeout, reply, ready_ids, None)
+
+    def _op_cancel(self, reply: Reply, object_id: str) -> None:
+        entry = self._entries.get(object_id)
+        if entry is None or entry.ready or entry.spec is None:
+            reply(True, False)
+            return
+        spec = entry.spec
+        for queue in (self._ready, *self._waiting_on.values(), *(a.queue for a in self._actors.values())):
+            if spec in queue:
+                queue.remove(spec)
+                self._finish(TaskResult(spec.task_id, None, TaskCancelledError(spec.name)))
+                reply(True, True)
+                return
+        for worker in self._workers:
+            if worker.actor_id is None and any(s.task_id == object_id for s in worker.in_flight):
+                spec.cancelled = True
+                worker.process.kill()
+                reply(True, True)
+                return
+        reply(True, False)
+
+    def _op_get_actor(self, reply: Reply, name: str) -> None:
+        actor_id = self._named.get(name)
+        actor = self._actors.get(actor_id) if actor_id else None
+        if actor is None or actor.dead_reason:
+            reply(False, ValueError(f"no live actor named {name!r}"))
+            return
+        reply(True, (actor.actor_id, actor.class_name, actor.methods, actor.name))
+
+    def _op_kill(self, reply: Reply, actor_id: str) -> None:
+        actor = self._actors.get(actor_id)
+        if actor is not None and not actor.dead_reason:
+            self._actor_died(actor, "the actor was killed with kill()")
+        reply(True, None)
+
+    def _op_nodes(self, reply: Reply) -> None:
+        reply(True, [self.describe()])
+
+    def _op_object_count(self, reply: Reply) -> None:
+        reply(True, {"objects": len(self._entries), "functions": len(self._functions),
+                     "waiting": sum(len(v) for v in self._waiting_on.values()),
+                     "shared_bytes": sum(e.blob.size for e in self._entries.values() if e.blob and e.blob.shared)})
+
+    def describe(self) -> dict:
+        return {"node_id": self.node_id, "alive": True, "resources": dict(self.resources),
+                "queued": len(self._ready), "workers": len([w for w in self._workers if w.actor_id is None]),
+                "actors": len([a for a in self._actors.values() if not a.dead_reason]),
+                "objects": len(self._entries)}
+
+    # ---- objects -----------------------------------------------------------------------------
+
+    def _is_ready(self, object_id: str) -> bool:
+        entry = self._entries.get(object_id)
+        return entry is not None and entry.ready
+
+    def _value_of(self, object_id: str) -> Blob | Exception:
+        entry = self._entries.get(object_id)
+        if entry is None or not entry.ready:
+            return ObjectLostError(f"object {object_id} is not held by anyone any more")
+        return entry.error if entry.error is not None else entry.blob
+
+    def _when_ready(self, object_ids, count, timeout, reply, answer, on_timeout) -> None:
+        pending = {i for i in object_ids if not self._is_ready(i)}
+        needed = count - (len(set(object_ids)) - len(pending))
+        if needed <= 0 or not pending:
+            reply(True, answer())
+            return
+        state = {"done": False, "needed": needed}
+
+        def one_ready() -> None:
+            state["needed"] -= 1
+            if state["needed"] <= 0 and not state["done"]:
+                state["done"] = True
+                reply(True, answer())
+
+        def expired() -> None:
+            if not state["done"]:
+                state["done"] = True
+                if on_timeout is None:
+                    reply(True, answer())
+                else:
+                    reply(False, on_timeout())
+
+        for object_id in pending:
+            self._entries.setdefault(object_id, _Entry()).waiters.append(one_ready)
+        if timeout is not None:
+            self._deadlines.append((time.monotonic() + timeout, expired))
+
+    def _finish(self, result: TaskResult) -> None:
+        entry = self._entries.setdefault(result.task_id, _Entry())
+        if entry.ready:
+            return
+        entry.blob, entry.error, entry.ready = result.blob, result.error, True
+        entry.contained = result.contained
+        for object_id in result.contained:
+            self._entries.setdefault(object_id, _Entry()).pins += 1
+        spec = entry.spec
+        if spec is not None:
+            for object_id in (*spec.deps, *spec.contained):
+                self._unpin(object_id)
+            entry.spec = spec if spec.kind == ACTOR_CREATE else None
+        waiters, entry.waiters = entry.waiters, []
+        for waiter in waiters:
+            waiter()
+        for dependent in self._waiting_on.pop(result.task_id, ()):
+            if all(self._is_ready(d) for d in dependent.deps):
+                self._ready.append(dependent)
+        self._free_if_unused(result.task_id, entry)
+
+    def _unpin(self, object_id: str) -> None:
+        entry = self._entries.get(object_id)
+        if entry is not None:
+            entry.pins -= 1
+            self._free_if_unused(object_id, entry)
+
+    def _free_if_unused(self, object_id: str, entry: _Entry) -> None:
+        if entry.holders > 0 or entry.pins > 0 or not entry.ready or entry.waiters:
+            return
+        del self._entries[object_id]
+        if entry.blob is not None:
+            free(entry.blob)
+        for inner in entry.contained:
+            self._unpin(inner)
+
+    # ---- workers -----------------------------------------------------------------------------
+
+    def _start_worker(self, actor_id: str | None = None) -> _Worker:
+        """Launch a worker process; it becomes usable when it has connected back (`_op_connected`)."""
+        worker_id = new_id()
+        info = {"address": self._listener.address, "worker_id": worker_id, "node_id": self.node_id,
+                "log_level": self._log_level}
+        env = {**os.environ, "RINGWATCH_WORKER_INFO": json.dumps(info), "RINGWATCH_WORKER_KEY": self._key.hex()}
+        process = subprocess.Popen([sys.executable, "-c", "from ringwatch.runtime.worker import main; main()"],
+                                   env=env, stdin=subprocess.DEVNULL)
+        worker = _Worker(worker_id, process, None, actor_id)
+        self._workers.append(worker)
+        self._connecting[worker_id] = worker
+        self.stats["workers_started"] += 1
+        return worker
+
+    def _accept_workers(self) -> None:
+        while True:
+            try:
+                conn = self._listener.accept()
+                hello = conn.recv()
+            except (OSError, EOFError):
+                if not self._running:
+                    return
+                continue
+            if isinstance(hello, tuple) and hello[:1] == ("hello",):
+                self.post("connected", (hello[1], conn))
+            else:
+                conn.close()
+
+    def _op_connected(self, reply: Reply, worker_id: str, conn: Connection) -> None:
+        worker = self._connecting.pop(worker_id, None)
+        if worker is None:
+            conn.close()
+            return
+        worker.conn = conn
+
+    def _reap_unconnected(self) -> None:
+        for worker in list(self._connecting.values()):
+            if worker.process.poll() is not None:
+                del self._connecting[worker.worker_id]
+                logger.error("worker process exited with code %s before connecting", worker.process.returncode)
+                self._worker_died(worker)
+
+    def _read_worker(self, worker: _Worker) -> None:
+        try:
+            while worker.conn.poll():
+                self._on_worker_message(worker, worker.conn.recv())
+        except (EOFError, OSError, ConnectionResetError):
+            self._worker_died(worker)
+
+    def _on_worker_message(self, worker: _Worker, message: tuple) -> None:
+        kind = message[0]
+        if kind == "done":
+            _, result, held, released = message
+            self._apply_ref_changes(held, released)
+            self._complete(worker, result)
+        elif kind == "call":
+            _, request_id, method, args, held, released = message
+            self._apply_ref_changes(held, released)
+            if request_id is None:
+                self._handle(method, args, None)
+                return
+            if method in ("get", "wait"):
+                worker.blocked = True
+            self._handle(method, args, self._reply_to_worker(worker, request_id))
+        elif kind == "requeue":
+            returned = set(message[1])
+            kept = deque()
+            for spec in worker.in_flight:
+                (self._ready.appendleft if spec.task_id in returned else kept.append)(spec)
+            worker.in_flight = kept
+
+    def _reply_to_worker(self, worker: _Worker, request_id: str) -> Reply:
+        def reply(ok: bool, value: Any) -> None:
+            worker.blocked = False
+            try:
+                worker.conn.send(("reply", request_id, ok, value))
+            except (OSError, EOFError):
+                pass
+        return reply
+
+    def _apply_ref_changes(self, held: list[str], released: list[str]) -> None:
+        for object_id in held:
+            self._op_hold(_ignore, object_id)
+        for object_id in released:
+            self._op_release(_ignore, object_id)
+
+    def _complete(self, worker: _Worker, result: TaskResult) -> None:
+        spec = None
+        for index, candidate in enumerate(worker.in_flight):
+            if candidate.task_id == result.task_id:
+                spec = candidate
+                del worker.in_flight[index]
+                break
+        if spec is not None:
+            for key, amount in spec.resources.items():
+                self._in_use[key] -= amount
+            if result.error is not None and spec.retry_exceptions and spec.attempt < spec.max_retries:
+                spec.attempt += 1
+                self._ready.append(spec)
+                return
+            if spec.kind == ACTOR_CREATE and result.error is not None:
+                actor = self._actors.get(spec.actor_id)
+                if actor is not None:
+                    self._actor_died(actor, f"the actor's constructor raised: {result.error}")
+        self.stats["tasks_done"] += 1
+        self._finish(result)
+
+    def _worker_died(self, worker: _Worker) -> None:
+        if worker not in self._workers:
+            return
+        self._workers.remove(worker)
+        _stop_process(worker)
+        if worker.actor_id is not None:
+            actor = self._actors.get(worker.actor_id)
+            if actor is not None and not actor.dead_reason:
+                self._actor_died(actor, f"its worker process exited (code {worker.process.returncode})")
+            return
+        for spec in worker.in_flight:
+            for key, amount in spec.resources.items():
+                self._in_use[key] -= amount
+            if spec.cancelled:
+                self._finish(TaskResult(spec.task_id, None, TaskCancelledError(spec.name)))
+            elif spec.attempt < spec.max_retries:
+                spec.attempt += 1
+                self._ready.append(spec)
+            else:
+                self._finish(TaskResult(spec.task_id, None, TaskError(
+                    "WorkerDiedError", f"the worker running it died {spec.attempt + 1} times", "", spec.name)))
+        if self._running:
+            self._start_worker()
+
+    # ---- actors ------------------------------------------------------------------------------
+
+    def _create_actor(self, spec: TaskSpec) -> None:
+        name = spec.actor_name
+        if name and name in self._named and not self._actors[self._named[name]].dead_reason:
+            self._finish(TaskResult(spec.task_id, None, ValueError(f"an actor named {name!r} already exists")))
+            return
+        actor = _Actor(spec.actor_id, name, spec.name, spec.methods)
+        self._actors[spec.actor_id] = actor
+        if name:
+            self._named[name] = spec.actor_id
+        actor.worker = self._start_worker(actor_id=spec.actor_id)
+        actor.queue.appendleft(spec)
+
+    def _actor_died(self, actor: _Actor, reason: str) -> None:
+        actor.dead_reason = reason
+        if actor.worker is not None:
+            worker, actor.worker = actor.worker, None
+            in_flight, worker.in_flight = list(worker.in_flight), deque()
+            if worker in self._workers:
+                self._workers.remove(worker)
+            _stop_process(worker)
+        else:
+            in_flight = []
+        for spec in [*in_flight, *actor.queue]:
+            self._finish(TaskResult(spec.task_id, None, ActorDiedError(f"{spec.name}: {reason}")))
+        actor.queue.clear()
+        if actor.name and self._named.get(actor.name) == actor.actor_id:
+            del self._named[actor.name]
+
+    # ---- scheduling --------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        for actor in self._actors.values():
+            self._feed_actor(actor)
+        if not self._ready:
+            return
+        idle = [w for w in self._workers if w.actor_id is None and w.conn is not None and not w.blocked
+                and len(w.in_flight) < _MAX_BATCH]
+        blocked = sum(1 for w in self._workers if w.actor_id is None and w.blocked)
+        pool = sum(1 for w in self._workers if w.actor_id is None)
+        if blocked and pool - blocked < self.num_workers:
+            self._start_worker()  # a worker waiting in get does not count against the pool
+        idle.sort(key=lambda w: len(w.in_flight))
+        for worker in idle:
+            if not self._ready:
+                break
+            share = max(1, min(_MAX_BATCH - len(worker.in_flight), -(-len(self._ready) // len(idle))))
+            if worker.in_flight:
+                share = min(share, max(1, len(self._ready) // (2 * len(idle))))
+            self._send_batch(worker, share)
+
+    def _send_batch(self, worker: _Worker, count: int) -> None:
+        batch = []
+        skipped: list[TaskSpec] = []
+        while self._ready and len(batch) < count:
+            spec = self._ready.popleft()
+            if spec.resources and not self._reserve(spec):
+                skipped.append(spec)
+                continue
+            batch.append(self._runnable(worker, spec))
+            worker.in_flight.append(spec)
+        self._ready.extendleft(reversed(skipped))
+        if batch:
+            self._send(worker, batch)
+
+    def _reserve(self, spec: TaskSpec) -> bool:
+        if any(self._in_use[k] + v > self.resources.get(k, 0.0) for k, v in spec.resources.items()):
+            return False
+        for key, amount in spec.resources.items():
+            self._in_use[key] += amount
+        return True
+
+    def _feed_actor(self, actor: _Actor) -> None:
+        worker = actor.worker
+        if worker is None or worker.conn is None or not actor.queue:
+            return
+        batch = []
+        while actor.queue and all(self._is_ready(d) for d in actor.queue[0].deps):
+            spec = actor.queue.popleft()
+            batch.append(self._runnable(worker, spec))
+            worker.in_flight.append(spec)
+        if batch:
+            self._send(worker, batch)
+
+    def _runnable(self, worker: _Worker, spec: TaskSpec) -> tuple:
+        code = None
+        if spec.function_id is not None and spec.function_id not in worker.known_functions:
+            code = self._functions[spec.function_id]
+            worker.known_functions.add(spec.function_id)
+        return spec, code, {d: self._value_of(d) for d in spec.deps}
+
+    def _send(self, worker: _Worker, batch: list) -> None:
+        try:
+            worker.conn.send(("run", batch))
+        except (OSError, EOFError):
+            self._worker_died(worker)
+
+
+def _ignore(ok: bool, value: Any) -> None:
+    return None
+
+
+def _stop_process(worker: _Worker) -> None:
+    if worker.conn is not None:
+        try:
+            worker.conn.send(("exit",))
+        except (OSError, EOFError, ValueError):
+            pass
+    try:
+        worker.process.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        worker.process.kill()
+        worker.process.wait(timeout=5)
+    if worker.conn is not None:
+        worker.conn.close()

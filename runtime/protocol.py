@@ -1,0 +1,62 @@
+"""Records exchanged between drivers, nodes and workers."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from .object_store import Blob
+
+TASK = "task"
+ACTOR_CREATE = "actor_create"
+ACTOR_CALL = "actor_call"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class TaskSpec:
+    """Everything needed to run one task, create an actor or call one of its methods.
+
+    `task_id` is also the id of the object the call returns. `deps` are the
+    objects passed as top-level arguments (resolved to values before the call);
+    `contained` every object reference pickled anywhere in the arguments, kept
+    alive until the call is done.
+    """
+
+    task_id: str
+    kind: str
+    name: str
+    function_id: str | None
+    args: Blob
+    deps: tuple[str, ...] = ()
+    contained: tuple[str, ...] = ()
+    actor_id: str | None = None
+    method: str | None = None
+    actor_name: str | None = None
+    methods: tuple[str, ...] = ()
+    num_cpus: float = 1.0
+    resources: dict[str, float] = field(default_factory=dict)
+    max_retries: int = 3
+    retry_exceptions: bool = False
+    attempt: int = 0
+    cancelled: bool = False
+
+
+@dataclass
+class TaskResult:
+    """What a worker reports for a finished call: a value, or the error it raised."""
+
+    task_id: str
+    blob: Blob | None
+    error: Exception | None = None
+    contained: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RefMarker:
+    """Stands in an argument list for a top-level `ObjectRef`, to be replaced by its value."""
+
+    object_id: str

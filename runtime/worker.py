@@ -1,0 +1,182 @@
+"""A worker process: runs the tasks (or the one actor) its node hands it, one at a time.
+
+Messages on the pipe to the node, node -> worker:
+  ("run", [(spec, code or None, {dep_id: Blob or error}), ...])   calls to make, in order
+  ("reply", request_id, ok, value)                                 answer to a runtime call
+  ("exit",)
+worker -> node:
+  ("done", TaskResult, held_ids, released_ids)
+  ("call", request_id, method, args, held_ids, released_ids)       nested runtime API use
+  ("requeue", [task_id, ...])                                      calls handed over but not started
+
+A task that blocks in `get` first hands its not-yet-started calls back to the
+node, so they can run elsewhere: nothing waits behind a blocked worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import traceback
+from collections import deque
+from queue import Queue
+from multiprocessing.connection import Client, Connection
+from typing import Any
+
+import cloudpickle
+
+from . import api
+from .errors import ActorDiedError, TaskError
+from .object_store import pack, unpack
+from .protocol import ACTOR_CALL, ACTOR_CREATE, RefMarker, TaskResult, TaskSpec, new_id
+from .refs import capture_refs, set_ref_listeners
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerBackend:
+    """The runtime API as seen from inside a worker: every call goes to the node over the pipe.
+
+    A reader thread drains the pipe into `inbox` at all times, so the node's sends
+    never block on a worker busy sending its own results.
+    """
+
+    def __init__(self, conn: Connection, queue: deque):
+        self.conn = conn
+        self.queue = queue
+        self.inbox: Queue = Queue()
+        threading.Thread(target=self._read, name="ringwatch-worker-reader", daemon=True).start()
+        self.held: list[str] = []
+        self.released: list[str] = []
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self.inbox.put(self.conn.recv())
+        except (EOFError, OSError):
+            self.inbox.put(("exit",))
+
+    def hold(self, object_id: str) -> None:
+        self.held.append(object_id)
+
+    def release(self, object_id: str) -> None:
+        self.released.append(object_id)
+
+    def take_ref_changes(self) -> tuple[list[str], list[str]]:
+        held, released = self.held, self.released
+        self.held, self.released = [], []
+        return held, released
+
+    def post(self, method: str, args: tuple) -> None:
+        """A request that needs no answer (submit, hold, release), sent in order with the rest."""
+        self.conn.send(("call", None, method, args, *self.take_ref_changes()))
+
+    def call(self, method: str, *args: Any) -> Any:
+        blocking = method in ("get", "wait")
+        if blocking and self.queue:
+            self._hand_back(list(self.queue))
+            self.queue.clear()
+        request_id = new_id()
+        self.conn.send(("call", request_id, method, args, *self.take_ref_changes()))
+        while True:
+            message = self.inbox.get()
+            if message[0] == "reply" and message[1] == request_id:
+                _, _, ok, value = message
+                if not ok:
+                    raise value
+                return value
+            if message[0] == "run":
+                if blocking:  # nothing may wait behind a blocked worker
+                    self._hand_back(message[1])
+                else:
+                    self.queue.extend(message[1])
+            elif message[0] == "exit":
+                raise SystemExit(0)
+
+    def _hand_back(self, entries: list) -> None:
+        self.conn.send(("requeue", [entry[0].task_id for entry in entries]))
+
+
+def main() -> None:
+    """Entry point of a worker process started by its node: connect back, then serve."""
+    info = json.loads(os.environ["RINGWATCH_WORKER_INFO"])
+    conn = Client(info["address"], family="AF_UNIX", authkey=bytes.fromhex(os.environ["RINGWATCH_WORKER_KEY"]))
+    conn.send(("hello", info["worker_id"]))
+    worker_main(conn, info)
+
+
+def worker_main(conn: Connection, node_info: dict) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=node_info.get("log_level", logging.WARNING))
+    queue: deque = deque()
+    backend = WorkerBackend(conn, queue)
+    api.attach_worker_backend(backend, node_info)
+    set_ref_listeners(backend.hold, backend.release)
+    functions: dict[str, Any] = {}
+    actor: list[Any] = []
+    try:
+        while True:
+            if not queue:
+                message = backend.inbox.get()
+                if message[0] == "exit":
+                    return
+                if message[0] == "run":
+                    queue.extend(message[1])
+                continue
+            spec, code, deps = queue.popleft()
+            if code is not None:
+                functions[spec.function_id] = cloudpickle.loads(code)
+            result = _run(spec, functions, deps, actor)
+            conn.send(("done", result, *backend.take_ref_changes()))
+    except (EOFError, OSError, KeyboardInterrupt):
+        return
+    finally:
+        os._exit(0)
+
+
+def _run(spec: TaskSpec, functions: dict[str, Any], deps: dict, actor: list[Any]) -> TaskResult:
+    try:
+        args, kwargs = _resolve_args(spec, deps)
+        if spec.kind == ACTOR_CREATE:
+            actor.append(functions[spec.function_id](*args, **kwargs))
+            value = None
+        elif spec.kind == ACTOR_CALL:
+            if not actor:
+                raise ActorDiedError(f"{spec.name}: the actor was not created")
+            value = getattr(actor[0], spec.method)(*args, **kwargs)
+        else:
+            value = functions[spec.function_id](*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - everything a task raises goes back to the caller
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)) and spec.kind != ACTOR_CALL:
+            raise
+        return TaskResult(spec.task_id, None, _as_task_error(exc, spec))
+    try:
+        with capture_refs() as contained:
+            blob = pack(value, what=f"the return value of {spec.name}")
+    except Exception as exc:  # noqa: BLE001
+        return TaskResult(spec.task_id, None, _as_task_error(exc, spec))
+    return TaskResult(spec.task_id, blob, None, tuple(contained))
+
+
+def _resolve_args(spec: TaskSpec, deps: dict) -> tuple[list, dict]:
+    args, kwargs = unpack(spec.args)
+
+    def value_of(item: Any) -> Any:
+        if isinstance(item, RefMarker):
+            dep = deps[item.object_id]
+            if isinstance(dep, BaseException):
+                raise dep
+            return unpack(dep)
+        return item
+
+    return [value_of(a) for a in args], {k: value_of(v) for k, v in kwargs.items()}
+
+
+def _as_task_error(exc: BaseException, spec: TaskSpec) -> Exception:
+    if isinstance(exc, TaskError):
+        return exc
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return TaskError(type(exc).__name__, str(exc), text, spec.name)
