@@ -4,16 +4,26 @@ from .detector import BatchResult, Rejected, RingDetector
 from .durations import InvalidDurationError, format_duration, parse_duration
 from .export import subgraph
 from .model import Alert, InvalidTransactionError, Transaction, alert_id, parse_timestamp
-from .ring_search import InvalidSearchOptionError, Ring, SearchOptions, SearchOutcome, Trigger, search
-from .shard_set import LocalShards, ShardSet
+from .ring_search import (
+    InvalidSearchOptionError,
+    Ring,
+    SearchOptions,
+    SearchOutcome,
+    Trigger,
+    search,
+    search_in_parallel,
+)
+from .shard_set import ActorShards, GraphShard, LocalShards, ShardSet
 from .shard_store import Edge, ExpandRequest, ExpandResult, ShardStore, shard_of
 
 __all__ = [
+    "ActorShards",
     "Alert",
     "BatchResult",
     "Edge",
     "ExpandRequest",
     "ExpandResult",
+    "GraphShard",
     "InvalidDurationError",
     "InvalidSearchOptionError",
     "InvalidTransactionError",
@@ -32,6 +42,7 @@ __all__ = [
     "parse_duration",
     "parse_timestamp",
     "search",
+    "search_in_parallel",
     "shard_of",
     "subgraph",
 ]

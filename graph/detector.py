@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .model import Alert, Transaction, alert_id
-from .ring_search import Ring, SearchOptions, Trigger, search
+from .ring_search import Ring, SearchOptions, SearchOutcome, Trigger, search
 from .shard_set import ShardSet
 
 logger = logging.getLogger(__name__)
@@ -50,9 +50,11 @@ class RingDetector:
     """Finds the rings each payment closes, over shards it does not own the lifetime of."""
 
     def __init__(self, shards: ShardSet, options: SearchOptions, *,
+                 searcher: Callable[[Sequence[Trigger], ShardSet, SearchOptions], list[SearchOutcome]] = search,
                  clock: Callable[[], float] = time.time, evict_every_ms: int | None = None):
         self.shards = shards
         self.options = options
+        self.searcher = searcher
         self.clock = clock
         self.next_seq = 0
         self.watermark = _NEVER
@@ -78,7 +80,7 @@ class RingDetector:
         repeated = self.shards.apply([(t.tx_id, t.src, t.dst, t.amount, t.ts, t.seq) for _, t, _ in accepted])
         fresh = [(tx, trigger, arrived) for tx, trigger, arrived in accepted if tx.tx_id not in repeated]
         result.duplicates = len(accepted) - len(fresh)
-        outcomes = search([trigger for _, trigger, _ in fresh], self.shards, self.options)
+        outcomes = self.searcher([trigger for _, trigger, _ in fresh], self.shards, self.options)
         for (tx, _, arrived), outcome in zip(fresh, outcomes):
             result.truncated_searches += outcome.truncated
             result.alerts.extend(self._alert(ring, tx, arrived, outcome.truncated) for ring in outcome.rings)

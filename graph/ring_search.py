@@ -27,7 +27,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .shard_store import Edge, ExpandRequest, ExpandResult
 
@@ -46,8 +46,8 @@ class SearchOptions:
     min_amount: float | None = None
     min_ratio: float | None = None
     max_ratio: float | None = None
-    max_rings_per_tx: int | None = None
-    max_degree: int | None = None
+    max_rings_per_tx: int | None = 100
+    max_degree: int | None = 1000
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_hops, int) or self.max_hops < 2:
@@ -119,6 +119,26 @@ class _Half(NamedTuple):
     edges: tuple[Edge, ...]
     bound_ts: int  # forward: earliest next departure; backward: latest previous arrival
     amount: float | None  # amount of the edge at the open end (the trigger's, for an empty backward half)
+
+
+def search_in_parallel(triggers: Sequence[Trigger], shards: Any, options: SearchOptions,
+                       parallelism: int) -> list[SearchOutcome]:
+    """Split the triggers over `parallelism` stateless search tasks on the runtime (shards are actors)."""
+    from ringwatch import runtime as rt
+
+    if not triggers:
+        return []
+    size = -(-len(triggers) // max(1, parallelism))
+    chunks = [list(triggers[i:i + size]) for i in range(0, len(triggers), size)]
+    task = rt.remote(_search_task)
+    outcomes = rt.get([task.remote(chunk, shards.handles, options) for chunk in chunks])
+    return [outcome for chunk in outcomes for outcome in chunk]
+
+
+def _search_task(triggers: list[Trigger], handles: list, options: SearchOptions) -> list[SearchOutcome]:
+    from .shard_set import ActorShards
+
+    return search(triggers, ActorShards(handles=handles), options)
 
 
 def search(triggers: Sequence[Trigger], shards: Shards, options: SearchOptions) -> list[SearchOutcome]:

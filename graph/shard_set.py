@@ -69,3 +69,28 @@ class LocalShards(ShardSet):
 
     def _call(self, method: str, args_by_shard: dict[int, tuple]) -> dict[int, Any]:
         return {shard: getattr(self.stores[shard], method)(*args) for shard, args in args_by_shard.items()}
+
+
+class GraphShard(ShardStore):
+    """A shard as a runtime actor: its own process, called only with batches."""
+
+
+class ActorShards(ShardSet):
+    """Shards held by `GraphShard` actors; a call to several shards runs on all of them at once."""
+
+    def __init__(self, num_shards: int = 1, *, handles: Sequence[Any] | None = None):
+        from ringwatch import runtime as rt
+
+        self._rt = rt
+        self.num_shards = num_shards if handles is None else len(handles)
+        actor = rt.remote(GraphShard)
+        self.handles = list(handles) if handles is not None else [
+            actor.remote(i, num_shards) for i in range(num_shards)]
+
+    def _call(self, method: str, args_by_shard: dict[int, tuple]) -> dict[int, Any]:
+        refs = {shard: getattr(self.handles[shard], method).remote(*args) for shard, args in args_by_shard.items()}
+        return dict(zip(refs, self._rt.get(list(refs.values()))))
+
+    def close(self) -> None:
+        for handle in self.handles:
+            self._rt.kill(handle)

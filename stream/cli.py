@@ -14,7 +14,9 @@ def _registrars() -> list[Registrar]:
     """Subcommand registrars, in the order `ringwatch --help` lists them."""
     from ringwatch.connectors import commands as connectors_commands
 
-    return [connectors_commands.register]
+    from . import detect_command
+
+    return [detect_command.register, connectors_commands.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -129,7 +129,7 @@ def test_large_random_stream_against_the_oracle():
     for i in range(400):
         ts += rng.choice([0, 1, 5, 30])
         stream.append(tx(f"t{i}", f"a{rng.randrange(25)}", f"a{rng.randrange(25)}", ts, rng.choice([90.0, 100.0])))
-    options = SearchOptions(max_hops=6, window_ms=300)
+    options = SearchOptions(max_hops=6, window_ms=300, max_degree=None, max_rings_per_tx=None)
     detector = RingDetector(LocalShards(4), options)
     alerts = []
     for start in range(0, len(stream), 37):

@@ -9,6 +9,7 @@ from graph_oracle import oracle_rings
 from ringwatch.graph import LocalShards, RingDetector, SearchOptions, Transaction, alert_id
 
 WINDOW = 20
+UNBOUNDED = {"max_degree": None, "max_rings_per_tx": None}  # the oracle knows no work bounds
 
 
 @st.composite
@@ -69,28 +70,28 @@ batches = st.lists(st.integers(1, 9), max_size=12)
 @common
 @given(stream=streams(), shards=st.integers(1, 4), sizes=batches, max_hops=st.integers(2, 6))
 def test_strict_order_matches_oracle(stream, shards, sizes, max_hops):
-    options = SearchOptions(max_hops=max_hops, window_ms=WINDOW)
+    options = SearchOptions(max_hops=max_hops, window_ms=WINDOW, **UNBOUNDED)
     assert_matches_oracle(stream, options, run_engine(stream, options, shards, sizes))
 
 
 @common
 @given(stream=streams(), shards=st.integers(1, 4), sizes=batches)
 def test_unordered_matches_oracle(stream, shards, sizes):
-    options = SearchOptions(max_hops=4, window_ms=WINDOW, order="none")
+    options = SearchOptions(max_hops=4, window_ms=WINDOW, order="none", **UNBOUNDED)
     assert_matches_oracle(stream, options, run_engine(stream, options, shards, sizes))
 
 
 @common
 @given(stream=streams(), shards=st.integers(1, 4), sizes=batches)
 def test_flow_rule_matches_oracle(stream, shards, sizes):
-    options = SearchOptions(max_hops=5, window_ms=WINDOW, min_ratio=0.85, max_ratio=1.0)
+    options = SearchOptions(max_hops=5, window_ms=WINDOW, min_ratio=0.85, max_ratio=1.0, **UNBOUNDED)
     assert_matches_oracle(stream, options, run_engine(stream, options, shards, sizes))
 
 
 @common
 @given(stream=streams(), sizes=batches)
 def test_batching_never_changes_the_alerts(stream, sizes):
-    options = SearchOptions(max_hops=6, window_ms=WINDOW)
+    options = SearchOptions(max_hops=6, window_ms=WINDOW, **UNBOUNDED)
     one_by_one = run_engine(stream, options, 2, [1] * len(stream))
     batched = run_engine(stream, options, 3, sizes)
     assert [(a.alert_id, a.tx_ids) for a in batched] == [(a.alert_id, a.tx_ids) for a in one_by_one]
