@@ -409,7 +409,9 @@ class Node:
         worker_id = new_id()
         info = {"address": self._listener.address, "worker_id": worker_id, "node_id": self.node_id,
                 "log_level": self._log_level}
-        env = {**os.environ, "RINGWATCH_WORKER_INFO": json.dumps(info), "RINGWATCH_WORKER_KEY": self._key.hex()}
+        # Workers see the driver's import path, so functions pickled by reference import there too.
+        env = {**os.environ, "RINGWATCH_WORKER_INFO": json.dumps(info), "RINGWATCH_WORKER_KEY": self._key.hex(),
+               "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         process = subprocess.Popen([sys.executable, "-c", "from ringwatch.runtime.worker import main; main()"],
                                    env=env, stdin=subprocess.DEVNULL)
         worker = _Worker(worker_id, process, None, actor_id)
@@ -578,13 +580,18 @@ class Node:
         pool = sum(1 for w in self._workers if w.actor_id is None)
         if blocked and pool - blocked < self.num_workers:
             self._start_worker()  # a worker waiting in get does not count against the pool
+        # A small backlog goes one task per free worker, so nothing waits behind a long task;
+        # a large one is handed out in batches, which is what makes many small tasks cheap.
+        backlog = len(self._ready) > 4 * max(pool, 1)
         idle.sort(key=lambda w: len(w.in_flight))
         for worker in idle:
             if not self._ready:
                 break
-            share = max(1, min(_MAX_BATCH - len(worker.in_flight), -(-len(self._ready) // len(idle))))
-            if worker.in_flight:
-                share = min(share, max(1, len(self._ready) // (2 * len(idle))))
+            if not backlog:
+                if not worker.in_flight:
+                    self._send_batch(worker, 1)
+                continue
+            share = max(1, min(_MAX_BATCH - len(worker.in_flight), -(-len(self._ready) // (2 * len(idle)))))
             self._send_batch(worker, share)
 
     def _send_batch(self, worker: _Worker, count: int) -> None:

@@ -48,15 +48,22 @@ class WorkerBackend:
         self.conn = conn
         self.queue = queue
         self.inbox: Queue = Queue()
-        threading.Thread(target=self._read, name="ringwatch-worker-reader", daemon=True).start()
         self.held: list[str] = []
         self.released: list[str] = []
+        self.code: dict[str, bytes] = {}  # function id -> pickled code, as the node first sent it
+        threading.Thread(target=self._read, name="ringwatch-worker-reader", daemon=True).start()
 
     def _read(self) -> None:
         try:
             while True:
-                self.inbox.put(self.conn.recv())
+                message = self.conn.recv()
+                if message[0] == "run":  # keep code even for calls handed back: the node sends it once
+                    self.code.update((spec.function_id, code) for spec, code, _ in message[1] if code is not None)
+                self.inbox.put(message)
         except (EOFError, OSError):
+            self.inbox.put(("exit",))
+        except Exception:  # a reader that dies silently would hang the worker: exit so the node retries
+            logger.exception("worker reader failed")
             self.inbox.put(("exit",))
 
     def hold(self, object_id: str) -> None:
@@ -126,10 +133,8 @@ def worker_main(conn: Connection, node_info: dict) -> None:
                 if message[0] == "run":
                     queue.extend(message[1])
                 continue
-            spec, code, deps = queue.popleft()
-            if code is not None:
-                functions[spec.function_id] = cloudpickle.loads(code)
-            result = _run(spec, functions, deps, actor)
+            spec, _, deps = queue.popleft()
+            result = _run(spec, backend.code, functions, deps, actor)
             conn.send(("done", result, *backend.take_ref_changes()))
     except (EOFError, OSError, KeyboardInterrupt):
         return
@@ -137,8 +142,11 @@ def worker_main(conn: Connection, node_info: dict) -> None:
         os._exit(0)
 
 
-def _run(spec: TaskSpec, functions: dict[str, Any], deps: dict, actor: list[Any]) -> TaskResult:
+def _run(spec: TaskSpec, code: dict[str, bytes], functions: dict[str, Any], deps: dict,
+         actor: list[Any]) -> TaskResult:
     try:
+        if spec.function_id is not None and spec.function_id not in functions:
+            functions[spec.function_id] = cloudpickle.loads(code[spec.function_id])
         args, kwargs = _resolve_args(spec, deps)
         if spec.kind == ACTOR_CREATE:
             actor.append(functions[spec.function_id](*args, **kwargs))
