@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import pickle
 import zlib
 from array import array
 from collections.abc import Iterable, Sequence
@@ -25,6 +26,9 @@ from typing import NamedTuple
 def shard_of(account: str, num_shards: int) -> int:
     """Stable partition of `account` (crc32, the same in every process, unlike `hash`)."""
     return zlib.crc32(account.encode()) % num_shards
+
+
+_SNAPSHOT_VERSION = 1
 
 
 class Edge(NamedTuple):
@@ -73,6 +77,16 @@ class _Adjacency:
         self.peer.append(peer)
         self.amount.append(amount)
         self.tx.append(tx_id)
+
+    @classmethod
+    def from_bytes(cls, ts: bytes, seq: bytes, peer: bytes, amount: bytes, tx: list[str]) -> "_Adjacency":
+        adjacency = cls()
+        adjacency.ts.frombytes(ts)
+        adjacency.seq.frombytes(seq)
+        adjacency.peer.frombytes(peer)
+        adjacency.amount.frombytes(amount)
+        adjacency.tx = tx
+        return adjacency
 
     def keep_from(self, horizon: int) -> int:
         """Drop edges older than `horizon`; return how many were dropped."""
@@ -184,6 +198,31 @@ class ShardStore:
                 edges = tuple(e for e in edges if e.peer in request.peers)
             results.append(ExpandResult(edges))
         return results
+
+    def snapshot(self) -> bytes:
+        """The whole shard as bytes for a checkpoint: each adjacency's raw arrays, the interning table.
+
+        Edges travel as the arrays' machine bytes, not as per-edge objects, so a
+        snapshot costs about what the shard holds in memory.
+        """
+        tables = [[(ident, a.ts.tobytes(), a.seq.tobytes(), a.peer.tobytes(), a.amount.tobytes(), a.tx)
+                   for ident, a in table.items()] for table in (self._out, self._in)]
+        state = (_SNAPSHOT_VERSION, self.shard, self.num_shards, self.horizon, self._names, self._seen, tables)
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, data: bytes) -> None:
+        """Replace this shard's state with a `snapshot` taken of the same shard."""
+        version, shard, num_shards, horizon, names, seen, tables = pickle.loads(data)
+        if version != _SNAPSHOT_VERSION or (shard, num_shards) != (self.shard, self.num_shards):
+            raise ValueError(f"snapshot of shard {shard}/{num_shards} (format {version}) cannot restore "
+                             f"shard {self.shard}/{self.num_shards} (format {_SNAPSHOT_VERSION})")
+        self.horizon = horizon
+        self._names = names
+        self._ids = {name: ident for ident, name in enumerate(names)}
+        self._seen = seen
+        self.edge_count = len(seen)
+        self._out, self._in = ({ident: _Adjacency.from_bytes(*columns) for ident, *columns in table}
+                               for table in tables)
 
     def count_edges(self) -> int:
         return self.edge_count

@@ -14,9 +14,9 @@ def _registrars() -> list[Registrar]:
     """Subcommand registrars, in the order `ringwatch --help` lists them."""
     from ringwatch.connectors import commands as connectors_commands
 
-    from . import detect_command
+    from . import detect_command, run_command
 
-    return [detect_command.register, connectors_commands.register]
+    return [run_command.register, detect_command.register, connectors_commands.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,308 @@
+"""The streaming engine: Kafka in, ring alerts out, exactly once per alert id through crashes.
+
+One loop, one batch in flight: poll the source into a micro-batch that closes
+on `batch_max_size` payments or `batch_max_delay_ms` after its first one,
+store and search it on the `GraphShard` actors, hand its alerts to every sink,
+and advance the positions it covers. Keeping a single batch in flight is the
+backpressure: nothing is read faster than the shards take it, and a checkpoint
+never has to wait for more than the batch already running.
+
+Exactly-once per alert id comes from three rules. (1) A checkpoint is aligned:
+it is taken between batches, after every sink has made the alerts of the
+covered batches durable (file fsynced, Kafka acknowledged, webhook outbox on
+disk), and records shard snapshots, source positions and the detector's
+counters as one manifest. (2) Kafka offsets are committed only after that
+manifest is durable. (3) After any crash the engine restores the newest
+complete checkpoint and replays from its positions; the replay raises the same
+alerts with the same ids, and sinks skip the ids they already delivered.
+
+Invalid input (bad JSON, failed validation, oversize) is dead-lettered by the
+source; payments older than the low watermark are dead-lettered here with the
+detector's reason. Both are counted, neither stops the engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from types import SimpleNamespace
+
+from ringwatch import runtime as rt
+from ringwatch.connectors import (
+    JsonlSink,
+    KafkaConnectorError,
+    KafkaSink,
+    KafkaSource,
+    SourceRecord,
+    WebhookSink,
+    next_positions,
+)
+from ringwatch.graph import ActorShards, Alert, RingDetector, search_in_parallel
+
+from .checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from .config import Config, dump_sections
+from .metrics import EngineMetrics
+
+logger = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+POLL_IDLE_MS = 100  # longest a poll waits with no batch open: bounds how late a stop is noticed
+SINK_FLUSH_TIMEOUT_S = 30.0
+
+
+class Engine:
+    """Runs the configured source → shards → search → sinks pipeline until stopped.
+
+    `run(stop_event)` returns after a final checkpoint once `stop_event` is
+    set. `transactions` counts source records consumed (valid or not) and is
+    part of every checkpoint, so it survives restarts.
+    """
+
+    def __init__(self, config: Config):
+        self.config = config.validate()
+        self.metrics = EngineMetrics()
+        self.transactions = 0
+        self.alerts_raised = 0
+        self.last_checkpoint: Checkpoint | None = None
+        self._positions: dict[Partition, int] = {}
+        self._pending: list[SourceRecord] = []
+        self._received: list[float] = []
+        self._lock = threading.RLock()
+        self._sinks: dict[str, object] = {}
+        self._handed: Counter[str] = Counter()
+        self._source: KafkaSource | None = None
+        self._detector: RingDetector | None = None
+        self._store = CheckpointStore(config.engine.state_dir, config.engine.keep_checkpoints)
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def run(self, stop_event: threading.Event | None = None) -> None:
+        stop = stop_event or threading.Event()
+        config = self.config
+        logger.info("engine starting config=%s", json.dumps(dump_sections(config), sort_keys=True))
+        if config.service.query_port:
+            logger.warning("query_port=%d: the query service is not built yet; ignoring", config.service.query_port)
+        started_runtime = not rt.is_initialized()
+        if started_runtime:
+            rt.init(address=config.engine.address or None)
+        shards = None
+        metrics_server = None
+        try:
+            shards = ActorShards(config.graph.shards)
+            self._detector = RingDetector(shards, config.search_options(), searcher=functools.partial(
+                search_in_parallel, parallelism=config.graph.shards))
+            self._sinks = self._open_sinks()
+            self._restore(shards)
+            self._source = self._open_source()
+            self._source.seek(self._positions)
+            self._watch_external_counters()
+            if config.service.metrics_port:
+                metrics_server = self.metrics.serve(config.service.metrics_port)
+            self._loop(stop)
+            with self._lock:
+                self._checkpoint("stop")
+        finally:
+            self._close(shards, metrics_server, started_runtime)
+        logger.info("engine stopped transactions=%d alerts=%d", self.transactions, self.alerts_raised)
+
+    def _open_sinks(self) -> dict[str, object]:
+        sinks_config, state_dir = self.config.sinks, Path(self.config.engine.state_dir)
+        sinks: dict[str, object] = {}
+        if sinks_config.webhook_url:
+            sinks["webhook"] = WebhookSink(
+                sinks_config.webhook_url, sinks_config.webhook_secret, state_dir / "webhook",
+                timeout_s=sinks_config.webhook_timeout / 1000, max_attempts=sinks_config.webhook_max_attempts,
+                backoff_initial_s=sinks_config.webhook_backoff_initial / 1000,
+                backoff_max_s=sinks_config.webhook_backoff_max / 1000)
+        if sinks_config.alerts_topic:
+            sinks["kafka"] = KafkaSink(self.config.source.kafka_bootstrap, sinks_config.alerts_topic,
+                                       state_dir / "kafka-sink")
+        if sinks_config.alerts_file:
+            sinks["file"] = JsonlSink(sinks_config.alerts_file)
+        return sinks
+
+    def _open_source(self) -> KafkaSource:
+        source_config = self.config.source
+        return KafkaSource(source_config.kafka_bootstrap, source_config.topics, source_config.group,
+                           dlq_topic=source_config.dlq_topic or None,
+                           max_message_bytes=source_config.max_message_bytes,
+                           on_revoke=self._on_revoke, on_assign=self._on_assign)
+
+    def _restore(self, shards: ActorShards) -> None:
+        checkpoint = self._store.latest()
+        if checkpoint is None:
+            logger.info("no checkpoint under %s: starting from the group's committed offsets", self._store.root)
+            return
+        if len(checkpoint.shard_digests) != shards.num_shards:
+            raise CheckpointError(
+                f"checkpoint {checkpoint.checkpoint_id} holds {len(checkpoint.shard_digests)} shards but "
+                f"graph.shards is {shards.num_shards}; run with the same shard count or a fresh state_dir")
+        rt.get([handle.restore.remote(self._store.load_shard(checkpoint, index))
+                for index, handle in enumerate(shards.handles)])
+        self._detector.next_seq = checkpoint.next_seq
+        self._detector.watermark = checkpoint.watermark
+        self._positions = dict(checkpoint.positions)
+        self.transactions = checkpoint.transactions
+        self.last_checkpoint = checkpoint
+        logger.info("restored checkpoint id=%d transactions=%d positions=%s", checkpoint.checkpoint_id,
+                    checkpoint.transactions, _show(checkpoint.positions))
+
+    def _watch_external_counters(self) -> None:
+        self.metrics.watch("ringwatch_dead_letters", "Messages sent to the dead-letter topic, by reason",
+                           ["reason"], lambda: {(reason,): n for reason, n in self._source.dead_lettered.items()})
+        self.metrics.watch("ringwatch_alerts", "Alerts by sink and outcome", ["sink", "outcome"],
+                           self._sink_outcomes)
+
+    def _sink_outcomes(self) -> dict[tuple[str, str], float]:
+        outcomes = {(name, "handed"): float(n) for name, n in self._handed.items()}
+        for name, sink in self._sinks.items():
+            for outcome, n in getattr(sink, "outcomes", {}).items():
+                outcomes[(name, outcome)] = float(n)
+        return outcomes
+
+    def _close(self, shards: ActorShards | None, metrics_server, started_runtime: bool) -> None:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        if self._source is not None:
+            self._source.close()
+        for sink in self._sinks.values():
+            sink.close()
+        if shards is not None:
+            shards.close()
+        if started_runtime:
+            rt.shutdown()
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    def _loop(self, stop: threading.Event) -> None:
+        interval_s = self.config.engine.checkpoint_interval / 1000
+        next_checkpoint = time.monotonic() + interval_s
+        while not stop.is_set():
+            self._fill_batch(stop)
+            with self._lock:
+                self._process_pending()
+                if time.monotonic() >= next_checkpoint:
+                    self._checkpoint("interval")
+                    next_checkpoint = time.monotonic() + interval_s
+
+    def _fill_batch(self, stop: threading.Event) -> None:
+        """Poll until the batch holds `batch_max_size` records or its first is `batch_max_delay_ms` old."""
+        engine_config = self.config.engine
+        opened_at = None
+        while not stop.is_set():
+            with self._lock:
+                room = engine_config.batch_max_size - len(self._pending)
+            if room <= 0:
+                return
+            if opened_at is None:
+                timeout_ms = POLL_IDLE_MS
+            else:
+                timeout_ms = int(engine_config.batch_max_delay_ms - (time.monotonic() - opened_at) * 1000)
+                if timeout_ms <= 0:
+                    return
+            records = self._source.poll_batch(max_records=room, timeout_ms=timeout_ms)
+            if not records:
+                if opened_at is None:
+                    return
+                continue
+            arrived = time.time()
+            with self._lock:
+                self._pending.extend(records)
+                self._received.extend([arrived] * len(records))
+            opened_at = opened_at or time.monotonic()
+
+    def _process_pending(self) -> None:
+        """Run the open batch through the detector and the sinks; advance the positions it covers."""
+        records, received = self._pending, self._received
+        if not records:
+            return
+        self._pending, self._received = [], []
+        valid = [(r, at) for r, at in zip(records, received) if r.ok]
+        result = self._detector.process([r.transaction for r, _ in valid], [at for _, at in valid])
+        if result.rejected:
+            self._dead_letter_late(valid, result.rejected)
+        if result.alerts:
+            self._deliver(result.alerts)
+        for partition, offset in next_positions(records).items():
+            self._positions[partition] = max(self._positions.get(partition, 0), offset)
+        self.transactions += len(records)
+        self.metrics.transactions.inc(len(records))
+        self.metrics.batches.inc()
+
+    def _dead_letter_late(self, valid: list[tuple[SourceRecord, float]], rejected) -> None:
+        by_tx = {r.transaction.tx_id: r for r, _ in valid}
+        for item in rejected:
+            record = by_tx[item.transaction.tx_id]
+            topic, partition, offset = record.position
+            self._source._dead_letter(SimpleNamespace(topic=topic, partition=partition, offset=offset,
+                                                      value=record.raw, key=None), item.reason)
+
+    def _deliver(self, alerts: list[Alert]) -> None:
+        for name, sink in self._sinks.items():
+            sink.deliver(alerts)
+            self._handed[name] += len(alerts)
+        self.alerts_raised += len(alerts)
+        self.metrics.alerts_raised.inc(len(alerts))
+        for alert in alerts:
+            self.metrics.latency.observe(alert.latency_ms / 1000)
+        logger.debug("alerts raised count=%d first=%s", len(alerts), alerts[0].alert_id)
+
+    # ---- checkpoints and rebalances --------------------------------------------------------------
+
+    def _checkpoint(self, reason: str) -> Checkpoint | None:
+        """Aligned checkpoint between batches; returns None (and keeps running) if a sink could not keep up."""
+        started = time.monotonic()
+        self._process_pending()
+        if self._unchanged_since_last_checkpoint():
+            return self.last_checkpoint
+        if not self._sinks_durable():
+            logger.warning("checkpoint skipped reason=%s: a sink did not make its alerts durable in %.0f s",
+                           reason, SINK_FLUSH_TIMEOUT_S)
+            return None
+        shards = self._detector.shards
+        snapshots = rt.get([handle.snapshot.remote() for handle in shards.handles], timeout=SINK_FLUSH_TIMEOUT_S)
+        checkpoint = self._store.save(self._positions, self._detector.next_seq, self._detector.watermark,
+                                      self.transactions, snapshots)
+        try:
+            self._source.commit(self._positions)
+        except KafkaConnectorError as exc:  # the checkpoint stands; the next one commits again
+            logger.error("checkpoint id=%d written but offsets not committed: %s", checkpoint.checkpoint_id, exc)
+        self.last_checkpoint = checkpoint
+        elapsed = time.monotonic() - started
+        self.metrics.checkpoint_duration.observe(elapsed)
+        self.metrics.checkpoints.inc()
+        self.metrics.set_lag(self._source.lag())
+        logger.info("checkpoint id=%d reason=%s transactions=%d alerts=%d bytes=%d duration_ms=%.1f positions=%s",
+                    checkpoint.checkpoint_id, reason, self.transactions, self.alerts_raised,
+                    sum(map(len, snapshots)), elapsed * 1000, _show(self._positions))
+        return checkpoint
+
+    def _unchanged_since_last_checkpoint(self) -> bool:
+        last = self.last_checkpoint
+        return last is not None and last.transactions == self.transactions and last.positions == self._positions
+
+    def _sinks_durable(self) -> bool:
+        """Every alert handed over so far survives a crash: the webhook outbox is written at `deliver`."""
+        return all(sink.flush(SINK_FLUSH_TIMEOUT_S) for sink in self._sinks.values()
+                   if not isinstance(sink, WebhookSink))
+
+    def _on_revoke(self, partitions: list[Partition]) -> None:
+        """Before partitions go: finish the open batch and checkpoint, so the next owner starts where we stop."""
+        with self._lock:
+            self._checkpoint("rebalance")
+            for partition in partitions:
+                self._positions.pop(partition, None)
+        logger.info("partitions revoked %s", partitions)
+
+    def _on_assign(self, partitions: list[Partition]) -> None:
+        logger.info("partitions assigned %s", partitions)
+
+
+def _show(positions: Mapping[Partition, int]) -> str:
+    return ",".join(f"{topic}[{partition}]@{offset}" for (topic, partition), offset in sorted(positions.items()))

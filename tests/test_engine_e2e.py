@@ -1,0 +1,72 @@
+"""`ringwatch run` end to end: a real Tansu topic in, a real signature-checking webhook receiver out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from engine_harness import (
+    SECRET,
+    EngineProcess,
+    Receiver,
+    checkpointed_transactions,
+    create_topic,
+    jsonl_ids,
+    wait_until,
+)
+from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
+from ringwatch.connectors.embedded_broker import free_port
+
+N_TRANSACTIONS = 20_000
+N_RINGS = 20
+DEADLINE_S = 180.0
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return generate(SyntheticConfig(n_transactions=N_TRANSACTIONS, n_accounts=4_000, n_rings=N_RINGS, seed=7))
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver(free_port()).start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def engines() -> Iterator[list[EngineProcess]]:
+    started: list[EngineProcess] = []
+    yield started
+    for engine in started:
+        engine.ensure_stopped()
+
+
+def engine_args(bootstrap: str, topic: str, state_dir, receiver: Receiver, alerts_file) -> list[str]:
+    return ["--kafka-bootstrap", bootstrap, "--topic", topic, "--group", f"{topic}-engine",
+            "--state-dir", str(state_dir), "--webhook-url", receiver.url, "--alerts-file", str(alerts_file),
+            "--checkpoint-interval", "1s", "--window", "7d"]
+
+
+def test_every_injected_ring_reaches_the_webhook_once(kafka_bootstrap, unique_name, tmp_path, stream, receiver,
+                                                     engines):
+    create_topic(kafka_bootstrap, unique_name, 1)
+    assert produce_transactions(kafka_bootstrap, unique_name, stream.transactions) == N_TRANSACTIONS
+    state_dir, alerts_file = tmp_path / "state", tmp_path / "alerts.jsonl"
+    engine = EngineProcess(engine_args(kafka_bootstrap, unique_name, state_dir, receiver, alerts_file),
+                           tmp_path / "engine.log", env={"RINGWATCH_WEBHOOK_SECRET": SECRET}).start()
+    engines.append(engine)
+
+    wait_until(lambda: checkpointed_transactions(state_dir) == N_TRANSACTIONS or not engine.alive(), DEADLINE_S,
+               "a checkpoint covering every produced transaction")
+    assert engine.alive(), engine.log()
+    wait_until(lambda: receiver.delivered_rings(stream.rings) == N_RINGS, DEADLINE_S, "every injected ring")
+    assert engine.terminate() == 0, engine.log()
+
+    assert receiver.bad_signatures == 0
+    assert all(count == 1 for count in receiver.accepted.values()), receiver.accepted.most_common(3)
+    file_ids = jsonl_ids(alerts_file)
+    assert len(file_ids) == len(set(file_ids))
+    wait_until(lambda: set(receiver.accepted) == set(file_ids), 30, "the webhook to catch up with the file")
+    assert checkpointed_transactions(state_dir) == N_TRANSACTIONS
