@@ -1,0 +1,93 @@
+"""Poison input mixed into the stream: every bad message in the dead-letter topic with its reason, the rest processed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from engine_harness import EngineProcess, checkpointed_transactions, create_topic, jsonl_ids, wait_until
+from ringwatch.connectors import SyntheticConfig, generate
+from ringwatch.stream import CheckpointStore
+
+DEADLINE_S = 120.0
+MAX_MESSAGE_BYTES = 10_000
+DAY_MS = 86_400_000
+
+
+@pytest.fixture
+def engines() -> Iterator[list[EngineProcess]]:
+    started: list[EngineProcess] = []
+    yield started
+    for engine in started:
+        engine.ensure_stopped()
+
+
+def poison_messages(first_ts: int) -> dict[str, bytes]:
+    """Bad messages by the reason category the dead-letter header must carry."""
+    return {
+        "malformed-json": b'{"tx_id": "p1", "src": "a", ',
+        "invalid:dst": json.dumps({"tx_id": "p2", "src": "a", "amount": 5, "ts": first_ts}).encode(),
+        "invalid:amount": json.dumps({"tx_id": "p3", "src": "a", "dst": "b", "amount": -5, "ts": first_ts}).encode(),
+        "oversize": json.dumps({"tx_id": "p4", "src": "a", "dst": "b", "amount": 1, "ts": first_ts,
+                                "pad": "x" * (2 * MAX_MESSAGE_BYTES)}).encode(),
+        "late": json.dumps({"tx_id": "p5", "src": "a", "dst": "b", "amount": 1, "ts": first_ts - 30 * DAY_MS}).encode(),
+    }
+
+
+def dead_letters(bootstrap: str, topic: str, count: int) -> list:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000)
+    try:
+        wait_until(lambda: consumer.partitions_for_topic(topic), 30, f"topic {topic} to exist")
+        consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
+        consumer.seek_to_beginning()
+        messages: list = []
+        wait_until(lambda: messages.extend(m for batch in consumer.poll(500).values() for m in batch)
+                   or len(messages) >= count, 60, f"{count} dead letters in {topic}")
+        return messages
+    finally:
+        consumer.close()
+
+
+def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, unique_name, tmp_path, engines):
+    stream = generate(SyntheticConfig(n_transactions=3_000, n_accounts=1_000, n_rings=5, seed=3))
+    transactions = stream.transactions
+    poison = poison_messages(transactions[0].ts)
+    create_topic(kafka_bootstrap, unique_name, 1)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", max_request_size=4 * MAX_MESSAGE_BYTES)
+    step = len(transactions) // (len(poison) + 1)
+    values = [json.dumps(tx.to_dict()).encode() for tx in transactions]
+    for index, bad in enumerate(reversed(list(poison.values()))):
+        values.insert(len(values) - (index + 1) * step, bad)
+    for value in values:
+        producer.send(unique_name, value=value)
+    producer.flush(30)
+    producer.close()
+
+    state_dir, alerts_file = tmp_path / "state", tmp_path / "alerts.jsonl"
+    engine = EngineProcess(["--kafka-bootstrap", kafka_bootstrap, "--topic", unique_name,
+                            "--group", f"{unique_name}-engine", "--state-dir", str(state_dir),
+                            "--alerts-file", str(alerts_file), "--checkpoint-interval", "1s",
+                            "--max-message-bytes", str(MAX_MESSAGE_BYTES)], tmp_path / "engine.log").start()
+    engines.append(engine)
+    wait_until(lambda: checkpointed_transactions(state_dir) == len(values) or not engine.alive(), DEADLINE_S,
+               "a checkpoint covering every message")
+    assert engine.terminate() == 0, engine.log()
+
+    letters = dead_letters(kafka_bootstrap, f"{unique_name}.dlq", len(poison))
+    assert len(letters) == len(poison)
+    by_reason = {}
+    for message in letters:
+        headers = {name: value.decode() for name, value in message.headers}
+        assert headers["topic"] == unique_name
+        assert values[int(headers["offset"])] == message.value, "the dead letter is not the original bytes"
+        by_reason[next(r for r in poison if headers["reason"].startswith(r))] = message.value
+    assert by_reason == poison
+
+    final = CheckpointStore(state_dir).latest()
+    assert final.next_seq == len(transactions), "a valid payment was not processed"
+    triggers = {json.loads(line)["trigger_tx_id"] for line in alerts_file.read_text().splitlines()}
+    assert {ring.tx_ids[-1] for ring in stream.rings} <= triggers
+    assert len(jsonl_ids(alerts_file)) == len(set(jsonl_ids(alerts_file)))
