@@ -28,6 +28,9 @@ from ringwatch.graph import (
 )
 
 ENV_PREFIX = "RINGWATCH_"
+# RINGWATCH_* variables that belong to others (the runtime's cluster token and worker
+# hand-over, the test suite's service addresses): not config keys, so not "unknown".
+FOREIGN_ENV_PREFIXES = ("RINGWATCH_TEST_", "RINGWATCH_TOKEN", "RINGWATCH_WORKER_")
 
 
 class ConfigError(ValueError):
@@ -230,7 +233,7 @@ def _apply_toml(config: Config, data: Mapping[str, Any], path: Path) -> None:
 def _apply_env(config: Config, environ: Mapping[str, str]) -> None:
     by_env = {s.env: s for s in settings()}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name.startswith(ENV_PREFIX + "TEST_"):
+        if not name.startswith(ENV_PREFIX) or name.startswith(FOREIGN_ENV_PREFIXES):
             continue
         spec = by_env.get(name)
         if spec is None:
