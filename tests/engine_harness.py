@@ -11,12 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from kafka.admin import KafkaAdminClient, NewTopic
+from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
 from ringwatch.connectors import InjectedRing
@@ -170,3 +172,11 @@ def jsonl_ids(path: Path) -> list[str]:
     if not path.exists():
         return []
     return [json.loads(line)["alert_id"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """The engine's /metrics as {(sample name, sorted labels): value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}

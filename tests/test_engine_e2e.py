@@ -13,6 +13,7 @@ from engine_harness import (
     checkpointed_transactions,
     create_topic,
     jsonl_ids,
+    scrape,
     wait_until,
 )
 from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
@@ -54,7 +55,9 @@ def test_every_injected_ring_reaches_the_webhook_once(kafka_bootstrap, unique_na
     create_topic(kafka_bootstrap, unique_name, 1)
     assert produce_transactions(kafka_bootstrap, unique_name, stream.transactions) == N_TRANSACTIONS
     state_dir, alerts_file = tmp_path / "state", tmp_path / "alerts.jsonl"
-    engine = EngineProcess(engine_args(kafka_bootstrap, unique_name, state_dir, receiver, alerts_file),
+    metrics_port = free_port()
+    engine = EngineProcess(engine_args(kafka_bootstrap, unique_name, state_dir, receiver, alerts_file)
+                           + ["--metrics-port", str(metrics_port)],
                            tmp_path / "engine.log", env={"RINGWATCH_WEBHOOK_SECRET": SECRET}).start()
     engines.append(engine)
 
@@ -62,11 +65,22 @@ def test_every_injected_ring_reaches_the_webhook_once(kafka_bootstrap, unique_na
                "a checkpoint covering every produced transaction")
     assert engine.alive(), engine.log()
     wait_until(lambda: receiver.delivered_rings(stream.rings) == N_RINGS, DEADLINE_S, "every injected ring")
+    wait_until(lambda: len(receiver.accepted) == len(jsonl_ids(alerts_file)), 30, "the webhook to catch up")
+    metrics = scrape(metrics_port)
     assert engine.terminate() == 0, engine.log()
+
+    assert metrics[("ringwatch_transactions_consumed_total", ())] == N_TRANSACTIONS
+    assert metrics[("ringwatch_batches_total", ())] >= N_TRANSACTIONS / 256
+    raised = metrics[("ringwatch_alerts_raised_total", ())]
+    assert raised == len(jsonl_ids(alerts_file))
+    assert metrics[("ringwatch_alerts_total", (("outcome", "delivered"), ("sink", "webhook")))] == raised
+    assert metrics[("ringwatch_alerts_total", (("outcome", "handed"), ("sink", "file")))] == raised
+    assert metrics[("ringwatch_ingest_to_alert_seconds_count", ())] == raised
+    assert metrics[("ringwatch_checkpoint_duration_seconds_count", ())] >= 1
 
     assert receiver.bad_signatures == 0
     assert all(count == 1 for count in receiver.accepted.values()), receiver.accepted.most_common(3)
     file_ids = jsonl_ids(alerts_file)
     assert len(file_ids) == len(set(file_ids))
-    wait_until(lambda: set(receiver.accepted) == set(file_ids), 30, "the webhook to catch up with the file")
+    assert set(receiver.accepted) == set(file_ids)
     assert checkpointed_transactions(state_dir) == N_TRANSACTIONS

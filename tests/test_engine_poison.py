@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from engine_harness import EngineProcess, checkpointed_transactions, create_topic, jsonl_ids, wait_until
+from engine_harness import EngineProcess, checkpointed_transactions, create_topic, jsonl_ids, scrape, wait_until
 from ringwatch.connectors import SyntheticConfig, generate
+from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.stream import CheckpointStore
 
 DEADLINE_S = 120.0
@@ -67,14 +68,19 @@ def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, uniq
     producer.close()
 
     state_dir, alerts_file = tmp_path / "state", tmp_path / "alerts.jsonl"
+    metrics_port = free_port()
     engine = EngineProcess(["--kafka-bootstrap", kafka_bootstrap, "--topic", unique_name,
                             "--group", f"{unique_name}-engine", "--state-dir", str(state_dir),
                             "--alerts-file", str(alerts_file), "--checkpoint-interval", "1s",
-                            "--max-message-bytes", str(MAX_MESSAGE_BYTES)], tmp_path / "engine.log").start()
+                            "--max-message-bytes", str(MAX_MESSAGE_BYTES),
+                            "--metrics-port", str(metrics_port)], tmp_path / "engine.log").start()
     engines.append(engine)
     wait_until(lambda: checkpointed_transactions(state_dir) == len(values) or not engine.alive(), DEADLINE_S,
                "a checkpoint covering every message")
+    metrics = scrape(metrics_port)
     assert engine.terminate() == 0, engine.log()
+    assert {labels[0][1]: value for (name, labels), value in metrics.items()
+            if name == "ringwatch_dead_letters_total"} == {"malformed-json": 1, "invalid": 2, "oversize": 1, "late": 1}
 
     letters = dead_letters(kafka_bootstrap, f"{unique_name}.dlq", len(poison))
     assert len(letters) == len(poison)
