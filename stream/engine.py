@@ -70,7 +70,10 @@ class Engine:
         self.transactions = 0
         self.alerts_raised = 0
         self.last_checkpoint: Checkpoint | None = None
-        self._positions: dict[Partition, int] = {}
+        self._covered: dict[Partition, int] = {}  # per partition: the graph holds every record below this offset
+        self._owned: set[Partition] = set()
+        self._warm_until: dict[Partition, int] = {}  # records below: already alerted on by a previous owner
+        self.warmed = 0
         self._pending: list[SourceRecord] = []
         self._received: list[float] = []
         self._lock = threading.RLock()
@@ -100,7 +103,6 @@ class Engine:
             self._sinks = self._open_sinks()
             self._restore(shards)
             self._source = self._open_source()
-            self._source.seek(self._positions)
             self._watch_external_counters()
             if config.service.metrics_port:
                 metrics_server = self.metrics.serve(config.service.metrics_port)
@@ -147,7 +149,7 @@ class Engine:
                 for index, handle in enumerate(shards.handles)])
         self._detector.next_seq = checkpoint.next_seq
         self._detector.watermark = checkpoint.watermark
-        self._positions = dict(checkpoint.positions)
+        self._covered = dict(checkpoint.positions)
         self.transactions = checkpoint.transactions
         self.last_checkpoint = checkpoint
         logger.info("restored checkpoint id=%d transactions=%d positions=%s", checkpoint.checkpoint_id,
@@ -225,15 +227,23 @@ class Engine:
         self._pending, self._received = [], []
         valid = [(r, at) for r, at in zip(records, received) if r.ok]
         result = self._detector.process([r.transaction for r, _ in valid], [at for _, at in valid])
+        warming = {r.transaction.tx_id for r, _ in valid if self._is_warm_up(r)}
         if result.rejected:
-            self._dead_letter_late(valid, result.rejected)
-        if result.alerts:
-            self._deliver(result.alerts)
+            self._dead_letter_late(valid, [item for item in result.rejected if item.transaction.tx_id not in warming])
+        alerts = [alert for alert in result.alerts if alert.trigger_tx_id not in warming]
+        if alerts:
+            self._deliver(alerts)
         for partition, offset in next_positions(records).items():
-            self._positions[partition] = max(self._positions.get(partition, 0), offset)
-        self.transactions += len(records)
-        self.metrics.transactions.inc(len(records))
+            self._covered[partition] = max(self._covered.get(partition, 0), offset)
+        consumed = sum(1 for r in records if not self._is_warm_up(r))
+        self.warmed += len(records) - consumed
+        self.transactions += consumed
+        self.metrics.transactions.inc(consumed)
         self.metrics.batches.inc()
+
+    def _is_warm_up(self, record: SourceRecord) -> bool:
+        topic, partition, offset = record.position
+        return offset < self._warm_until.get((topic, partition), 0)
 
     def _dead_letter_late(self, valid: list[tuple[SourceRecord, float]], rejected) -> None:
         by_tx = {r.transaction.tx_id: r for r, _ in valid}
@@ -267,10 +277,10 @@ class Engine:
             return None
         shards = self._detector.shards
         snapshots = rt.get([handle.snapshot.remote() for handle in shards.handles], timeout=SINK_FLUSH_TIMEOUT_S)
-        checkpoint = self._store.save(self._positions, self._detector.next_seq, self._detector.watermark,
+        checkpoint = self._store.save(self._covered, self._detector.next_seq, self._detector.watermark,
                                       self.transactions, snapshots)
         try:
-            self._source.commit(self._positions)
+            self._source.commit({p: offset for p, offset in self._covered.items() if p in self._owned})
         except KafkaConnectorError as exc:  # the checkpoint stands; the next one commits again
             logger.error("checkpoint id=%d written but offsets not committed: %s", checkpoint.checkpoint_id, exc)
         self.last_checkpoint = checkpoint
@@ -280,12 +290,12 @@ class Engine:
         self.metrics.set_lag(self._source.lag())
         logger.info("checkpoint id=%d reason=%s transactions=%d alerts=%d bytes=%d duration_ms=%.1f positions=%s",
                     checkpoint.checkpoint_id, reason, self.transactions, self.alerts_raised,
-                    sum(map(len, snapshots)), elapsed * 1000, _show(self._positions))
+                    sum(map(len, snapshots)), elapsed * 1000, _show(self._covered))
         return checkpoint
 
     def _unchanged_since_last_checkpoint(self) -> bool:
         last = self.last_checkpoint
-        return last is not None and last.transactions == self.transactions and last.positions == self._positions
+        return last is not None and last.transactions == self.transactions and last.positions == self._covered
 
     def _sinks_durable(self) -> bool:
         """Every alert handed over so far survives a crash: the webhook outbox is written at `deliver`."""
@@ -296,12 +306,27 @@ class Engine:
         """Before partitions go: finish the open batch and checkpoint, so the next owner starts where we stop."""
         with self._lock:
             self._checkpoint("rebalance")
-            for partition in partitions:
-                self._positions.pop(partition, None)
+            self._owned.difference_update(partitions)
         logger.info("partitions revoked %s", partitions)
 
     def _on_assign(self, partitions: list[Partition]) -> None:
-        logger.info("partitions assigned %s", partitions)
+        """Resume each partition where this engine's graph stops; warm up what another owner processed.
+
+        If the group's committed offset is beyond what our graph holds (another
+        engine owned the partition meanwhile), the records in between are read
+        into the graph as witnesses, but their alerts and dead letters are not
+        sent again: the previous owner sent them before it committed.
+        """
+        with self._lock:
+            for partition in partitions:
+                start = self._covered.get(partition, 0)
+                committed = self._source.committed(partition) or 0
+                self._source.seek({partition: start})
+                if committed > start:
+                    self._warm_until[partition] = committed
+                self._owned.add(partition)
+                logger.info("partition assigned %s[%d] from=%d warm_until=%d", *partition, start,
+                            max(committed, start))
 
 
 def _show(positions: Mapping[Partition, int]) -> str:
