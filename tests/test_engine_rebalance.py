@@ -1,0 +1,104 @@
+"""A second `ringwatch run` joins the consumer group mid-stream: partitions move, nothing lost or doubled.
+
+Each engine holds the graph of the partitions it consumes, so the rings are
+produced partition-local (all payments of an injected ring to one partition);
+background payments are spread over both partitions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from kafka import KafkaProducer
+
+from engine_harness import SECRET, EngineProcess, Receiver, create_topic, jsonl_ids, wait_until
+from ringwatch.connectors import SyntheticConfig, generate
+from ringwatch.connectors.embedded_broker import free_port
+from ringwatch.graph import Transaction
+from ringwatch.stream import CheckpointStore
+
+N_TRANSACTIONS = 10_000
+N_RINGS = 12
+DEADLINE_S = 180.0
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver(free_port()).start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def engines() -> Iterator[list[EngineProcess]]:
+    started: list[EngineProcess] = []
+    yield started
+    for engine in started:
+        engine.ensure_stopped()
+
+
+def produce(bootstrap: str, topic: str, transactions: list[Transaction], partition_of: dict[str, int]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+    for tx in transactions:
+        producer.send(topic, value=json.dumps(tx.to_dict()).encode(), partition=partition_of[tx.tx_id])
+    producer.flush(60)
+    producer.close()
+
+
+def covered(state_dir) -> dict:
+    checkpoint = CheckpointStore(state_dir).latest()
+    return checkpoint.positions if checkpoint else {}
+
+
+def test_second_engine_joining_takes_partitions_without_losing_or_doubling(kafka_bootstrap, unique_name, tmp_path,
+                                                                           receiver, engines):
+    stream = generate(SyntheticConfig(n_transactions=N_TRANSACTIONS, n_accounts=3_000, n_rings=N_RINGS, seed=21))
+    transactions = stream.transactions
+    partition_of = {tx.tx_id: index % 2 for index, tx in enumerate(transactions)}
+    for number, ring in enumerate(stream.rings):
+        partition_of.update({tx_id: number % 2 for tx_id in ring.tx_ids})
+    produced = Counter(partition_of.values())
+    half = N_TRANSACTIONS // 2
+    create_topic(kafka_bootstrap, unique_name, 2)
+    produce(kafka_bootstrap, unique_name, transactions[:half], partition_of)
+
+    def start(name: str) -> EngineProcess:
+        engine = EngineProcess(["--kafka-bootstrap", kafka_bootstrap, "--topic", unique_name,
+                                "--group", f"{unique_name}-engines", "--state-dir", str(tmp_path / name),
+                                "--webhook-url", receiver.url, "--alerts-file", str(tmp_path / f"{name}.jsonl"),
+                                "--checkpoint-interval", "1s"],
+                               tmp_path / f"{name}.log", env={"RINGWATCH_WEBHOOK_SECRET": SECRET}).start()
+        engines.append(engine)
+        return engine
+
+    first = start("first")
+    wait_until(lambda: sum(covered(tmp_path / "first").values()) == half or not first.alive(), DEADLINE_S,
+               "the first engine to checkpoint the first half")
+    second = start("second")
+    wait_until(lambda: "partition assigned" in second.log() or not second.alive(), DEADLINE_S,
+               "the second engine to be given a partition")
+    produce(kafka_bootstrap, unique_name, transactions[half:], partition_of)
+
+    def all_consumed() -> bool:
+        first_pos, second_pos = covered(tmp_path / "first"), covered(tmp_path / "second")
+        return all(max(first_pos.get((unique_name, p), 0), second_pos.get((unique_name, p), 0)) == produced[p]
+                   for p in produced)
+
+    wait_until(lambda: all_consumed() or not (first.alive() and second.alive()), DEADLINE_S,
+               "both partitions consumed to the end")
+    wait_until(lambda: receiver.delivered_rings(stream.rings) == N_RINGS, DEADLINE_S, "every injected ring")
+    assert first.terminate() == 0, first.log()
+    assert second.terminate() == 0, second.log()
+
+    assert "revoked [('" in first.log(), "the first engine never gave a partition up"
+    first_ids, second_ids = jsonl_ids(tmp_path / "first.jsonl"), jsonl_ids(tmp_path / "second.jsonl")
+    assert second_ids, "the second engine raised no alert"
+    assert not set(first_ids) & set(second_ids), "both engines raised the same alert"
+    assert set(receiver.accepted) == set(first_ids) | set(second_ids)
+    assert all(count == 1 for count in receiver.accepted.values())
+    consumed = (CheckpointStore(tmp_path / "first").latest().transactions
+                + CheckpointStore(tmp_path / "second").latest().transactions)
+    assert consumed == N_TRANSACTIONS, "a payment was consumed by neither engine or by both"
