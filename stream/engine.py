@@ -74,6 +74,7 @@ class Engine:
         self._owned: set[Partition] = set()
         self._warm_until: dict[Partition, int] = {}  # records below: already alerted on by a previous owner
         self.warmed = 0
+        self._failed = False
         self._pending: list[SourceRecord] = []
         self._received: list[float] = []
         self._lock = threading.RLock()
@@ -109,6 +110,9 @@ class Engine:
             self._loop(stop)
             with self._lock:
                 self._checkpoint("stop")
+        except BaseException:
+            self._failed = True  # state may be half-applied: the last good checkpoint is what a restart uses
+            raise
         finally:
             self._close(shards, metrics_server, started_runtime)
         logger.info("engine stopped transactions=%d alerts=%d", self.transactions, self.alerts_raised)
@@ -267,6 +271,8 @@ class Engine:
 
     def _checkpoint(self, reason: str) -> Checkpoint | None:
         """Aligned checkpoint between batches; returns None (and keeps running) if a sink could not keep up."""
+        if self._failed:
+            return None
         started = time.monotonic()
         self._process_pending()
         if self._unchanged_since_last_checkpoint():

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
@@ -180,3 +181,18 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
         text = response.read().decode()
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def read_topic(bootstrap: str, topic: str, count: int, timeout_s: float = 60.0) -> list:
+    """At least `count` messages of `topic` (all partitions) from the beginning."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        wait_until(lambda: consumer.partitions_for_topic(topic), timeout_s, f"topic {topic} to exist")
+        consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
+        consumer.seek_to_beginning()
+        messages: list = []
+        wait_until(lambda: messages.extend(m for batch in consumer.poll(500).values() for m in batch)
+                   or len(messages) >= count, timeout_s, f"{count} messages on {topic}")
+        return messages
+    finally:
+        consumer.close()

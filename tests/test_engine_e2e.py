@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +14,7 @@ from engine_harness import (
     checkpointed_transactions,
     create_topic,
     jsonl_ids,
+    read_topic,
     scrape,
     wait_until,
 )
@@ -57,7 +59,7 @@ def test_every_injected_ring_reaches_the_webhook_once(kafka_bootstrap, unique_na
     state_dir, alerts_file = tmp_path / "state", tmp_path / "alerts.jsonl"
     metrics_port = free_port()
     engine = EngineProcess(engine_args(kafka_bootstrap, unique_name, state_dir, receiver, alerts_file)
-                           + ["--metrics-port", str(metrics_port)],
+                           + ["--metrics-port", str(metrics_port), "--alerts-topic", f"{unique_name}.alerts"],
                            tmp_path / "engine.log", env={"RINGWATCH_WEBHOOK_SECRET": SECRET}).start()
     engines.append(engine)
 
@@ -83,4 +85,7 @@ def test_every_injected_ring_reaches_the_webhook_once(kafka_bootstrap, unique_na
     file_ids = jsonl_ids(alerts_file)
     assert len(file_ids) == len(set(file_ids))
     assert set(receiver.accepted) == set(file_ids)
+    on_topic = read_topic(kafka_bootstrap, f"{unique_name}.alerts", len(file_ids))
+    assert sorted(m.key.decode() for m in on_topic) == sorted(file_ids)
+    assert all(json.loads(m.value)["alert_id"] == m.key.decode() for m in on_topic)
     assert checkpointed_transactions(state_dir) == N_TRANSACTIONS

@@ -6,9 +6,17 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
-from engine_harness import EngineProcess, checkpointed_transactions, create_topic, jsonl_ids, scrape, wait_until
+from engine_harness import (
+    EngineProcess,
+    checkpointed_transactions,
+    create_topic,
+    jsonl_ids,
+    read_topic,
+    scrape,
+    wait_until,
+)
 from ringwatch.connectors import SyntheticConfig, generate
 from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.stream import CheckpointStore
@@ -36,20 +44,6 @@ def poison_messages(first_ts: int) -> dict[str, bytes]:
                                 "pad": "x" * (2 * MAX_MESSAGE_BYTES)}).encode(),
         "late": json.dumps({"tx_id": "p5", "src": "a", "dst": "b", "amount": 1, "ts": first_ts - 30 * DAY_MS}).encode(),
     }
-
-
-def dead_letters(bootstrap: str, topic: str, count: int) -> list:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000)
-    try:
-        wait_until(lambda: consumer.partitions_for_topic(topic), 30, f"topic {topic} to exist")
-        consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
-        consumer.seek_to_beginning()
-        messages: list = []
-        wait_until(lambda: messages.extend(m for batch in consumer.poll(500).values() for m in batch)
-                   or len(messages) >= count, 60, f"{count} dead letters in {topic}")
-        return messages
-    finally:
-        consumer.close()
 
 
 def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, unique_name, tmp_path, engines):
@@ -82,7 +76,7 @@ def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, uniq
     assert {labels[0][1]: value for (name, labels), value in metrics.items()
             if name == "ringwatch_dead_letters_total"} == {"malformed-json": 1, "invalid": 2, "oversize": 1, "late": 1}
 
-    letters = dead_letters(kafka_bootstrap, f"{unique_name}.dlq", len(poison))
+    letters = read_topic(kafka_bootstrap, f"{unique_name}.dlq", len(poison))
     assert len(letters) == len(poison)
     by_reason = {}
     for message in letters:
