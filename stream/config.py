@@ -65,10 +65,12 @@ class GraphConfig:
     max_hops: int = _setting(SearchOptions.max_hops, "longest ring, in payments", kind="int")
     window: int = _setting(SearchOptions.window_ms, "time window of a ring (500ms, 90s, 48h, 7d)", kind="duration")
     order: str = _setting("strict", "strict: payments of a ring in time order; none: only inside the window")
-    max_rings_per_tx: int | None = _setting(SearchOptions.max_rings_per_tx, "cap on rings reported per payment ('none' = no cap)",
+    max_rings_per_tx: int | None = _setting(SearchOptions.max_rings_per_tx,
+                                            "cap on rings reported per payment ('none' = no cap)",
                                             kind="optional-int")
-    max_degree: int | None = _setting(SearchOptions.max_degree, "hub guard: accounts with more payments in the window are not "
-                                              "expanded ('none' = off)", kind="optional-int")
+    max_degree: int | None = _setting(SearchOptions.max_degree,
+                                      "hub guard: accounts with more payments in the window are not expanded "
+                                      "('none' = off)", kind="optional-int")
 
 
 @dataclass

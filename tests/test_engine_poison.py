@@ -1,4 +1,5 @@
-"""Poison input mixed into the stream: every bad message in the dead-letter topic with its reason, the rest processed."""
+"""Poison input mixed into the stream: every bad message in the dead-letter topic with its reason, the
+rest processed."""
 
 from __future__ import annotations
 
