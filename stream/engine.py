@@ -39,6 +39,7 @@ from ringwatch.connectors import (
     KafkaConnectorError,
     KafkaSink,
     KafkaSource,
+    Sink,
     SourceRecord,
     WebhookSink,
     next_positions,
@@ -78,7 +79,7 @@ class Engine:
         self._pending: list[SourceRecord] = []
         self._received: list[float] = []
         self._lock = threading.RLock()
-        self._sinks: dict[str, object] = {}
+        self._sinks: dict[str, Sink] = {}
         self._handed: Counter[str] = Counter()
         self._source: KafkaSource | None = None
         self._detector: RingDetector | None = None
@@ -117,9 +118,9 @@ class Engine:
             self._close(shards, metrics_server, started_runtime)
         logger.info("engine stopped transactions=%d alerts=%d", self.transactions, self.alerts_raised)
 
-    def _open_sinks(self) -> dict[str, object]:
+    def _open_sinks(self) -> dict[str, Sink]:
         sinks_config, state_dir = self.config.sinks, Path(self.config.engine.state_dir)
-        sinks: dict[str, object] = {}
+        sinks: dict[str, Sink] = {}
         if sinks_config.webhook_url:
             sinks["webhook"] = WebhookSink(
                 sinks_config.webhook_url, sinks_config.webhook_secret, state_dir / "webhook",
