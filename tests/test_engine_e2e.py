@@ -46,10 +46,26 @@ def engines() -> Iterator[list[EngineProcess]]:
         engine.ensure_stopped()
 
 
-def engine_args(bootstrap: str, topic: str, state_dir, receiver: Receiver, alerts_file) -> list[str]:
-    return ["--kafka-bootstrap", bootstrap, "--topic", topic, "--group", f"{topic}-engine",
-            "--state-dir", str(state_dir), "--webhook-url", receiver.url, "--alerts-file", str(alerts_file),
-            "--checkpoint-interval", "1s", "--window", "7d"]
+def write_config(path, bootstrap: str, topic: str, state_dir, receiver: Receiver, alerts_file):
+    """The deployment's TOML file; the test adds flags on top, and the secret comes from the environment."""
+    path.write_text(f"""
+[source]
+kafka_bootstrap = "{bootstrap}"
+topics = ["{topic}"]
+group = "{topic}-engine"
+
+[graph]
+window = "7d"
+
+[engine]
+state_dir = "{state_dir}"
+checkpoint_interval = "1s"
+
+[sinks]
+webhook_url = "{receiver.url}"
+alerts_file = "{alerts_file}"
+""")
+    return path
 
 
 def test_every_injected_ring_reaches_the_webhook_once(kafka_bootstrap, unique_name, tmp_path, stream, receiver,
@@ -58,8 +74,9 @@ def test_every_injected_ring_reaches_the_webhook_once(kafka_bootstrap, unique_na
     assert produce_transactions(kafka_bootstrap, unique_name, stream.transactions) == N_TRANSACTIONS
     state_dir, alerts_file = tmp_path / "state", tmp_path / "alerts.jsonl"
     metrics_port = free_port()
-    engine = EngineProcess(engine_args(kafka_bootstrap, unique_name, state_dir, receiver, alerts_file)
-                           + ["--metrics-port", str(metrics_port), "--alerts-topic", f"{unique_name}.alerts"],
+    config = write_config(tmp_path / "ringwatch.toml", kafka_bootstrap, unique_name, state_dir, receiver, alerts_file)
+    engine = EngineProcess(["--config", str(config), "--metrics-port", str(metrics_port),
+                            "--alerts-topic", f"{unique_name}.alerts"],
                            tmp_path / "engine.log", env={"RINGWATCH_WEBHOOK_SECRET": SECRET}).start()
     engines.append(engine)
 
