@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import importlib.metadata
 import inspect
 import logging
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -20,7 +22,7 @@ from typing import Any, Protocol
 import cloudpickle
 
 from .errors import NotInitializedError, SerializationError
-from .object_store import Blob, pack, unpack
+from .object_store import SHARED_THRESHOLD, Blob, pack, unpack
 from .protocol import ACTOR_CALL, ACTOR_CREATE, TASK, RefMarker, TaskSpec, new_id
 from .refs import ObjectRef, capture_refs, set_ref_listeners
 from .serialization import dumps_inline
@@ -116,6 +118,25 @@ def _current() -> _Runtime:
     return _runtime
 
 
+def _pickle_code(target: Any, what: str) -> bytes:
+    """Pickle a function or class for the workers.
+
+    A driver that joined a cluster pickles code from modules that are not
+    installed packages (its scripts, its tests) by value: the nodes were started
+    elsewhere and could not import them.
+    """
+    runtime = _current()
+    module = sys.modules.get(getattr(target, "__module__", "") or "")
+    if runtime.node is None and not runtime.info and module is not None and not _installed(module):
+        cloudpickle.register_pickle_by_value(module)
+    return dumps_inline(target, what=what)
+
+
+def _installed(module: Any) -> bool:
+    top = module.__name__.split(".")[0]
+    return top in sys.stdlib_module_names or top in importlib.metadata.packages_distributions()
+
+
 def _register(code: bytes) -> str:
     function_id = hashlib.sha1(code).hexdigest()
     runtime = _current()
@@ -202,7 +223,7 @@ class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
         name = f"{self.__name__}()"
         if self._code is None:
-            self._code = dumps_inline(self._function, what=f"the function {self.__name__}")
+            self._code = _pickle_code(self._function, f"the function {self.__name__}")
         blob, deps, contained = _pack_call(name, args, kwargs)
         options = self._options
         spec = TaskSpec(new_id(), TASK, name, _register(self._code), blob, deps, contained,
@@ -232,7 +253,7 @@ class ActorClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
         if self._code is None:
-            self._code = dumps_inline(self._cls, what=f"the class {self.__name__}")
+            self._code = _pickle_code(self._cls, f"the class {self.__name__}")
         blob, deps, contained = _pack_call(f"{self.__name__}()", args, kwargs)
         options = self._options
         actor_id = new_id()
@@ -315,9 +336,10 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
 
 def put(value: Any) -> ObjectRef:
     """Store `value` in the object store; the ref can be passed to many tasks without re-sending it."""
-    blob = pack(value, what="the value given to put()")
+    backend = _current().backend
+    blob = pack(value, what="the value given to put()", threshold=getattr(backend, "pack_threshold", SHARED_THRESHOLD))
     ref = ObjectRef(new_id())
-    _current().backend.post("put", (ref.id, blob))
+    backend.post("put", (ref.id, blob))
     return ref
 
 
@@ -347,6 +369,11 @@ def get_actor(name: str) -> ActorHandle:
     """The handle of the live actor created with `.options(name=name)`."""
     actor_id, class_name, methods, actor_name = _current().backend.call("get_actor", name)
     return ActorHandle(actor_id, class_name, methods, actor_name)
+
+
+def current_node_id() -> str | None:
+    """The id of the node running this code (None in a driver)."""
+    return _current().info.get("node_id")
 
 
 def nodes() -> list[dict]:

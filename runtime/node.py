@@ -37,12 +37,16 @@ from .errors import (
     TaskCancelledError,
     TaskError,
 )
-from .object_store import Blob, free
+from .object_store import Blob, free, from_wire
 from .protocol import ACTOR_CALL, ACTOR_CREATE, TaskResult, TaskSpec, new_id
 
 logger = logging.getLogger(__name__)
 
 Reply = Callable[[bool, Any], None]
+
+
+class NodeStoppedError(RuntimeError):
+    """The node shut down while a request to it was waiting."""
 _MAX_BATCH = 64
 
 
@@ -58,6 +62,7 @@ class _Entry:
     spec: TaskSpec | None = None
     contained: tuple[str, ...] = ()
     waiters: list[Callable[[], None]] = field(default_factory=list)
+    remote: str | None = None  # address of the node that makes or holds it, when not this one
 
 
 @dataclass
@@ -86,8 +91,9 @@ class Node:
     """One node's scheduler, object table and worker pool, driven by its dispatcher thread."""
 
     def __init__(self, num_workers: int, resources: dict[str, float] | None = None, *, node_id: str = "local",
-                 log_level: int = logging.WARNING):
+                 log_level: int = logging.WARNING, cluster: Any = None):
         self.node_id = node_id
+        self.cluster = cluster  # a ClusterLink when this node is part of a multi-node cluster
         self.num_workers = max(1, num_workers)
         self.resources = {"CPU": float(self.num_workers), **(resources or {})}
         self._in_use: dict[str, float] = defaultdict(float)
@@ -137,8 +143,12 @@ class Node:
             done.set()
 
         self.post(method, args, reply)
-        if not done.wait(timeout):
-            raise GetTimeoutError(f"the node did not answer {method} within {timeout} s")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done.wait(0.5):
+            if not self._running:
+                raise NodeStoppedError(f"node {self.node_id} stopped before answering {method}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise GetTimeoutError(f"the node did not answer {method} within {timeout} s")
         ok, value = box[0]
         if not ok:
             raise value
@@ -169,27 +179,33 @@ class Node:
 
     def _loop(self) -> None:
         while self._running:
-            timeout = self._next_timeout()
-            conns = [w.conn for w in self._workers if w.conn is not None]
             try:
-                ready = wait([self._wake_r, *conns], timeout)
-            except OSError:
-                ready = []
-            if self._wake_r in ready:
-                try:
-                    while os.read(self._wake_r, 4096):
-                        pass
-                except BlockingIOError:
+                self._turn()
+            except Exception:  # the dispatcher must outlive any one bad request or message
+                logger.exception("node %s dispatcher error", self.node_id)
+
+    def _turn(self) -> None:
+        timeout = self._next_timeout()
+        conns = [w.conn for w in self._workers if w.conn is not None]
+        try:
+            ready = wait([self._wake_r, *conns], timeout)
+        except OSError:
+            ready = []
+        if self._wake_r in ready:
+            try:
+                while os.read(self._wake_r, 4096):
                     pass
-            while self._events:
-                method, args, reply = self._events.popleft()
-                self._handle(method, args, reply)
-            for worker in list(self._workers):
-                if worker.conn is not None and worker.conn in ready:
-                    self._read_worker(worker)
-            self._reap_unconnected()
-            self._fire_deadlines()
-            self._schedule()
+            except BlockingIOError:
+                pass
+        while self._events:
+            method, args, reply = self._events.popleft()
+            self._handle(method, args, reply)
+        for worker in list(self._workers):
+            if worker.conn is not None and worker.conn in ready:
+                self._read_worker(worker)
+        self._reap_unconnected()
+        self._fire_deadlines()
+        self._schedule()
 
     def _handle(self, method: str, args: tuple, reply: Reply | None) -> None:
         try:
@@ -235,14 +251,33 @@ class Node:
             self._free_if_unused(object_id, entry)
 
     def _op_register_function(self, reply: Reply, function_id: str, code: bytes) -> None:
+        if function_id not in self._functions and self.cluster is not None:
+            self.cluster.function_registered(function_id, code)
         self._functions[function_id] = code
         reply(True, None)
+
+    def _code_of(self, function_id: str) -> bytes:
+        code = self._functions.get(function_id)
+        if code is None and self.cluster is not None:  # a call forwarded from a node that knew it
+            code = self.cluster.gcs.get_function(function_id)
+            if code is not None:
+                self._functions[function_id] = code
+        if code is None:
+            raise ObjectLostError(f"the code of function {function_id} is not registered anywhere")
+        return code
 
     def _op_submit(self, reply: Reply, spec: TaskSpec) -> None:
         entry = self._entries.setdefault(spec.task_id, _Entry())
         entry.spec = spec
+        if spec.forwarded_by:
+            entry.holders += 1  # the forwarding node holds it until it has fetched the result
         for object_id in (*spec.deps, *spec.contained):
             self._entries.setdefault(object_id, _Entry()).pins += 1
+        reply(True, None)
+        if self.cluster is not None and self._placed_elsewhere(spec):
+            return
+        for dep, address in spec.dep_locations.items():
+            self._fetch_if_missing(dep, address)
         if spec.kind == ACTOR_CREATE:
             self._create_actor(spec)
         elif spec.kind == ACTOR_CALL:
@@ -259,11 +294,47 @@ class Node:
                     self._waiting_on[dep].append(spec)
             else:
                 self._ready.append(spec)
-        reply(True, None)
+
+    def _placed_elsewhere(self, spec: TaskSpec) -> bool:
+        """Send the call to the node the cluster picks; True when it went elsewhere."""
+        try:
+            if spec.kind == ACTOR_CALL:
+                target = None if spec.actor_id in self._actors else self.cluster.actor_address(spec.actor_id)
+            elif spec.forwarded_by:
+                target = None
+            else:
+                target = self.cluster.place(spec, self)
+        except Exception as exc:  # no feasible node, or the GCS is unreachable: the caller's get says why
+            self._finish(TaskResult(spec.task_id, None, exc))
+            return True
+        if target is None:
+            return False
+        spec.dep_locations = {d: self._location_of(d) for d in spec.deps}
+        spec.forwarded_by = self.cluster.address
+        self._entries[spec.task_id].remote = target
+        self.cluster.forward(spec, target)
+        return True
+
+    def _location_of(self, object_id: str) -> str:
+        entry = self._entries.get(object_id)
+        return entry.remote if entry is not None and entry.remote else self.cluster.address
+
+    def _fetch_if_missing(self, object_id: str, address: str) -> None:
+        entry = self._entries.setdefault(object_id, _Entry())
+        if entry.ready or entry.remote or entry.spec is not None or address == self.cluster.address:
+            return
+        entry.remote = address
+        self.cluster.fetch(object_id, address)
+
+    def _op_remote_ready(self, reply: Reply, object_id: str, blob: Blob | None, error: Exception | None) -> None:
+        """A value made or held by another node has arrived here."""
+        self._finish(TaskResult(object_id, blob, error))
 
     def _op_put(self, reply: Reply, object_id: str, blob: Blob) -> None:
         entry = self._entries.setdefault(object_id, _Entry())
-        entry.blob, entry.ready = blob, True
+        entry.blob, entry.ready = from_wire(blob), True
+        if self.cluster is not None:
+            self.cluster.object_made(object_id, entry.blob.size)
         reply(True, None)
 
     def _op_get(self, reply: Reply, object_ids: list[str], timeout: float | None) -> None:
@@ -302,24 +373,40 @@ class Node:
     def _op_get_actor(self, reply: Reply, name: str) -> None:
         actor_id = self._named.get(name)
         actor = self._actors.get(actor_id) if actor_id else None
-        if actor is None or actor.dead_reason:
+        if actor is not None and not actor.dead_reason:
+            reply(True, (actor.actor_id, actor.class_name, actor.methods, actor.name))
+            return
+        record = self.cluster.actor_by_name(name) if self.cluster is not None else None
+        if record is None:
             reply(False, ValueError(f"no live actor named {name!r}"))
             return
-        reply(True, (actor.actor_id, actor.class_name, actor.methods, actor.name))
+        reply(True, (record["actor_id"], record["class_name"], tuple(record["methods"]), record["name"]))
 
     def _op_kill(self, reply: Reply, actor_id: str) -> None:
         actor = self._actors.get(actor_id)
         if actor is not None and not actor.dead_reason:
             self._actor_died(actor, "the actor was killed with kill()")
+        elif actor is None and self.cluster is not None:
+            address = self.cluster.actor_address(actor_id)
+            if address is not None:
+                self.cluster.send(address, "kill", actor_id)
         reply(True, None)
 
     def _op_nodes(self, reply: Reply) -> None:
-        reply(True, [self.describe()])
+        reply(True, self.cluster.nodes() if self.cluster is not None else [self.describe()])
 
     def _op_object_count(self, reply: Reply) -> None:
         reply(True, {"objects": len(self._entries), "functions": len(self._functions),
                      "waiting": sum(len(v) for v in self._waiting_on.values()),
                      "shared_bytes": sum(e.blob.size for e in self._entries.values() if e.blob and e.blob.shared)})
+
+    def _op_export(self, reply: Reply, object_id: str) -> None:
+        """The value of a ready object (or its error), for another node fetching it."""
+        entry = self._entries.get(object_id)
+        if entry is None or not entry.ready:
+            reply(False, ObjectLostError(f"object {object_id} is not held on node {self.node_id}"))
+            return
+        reply(True, entry.error if entry.error is not None else entry.blob)
 
     def describe(self) -> dict:
         return {"node_id": self.node_id, "alive": True, "resources": dict(self.resources),
@@ -371,6 +458,8 @@ class Node:
         if entry.ready:
             return
         entry.blob, entry.error, entry.ready = result.blob, result.error, True
+        if self.cluster is not None and result.blob is not None and not entry.remote:
+            self.cluster.object_made(result.task_id, result.blob.size)
         entry.contained = result.contained
         for object_id in result.contained:
             self._entries.setdefault(object_id, _Entry()).pins += 1
@@ -399,6 +488,8 @@ class Node:
         del self._entries[object_id]
         if entry.blob is not None:
             free(entry.blob)
+        if self.cluster is not None:
+            self.cluster.object_freed(object_id, entry.remote)
         for inner in entry.contained:
             self._unpin(inner)
 
@@ -544,8 +635,13 @@ class Node:
         if name and name in self._named and not self._actors[self._named[name]].dead_reason:
             self._finish(TaskResult(spec.task_id, None, ValueError(f"an actor named {name!r} already exists")))
             return
+        if name and self.cluster is not None and self.cluster.actor_by_name(name) is not None:
+            self._finish(TaskResult(spec.task_id, None, ValueError(f"an actor named {name!r} already exists")))
+            return
         actor = _Actor(spec.actor_id, name, spec.name, spec.methods)
         self._actors[spec.actor_id] = actor
+        if self.cluster is not None:
+            self.cluster.actor_placed(actor.actor_id, name, actor.class_name, actor.methods)
         if name:
             self._named[name] = spec.actor_id
         actor.worker = self._start_worker(actor_id=spec.actor_id)
@@ -566,6 +662,8 @@ class Node:
         actor.queue.clear()
         if actor.name and self._named.get(actor.name) == actor.actor_id:
             del self._named[actor.name]
+        if self.cluster is not None:
+            self.cluster.actor_gone(actor.actor_id, actor.name, reason)
 
     # ---- scheduling --------------------------------------------------------------------------
 
@@ -602,7 +700,11 @@ class Node:
             if spec.resources and not self._reserve(spec):
                 skipped.append(spec)
                 continue
-            batch.append(self._runnable(worker, spec))
+            try:
+                batch.append(self._runnable(worker, spec))
+            except ObjectLostError as exc:
+                self._finish(TaskResult(spec.task_id, None, exc))
+                continue
             worker.in_flight.append(spec)
         self._ready.extendleft(reversed(skipped))
         if batch:
@@ -630,7 +732,7 @@ class Node:
     def _runnable(self, worker: _Worker, spec: TaskSpec) -> tuple:
         code = None
         if spec.function_id is not None and spec.function_id not in worker.known_functions:
-            code = self._functions[spec.function_id]
+            code = self._code_of(spec.function_id)
             worker.known_functions.add(spec.function_id)
         return spec, code, {d: self._value_of(d) for d in spec.deps}
 

@@ -120,3 +120,19 @@ def free(blob: Blob) -> None:
         return
     segment.close()
     segment.unlink()
+
+
+def to_wire(blob: Blob) -> Blob:
+    """The same value as an inline blob, for sending to another node or a remote driver."""
+    if not blob.shared:
+        return blob
+    buf = _segments.view(blob.shm)
+    parts = [bytes(buf[offset:offset + length]) for offset, length in blob.layout]
+    return Blob(blob.size, parts[0], tuple(parts[1:]))
+
+
+def from_wire(blob: Blob, threshold: int = SHARED_THRESHOLD) -> Blob:
+    """A blob received from elsewhere, laid into this node's shared memory when large."""
+    if blob.shared or blob.size <= threshold:
+        return blob
+    return _to_shared_memory(blob.data, [memoryview(b) for b in blob.buffers], blob.size)

@@ -43,6 +43,8 @@ class TaskSpec:
     retry_exceptions: bool = False
     attempt: int = 0
     cancelled: bool = False
+    forwarded_by: str | None = None  # address of the node that placed this call here
+    dep_locations: dict[str, str] = field(default_factory=dict)  # dep id -> address of a node holding it
 
 
 @dataclass

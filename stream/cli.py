@@ -13,10 +13,12 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 def _registrars() -> list[Registrar]:
     """Subcommand registrars, in the order `ringwatch --help` lists them."""
     from ringwatch.connectors import commands as connectors_commands
+    from ringwatch.runtime import cli as runtime_cli
 
     from . import detect_command, run_command
 
-    return [run_command.register, detect_command.register, connectors_commands.register]
+    return [run_command.register, detect_command.register, runtime_cli.register_node, runtime_cli.register_status,
+            connectors_commands.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

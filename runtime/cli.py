@@ -1,0 +1,94 @@
+"""`ringwatch node start` and `ringwatch status`: run a cluster node, look at the cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .cluster import HEARTBEAT_TIMEOUT_S, ClusterNode
+from .gcs import RedisGcs
+
+logger = logging.getLogger(__name__)
+
+
+class TokenMissingError(ValueError):
+    """A node was started without the cluster token."""
+
+
+def read_token(token_file: str | None) -> str:
+    """The cluster token from `--token-file`, else RINGWATCH_TOKEN."""
+    if token_file:
+        token = Path(token_file).read_text().strip()
+    else:
+        token = os.environ.get("RINGWATCH_TOKEN", "").strip()
+    if not token:
+        raise TokenMissingError("the cluster token is missing: pass --token-file FILE or set RINGWATCH_TOKEN")
+    return token
+
+
+def register_node(subparsers: argparse._SubParsersAction) -> None:
+    node = subparsers.add_parser("node", help="run a runtime node of a cluster",
+                                 description="Run a node of a ringwatch cluster whose GCS lives in Redis.")
+    actions = node.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+    start = actions.add_parser("start", help="start a node in the foreground (SIGTERM leaves the cluster cleanly)")
+    start.add_argument("--address", required=True, help="the GCS: redis://HOST:PORT")
+    start.add_argument("--host", default="127.0.0.1",
+                       help="interface to listen on (default 127.0.0.1: a node runs pickled code it is sent)")
+    start.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    start.add_argument("--workers", type=int, default=os.cpu_count(), help="worker processes (default: CPUs)")
+    start.add_argument("--resources", type=json.loads, default={}, help='extra resources, e.g. \'{"gpu": 1}\'')
+    start.add_argument("--namespace", default="default", help="GCS namespace (clusters sharing a Redis)")
+    start.add_argument("--token-file", help="file holding the cluster token (else RINGWATCH_TOKEN)")
+    start.add_argument("--node-id", help="name of this node (default: host, pid and a random suffix)")
+    start.set_defaults(handler=start_node)
+
+
+def start_node(args: argparse.Namespace) -> int:
+    try:
+        token = read_token(args.token_file)
+    except (TokenMissingError, OSError) as exc:
+        print(f"ringwatch node start: {exc}", file=sys.stderr)
+        return 2
+    node = ClusterNode(args.address, token=token, host=args.host, port=args.port, num_workers=args.workers,
+                       resources=args.resources, namespace=args.namespace, node_id=args.node_id)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: node.stop())
+    print(json.dumps({"node_id": node.node_id, "address": node.address}), flush=True)
+    node.wait()
+    node.stop()
+    return 0
+
+
+def register_status(subparsers: argparse._SubParsersAction) -> None:
+    status = subparsers.add_parser("status", help="show the nodes and actors of a cluster",
+                                   description="Show every node (alive or dead, resources, load) and actor.")
+    status.add_argument("--address", required=True, help="the GCS: redis://HOST:PORT")
+    status.add_argument("--namespace", default="default", help="GCS namespace")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=show_status)
+
+
+def show_status(args: argparse.Namespace) -> int:
+    gcs = RedisGcs(args.address, args.namespace)
+    try:
+        nodes = gcs.nodes(HEARTBEAT_TIMEOUT_S)
+        actors = list(gcs._all("actors").values())  # noqa: SLF001 - the status view reads the whole table
+    finally:
+        gcs.close()
+    if args.json:
+        print(json.dumps({"nodes": nodes, "actors": actors}, indent=2))
+        return 0
+    print(f"{'node':<36} {'state':<6} {'address':<22} {'queued':>6}  resources")
+    for n in sorted(nodes, key=lambda n: n["node_id"]):
+        state = "alive" if n["alive"] else "dead"
+        print(f"{n['node_id']:<36} {state:<6} {n['address']:<22} {n.get('queued', 0):>6}  {n['resources']}")
+    print(f"\n{len(actors)} actors")
+    for a in actors:
+        print(f"  {a.get('class_name', '?'):<20} {a.get('name') or a['actor_id'][:12]:<24} {a.get('state'):<6} "
+              f"on {a.get('node')}")
+    return 0
