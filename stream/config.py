@@ -103,7 +103,13 @@ class SinksConfig:
 class ServiceConfig:
     """Network endpoints of the running engine."""
 
-    query_port: int = _setting(0, "port of the query service (0 = off; the service is not built yet)", kind="int")
+    query_port: int = _setting(0, "port of the gRPC query service (0 = off); clients must send the token",
+                               kind="int")
+    query_host: str = _setting("127.0.0.1", "interface the query service listens on (127.0.0.1: this machine "
+                               "only)")
+    query_token_file: str = _setting("", "file holding the token query clients must send (default: "
+                                     "RINGWATCH_TOKEN)")
+    query_alerts_kept: int = _setting(10_000, "newest alerts kept in memory for alert queries", kind="int")
     metrics_port: int = _setting(0, "Prometheus metrics on this port (0 = off)", kind="int")
 
 

@@ -19,6 +19,10 @@ alerts with the same ids, and sinks skip the ids they already delivered.
 Invalid input (bad JSON, failed validation, oversize) is dead-lettered by the
 source; payments older than the low watermark are dead-lettered here with the
 detector's reason. Both are counted, neither stops the engine.
+
+With `service.query_port` set, the engine also serves the query service
+(`stream/query.py`) on the live shard actors, from a thread pool of its own:
+queries never take the loop's lock, so they do not pause ingestion.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ import json
 import logging
 import threading
 import time
-from collections import Counter
-from collections.abc import Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,17 +48,24 @@ from ringwatch.connectors import (
     WebhookSink,
     next_positions,
 )
-from ringwatch.graph import ActorShards, Alert, RingDetector, search_in_parallel
+from ringwatch.graph import ActorShards, Alert, RingDetector, SearchOptions, ShardSet, search_in_parallel
+from ringwatch.runtime.cli import TokenMissingError, read_token
 
 from .checkpoint import Checkpoint, CheckpointError, CheckpointStore
-from .config import Config, dump_sections
+from .config import Config, ConfigError, dump_sections
 from .metrics import EngineMetrics
+from .query import EngineStats, Health, QueryHandler, QueryService
 
 logger = logging.getLogger(__name__)
 
 Partition = tuple[str, int]
+RebalanceCallback = Callable[[list[Partition]], None]
+# Opens the source with the engine's rebalance hooks; by default a `KafkaSource` from the config.
+SourceFactory = Callable[[RebalanceCallback, RebalanceCallback], KafkaSource]
 POLL_IDLE_MS = 100  # longest a poll waits with no batch open: bounds how late a stop is noticed
 SINK_FLUSH_TIMEOUT_S = 30.0
+THROUGHPUT_WINDOW_S = 10.0  # `stats().throughput_tx_s` is measured over this much recent time
+LATENCY_SAMPLE = 1_000  # latency percentiles in `stats()` are over this many recent alerts
 
 
 class Engine:
@@ -62,11 +73,25 @@ class Engine:
 
     `run(stop_event)` returns after a final checkpoint once `stop_event` is
     set. `transactions` counts source records consumed (valid or not) and is
-    part of every checkpoint, so it survives restarts.
+    part of every checkpoint, so it survives restarts. `ready` is set once the
+    shards are restored and the query service (if any) listens at `query_address`.
+
+    `source_factory` replaces the configured Kafka consumer with another source
+    offering the same calls (the demo streams the synthetic generator this way).
     """
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, source_factory: SourceFactory | None = None):
         self.config = config.validate()
+        self._query_token = self._resolve_query_token() if config.service.query_port else ""
+        self._source_factory = source_factory
+        self.ready = threading.Event()
+        self.query_address: str | None = None
+        self.started_at = time.time()
+        self.batches = 0
+        self.lag: dict[Partition, int] = {}
+        self._recent = deque(maxlen=max(config.service.query_alerts_kept, LATENCY_SAMPLE))
+        self._recent_lock = threading.Lock()
+        self._progress: deque[tuple[float, int]] = deque()  # (monotonic time, transactions) after each batch
         self.metrics = EngineMetrics()
         self.transactions = 0
         self.alerts_raised = 0
@@ -91,13 +116,13 @@ class Engine:
         stop = stop_event or threading.Event()
         config = self.config
         logger.info("engine starting config=%s", json.dumps(dump_sections(config), sort_keys=True))
-        if config.service.query_port:
-            logger.warning("query_port=%d: the query service is not built yet; ignoring", config.service.query_port)
+        self.started_at = time.time()
         started_runtime = not rt.is_initialized()
         if started_runtime:
             rt.init(address=config.engine.address or None)
         shards = None
         metrics_server = None
+        query_service = None
         try:
             shards = ActorShards(config.graph.shards)
             self._detector = RingDetector(shards, config.search_options(), searcher=functools.partial(
@@ -108,6 +133,11 @@ class Engine:
             self._watch_external_counters()
             if config.service.metrics_port:
                 metrics_server = self.metrics.serve(config.service.metrics_port)
+            if config.service.query_port:
+                query_service = QueryService(QueryHandler(self), token=self._query_token,
+                                             host=config.service.query_host, port=config.service.query_port)
+                self.query_address = query_service.start().address
+            self.ready.set()
             self._loop(stop)
             with self._lock:
                 self._checkpoint("stop")
@@ -115,6 +145,8 @@ class Engine:
             self._failed = True  # state may be half-applied: the last good checkpoint is what a restart uses
             raise
         finally:
+            if query_service is not None:
+                query_service.stop()
             self._close(shards, metrics_server, started_runtime)
         logger.info("engine stopped transactions=%d alerts=%d", self.transactions, self.alerts_raised)
 
@@ -134,7 +166,17 @@ class Engine:
             sinks["file"] = JsonlSink(sinks_config.alerts_file)
         return sinks
 
+    def _resolve_query_token(self) -> str:
+        """The token query clients must send: the cluster token, from a file or RINGWATCH_TOKEN."""
+        try:
+            return read_token(self.config.service.query_token_file or None)
+        except (TokenMissingError, OSError) as exc:
+            raise ConfigError(f"service.query_port: the query service needs a token ({exc}); "
+                              "set RINGWATCH_TOKEN or service.query_token_file") from None
+
     def _open_source(self) -> KafkaSource:
+        if self._source_factory is not None:
+            return self._source_factory(self._on_revoke, self._on_assign)
         source_config = self.config.source
         return KafkaSource(source_config.kafka_bootstrap, source_config.topics, source_config.group,
                            dlq_topic=source_config.dlq_topic or None,
@@ -243,8 +285,13 @@ class Engine:
         consumed = sum(1 for r in records if not self._is_warm_up(r))
         self.warmed += len(records) - consumed
         self.transactions += consumed
+        self.batches += 1
         self.metrics.transactions.inc(consumed)
         self.metrics.batches.inc()
+        now = time.monotonic()
+        self._progress.append((now, self.transactions))
+        while len(self._progress) > 2 and self._progress[1][0] < now - THROUGHPUT_WINDOW_S:
+            self._progress.popleft()
 
     def _is_warm_up(self, record: SourceRecord) -> bool:
         topic, partition, offset = record.position
@@ -264,6 +311,8 @@ class Engine:
             self._handed[name] += len(alerts)
         self.alerts_raised += len(alerts)
         self.metrics.alerts_raised.inc(len(alerts))
+        with self._recent_lock:
+            self._recent.extend(alerts)
         for alert in alerts:
             self.metrics.latency.observe(alert.latency_ms / 1000)
         logger.debug("alerts raised count=%d first=%s", len(alerts), alerts[0].alert_id)
@@ -294,7 +343,8 @@ class Engine:
         elapsed = time.monotonic() - started
         self.metrics.checkpoint_duration.observe(elapsed)
         self.metrics.checkpoints.inc()
-        self.metrics.set_lag(self._source.lag())
+        self.lag = self._source.lag()
+        self.metrics.set_lag(self.lag)
         logger.info("checkpoint id=%d reason=%s transactions=%d alerts=%d bytes=%d duration_ms=%.1f positions=%s",
                     checkpoint.checkpoint_id, reason, self.transactions, self.alerts_raised,
                     sum(map(len, snapshots)), elapsed * 1000, _show(self._covered))
@@ -334,6 +384,59 @@ class Engine:
                 self._owned.add(partition)
                 logger.info("partition assigned %s[%d] from=%d warm_until=%d", *partition, start,
                             max(committed, start))
+
+
+    # ---- what the query service reads (from its own threads; never under the loop's lock) ----------
+
+    def query_shards(self) -> ShardSet | None:
+        return self._detector.shards if self._detector is not None and self.ready.is_set() else None
+
+    def search_options(self) -> SearchOptions:
+        return self.config.search_options()
+
+    def newest_ts(self) -> int | None:
+        """Event time of the newest payment in the graph (the detector's watermark plus the window)."""
+        detector = self._detector
+        if detector is None or detector.next_seq == 0:
+            return None
+        return detector.watermark + detector.options.window_ms
+
+    def recent_alerts(self) -> list[Alert]:
+        """The newest `query_alerts_kept` alerts this process raised, oldest first."""
+        with self._recent_lock:
+            return list(self._recent)
+
+    def health(self) -> Health:
+        status = "failed" if self._failed else "ok" if self.ready.is_set() else "starting"
+        return Health(status, round(time.time() - self.started_at, 3), self.transactions, self.alerts_raised)
+
+    def stats(self) -> EngineStats:
+        progress = list(self._progress)
+        recent_rate = 0.0
+        if len(progress) >= 2 and progress[-1][0] > progress[0][0]:
+            recent_rate = (progress[-1][1] - progress[0][1]) / (progress[-1][0] - progress[0][0])
+        uptime = time.time() - self.started_at
+        latencies = sorted(alert.latency_ms for alert in self.recent_alerts()[-LATENCY_SAMPLE:])
+        shards = self.query_shards()
+        checkpoint = self.last_checkpoint
+        source = self._source
+        return EngineStats(
+            transactions=self.transactions, alerts=self.alerts_raised, batches=self.batches,
+            uptime_s=round(uptime, 3), throughput_tx_s=round(recent_rate, 1),
+            average_tx_s=round(self.transactions / uptime, 1) if uptime > 0 else 0.0,
+            latency_ms={name: _percentile(latencies, q) for name, q in
+                        (("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))} if latencies else {},
+            lag={f"{topic}[{partition}]": lag for (topic, partition), lag in sorted(self.lag.items())},
+            shards=self.config.graph.shards, edges_stored=shards.edge_count() if shards is not None else 0,
+            checkpoint_id=checkpoint.checkpoint_id if checkpoint else None,
+            checkpoint_age_s=round(time.time() - checkpoint.created_at, 3) if checkpoint else None,
+            newest_ts=self.newest_ts(),
+            dead_letters=dict(source.dead_lettered) if source is not None else {})
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    return ordered[max(0, min(len(ordered) - 1, round(q * len(ordered)) - 1))]
 
 
 def _show(positions: Mapping[Partition, int]) -> str:

@@ -148,7 +148,8 @@ def test_subgraph_exports_payments_with_amounts_and_times():
     graph = subgraph(shards, ["A"], hops=1)
     assert set(graph.nodes) == {"A", "B", "C"}
     assert {(u, v, k) for u, v, k in graph.edges(keys=True)} == {("A", "B", "t1"), ("C", "A", "t3")}
-    assert graph.edges["A", "B", "t1"] == {"amount": 100.0, "ts": 0, "tx_id": "t1"}
+    assert graph.edges["A", "B", "t1"] == {"amount": 100.0, "ts": 0, "seq": 0, "tx_id": "t1"}
+    assert graph.nodes["B"]["hops"] == 1
     assert set(subgraph(shards, ["A"], hops=2).nodes) == {"A", "B", "C"}
     assert set(subgraph(shards, ["A"], hops=1, since=1).edges(keys=True)) == {("C", "A", "t3")}
     assert list(subgraph(shards, ["nobody"], hops=2).edges) == []

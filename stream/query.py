@@ -1,0 +1,432 @@
+"""The query service of a running engine: what analysts and operators ask it, over token-checked gRPC.
+
+Queries read the live `GraphShard` actors directly — the same actors the
+engine's loop writes to — so nothing pauses ingestion: an actor answers a
+query between two of the engine's batched calls, and the answer reflects the
+graph as it was at that moment.
+
+The wire is JSON, not pickle, in both directions: the client never unpickles
+what a server sends, and the server checks the token (the runtime's rule, with
+the runtime's own check: `ringwatch.runtime.transport._authorized`, a constant-
+time comparison) before it parses a byte of the request. The service listens
+on 127.0.0.1 unless configured otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+import grpc
+import networkx as nx
+
+from ringwatch.graph import (
+    Alert,
+    InvalidDurationError,
+    InvalidSearchOptionError,
+    InvalidTransactionError,
+    LocalShards,
+    RingDetector,
+    SearchOptions,
+    ShardSet,
+    Transaction,
+    parse_duration,
+    parse_timestamp,
+    shard_of,
+    subgraph,
+)
+from ringwatch.graph.export import DIRECTIONS
+from ringwatch.runtime.transport import TOKEN_HEADER, _authorized
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "ringwatch.Query"
+METHOD = f"/{SERVICE}/Call"
+MAX_HOPS_LIMIT = 10  # a neighbourhood or ring query deeper than this is a mistake, not a question
+MAX_LIMIT = 100_000
+
+R = TypeVar("R")
+
+
+class InvalidQueryError(ValueError):
+    """A query argument the service cannot use; the message names it."""
+
+
+class QueryError(RuntimeError):
+    """The engine failed to answer a valid query; the message carries the engine's reason."""
+
+
+# ---- records ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Health:
+    """Is the engine up and consuming. `status` is "ok", "starting" or "failed"."""
+
+    status: str
+    uptime_s: float
+    transactions: int
+    alerts: int
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """What an operator watches: throughput, lag, alert latency, the graph's size, checkpoint age.
+
+    `throughput_tx_s` is over the last `THROUGHPUT_WINDOW_S` seconds, `average_tx_s`
+    since start; latency percentiles (ms, from a payment's arrival to its alert)
+    are over the most recent alerts; `lag` maps "topic[partition]" to messages
+    behind, as of the last checkpoint; `newest_ts` is the newest payment time seen.
+    """
+
+    transactions: int
+    alerts: int
+    batches: int
+    uptime_s: float
+    throughput_tx_s: float
+    average_tx_s: float
+    latency_ms: dict[str, float]
+    lag: dict[str, int]
+    shards: int
+    edges_stored: int
+    checkpoint_id: int | None
+    checkpoint_age_s: float | None
+    newest_ts: int | None
+    dead_letters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    """An account `hops` payments away, with the payments that reached it from the hop before."""
+
+    account: str
+    hops: int
+    payments: int
+    amount: float
+    first_ts: int
+    last_ts: int
+    hub: bool = False
+
+
+@dataclass(frozen=True)
+class AccountSummary:
+    """One account as the engine's window holds it; an account it never saw has zeros and `known=False`."""
+
+    account: str
+    known: bool
+    shard: int
+    out_degree: int
+    in_degree: int
+    out_amount: float
+    in_amount: float
+    counterparties: int
+    first_seen: int | None
+    last_seen: int | None
+    alert_ids: list[str] = field(default_factory=list)
+
+
+def record_from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
+    """Rebuild a record sent as JSON; keys the class does not know (a newer server) are ignored."""
+    if cls is Alert:
+        return Alert.from_dict(data)  # type: ignore[return-value]
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Alert):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---- time arguments --------------------------------------------------------------------------------
+
+
+def since_spec(value: datetime | timedelta | int | str | None) -> dict[str, int] | None:
+    """A `since` argument for the wire: a moment (`{"at": ms}`) or a look-back (`{"ago": ms}`).
+
+    Moments: epoch ms, ISO-8601, `datetime`. Look-backs: `timedelta` or "90s", "48h", "7d".
+    The server resolves a look-back against its own "now" (wall clock for alerts,
+    the newest payment time for the graph), so a replayed 2024 stream still answers
+    "the last 48h" sensibly.
+    """
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return {"ago": parse_duration(value, name="since")}
+    if isinstance(value, str):
+        try:
+            return {"ago": parse_duration(value, name="since")}
+        except InvalidDurationError:
+            pass
+    try:
+        return {"at": parse_timestamp(value, name="since")}
+    except InvalidTransactionError as exc:
+        raise InvalidQueryError(f"since: {exc.reason}; or give a look-back such as '48h'") from None
+
+
+def _resolve_since(spec: Any, now_ms: int | None) -> int | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or len(spec) != 1 or not isinstance(next(iter(spec.values())), int):
+        raise InvalidQueryError(f"since: expected {{'at': ms}} or {{'ago': ms}}, got {spec!r}")
+    if "at" in spec:
+        return spec["at"]
+    if "ago" in spec:
+        return None if now_ms is None else now_ms - spec["ago"]
+    raise InvalidQueryError(f"since: expected {{'at': ms}} or {{'ago': ms}}, got {spec!r}")
+
+
+# ---- what the engine offers the service ---------------------------------------------------------------
+
+
+class QueryableEngine(Protocol):
+    """The engine as the query service sees it; `Engine` implements it."""
+
+    def query_shards(self) -> ShardSet | None: ...
+    def search_options(self) -> SearchOptions: ...
+    def newest_ts(self) -> int | None: ...
+    def recent_alerts(self) -> list[Alert]: ...
+    def health(self) -> Health: ...
+    def stats(self) -> EngineStats: ...
+
+
+class QueryHandler:
+    """Answers each query method from the engine's live state; arguments arrive as decoded JSON."""
+
+    def __init__(self, engine: QueryableEngine):
+        self.engine = engine
+        self._methods: dict[str, Callable[..., Any]] = {
+            "health": self.health, "stats": self.stats, "alerts": self.alerts,
+            "rings_through": self.rings_through, "neighbors": self.neighbors,
+            "subgraph": self.subgraph, "account": self.account,
+        }
+
+    def handle(self, method: str, args: Mapping[str, Any]) -> Any:
+        target = self._methods.get(method)
+        if target is None:
+            raise InvalidQueryError(f"unknown query {method!r}; known: {sorted(self._methods)}")
+        try:
+            return target(**args)
+        except TypeError as exc:
+            raise InvalidQueryError(f"{method}: {exc}") from None
+
+    def health(self) -> Health:
+        return self.engine.health()
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    def alerts(self, since: dict | None = None, account: str | None = None, limit: int = 100) -> list[Alert]:
+        """Newest first; `since` against the time each alert was raised."""
+        low = _resolve_since(since, int(time.time() * 1000))
+        limit = _bounded_int("limit", limit, 0, MAX_LIMIT)
+        if account is not None:
+            _account(account)
+        found = []
+        for alert in reversed(self.engine.recent_alerts()):
+            if len(found) >= limit:
+                break
+            if low is not None and alert.detected_at < low:
+                continue
+            if account is not None and account not in alert.accounts:
+                continue
+            found.append(alert)
+        return found
+
+    def rings_through(self, account: str, max_hops: int = 6, window: str | int = "48h") -> list[Alert]:
+        """The distinct rings through `account` among the payments of the last `window` (event time).
+
+        Every account of a ring of `max_hops` payments is within ceil(max_hops/2)
+        payments of `account`, so that neighbourhood (hubs not expanded, as in the
+        engine) is read from the shards and replayed in stream order through a
+        `RingDetector` of its own: the same ring definition as the engine's, over
+        a graph of a few hundred payments, never touching the engine's state.
+        Each ring is the most recent closing of its account cycle, as an `Alert`
+        record with the id the engine gives that ring.
+        """
+        _account(account)
+        max_hops = _bounded_int("max_hops", max_hops, 2, MAX_HOPS_LIMIT)
+        window_ms = _duration("window", window)
+        try:
+            options = dataclasses.replace(self.engine.search_options(), max_hops=max_hops, window_ms=window_ms)
+        except InvalidSearchOptionError as exc:
+            raise InvalidQueryError(str(exc)) from None
+        shards, now = self.engine.query_shards(), self.engine.newest_ts()
+        if shards is None or now is None:
+            return []
+        graph = subgraph(shards, [account], hops=math.ceil(max_hops / 2), since=now - window_ms,
+                         max_degree=options.max_degree)
+        payments = sorted(graph.edges(data=True), key=lambda edge: edge[2]["seq"])
+        detector = RingDetector(LocalShards(1), options)
+        result = detector.process([Transaction(d["tx_id"], src, dst, d["amount"], d["ts"]) for src, dst, d in payments])
+        latest: dict[tuple[str, ...], Alert] = {}
+        for alert in result.alerts:  # in trigger order: a later closing of the same cycle replaces an earlier one
+            if account in alert.accounts:
+                latest[_cycle_key(alert.accounts)] = alert
+        return sorted(latest.values(), key=lambda a: (a.last_ts, a.alert_id), reverse=True)
+
+    def neighbors(self, account: str, direction: str = "out", hops: int = 2, since: dict | None = None
+                  ) -> list[Neighbor]:
+        """Accounts reached in `hops` payments; nearest first, then by amount. Hubs are listed, not expanded."""
+        _account(account)
+        hops = _bounded_int("hops", hops, 1, MAX_HOPS_LIMIT)
+        if direction not in DIRECTIONS:
+            raise InvalidQueryError(f"direction: expected one of {DIRECTIONS}, got {direction!r}")
+        shards = self.engine.query_shards()
+        if shards is None:
+            return []
+        low = _resolve_since(since, self.engine.newest_ts())
+        graph = subgraph(shards, [account], hops=hops, since=low, direction=direction,
+                         max_degree=self.engine.search_options().max_degree)
+        reached: dict[str, list[dict]] = {}
+        for src, dst, data in graph.edges(data=True):
+            near, far = (src, dst) if graph.nodes[dst]["hops"] > graph.nodes[src]["hops"] else (dst, src)
+            if graph.nodes[far]["hops"] == graph.nodes[near]["hops"] + 1 and far != account:
+                reached.setdefault(far, []).append(data)
+        found = [Neighbor(peer, graph.nodes[peer]["hops"], len(edges), round(sum(e["amount"] for e in edges), 2),
+                          min(e["ts"] for e in edges), max(e["ts"] for e in edges),
+                          bool(graph.nodes[peer].get("hub")))
+                 for peer, edges in reached.items()]
+        return sorted(found, key=lambda n: (n.hops, -n.amount, n.account))
+
+    def subgraph(self, accounts: Sequence[str], hops: int = 1, since: dict | None = None) -> dict[str, list]:
+        """Nodes and payments within `hops` of `accounts`, for the client to rebuild as a MultiDiGraph."""
+        if isinstance(accounts, str) or not isinstance(accounts, list):
+            raise InvalidQueryError(f"accounts: expected a list of account ids, got {accounts!r}")
+        for account in accounts:
+            _account(account)
+        hops = _bounded_int("hops", hops, 0, MAX_HOPS_LIMIT)
+        shards = self.engine.query_shards()
+        if shards is None:
+            return {"nodes": [[a, {"hops": 0}] for a in accounts], "edges": []}
+        graph = subgraph(shards, accounts, hops=hops, since=_resolve_since(since, self.engine.newest_ts()),
+                         max_degree=self.engine.search_options().max_degree)
+        return graph_to_wire(graph)
+
+    def account(self, account: str) -> AccountSummary:
+        _account(account)
+        shards = self.engine.query_shards()
+        num_shards = shards.num_shards if shards is not None else 1
+        graph = subgraph(shards, [account], hops=1) if shards is not None else nx.MultiDiGraph()
+        out_edges = [d for _, _, d in graph.out_edges(account, data=True)] if account in graph else []
+        in_edges = [d for _, _, d in graph.in_edges(account, data=True)] if account in graph else []
+        stamps = [d["ts"] for d in out_edges + in_edges]
+        peers = {dst for _, dst in graph.out_edges(account)} | {src for src, _ in graph.in_edges(account)} \
+            if account in graph else set()
+        alert_ids = [a.alert_id for a in reversed(self.engine.recent_alerts()) if account in a.accounts]
+        return AccountSummary(
+            account=account, known=bool(stamps), shard=shard_of(account, num_shards),
+            out_degree=len(out_edges), in_degree=len(in_edges),
+            out_amount=round(sum(d["amount"] for d in out_edges), 2),
+            in_amount=round(sum(d["amount"] for d in in_edges), 2),
+            counterparties=len(peers - {account}),
+            first_seen=min(stamps) if stamps else None, last_seen=max(stamps) if stamps else None,
+            alert_ids=alert_ids)
+
+
+def graph_to_wire(graph: nx.MultiDiGraph) -> dict[str, list]:
+    return {"nodes": [[node, dict(data)] for node, data in graph.nodes(data=True)],
+            "edges": [[src, dst, key, dict(data)] for src, dst, key, data in graph.edges(keys=True, data=True)]}
+
+
+def graph_from_wire(data: Mapping[str, list]) -> nx.MultiDiGraph:
+    graph = nx.MultiDiGraph()
+    for node, attributes in data["nodes"]:
+        graph.add_node(node, **attributes)
+    for src, dst, key, attributes in data["edges"]:
+        graph.add_edge(src, dst, key=key, **attributes)
+    return graph
+
+
+def _cycle_key(accounts: Sequence[str]) -> tuple[str, ...]:
+    """The same account cycle whichever account it is written from."""
+    start = min(range(len(accounts)), key=lambda i: accounts[i])
+    return tuple(accounts[start:]) + tuple(accounts[:start])
+
+
+def _account(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidQueryError(f"account: expected a non-empty account id, got {value!r}")
+    return value
+
+
+def _bounded_int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidQueryError(f"{name}: expected an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def _duration(name: str, value: Any) -> int:
+    try:
+        ms = parse_duration(value, name=name)
+    except InvalidDurationError as exc:
+        raise InvalidQueryError(str(exc)) from None
+    if ms is None:
+        raise InvalidQueryError(f"{name}: a duration is required")
+    return ms
+
+
+# ---- the gRPC service ----------------------------------------------------------------------------------
+
+
+class QueryService:
+    """The gRPC endpoint: one generic JSON `Call` method, refused without the token."""
+
+    def __init__(self, handler: QueryHandler, *, token: str, host: str = "127.0.0.1", port: int = 0,
+                 max_workers: int = 8):
+        if not token:
+            raise ValueError("the query service needs a token: every call must prove it belongs to the cluster")
+        self.handler = handler
+        self._token = token
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
+                                                              thread_name_prefix="ringwatch-query"))
+        method = grpc.unary_unary_rpc_method_handler(self._call)
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Call": method}),))
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"query service: cannot listen on {host}:{port}")
+        self.address = f"{host}:{self.port}"
+
+    def start(self) -> "QueryService":
+        self._server.start()
+        logger.info("query service listening on %s", self.address)
+        return self
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        self._server.stop(grace_s).wait()
+
+    def _call(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        if not _authorized(context, self._token):  # before the request is even parsed
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
+        try:
+            message = json.loads(request)
+            method, args = message["method"], message.get("args") or {}
+            if not isinstance(method, str) or not isinstance(args, dict):
+                raise InvalidQueryError("request: expected {'method': name, 'args': {...}}")
+            body = {"ok": True, "result": _plain(self.handler.handle(method, args))}
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            body = {"ok": False, "error": "invalid", "message": f"request: not a query message ({exc})"}
+        except InvalidQueryError as exc:
+            body = {"ok": False, "error": "invalid", "message": str(exc)}
+        except Exception as exc:  # the engine keeps serving; the caller learns why this query failed
+            logger.exception("query failed")
+            body = {"ok": False, "error": "internal", "message": f"{type(exc).__name__}: {exc}"}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def encode_request(method: str, args: Mapping[str, Any]) -> bytes:
+    return json.dumps({"method": method, "args": dict(args)}, separators=(",", ":")).encode()
+

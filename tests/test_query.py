@@ -1,0 +1,257 @@
+"""The query service of a running `ringwatch run`: a real Tansu topic in, the Python client against the
+engine's gRPC port, answers checked against networkx computed from the payments themselves."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import networkx as nx
+import pytest
+
+from engine_harness import EngineProcess, create_topic, jsonl_ids, wait_until
+from graph_oracle import oracle_rings
+from ringwatch.connectors import SyntheticConfig, SyntheticStream, generate, produce_transactions
+from ringwatch.connectors.embedded_broker import free_port
+from ringwatch.graph import SearchOptions, Transaction, parse_duration
+from ringwatch.runtime import AuthError
+from ringwatch.stream import Client, EngineUnreachableError, InvalidQueryError
+
+DEADLINE_S = 120.0
+WINDOW = "30d"  # longer than the stream: nothing is evicted, so the whole stream is the expected graph
+HAND_RING = ("RW-X1", "RW-X2", "RW-X3")
+
+
+@dataclass
+class Deployment:
+    stream: SyntheticStream
+    client: Client
+    address: str
+    token: str
+    alerts_file: object
+    engine: EngineProcess
+    topic: str
+    bootstrap: str
+    payments: list[Transaction] = field(default_factory=list)  # everything produced so far, in order
+
+
+def hand_ring_payments(after_ts: int) -> list[Transaction]:
+    """X1 -> X2 -> X3 -> X1, a minute apart, after the synthetic stream; the last one closes it."""
+    a, b, c = HAND_RING
+    return [Transaction("hand-1", a, b, 5000.0, after_ts + 60_000), Transaction("hand-2", b, c, 4900.0, after_ts + 120_000),
+            Transaction("hand-3", c, a, 4800.0, after_ts + 180_000)]
+
+
+@pytest.fixture(scope="module")
+def deployment(kafka_bootstrap, tmp_path_factory) -> Iterator[Deployment]:
+    tmp = tmp_path_factory.mktemp("query")
+    topic = f"query-{secrets.token_hex(4)}"
+    stream = generate(SyntheticConfig(n_transactions=3_000, n_accounts=600, n_rings=10, days=3, seed=11))
+    payments = stream.transactions + hand_ring_payments(int(stream.ts[-1]))[:2]
+    create_topic(kafka_bootstrap, topic, 1)
+    produce_transactions(kafka_bootstrap, topic, payments)
+    token, port = secrets.token_hex(16), free_port()
+    alerts_file = tmp / "alerts.jsonl"
+    engine = EngineProcess(["--kafka-bootstrap", kafka_bootstrap, "--topic", topic, "--group", f"{topic}-g",
+                            "--state-dir", str(tmp / "state"), "--alerts-file", str(alerts_file),
+                            "--window", WINDOW, "--max-degree", "none", "--query-port", str(port)],
+                           tmp / "engine.log", env={"RINGWATCH_TOKEN": token}).start()
+    client = Client(f"127.0.0.1:{port}", token=token)
+    try:
+        wait_until(lambda: not engine.alive() or _consumed(client) == len(payments), DEADLINE_S,
+                   "the engine to consume every payment")
+        assert engine.alive(), engine.log()
+        yield Deployment(stream, client, f"127.0.0.1:{port}", token, alerts_file, engine, topic, kafka_bootstrap,
+                         payments)
+    finally:
+        client.close()
+        engine.ensure_stopped()
+
+
+def _consumed(client: Client) -> int:
+    try:
+        return client.health().transactions
+    except EngineUnreachableError:
+        return -1
+
+
+def payment_graph(payments: list[Transaction]) -> nx.MultiDiGraph:
+    graph = nx.MultiDiGraph()
+    for tx in payments:
+        graph.add_edge(tx.src, tx.dst, key=tx.tx_id, amount=tx.amount, ts=tx.ts)
+    return graph
+
+
+def test_health_and_stats_describe_the_running_engine(deployment):
+    health, stats = deployment.client.health(), deployment.client.stats()
+    assert health.status == "ok"
+    assert stats.transactions == health.transactions == len(deployment.payments)
+    assert stats.alerts == len(jsonl_ids(deployment.alerts_file))
+    assert stats.shards == 2
+    assert stats.edges_stored >= len(deployment.payments)  # once per shard holding it: twice when src, dst part
+    assert stats.newest_ts == max(tx.ts for tx in deployment.payments)
+    assert set(stats.latency_ms) == {"p50", "p95", "p99", "max"}
+    assert stats.latency_ms["p50"] <= stats.latency_ms["p99"] <= stats.latency_ms["max"]
+    assert stats.batches >= 1
+
+
+def test_alerts_newest_first_filtered_by_account_and_limited(deployment):
+    client = deployment.client
+    in_file = [json.loads(line) for line in deployment.alerts_file.read_text().splitlines()]
+    everything = client.alerts(limit=10_000)
+    assert [a.alert_id for a in everything] == [a["alert_id"] for a in reversed(in_file)]
+    assert [a.alert_id for a in client.alerts(limit=3)] == [a.alert_id for a in everything[:3]]
+    ring = deployment.stream.rings[0]
+    mine = client.alerts(account=ring.accounts[0], limit=10_000)
+    assert mine and all(ring.accounts[0] in a.accounts for a in mine)
+    assert {a.alert_id for a in mine} == {a["alert_id"] for a in in_file if ring.accounts[0] in a["accounts"]}
+    assert client.alerts(since="1h", limit=10_000) == everything  # raised moments ago
+    assert client.alerts(since=everything[0].detected_at + 1) == []
+
+
+def test_rings_through_an_account_match_networkx(deployment):
+    stream = deployment.stream
+    options = SearchOptions(window_ms=parse_duration(WINDOW), max_degree=None)
+    payments = stream.transactions
+    graph = payment_graph(payments).to_undirected(as_view=True)
+    busiest = Counter(a for alert in deployment.client.alerts(limit=10_000) for a in alert.accounts
+                      if not a.startswith("RW-")).most_common(1)[0][0]
+    for account in (busiest, stream.rings[0].accounts[0], stream.rings[1].accounts[-1]):
+        near = set(nx.single_source_shortest_path_length(graph, account, cutoff=math.ceil(options.max_hops / 2)))
+        expected = set()
+        for k, tx in enumerate(payments):
+            if tx.src in near and tx.dst in near:
+                expected |= {_cycle(path) for path in oracle_rings(payments, k, tx.ts - options.window_ms, options)
+                             if account in path}
+        found = deployment.client.rings_through(account, max_hops=6, window=WINDOW)
+        assert {_cycle(r.accounts) for r in found} == expected
+        assert len(found) == len(expected)
+        assert [r.last_ts for r in found] == sorted((r.last_ts for r in found), reverse=True)
+    injected = stream.rings[0]
+    assert _cycle(injected.accounts) in {_cycle(r.accounts) for r in
+                                         deployment.client.rings_through(injected.accounts[-1], window=WINDOW)}
+
+
+def test_neighbors_are_the_accounts_payments_reach(deployment):
+    graph = payment_graph(deployment.stream.transactions)
+    account = deployment.stream.rings[2].accounts[0]
+    for direction, view in (("out", graph), ("in", graph.reverse(copy=False)),
+                            ("both", graph.to_undirected(as_view=True))):
+        distances = nx.single_source_shortest_path_length(view, account, cutoff=2)
+        found = deployment.client.neighbors(account, direction=direction, hops=2)
+        assert {n.account: n.hops for n in found} == {a: d for a, d in distances.items() if a != account}
+        assert [n.hops for n in found] == sorted(n.hops for n in found)
+    first_hop = {n.account: n for n in deployment.client.neighbors(account, "out", hops=1)}
+    for peer, neighbor in first_hop.items():
+        paid = [d for d in graph.get_edge_data(account, peer).values()]
+        assert neighbor.payments == len(paid)
+        assert neighbor.amount == pytest.approx(sum(d["amount"] for d in paid), abs=0.01)
+        assert (neighbor.first_ts, neighbor.last_ts) == (min(d["ts"] for d in paid), max(d["ts"] for d in paid))
+    newest = max(tx.ts for tx in deployment.payments)
+    recent = deployment.client.neighbors(account, "out", hops=1, since=newest - 86_400_000)
+    assert {n.account for n in recent} == {tx.dst for tx in deployment.stream.transactions
+                                           if tx.src == account and tx.ts >= newest - 86_400_000}
+
+
+def test_subgraph_is_a_multidigraph_of_the_payments(deployment):
+    ring = deployment.stream.rings[3]
+    expected = payment_graph(deployment.stream.transactions)
+    near = set(ring.accounts[:2])
+    for account in ring.accounts[:2]:
+        near |= set(expected.successors(account)) | set(expected.predecessors(account))
+    got = deployment.client.subgraph(ring.accounts[:2], hops=1)
+    assert isinstance(got, nx.MultiDiGraph)
+    assert set(got.nodes) == near
+    wanted = {(s, d, k) for s, d, k in expected.edges(keys=True) if s in ring.accounts[:2] or d in ring.accounts[:2]}
+    assert set(got.edges(keys=True)) == wanted
+    for tx_id in ring.tx_ids[:-1]:
+        tx = next(t for t in deployment.stream.transactions if t.tx_id == tx_id)
+        if tx.src in ring.accounts[:2] or tx.dst in ring.accounts[:2]:
+            data = got.get_edge_data(tx.src, tx.dst, key=tx_id)
+            assert (data["amount"], data["ts"]) == (tx.amount, tx.ts)
+
+
+def test_account_summary_from_the_live_window(deployment):
+    account = deployment.stream.rings[4].accounts[1]
+    sent = [tx for tx in deployment.stream.transactions if tx.src == account]
+    received = [tx for tx in deployment.stream.transactions if tx.dst == account]
+    summary = deployment.client.account(account)
+    assert summary.known
+    assert (summary.out_degree, summary.in_degree) == (len(sent), len(received))
+    assert summary.out_amount == pytest.approx(sum(tx.amount for tx in sent), abs=0.01)
+    assert summary.in_amount == pytest.approx(sum(tx.amount for tx in received), abs=0.01)
+    assert summary.first_seen == min(tx.ts for tx in sent + received)
+    assert summary.last_seen == max(tx.ts for tx in sent + received)
+    assert summary.counterparties == len({tx.dst for tx in sent} | {tx.src for tx in received})
+    assert set(summary.alert_ids) == {a.alert_id for a in deployment.client.alerts(account=account, limit=10_000)}
+    assert summary.alert_ids
+
+
+def test_unknown_account_gives_empty_answers_not_errors(deployment):
+    client = deployment.client
+    summary = client.account("nobody-at-all")
+    assert not summary.known and (summary.out_degree, summary.in_degree, summary.alert_ids) == (0, 0, [])
+    assert client.alerts(account="nobody-at-all") == []
+    assert client.rings_through("nobody-at-all") == []
+    assert client.neighbors("nobody-at-all", direction="both") == []
+    assert list(client.subgraph(["nobody-at-all"]).edges) == []
+
+
+def test_bad_arguments_are_named(deployment):
+    with pytest.raises(InvalidQueryError, match="direction"):
+        deployment.client.neighbors("A1", direction="sideways")
+    with pytest.raises(InvalidQueryError, match="window"):
+        deployment.client.rings_through("A1", window="soon")
+    with pytest.raises(InvalidQueryError, match="hops"):
+        deployment.client.neighbors("A1", hops=99)
+
+
+def test_wrong_or_missing_token_is_refused(deployment):
+    for token in ("not-the-token", ""):
+        with Client(deployment.address, token=token) as intruder:
+            with pytest.raises(AuthError, match=deployment.address):
+                intruder.health()
+
+
+def test_unreachable_engine_is_a_connection_error_naming_the_address():
+    address = f"127.0.0.1:{free_port()}"
+    with Client(address, token="t") as client:
+        with pytest.raises(ConnectionError, match=address):
+            client.stats()
+
+
+def test_engine_with_a_query_port_but_no_token_refuses_to_start(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RINGWATCH_TOKEN"}
+    result = subprocess.run([sys.executable, "-m", "ringwatch.stream.cli", "run", "--topic", "t",
+                             "--alerts-file", str(tmp_path / "a"), "--query-port", str(free_port())],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2
+    assert "service.query_port" in result.stderr and "RINGWATCH_TOKEN" in result.stderr
+
+
+def test_queries_read_the_live_graph_while_it_ingests(deployment):
+    """Runs last: the ring's closing payment arrives while the engine serves queries."""
+    client = deployment.client
+    assert client.rings_through(HAND_RING[0], window=WINDOW) == []
+    closing = hand_ring_payments(int(deployment.stream.ts[-1]))[2]
+    produce_transactions(deployment.bootstrap, deployment.topic, [closing])
+    deployment.payments.append(closing)
+    wait_until(lambda: client.health().transactions == len(deployment.payments), DEADLINE_S,
+               "the closing payment to be consumed")
+    (alert,) = client.alerts(account=HAND_RING[0])
+    assert alert.trigger_tx_id == "hand-3" and set(alert.accounts) == set(HAND_RING)
+    (ring,) = client.rings_through(HAND_RING[1], window=WINDOW)
+    assert ring.alert_id == alert.alert_id  # the ad-hoc search names the ring as the engine did
+    assert client.account(HAND_RING[2]).alert_ids == [alert.alert_id]
+
+
+def _cycle(accounts) -> tuple[str, ...]:
+    start = min(range(len(accounts)), key=lambda i: accounts[i])
+    return tuple(accounts[start:]) + tuple(accounts[:start])
