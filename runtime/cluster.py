@@ -48,7 +48,9 @@ class ClusterLink:
         self.node: Node | None = None
         self._clients: dict[str, NodeClient] = {}
         self._clients_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="ringwatch-transfer")
+        self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="ringwatch-transfer")
+        # One ordered sender per target node: calls forwarded there arrive in the order they were made.
+        self._senders: dict[str, ThreadPoolExecutor] = {}
         self._peers: list[dict] = []
         self._peers_at = 0.0
 
@@ -107,14 +109,15 @@ class ClusterLink:
 
     def forward(self, spec: TaskSpec, address: str) -> None:
         """Run `spec` on another node; its result comes back here when ready."""
-        self._pool.submit(self._forward, spec, address)
+        sender = self._senders.get(address)
+        if sender is None:
+            sender = self._senders[address] = ThreadPoolExecutor(1, thread_name_prefix="ringwatch-forward")
+        sender.submit(self._submit_remotely, spec, address)
 
-    def _forward(self, spec: TaskSpec, address: str) -> None:
+    def _submit_remotely(self, spec: TaskSpec, address: str) -> None:
+        """The node that runs `spec` sends its result back (`result` or `held_elsewhere`)."""
         try:
-            client = self.client(address)
-            client.call("submit", spec)
-            self._pull(spec.task_id, client)
-            client.call("release", spec.task_id)
+            self.client(address).call("submit", spec)
         except Exception as exc:  # the node or the network failed: the caller's get says so
             self._deliver(spec.task_id, None, exc)
 
@@ -145,11 +148,13 @@ class ClusterLink:
     # ---- GCS records -------------------------------------------------------------------------
 
     def function_registered(self, function_id: str, code: bytes) -> None:
-        self._pool.submit(self.gcs.put_function, function_id, code)
+        # Synchronous (once per function): a call forwarded next must find the code in the GCS.
+        self.gcs.put_function(function_id, code)
 
     def object_made(self, object_id: str, size: int) -> None:
         if size > SHARED_THRESHOLD:  # only large objects steer placement; small ones travel inline
-            self._pool.submit(self.gcs.set_object_location, object_id, self.node_id, size)
+            # Synchronous, so the location is known before anyone can hold a ref to the ready value.
+            self.gcs.set_object_location(object_id, self.node_id, size)
 
     def object_freed(self, object_id: str, remote: str | None) -> None:
         if remote is None:
@@ -178,6 +183,8 @@ class ClusterLink:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for sender in self._senders.values():
+            sender.shutdown(wait=False, cancel_futures=True)
         with self._clients_lock:
             for client in self._clients.values():
                 client.close()

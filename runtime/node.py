@@ -37,7 +37,7 @@ from .errors import (
     TaskCancelledError,
     TaskError,
 )
-from .object_store import Blob, free, from_wire
+from .object_store import SHARED_THRESHOLD, Blob, free, from_wire, to_wire
 from .protocol import ACTOR_CALL, ACTOR_CREATE, TaskResult, TaskSpec, new_id
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,9 @@ class _Entry:
     contained: tuple[str, ...] = ()
     waiters: list[Callable[[], None]] = field(default_factory=list)
     remote: str | None = None  # address of the node that makes or holds it, when not this one
+    held_at: str | None = None  # ready, but the value stays on that node until someone here needs it
+    copy_at: str | None = None  # a node keeping a copy for this one until this entry is freed
+    fetching: bool = False
 
 
 @dataclass
@@ -112,6 +115,7 @@ class Node:
         self._waiting_on: dict[str, list[TaskSpec]] = defaultdict(list)
         self._workers: list[_Worker] = []
         self._actors: dict[str, _Actor] = {}
+        self._remote_actors: dict[str, str] = {}  # actor id -> address of the node this one placed it on
         self._named: dict[str, str] = {}
         self._deadlines: list[tuple[float, Callable[[], None]]] = []
         self._running = True
@@ -287,8 +291,12 @@ class Node:
                 self._finish(TaskResult(spec.task_id, None, ActorDiedError(f"{spec.name}: {reason}")))
             else:
                 actor.queue.append(spec)
+                for dep in spec.deps:
+                    self._bring_here(dep)
         else:
-            unready = [d for d in spec.deps if not self._entries[d].ready]
+            unready = [d for d in spec.deps if not self._is_ready(d)]
+            for dep in unready:
+                self._bring_here(dep)
             if unready:
                 for dep in unready:
                     self._waiting_on[dep].append(spec)
@@ -299,7 +307,8 @@ class Node:
         """Send the call to the node the cluster picks; True when it went elsewhere."""
         try:
             if spec.kind == ACTOR_CALL:
-                target = None if spec.actor_id in self._actors else self.cluster.actor_address(spec.actor_id)
+                target = None if spec.actor_id in self._actors else (
+                    self._remote_actors.get(spec.actor_id) or self.cluster.actor_address(spec.actor_id))
             elif spec.forwarded_by:
                 target = None
             else:
@@ -309,6 +318,8 @@ class Node:
             return True
         if target is None:
             return False
+        if spec.kind == ACTOR_CREATE:
+            self._remote_actors[spec.actor_id] = target  # its calls follow it, in order, before the GCS knows
         spec.dep_locations = {d: self._location_of(d) for d in spec.deps}
         spec.forwarded_by = self.cluster.address
         self._entries[spec.task_id].remote = target
@@ -328,7 +339,34 @@ class Node:
 
     def _op_remote_ready(self, reply: Reply, object_id: str, blob: Blob | None, error: Exception | None) -> None:
         """A value made or held by another node has arrived here."""
-        self._finish(TaskResult(object_id, blob, error))
+        entry = self._entries.get(object_id)
+        if entry is not None and entry.held_at is not None:
+            entry.blob, entry.error, entry.held_at, entry.fetching = blob, error, None, False
+            self._arrived(object_id, entry)
+            self._free_if_unused(object_id, entry)
+        else:
+            self._finish(TaskResult(object_id, blob, error))
+
+    def _op_result(self, reply: Reply, object_id: str, blob: Blob | None, error: Exception | None) -> None:
+        """The result of a call this node forwarded, sent by the node that ran it."""
+        reply(True, None)
+        self._op_remote_ready(_ignore, object_id, None if blob is None else from_wire(blob), error)
+
+    def _op_held_elsewhere(self, reply: Reply, object_id: str, address: str) -> None:
+        """A large value another node made for this one is ready there; it moves only when needed here."""
+        reply(True, None)
+        entry = self._entries.get(object_id)
+        if entry is None or entry.ready:
+            self.cluster.send(address, "release", object_id)
+            return
+        entry.held_at = entry.copy_at = address
+        self._finish(TaskResult(object_id, None, None))
+
+    def _bring_here(self, object_id: str) -> None:
+        entry = self._entries.get(object_id)
+        if entry is not None and entry.held_at is not None and not entry.fetching:
+            entry.fetching = True
+            self.cluster.fetch(object_id, entry.held_at)
 
     def _op_put(self, reply: Reply, object_id: str, blob: Blob) -> None:
         entry = self._entries.setdefault(object_id, _Entry())
@@ -343,12 +381,12 @@ class Node:
                          lambda: [self._value_of(i) for i in object_ids],
                          lambda: GetTimeoutError(f"get timed out after {timeout} s waiting for "
                                                  f"{sum(not self._is_ready(i) for i in object_ids)} of "
-                                                 f"{len(object_ids)} objects"))
+                                                 f"{len(object_ids)} objects"), here=True)
 
     def _op_wait(self, reply: Reply, object_ids: list[str], num_returns: int, timeout: float | None) -> None:
         """Answer with the ids ready once `num_returns` are (or all ready ones at the timeout)."""
-        ready_ids = lambda: [i for i in object_ids if self._is_ready(i)]  # noqa: E731
-        self._when_ready(object_ids, num_returns, timeout, reply, ready_ids, None)
+        ready_ids = lambda: [i for i in object_ids if self._is_done(i)]  # noqa: E731
+        self._when_ready(object_ids, num_returns, timeout, reply, ready_ids, None, here=False)
 
     def _op_cancel(self, reply: Reply, object_id: str) -> None:
         entry = self._entries.get(object_id)
@@ -406,7 +444,7 @@ class Node:
         if entry is None or not entry.ready:
             reply(False, ObjectLostError(f"object {object_id} is not held on node {self.node_id}"))
             return
-        reply(True, entry.error if entry.error is not None else entry.blob)
+        self._when_ready([object_id], 1, None, reply, lambda: self._value_of(object_id), None, here=True)
 
     def describe(self) -> dict:
         return {"node_id": self.node_id, "alive": True, "resources": dict(self.resources),
@@ -416,9 +454,15 @@ class Node:
 
     # ---- objects -----------------------------------------------------------------------------
 
-    def _is_ready(self, object_id: str) -> bool:
+    def _is_done(self, object_id: str) -> bool:
+        """Ready, here or on the node that made it."""
         entry = self._entries.get(object_id)
         return entry is not None and entry.ready
+
+    def _is_ready(self, object_id: str) -> bool:
+        """Ready with its value on this node."""
+        entry = self._entries.get(object_id)
+        return entry is not None and entry.ready and entry.held_at is None
 
     def _value_of(self, object_id: str) -> Blob | Exception:
         entry = self._entries.get(object_id)
@@ -426,17 +470,28 @@ class Node:
             return ObjectLostError(f"object {object_id} is not held by anyone any more")
         return entry.error if entry.error is not None else entry.blob
 
-    def _when_ready(self, object_ids, count, timeout, reply, answer, on_timeout) -> None:
-        pending = {i for i in object_ids if not self._is_ready(i)}
+    def _when_ready(self, object_ids, count, timeout, reply, answer, on_timeout, *, here: bool) -> None:
+        """Reply with `answer()` once `count` of the objects are ready (`here`: with their values on this node)."""
+        is_ready = self._is_ready if here else self._is_done
+        if here:
+            for object_id in object_ids:
+                self._bring_here(object_id)
+        pending = {i for i in object_ids if not is_ready(i)}
         needed = count - (len(set(object_ids)) - len(pending))
         if needed <= 0 or not pending:
             reply(True, answer())
             return
         state = {"done": False, "needed": needed}
 
-        def one_ready() -> None:
+        def one_ready(object_id: str) -> None:
+            if state["done"]:
+                return
+            if not is_ready(object_id):  # ready on another node: it is on its way here
+                self._entries[object_id].waiters.append(lambda: one_ready(object_id))
+                self._bring_here(object_id)
+                return
             state["needed"] -= 1
-            if state["needed"] <= 0 and not state["done"]:
+            if state["needed"] <= 0:
                 state["done"] = True
                 reply(True, answer())
 
@@ -449,7 +504,7 @@ class Node:
                     reply(False, on_timeout())
 
         for object_id in pending:
-            self._entries.setdefault(object_id, _Entry()).waiters.append(one_ready)
+            self._entries.setdefault(object_id, _Entry()).waiters.append(lambda i=object_id: one_ready(i))
         if timeout is not None:
             self._deadlines.append((time.monotonic() + timeout, expired))
 
@@ -464,17 +519,40 @@ class Node:
         for object_id in result.contained:
             self._entries.setdefault(object_id, _Entry()).pins += 1
         spec = entry.spec
+        if spec is not None and spec.forwarded_by and spec.forwarded_by != self.cluster.address:
+            self._report_to_forwarder(spec, entry)
         if spec is not None:
             for object_id in (*spec.deps, *spec.contained):
                 self._unpin(object_id)
             entry.spec = spec if spec.kind == ACTOR_CREATE else None
+        self._arrived(result.task_id, entry)
+        self._free_if_unused(result.task_id, entry)
+
+    def _report_to_forwarder(self, spec: TaskSpec, entry: _Entry) -> None:
+        """Tell the node that forwarded `spec` here that its result is ready.
+
+        Small values and errors travel with the news, and this node's copy goes;
+        a large value stays here, held for the forwarder, until someone needs it
+        there (or a task that needs it is placed here).
+        """
+        if entry.blob is not None and entry.blob.size > SHARED_THRESHOLD:
+            self.cluster.send(spec.forwarded_by, "held_elsewhere", spec.task_id, self.cluster.address)
+            return
+        self.cluster.send(spec.forwarded_by, "result", spec.task_id,
+                          None if entry.blob is None else to_wire(entry.blob), entry.error)
+        entry.holders -= 1
+
+    def _arrived(self, object_id: str, entry: _Entry) -> None:
+        """Wake whoever waits for the object; if its value is elsewhere and wanted here, send for it."""
+        if entry.held_at is not None and (entry.pins > 0 or self._waiting_on.get(object_id)):
+            self._bring_here(object_id)
         waiters, entry.waiters = entry.waiters, []
         for waiter in waiters:
             waiter()
-        for dependent in self._waiting_on.pop(result.task_id, ()):
-            if all(self._is_ready(d) for d in dependent.deps):
-                self._ready.append(dependent)
-        self._free_if_unused(result.task_id, entry)
+        if entry.held_at is None:
+            for dependent in self._waiting_on.pop(object_id, ()):
+                if all(self._is_ready(d) for d in dependent.deps):
+                    self._ready.append(dependent)
 
     def _unpin(self, object_id: str) -> None:
         entry = self._entries.get(object_id)
@@ -489,6 +567,8 @@ class Node:
         if entry.blob is not None:
             free(entry.blob)
         if self.cluster is not None:
+            if entry.copy_at is not None:
+                self.cluster.send(entry.copy_at, "release", object_id)
             self.cluster.object_freed(object_id, entry.remote)
         for inner in entry.contained:
             self._unpin(inner)

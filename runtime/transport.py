@@ -40,7 +40,7 @@ def _authorized(context: grpc.ServicerContext, token: str) -> bool:
 
 
 def serve(handler: Callable[[str, tuple], Any], fetch: Callable[[str], bytes], *, token: str,
-          host: str = "127.0.0.1", port: int = 0, max_workers: int = 32) -> tuple[grpc.Server, int]:
+          host: str = "127.0.0.1", port: int = 0, max_workers: int = 128) -> tuple[grpc.Server, int]:
     """Start the node service; return the server and the port it bound."""
 
     def call(request: bytes, context: grpc.ServicerContext) -> bytes:

@@ -109,6 +109,7 @@ def test_a_task_consuming_a_large_object_runs_where_the_object_is(cluster):
         return float(array.sum()), rt.current_node_id()
 
     big = make_big.options(resources={"gpu": 1}).remote()
+    assert rt.wait([big], timeout=60)[0] == [big]  # placement steers by where finished objects live
     assert rt.get(consume.remote(big), timeout=60) == (2_000_000.0, "node-gpu")
 
 
