@@ -23,7 +23,8 @@ import cloudpickle
 
 from .errors import NotInitializedError, SerializationError
 from .object_store import SHARED_THRESHOLD, Blob, pack, unpack
-from .protocol import ACTOR_CALL, ACTOR_CREATE, TASK, RefMarker, TaskSpec, new_id
+from .checkpoints import default_uri
+from .protocol import ACTOR_CALL, ACTOR_CREATE, CHECKPOINT_METHOD, TASK, RefMarker, TaskSpec, new_id
 from .refs import ObjectRef, capture_refs, set_ref_listeners
 from .serialization import dumps_inline
 
@@ -195,6 +196,7 @@ class _Options:
     max_task_retries: int = 0
     checkpoint_interval_s: float | None = None
     checkpoint_every: int | None = None
+    checkpoint_uri: str | None = None  # default: checkpoints.default_uri()
 
 
 _OPTION_NAMES = set(_Options.__dataclass_fields__)
@@ -260,7 +262,11 @@ class ActorClass:
         methods = _public_methods(self._cls)
         spec = TaskSpec(new_id(), ACTOR_CREATE, self.__name__, _register(self._code), blob, deps, contained,
                         actor_id=actor_id, actor_name=options.name, methods=methods,
-                        num_cpus=0.0, resources=dict(options.resources), max_retries=0)
+                        num_cpus=0.0, resources=dict(options.resources), max_retries=0,
+                        max_restarts=options.max_restarts, max_task_retries=options.max_task_retries,
+                        checkpoint_uri=options.checkpoint_uri or default_uri(),
+                        checkpoint_every=options.checkpoint_every,
+                        checkpoint_interval_s=options.checkpoint_interval_s)
         _submit(spec)
         return ActorHandle(actor_id, self.__name__, methods, options.name)
 
@@ -274,7 +280,7 @@ class ActorMethod:
         self._method = method
 
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
-        name = f"{self._handle.class_name}.{self._method}()"
+        name = f"{self._handle.class_name}.{self._method.strip('_')}()"
         blob, deps, contained = _pack_call(name, args, kwargs)
         spec = TaskSpec(new_id(), ACTOR_CALL, name, None, blob, deps, contained,
                         actor_id=self._handle.actor_id, method=self._method, num_cpus=0.0, max_retries=0)
@@ -353,6 +359,16 @@ def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1,
     ready = [r for r in ref_list if r.id in ready_ids][:max(num_returns, 0) or None]
     chosen = {r.id for r in ready}
     return ready, [r for r in ref_list if r.id not in chosen]
+
+
+def checkpoint(handle: ActorHandle, *, timeout: float | None = None) -> str:
+    """Checkpoint the actor now, after the calls already sent to it; returns once the checkpoint is durable."""
+    return get(ActorMethod(handle, CHECKPOINT_METHOD).remote(), timeout=timeout)
+
+
+def actors() -> list[dict]:
+    """Every actor the cluster knows: state, node, restarts, latest checkpoint and its age."""
+    return _current().backend.call("actors")
 
 
 def kill(handle: ActorHandle) -> None:

@@ -57,3 +57,7 @@ class ResourceUnavailableError(RuntimeErrorBase):
 
 class NotInitializedError(RuntimeErrorBase):
     """The runtime is not started: call `ringwatch.runtime.init()` first."""
+
+
+class CheckpointError(RuntimeErrorBase):
+    """An actor checkpoint could not be written or read; the message names the store or checkpoint."""

@@ -25,7 +25,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, Listener, wait
 from typing import Any
 
@@ -85,9 +85,13 @@ class _Actor:
     name: str | None
     class_name: str
     methods: tuple[str, ...]
+    create_spec: TaskSpec | None = None
     worker: _Worker | None = None
     queue: deque = field(default_factory=deque)
     dead_reason: str | None = None
+    restarts: int = 0
+    checkpoint: str | None = None
+    checkpointed_at: float | None = None
 
 
 class Node:
@@ -423,7 +427,7 @@ class Node:
     def _op_kill(self, reply: Reply, actor_id: str) -> None:
         actor = self._actors.get(actor_id)
         if actor is not None and not actor.dead_reason:
-            self._actor_died(actor, "the actor was killed with kill()")
+            self._actor_died(actor, "the actor was killed with kill()", restart=False)
         elif actor is None and self.cluster is not None:
             address = self.cluster.actor_address(actor_id)
             if address is not None:
@@ -641,6 +645,8 @@ class Node:
             if method in ("get", "wait"):
                 worker.blocked = True
             self._handle(method, args, self._reply_to_worker(worker, request_id))
+        elif kind == "checkpointed":
+            self._actor_checkpointed(worker, message[1])
         elif kind == "requeue":
             returned = set(message[1])
             kept = deque()
@@ -680,7 +686,7 @@ class Node:
             if spec.kind == ACTOR_CREATE and result.error is not None:
                 actor = self._actors.get(spec.actor_id)
                 if actor is not None:
-                    self._actor_died(actor, f"the actor's constructor raised: {result.error}")
+                    self._actor_died(actor, f"the actor's constructor raised: {result.error}", restart=False)
         self.stats["tasks_done"] += 1
         self._finish(result)
 
@@ -718,25 +724,45 @@ class Node:
         if name and self.cluster is not None and self.cluster.actor_by_name(name) is not None:
             self._finish(TaskResult(spec.task_id, None, ValueError(f"an actor named {name!r} already exists")))
             return
-        actor = _Actor(spec.actor_id, name, spec.name, spec.methods)
+        actor = _Actor(spec.actor_id, name, spec.name, spec.methods, create_spec=spec, restarts=spec.restarts,
+                       checkpoint=spec.restore_from)
         self._actors[spec.actor_id] = actor
+        if spec.max_restarts:  # a restart constructs the actor again, from the same arguments
+            for object_id in spec.deps:
+                self._entries.setdefault(object_id, _Entry()).pins += 1
         if self.cluster is not None:
-            self.cluster.actor_placed(actor.actor_id, name, actor.class_name, actor.methods)
+            self.cluster.actor_placed(spec)
         if name:
             self._named[name] = spec.actor_id
         actor.worker = self._start_worker(actor_id=spec.actor_id)
         actor.queue.appendleft(spec)
 
-    def _actor_died(self, actor: _Actor, reason: str) -> None:
-        actor.dead_reason = reason
+    def _actor_checkpointed(self, worker: _Worker, checkpoint_id: str) -> None:
+        actor = self._actors.get(worker.actor_id or "")
+        if actor is None:
+            return
+        actor.checkpoint, actor.checkpointed_at = checkpoint_id, time.time()
+        if self.cluster is not None:  # recorded before the result of the call it covers is seen
+            self.cluster.actor_checkpointed(actor.actor_id, checkpoint_id)
+
+    def _actor_died(self, actor: _Actor, reason: str, *, restart: bool = True) -> None:
+        in_flight: list[TaskSpec] = []
         if actor.worker is not None:
             worker, actor.worker = actor.worker, None
             in_flight, worker.in_flight = list(worker.in_flight), deque()
             if worker in self._workers:
                 self._workers.remove(worker)
             _stop_process(worker)
-        else:
-            in_flight = []
+        create = actor.create_spec
+        if restart and self._running and create is not None and actor.restarts < create.max_restarts:
+            self._restart_actor(actor, in_flight, reason)
+            return
+        if create is not None and create.max_restarts:
+            reason = f"{reason}; no restarts left (max_restarts={create.max_restarts})"
+        actor.dead_reason = reason
+        if create is not None and create.max_restarts:
+            for object_id in create.deps:
+                self._unpin(object_id)
         for spec in [*in_flight, *actor.queue]:
             self._finish(TaskResult(spec.task_id, None, ActorDiedError(f"{spec.name}: {reason}")))
         actor.queue.clear()
@@ -744,6 +770,47 @@ class Node:
             del self._named[actor.name]
         if self.cluster is not None:
             self.cluster.actor_gone(actor.actor_id, actor.name, reason)
+
+    def _restart_actor(self, actor: _Actor, in_flight: list[TaskSpec], reason: str) -> None:
+        """Re-create the actor on this node from its latest checkpoint; queued calls wait for it.
+
+        Calls that were running when it died fail (their effect on the state is
+        unknown), unless the actor allows `max_task_retries`.
+        """
+        actor.restarts += 1
+        logger.warning("actor %s died (%s); restart %d of %d from checkpoint %s", actor.class_name, reason,
+                       actor.restarts, actor.create_spec.max_restarts, actor.checkpoint)
+        retried = []
+        for spec in in_flight:
+            if spec.kind == ACTOR_CREATE:
+                continue
+            if spec.attempt < actor.create_spec.max_task_retries:
+                spec.attempt += 1
+                retried.append(spec)
+            else:
+                self._finish(TaskResult(spec.task_id, None, ActorDiedError(
+                    f"{spec.name}: the actor died while the call was running ({reason})")))
+        actor.create_spec = self._restart_spec(actor.create_spec, actor.restarts, actor.checkpoint)
+        actor.queue.extendleft(reversed([actor.create_spec, *retried]))
+        actor.worker = self._start_worker(actor_id=actor.actor_id)
+        if self.cluster is not None:
+            self.cluster.actor_restarting(actor.actor_id, actor.restarts, self.cluster.address)
+
+    @staticmethod
+    def _restart_spec(spec: TaskSpec, restarts: int, checkpoint: str | None) -> TaskSpec:
+        return replace(spec, task_id=new_id(), restarts=restarts, restore_from=checkpoint, forwarded_by=None,
+                       dep_locations={}, attempt=0, code=None)
+
+    def _op_actors(self, reply: Reply) -> None:
+        if self.cluster is not None:
+            reply(True, self.cluster.actors())
+            return
+        now = time.time()
+        reply(True, [{"actor_id": a.actor_id, "name": a.name, "class_name": a.class_name, "node": self.node_id,
+                      "state": "dead" if a.dead_reason else "alive", "reason": a.dead_reason,
+                      "restarts": a.restarts, "checkpoint": a.checkpoint,
+                      "checkpoint_age_s": None if a.checkpointed_at is None else now - a.checkpointed_at}
+                     for a in self._actors.values()])
 
     # ---- scheduling --------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from .object_store import Blob
 TASK = "task"
 ACTOR_CREATE = "actor_create"
 ACTOR_CALL = "actor_call"
+CHECKPOINT_METHOD = "__ringwatch_checkpoint__"  # the actor call behind rt.checkpoint(handle)
 
 
 def new_id() -> str:
@@ -45,6 +46,15 @@ class TaskSpec:
     cancelled: bool = False
     forwarded_by: str | None = None  # address of the node that placed this call here
     dep_locations: dict[str, str] = field(default_factory=dict)  # dep id -> address of a node holding it
+    code: bytes | None = None  # the function's code, sent along the first time a call goes to a node
+    # Actor creation only: how the actor survives failures.
+    max_restarts: int = 0
+    max_task_retries: int = 0
+    restarts: int = 0
+    checkpoint_uri: str | None = None
+    checkpoint_every: int | None = None
+    checkpoint_interval_s: float | None = None
+    restore_from: str | None = None  # the checkpoint a restarted actor resumes from
 
 
 @dataclass

@@ -6,6 +6,7 @@ Messages on the pipe to the node, node -> worker:
   ("exit",)
 worker -> node:
   ("done", TaskResult, held_ids, released_ids)
+  ("checkpointed", checkpoint_id)                                  sent before the "done" of the call it covers
   ("call", request_id, method, args, held_ids, released_ids)       nested runtime API use
   ("requeue", [task_id, ...])                                      calls handed over but not started
 
@@ -20,8 +21,10 @@ import logging
 import os
 import signal
 import threading
+import time
 import traceback
 from collections import deque
+from dataclasses import dataclass
 from queue import Queue
 from multiprocessing.connection import Client, Connection
 from typing import Any
@@ -29,9 +32,10 @@ from typing import Any
 import cloudpickle
 
 from . import api
+from .checkpoints import CheckpointStore, open_store
 from .errors import ActorDiedError, TaskError
 from .object_store import pack, unpack
-from .protocol import ACTOR_CALL, ACTOR_CREATE, RefMarker, TaskResult, TaskSpec, new_id
+from .protocol import ACTOR_CALL, ACTOR_CREATE, CHECKPOINT_METHOD, RefMarker, TaskResult, TaskSpec, new_id
 from .refs import capture_refs, set_ref_listeners
 
 logger = logging.getLogger(__name__)
@@ -115,6 +119,55 @@ def main() -> None:
     worker_main(conn, info)
 
 
+@dataclass
+class _ActorBox:
+    """The actor this worker hosts, and when its state was last checkpointed."""
+
+    instance: Any
+    spec: TaskSpec
+    store: CheckpointStore | None
+    calls_since_checkpoint: int = 0
+    checkpointed_at: float = 0.0
+
+    def due(self) -> bool:
+        spec = self.spec
+        if spec.checkpoint_every and self.calls_since_checkpoint >= spec.checkpoint_every:
+            return True
+        return bool(spec.checkpoint_interval_s and self.calls_since_checkpoint
+                    and time.monotonic() - self.checkpointed_at >= spec.checkpoint_interval_s)
+
+    def checkpoint(self, conn: Connection) -> str:
+        """Write the state durably, then tell the node (before the result of the call it covers)."""
+        getter = getattr(self.instance, "__checkpoint__", None)
+        state = getter() if getter is not None else dict(vars(self.instance))
+        checkpoint_id = self.store.save(self.spec.actor_id, state)
+        self.calls_since_checkpoint = 0
+        self.checkpointed_at = time.monotonic()
+        conn.send(("checkpointed", checkpoint_id))
+        return checkpoint_id
+
+    def restore(self, checkpoint_id: str) -> None:
+        state = self.store.load(checkpoint_id)
+        restorer = getattr(self.instance, "__restore__", None)
+        if restorer is not None:
+            restorer(state)
+        else:
+            vars(self.instance).update(state)
+
+
+def _checkpoint_after(actor: list, spec: TaskSpec, conn: Connection) -> None:
+    """A periodic checkpoint, when the actor's options call for one now."""
+    if not actor or spec.kind != ACTOR_CALL or spec.method == CHECKPOINT_METHOD:
+        return
+    box = actor[0]
+    box.calls_since_checkpoint += 1
+    if box.store is not None and box.due():
+        try:
+            box.checkpoint(conn)
+        except Exception:  # the actor keeps serving; its next restart resumes from an older checkpoint
+            logger.exception("checkpoint of actor %s failed", spec.name)
+
+
 def worker_main(conn: Connection, node_info: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=node_info.get("log_level", logging.WARNING))
@@ -134,7 +187,8 @@ def worker_main(conn: Connection, node_info: dict) -> None:
                     queue.extend(message[1])
                 continue
             spec, _, deps = queue.popleft()
-            result = _run(spec, backend.code, functions, deps, actor)
+            result = _run(spec, backend.code, functions, deps, actor, conn)
+            _checkpoint_after(actor, spec, conn)
             conn.send(("done", result, *backend.take_ref_changes()))
     except (EOFError, OSError, KeyboardInterrupt):
         return
@@ -143,18 +197,23 @@ def worker_main(conn: Connection, node_info: dict) -> None:
 
 
 def _run(spec: TaskSpec, code: dict[str, bytes], functions: dict[str, Any], deps: dict,
-         actor: list[Any]) -> TaskResult:
+         actor: list[_ActorBox], conn: Connection) -> TaskResult:
     try:
         if spec.function_id is not None and spec.function_id not in functions:
             functions[spec.function_id] = cloudpickle.loads(code[spec.function_id])
         args, kwargs = _resolve_args(spec, deps)
         if spec.kind == ACTOR_CREATE:
-            actor.append(functions[spec.function_id](*args, **kwargs))
+            actor.append(_create_actor(functions[spec.function_id], spec, args, kwargs))
             value = None
         elif spec.kind == ACTOR_CALL:
             if not actor:
                 raise ActorDiedError(f"{spec.name}: the actor was not created")
-            value = getattr(actor[0], spec.method)(*args, **kwargs)
+            if spec.method == CHECKPOINT_METHOD:
+                if actor[0].store is None:
+                    raise ValueError("this actor has no checkpoint store")
+                value = actor[0].checkpoint(conn)
+            else:
+                value = getattr(actor[0].instance, spec.method)(*args, **kwargs)
         else:
             value = functions[spec.function_id](*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - everything a task raises goes back to the caller
@@ -167,6 +226,15 @@ def _run(spec: TaskSpec, code: dict[str, bytes], functions: dict[str, Any], deps
     except Exception as exc:  # noqa: BLE001
         return TaskResult(spec.task_id, None, _as_task_error(exc, spec))
     return TaskResult(spec.task_id, blob, None, tuple(contained))
+
+
+def _create_actor(cls: type, spec: TaskSpec, args: list, kwargs: dict) -> _ActorBox:
+    """Construct the actor; a restarted one then takes the state of its latest checkpoint."""
+    store = open_store(spec.checkpoint_uri) if spec.checkpoint_uri else None
+    box = _ActorBox(cls(*args, **kwargs), spec, store, checkpointed_at=time.monotonic())
+    if spec.restore_from and store is not None:
+        box.restore(spec.restore_from)
+    return box
 
 
 def _resolve_args(spec: TaskSpec, deps: dict) -> tuple[list, dict]:

@@ -1,0 +1,159 @@
+"""Actor checkpoints: durable copies of an actor's state that a restarted actor resumes from.
+
+A store is addressed by URI:
+- `file:///shared/dir` (the default, under the system temp dir): one file per
+  checkpoint, written to a temp name, fsynced, then renamed, so a reader sees a
+  whole checkpoint or none. Every node of a cluster must see the same directory
+  (one machine, or a shared filesystem).
+- `redis://host:port/db`: one key per checkpoint, written by a single SET, for
+  small states on clusters without a shared filesystem.
+
+Encoding keeps large states out of one giant pickle: a `pyarrow.Table` state is
+written as Arrow IPC; anything else is pickled with protocol 5, its large
+buffers (numpy arrays, Arrow columns) written raw after a small header instead
+of being copied into the pickle stream.
+
+Checkpoint ids are `<actor_id>/<sequence>`; the latest id is recorded in the
+GCS actor table by the node, so a restart on any node knows which to load.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import cloudpickle
+import pyarrow as pa
+
+from .errors import CheckpointError
+
+_PICKLE_MAGIC = b"RWCKPT1\n"
+_ARROW_MAGIC = b"RWARROW\n"
+_KEEP = 2  # checkpoints kept per actor: the latest and the one before, in case the latest is being written
+
+
+def default_uri() -> str:
+    """RINGWATCH_CHECKPOINT_URI, else a directory under the system temp dir (shared by one machine's nodes)."""
+    return os.environ.get("RINGWATCH_CHECKPOINT_URI") or f"file://{Path(tempfile.gettempdir()) / 'ringwatch-checkpoints'}"
+
+
+def encode_state(state: Any) -> list[bytes | memoryview]:
+    """The parts of a checkpoint file, in order (written back to back)."""
+    if isinstance(state, pa.Table):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, state.schema) as writer:
+            writer.write_table(state)
+        return [_ARROW_MAGIC, sink.getvalue()]
+    buffers: list[pickle.PickleBuffer] = []
+    header = cloudpickle.dumps(state, protocol=5, buffer_callback=buffers.append)
+    raws = [b.raw() for b in buffers]
+    sizes = struct.pack(f"<QQ{len(raws)}Q", len(header), len(raws), *(r.nbytes for r in raws))
+    return [_PICKLE_MAGIC, sizes, header, *raws]
+
+
+def decode_state(data: bytes | memoryview) -> Any:
+    view = memoryview(data)
+    magic = bytes(view[:8])
+    if magic == _ARROW_MAGIC:
+        return pa.ipc.open_stream(pa.py_buffer(view[8:])).read_all()
+    if magic != _PICKLE_MAGIC:
+        raise CheckpointError("the checkpoint is damaged or was not written by ringwatch (bad header)")
+    header_len, count = struct.unpack_from("<QQ", view, 8)
+    sizes = struct.unpack_from(f"<{count}Q", view, 24)
+    offset = 24 + 8 * count
+    header = view[offset:offset + header_len]
+    offset += header_len
+    buffers = []
+    for size in sizes:
+        buffers.append(view[offset:offset + size])
+        offset += size
+    return pickle.loads(header, buffers=buffers)
+
+
+class CheckpointStore(Protocol):
+    uri: str
+
+    def save(self, actor_id: str, state: Any) -> str: ...
+    def load(self, checkpoint_id: str) -> Any: ...
+
+
+class FileCheckpointStore:
+    """Checkpoints as files under one directory: `<dir>/<actor_id>/<sequence>.ckpt`."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.root = Path(urlparse(uri).path)
+
+    def save(self, actor_id: str, state: Any) -> str:
+        folder = self.root / actor_id
+        folder.mkdir(parents=True, exist_ok=True)
+        sequence = f"{time.time_ns():020d}"
+        final = folder / f"{sequence}.ckpt"
+        temp = folder / f".{sequence}.tmp"
+        with open(temp, "wb") as out:
+            for part in encode_state(state):
+                out.write(part)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, final)
+        _fsync_dir(folder)
+        for old in sorted(folder.glob("*.ckpt"))[:-_KEEP]:
+            old.unlink(missing_ok=True)
+        return f"{actor_id}/{sequence}"
+
+    def load(self, checkpoint_id: str) -> Any:
+        path = self.root / f"{checkpoint_id}.ckpt"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {checkpoint_id} is not in {self.uri} (is the directory shared "
+                                  f"by every node?)") from None
+        return decode_state(data)
+
+
+class RedisCheckpointStore:
+    """Checkpoints as Redis keys `ringwatch:checkpoints:<actor_id>/<sequence>`, each written by one SET."""
+
+    def __init__(self, uri: str):
+        import redis
+
+        self.uri = uri
+        self._redis = redis.Redis.from_url(uri, socket_timeout=30)
+
+    def save(self, actor_id: str, state: Any) -> str:
+        checkpoint_id = f"{actor_id}/{time.time_ns():020d}"
+        data = b"".join(bytes(p) for p in encode_state(state))
+        self._redis.set(f"ringwatch:checkpoints:{checkpoint_id}", data)
+        older = sorted(self._redis.keys(f"ringwatch:checkpoints:{actor_id}/*"))[:-_KEEP]
+        if older:
+            self._redis.delete(*older)
+        return checkpoint_id
+
+    def load(self, checkpoint_id: str) -> Any:
+        data = self._redis.get(f"ringwatch:checkpoints:{checkpoint_id}")
+        if data is None:
+            raise CheckpointError(f"checkpoint {checkpoint_id} is not in {self.uri}")
+        return decode_state(data)
+
+
+def open_store(uri: str) -> CheckpointStore:
+    scheme = urlparse(uri).scheme
+    if scheme == "file":
+        return FileCheckpointStore(uri)
+    if scheme in ("redis", "rediss", "unix"):
+        return RedisCheckpointStore(uri)
+    raise CheckpointError(f"checkpoint store {uri!r}: the URI must start with file:// or redis://")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
