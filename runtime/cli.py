@@ -8,9 +8,10 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
-from .cluster import HEARTBEAT_TIMEOUT_S, ClusterNode
+from .cluster import HEARTBEAT_S, HEARTBEAT_TIMEOUT_S, ClusterNode
 from .gcs import RedisGcs
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ def register_node(subparsers: argparse._SubParsersAction) -> None:
     start.add_argument("--namespace", default="default", help="GCS namespace (clusters sharing a Redis)")
     start.add_argument("--token-file", help="file holding the cluster token (else RINGWATCH_TOKEN)")
     start.add_argument("--node-id", help="name of this node (default: host, pid and a random suffix)")
+    start.add_argument("--heartbeat-interval", type=float, default=HEARTBEAT_S, metavar="SECONDS",
+                       help=f"seconds between heartbeats into the GCS (default {HEARTBEAT_S})")
+    start.add_argument("--heartbeat-timeout", type=float, default=HEARTBEAT_TIMEOUT_S, metavar="SECONDS",
+                       help=f"a node silent this long is declared dead (default {HEARTBEAT_TIMEOUT_S})")
     start.set_defaults(handler=start_node)
 
 
@@ -55,7 +60,8 @@ def start_node(args: argparse.Namespace) -> int:
         print(f"ringwatch node start: {exc}", file=sys.stderr)
         return 2
     node = ClusterNode(args.address, token=token, host=args.host, port=args.port, num_workers=args.workers,
-                       resources=args.resources, namespace=args.namespace, node_id=args.node_id)
+                       resources=args.resources, namespace=args.namespace, node_id=args.node_id,
+                       heartbeat_s=args.heartbeat_interval, heartbeat_timeout_s=args.heartbeat_timeout)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: node.stop())
     print(json.dumps({"node_id": node.node_id, "address": node.address}), flush=True)
@@ -77,18 +83,22 @@ def show_status(args: argparse.Namespace) -> int:
     gcs = RedisGcs(args.address, args.namespace)
     try:
         nodes = gcs.nodes(HEARTBEAT_TIMEOUT_S)
-        actors = list(gcs._all("actors").values())  # noqa: SLF001 - the status view reads the whole table
+        now = time.time()
+        actors = [{**a, "checkpoint_age_s": now - a["checkpoint_at"] if a.get("checkpoint_at") else None}
+                  for a in gcs.actors()]
     finally:
         gcs.close()
     if args.json:
         print(json.dumps({"nodes": nodes, "actors": actors}, indent=2))
         return 0
-    print(f"{'node':<36} {'state':<6} {'address':<22} {'queued':>6}  resources")
+    print(f"{'node':<28} {'state':<6} {'address':<22} {'queued':>6} {'objects':>8} {'shared MB':>10}  resources")
     for n in sorted(nodes, key=lambda n: n["node_id"]):
         state = "alive" if n["alive"] else "dead"
-        print(f"{n['node_id']:<36} {state:<6} {n['address']:<22} {n.get('queued', 0):>6}  {n['resources']}")
+        print(f"{n['node_id']:<28} {state:<6} {n['address']:<22} {n.get('queued', 0):>6} {n.get('objects', 0):>8} "
+              f"{n.get('shared_bytes', 0) / 1e6:>10.1f}  {n['resources']}")
     print(f"\n{len(actors)} actors")
     for a in actors:
-        print(f"  {a.get('class_name', '?'):<20} {a.get('name') or a['actor_id'][:12]:<24} {a.get('state'):<6} "
-              f"on {a.get('node')}")
+        age = "never" if a["checkpoint_age_s"] is None else f"{a['checkpoint_age_s']:.1f} s ago"
+        print(f"  {a.get('class_name', '?'):<20} {a.get('name') or a['actor_id'][:12]:<24} {a.get('state'):<10} "
+              f"on {a.get('node')}  restarts {a.get('restarts', 0)}/{a.get('max_restarts', 0)}  checkpoint {age}")
     return 0

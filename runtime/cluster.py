@@ -10,6 +10,7 @@ the mean task time, plus the bytes of inputs it would have to fetch.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -21,11 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cloudpickle
+import redis
 
 from .errors import ResourceUnavailableError
 from .gcs import RedisGcs
 from .node import Node
 from .object_store import SHARED_THRESHOLD, Blob, from_wire, to_wire
+from dataclasses import replace
+
 from .protocol import ACTOR_CREATE, TASK, TaskSpec
 from .transport import NodeClient, serve
 
@@ -40,9 +44,13 @@ _FETCH_BYTES_PER_S = 1e9
 class ClusterLink:
     """What a node needs from the rest of the cluster; called on the node's dispatcher thread."""
 
-    def __init__(self, gcs: RedisGcs, address: str, node_id: str, token: str):
+    def __init__(self, gcs: RedisGcs, address: str, node_id: str, token: str,
+                 heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S):
         self.gcs = gcs
         self.address = address
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self._suspects: dict[str, float] = {}  # address -> until when placement avoids it
+        self._code_sent: dict[str, set[str]] = {}  # address -> function ids already sent there
         self.node_id = node_id
         self.token = token
         self.node: Node | None = None
@@ -64,10 +72,26 @@ class ClusterLink:
     # ---- placement ---------------------------------------------------------------------------
 
     def peers(self) -> list[dict]:
-        if time.monotonic() - self._peers_at > HEARTBEAT_S / 2:
-            self._peers = [p for p in self.gcs.nodes(HEARTBEAT_TIMEOUT_S) if p["alive"]]
-            self._peers_at = time.monotonic()
-        return self._peers
+        """Live nodes, refreshed from the GCS twice a heartbeat (the last known list while the GCS is away)."""
+        now = time.monotonic()
+        if now - self._peers_at > HEARTBEAT_S / 2:
+            try:
+                self._peers = [p for p in self.gcs.nodes(self.heartbeat_timeout_s) if p["alive"]]
+            except redis.RedisError as exc:
+                logger.warning("GCS unreachable, placing with the last known nodes: %s", exc)
+            if not any(p["address"] == self.address for p in self._peers):  # late heartbeats, GCS away
+                self._peers = [*self._peers, {"node_id": self.node_id, "address": self.address,
+                                              "resources": self.node.resources, "queued": 0}]
+            self._peers_at = now
+        return [p for p in self._peers if self._suspects.get(p["address"], 0) < now]
+
+    def suspect(self, address: str) -> None:
+        """A call to `address` failed: place nothing there until its heartbeats say whether it is dead."""
+        self._suspects[address] = time.monotonic() + self.heartbeat_timeout_s
+
+    def node_died(self, address: str) -> None:
+        self._suspects[address] = float("inf")
+        self._code_sent.pop(address, None)
 
     def place(self, spec: TaskSpec, node: Node) -> str | None:
         """Address of the node that should run `spec`, or None for this one."""
@@ -88,7 +112,10 @@ class ClusterLink:
         """Where each input lives and how big it is (small inputs do not steer placement)."""
         sizes = {}
         for dep in spec.deps:
-            location = self.gcs.object_location(dep)
+            try:
+                location = self.gcs.object_location(dep)
+            except redis.RedisError:
+                continue
             if location is not None and location["size"] > SHARED_THRESHOLD:
                 sizes[dep] = (self._address_of(location["node"]), location["size"])
         return sizes
@@ -109,6 +136,10 @@ class ClusterLink:
 
     def forward(self, spec: TaskSpec, address: str) -> None:
         """Run `spec` on another node; its result comes back here when ready."""
+        sent = self._code_sent.setdefault(address, set())
+        if spec.function_id is not None and spec.function_id not in sent:
+            spec = replace(spec, code=self.node._code_of(spec.function_id))  # noqa: SLF001
+            sent.add(spec.function_id)
         sender = self._senders.get(address)
         if sender is None:
             sender = self._senders[address] = ThreadPoolExecutor(1, thread_name_prefix="ringwatch-forward")
@@ -118,7 +149,9 @@ class ClusterLink:
         """The node that runs `spec` sends its result back (`result` or `held_elsewhere`)."""
         try:
             self.client(address).call("submit", spec)
-        except Exception as exc:  # the node or the network failed: the caller's get says so
+        except ConnectionError as exc:  # the node is unreachable: the caller's node decides what now
+            self.node.post("forward_failed", (replace(spec, code=None), address, exc))
+        except Exception as exc:
             self._deliver(spec.task_id, None, exc)
 
     def fetch(self, object_id: str, address: str) -> None:
@@ -148,21 +181,78 @@ class ClusterLink:
     # ---- GCS records -------------------------------------------------------------------------
 
     def function_registered(self, function_id: str, code: bytes) -> None:
-        # Synchronous (once per function): a call forwarded next must find the code in the GCS.
-        self.gcs.put_function(function_id, code)
+        # Forwarded calls carry their code too; the table serves restarts and late joiners.
+        self._pool.submit(self._quietly, self.gcs.put_function, function_id, code)
 
     def object_made(self, object_id: str, size: int) -> None:
         if size > SHARED_THRESHOLD:  # only large objects steer placement; small ones travel inline
             # Synchronous, so the location is known before anyone can hold a ref to the ready value.
-            self.gcs.set_object_location(object_id, self.node_id, size)
+            self._quietly(self.gcs.set_object_location, object_id, self.node_id, size)
+
+    def record_lineage(self, object_id: str, spec: TaskSpec) -> None:
+        lineage = replace(spec, code=None, forwarded_by=None, dep_locations={})
+        self._pool.submit(self._quietly, self.gcs.record_task, object_id, cloudpickle.dumps(lineage))
+
+    def lineage(self, object_id: str) -> TaskSpec | None:
+        data = self._quietly(self.gcs.task, object_id)
+        return pickle.loads(data) if data else None
+
+    @staticmethod
+    def _quietly(method: Any, *args: Any) -> Any:
+        """A GCS write or read the node can live without while Redis is away (logged, not raised)."""
+        try:
+            return method(*args)
+        except redis.RedisError as exc:
+            logger.warning("GCS unreachable (%s): %s skipped", exc, getattr(method, "__name__", method))
+            return None
 
     def object_freed(self, object_id: str, remote: str | None) -> None:
         if remote is None:
             self._pool.submit(self.gcs.remove_object, object_id)
 
-    def actor_placed(self, actor_id: str, name: str | None, class_name: str, methods: tuple[str, ...]) -> None:
-        self.gcs.register_actor({"actor_id": actor_id, "name": name, "node": self.node_id, "address": self.address,
-                                 "class_name": class_name, "methods": list(methods), "state": "alive"})
+    def actor_placed(self, spec: TaskSpec) -> None:
+        record = self.gcs.actor(spec.actor_id) or {}
+        if spec.max_restarts and not record:
+            self.gcs.put_actor_spec(spec.actor_id, cloudpickle.dumps(replace(spec, code=None, forwarded_by=None)))
+        self.gcs.register_actor({
+            **record, "actor_id": spec.actor_id, "name": spec.actor_name, "node": self.node_id,
+            "address": self.address, "class_name": spec.name, "methods": list(spec.methods), "state": "alive",
+            "restarts": spec.restarts, "max_restarts": spec.max_restarts, "max_task_retries": spec.max_task_retries,
+            "checkpoint": spec.restore_from or record.get("checkpoint"),
+            "checkpoint_at": record.get("checkpoint_at")})
+
+    def actor_checkpointed(self, actor_id: str, checkpoint_id: str) -> None:
+        record = self.gcs.actor(actor_id) or {"actor_id": actor_id}
+        self.gcs.register_actor({**record, "checkpoint": checkpoint_id, "checkpoint_at": time.time()})
+
+    def actor_restarting(self, actor_id: str, restarts: int, address: str | None) -> None:
+        """Record a restart: in place (`address` = this node) or, with None, wherever it will be placed."""
+        record = self.gcs.actor(actor_id) or {"actor_id": actor_id}
+        state = "alive" if address else "restarting"
+        self.gcs.register_actor({**record, "restarts": restarts, "state": state})
+
+    def actor_location(self, actor_id: str) -> tuple[str, str | None]:
+        """("alive", address), ("restarting", None), ("dead", reason) or ("unknown", None)."""
+        record = self.gcs.actor(actor_id)
+        if record is None:
+            return "unknown", None
+        if record.get("state") == "alive":
+            return "alive", record["address"]
+        if record.get("state") == "dead":
+            return "dead", record.get("reason") or "the actor is dead"
+        return "restarting", None
+
+    def actor_task_retries(self, actor_id: str) -> int:
+        record = self._quietly(self.gcs.actor, actor_id) or {}
+        return record.get("max_task_retries", 0)
+
+    def actors_on(self, node_id: str) -> list[dict]:
+        return [a for a in self.gcs.actors() if a.get("node") == node_id and a.get("state") in ("alive", "restarting")]
+
+    def actors(self) -> list[dict]:
+        now = time.time()
+        return [{**a, "checkpoint_age_s": None if not a.get("checkpoint_at") else now - a["checkpoint_at"]}
+                for a in self.gcs.actors()]
 
     def actor_gone(self, actor_id: str, name: str | None, reason: str) -> None:
         record = self.gcs.actor(actor_id) or {"actor_id": actor_id, "name": name}
@@ -171,15 +261,15 @@ class ClusterLink:
             self.gcs.remove_actor_name(name, actor_id)
 
     def actor_address(self, actor_id: str) -> str | None:
-        record = self.gcs.actor(actor_id)
-        return record["address"] if record and record.get("state") == "alive" else None
+        state, where = self.actor_location(actor_id)
+        return where if state == "alive" else None
 
     def actor_by_name(self, name: str) -> dict | None:
         record = self.gcs.actor_by_name(name)
         return record if record and record.get("state") == "alive" else None
 
     def nodes(self) -> list[dict]:
-        return self.gcs.nodes(HEARTBEAT_TIMEOUT_S)
+        return self.gcs.nodes(self.heartbeat_timeout_s)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -195,19 +285,27 @@ class ClusterNode:
 
     def __init__(self, gcs_url: str, *, token: str, host: str = "127.0.0.1", port: int = 0,
                  num_workers: int | None = None, resources: dict[str, float] | None = None,
-                 namespace: str = "default", node_id: str | None = None):
+                 namespace: str = "default", node_id: str | None = None,
+                 heartbeat_s: float = HEARTBEAT_S, heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S):
+        if heartbeat_timeout_s <= heartbeat_s:
+            raise ValueError(f"heartbeat_timeout_s ({heartbeat_timeout_s}) must be longer than heartbeat_s "
+                             f"({heartbeat_s}), or live nodes would be declared dead")
         self.node_id = node_id or f"node-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.heartbeat_s, self.heartbeat_timeout_s = heartbeat_s, heartbeat_timeout_s
         self.gcs = RedisGcs(gcs_url, namespace)
         self._server, bound = serve(self._handle, self._export, token=token, host=host, port=port)
         self.address = f"{host}:{bound}"
-        self.link = ClusterLink(self.gcs, self.address, self.node_id, token)
+        self.link = ClusterLink(self.gcs, self.address, self.node_id, token, heartbeat_timeout_s)
         self.node = Node(num_workers or os.cpu_count() or 1, resources, node_id=self.node_id, cluster=self.link)
         self.link.node = self.node
-        self.gcs.register_node({"node_id": self.node_id, "address": self.address,
-                                "resources": self.node.resources, "pid": os.getpid()})
+        self._record = {"node_id": self.node_id, "address": self.address, "resources": self.node.resources,
+                        "pid": os.getpid(), "heartbeat_timeout_s": heartbeat_timeout_s}
+        self.gcs.register_node(self._record)
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="ringwatch-heartbeat", daemon=True)
         self._heartbeat.start()
+        self._events = threading.Thread(target=self._listen, name="ringwatch-gcs-events", daemon=True)
+        self._events.start()
         logger.info("node %s serving on %s with %s", self.node_id, self.address, self.node.resources)
 
     def _handle(self, method: str, args: tuple) -> Any:
@@ -225,12 +323,64 @@ class ClusterNode:
         return cloudpickle.dumps(to_wire(value) if isinstance(value, Blob) else value)
 
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
+        """Heartbeat, then judge the other nodes' heartbeats.
+
+        The full record goes with every beat, so a GCS restarted without its data
+        learns this node again. Other nodes are judged only once this node has
+        reached the GCS for a whole timeout: after an outage every heartbeat is
+        late, and no node may be declared dead for the GCS's absence.
+        """
+        reachable_since = None
+        while not self._stop.wait(self.heartbeat_s):
             try:
                 load = self.node.describe()
-                self.gcs.heartbeat(self.node_id, {"queued": load["queued"], "mean_task_s": _MEAN_TASK_S})
+                self.gcs.heartbeat(self.node_id, {**self._record, **load, "mean_task_s": _MEAN_TASK_S})
             except Exception as exc:  # Redis away: keep serving, try again next beat
-                logger.warning("heartbeat to the GCS failed: %s", exc)
+                if reachable_since is not None:
+                    logger.warning("heartbeat to the GCS failed (retrying every %s s): %s", self.heartbeat_s, exc)
+                reachable_since = None
+                continue
+            if reachable_since is None:
+                reachable_since = time.monotonic()
+            elif time.monotonic() - reachable_since >= self.heartbeat_timeout_s:
+                self._judge_peers()
+
+    def _judge_peers(self) -> None:
+        """Declare nodes with overdue heartbeats dead (once, in the GCS) and tell this node about each."""
+        try:
+            records = self.gcs.nodes(self.heartbeat_timeout_s)
+            for record in records:
+                if record["alive"] or record["node_id"] == self.node_id:
+                    continue
+                declared = self.gcs.declare_dead(record["node_id"])
+                if declared:
+                    logger.warning("declaring node %s dead: no heartbeat for %s s", record["node_id"],
+                                   self.heartbeat_timeout_s)
+                    self.gcs.publish({"type": "node_dead", "node_id": record["node_id"],
+                                      "address": record["address"]})
+                self.node.post("node_dead", (record["node_id"], record["address"], declared))
+        except redis.RedisError as exc:
+            logger.warning("could not check the other nodes' heartbeats: %s", exc)
+
+    def _listen(self) -> None:
+        """Node deaths announced on the GCS event channel reach this node at once."""
+        connected = True
+        while not self._stop.is_set():
+            try:
+                subscription = self.gcs.subscribe()
+                connected = True
+                while not self._stop.is_set():
+                    message = subscription.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    event = json.loads(message["data"])
+                    if event.get("type") == "node_dead" and event["node_id"] != self.node_id:
+                        self.node.post("node_dead", (event["node_id"], event["address"], False))
+            except redis.RedisError as exc:
+                if connected:
+                    logger.warning("GCS event channel lost (%s); resubscribing", exc)
+                connected = False
+                self._stop.wait(self.heartbeat_s)
 
     def wait(self) -> None:
         self._stop.wait()

@@ -6,8 +6,11 @@ Tables (Redis keys under `ringwatch:<namespace>:`):
 - `objects`    hash object_id -> JSON {node, size} (where a value lives)
 - `actors`     hash actor_id -> JSON {actor_id, name, node, class_name, methods, state}
 - `names`      hash actor name -> actor_id
-- `tasks`      hash object_id -> pickled TaskSpec (lineage: what makes each object)
-- channel `events`: JSON node and actor events
+- `dead`       hash node_id -> time it was declared dead (set once: HSETNX decides who declares)
+- `actor_specs` hash actor_id -> pickled creation TaskSpec (to re-create it after its node died)
+- `task:<object_id>` pickled TaskSpec that makes a large object held away from its owner
+  (lineage for reconstruction), expiring after `LINEAGE_TTL_S`
+- channel `events`: JSON node and actor events (`node_dead` tells everyone a node is gone)
 Both implementations have the same methods, so the node does not care which it has.
 """
 
@@ -20,8 +23,12 @@ import time
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
+
+LINEAGE_TTL_S = 3600
 
 
 class InMemoryGcs:
@@ -65,9 +72,33 @@ class InMemoryGcs:
         self.publish({"type": "node_down", "node_id": node_id})
 
     def nodes(self, heartbeat_timeout_s: float = 5.0) -> list[dict]:
+        """Every node record; `alive` is False once it is declared dead or its heartbeats are overdue."""
         now = time.time()
-        return [{**r, "alive": now - r.get("heartbeat", 0) <= heartbeat_timeout_s}
+        dead = self.dead_nodes()
+        return [{**r, "alive": r["node_id"] not in dead
+                 and now - r.get("heartbeat", 0) <= r.get("heartbeat_timeout_s", heartbeat_timeout_s)}
                 for r in self._all("nodes").values()]
+
+    def declare_dead(self, node_id: str) -> bool:
+        """Record the node as dead; True only for the one caller whose record it was."""
+        with self._lock:
+            table = self._tables.setdefault("dead", {})
+            if node_id in table:
+                return False
+            table[node_id] = time.time()
+            return True
+
+    def dead_nodes(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self._all("dead").items()}
+
+    def put_actor_spec(self, actor_id: str, spec_bytes: bytes) -> None:
+        self._put("actor_specs", actor_id, spec_bytes)
+
+    def actor_spec(self, actor_id: str) -> bytes | None:
+        return self._get("actor_specs", actor_id)
+
+    def actors(self) -> list[dict]:
+        return list(self._all("actors").values())
 
     def put_function(self, function_id: str, code: bytes) -> None:
         self._put("functions", function_id, code)
@@ -83,10 +114,12 @@ class InMemoryGcs:
 
     def remove_object(self, object_id: str) -> None:
         self._delete("objects", object_id)
-        self._delete("tasks", object_id)
 
     def record_task(self, object_id: str, spec_bytes: bytes) -> None:
         self._put("tasks", object_id, spec_bytes)
+
+    def task(self, object_id: str) -> bytes | None:
+        return self._get("tasks", object_id)
 
     def register_actor(self, record: dict) -> None:
         self._put("actors", record["actor_id"], record)
@@ -112,13 +145,17 @@ class InMemoryGcs:
 class RedisGcs(InMemoryGcs):
     """The GCS in Redis: namespaced hashes, JSON records, pickled code and lineage as bytes."""
 
-    _BINARY = {"functions", "tasks"}
+    _BINARY = {"functions", "tasks", "actor_specs"}
 
     def __init__(self, url: str, namespace: str = "default"):
         super().__init__(namespace)
         self.url = url
-        self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
-                                           retry_on_timeout=True, health_check_interval=10)
+        # Commands retry with backoff for a few seconds (a Redis restart); callers that must not
+        # block longer catch redis.RedisError and carry on with what they knew.
+        self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=2,
+                                           retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 4),
+                                           retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                                           health_check_interval=10)
         self._prefix = f"ringwatch:{namespace}:"
         self._redis.ping()
 
@@ -147,6 +184,21 @@ class RedisGcs(InMemoryGcs):
 
     def publish(self, event: dict) -> None:
         self._redis.publish(self._key("events"), json.dumps(event))
+
+    def declare_dead(self, node_id: str) -> bool:
+        return bool(self._redis.hsetnx(self._key("dead"), node_id, time.time()))
+
+    def record_task(self, object_id: str, spec_bytes: bytes) -> None:
+        self._redis.set(self._key(f"task:{object_id}"), spec_bytes, ex=LINEAGE_TTL_S)
+
+    def task(self, object_id: str) -> bytes | None:
+        return self._redis.get(self._key(f"task:{object_id}"))
+
+    def subscribe(self) -> redis.client.PubSub:
+        """A subscription to the event channel (read with `get_message`)."""
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self._key("events"))
+        return pubsub
 
     def close(self) -> None:
         self._redis.close()

@@ -38,7 +38,8 @@ from .errors import (
     TaskError,
 )
 from .object_store import SHARED_THRESHOLD, Blob, free, from_wire, to_wire
-from .protocol import ACTOR_CALL, ACTOR_CREATE, TaskResult, TaskSpec, new_id
+from .protocol import ACTOR_CALL, ACTOR_CREATE, TASK, TaskResult, TaskSpec, new_id
+from .recovery import FailureHandling
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class _Actor:
     checkpointed_at: float | None = None
 
 
-class Node:
+class Node(FailureHandling):
     """One node's scheduler, object table and worker pool, driven by its dispatcher thread."""
 
     def __init__(self, num_workers: int, resources: dict[str, float] | None = None, *, node_id: str = "local",
@@ -120,6 +121,10 @@ class Node:
         self._workers: list[_Worker] = []
         self._actors: dict[str, _Actor] = {}
         self._remote_actors: dict[str, str] = {}  # actor id -> address of the node this one placed it on
+        self._parked: dict[str, list[TaskSpec]] = {}  # actor id -> calls waiting for it to (re)appear
+        self._parked_since: dict[str, float] = {}
+        self._wanted_here: set[str] = set()  # not yet made; a call queued here for a local actor needs it
+        self._dead_addresses: set[str] = set()
         self._named: dict[str, str] = {}
         self._deadlines: list[tuple[float, Callable[[], None]]] = []
         self._running = True
@@ -279,9 +284,16 @@ class Node:
         entry.spec = spec
         if spec.forwarded_by:
             entry.holders += 1  # the forwarding node holds it until it has fetched the result
+        if spec.code is not None:  # sent along with the first call of a function forwarded here
+            self._functions.setdefault(spec.function_id, spec.code)
+            spec.code = None
         for object_id in (*spec.deps, *spec.contained):
             self._entries.setdefault(object_id, _Entry()).pins += 1
         reply(True, None)
+        self._dispatch(spec)
+
+    def _dispatch(self, spec: TaskSpec) -> None:
+        """Send a submitted call on its way: to another node, an actor's queue, or this node's queue."""
         if self.cluster is not None and self._placed_elsewhere(spec):
             return
         for dep, address in spec.dep_locations.items():
@@ -297,6 +309,8 @@ class Node:
                 actor.queue.append(spec)
                 for dep in spec.deps:
                     self._bring_here(dep)
+                    if not self._is_done(dep):
+                        self._wanted_here.add(dep)
         else:
             unready = [d for d in spec.deps if not self._is_ready(d)]
             for dep in unready:
@@ -311,8 +325,11 @@ class Node:
         """Send the call to the node the cluster picks; True when it went elsewhere."""
         try:
             if spec.kind == ACTOR_CALL:
-                target = None if spec.actor_id in self._actors else (
-                    self._remote_actors.get(spec.actor_id) or self.cluster.actor_address(spec.actor_id))
+                if spec.actor_id in self._actors:
+                    return False
+                target = self._remote_actors.get(spec.actor_id)
+                if target is None:
+                    return self._route_to_actor(spec)
             elif spec.forwarded_by:
                 target = None
             else:
@@ -344,7 +361,10 @@ class Node:
     def _op_remote_ready(self, reply: Reply, object_id: str, blob: Blob | None, error: Exception | None) -> None:
         """A value made or held by another node has arrived here."""
         entry = self._entries.get(object_id)
-        if entry is not None and entry.held_at is not None:
+        if entry is not None and entry.held_at is not None and isinstance(error, ConnectionError):
+            entry.fetching = False  # the holder is unreachable: try again, unless it is declared dead first
+            self._deadlines.append((time.monotonic() + 1.0, lambda: self._bring_here(object_id)))
+        elif entry is not None and entry.held_at is not None:
             entry.blob, entry.error, entry.held_at, entry.fetching = blob, error, None, False
             self._arrived(object_id, entry)
             self._free_if_unused(object_id, entry)
@@ -364,6 +384,8 @@ class Node:
             self.cluster.send(address, "release", object_id)
             return
         entry.held_at = entry.copy_at = address
+        if entry.spec is not None and entry.spec.kind == TASK:
+            self.cluster.record_lineage(object_id, entry.spec)  # to re-make it if `address` dies
         self._finish(TaskResult(object_id, None, None))
 
     def _bring_here(self, object_id: str) -> None:
@@ -454,9 +476,13 @@ class Node:
         return {"node_id": self.node_id, "alive": True, "resources": dict(self.resources),
                 "queued": len(self._ready), "workers": len([w for w in self._workers if w.actor_id is None]),
                 "actors": len([a for a in self._actors.values() if not a.dead_reason]),
-                "objects": len(self._entries)}
+                "objects": len(self._entries),
+                "shared_bytes": sum(e.blob.size for e in self._entries.values() if e.blob and e.blob.shared)}
 
     # ---- objects -----------------------------------------------------------------------------
+
+    def _entry(self, object_id: str) -> _Entry:
+        return self._entries.setdefault(object_id, _Entry())
 
     def _is_done(self, object_id: str) -> bool:
         """Ready, here or on the node that made it."""
@@ -548,7 +574,9 @@ class Node:
 
     def _arrived(self, object_id: str, entry: _Entry) -> None:
         """Wake whoever waits for the object; if its value is elsewhere and wanted here, send for it."""
-        if entry.held_at is not None and (entry.pins > 0 or self._waiting_on.get(object_id)):
+        wanted = object_id in self._wanted_here
+        self._wanted_here.discard(object_id)
+        if entry.held_at is not None and (wanted or self._waiting_on.get(object_id)):
             self._bring_here(object_id)
         waiters, entry.waiters = entry.waiters, []
         for waiter in waiters:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -11,12 +10,13 @@ import sys
 from dataclasses import dataclass, field
 
 TOKEN = "test-cluster-token"
-_PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """A node started by a test run that is killed must not outlive it (Linux parent-death signal)."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+# A node started by a test run that is killed must not outlive it: the node asks Linux for SIGKILL
+# when its parent goes (set in the child itself: a preexec_fn would run Python in a fork of a
+# process that may hold gRPC threads, which gRPC does not survive).
+_LAUNCH = ("import ctypes, runpy, signal, sys; ctypes.CDLL('libc.so.6').prctl(1, signal.SIGKILL); "
+           "sys.argv = ['ringwatch'] + sys.argv[1:]; runpy.run_module('ringwatch.stream.cli', run_name='__main__')")
 
 
 @dataclass
@@ -44,13 +44,15 @@ class Cluster:
     namespace: str
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
 
+    extra_args: tuple[str, ...] = ()  # e.g. short heartbeats for the fault tests
+
     def start_node(self, node_id: str, workers: int = 1, resources: dict | None = None) -> NodeProcess:
         env = {**os.environ, "RINGWATCH_TOKEN": TOKEN}
         process = subprocess.Popen(
-            [sys.executable, "-m", "ringwatch.stream.cli", "node", "start", "--address", self.redis_url,
+            [sys.executable, "-c", _LAUNCH, "node", "start", "--address", self.redis_url,
              "--namespace", self.namespace, "--workers", str(workers), "--node-id", node_id,
-             "--resources", json.dumps(resources or {})],
-            stdout=subprocess.PIPE, text=True, env=env, preexec_fn=_die_with_parent)
+             "--resources", json.dumps(resources or {}), *self.extra_args],
+            stdout=subprocess.PIPE, text=True, env=env)
         ready = process.stdout.readline()  # the node prints its address once it is serving and registered
         if not ready:
             raise RuntimeError(f"node {node_id} exited with code {process.wait()} before it was ready")

@@ -1,0 +1,207 @@
+"""Fault tolerance on a 3-node loopback cluster: nodes and workers killed with SIGKILL, Redis restarted.
+
+Each test gets its own cluster (it kills parts of it). The driver joins through
+node-a, started alone first; node-b and node-c both offer the resource "spare",
+so work pinned to "spare" can move from one to the other when one dies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ringwatch.runtime as rt
+from runtime_cluster import TOKEN, Cluster
+from services import RedisServer
+
+FAST_HEARTBEATS = ("--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5")
+SPARE = {"spare": 1}
+
+
+def start_cluster(redis_url: str, name: str) -> Cluster:
+    cluster = Cluster(redis_url, f"{name}-{os.getpid()}-{time.monotonic_ns()}", extra_args=FAST_HEARTBEATS)
+    cluster.start_node("node-a")
+    rt.init(address=redis_url, token=TOKEN, namespace=cluster.namespace)  # the driver's entry node is node-a
+    cluster.start_node("node-b", resources=SPARE)
+    cluster.start_node("node-c", resources=SPARE)
+    return cluster
+
+
+@pytest.fixture
+def cluster(redis_url, request):
+    cluster = start_cluster(redis_url, request.node.name)
+    try:
+        yield cluster
+    finally:
+        rt.shutdown()
+        cluster.stop()
+
+
+def until(condition, what: str, timeout_s: float = 60.0):
+    """Poll a condition the system will reach (no fixed sleeps); fail naming it if it never does."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def runs_logged(log: Path) -> list[tuple[str, str]]:
+    if not log.exists():
+        return []
+    return [tuple(line.split()) for line in log.read_text().splitlines()]
+
+
+@rt.remote(resources=SPARE)
+def first(log: str):
+    with open(log, "a") as out:
+        out.write(f"first {rt.current_node_id()}\n")
+    return np.arange(300_000, dtype=np.float64)  # large: it stays on the node that made it
+
+
+@rt.remote(resources=SPARE)
+def then_double(values, log: str):
+    with open(log, "a") as out:
+        out.write(f"double {rt.current_node_id()}\n")
+    return values * 2
+
+
+@rt.remote(resources=SPARE)
+def then_add_one(values, log: str):
+    with open(log, "a") as out:
+        out.write(f"add_one {rt.current_node_id()}\n")
+    return values + 1
+
+
+def test_a_lost_chain_of_task_outputs_is_rebuilt_from_lineage(cluster, tmp_path):
+    log = tmp_path / "runs.log"
+    one = first.remote(str(log))
+    two = then_double.remote(one, str(log))
+    three = then_add_one.remote(two, str(log))
+    assert rt.wait([three], timeout=60)[0] == [three]
+    ran_on = {node for _, node in runs_logged(log)}
+    assert len(ran_on) == 1, "the chain follows its data onto one node"
+    victim = ran_on.pop()
+    cluster.nodes[victim].kill()
+
+    values = rt.get(three, timeout=120)
+
+    assert np.array_equal(values, np.arange(300_000, dtype=np.float64) * 2 + 1)
+    runs = runs_logged(log)
+    assert sorted(name for name, _ in runs) == sorted(["first", "double", "add_one"] * 2)
+    assert {node for _, node in runs[3:]} == {"node-b", "node-c"} - {victim}
+
+
+def test_a_task_running_on_a_killed_node_is_retried_elsewhere(cluster, tmp_path):
+    gate, log = tmp_path / "gate", tmp_path / "runs.log"
+
+    @rt.remote(resources=SPARE)
+    def slow_square(x: int, gate: str, log: str):
+        with open(log, "a") as out:
+            out.write(f"start {rt.current_node_id()}\n")
+        while not os.path.exists(gate):
+            time.sleep(0.01)
+        return x * x, rt.current_node_id()
+
+    ref = slow_square.remote(12, str(gate), str(log))
+    victim = until(lambda: runs_logged(log), "the task to start")[0][1]
+    cluster.nodes[victim].kill()
+    until(lambda: len(runs_logged(log)) == 2, "the task to start again on the other node")
+    gate.touch()
+
+    value, node = rt.get(ref, timeout=120)
+
+    assert value == 144 and node != victim
+
+
+@rt.remote(resources=SPARE, max_restarts=1, checkpoint_every=3)
+class Counter:
+    def __init__(self):
+        self.count = 0
+
+    def incr(self) -> int:
+        self.count += 1
+        return self.count
+
+    def where(self) -> tuple[int, str, int]:
+        return self.count, rt.current_node_id(), os.getpid()
+
+
+def test_an_actor_comes_back_on_another_node_with_its_checkpointed_count(cluster, tmp_path):
+    counter = Counter.options(checkpoint_uri=f"file://{tmp_path}").remote()
+    assert [rt.get(counter.incr.remote()) for _ in range(7)] == list(range(1, 8))  # checkpoints after 3 and 6
+    _, victim, _ = rt.get(counter.where.remote())
+    cluster.nodes[victim].kill()
+
+    count, node, _ = rt.get(counter.where.remote(), timeout=120)
+
+    assert count == 6 and node == ({"node-b", "node-c"} - {victim}).pop()
+    assert rt.get(counter.incr.remote(), timeout=60) == 7
+    record = next(a for a in rt.actors() if a["actor_id"] == counter.actor_id)
+    assert record["restarts"] == 1 and record["state"] == "alive"
+
+
+def test_an_actor_whose_worker_is_killed_restarts_on_the_same_node(cluster, tmp_path):
+    counter = Counter.options(checkpoint_uri=f"file://{tmp_path}").remote()
+    for _ in range(4):
+        rt.get(counter.incr.remote())
+    assert rt.checkpoint(counter, timeout=60)  # the count of 4 is durable now
+    _, node, pid = rt.get(counter.where.remote())
+    os.kill(pid, signal.SIGKILL)
+    until(lambda: next(a for a in rt.actors() if a["actor_id"] == counter.actor_id)["restarts"] == 1,
+          "the actor to be restarted")
+
+    count, node_after, pid_after = rt.get(counter.where.remote(), timeout=60)
+
+    assert (count, node_after) == (4, node) and pid_after != pid
+
+
+def test_an_actor_out_of_restarts_raises_actor_died_with_the_reason(cluster, tmp_path):
+    counter = Counter.options(checkpoint_uri=f"file://{tmp_path}").remote()
+    rt.get(counter.incr.remote())
+    for restarts_before in (0, 1):
+        until(lambda: next(a for a in rt.actors() if a["actor_id"] == counter.actor_id)["restarts"]
+              == restarts_before, "the previous restart")
+        *_, pid = rt.get(counter.where.remote(), timeout=60)
+        os.kill(pid, signal.SIGKILL)
+    until(lambda: next(a for a in rt.actors() if a["actor_id"] == counter.actor_id)["state"] == "dead",
+          "the actor to be declared dead")
+
+    with pytest.raises(rt.ActorDiedError, match="no restarts left"):
+        rt.get(counter.incr.remote(), timeout=60)
+
+
+def test_the_cluster_rides_out_a_redis_restart(tmp_path):
+    redis_server = RedisServer(tmp_path / "redis", appendonly=True).start()
+    cluster = start_cluster(redis_server.url, "redis-restart")
+    try:
+        gate = tmp_path / "gate"
+
+        @rt.remote
+        def wait_for_gate(gate: str) -> str:
+            while not os.path.exists(gate):
+                time.sleep(0.01)
+            return "finished"
+
+        running = wait_for_gate.remote(str(gate))
+        redis_server.stop()
+        time.sleep(10)  # the outage itself: Redis stays away this long
+        gate.touch()
+        redis_server.start()
+
+        assert rt.get(running, timeout=60) == "finished"
+        assert rt.get(rt.remote(lambda x: x + 1).remote(41), timeout=60) == 42
+        assert all(node.process.poll() is None for node in cluster.nodes.values())
+        assert until(lambda: all(n["alive"] for n in rt.nodes()), "every node to heartbeat again")
+        assert len(rt.nodes()) == 3
+    finally:
+        rt.shutdown()
+        cluster.stop()
+        redis_server.stop()
