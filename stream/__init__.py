@@ -3,6 +3,7 @@
 from .checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from .client import Client, EngineUnreachableError
 from .config import Config, ConfigError
+from .demo import DemoReport, run_demo
 from .detect import DetectReport, detect
 from .engine import Engine
 from .metrics import EngineMetrics
@@ -16,6 +17,7 @@ __all__ = [
     "Client",
     "Config",
     "ConfigError",
+    "DemoReport",
     "DetectReport",
     "Engine",
     "EngineMetrics",
@@ -26,4 +28,5 @@ __all__ = [
     "Neighbor",
     "QueryError",
     "detect",
+    "run_demo",
 ]

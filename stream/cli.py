@@ -15,10 +15,10 @@ def _registrars() -> list[Registrar]:
     from ringwatch.connectors import commands as connectors_commands
     from ringwatch.runtime import cli as runtime_cli
 
-    from . import detect_command, run_command
+    from . import demo_command, detect_command, query_command, run_command
 
-    return [run_command.register, detect_command.register, runtime_cli.register_node, runtime_cli.register_status,
-            connectors_commands.register]
+    return [demo_command.register, detect_command.register, run_command.register, runtime_cli.register_node,
+            runtime_cli.register_status, query_command.register, connectors_commands.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

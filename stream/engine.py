@@ -424,7 +424,7 @@ class Engine:
             transactions=self.transactions, alerts=self.alerts_raised, batches=self.batches,
             uptime_s=round(uptime, 3), throughput_tx_s=round(recent_rate, 1),
             average_tx_s=round(self.transactions / uptime, 1) if uptime > 0 else 0.0,
-            latency_ms={name: _percentile(latencies, q) for name, q in
+            latency_ms={name: percentile(latencies, q) for name, q in
                         (("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))} if latencies else {},
             lag={f"{topic}[{partition}]": lag for (topic, partition), lag in sorted(self.lag.items())},
             shards=self.config.graph.shards, edges_stored=shards.edge_count() if shards is not None else 0,
@@ -434,7 +434,7 @@ class Engine:
             dead_letters=dict(source.dead_lettered) if source is not None else {})
 
 
-def _percentile(ordered: list[float], q: float) -> float:
+def percentile(ordered: list[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     return ordered[max(0, min(len(ordered) - 1, round(q * len(ordered)) - 1))]
 

@@ -141,13 +141,14 @@ def record_from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def _plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
+    """Records (and lists of them) as JSON-ready data."""
     if isinstance(value, Alert):
         return value.to_dict()
     if dataclasses.is_dataclass(value):
         return dataclasses.asdict(value)
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     return value
 
 
@@ -416,7 +417,7 @@ class QueryService:
             method, args = message["method"], message.get("args") or {}
             if not isinstance(method, str) or not isinstance(args, dict):
                 raise InvalidQueryError("request: expected {'method': name, 'args': {...}}")
-            body = {"ok": True, "result": _plain(self.handler.handle(method, args))}
+            body = {"ok": True, "result": to_plain(self.handler.handle(method, args))}
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
             body = {"ok": False, "error": "invalid", "message": f"request: not a query message ({exc})"}
         except InvalidQueryError as exc:

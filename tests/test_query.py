@@ -3,6 +3,7 @@ engine's gRPC port, answers checked against networkx computed from the payments 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -234,6 +235,53 @@ def test_engine_with_a_query_port_but_no_token_refuses_to_start(tmp_path):
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 2
     assert "service.query_port" in result.stderr and "RINGWATCH_TOKEN" in result.stderr
+
+
+def query_cli(deployment: Deployment, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RINGWATCH_TOKEN": deployment.token if token is None else token}
+    return subprocess.run([sys.executable, "-m", "ringwatch.stream.cli", "query", *args[:1], "--address",
+                           deployment.address, *args[1:]], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_cli_json_answers_equal_the_client(deployment):
+    client, ring = deployment.client, deployment.stream.rings[0]
+    account = ring.accounts[0]
+    as_json = lambda *args: json.loads(query_cli(deployment, *args, "--json").stdout)  # noqa: E731
+    assert as_json("alerts", "--limit", "5") == [a.to_dict() for a in client.alerts(limit=5)]
+    assert as_json("alerts", "--account", account) == [a.to_dict() for a in client.alerts(account=account)]
+    searched_now = lambda rings: [{**r, "detected_at": None} for r in rings]  # noqa: E731 - each search's moment
+    assert searched_now(as_json("rings", account, "--window", WINDOW)) == searched_now(
+        [r.to_dict() for r in client.rings_through(account, window=WINDOW)])
+    assert as_json("neighbors", account, "--direction", "both", "--hops", "2") == [
+        dataclasses.asdict(n) for n in client.neighbors(account, direction="both", hops=2)]
+    assert as_json("account", account) == dataclasses.asdict(client.account(account))
+    assert as_json("stats")["transactions"] == client.stats().transactions
+
+
+def test_cli_tables_for_people(deployment):
+    ring = deployment.stream.rings[0]
+    rings = query_cli(deployment, "rings", ring.accounts[0], "--window", WINDOW)
+    assert rings.returncode == 0, rings.stderr
+    assert " -> ".join(ring.accounts + ring.accounts[:1]) in rings.stdout
+    stats = query_cli(deployment, "stats").stdout
+    assert f"transactions    {len(deployment.payments):,}" in stats
+    summary = query_cli(deployment, "account", ring.accounts[0]).stdout
+    assert ring.accounts[0] in summary and "alerts" in summary
+    assert "no payments" in query_cli(deployment, "account", "nobody-at-all").stdout
+
+
+def test_cli_errors_are_named_with_an_exit_code(deployment, tmp_path):
+    refused = query_cli(deployment, "stats", token="wrong")
+    assert refused.returncode == 1 and "refused" in refused.stderr and deployment.address in refused.stderr
+    token_file = tmp_path / "token"
+    token_file.write_text(deployment.token + "\n")
+    assert query_cli(deployment, "stats", "--token-file", str(token_file), token="wrong").returncode == 0
+    bad = query_cli(deployment, "neighbors", "A1", "--hops", "99")
+    assert bad.returncode == 2 and "hops" in bad.stderr
+    nobody = subprocess.run([sys.executable, "-m", "ringwatch.stream.cli", "query", "stats", "--address",
+                             f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "RINGWATCH_TOKEN": "t"})
+    assert nobody.returncode == 1 and "no ringwatch query service answers" in nobody.stderr
 
 
 def test_queries_read_the_live_graph_while_it_ingests(deployment):

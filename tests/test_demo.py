@@ -1,0 +1,66 @@
+"""`ringwatch demo` as a user runs it: a real subprocess, its files, its score checked against the truth."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from ringwatch.connectors import SyntheticConfig, generate
+
+DEMO = ["--transactions", "6000", "--accounts", "1500", "--rings", "12", "--seed", "3"]
+COMMANDS = ("demo", "detect", "run", "node", "status", "query", "generate")
+
+
+def ringwatch(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ringwatch.stream.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("through", [[], ["--kafka"]], ids=["embedded", "kafka"])
+def test_demo_finds_every_injected_ring_and_reports_its_score(tmp_path, through):
+    result = ringwatch("demo", "--out", str(tmp_path), *DEMO, *through)
+    assert result.returncode == 0, result.stderr
+    stream = generate(SyntheticConfig(n_transactions=6000, n_accounts=1500, n_rings=12, seed=3))
+    alerts = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    found = {(a["trigger_tx_id"], tuple(a["accounts"])) for a in alerts}
+    assert all((ring.tx_ids[-1], ring.accounts) in found for ring in stream.rings)
+    assert len({a["alert_id"] for a in alerts}) == len(alerts)
+
+    out = result.stdout
+    true_alerts = sum((ring.tx_ids[-1], ring.accounts) in found for ring in stream.rings)
+    assert f"precision {true_alerts / len(alerts):.2f} ({true_alerts} of {len(alerts)} alerts" in out
+    assert "recall    1.00 (12 of 12 injected rings found)" in out
+    assert f"rings found: {len(alerts)}" in out
+    assert "6,000 payments in" in out
+    largest = max(alerts, key=lambda a: a["total_amount"])
+    assert " -> ".join(largest["accounts"] + largest["accounts"][:1]) in out
+
+    picture = (tmp_path / "rings.html").read_text()
+    assert f"picture: {tmp_path / 'rings.html'}" in out
+    assert picture.count("<figure>") == min(6, len(alerts))
+    for account in largest["accounts"]:
+        assert f"<title>{account}</title>" in picture
+    for tx_id in largest["tx_ids"]:  # every hop of the top ring is drawn with its amount
+        tx = next(t for t in stream.transactions if t.tx_id == tx_id)
+        assert f"{tx.amount:,.2f} @" in picture
+
+
+def test_demo_starts_afresh_when_alerts_file_exists(tmp_path):
+    (tmp_path / "alerts.jsonl").write_text('{"alert_id": "left over"}\n')
+    result = ringwatch("demo", "--out", str(tmp_path), *DEMO)
+    assert result.returncode == 0, result.stderr
+    assert "left over" not in (tmp_path / "alerts.jsonl").read_text()
+
+
+def test_help_lists_every_command_and_every_command_has_help():
+    listing = ringwatch("--help").stdout
+    for command in COMMANDS:
+        assert re.search(rf"^\s+{command}\s", listing, re.M), f"{command} missing from ringwatch --help"
+    for argv in [[c] for c in COMMANDS] + [["node", "start"]] + [
+            ["query", q] for q in ("alerts", "rings", "neighbors", "account", "stats")]:
+        result = ringwatch(*argv, "--help")
+        assert result.returncode == 0 and "usage: ringwatch " + " ".join(argv) in result.stdout, argv
