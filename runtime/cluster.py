@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_S = 1.0
 HEARTBEAT_TIMEOUT_S = 5.0
 _MEAN_TASK_S = 0.01
+# RINGWATCH_LINEAGE=0 turns lineage recording off (lost objects then cannot be rebuilt); for benchmarks.
+LINEAGE_ENABLED = os.environ.get("RINGWATCH_LINEAGE", "1") != "0"
 _FETCH_BYTES_PER_S = 1e9
 
 
@@ -190,6 +192,8 @@ class ClusterLink:
             self._quietly(self.gcs.set_object_location, object_id, self.node_id, size)
 
     def record_lineage(self, object_id: str, spec: TaskSpec) -> None:
+        if not LINEAGE_ENABLED:
+            return
         lineage = replace(spec, code=None, forwarded_by=None, dep_locations={})
         self._pool.submit(self._quietly, self.gcs.record_task, object_id, cloudpickle.dumps(lineage))
 

@@ -34,7 +34,8 @@ class NodeUnavailableError(ConnectionError):
     """A node did not answer after the retries; the message names its address."""
 
 
-def _authorized(context: grpc.ServicerContext, token: str) -> bool:
+def authorized(context: grpc.ServicerContext, token: str) -> bool:
+    """True when the call carries the cluster token (compared in constant time); check before parsing."""
     sent = dict(context.invocation_metadata()).get(TOKEN_HEADER, "")
     return hmac.compare_digest(sent.encode(), token.encode())
 
@@ -44,7 +45,7 @@ def serve(handler: Callable[[str, tuple], Any], fetch: Callable[[str], bytes], *
     """Start the node service; return the server and the port it bound."""
 
     def call(request: bytes, context: grpc.ServicerContext) -> bytes:
-        if not _authorized(context, token):
+        if not authorized(context, token):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
         method, args = pickle.loads(request)
         try:
@@ -53,7 +54,7 @@ def serve(handler: Callable[[str, tuple], Any], fetch: Callable[[str], bytes], *
             return cloudpickle.dumps((False, exc))
 
     def fetch_stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        if not _authorized(context, token):
+        if not authorized(context, token):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
         data = fetch(request.decode())
         for offset in range(0, max(len(data), 1), CHUNK):

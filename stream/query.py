@@ -7,7 +7,7 @@ graph as it was at that moment.
 
 The wire is JSON, not pickle, in both directions: the client never unpickles
 what a server sends, and the server checks the token (the runtime's rule, with
-the runtime's own check: `ringwatch.runtime.transport._authorized`, a constant-
+the runtime's own check: `ringwatch.runtime.transport.authorized`, a constant-
 time comparison) before it parses a byte of the request. The service listens
 on 127.0.0.1 unless configured otherwise.
 """
@@ -44,7 +44,7 @@ from ringwatch.graph import (
     subgraph,
 )
 from ringwatch.graph.export import DIRECTIONS
-from ringwatch.runtime.transport import TOKEN_HEADER, _authorized
+from ringwatch.runtime.transport import TOKEN_HEADER, authorized
 
 logger = logging.getLogger(__name__)
 
@@ -410,7 +410,7 @@ class QueryService:
         self._server.stop(grace_s).wait()
 
     def _call(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        if not _authorized(context, self._token):  # before the request is even parsed
+        if not authorized(context, self._token):  # before the request is even parsed
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
         try:
             message = json.loads(request)
