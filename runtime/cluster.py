@@ -91,6 +91,10 @@ class ClusterLink:
         """A call to `address` failed: place nothing there until its heartbeats say whether it is dead."""
         self._suspects[address] = time.monotonic() + self.heartbeat_timeout_s
 
+    def reachable(self, address: str) -> bool:
+        """False for a node declared dead or one a call just failed to reach."""
+        return self._suspects.get(address, 0) < time.monotonic()
+
     def node_died(self, address: str) -> None:
         self._suspects[address] = float("inf")
         self._code_sent.pop(address, None)

@@ -137,11 +137,11 @@ class FailureHandling:
             self._park(spec)  # behind the calls already waiting, to keep their order
             return True
         state, where = self.cluster.actor_location(spec.actor_id)
-        if state == "alive" and where != self.cluster.address and where not in self._dead_addresses:
+        if state == "alive" and where != self.cluster.address and self.cluster.reachable(where):
             self._forward_actor_call(spec, where)
         elif state == "dead":
             self._finish(TaskResult(spec.task_id, None, ActorDiedError(f"{spec.name}: {where}")))
-        elif state == "alive":  # the GCS says it lives here, yet it does not: it died here
+        elif state == "alive" and where == self.cluster.address:  # the GCS says it lives here; it died here
             self._finish(TaskResult(spec.task_id, None, ActorDiedError(f"{spec.name}: no such actor")))
         else:
             self._park(spec)
@@ -171,7 +171,7 @@ class FailureHandling:
                 logger.warning("cannot look up actor %s: %s", actor_id, exc)
                 continue
             waited = time.monotonic() - self._parked_since[actor_id]
-            if state == "alive" and where not in self._dead_addresses:
+            if state == "alive" and self.cluster.reachable(where):
                 del self._parked[actor_id]
                 self._parked_since.pop(actor_id)
                 for spec in specs:
