@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .model import Alert, Transaction, alert_id
+from .pickling import CompactPickle
 from .ring_search import Ring, SearchOptions, SearchOutcome, Trigger, search
 from .shard_set import ShardSet
 
@@ -31,7 +32,7 @@ _NEVER = -(2**62)
 
 
 @dataclass(frozen=True, slots=True)
-class Rejected:
+class Rejected(CompactPickle):
     """A transaction the detector would not take, and why."""
 
     transaction: Transaction

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from .pickling import CompactPickle
+
 _CORE_FIELDS = ("tx_id", "src", "dst", "amount", "ts", "currency")
 
 
@@ -26,7 +28,7 @@ class InvalidTransactionError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Transaction:
+class Transaction(CompactPickle):
     """One payment: a directed edge `src -> dst` at event time `ts` (epoch milliseconds)."""
 
     tx_id: str
@@ -139,7 +141,7 @@ def alert_id(trigger_tx_id: str, accounts: tuple[str, ...] | list[str]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Alert:
+class Alert(CompactPickle):
     """A ring closed by `trigger_tx_id`.
 
     `accounts` is the ring in payment order starting at the trigger's `dst`

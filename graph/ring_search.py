@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from .pickling import CompactPickle
 from .shard_store import Edge, ExpandRequest, ExpandResult
 
 ORDERS = ("strict", "none")
@@ -72,7 +73,7 @@ class SearchOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class Trigger:
+class Trigger(CompactPickle):
     """A new payment `src -> dst` whose rings we look for.
 
     `seq` is its stream position; `low_ts` the earliest witness time it may use:
@@ -89,7 +90,7 @@ class Trigger:
 
 
 @dataclass(frozen=True, slots=True)
-class Ring:
+class Ring(CompactPickle):
     """`accounts` from the trigger's dst to its src; `witnesses[i]` pays `accounts[i] -> accounts[i+1]`."""
 
     trigger: Trigger
@@ -98,7 +99,7 @@ class Ring:
 
 
 @dataclass(frozen=True, slots=True)
-class SearchOutcome:
+class SearchOutcome(CompactPickle):
     """The rings one trigger closes; `truncated` when a hub was not expanded or `max_rings_per_tx` cut the list."""
 
     rings: list[Ring]

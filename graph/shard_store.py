@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .pickling import CompactPickle
+
 
 def shard_of(account: str, num_shards: int) -> int:
     """Stable partition of `account` (crc32, the same in every process, unlike `hash`)."""
@@ -42,7 +44,7 @@ class Edge(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class ExpandRequest:
+class ExpandRequest(CompactPickle):
     """Edges of `account` in `direction` ("out"/"in") with `min_ts <= ts <= max_ts` and `seq < max_seq`."""
 
     direction: str
@@ -54,7 +56,7 @@ class ExpandRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class ExpandResult:
+class ExpandResult(CompactPickle):
     """The edges asked for, or none and `hub=True` when the account has more than `max_degree`."""
 
     edges: tuple[Edge, ...]
@@ -189,7 +191,7 @@ class ShardStore:
                 continue
             lo, hi, max_seq = request.min_ts, request.max_ts, request.max_seq
             edges = tuple(
-                Edge(names[peer], ts, seq, amount, tx)
+                Edge._make((names[peer], ts, seq, amount, tx))
                 for ts, seq, peer, amount, tx in zip(adjacency.ts, adjacency.seq, adjacency.peer,
                                                      adjacency.amount, adjacency.tx)
                 if seq < max_seq and lo <= ts <= hi
