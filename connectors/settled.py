@@ -13,6 +13,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from ringwatch.runtime.files import fsync_directory
+
 DEFAULT_CAPACITY = 1_000_000
 
 
@@ -114,7 +116,7 @@ class SettledIds:
             os.fsync(out.fileno())
         self._file.close()
         os.replace(temporary, self.path)
-        _fsync_directory(self.path.parent)
+        fsync_directory(self.path.parent)
         self._file = open(self.path, "a", encoding="utf-8")
         self._lines = len(self._recent)
 
@@ -122,26 +124,6 @@ class SettledIds:
         with self._lock:
             if self._file is not None:
                 self._file.close()
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename or unlink in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write `path` so that a crash leaves either the old state or the whole new file."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
 
 
 def append_durably(path: Path, line: str) -> None:

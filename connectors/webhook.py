@@ -33,8 +33,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ringwatch.graph import Alert
+from ringwatch.runtime.files import write_atomically
 
-from .settled import DEFAULT_CAPACITY, SettledIds, append_durably, write_atomically
+from .settled import DEFAULT_CAPACITY, SettledIds, append_durably
 
 logger = logging.getLogger(__name__)
 

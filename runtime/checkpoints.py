@@ -32,6 +32,7 @@ import cloudpickle
 import pyarrow as pa
 
 from .errors import CheckpointError
+from .files import write_atomically
 
 _PICKLE_MAGIC = b"RWCKPT1\n"
 _ARROW_MAGIC = b"RWARROW\n"
@@ -94,15 +95,7 @@ class FileCheckpointStore:
         folder = self.root / actor_id
         folder.mkdir(parents=True, exist_ok=True)
         sequence = f"{time.time_ns():020d}"
-        final = folder / f"{sequence}.ckpt"
-        temp = folder / f".{sequence}.tmp"
-        with open(temp, "wb") as out:
-            for part in encode_state(state):
-                out.write(part)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, final)
-        _fsync_dir(folder)
+        write_atomically(folder / f"{sequence}.ckpt", encode_state(state))
         for old in sorted(folder.glob("*.ckpt"))[:-_KEEP]:
             old.unlink(missing_ok=True)
         return f"{actor_id}/{sequence}"
@@ -150,10 +143,3 @@ def open_store(uri: str) -> CheckpointStore:
         return RedisCheckpointStore(uri)
     raise CheckpointError(f"checkpoint store {uri!r}: the URI must start with file:// or redis://")
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ringwatch.connectors.settled import write_atomically
+from ringwatch.runtime.files import write_atomically
 
 logger = logging.getLogger(__name__)
 
