@@ -372,23 +372,10 @@ class ClusterNode:
 
     def _listen(self) -> None:
         """Node deaths announced on the GCS event channel reach this node at once."""
-        connected = True
-        while not self._stop.is_set():
-            try:
-                subscription = self.gcs.subscribe()
-                connected = True
-                while not self._stop.is_set():
-                    message = subscription.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    event = json.loads(message["data"])
-                    if event.get("type") == "node_dead" and event["node_id"] != self.node_id:
-                        self.node.post("node_dead", (event["node_id"], event["address"], False))
-            except redis.RedisError as exc:
-                if connected:
-                    logger.warning("GCS event channel lost (%s); resubscribing", exc)
-                connected = False
-                self._stop.wait(self.heartbeat_s)
+        def on_node_dead(node_id: str, address: str) -> None:
+            if node_id != self.node_id:
+                self.node.post("node_dead", (node_id, address, False))
+        follow_node_deaths(self.gcs, self._stop, on_node_dead, self.heartbeat_s)
 
     def wait(self) -> None:
         self._stop.wait()
@@ -405,7 +392,34 @@ class ClusterNode:
         self._server.stop(grace=1)
         self.node.shutdown()
         self.link.close()
+        self._events.join(timeout=5)
         self.gcs.close()
+
+
+def follow_node_deaths(gcs: RedisGcs, stop: threading.Event, on_node_dead: Any, retry_s: float) -> None:
+    """Call `on_node_dead(node_id, address)` for each death announced on the GCS event channel, until `stop`.
+
+    Resubscribes after a Redis outage (logged once per outage).
+    """
+    connected = True
+    while not stop.is_set():
+        try:
+            subscription = gcs.subscribe()
+            connected = True
+            try:
+                while not stop.is_set():
+                    message = subscription.get_message(timeout=1.0)
+                    if message is not None:
+                        event = json.loads(message["data"])
+                        if event.get("type") == "node_dead":
+                            on_node_dead(event["node_id"], event["address"])
+            finally:
+                subscription.close()
+        except redis.RedisError as exc:
+            if connected:
+                logger.warning("GCS event channel lost (%s); resubscribing", exc)
+            connected = False
+            stop.wait(retry_s)
 
 
 class RemoteBackend:
@@ -426,6 +440,16 @@ class RemoteBackend:
         self._closed = threading.Event()
         self._flusher = threading.Thread(target=self._flush_periodically, name="ringwatch-driver-flush", daemon=True)
         self._flusher.start()
+        self._events = threading.Thread(target=follow_node_deaths, name="ringwatch-driver-events", daemon=True,
+                                        args=(gcs, self._closed, self._node_died, HEARTBEAT_S))
+        self._events.start()
+
+    def _node_died(self, node_id: str, address: str) -> None:
+        if address == self.client.address:
+            logger.error("node %s, through which this driver joined the cluster, is dead: the objects and "
+                         "actors it owned are lost; call init(address=...) again to rejoin", node_id)
+        else:
+            logger.warning("node %s (%s) is dead; the cluster recovers its work", node_id, address)
 
     def post(self, method: str, args: tuple) -> None:
         with self._lock:
@@ -456,6 +480,7 @@ class RemoteBackend:
         try:
             self.flush()
         finally:
+            self._events.join(timeout=5)  # it reads the GCS connection closed next
             self.client.close()
             self.gcs.close()
 
