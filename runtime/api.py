@@ -54,6 +54,10 @@ _init_lock = threading.Lock()
 class _LocalBackend:
     """The driver side of a node that lives in this process."""
 
+    # A put stays in this process's heap (one memcpy) until a worker needs it; laying 10 MB into a
+    # fresh shared-memory segment costs ten times that, and a driver's put is often only read back.
+    pack_threshold = _NO_THRESHOLD
+
     def __init__(self, node: Any):
         self.node = node
 

@@ -30,7 +30,7 @@ from .node import Node
 from .object_store import SHARED_THRESHOLD, Blob, from_wire, to_wire
 from dataclasses import replace
 
-from .protocol import ACTOR_CREATE, TASK, TaskSpec
+from .protocol import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 from .transport import NodeClient, serve
 
 logger = logging.getLogger(__name__)
@@ -155,6 +155,8 @@ class ClusterLink:
         """The node that runs `spec` sends its result back (`result` or `held_elsewhere`)."""
         try:
             self.client(address).call("submit", spec)
+            if spec.kind == ACTOR_CALL:
+                self.node.post("delivered", (spec.task_id,))
         except ConnectionError as exc:  # the node is unreachable: the caller's node decides what now
             self.node.post("forward_failed", (replace(spec, code=None), address, exc))
         except Exception as exc:

@@ -66,6 +66,7 @@ class _Entry:
     remote: str | None = None  # address of the node that makes or holds it, when not this one
     held_at: str | None = None  # ready, but the value stays on that node until someone here needs it
     copy_at: str | None = None  # a node keeping a copy for this one until this entry is freed
+    delivered: bool = False  # an actor call forwarded to `remote` has reached it
     fetching: bool = False
 
 
@@ -361,15 +362,26 @@ class Node(FailureHandling):
     def _op_remote_ready(self, reply: Reply, object_id: str, blob: Blob | None, error: Exception | None) -> None:
         """A value made or held by another node has arrived here."""
         entry = self._entries.get(object_id)
-        if entry is not None and entry.held_at is not None and isinstance(error, ConnectionError):
-            entry.fetching = False  # the holder is unreachable: try again, unless it is declared dead first
-            self._deadlines.append((time.monotonic() + 1.0, lambda: self._bring_here(object_id)))
+        if entry is not None and isinstance(error, ConnectionError) and not self._is_ready(object_id):
+            # The holder is unreachable: fetch again later, unless its death is declared first (which
+            # rebuilds the object) or the object is being made again already.
+            entry.fetching = False
+            self._deadlines.append((time.monotonic() + 1.0, lambda: self._fetch_again(object_id)))
         elif entry is not None and entry.held_at is not None:
             entry.blob, entry.error, entry.held_at, entry.fetching = blob, error, None, False
             self._arrived(object_id, entry)
             self._free_if_unused(object_id, entry)
         else:
             self._finish(TaskResult(object_id, blob, error))
+
+    def _fetch_again(self, object_id: str) -> None:
+        entry = self._entries.get(object_id)
+        if entry is None or self._is_ready(object_id):
+            return
+        if entry.held_at is not None:
+            self._bring_here(object_id)
+        elif entry.remote is not None and entry.spec is None:
+            self.cluster.fetch(object_id, entry.remote)
 
     def _op_result(self, reply: Reply, object_id: str, blob: Blob | None, error: Exception | None) -> None:
         """The result of a call this node forwarded, sent by the node that ran it."""
@@ -396,7 +408,7 @@ class Node(FailureHandling):
 
     def _op_put(self, reply: Reply, object_id: str, blob: Blob) -> None:
         entry = self._entries.setdefault(object_id, _Entry())
-        entry.blob, entry.ready = from_wire(blob), True
+        entry.blob, entry.ready = blob, True  # laid into shared memory when a worker first needs it
         if self.cluster is not None:
             self.cluster.object_made(object_id, entry.blob.size)
         reply(True, None)
@@ -408,6 +420,12 @@ class Node(FailureHandling):
                          lambda: GetTimeoutError(f"get timed out after {timeout} s waiting for "
                                                  f"{sum(not self._is_ready(i) for i in object_ids)} of "
                                                  f"{len(object_ids)} objects"), here=True)
+
+    def _op_get_for_worker(self, reply: Reply, object_ids: list[str], timeout: float | None) -> None:
+        """`get` from a worker: the values go through shared memory, not the pipe."""
+        def answer(ok: bool, value: Any) -> None:
+            reply(ok, [self._value_for_worker(i) for i in object_ids] if ok else value)
+        self._op_get(answer, object_ids, timeout)
 
     def _op_wait(self, reply: Reply, object_ids: list[str], num_returns: int, timeout: float | None) -> None:
         """Answer with the ids ready once `num_returns` are (or all ready ones at the timeout)."""
@@ -499,6 +517,14 @@ class Node(FailureHandling):
         if entry is None or not entry.ready:
             return ObjectLostError(f"object {object_id} is not held by anyone any more")
         return entry.error if entry.error is not None else entry.blob
+
+    def _value_for_worker(self, object_id: str) -> Blob | Exception:
+        """The value as a worker reads it: a large one still in this process's heap is laid into shared memory once."""
+        entry = self._entries.get(object_id)
+        if entry is not None and entry.blob is not None and not entry.blob.shared \
+                and entry.blob.size > SHARED_THRESHOLD:
+            entry.blob = from_wire(entry.blob)
+        return self._value_of(object_id)
 
     def _when_ready(self, object_ids, count, timeout, reply, answer, on_timeout, *, here: bool) -> None:
         """Reply with `answer()` once `count` of the objects are ready (`here`: with their values on this node)."""
@@ -672,6 +698,8 @@ class Node(FailureHandling):
                 return
             if method in ("get", "wait"):
                 worker.blocked = True
+            if method == "get":
+                method = "get_for_worker"
             self._handle(method, args, self._reply_to_worker(worker, request_id))
         elif kind == "checkpointed":
             self._actor_checkpointed(worker, message[1])
@@ -909,7 +937,7 @@ class Node(FailureHandling):
         if spec.function_id is not None and spec.function_id not in worker.known_functions:
             code = self._code_of(spec.function_id)
             worker.known_functions.add(spec.function_id)
-        return spec, code, {d: self._value_of(d) for d in spec.deps}
+        return spec, code, {d: self._value_for_worker(d) for d in spec.deps}
 
     def _send(self, worker: _Worker, batch: list) -> None:
         try:

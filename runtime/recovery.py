@@ -64,6 +64,8 @@ class FailureHandling:
     def _lost_in_flight(self, object_id: str, spec: TaskSpec | None, node_id: str) -> None:
         """A call forwarded to the dead node (or a copy being fetched from it) will never answer."""
         entry = self._entries[object_id]
+        if spec is not None and spec.kind == ACTOR_CALL and not entry.delivered:
+            return  # its hand-over is still failing: `_op_forward_failed` parks it for the restarted actor
         entry.remote = None
         if spec is None or spec.kind == TASK:
             self._rebuild(object_id, f"node {node_id} died running it")
@@ -112,6 +114,11 @@ class FailureHandling:
 
     # ---- calls that failed to reach their node ------------------------------------------------
 
+    def _op_delivered(self, reply: Any, object_id: str) -> None:
+        entry = self._entries.get(object_id)
+        if entry is not None:
+            entry.delivered = True
+
     def _op_forward_failed(self, reply: Any, spec: TaskSpec, address: str, error: Exception) -> None:
         """A call could not be handed to `address`: place tasks elsewhere, hold actor calls for the actor."""
         entry = self._entries.get(spec.task_id)
@@ -148,6 +155,7 @@ class FailureHandling:
         return True
 
     def _forward_actor_call(self, spec: TaskSpec, address: str) -> None:
+        self._entries[spec.task_id].delivered = False
         self._remote_actors[spec.actor_id] = address
         spec.dep_locations = {d: self._location_of(d) for d in spec.deps}
         spec.forwarded_by = self.cluster.address
