@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from .gcpause import collector_paused
 from .pickling import CompactPickle
 from .shard_store import Edge, ExpandRequest, ExpandResult
 
@@ -144,6 +145,11 @@ def _search_task(triggers: list[Trigger], handles: list, options: SearchOptions)
 
 def search(triggers: Sequence[Trigger], shards: Shards, options: SearchOptions) -> list[SearchOutcome]:
     """What each trigger closes, in trigger order; rings sorted by (hops, accounts)."""
+    with collector_paused():
+        return _search(triggers, shards, options)
+
+
+def _search(triggers: Sequence[Trigger], shards: Shards, options: SearchOptions) -> list[SearchOutcome]:
     searched = [i for i, t in enumerate(triggers) if _worth_searching(t, options)]
     longest = options.max_hops - 1
     forward_depth, backward_depth = math.ceil(longest / 2), longest // 2
@@ -221,38 +227,62 @@ def _ask(growing, triggers, shards: Shards, options: SearchOptions,
     return dict(zip(keys, shards.expand(requests, options.max_degree)))
 
 
-def _usable(edges: tuple[Edge, ...], half: _Half, direction: str, trigger: Trigger,
-            options: SearchOptions) -> list[Edge]:
-    """The edges `half` may take next: witnesses of its trigger, in time order, not revisiting a node."""
-    low, high = _window_start(trigger, options), trigger.ts
-    if options.order == "strict":
-        if direction == "out":
-            low = half.bound_ts
-        else:
-            high = half.bound_ts
-    seq, nodes, min_amount = trigger.seq, half.nodes, options.min_amount
-    usable = [e for e in edges
-              if e.seq < seq and low <= e.ts <= high and e.peer not in nodes
-              and (min_amount is None or e.amount >= min_amount)]
-    if options.flow_rule and half.amount is not None:
-        usable = [e for e in usable if _flow_ok(half.amount, e.amount, direction, options)]
-    return usable
+def _extend(halves: list[_Half], direction: str, triggers: Sequence[Trigger],
+            answers: dict[tuple[str, str], ExpandResult], options: SearchOptions, hubs_met: set[int]) -> list[_Half]:
+    """Grow each half by the edges its own trigger may take next.
 
-
-def _extend(halves, direction, triggers, answers, options, hubs_met) -> list[_Half]:
-    grown = []
+    An edge is usable when it is a witness of the half's trigger (`seq` below the
+    trigger's, time in `[low_ts, ts]`), keeps time order (strict: a forward half
+    departs at or after `bound_ts`, a backward half arrives at or before it),
+    does not revisit a node of the half, and passes `min_amount` and the flow rule.
+    Without a flow rule only the best usable edge per peer is kept (forward: the
+    earliest, backward: the latest; ties: the lowest stream position), picked in
+    one pass: this loop runs for every edge of every half, the search's hot spot.
+    """
+    forward = direction == "out"
+    strict = options.order == "strict"
+    min_amount, flow_rule = options.min_amount, options.flow_rule
+    new_half = _Half._make
+    grown: list[_Half] = []
     for half in halves:
-        answer = answers.get((direction, half.nodes[-1]))
+        nodes = half.nodes
+        answer = answers.get((direction, nodes[-1]))
         if answer is None:
             continue
         if answer.hub:
             hubs_met.add(half.trigger)
             continue
-        candidates = _usable(answer.edges, half, direction, triggers[half.trigger], options)
-        if not options.flow_rule:
-            candidates = _best_per_peer(candidates, direction)
-        for edge in candidates:
-            grown.append(_Half(half.trigger, half.nodes + (edge.peer,), half.edges + (edge,), edge.ts, edge.amount))
+        if not answer.edges:
+            continue
+        trigger = triggers[half.trigger]
+        low, high, seq = trigger.low_ts, trigger.ts, trigger.seq
+        if strict:
+            if forward:
+                low = half.bound_ts
+            else:
+                high = half.bound_ts
+        if flow_rule:
+            open_amount = half.amount
+            chosen = [e for e in answer.edges
+                      if e.seq < seq and low <= e.ts <= high and e.peer not in nodes
+                      and (min_amount is None or e.amount >= min_amount)
+                      and (open_amount is None or _flow_ok(open_amount, e.amount, direction, options))]
+        else:
+            best: dict[str, Edge] = {}
+            for edge in answer.edges:
+                peer, ts, edge_seq, amount, _ = edge
+                if edge_seq >= seq or ts < low or ts > high or peer in nodes:
+                    continue
+                if min_amount is not None and amount < min_amount:
+                    continue
+                kept = best.get(peer)
+                if kept is None or (ts < kept.ts if forward else ts > kept.ts) \
+                        or (ts == kept.ts and edge_seq < kept.seq):
+                    best[peer] = edge
+            chosen = best.values()
+        index, edges = half.trigger, half.edges
+        for edge in chosen:
+            grown.append(new_half((index, nodes + (edge.peer,), edges + (edge,), edge.ts, edge.amount)))
     return grown
 
 
@@ -263,17 +293,6 @@ def _flow_ok(open_amount: float, amount: float, direction: str, options: SearchO
 
 def _ratio_ok(earlier: float, later: float, options: SearchOptions) -> bool:
     return options.min_ratio * earlier <= later <= options.max_ratio * earlier
-
-
-def _best_per_peer(edges: list[Edge], direction: str) -> list[Edge]:
-    """Forward: earliest edge per peer; backward: latest. Ties go to the lowest stream position."""
-    if len(edges) < 2:
-        return edges
-    rank = (lambda e: (e.ts, e.seq)) if direction == "out" else (lambda e: (-e.ts, e.seq))
-    best: dict[str, Edge] = {}
-    for edge in sorted(edges, key=rank):
-        best.setdefault(edge.peer, edge)
-    return list(best.values())
 
 
 def _join(forward, backward, triggers, options) -> dict[int, list[Ring]]:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .gcpause import collector_paused
 from .pickling import CompactPickle
 
 
@@ -176,7 +177,14 @@ class ShardStore:
         return dropped
 
     def expand(self, requests: Sequence[ExpandRequest], max_degree: int | None) -> list[ExpandResult]:
-        """Answer a batch of frontier look-ups, both directions, in one call."""
+        """Answer a batch of frontier look-ups, both directions, in one call.
+
+        The answer holds one tuple per edge: the collector is paused while they are built.
+        """
+        with collector_paused():
+            return self._expand(requests, max_degree)
+
+    def _expand(self, requests: Sequence[ExpandRequest], max_degree: int | None) -> list[ExpandResult]:
         names = self._names
         results = []
         for request in requests:
