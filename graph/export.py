@@ -42,13 +42,12 @@ def subgraph(shards: ShardSet, accounts: Iterable[str], hops: int = 1, since: in
         for request, answer in zip(requests, answers):
             if answer.hub:
                 graph.nodes[request.account]["hub"] = True
-            for edge in answer.edges:
-                src, dst = (request.account, edge.peer) if request.direction == "out" else (edge.peer, request.account)
-                if edge.peer not in graph:
-                    graph.add_node(edge.peer, hops=depth)
-                graph.add_edge(src, dst, key=edge.tx_id, amount=edge.amount, ts=edge.ts, seq=edge.seq,
-                               tx_id=edge.tx_id)
-                reached.add(edge.peer)
+            for peer, ts, seq, amount, tx_id in answer.edges:
+                src, dst = (request.account, peer) if request.direction == "out" else (peer, request.account)
+                if peer not in graph:
+                    graph.add_node(peer, hops=depth)
+                graph.add_edge(src, dst, key=tx_id, amount=amount, ts=ts, seq=seq, tx_id=tx_id)
+                reached.add(peer)
         frontier = reached - seen
         seen |= reached
     return graph

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Protocol
 
 from .gcpause import collector_paused
 from .pickling import CompactPickle
-from .shard_store import Edge, ExpandRequest, ExpandResult
+from .shard_store import Edge, EdgeRow, ExpandRequest, ExpandResult
 
 ORDERS = ("strict", "none")
 
@@ -118,7 +118,7 @@ class _Half(NamedTuple):
 
     trigger: int
     nodes: tuple[str, ...]
-    edges: tuple[Edge, ...]
+    edges: tuple[EdgeRow, ...]  # plain rows as the shards send them; `Edge`s only once in a ring
     bound_ts: int  # forward: earliest next departure; backward: latest previous arrival
     amount: float | None  # amount of the edge at the open end (the trigger's, for an empty backward half)
 
@@ -264,11 +264,11 @@ def _extend(halves: list[_Half], direction: str, triggers: Sequence[Trigger],
         if flow_rule:
             open_amount = half.amount
             chosen = [e for e in answer.edges
-                      if e.seq < seq and low <= e.ts <= high and e.peer not in nodes
-                      and (min_amount is None or e.amount >= min_amount)
-                      and (open_amount is None or _flow_ok(open_amount, e.amount, direction, options))]
+                      if e[2] < seq and low <= e[1] <= high and e[0] not in nodes
+                      and (min_amount is None or e[3] >= min_amount)
+                      and (open_amount is None or _flow_ok(open_amount, e[3], direction, options))]
         else:
-            best: dict[str, Edge] = {}
+            best: dict[str, EdgeRow] = {}
             for edge in answer.edges:
                 peer, ts, edge_seq, amount, _ = edge
                 if edge_seq >= seq or ts < low or ts > high or peer in nodes:
@@ -276,13 +276,13 @@ def _extend(halves: list[_Half], direction: str, triggers: Sequence[Trigger],
                 if min_amount is not None and amount < min_amount:
                     continue
                 kept = best.get(peer)
-                if kept is None or (ts < kept.ts if forward else ts > kept.ts) \
-                        or (ts == kept.ts and edge_seq < kept.seq):
+                if kept is None or (ts < kept[1] if forward else ts > kept[1]) \
+                        or (ts == kept[1] and edge_seq < kept[2]):
                     best[peer] = edge
             chosen = best.values()
         index, edges = half.trigger, half.edges
         for edge in chosen:
-            grown.append(new_half((index, nodes + (edge.peer,), edges + (edge,), edge.ts, edge.amount)))
+            grown.append(new_half((index, nodes + (edge[0],), edges + (edge,), edge[1], edge[3])))
     return grown
 
 
@@ -324,7 +324,7 @@ def _ring(f: _Half, b: _Half, triggers, options: SearchOptions) -> Ring | None:
     if options.flow_rule and not _ratio_ok(f.amount, b.amount, options):
         return None
     accounts = f.nodes + tuple(reversed(b.nodes[:-1]))
-    witnesses = f.edges + tuple(reversed(b.edges))
+    witnesses = tuple(map(Edge._make, f.edges + tuple(reversed(b.edges))))
     return Ring(triggers[f.trigger], accounts, witnesses)
 
 
