@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from .shard_store import ExpandRequest, ExpandResult, ShardStore, shard_of
 
 EdgeRow = tuple[str, str, str, float, int, int]  # tx_id, src, dst, amount, ts, seq
+
+_NO_EDGES = ExpandResult(())
+_as_result = partial(tuple.__new__, ExpandResult)  # wraps a shard's plain `(edges, hub)` answer, in C
 
 
 class ShardSet:
@@ -37,14 +41,15 @@ class ShardSet:
         return {tx_id for repeated in answers.values() for tx_id in repeated}
 
     def expand(self, requests: Sequence[ExpandRequest], max_degree: int | None) -> list[ExpandResult]:
+        """One `expand` call per shard; requests go and answers come back as plain tuples (see `ExpandResult`)."""
         by_shard: dict[int, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
             by_shard[shard_of(request.account, self.num_shards)].append(index)
-        answers = self._call("expand", {shard: ([requests[i] for i in indices], max_degree)
+        answers = self._call("expand", {shard: ([tuple(requests[i]) for i in indices], max_degree)
                                         for shard, indices in by_shard.items()})
-        results: list[ExpandResult] = [ExpandResult(())] * len(requests)
+        results: list[ExpandResult] = [_NO_EDGES] * len(requests)
         for shard, indices in by_shard.items():
-            for index, answer in zip(indices, answers[shard]):
+            for index, answer in zip(indices, map(_as_result, answers[shard])):
                 results[index] = answer
         return results
 

@@ -19,11 +19,9 @@ import pickle
 import zlib
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from .gcpause import collector_paused
-from .pickling import CompactPickle
 
 
 def shard_of(account: str, num_shards: int) -> int:
@@ -44,9 +42,12 @@ class Edge(NamedTuple):
     tx_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class ExpandRequest(CompactPickle):
-    """Edges of `account` in `direction` ("out"/"in") with `min_ts <= ts <= max_ts` and `seq < max_seq`."""
+class ExpandRequest(NamedTuple):
+    """Edges of `account` in `direction` ("out"/"in") with `min_ts <= ts <= max_ts` and `seq < max_seq`.
+
+    A NamedTuple, not a dataclass: a round sends thousands, and `ShardSet` ships
+    them as plain tuples (see `ExpandResult`); a shard accepts either.
+    """
 
     direction: str
     account: str
@@ -59,18 +60,22 @@ class ExpandRequest(CompactPickle):
 EdgeRow = tuple[str, int, int, float, str]  # an `Edge`'s fields as a plain tuple: peer, ts, seq, amount, tx_id
 
 
-@dataclass(frozen=True, slots=True)
-class ExpandResult(CompactPickle):
+class ExpandResult(NamedTuple):
     """The edges asked for, or none and `hub=True` when the account has more than `max_degree`.
 
-    Edges are plain tuples in `Edge` field order, not `Edge`s: the runtime pickles
-    with cloudpickle, whose `reducer_override` (Python) runs for every object but
-    exact builtins, so a NamedTuple per edge cost a third of a shard actor's time;
-    plain tuples of str/int/float are pickled entirely in C (and built faster).
+    Edges are plain tuples in `Edge` field order, and a shard answers with plain
+    `(edges, hub)` tuples that `ShardSet` wraps: the runtime pickles with
+    cloudpickle, whose `reducer_override` (Python) runs for every object but
+    exact builtins, so an object per edge cost a third of a shard actor's time
+    and one per look-up a sixth more; tuples of str/int/float pickle in C.
     """
 
     edges: tuple[EdgeRow, ...]
     hub: bool = False
+
+
+_NOTHING: tuple[tuple[EdgeRow, ...], bool] = ((), False)
+_HUB: tuple[tuple[EdgeRow, ...], bool] = ((), True)
 
 
 class _Adjacency:
@@ -185,37 +190,40 @@ class ShardStore:
         self.edge_count = len(self._seen)
         return dropped
 
-    def expand(self, requests: Sequence[ExpandRequest], max_degree: int | None) -> list[ExpandResult]:
+    def expand(self, requests: Sequence[ExpandRequest], max_degree: int | None
+               ) -> list[tuple[tuple[EdgeRow, ...], bool]]:
         """Answer a batch of frontier look-ups, both directions, in one call.
 
-        The answer holds one tuple per edge: the collector is paused while they are built.
+        Requests may be plain tuples in `ExpandRequest` field order; answers are
+        plain `(edges, hub)` tuples in `ExpandResult` field order (`ShardSet.expand`
+        wraps them). The answer holds one tuple per edge: the collector is paused
+        while they are built.
         """
         with collector_paused():
             return self._expand(requests, max_degree)
 
-    def _expand(self, requests: Sequence[ExpandRequest], max_degree: int | None) -> list[ExpandResult]:
-        names = self._names
+    def _expand(self, requests: Sequence[ExpandRequest], max_degree: int | None
+                ) -> list[tuple[tuple[EdgeRow, ...], bool]]:
+        names, ids = self._names, self._ids
         results = []
-        for request in requests:
-            table = self._out if request.direction == "out" else self._in
-            ident = self._ids.get(request.account)
-            adjacency = table.get(ident) if ident is not None else None
+        for direction, account, lo, hi, max_seq, peers in requests:
+            ident = ids.get(account)
+            adjacency = (self._out if direction == "out" else self._in).get(ident) if ident is not None else None
             if adjacency is None:
-                results.append(ExpandResult(()))
+                results.append(_NOTHING)
                 continue
             if max_degree is not None and len(adjacency.ts) > max_degree:
-                results.append(ExpandResult((), hub=True))
+                results.append(_HUB)
                 continue
-            lo, hi, max_seq = request.min_ts, request.max_ts, request.max_seq
             edges = tuple(
                 (names[peer], ts, seq, amount, tx)
                 for ts, seq, peer, amount, tx in zip(adjacency.ts, adjacency.seq, adjacency.peer,
                                                      adjacency.amount, adjacency.tx)
                 if seq < max_seq and lo <= ts <= hi
             )
-            if request.peers is not None:
-                edges = tuple(e for e in edges if e[0] in request.peers)
-            results.append(ExpandResult(edges))
+            if peers is not None:
+                edges = tuple(e for e in edges if e[0] in peers)
+            results.append((edges, False))
         return results
 
     def snapshot(self) -> bytes:
