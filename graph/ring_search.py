@@ -153,7 +153,7 @@ def _search(triggers: Sequence[Trigger], shards: Shards, options: SearchOptions)
     searched = [i for i, t in enumerate(triggers) if _worth_searching(t, options)]
     longest = options.max_hops - 1
     forward_depth, backward_depth = math.ceil(longest / 2), longest // 2
-    forward = [[_Half(i, (triggers[i].dst,), (), _window_start(triggers[i], options), None) for i in searched]]
+    forward = [[_Half(i, (triggers[i].dst,), (), triggers[i].low_ts, None) for i in searched]]
     backward = [[_Half(i, (triggers[i].src,), (), triggers[i].ts, triggers[i].amount) for i in searched]]
     hubs_met: set[int] = set()
     for depth in range(1, forward_depth + 1):
@@ -177,10 +177,6 @@ def _worth_searching(trigger: Trigger, options: SearchOptions) -> bool:
     return options.min_amount is None or trigger.amount >= options.min_amount
 
 
-def _window_start(trigger: Trigger, options: SearchOptions) -> int:
-    return trigger.low_ts
-
-
 def _open(halves: list[_Half], triggers: Sequence[Trigger]) -> list[_Half]:
     """Halves that may grow: a forward half stops at u, a backward half at v."""
     return [h for h in halves
@@ -198,25 +194,39 @@ def _ask(growing, triggers, shards: Shards, options: SearchOptions,
          targets: dict[int, set[str]] | None) -> dict[tuple[str, str], ExpandResult]:
     """One look-up per (direction, account) for the whole round, with the loosest bounds any half needs.
 
-    Each half then keeps only the edges its own trigger may use (see `_usable`).
+    A half's bounds are the ones `_extend` filters it by: its trigger's window and
+    stream position, narrowed under strict order by its own `bound_ts` (a forward
+    half departs at or after it, a backward half arrives at or before it). The
+    narrowing halves the edges shipped from the shards in the second round.
+    Each half then keeps only the edges its own trigger may use (see `_extend`).
     With `targets`, forward look-ups ask only for edges to those accounts.
     """
+    strict = options.order == "strict"
     bounds: dict[tuple[str, str], list] = {}
     for direction, halves in growing:
+        forward = direction == "out"
         for half in halves:
             trigger = triggers[half.trigger]
-            peers = targets.get(half.trigger, set()) if targets is not None and direction == "out" else None
+            peers = targets.get(half.trigger, set()) if targets is not None and forward else None
             if peers is not None and not peers:
                 continue
             key = (direction, half.nodes[-1])
-            low, high = _window_start(trigger, options), trigger.ts
+            low, high = trigger.low_ts, trigger.ts
+            if strict:
+                if forward:
+                    low = half.bound_ts
+                else:
+                    high = half.bound_ts
             current = bounds.get(key)
             if current is None:
                 bounds[key] = [low, high, trigger.seq, None if peers is None else set(peers)]
             else:
-                current[0] = min(current[0], low)
-                current[1] = max(current[1], high)
-                current[2] = max(current[2], trigger.seq)
+                if low < current[0]:
+                    current[0] = low
+                if high > current[1]:
+                    current[1] = high
+                if trigger.seq > current[2]:
+                    current[2] = trigger.seq
                 if peers is not None:
                     current[3] |= peers
     if not bounds:
@@ -297,12 +307,15 @@ def _ratio_ok(earlier: float, later: float, options: SearchOptions) -> bool:
 
 def _join(forward, backward, triggers, options) -> dict[int, list[Ring]]:
     found: dict[int, dict[tuple[str, ...], tuple[tuple[int, ...], Ring]]] = defaultdict(dict)
+    meeting: dict[int, dict[tuple[int, str], list[_Half]]] = {}
     for length in range(1, options.max_hops):
         f_len = math.ceil(length / 2)
         b_len = length - f_len
-        ends: dict[tuple[int, str], list[_Half]] = defaultdict(list)
-        for half in backward[b_len]:
-            ends[(half.trigger, half.nodes[-1])].append(half)
+        ends = meeting.get(b_len)
+        if ends is None:  # each backward depth serves two lengths: index it once
+            ends = meeting[b_len] = defaultdict(list)
+            for half in backward[b_len]:
+                ends[(half.trigger, half.nodes[-1])].append(half)
         for f in forward[f_len]:
             for b in ends.get((f.trigger, f.nodes[-1]), ()):
                 ring = _ring(f, b, triggers, options)
