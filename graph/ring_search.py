@@ -123,14 +123,26 @@ class _Half(NamedTuple):
     amount: float | None  # amount of the edge at the open end (the trigger's, for an empty backward half)
 
 
+# Measured (bank stream, 2 shards, 2 cores): with 2 tasks instead of 1, 16-payment
+# batches ran at 3,053 instead of 3,894 tx/s, 64-payment batches alike (6,455 vs
+# 6,425), 256-payment batches slightly faster (10,055 vs 9,605).
+_MIN_TRIGGERS_PER_TASK = 128
+
+
 def search_in_parallel(triggers: Sequence[Trigger], shards: Any, options: SearchOptions,
                        parallelism: int) -> list[SearchOutcome]:
-    """Split the triggers over `parallelism` stateless search tasks on the runtime (shards are actors)."""
+    """Split the triggers over at most `parallelism` stateless search tasks on the runtime (shards are actors).
+
+    A task gets at least `_MIN_TRIGGERS_PER_TASK` triggers: each task makes its own
+    round of calls to every shard, and on small batches those calls, not the
+    search, are the cost. Results do not depend on the split.
+    """
     from ringwatch import runtime as rt
 
     if not triggers:
         return []
-    size = -(-len(triggers) // max(1, parallelism))
+    tasks = max(1, min(parallelism, -(-len(triggers) // _MIN_TRIGGERS_PER_TASK)))
+    size = -(-len(triggers) // tasks)
     chunks = [list(triggers[i:i + size]) for i in range(0, len(triggers), size)]
     task = rt.remote(_search_task)
     outcomes = rt.get([task.remote(chunk, shards.handles, options) for chunk in chunks])
