@@ -155,9 +155,15 @@ def latency_run(bootstrap: str, rate: int, seconds: float, accounts: int, window
         producer.send(topic, key=tx.src.encode(), value=json.dumps(tx.to_dict()).encode())
     producer.flush()
     producer.close()
-    while consumed(port) < total:
-        time.sleep(0.2)
-    stop_engine(engine)
+    try:
+        deadline = time.monotonic() + 600
+        while consumed(port) < total:
+            if engine.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the engine stopped or stalled short of {total:,} payments; "
+                                   f"see {workdir / 'engine.log'}")
+            time.sleep(0.2)
+    finally:
+        stop_engine(engine)
     latencies = []
     alerts_path = workdir / "alerts.jsonl"
     for line in alerts_path.read_text().splitlines() if alerts_path.exists() else []:
