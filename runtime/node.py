@@ -480,7 +480,7 @@ class Node(FailureHandling):
     def _op_object_count(self, reply: Reply) -> None:
         reply(True, {"objects": len(self._entries), "functions": len(self._functions),
                      "waiting": sum(len(v) for v in self._waiting_on.values()),
-                     "shared_bytes": sum(e.blob.size for e in self._entries.values() if e.blob and e.blob.shared)})
+                     "shared_bytes": self._shared_bytes()})
 
     def _op_export(self, reply: Reply, object_id: str) -> None:
         """The value of a ready object (or its error), for another node fetching it."""
@@ -495,9 +495,12 @@ class Node(FailureHandling):
                 "queued": len(self._ready), "workers": len([w for w in self._workers if w.actor_id is None]),
                 "actors": len([a for a in self._actors.values() if not a.dead_reason]),
                 "objects": len(self._entries),
-                "shared_bytes": sum(e.blob.size for e in self._entries.values() if e.blob and e.blob.shared)}
+                "shared_bytes": self._shared_bytes()}
 
     # ---- objects -----------------------------------------------------------------------------
+
+    def _shared_bytes(self) -> int:
+        return sum(e.blob.size for e in self._entries.values() if e.blob and e.blob.shared)
 
     def _entry(self, object_id: str) -> _Entry:
         return self._entries.setdefault(object_id, _Entry())
@@ -785,7 +788,7 @@ class Node(FailureHandling):
         self._actors[spec.actor_id] = actor
         if spec.max_restarts:  # a restart constructs the actor again, from the same arguments
             for object_id in spec.deps:
-                self._entries.setdefault(object_id, _Entry()).pins += 1
+                self._entry(object_id).pins += 1
         if self.cluster is not None:
             self.cluster.actor_placed(spec)
         if name:
