@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ringwatch.graph import InvalidTransactionError, Transaction
+from ringwatch.graph import InvalidTransactionError, Transaction, loads
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,7 @@ def record_from_json(position: tuple, raw: bytes, max_bytes: int | None = None) 
     if max_bytes is not None and len(raw) > max_bytes:
         return SourceRecord(position, None, raw, f"oversize:{len(raw)} bytes > limit {max_bytes}")
     try:
-        data = json.loads(raw)
+        data = loads(raw)  # exact amounts: numbers with a fraction become Decimal
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return SourceRecord(position, None, raw, f"malformed-json:{exc}")
     return record_from_mapping(position, data, raw)

@@ -313,7 +313,7 @@ def _flow_ok(earlier, later, min_ratio, max_ratio):
 
 @njit(cache=True)
 def _labels(d, root, root_label, depth, lab, touched, frontier, nxt, lo, hi, strict,
-            a_start, a_head, a_len, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off, trig, ts_t,
+            a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off, trig, ts_t,
             min_amt, max_degree, check_key):
     """Layered labels from `root` over lists `d` (0: forward over out-edges, 1: backward over in-edges).
 
@@ -344,7 +344,7 @@ def _labels(d, root, root_label, depth, lab, touched, frontier, nxt, lo, hi, str
             x = frontier[fi]
             at = lab[k - 1, x]
             base, head, n = a_start[d, x], a_head[d, x], a_len[d, x]
-            if max_degree >= 0 and n - head > max_degree:
+            if a_hub[d, x] or (max_degree >= 0 and n - head > max_degree):
                 hub = True
                 continue
             if forward:
@@ -406,7 +406,7 @@ def _grow(arr, need):
 
 @njit(cache=True)
 def search(triggers, keep_from, window, max_hops, strict, flow, min_ratio, max_ratio, min_amt, max_rings,
-           max_degree, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off, a_start, a_head, a_len, p_eid, p_ts,
+           max_degree, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off, a_start, a_head, a_len, a_hub, p_eid, p_ts,
            n_accounts):
     """The rings each trigger edge closes, with canonical witnesses.
 
@@ -449,10 +449,10 @@ def search(triggers, keep_from, window, max_hops, strict, flow, min_ratio, max_r
         df = (L + 1) // 2
         db = L // 2
         done_f, nt_f, hub_f = _labels(0, v, lo, df, lab_f, touched_f, frontier, nxt, lo, ts_t, strict,
-                                      a_start, a_head, a_len, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf,
+                                      a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf,
                                       tx_off, trig, ts_t, min_amt, max_degree, True)
         done_b, nt_b, hub_b = _labels(1, u, ts_t, db, lab_b, touched_b, frontier, nxt, lo, ts_t, strict,
-                                      a_start, a_head, a_len, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf,
+                                      a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf,
                                       tx_off, trig, ts_t, min_amt, max_degree, True)
         if hub_f or hub_b:
             cut[ti] |= 2
@@ -465,7 +465,7 @@ def search(triggers, keep_from, window, max_hops, strict, flow, min_ratio, max_r
         if meet and L - 1 > db:
             _clear(lab_b, touched_b, nt_b, L, NEG)
             done_b, nt_b, hub_b = _labels(1, u, ts_t, L - 1, lab_b, touched_b, frontier, nxt, lo, ts_t,
-                                          strict, a_start, a_head, a_len, p_eid, p_ts, e_src, e_dst, e_ts, e_amt,
+                                          strict, a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt,
                                           tx_buf, tx_off, trig, ts_t, min_amt, max_degree, True)
             if hub_b:
                 cut[ti] |= 2
@@ -479,7 +479,7 @@ def search(triggers, keep_from, window, max_hops, strict, flow, min_ratio, max_r
             stamp += 1
             n_kids, kids = _children(kids, 0, v, lo, -1, stamp, seen, on_path, u, 0, L, strict, flow, min_ratio,
                                      max_ratio, min_amt, max_degree, lo, ts_t, trig, lab_b, done_b, a_start,
-                                     a_head, a_len, p_eid, p_ts, e_dst, e_ts, e_amt, tx_buf, tx_off, cut, ti)
+                                     a_head, a_len, a_hub, p_eid, p_ts, e_dst, e_ts, e_amt, tx_buf, tx_off, cut, ti)
             f_pos[0] = 0
             f_end[0] = n_kids
             depth = 0
@@ -499,7 +499,7 @@ def search(triggers, keep_from, window, max_hops, strict, flow, min_ratio, max_r
                     stamp += 1
                     n_kids, kids = _children(kids, f_end[depth], y, e_ts[e], e, stamp, seen, on_path, u, nd, L,
                                              strict, flow, min_ratio, max_ratio, min_amt, max_degree, lo, ts_t,
-                                             trig, lab_b, done_b, a_start, a_head, a_len, p_eid, p_ts, e_dst,
+                                             trig, lab_b, done_b, a_start, a_head, a_len, a_hub, p_eid, p_ts, e_dst,
                                              e_ts, e_amt, tx_buf, tx_off, cut, ti)
                     f_pos[nd] = f_end[depth]
                     f_end[nd] = n_kids
@@ -566,8 +566,8 @@ def _known(ring_off, ring_edges, first, n_rings, f_edge, depth, e_src):
 
 @njit(cache=True)
 def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L, strict, flow, min_ratio,
-              max_ratio, min_amt, max_degree, lo, ts_t, trig, lab_b, done_b, a_start, a_head, a_len, p_eid, p_ts,
-              e_dst, e_ts, e_amt, tx_buf, tx_off, cut, ti):
+              max_ratio, min_amt, max_degree, lo, ts_t, trig, lab_b, done_b, a_start, a_head, a_len, a_hub, p_eid,
+              p_ts, e_dst, e_ts, e_amt, tx_buf, tx_off, cut, ti):
     """The edges the DFS tries next from account x after `depth` witnesses, in key order.
 
     Without a flow rule only the first usable edge to each peer (its canonical
@@ -577,7 +577,7 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
     off the path from which u is still reachable in the remaining hops.
     """
     base, head, n = a_start[0, x], a_head[0, x], a_len[0, x]
-    if max_degree >= 0 and n - head > max_degree:
+    if a_hub[0, x] or (max_degree >= 0 and n - head > max_degree):
         cut[ti] |= 2
         return n_kids, kids
     left = L - depth - 1  # witnesses still allowed after this one
@@ -612,7 +612,7 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
 
 @njit(cache=True)
 def late_candidates(late, old_end, window, max_hops, strict, min_amt, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off,
-                    a_start, a_head, a_len, p_eid, p_ts, n_accounts):
+                    a_start, a_head, a_len, a_hub, p_eid, p_ts, n_accounts):
     """Older triggers whose rings may run through a late edge: a superset, to be searched exactly.
 
     For a late payment p (x -> y at ts), a ring of an older trigger T = a -> b
@@ -639,11 +639,11 @@ def late_candidates(late, old_end, window, max_hops, strict, min_amt, e_src, e_d
         lo = ts_p - window
         done_f, nt_f, _ = _labels(0, y, ts_p, L - 1, lab_f, touched_f, frontier, nxt, ts_p if strict else lo, hi,
                                   strict,
-                                  a_start, a_head, a_len, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off,
+                                  a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off,
                                   p, hi, min_amt, -1, False)
         done_b, nt_b, _ = _labels(1, x, ts_p, L - 1, lab_b, touched_b, frontier, nxt, lo, ts_p if strict else hi,
                                   strict,
-                                  a_start, a_head, a_len, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off,
+                                  a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off,
                                   p, ts_p, min_amt, -1, False)
         for i in range(nt_f):
             a = touched_f[i]

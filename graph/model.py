@@ -234,6 +234,10 @@ class Alert(CompactPickle):
     totals: Mapping[str, Decimal] = field(default_factory=dict)
     cut_by: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.total_amount, Decimal):
+            object.__setattr__(self, "total_amount", _exact(self.total_amount))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: lists for tuples, decimal strings for amounts."""
         return {

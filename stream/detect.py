@@ -1,14 +1,21 @@
-"""The offline path: find the rings in a file or an iterable of payments, on the real engine.
+"""The offline path: find the rings in a file or an iterable of payments, on the real graph engine.
 
-`detect` runs the same shards and search as the streaming engine — `GraphShard`
-actors and search tasks on a local runtime — over a finite input, and returns
-the alerts in trigger order. Analysts backfill with it; the oracle tests drive
-the engine with it.
+`detect` runs the same `RingGraph` as the streaming engine over a finite
+input and returns each ring once, in trigger order. A file is read in
+columnar chunks (`FileSource.chunks`: Arrow's readers, no Python object per
+valid row) and handed to the graph a batch at a time. With `shards > 1` and
+`use_runtime` the graph lives in `GraphShard` actors on a local runtime;
+otherwise in this process (`LocalRingGraph`, the fastest).
+
+Event time (interim, until the stream layer's watermarks serve detect too): a
+payment older than the newest `ts` seen minus `allowed_lateness` (default:
+one window) is rejected as late with the reason; edges are evicted once
+older than the newest `ts` minus the window minus that lateness, so every
+admitted payment is searched against everything it can form a ring with.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
@@ -16,34 +23,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from ringwatch import runtime as rt
-from ringwatch.connectors.files import FileSource
-from ringwatch.connectors.records import SourceRecord, record_from_mapping
+from ringwatch.connectors.files import FileSource, PaymentChunk
+from ringwatch.connectors.records import record_from_mapping
 from ringwatch.graph import (
-    ActorShards,
     Alert,
-    LocalShards,
-    RingDetector,
+    LocalRingGraph,
+    RingGraph,
     SearchOptions,
+    ShardedRingGraph,
     Transaction,
     parse_duration,
-    search_in_parallel,
+    payment_table,
 )
 
+from .late_guard import LateGuard
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
 
 SEARCH_OPTION_NAMES = ("max_hops", "window", "order", "min_amount", "min_ratio", "max_ratio",
                        "max_rings_per_tx", "max_degree")
+CHUNK_ROWS = 65_536
 
 
 @dataclass
 class DetectReport:
-    """What a `detect` run saw besides its alerts: rejected input, kept with the reason."""
+    """What a `detect` run saw besides its alerts: rejected input (with the reason), duplicates, cut searches."""
 
     transactions: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: int = 0
     truncated_searches: int = 0
 
 
@@ -57,29 +69,32 @@ def search_options(**options: Any) -> SearchOptions:
     return SearchOptions(**options)
 
 
-def detect(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path, *, shards: int = 2,
-           batch_size: int = 1000, use_runtime: bool = True, progress: bool | None = None,
-           report: DetectReport | None = None, **options: Any) -> list[Alert]:
-    """Alerts for every ring the payments close, in trigger order.
+def detect(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path, *, shards: int = 1,
+           batch_size: int = 4096, use_runtime: bool = True, progress: bool | None = None,
+           report: DetectReport | None = None, allowed_lateness: str | int | None = None,
+           **options: Any) -> list[Alert]:
+    """Alerts for every ring among the payments, each once, in trigger (ts, tx_id) order.
 
     `transactions` is a path (CSV, JSONL, Parquet, AMLworld CSV) or an iterable of
-    dicts / `Transaction`s. Rows that fail validation, and payments older than the
-    low watermark, are not dropped silently: they land in `report.rejected` with
-    the reason (and are counted in a warning). `use_runtime=False` runs the shards
-    in this process (no worker processes) — same alerts, for small inputs and tests.
+    dicts / `Transaction`s. Rows that fail validation, conflicting duplicates and
+    late payments are not dropped silently: they land in `report.rejected` with
+    the reason (and are counted in a warning). `shards > 1` with `use_runtime`
+    puts the graph in `GraphShard` actors on a local runtime (same alerts).
     """
     settings = search_options(**options)
+    lateness = parse_duration(allowed_lateness, name="allowed_lateness") if allowed_lateness is not None \
+        else settings.window_ms
     report = report if report is not None else DetectReport()
-    started_runtime = use_runtime and not rt.is_initialized()
+    on_runtime = use_runtime and shards > 1
+    started_runtime = on_runtime and not rt.is_initialized()
     if started_runtime:
         rt.init()
+    graph: RingGraph = ShardedRingGraph.create(settings, shards) if on_runtime else LocalRingGraph(settings)
     try:
-        detector = _detector(settings, shards, use_runtime)
-        alerts = _run(detector, _records(transactions), batch_size, report,
+        alerts = _run(graph, _chunks(transactions), batch_size, LateGuard(settings.window_ms, lateness), report,
                       Progress("detect", enabled=progress))
-        if use_runtime:
-            detector.shards.close()
     finally:
+        graph.close()
         if started_runtime:
             rt.shutdown()
     if report.rejected:
@@ -87,50 +102,53 @@ def detect(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path,
     return alerts
 
 
-def _detector(settings: SearchOptions, shards: int, use_runtime: bool) -> RingDetector:
-    if not use_runtime:
-        return RingDetector(LocalShards(shards), settings)
-    searcher = functools.partial(search_in_parallel, parallelism=max(1, shards))
-    return RingDetector(ActorShards(shards), settings, searcher=searcher)
-
-
-def _records(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path) -> Iterator[SourceRecord]:
+def _chunks(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path) -> Iterator[PaymentChunk]:
     if isinstance(transactions, (str, Path)):
-        yield from FileSource(transactions)
+        yield from FileSource(transactions).chunks(CHUNK_ROWS)
         return
+    valid: list[Transaction] = []
+    rejected: list[dict[str, Any]] = []
+    rows = 0
     for row, item in enumerate(transactions):
+        rows += 1
         if isinstance(item, Transaction):
-            yield SourceRecord(("input", row), item)
-        else:
-            yield record_from_mapping(("input", row), item)
-
-
-def _run(detector: RingDetector, records: Iterator[SourceRecord], batch_size: int, report: DetectReport,
-         progress: Progress) -> list[Alert]:
-    alerts: list[Alert] = []
-    batch: list[Transaction] = []
-
-    def flush() -> None:
-        result = detector.process(batch)
-        alerts.extend(result.alerts)
-        report.truncated_searches += result.truncated_searches
-        report.rejected.extend({"tx_id": r.transaction.tx_id, "reason": r.reason} for r in result.rejected)
-        batch.clear()
-        progress.update(report.transactions, alerts=len(alerts))
-
-    for record in records:
-        report.transactions += 1
+            valid.append(item)
+            continue
+        record = record_from_mapping(("input", row), item)
         if record.ok:
-            batch.append(record.transaction)
-            if len(batch) >= batch_size:
-                flush()
+            valid.append(record.transaction)
         else:
-            report.rejected.append({"position": list(record.position), "reason": record.error,
-                                    "raw": record.raw.decode("utf-8", "replace") if record.raw else None})
-    if batch:
-        flush()
+            rejected.append({"position": list(record.position), "reason": record.error,
+                             "raw": record.raw.decode("utf-8", "replace") if record.raw else None})
+    yield PaymentChunk(payment_table(valid), rejected, rows)
+
+
+def _run(graph: RingGraph, chunks: Iterator[PaymentChunk], batch_size: int, late: LateGuard, report: DetectReport,
+         progress: Progress) -> list[Alert]:
+    alerts: dict[str, Alert] = {}
+    for chunk in chunks:
+        report.rejected.extend(chunk.rejected)
+        table = chunk.table
+        for start in range(0, table.num_rows, batch_size):
+            batch = table.slice(start, batch_size)
+            keep, reasons = late.admit(batch.column("ts").to_numpy())
+            if reasons:
+                ids = batch.column("tx_id").to_pylist()
+                report.rejected.extend({"tx_id": ids[i], "reason": reason} for i, reason in sorted(reasons.items()))
+                batch = batch.take(pa.array(keep))
+            result = graph.process(batch)
+            horizon = late.horizon()
+            if horizon is not None:
+                graph.evict(horizon)
+            for alert in result.alerts:
+                alerts.setdefault(alert.alert_id, alert)  # a re-raise (a later, smaller witness) keeps the first
+            report.duplicates += result.duplicates
+            report.truncated_searches += result.truncated_searches
+            report.rejected.extend({"tx_id": r.tx_id, "reason": r.reason} for r in result.rejected)
+        report.transactions += chunk.rows
+        progress.update(report.transactions, alerts=len(alerts))
     progress.finish(report.transactions, alerts=len(alerts))
-    return alerts
+    return sorted(alerts.values(), key=lambda a: (a.last_ts, a.trigger_tx_id.encode(), a.alert_id))
 
 
 def write_alerts_jsonl(alerts: Iterable[Alert], path: str | Path) -> int:
@@ -146,3 +164,4 @@ def write_rejected_jsonl(report: DetectReport, path: str | Path) -> None:
     with open(path, "w", encoding="utf-8") as out:
         for item in report.rejected:
             out.write(json.dumps(item) + "\n")
+

@@ -27,7 +27,6 @@ queries never take the loop's lock, so they do not pause ingestion.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import threading
@@ -48,10 +47,12 @@ from ringwatch.connectors import (
     WebhookSink,
     next_positions,
 )
-from ringwatch.graph import ActorShards, Alert, RingDetector, SearchOptions, ShardSet, search_in_parallel
+from ringwatch.graph import Alert, RingGraph, SearchOptions, ShardedRingGraph
+from ringwatch.graph.batch import from_ipc, to_ipc
 from ringwatch.runtime.cli import TokenMissingError, read_token
 
 from .checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from .late_guard import LateGuard
 from .config import Config, ConfigError, dump_sections
 from .metrics import EngineMetrics
 from .query import EngineStats, Health, QueryHandler, QueryService
@@ -107,7 +108,10 @@ class Engine:
         self._sinks: dict[str, Sink] = {}
         self._handed: Counter[str] = Counter()
         self._source: KafkaSource | None = None
-        self._detector: RingDetector | None = None
+        self._graph: ShardedRingGraph | None = None
+        options = config.search_options()
+        # Interim (issue 11 brings per-partition watermarks): late = older than the newest ts minus a window.
+        self._late = LateGuard(options.window_ms, options.window_ms)
         self._store = CheckpointStore(config.engine.state_dir, config.engine.keep_checkpoints)
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -124,9 +128,7 @@ class Engine:
         metrics_server = None
         query_service = None
         try:
-            shards = ActorShards(config.graph.shards)
-            self._detector = RingDetector(shards, config.search_options(), searcher=functools.partial(
-                search_in_parallel, parallelism=config.graph.shards))
+            shards = self._graph = ShardedRingGraph.create(config.search_options(), config.graph.shards)
             self._sinks = self._open_sinks()
             self._restore(shards)
             self._source = self._open_source()
@@ -183,7 +185,7 @@ class Engine:
                            max_message_bytes=source_config.max_message_bytes,
                            on_revoke=self._on_revoke, on_assign=self._on_assign)
 
-    def _restore(self, shards: ActorShards) -> None:
+    def _restore(self, shards: ShardedRingGraph) -> None:
         checkpoint = self._store.latest()
         if checkpoint is None:
             logger.info("no checkpoint under %s: starting from the group's committed offsets", self._store.root)
@@ -192,10 +194,8 @@ class Engine:
             raise CheckpointError(
                 f"checkpoint {checkpoint.checkpoint_id} holds {len(checkpoint.shard_digests)} shards but "
                 f"graph.shards is {shards.num_shards}; run with the same shard count or a fresh state_dir")
-        rt.get([handle.restore.remote(self._store.load_shard(checkpoint, index))
-                for index, handle in enumerate(shards.handles)])
-        self._detector.next_seq = checkpoint.next_seq
-        self._detector.watermark = checkpoint.watermark
+        shards.restore([from_ipc(self._store.load_shard(checkpoint, index)) for index in range(shards.num_shards)])
+        self._late.watermark = checkpoint.watermark
         self._covered = dict(checkpoint.positions)
         self.transactions = checkpoint.transactions
         self.last_checkpoint = checkpoint
@@ -215,7 +215,7 @@ class Engine:
                 outcomes[(name, outcome)] = float(n)
         return outcomes
 
-    def _close(self, shards: ActorShards | None, metrics_server, started_runtime: bool) -> None:
+    def _close(self, shards: ShardedRingGraph | None, metrics_server, started_runtime: bool) -> None:
         if metrics_server is not None:
             metrics_server.shutdown()
         if self._source is not None:
@@ -273,10 +273,16 @@ class Engine:
             return
         self._pending, self._received = [], []
         valid = [(r, at) for r, at in zip(records, received) if r.ok]
-        result = self._detector.process([r.transaction for r, _ in valid], [at for _, at in valid])
+        admitted, late = self._late.admit([r.transaction.ts for r, _ in valid])
+        stored = [valid[i] for i in admitted.tolist()]
+        result = self._graph.process([r.transaction for r, _ in stored], [at for _, at in stored])
+        horizon = self._late.horizon()
+        if horizon is not None:
+            self._graph.evict(horizon)
         warming = {r.transaction.tx_id for r, _ in valid if self._is_warm_up(r)}
-        if result.rejected:
-            self._dead_letter_late(valid, [item for item in result.rejected if item.transaction.tx_id not in warming])
+        rejected = [(valid[i][0], reason) for i, reason in late.items()]
+        rejected += [(stored[item.index][0], item.reason) for item in result.rejected]
+        self._dead_letter([(r, reason) for r, reason in rejected if r.transaction.tx_id not in warming])
         alerts = [alert for alert in result.alerts if alert.trigger_tx_id not in warming]
         if alerts:
             self._deliver(alerts)
@@ -297,13 +303,11 @@ class Engine:
         topic, partition, offset = record.position
         return offset < self._warm_until.get((topic, partition), 0)
 
-    def _dead_letter_late(self, valid: list[tuple[SourceRecord, float]], rejected) -> None:
-        by_tx = {r.transaction.tx_id: r for r, _ in valid}
-        for item in rejected:
-            record = by_tx[item.transaction.tx_id]
+    def _dead_letter(self, rejected: list[tuple[SourceRecord, str]]) -> None:
+        for record, reason in rejected:
             topic, partition, offset = record.position
             self._source._dead_letter(SimpleNamespace(topic=topic, partition=partition, offset=offset,
-                                                      value=record.raw, key=None), item.reason)
+                                                      value=record.raw, key=None), reason)
 
     def _deliver(self, alerts: list[Alert]) -> None:
         for name, sink in self._sinks.items():
@@ -331,9 +335,8 @@ class Engine:
             logger.warning("checkpoint skipped reason=%s: a sink did not make its alerts durable in %.0f s",
                            reason, SINK_FLUSH_TIMEOUT_S)
             return None
-        shards = self._detector.shards
-        snapshots = rt.get([handle.snapshot.remote() for handle in shards.handles], timeout=SINK_FLUSH_TIMEOUT_S)
-        checkpoint = self._store.save(self._covered, self._detector.next_seq, self._detector.watermark,
+        snapshots = [to_ipc(table) for table in self._graph.checkpoint()]
+        checkpoint = self._store.save(self._covered, self.transactions, self._late.watermark,
                                       self.transactions, snapshots)
         try:
             self._source.commit({p: offset for p, offset in self._covered.items() if p in self._owned})
@@ -388,18 +391,16 @@ class Engine:
 
     # ---- what the query service reads (from its own threads; never under the loop's lock) ----------
 
-    def query_shards(self) -> ShardSet | None:
-        return self._detector.shards if self._detector is not None and self.ready.is_set() else None
+    def query_graph(self) -> RingGraph | None:
+        return self._graph if self._graph is not None and self.ready.is_set() else None
 
     def search_options(self) -> SearchOptions:
         return self.config.search_options()
 
     def newest_ts(self) -> int | None:
-        """Event time of the newest payment in the graph (the detector's watermark plus the window)."""
-        detector = self._detector
-        if detector is None or detector.next_seq == 0:
-            return None
-        return detector.watermark + detector.options.window_ms
+        """Event time of the newest payment seen."""
+        watermark = self._late.watermark
+        return None if watermark < -(2**61) else watermark
 
     def recent_alerts(self) -> list[Alert]:
         """The newest `query_alerts_kept` alerts this process raised, oldest first."""
@@ -417,7 +418,7 @@ class Engine:
             recent_rate = (progress[-1][1] - progress[0][1]) / (progress[-1][0] - progress[0][0])
         uptime = time.time() - self.started_at
         latencies = sorted(alert.latency_ms for alert in self.recent_alerts()[-LATENCY_SAMPLE:])
-        shards = self.query_shards()
+        shards = self.query_graph()
         checkpoint = self.last_checkpoint
         source = self._source
         return EngineStats(
