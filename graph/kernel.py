@@ -119,6 +119,43 @@ def tab_put(tx_tab, h, e):
     tx_tab[slot] = e
 
 
+@njit(cache=True)
+def intern_names(b_buf, b_off, tab, n_buf, n_off, count):
+    """Account id of each name (UTF-8 in b_buf[b_off[i]:b_off[i+1]]), adding new names at the end.
+
+    The caller leaves room for every name to be new. Returns (ids, count).
+    """
+    rows = b_off.shape[0] - 1
+    ids = np.empty(rows, np.int32)
+    mask = np.uint64(tab.shape[0] - 1)
+    for i in range(rows):
+        s, t = b_off[i], b_off[i + 1]
+        slot = fnv1a(b_buf, s, t) & mask
+        while True:
+            a = tab[slot]
+            if a == EMPTY:
+                base = n_off[count]
+                for j in range(t - s):
+                    n_buf[base + j] = b_buf[s + j]
+                n_off[count + 1] = base + (t - s)
+                tab[slot] = count
+                ids[i] = count
+                count += 1
+                break
+            if same_tx(n_buf, n_off, a, b_buf, s, t):
+                ids[i] = a
+                break
+            slot = (slot + np.uint64(1)) & mask
+    return ids, count
+
+
+@njit(cache=True)
+def rebuild_names(tab, n_buf, n_off, count):
+    tab[:] = EMPTY
+    for a in range(count):
+        tab_put(tab, fnv1a(n_buf, n_off[a], n_off[a + 1]), a)
+
+
 # ---- insert ------------------------------------------------------------------------------------------
 
 
@@ -312,79 +349,100 @@ def _flow_ok(earlier, later, min_ratio, max_ratio):
 
 
 @njit(cache=True)
-def _labels(d, root, root_label, depth, lab, touched, frontier, nxt, lo, hi, strict,
-            a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off, trig, ts_t,
-            min_amt, max_degree, check_key):
-    """Layered labels from `root` over lists `d` (0: forward over out-edges, 1: backward over in-edges).
+def _layer(d, k, lab, touched, nt, frontier, nf, nxt, lo, hi, strict, a_start, a_head, a_len, a_hub, p_eid, p_ts,
+           e_src, e_dst, e_ts, e_amt, tx_buf, tx_off, trig, ts_t, min_amt, max_degree, check_key):
+    """Labels over walks of at most k edges (lab[k]) from those of at most k - 1, expanding `frontier`.
 
-    lab[k, x] is x's best label over walks of at most k edges with times in
-    [lo, hi]: forward the earliest arrival (min), backward the latest
-    departure (max); strict order relaxes an edge only when it keeps time
-    order (order "none": every label is lo / hi, only reachability counts).
-    Every entry of an account not in `touched` is empty (INF forward, NEG
-    backward); `_clear` restores that. The layers stop early once one
-    changes nothing: lab is valid up to the returned `done`, and readers
-    clamp their hop count to it. Returns (done, n_touched, hub_met).
+    d = 0: forward over out-edges, the earliest arrival (min); d = 1: backward over
+    in-edges, the latest departure that still reaches the root (max). Times stay
+    in [lo, hi]; strict order relaxes an edge only when it keeps time order
+    (order "none": every label is lo / hi, only reachability counts). Every
+    entry of an account not in `touched` is empty (INF forward, NEG backward);
+    `_clear` restores that. The accounts improved in this layer go to `nxt`.
+    Returns (n_touched, n_next, hub_met).
     """
     forward = d == 0
     empty = INF if forward else NEG
+    for i in range(nt):
+        x = touched[i]
+        lab[k, x] = lab[k - 1, x]
+    nn = 0
+    hub = False
+    for fi in range(nf):
+        x = frontier[fi]
+        at = lab[k - 1, x]
+        base, head, n = a_start[d, x], a_head[d, x], a_len[d, x]
+        if a_hub[d, x] or (max_degree >= 0 and n - head > max_degree):
+            hub = True
+            continue
+        if forward:
+            start = _first_at(p_ts, base, head, n, at if strict else lo)
+            stop = n
+        else:
+            start = _first_at(p_ts, base, head, n, lo)
+            stop = _first_at(p_ts, base, head, n, (at if strict else hi) + 1)
+        for i in range(start, stop):
+            ts = p_ts[base + i]
+            if ts > hi:
+                break
+            e = p_eid[base + i]
+            if check_key and ts == ts_t and not _witness_ok(e_ts, tx_buf, tx_off, e, trig, ts_t):
+                continue
+            if e_amt[e] < min_amt:
+                continue
+            y = e_dst[e] if forward else e_src[e]
+            old = lab[k, y]
+            if forward:
+                value = ts if strict else lo
+                better = value < old
+            else:
+                value = ts if strict else hi
+                better = value > old
+            if better:
+                if old == empty and lab[k - 1, y] == empty:
+                    touched[nt] = y
+                    nt += 1
+                if old == lab[k - 1, y]:  # first improvement of y in this layer
+                    nxt[nn] = y
+                    nn += 1
+                lab[k, y] = value
+    return nt, nn, hub
+
+
+@njit(cache=True)
+def _cost(d, frontier, nf, a_head, a_len):
+    """List entries the next layer from `frontier` may scan: the bidirectional search grows the cheaper side."""
+    total = 0
+    for i in range(nf):
+        x = frontier[i]
+        total += a_len[d, x] - a_head[d, x]
+    return total
+
+
+@njit(cache=True)
+def _labels(d, root, root_label, depth, lab, touched, frontier, nxt, lo, hi, strict,
+            a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off, trig, ts_t,
+            min_amt, max_degree, check_key):
+    """All layers from `root` up to `depth` (or until one changes nothing). Returns (done, n_touched, hub_met)."""
     lab[0, root] = root_label
     touched[0] = root
-    n_touched = 1
+    nt = 1
     frontier[0] = root
     nf = 1
     hub = False
     done = 0
     for k in range(1, depth + 1):
-        for i in range(n_touched):
-            x = touched[i]
-            lab[k, x] = lab[k - 1, x]
-        nn = 0
-        for fi in range(nf):
-            x = frontier[fi]
-            at = lab[k - 1, x]
-            base, head, n = a_start[d, x], a_head[d, x], a_len[d, x]
-            if a_hub[d, x] or (max_degree >= 0 and n - head > max_degree):
-                hub = True
-                continue
-            if forward:
-                start = _first_at(p_ts, base, head, n, at if strict else lo)
-                stop = n
-            else:
-                start = _first_at(p_ts, base, head, n, lo)
-                stop = _first_at(p_ts, base, head, n, (at if strict else hi) + 1)
-            for i in range(start, stop):
-                ts = p_ts[base + i]
-                if ts > hi:
-                    break
-                e = p_eid[base + i]
-                if check_key and ts == ts_t and not _witness_ok(e_ts, tx_buf, tx_off, e, trig, ts_t):
-                    continue
-                if e_amt[e] < min_amt:
-                    continue
-                y = e_dst[e] if forward else e_src[e]
-                old = lab[k, y]
-                if forward:
-                    value = ts if strict else lo
-                    better = value < old
-                else:
-                    value = ts if strict else hi
-                    better = value > old
-                if better:
-                    if old == empty and lab[k - 1, y] == empty:
-                        touched[n_touched] = y
-                        n_touched += 1
-                    if old == lab[k - 1, y]:  # first improvement of y in this layer
-                        nxt[nn] = y
-                        nn += 1
-                    lab[k, y] = value
+        nt, nn, h = _layer(d, k, lab, touched, nt, frontier, nf, nxt, lo, hi, strict, a_start, a_head, a_len,
+                           a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off, trig, ts_t, min_amt,
+                           max_degree, check_key)
+        hub = hub or h
         done = k
         if nn == 0:
             break
         for i in range(nn):
             frontier[i] = nxt[i]
         nf = nn
-    return done, n_touched, hub
+    return done, nt, hub
 
 
 @njit(cache=True)
@@ -423,8 +481,10 @@ def search(triggers, keep_from, window, max_hops, strict, flow, min_ratio, max_r
     lab_b = np.full((L + 1, n_accounts), NEG, np.int64)
     touched_f = np.empty(n_accounts + 1, np.int64)
     touched_b = np.empty(n_accounts + 1, np.int64)
-    frontier = np.empty(n_accounts + 1, np.int64)
-    nxt = np.empty(n_accounts + 1, np.int64)
+    front_f = np.empty(n_accounts + 1, np.int64)
+    next_f = np.empty(n_accounts + 1, np.int64)
+    front_b = np.empty(n_accounts + 1, np.int64)
+    next_b = np.empty(n_accounts + 1, np.int64)
     on_path = np.zeros(n_accounts, np.bool_)
     seen = np.full(n_accounts, -1, np.int64)
     ring_trigger = np.empty(16, np.int64)
@@ -446,28 +506,59 @@ def search(triggers, keep_from, window, max_hops, strict, flow, min_ratio, max_r
         if u == v or e_amt[trig] < min_amt:
             continue
         lo = ts_t - window
-        df = (L + 1) // 2
-        db = L // 2
-        done_f, nt_f, hub_f = _labels(0, v, lo, df, lab_f, touched_f, frontier, nxt, lo, ts_t, strict,
-                                      a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf,
-                                      tx_off, trig, ts_t, min_amt, max_degree, True)
-        done_b, nt_b, hub_b = _labels(1, u, ts_t, db, lab_b, touched_b, frontier, nxt, lo, ts_t, strict,
-                                      a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf,
-                                      tx_off, trig, ts_t, min_amt, max_degree, True)
-        if hub_f or hub_b:
-            cut[ti] |= 2
+        # Bidirectional labels: grow the side whose frontier has fewer list entries to scan, until the
+        # depths add up to L or a side runs out (then its labels are final for any depth).
+        lab_f[0, v] = lo
+        touched_f[0] = v
+        nt_f = 1
+        front_f[0] = v
+        nf_f = 1
+        lab_b[0, u] = ts_t
+        touched_b[0] = u
+        nt_b = 1
+        front_b[0] = u
+        nf_b = 1
+        done_f = 0
+        done_b = 0
+        while done_f + done_b < L and nf_f > 0 and nf_b > 0:
+            if _cost(0, front_f, nf_f, a_head, a_len) <= _cost(1, front_b, nf_b, a_head, a_len):
+                done_f += 1
+                nt_f, nn, hub = _layer(0, done_f, lab_f, touched_f, nt_f, front_f, nf_f, next_f, lo, ts_t, strict,
+                                       a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf,
+                                       tx_off, trig, ts_t, min_amt, max_degree, True)
+                front_f, next_f = next_f, front_f
+                nf_f = nn
+            else:
+                done_b += 1
+                nt_b, nn, hub = _layer(1, done_b, lab_b, touched_b, nt_b, front_b, nf_b, next_b, lo, ts_t, strict,
+                                       a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf,
+                                       tx_off, trig, ts_t, min_amt, max_degree, True)
+                front_b, next_b = next_b, front_b
+                nf_b = nn
+            if hub:
+                cut[ti] |= 2
         meet = False
-        for i in range(nt_f):
-            x = touched_f[i]
-            if lab_f[done_f, x] <= lab_b[done_b, x] and lab_f[done_f, x] != INF and lab_b[done_b, x] != NEG:
-                meet = True
-                break
-        if meet and L - 1 > db:
-            _clear(lab_b, touched_b, nt_b, L, NEG)
-            done_b, nt_b, hub_b = _labels(1, u, ts_t, L - 1, lab_b, touched_b, frontier, nxt, lo, ts_t,
-                                          strict, a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt,
-                                          tx_buf, tx_off, trig, ts_t, min_amt, max_degree, True)
-            if hub_b:
+        if nt_f <= nt_b:
+            for i in range(nt_f):
+                x = touched_f[i]
+                if lab_f[done_f, x] != INF and lab_b[done_b, x] != NEG and lab_f[done_f, x] <= lab_b[done_b, x]:
+                    meet = True
+                    break
+        else:
+            for i in range(nt_b):
+                x = touched_b[i]
+                if lab_f[done_f, x] != INF and lab_b[done_b, x] != NEG and lab_f[done_f, x] <= lab_b[done_b, x]:
+                    meet = True
+                    break
+        # the depth-first search prunes with backward labels up to L - 1 hops: finish them
+        while meet and done_b < L - 1 and nf_b > 0:
+            done_b += 1
+            nt_b, nn, hub = _layer(1, done_b, lab_b, touched_b, nt_b, front_b, nf_b, next_b, lo, ts_t, strict,
+                                   a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf,
+                                   tx_off, trig, ts_t, min_amt, max_degree, True)
+            front_b, next_b = next_b, front_b
+            nf_b = nn
+            if hub:
                 cut[ti] |= 2
         if meet:
             # Depth-first over accounts from v. Frame k sits at account f_acct[k] after k witnesses;

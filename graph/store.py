@@ -53,8 +53,11 @@ class EdgeStore:
     def __init__(self, owns: Callable[[str], bool] | None = None):
         self._owns = owns
         self.horizon = _NEVER
-        self.names: list[str] = []
+        self.names: list[str] = []  # decoded once per new account, for alerts and queries
         self._ids: dict[str, int] = {}
+        self.n_buf = np.empty(64 * 1024, np.uint8)  # account names, UTF-8, interned in the kernel
+        self.n_off = np.zeros(4097, np.int64)
+        self.n_tab = np.full(8192, kernel.EMPTY, np.int32)
         self.currencies: list[str | None] = [None]
         self._currency_ids: dict[str, int] = {}
         self._own_flags = np.zeros(0, np.bool_)
@@ -131,24 +134,39 @@ class EdgeStore:
         return sum(a.nbytes for a in arrays)
 
     def account_nbytes(self) -> int:
-        """Bytes per account: the lists' heads and the interning table (names, dict)."""
+        """Bytes for accounts: the lists' heads, the interning arrays, the decoded names and their dict."""
         per_name = sum(49 + len(n) for n in self.names) + 100 * len(self.names)
-        return per_name + sum(a.nbytes for a in (self.a_start, self.a_head, self.a_len, self.a_cap))
+        arrays = (self.a_start, self.a_head, self.a_len, self.a_cap, self.a_hub, self.n_buf, self.n_off, self.n_tab)
+        return per_name + sum(a.nbytes for a in arrays)
 
     # ---- interning ---------------------------------------------------------------------------------------
 
-    def _intern(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-        encoded = column.dictionary_encode() if isinstance(column, pa.Array) else \
-            pa.chunked_array(column.chunks or [pa.array([], pa.string())]).combine_chunks().dictionary_encode()
-        ids, names = self._ids, self.names
-        codes = np.empty(len(encoded.dictionary), np.int32)
-        for i, name in enumerate(encoded.dictionary.to_pylist()):
-            ident = ids.get(name)
-            if ident is None:
-                ident = ids[name] = len(names)
-                names.append(name)
-            codes[i] = ident
-        return codes[encoded.indices.to_numpy(zero_copy_only=False)] if len(encoded) else np.zeros(0, np.int32)
+    def _intern(self, column: pa.Array) -> np.ndarray:
+        """Account ids for a string column, in the kernel: Python sees only the names new to this store."""
+        buf, off = _string_buffers(column, "account")
+        count = len(self.names)
+        rows = len(column)
+        if count + rows + 1 > self.n_off.shape[0]:
+            grown = np.zeros(max(count + rows + 1, 2 * self.n_off.shape[0]), np.int64)
+            grown[:count + 1] = self.n_off[:count + 1]
+            self.n_off = grown
+        used = int(self.n_off[count])
+        if used + int(off[-1]) > self.n_buf.shape[0]:
+            grown = np.empty(max(used + int(off[-1]), 2 * self.n_buf.shape[0]), np.uint8)
+            grown[:used] = self.n_buf[:used]
+            self.n_buf = grown
+        if 2 * (count + rows) > self.n_tab.shape[0]:
+            size = self.n_tab.shape[0]
+            while 2 * (count + rows) > size:
+                size *= 2
+            self.n_tab = np.empty(size, np.int32)
+            kernel.rebuild_names(self.n_tab, self.n_buf, self.n_off, count)
+        ids, total = kernel.intern_names(buf, off, self.n_tab, self.n_buf, self.n_off, count)
+        for a in range(count, total):
+            name = bytes(self.n_buf[self.n_off[a]:self.n_off[a + 1]]).decode()
+            self._ids[name] = a
+            self.names.append(name)
+        return ids
 
     def _intern_currency(self, column: pa.Array) -> np.ndarray:
         encoded = column.dictionary_encode()
@@ -334,10 +352,10 @@ class EdgeStore:
         return [self.edge(int(e)) for e in ids]
 
 
-def _string_buffers(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+def _string_buffers(column: pa.Array, name: str = "tx_id") -> tuple[np.ndarray, np.ndarray]:
     """UTF-8 bytes and int64 offsets of a string column, without a Python loop."""
     if column.null_count:
-        raise ValueError("tx_id: a payment without a tx id cannot be stored")
+        raise ValueError(f"{name}: a payment without one cannot be stored")
     column = pa.concat_arrays([column]) if column.offset else column
     if column.type == pa.large_string():
         offsets = np.frombuffer(column.buffers()[1], np.int64)[:len(column) + 1]

@@ -109,6 +109,7 @@ class Engine:
         self._handed: Counter[str] = Counter()
         self._source: KafkaSource | None = None
         self._graph: ShardedRingGraph | None = None
+        self._stored = 0  # valid, not-late payments handed to the graph (a checkpoint's `next_seq`)
         options = config.search_options()
         # Interim (issue 11 brings per-partition watermarks): late = older than the newest ts minus a window.
         self._late = LateGuard(options.window_ms, options.window_ms)
@@ -196,6 +197,7 @@ class Engine:
                 f"graph.shards is {shards.num_shards}; run with the same shard count or a fresh state_dir")
         shards.restore([from_ipc(self._store.load_shard(checkpoint, index)) for index in range(shards.num_shards)])
         self._late.watermark = checkpoint.watermark
+        self._stored = checkpoint.next_seq
         self._covered = dict(checkpoint.positions)
         self.transactions = checkpoint.transactions
         self.last_checkpoint = checkpoint
@@ -275,6 +277,7 @@ class Engine:
         valid = [(r, at) for r, at in zip(records, received) if r.ok]
         admitted, late = self._late.admit([r.transaction.ts for r, _ in valid])
         stored = [valid[i] for i in admitted.tolist()]
+        self._stored += len(stored)
         result = self._graph.process([r.transaction for r, _ in stored], [at for _, at in stored])
         horizon = self._late.horizon()
         if horizon is not None:
@@ -336,7 +339,7 @@ class Engine:
                            reason, SINK_FLUSH_TIMEOUT_S)
             return None
         snapshots = [to_ipc(table) for table in self._graph.checkpoint()]
-        checkpoint = self._store.save(self._covered, self.transactions, self._late.watermark,
+        checkpoint = self._store.save(self._covered, self._stored, self._late.watermark,
                                       self.transactions, snapshots)
         try:
             self._source.commit({p: offset for p, offset in self._covered.items() if p in self._owned})
