@@ -11,6 +11,7 @@ from .kafka import (
     produce_transactions,
 )
 from .records import SourceRecord
+from .source import DeadLetter, NoListener, RebalanceListener, SequentialSource, Source
 from .sinks import JsonlSink, Sink
 from .synthetic import (
     GeneratorSource,
@@ -26,6 +27,7 @@ from .webhook import InvalidWebhookConfigError, WebhookSink
 
 __all__ = [
     "BrokerStartError",
+    "DeadLetter",
     "EmbeddedBroker",
     "FileSource",
     "GeneratorSource",
@@ -36,7 +38,11 @@ __all__ = [
     "KafkaConnectorError",
     "KafkaSink",
     "KafkaSource",
+    "NoListener",
+    "RebalanceListener",
+    "SequentialSource",
     "Sink",
+    "Source",
     "SourceRecord",
     "SyntheticConfig",
     "SyntheticStream",

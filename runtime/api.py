@@ -201,6 +201,7 @@ class _Options:
     checkpoint_interval_s: float | None = None
     checkpoint_every: int | None = None
     checkpoint_uri: str | None = None  # default: checkpoints.default_uri()
+    restore_from: str | None = None  # an actor starts with the state of this checkpoint (from checkpoint_uri)
 
 
 _OPTION_NAMES = set(_Options.__dataclass_fields__)
@@ -270,7 +271,8 @@ class ActorClass:
                         max_restarts=options.max_restarts, max_task_retries=options.max_task_retries,
                         checkpoint_uri=options.checkpoint_uri or default_uri(),
                         checkpoint_every=options.checkpoint_every,
-                        checkpoint_interval_s=options.checkpoint_interval_s)
+                        checkpoint_interval_s=options.checkpoint_interval_s,
+                        restore_from=options.restore_from)
         _submit(spec)
         return ActorHandle(actor_id, self.__name__, methods, options.name)
 
