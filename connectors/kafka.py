@@ -204,33 +204,14 @@ class KafkaSource:
             else:
                 self._pending_seeks[(topic, partition)] = offset
 
-    def lag(self) -> dict[Partition, int]:
-        """Messages behind the log end per assigned partition, from the high watermark of recent fetches.
+    def _log_ends(self) -> Iterator[tuple[Partition, int, int]]:
+        """`(partition, position, log end)` of each assigned partition whose log end is known.
 
-        Partitions not fetched from yet are left out (their log end is not known without
-        a ListOffsets request, which some brokers, Tansu among them, answer inexactly).
+        The log end is the high watermark of the latest fetch. A partition not
+        fetched from yet is left out: its log end is not known without a
+        ListOffsets request, which some brokers, Tansu among them, answer
+        inexactly.
         """
-        lags: dict[Partition, int] = {}
-        for tp in self._consumer.assignment():
-            highwater = self._consumer.highwater(tp)
-            if highwater is None:
-                continue
-            try:
-                position = self._consumer.position(tp, timeout_ms=1_000)
-            except KafkaError:
-                continue
-            if position is not None:
-                lags[(tp.topic, tp.partition)] = max(0, highwater - position)
-        return lags
-
-    def caught_up(self) -> set[Partition]:
-        """Assigned partitions whose position has reached the log end of their latest fetch.
-
-        A partition not fetched from yet has no known log end and is not caught
-        up: on a backlog kafka-python drains partitions one after another, so an
-        unfetched partition usually has the most to deliver.
-        """
-        done: set[Partition] = set()
         for tp in self._consumer.assignment():
             highwater = self._consumer.highwater(tp)
             if highwater is None:
@@ -239,9 +220,21 @@ class KafkaSource:
                 position = self._consumer.position(tp, timeout_ms=0)
             except KafkaError:
                 continue
-            if position is not None and position >= highwater:
-                done.add((tp.topic, tp.partition))
-        return done
+            if position is not None:
+                yield (tp.topic, tp.partition), position, highwater
+
+    def lag(self) -> dict[Partition, int]:
+        """Messages behind the log end per assigned partition whose log end is known."""
+        return {partition: max(0, end - position) for partition, position, end in self._log_ends()}
+
+    def caught_up(self) -> set[Partition]:
+        """Assigned partitions whose position has reached the log end of their latest fetch.
+
+        A partition not fetched from yet is not caught up: on a backlog
+        kafka-python drains partitions one after another, so an unfetched
+        partition usually has the most to deliver.
+        """
+        return {partition for partition, position, end in self._log_ends() if position >= end}
 
     def assignment(self) -> list[Partition]:
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
