@@ -108,6 +108,6 @@ def test_help_lists_every_command_and_every_command_has_help():
     for command in COMMANDS:
         assert re.search(rf"^\s+{command}\s", listing, re.M), f"{command} missing from ringwatch --help"
     for argv in [[c] for c in COMMANDS] + [["node", "start"], ["webhook", "resend"]] + [
-            ["query", q] for q in ("alerts", "rings", "neighbors", "account", "stats")]:
+            ["query", q] for q in ("health", "stats", "alerts", "rings", "neighbors", "account", "subgraph")]:
         result = ringwatch(*argv, "--help")
         assert result.returncode == 0 and "usage: ringwatch " + " ".join(argv) in result.stdout, argv
