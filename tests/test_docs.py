@@ -82,7 +82,7 @@ def test_readme_query_commands_run_against_the_demo_engine(served_demo):
     commands = [line for code in blocks("bash") for line in code.splitlines() if line.startswith("ringwatch query")]
     assert len(commands) >= 5
     for line in commands:
-        argv = shlex.split(line.replace(DOC_ADDRESS, address))
+        argv = shlex.split(line.replace(DOC_ADDRESS, address), comments=True)
         result = subprocess.run([sys.executable, "-m", "ringwatch.stream.cli", *argv[1:]], capture_output=True,
                                 text=True, timeout=60, env=env)
         assert result.returncode == 0 and result.stdout.strip(), (line, result.stderr)
