@@ -23,7 +23,8 @@ from .synthetic import (
     read_truth,
     write_stream,
 )
-from .webhook import InvalidWebhookConfigError, WebhookSink
+from .webhook import ResendReport, WebhookSink, read_alert_lines, resend
+from .webhook_client import InvalidWebhookConfigError, WebhookClient
 
 __all__ = [
     "BrokerStartError",
@@ -41,17 +42,21 @@ __all__ = [
     "NoListener",
     "RebalanceListener",
     "SequentialSource",
+    "ResendReport",
     "Sink",
     "Source",
     "SourceRecord",
     "SyntheticConfig",
     "SyntheticStream",
     "UnsupportedFileError",
+    "WebhookClient",
     "WebhookSink",
     "dead_letter_topic",
     "generate",
     "next_positions",
     "produce_transactions",
+    "read_alert_lines",
     "read_truth",
+    "resend",
     "write_stream",
 ]

@@ -11,6 +11,7 @@ from .demo import DemoReport, run_demo
 from .detect import DetectReport, detect
 from .engine import Engine
 from .event_time import EventClock, TimeRules
+from .history import AlertHistory, AlertHistoryError
 from .metrics import EngineMetrics
 from .query import (
     AccountSummary,
@@ -25,6 +26,8 @@ from .query import (
 
 __all__ = [
     "AccountSummary",
+    "AlertHistory",
+    "AlertHistoryError",
     "Checkpoint",
     "CheckpointError",
     "CheckpointStore",
