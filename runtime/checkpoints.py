@@ -14,7 +14,13 @@ buffers (numpy arrays, Arrow columns) written raw after a small header instead
 of being copied into the pickle stream.
 
 Checkpoint ids are `<actor_id>/<sequence>`; the latest id is recorded in the
-GCS actor table by the node, so a restart on any node knows which to load.
+GCS actor table by the node, so a restart on any node knows which to load. A
+backend without that table (Ray) asks the store for the latest one instead.
+
+`ActorCheckpoints` is the one policy both backends apply to an actor: when a
+checkpoint is due (`checkpoint_every` calls, `checkpoint_interval_s`), how the
+state is taken (`__checkpoint__()` or the instance `__dict__`) and given back
+(`__restore__(state)` or `__dict__.update`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import struct
 import tempfile
 import time
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
@@ -82,6 +89,7 @@ class CheckpointStore(Protocol):
 
     def save(self, actor_id: str, state: Any) -> str: ...
     def load(self, checkpoint_id: str) -> Any: ...
+    def latest(self, actor_id: str) -> str | None: ...
 
 
 class FileCheckpointStore:
@@ -109,6 +117,10 @@ class FileCheckpointStore:
                                   f"by every node?)") from None
         return decode_state(data)
 
+    def latest(self, actor_id: str) -> str | None:
+        newest = max((path.stem for path in (self.root / actor_id).glob("*.ckpt")), default=None)
+        return None if newest is None else f"{actor_id}/{newest}"
+
 
 class RedisCheckpointStore:
     """Checkpoints as Redis keys `ringwatch:checkpoints:<actor_id>/<sequence>`, each written by one SET."""
@@ -134,6 +146,11 @@ class RedisCheckpointStore:
             raise CheckpointError(f"checkpoint {checkpoint_id} is not in {self.uri}")
         return decode_state(data)
 
+    def latest(self, actor_id: str) -> str | None:
+        prefix = "ringwatch:checkpoints:"
+        newest = max(self._redis.keys(f"{prefix}{actor_id}/*"), default=None)
+        return None if newest is None else newest.decode()[len(prefix):]
+
 
 def open_store(uri: str) -> CheckpointStore:
     scheme = urlparse(uri).scheme
@@ -143,3 +160,39 @@ def open_store(uri: str) -> CheckpointStore:
         return RedisCheckpointStore(uri)
     raise CheckpointError(f"checkpoint store {uri!r}: the URI must start with file:// or redis://")
 
+
+
+@dataclass
+class ActorCheckpoints:
+    """One actor's checkpoint policy: when a checkpoint is due, how state is taken and given back."""
+
+    store: CheckpointStore
+    actor_id: str
+    every: int | None = None
+    interval_s: float | None = None
+    calls_since: int = 0
+    taken_at: float = field(default_factory=time.monotonic)
+
+    def call_done(self) -> bool:
+        """Count one finished call; True when the options call for a checkpoint now."""
+        self.calls_since += 1
+        if self.every and self.calls_since >= self.every:
+            return True
+        return bool(self.interval_s and time.monotonic() - self.taken_at >= self.interval_s)
+
+    def take(self, instance: Any) -> str:
+        """Write the actor's state durably; returns the checkpoint id."""
+        getter = getattr(instance, "__checkpoint__", None)
+        state = getter() if getter is not None else dict(vars(instance))
+        checkpoint_id = self.store.save(self.actor_id, state)
+        self.calls_since = 0
+        self.taken_at = time.monotonic()
+        return checkpoint_id
+
+    def restore(self, instance: Any, checkpoint_id: str) -> None:
+        state = self.store.load(checkpoint_id)
+        restorer = getattr(instance, "__restore__", None)
+        if restorer is not None:
+            restorer(state)
+        else:
+            vars(instance).update(state)
