@@ -13,14 +13,11 @@ from pathlib import Path
 
 from .auth import ClusterKeys
 from .cluster import HEARTBEAT_S, HEARTBEAT_TIMEOUT_S, ClusterNode
+from .errors import TokenMissingError
 from .gcs import RedisGcs
 from .tls import TlsConfigError, TlsFiles
 
 logger = logging.getLogger(__name__)
-
-
-class TokenMissingError(ValueError):
-    """A node was started without the cluster token."""
 
 
 def read_token(token_file: str | None) -> str:

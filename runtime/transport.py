@@ -26,7 +26,7 @@ import cloudpickle
 import grpc
 
 from .auth import ClusterKeys
-from .errors import AuthError, GetTimeoutError
+from .errors import AuthError, GetTimeoutError, NodeUnavailableError
 from .rpc import SignedChannel, SignedServer
 from .tls import TlsFiles
 
@@ -34,10 +34,6 @@ logger = logging.getLogger(__name__)
 
 SERVICE = "ringwatch.Node"
 TOKEN_HEADER = "x-ringwatch-token"  # the query service's bearer token (until it signs calls too)
-
-
-class NodeUnavailableError(ConnectionError):
-    """A node did not answer after the retries; the message names its address."""
 
 
 def authorized(context: grpc.ServicerContext, token: str) -> bool:

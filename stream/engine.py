@@ -21,7 +21,7 @@ source; payments older than the low watermark are dead-lettered here with the
 detector's reason. Both are counted, neither stops the engine.
 
 With `service.query_port` set, the engine also serves the query service
-(`stream/query.py`) on the live shard actors, from a thread pool of its own:
+(`stream/query/`) on the live shard actors, from a thread pool of its own:
 queries never take the loop's lock, so they do not pause ingestion.
 """
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ringwatch.connectors import BrokerStartError, InvalidSyntheticConfigError
 
-from .demo import DemoReport, progress_reporter, run_demo
-from .query_command import moment, print_table, ring_text
+from ..demo import DemoReport, progress_reporter, run_demo
+from .tables import moment, print_table, ring_text
 
 TABLE_ROWS = 10
 

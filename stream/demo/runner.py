@@ -34,10 +34,10 @@ from ringwatch.connectors import (
 )
 from ringwatch.graph import Alert
 
-from .config import Config, EngineConfig, GraphConfig, ServiceConfig, SinksConfig, SourceConfig
-from .engine import Engine, Partition, RebalanceCallback, percentile
-from .progress import Progress
-from .ring_picture import render_rings_html
+from ..config import Config, EngineConfig, GraphConfig, ServiceConfig, SinksConfig, SourceConfig
+from ..engine import Engine, Partition, RebalanceCallback, percentile
+from ..progress import Progress
+from .picture import render_rings_html
 
 logger = logging.getLogger(__name__)
 

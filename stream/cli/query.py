@@ -10,16 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from datetime import datetime, timezone
-from typing import Any
 
 from ringwatch.graph import Alert
 from ringwatch.runtime import AuthError, GetTimeoutError
 from ringwatch.runtime.cli import TokenMissingError, read_token
 
-from .client import Client
-from .query import AccountSummary, EngineStats, InvalidQueryError, Neighbor, QueryError, to_plain
+from ..query import AccountSummary, Client, EngineStats, InvalidQueryError, Neighbor, QueryError, to_plain
+from .tables import moment, print_table, ring_text
 
 DEFAULT_ADDRESS = "127.0.0.1:7070"
 
@@ -114,29 +111,6 @@ def _account(args: argparse.Namespace) -> int:
 
 def _stats(args: argparse.Namespace) -> int:
     return _run(args, lambda c: c.stats(), _stats_view)
-
-
-def moment(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Left-aligned text columns, numbers right-aligned; shared by the query and demo commands."""
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    numeric = [all(isinstance(row[i], (int, float)) for row in rows) and rows for i in range(len(headers))]
-    line = lambda values: "  ".join(v.rjust(w) if n else v.ljust(w)  # noqa: E731
-                                    for v, w, n in zip(values, widths, numeric)).rstrip()
-    print(line(list(headers)))
-    print(line(["-" * w for w in widths]))
-    for row in cells:
-        print(line(row))
-
-
-def ring_text(accounts: Sequence[str]) -> str:
-    return " -> ".join([*accounts, accounts[0]])
 
 
 def _alert_table(alerts: list[Alert]) -> None:
