@@ -13,18 +13,23 @@ written as Arrow IPC; anything else is pickled with protocol 5, its large
 buffers (numpy arrays, Arrow columns) written raw after a small header instead
 of being copied into the pickle stream.
 
-Checkpoint ids are `<actor_id>/<sequence>`; the latest id is recorded in the
-GCS actor table by the node, so a restart on any node knows which to load. A
-backend without that table (Ray) asks the store for the latest one instead.
+Checkpoint ids are `<actor_id>/<sequence>-<sha256 of the checkpoint>`; the
+latest id is recorded in the (sealed) GCS actor table by the node, so a restart
+on any node knows which to load, and `load` refuses bytes whose SHA-256 is not
+the one in the id: a checkpoint planted or altered in the directory or in Redis
+by someone without the cluster token is never unpickled.
 
 `ActorCheckpoints` is the one policy both backends apply to an actor: when a
 checkpoint is due (`checkpoint_every` calls, `checkpoint_interval_s`), how the
 state is taken (`__checkpoint__()` or the instance `__dict__`) and given back
-(`__restore__(state)` or `__dict__.update`).
+(`__restore__(state)` or `__dict__.update`). On Ray the latest id is kept in
+Ray's GCS instead (`runtime/ray_backend/hosting.py`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import pickle
 import struct
@@ -65,6 +70,22 @@ def encode_state(state: Any) -> list[bytes | memoryview]:
     return [_PICKLE_MAGIC, sizes, header, *raws]
 
 
+def _digest(parts: list[bytes | memoryview]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def verified(checkpoint_id: str, data: bytes) -> bytes:
+    """`data`, when its SHA-256 is the one `checkpoint_id` names; CheckpointError otherwise."""
+    _, _, digest = checkpoint_id.rpartition("-")
+    if len(digest) != 64 or not hmac.compare_digest(hashlib.sha256(data).hexdigest(), digest):
+        raise CheckpointError(f"checkpoint {checkpoint_id} does not match its digest: it was altered or "
+                              f"written by someone else; not loaded")
+    return data
+
+
 def decode_state(data: bytes | memoryview) -> Any:
     view = memoryview(data)
     magic = bytes(view[:8])
@@ -89,7 +110,6 @@ class CheckpointStore(Protocol):
 
     def save(self, actor_id: str, state: Any) -> str: ...
     def load(self, checkpoint_id: str) -> Any: ...
-    def latest(self, actor_id: str) -> str | None: ...
 
 
 class FileCheckpointStore:
@@ -102,11 +122,12 @@ class FileCheckpointStore:
     def save(self, actor_id: str, state: Any) -> str:
         folder = self.root / actor_id
         folder.mkdir(parents=True, exist_ok=True)
-        sequence = f"{time.time_ns():020d}"
-        write_atomically(folder / f"{sequence}.ckpt", encode_state(state))
+        parts = encode_state(state)
+        name = f"{time.time_ns():020d}-{_digest(parts)}"
+        write_atomically(folder / f"{name}.ckpt", parts)
         for old in sorted(folder.glob("*.ckpt"))[:-_KEEP]:
             old.unlink(missing_ok=True)
-        return f"{actor_id}/{sequence}"
+        return f"{actor_id}/{name}"
 
     def load(self, checkpoint_id: str) -> Any:
         path = self.root / f"{checkpoint_id}.ckpt"
@@ -115,11 +136,7 @@ class FileCheckpointStore:
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {checkpoint_id} is not in {self.uri} (is the directory shared "
                                   f"by every node?)") from None
-        return decode_state(data)
-
-    def latest(self, actor_id: str) -> str | None:
-        newest = max((path.stem for path in (self.root / actor_id).glob("*.ckpt")), default=None)
-        return None if newest is None else f"{actor_id}/{newest}"
+        return decode_state(verified(checkpoint_id, data))
 
 
 class RedisCheckpointStore:
@@ -132,8 +149,8 @@ class RedisCheckpointStore:
         self._redis = redis.Redis.from_url(uri, socket_timeout=30)
 
     def save(self, actor_id: str, state: Any) -> str:
-        checkpoint_id = f"{actor_id}/{time.time_ns():020d}"
         data = b"".join(bytes(p) for p in encode_state(state))
+        checkpoint_id = f"{actor_id}/{time.time_ns():020d}-{_digest([data])}"
         self._redis.set(f"ringwatch:checkpoints:{checkpoint_id}", data)
         older = sorted(self._redis.keys(f"ringwatch:checkpoints:{actor_id}/*"))[:-_KEEP]
         if older:
@@ -144,12 +161,7 @@ class RedisCheckpointStore:
         data = self._redis.get(f"ringwatch:checkpoints:{checkpoint_id}")
         if data is None:
             raise CheckpointError(f"checkpoint {checkpoint_id} is not in {self.uri}")
-        return decode_state(data)
-
-    def latest(self, actor_id: str) -> str | None:
-        prefix = "ringwatch:checkpoints:"
-        newest = max(self._redis.keys(f"{prefix}{actor_id}/*"), default=None)
-        return None if newest is None else newest.decode()[len(prefix):]
+        return decode_state(verified(checkpoint_id, data))
 
 
 def open_store(uri: str) -> CheckpointStore:

@@ -1,16 +1,32 @@
-"""The streaming engine, its query service and client, the offline detector and the `ringwatch` command."""
+"""The streaming engine and the offline detector.
+
+Sub-packages: `query` (the query service and `Client`), `cli` (the `ringwatch`
+command), `demo` (`ringwatch demo` and its picture). Their main names are
+re-exported here so `from ringwatch.stream import Client` keeps working.
+"""
 
 from .checkpoint import Checkpoint, CheckpointError, CheckpointStore
-from .client import Client, EngineUnreachableError
 from .config import Config, ConfigError
 from .demo import DemoReport, run_demo
 from .detect import DetectReport, detect
 from .engine import Engine
+from .history import AlertHistory, AlertHistoryError
 from .metrics import EngineMetrics
-from .query import AccountSummary, EngineStats, Health, InvalidQueryError, Neighbor, QueryError
+from .query import (
+    AccountSummary,
+    Client,
+    EngineStats,
+    EngineUnreachableError,
+    Health,
+    InvalidQueryError,
+    Neighbor,
+    QueryError,
+)
 
 __all__ = [
     "AccountSummary",
+    "AlertHistory",
+    "AlertHistoryError",
     "Checkpoint",
     "CheckpointError",
     "CheckpointStore",

@@ -92,7 +92,8 @@ class SinksConfig:
     webhook_url: str = _setting("", "POST alerts here (Standard Webhooks signatures)")
     webhook_secret: str = _setting("", "whsec_... signing secret (prefer RINGWATCH_WEBHOOK_SECRET)")
     webhook_timeout: int = _setting(10_000, "timeout of one webhook attempt", kind="duration")
-    webhook_max_attempts: int = _setting(8, "attempts before an alert goes to the dead-letter file", kind="int")
+    webhook_max_attempts: int = _setting(8, "failed attempts in a row before the endpoint is reported down (alerts "
+                                         "are held in order and sent once it answers)", kind="int")
     webhook_backoff_initial: int = _setting(500, "first retry delay (doubles, with jitter)", kind="duration")
     webhook_backoff_max: int = _setting(60_000, "longest retry delay", kind="duration")
     alerts_topic: str = _setting("", "Kafka topic for alerts, keyed by alert id")
@@ -109,7 +110,8 @@ class ServiceConfig:
                                "only)")
     query_token_file: str = _setting("", "file holding the token query clients must send (default: "
                                      "RINGWATCH_TOKEN)")
-    query_alerts_kept: int = _setting(10_000, "newest alerts kept in memory for alert queries", kind="int")
+    query_alerts_kept: int = _setting(100_000, "newest alerts the alert history keeps for alert queries (on disk, "
+                                      "state_dir/alert-history.sqlite3; survives restarts)", kind="int")
     metrics_port: int = _setting(0, "Prometheus metrics on this port (0 = off)", kind="int")
 
 
@@ -138,6 +140,8 @@ class Config:
         self.search_options()
         if self.engine.batch_max_size < 1 or self.engine.keep_checkpoints < 1:
             raise ConfigError("engine.batch_max_size and engine.keep_checkpoints: must be at least 1")
+        if self.service.query_alerts_kept < 1:
+            raise ConfigError("service.query_alerts_kept: must be at least 1")
         return self
 
     def search_options(self) -> SearchOptions:

@@ -27,7 +27,7 @@ from ..checkpoints import default_uri
 from ..errors import ActorDiedError, GetTimeoutError
 from ..protocol import new_id
 from .errors import translated
-from .hosting import ActorSpec, RayActorHandle, host_class, task_body
+from .hosting import ActorSpec, CheckpointIndex, RayActorHandle, host_class, task_body
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,7 @@ class RayBackend:
     def kill(self, handle: RayActorHandle) -> None:
         with translated():
             ray.kill(handle.actor, no_restart=True)
+            CheckpointIndex.forget(self.namespace, handle.actor_id)
 
     def get_actor(self, name: str) -> RayActorHandle:
         try:

@@ -8,7 +8,10 @@ task calling shard actors) go to Ray too. Errors leave as ringwatch's
 An actor is hosted by an `ActorHost`: the host constructs it, gives it the
 latest checkpoint when Ray restarts it (`max_restarts`), and checkpoints it
 after calls as `checkpoint_every` / `checkpoint_interval_s` ask, before the
-result of the call a checkpoint covers goes back. Its Ray class carries the
+result of the call a checkpoint covers goes back. The latest checkpoint id
+lives in Ray's GCS (`CheckpointIndex`), as it lives in ringwatch's sealed GCS on
+ringwatch's runtime, never only in the store: a restart loads only an id a
+cluster member wrote, and the store's bytes must match the SHA-256 in that id. Its Ray class carries the
 hosted class's name, so Ray's dashboard and `ray list actors` show `GraphShard`.
 """
 
@@ -24,12 +27,38 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray.experimental import internal_kv
 
 from .. import api
 from ..checkpoints import ActorCheckpoints, open_store
 from ..errors import TaskError
 
 logger = logging.getLogger(__name__)
+
+
+class CheckpointIndex:
+    """The latest checkpoint id of each hosted actor, in the key-value store of Ray's GCS.
+
+    Ray has no public API for it; `ray.experimental.internal_kv` is what Ray's own
+    libraries use, and the `ray` extra pins the versions it was tested with.
+    """
+
+    @staticmethod
+    def _key(actor_id: str) -> str:
+        return f"ringwatch:checkpoint:{actor_id}"
+
+    @classmethod
+    def record(cls, namespace: str, actor_id: str, checkpoint_id: str) -> None:
+        internal_kv._internal_kv_put(cls._key(actor_id), checkpoint_id, overwrite=True, namespace=namespace)
+
+    @classmethod
+    def latest(cls, namespace: str, actor_id: str) -> str | None:
+        value = internal_kv._internal_kv_get(cls._key(actor_id), namespace=namespace)
+        return None if value is None else value.decode()
+
+    @classmethod
+    def forget(cls, namespace: str, actor_id: str) -> None:
+        internal_kv._internal_kv_del(cls._key(actor_id), namespace=namespace)
 
 
 def attach() -> None:
@@ -74,6 +103,7 @@ class ActorHost:
     def __init__(self, cls: type, spec: ActorSpec, args: tuple, kwargs: dict):
         attach()
         self._spec = spec
+        self._namespace = ray.get_runtime_context().namespace
         self._instance = cls(*args, **kwargs)
         self._checkpoints: ActorCheckpoints | None = None
         self._latest: str | None = None
@@ -85,7 +115,7 @@ class ActorHost:
                 self._restore_latest()
 
     def _restore_latest(self) -> None:
-        latest = self._checkpoints.store.latest(self._spec.actor_id)
+        latest = CheckpointIndex.latest(self._namespace, self._spec.actor_id)
         if latest is None:
             logger.warning("actor %s restarted with no checkpoint: it starts from its constructor",
                            self._spec.class_name)
@@ -114,9 +144,10 @@ class ActorHost:
         return self._take()
 
     def _take(self) -> str:
-        self._latest = self._checkpoints.take(self._instance)
-        self._latest_at = time.time()
-        return self._latest
+        checkpoint_id = self._checkpoints.take(self._instance)
+        CheckpointIndex.record(self._namespace, self._spec.actor_id, checkpoint_id)
+        self._latest, self._latest_at = checkpoint_id, time.time()
+        return checkpoint_id
 
     def describe(self) -> dict:
         """This actor's record for `ringwatch.runtime.actors()`."""

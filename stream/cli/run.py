@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ringwatch.connectors import InvalidWebhookConfigError, KafkaConnectorError
 
-from .checkpoint import CheckpointError
-from .config import ConfigError, add_arguments, load, overrides_from_args
+from ..checkpoint import CheckpointError
+from ..config import ConfigError, add_arguments, load, overrides_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .engine import Engine
+    from ..engine import Engine
 
     try:
         config = load(args.config, overrides=overrides_from_args(args))

@@ -25,7 +25,7 @@ import networkx as nx
 from ringwatch.graph import Alert
 from ringwatch.runtime import AuthError, GetTimeoutError
 
-from .query import (
+from .service import (
     METHOD,
     TOKEN_HEADER,
     AccountSummary,

@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .kafka import produce_transactions
-from .synthetic import MODES, InvalidSyntheticConfigError, SyntheticConfig, generate, write_stream, write_truth
+from ringwatch.connectors.kafka import produce_transactions
+from ringwatch.connectors.synthetic import (
+    MODES,
+    InvalidSyntheticConfigError,
+    SyntheticConfig,
+    generate,
+    write_stream,
+    write_truth,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -12,13 +12,12 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 def _registrars() -> list[Registrar]:
     """Subcommand registrars, in the order `ringwatch --help` lists them."""
-    from ringwatch.connectors import commands as connectors_commands
     from ringwatch.runtime import cli as runtime_cli
 
-    from . import demo_command, detect_command, query_command, run_command
+    from . import demo, detect, generate, query, run, webhook
 
-    return [demo_command.register, detect_command.register, run_command.register, runtime_cli.register_node,
-            runtime_cli.register_status, query_command.register, connectors_commands.register]
+    return [demo.register, detect.register, run.register, runtime_cli.register_node,
+            runtime_cli.register_status, query.register, webhook.register, generate.register]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +43,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     return int(handler(args) or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ringwatch.graph import InvalidDurationError, InvalidSearchOptionError, SearchOptions, format_duration
 
-from .detect import DetectReport, detect, write_alerts_jsonl, write_rejected_jsonl
+from ..detect import DetectReport, detect, write_alerts_jsonl, write_rejected_jsonl
 
 
 def _none_or_int(text: str) -> int | None:

@@ -1,0 +1,7 @@
+"""`python -m ringwatch.stream.cli ...` is `ringwatch ...`."""
+
+import sys
+
+from .main import main
+
+sys.exit(main())
