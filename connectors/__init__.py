@@ -11,6 +11,7 @@ from .kafka import (
     produce_transactions,
 )
 from .records import SourceRecord
+from .source import DeadLetter, NoListener, RebalanceListener, SequentialSource, Source
 from .sinks import JsonlSink, Sink
 from .synthetic import (
     GeneratorSource,
@@ -22,10 +23,12 @@ from .synthetic import (
     read_truth,
     write_stream,
 )
-from .webhook import InvalidWebhookConfigError, WebhookSink
+from .webhook import ResendReport, WebhookSink, read_alert_lines, resend
+from .webhook_client import InvalidWebhookConfigError, WebhookClient
 
 __all__ = [
     "BrokerStartError",
+    "DeadLetter",
     "EmbeddedBroker",
     "FileSource",
     "GeneratorSource",
@@ -36,16 +39,24 @@ __all__ = [
     "KafkaConnectorError",
     "KafkaSink",
     "KafkaSource",
+    "NoListener",
+    "RebalanceListener",
+    "SequentialSource",
+    "ResendReport",
     "Sink",
+    "Source",
     "SourceRecord",
     "SyntheticConfig",
     "SyntheticStream",
     "UnsupportedFileError",
+    "WebhookClient",
     "WebhookSink",
     "dead_letter_topic",
     "generate",
     "next_positions",
     "produce_transactions",
+    "read_alert_lines",
     "read_truth",
+    "resend",
     "write_stream",
 ]

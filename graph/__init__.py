@@ -6,6 +6,8 @@ from .export import subgraph
 from .model import (
     AMOUNT_SCALE,
     MIXED,
+    TS_MAX,
+    TS_MIN,
     Alert,
     InvalidTransactionError,
     Transaction,
@@ -37,6 +39,8 @@ __all__ = [
     "SearchOptions",
     "ShardedRingGraph",
     "StoredEdge",
+    "TS_MAX",
+    "TS_MIN",
     "Transaction",
     "alert_id",
     "decimal_text",

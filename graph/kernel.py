@@ -8,7 +8,6 @@ this file (or `NUMBA_CACHE_DIR`), loaded from there by every later process.
 Layout (see store.py for the owner):
 - edges, by edge id `e`: `e_src`, `e_dst` (account ids), `e_ts` (epoch ms),
   `e_amt` (int64, 1/10,000 units), `e_cur` (interned currency, 0 = none),
-  `e_hash` (content hash: a replay with other content is a conflict),
   the tx id's UTF-8 bytes in `tx_buf[tx_off[e]:tx_off[e+1]]`;
 - a tx-id hash table `tx_tab` (open addressing, -1 empty, -2 deleted);
 - per account and direction (0 = out, 1 = in) a segment of the pools `p_eid`,
@@ -73,15 +72,6 @@ def fnv1a(buf, start, stop):
     for i in range(start, stop):
         h = (h ^ np.uint64(buf[i])) * np.uint64(1099511628211)
     return h
-
-
-@njit(cache=True)
-def mix(h, x):
-    """splitmix64 step: a well-spread 64-bit content hash from a few ints."""
-    z = h + np.uint64(x) + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 @njit(cache=True)
@@ -191,10 +181,10 @@ def _place(a_start, a_head, a_len, a_cap, p_eid, p_ts, pool_used, e_ts, tx_buf, 
 
 
 @njit(cache=True)
-def insert(b_src, b_dst, b_ts, b_amt, b_cur, b_buf, b_off, own_src, own_dst, start_row, status,
-           e_src, e_dst, e_ts, e_amt, e_cur, e_hash, tx_off, tx_buf, n_edges, tx_tab, horizon,
+def insert(b_src, b_dst, b_ts, b_amt, b_cur, b_buf, b_off, own_src, own_dst, start_row, status, b_eid,
+           e_src, e_dst, e_ts, e_amt, e_cur, tx_off, tx_buf, n_edges, tx_tab, horizon,
            a_start, a_head, a_len, a_cap, p_eid, p_ts, pool_used):
-    """Store batch rows from `start_row` on; `status[row]` = NEW / DUPLICATE / CONFLICT.
+    """Store batch rows from `start_row` on; `status[row]` = NEW / DUPLICATE / CONFLICT, `b_eid[row]` its edge.
 
     Returns (next row, n_edges, pool_used); next row < rows when
     the pool is full: the caller grows it and calls again from there. Edge arrays, tx_buf and
@@ -207,10 +197,12 @@ def insert(b_src, b_dst, b_ts, b_amt, b_cur, b_buf, b_off, own_src, own_dst, sta
     while row < rows:
         s, t = b_off[row], b_off[row + 1]
         h = fnv1a(b_buf, s, t)
-        content = mix(mix(mix(mix(mix(np.uint64(0), b_src[row]), b_dst[row]), b_ts[row]), b_amt[row]), b_cur[row])
         found = lookup(tx_tab, tx_buf, tx_off, e_ts, horizon, b_buf, s, t, h)
         if found >= 0:
-            status[row] = DUPLICATE if e_hash[found] == content else CONFLICT
+            same = (e_src[found] == b_src[row] and e_dst[found] == b_dst[row] and e_ts[found] == b_ts[row]
+                    and e_amt[found] == b_amt[row] and e_cur[found] == b_cur[row])
+            status[row] = DUPLICATE if same else CONFLICT
+            b_eid[row] = found
             row += 1
             continue
         # Room in the pool for both sides, even if each segment must move.
@@ -222,8 +214,8 @@ def insert(b_src, b_dst, b_ts, b_amt, b_cur, b_buf, b_off, own_src, own_dst, sta
         if pool_used + need > p_eid.shape[0]:
             return row, n_edges, pool_used
         e = n_edges
-        e_src[e], e_dst[e], e_ts[e], e_amt[e], e_cur[e], e_hash[e] = (
-            b_src[row], b_dst[row], b_ts[row], b_amt[row], b_cur[row], content)
+        e_src[e], e_dst[e], e_ts[e], e_amt[e], e_cur[e] = b_src[row], b_dst[row], b_ts[row], b_amt[row], b_cur[row]
+        b_eid[row] = e
         base = tx_off[e]
         for i in range(t - s):
             tx_buf[base + i] = b_buf[s + i]
@@ -463,7 +455,7 @@ def _grow(arr, need):
 
 
 @njit(cache=True)
-def search(triggers, keep_from, window, max_hops, strict, flow, min_ratio, max_ratio, min_amt, max_rings,
+def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_ratio, max_ratio, min_amt, max_rings,
            max_degree, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off, a_start, a_head, a_len, a_hub, p_eid, p_ts,
            n_accounts):
     """The rings each trigger edge closes, with canonical witnesses.
@@ -472,9 +464,9 @@ def search(triggers, keep_from, window, max_hops, strict, flow, min_ratio, max_r
     triggers[ring_trigger[r]], its witnesses in ring order (from the trigger's
     dst round to its src) are ring_edges[ring_off[r]:ring_off[r+1]];
     cut[i] bit 1: max_rings cut trigger i's list, bit 2: a hub was skipped.
-    With keep_from >= 0 only rings with a witness edge id >= keep_from are
-    returned (a late payment's re-search of older triggers); the ring cap
-    applies before that filter, so it cuts the same rings either way.
+    With only_batch only rings with a witness e where in_batch[e] are returned
+    (a late payment's re-search of older triggers); the ring cap applies
+    before that filter, so it cuts the same rings either way.
     """
     L = max_hops - 1
     lab_f = np.full((L + 1, n_accounts), INF, np.int64)
@@ -616,13 +608,13 @@ def search(triggers, keep_from, window, max_hops, strict, flow, min_ratio, max_r
                 ring_trigger[n_rings] = ti
                 ring_off[n_rings + 1] = base + depth + 1
                 n_rings += 1
-            if keep_from >= 0:
+            if only_batch:
                 # keep only rings through an edge of this batch; compact in place
                 w = first_ring
                 for r in range(first_ring, n_rings):
                     keep = False
                     for k in range(ring_off[r], ring_off[r + 1]):
-                        if ring_edges[k] >= keep_from:
+                        if in_batch[ring_edges[k]]:
                             keep = True
                     if keep:
                         length = ring_off[r + 1] - ring_off[r]
@@ -702,15 +694,16 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
 
 
 @njit(cache=True)
-def late_candidates(late, old_end, window, max_hops, strict, min_amt, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off,
+def late_candidates(late, in_batch, window, max_hops, strict, min_amt, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off,
                     a_start, a_head, a_len, a_hub, p_eid, p_ts, n_accounts):
     """Older triggers whose rings may run through a late edge: a superset, to be searched exactly.
 
     For a late payment p (x -> y at ts), a ring of an older trigger T = a -> b
     through p reads b ~> x, p, y ~> a, T: forward from y (times >= ts(p)) to a
     in i hops, backward from x (times <= ts(p)) to b in j hops, i + j <= max_hops - 2,
-    T stored before this batch (edge id < old_end), after p in (ts, tx_id)
-    order and at most a window after it.
+    T not in this batch (in_batch[T] false: the batch's own payments are
+    searched as triggers), after p in (ts, tx_id) order and at most a window
+    after it.
     """
     L = max_hops - 1
     lab_f = np.full((L, n_accounts), INF, np.int64)
@@ -754,7 +747,7 @@ def late_candidates(late, old_end, window, max_hops, strict, min_amt, e_src, e_d
                 if ts > hi:
                     break
                 t = p_eid[base + j]
-                if t >= old_end or e_amt[t] < min_amt:
+                if in_batch[t] or e_amt[t] < min_amt:
                     continue
                 if ts == ts_p and not tx_less(tx_buf, tx_off, p, t):
                     continue

@@ -73,8 +73,13 @@ class RingGraph(Protocol):
 
     options: SearchOptions
 
-    def process(self, batch: Batch, received_at: Sequence[float] | float | None = None) -> BatchResult:
-        """Store the batch, return the rings that contain at least one of its payments."""
+    def process(self, batch: Batch, received_at: Sequence[float] | float | None = None, *,
+                replay: bool = False) -> BatchResult:
+        """Store the batch, return the rings that contain at least one of its payments.
+
+        With `replay`, payments already stored (duplicates) count as the batch's
+        too, so their rings are raised again: for a replay after a rewind.
+        """
 
     def evict(self, horizon_ts: int) -> int:
         """Forget payments with `ts < horizon_ts`; returns list entries dropped."""
@@ -108,19 +113,20 @@ class Rings:
     cut: dict[int, int]  # trigger edge id -> cut bits (1: ring cap, 2: hub guard)
 
 
-def find_rings(store: EdgeStore, old_end: int, new_ids: np.ndarray, newest_before: tuple[int, bytes] | None,
+def find_rings(store: EdgeStore, new_ids: np.ndarray, newest_before: tuple[int, bytes] | None,
                options: SearchOptions) -> Rings:
-    """The rings containing at least one new edge (ids `new_ids`, all >= `old_end`); see the module doc."""
+    """The rings containing at least one of the batch's edges (ids `new_ids`); see the module doc."""
     new_ids = np.asarray(new_ids, np.int64)
     rings = Rings([], [], {})
     if new_ids.size == 0:
         return rings
-    _collect(store, new_ids, -1, options, rings)
+    _collect(store, new_ids, None, options, rings)
     late = older_than(store, new_ids, newest_before)
     if late.size:
-        candidates = store.late_candidates(late, old_end, options)
+        in_batch = store.batch_mask(new_ids)
+        candidates = store.late_candidates(late, in_batch, options)
         if candidates.size:
-            _collect(store, candidates, old_end, options, rings)
+            _collect(store, candidates, in_batch, options, rings)
     return rings
 
 
@@ -145,8 +151,9 @@ def newest_key(store: EdgeStore, ids: np.ndarray) -> tuple[int, bytes] | None:
     return max((top, store.tx_id_bytes(e)) for e in ids[ts == top].tolist())
 
 
-def _collect(store: EdgeStore, triggers: np.ndarray, keep_from: int, options: SearchOptions, rings: Rings) -> None:
-    ring_trigger, ring_off, ring_edges, cut = store.search(triggers, options, keep_from)
+def _collect(store: EdgeStore, triggers: np.ndarray, in_batch: np.ndarray | None, options: SearchOptions,
+             rings: Rings) -> None:
+    ring_trigger, ring_off, ring_edges, cut = store.search(triggers, options, in_batch)
     for r, t in enumerate(ring_trigger.tolist()):
         rings.triggers.append(int(triggers[t]))
         rings.witnesses.append(ring_edges[ring_off[r]:ring_off[r + 1]].tolist())
@@ -220,25 +227,25 @@ class LocalRingGraph:
         self.store = EdgeStore()
         self._newest: tuple[int, bytes] | None = None
 
-    def process(self, batch: Batch, received_at: Sequence[float] | float | None = None) -> BatchResult:
+    def process(self, batch: Batch, received_at: Sequence[float] | float | None = None, *,
+                replay: bool = False) -> BatchResult:
         table = as_table(batch)
         result = BatchResult()
         if table.num_rows == 0:
             return result
         store = self.store
-        old_end = store.n_edges
-        status = store.apply(table)
+        status, eids = store.apply(table)
         judge(status, table, result)
-        new_rows = np.flatnonzero(status == NEW)
-        new_ids = np.arange(old_end, store.n_edges, dtype=np.int64)
+        new_rows = np.flatnonzero((status == NEW) | (replay & (status == DUPLICATE)))
+        new_ids = np.unique(eids[new_rows])
         newest_before = self._newest
-        rings = find_rings(store, old_end, new_ids, newest_before, self.options)
+        rings = find_rings(store, new_ids, newest_before, self.options)
         if new_ids.size:
             newest = newest_key(store, new_ids)
             self._newest = newest if newest_before is None else max(newest, newest_before)
             result.late_payments = int(older_than(store, new_ids, newest_before).size)
         times = arrivals(received_at, table.num_rows)
-        row_of = dict(zip(new_ids.tolist(), new_rows.tolist()))
+        row_of = dict(zip(eids[new_rows].tolist(), new_rows.tolist()))
 
         def arrived(e: int) -> float | None:
             row = row_of.get(e)

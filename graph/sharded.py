@@ -53,7 +53,7 @@ from .ring_graph import (
     judge,
     newest_key,
 )
-from .store import NEW, EdgeStore, StoredEdge
+from .store import DUPLICATE, NEW, EdgeStore, StoredEdge
 
 REQUEST_SCHEMA = pa.schema([("account", pa.string()), ("direction", pa.int8()), ("lo", pa.int64()),
                             ("hi", pa.int64())])
@@ -90,7 +90,7 @@ class GraphShard:
         """Store rows; returns their status and the newest (ts, tx_id) stored before them."""
         before = self._newest
         old_end = self.store.n_edges
-        status = self.store.apply(table)
+        status, _ = self.store.apply(table)
         newest = newest_key(self.store, np.arange(old_end, self.store.n_edges))
         if newest is not None and (before is None or newest > before):
             self._newest = newest
@@ -178,15 +178,25 @@ class ShardedRingGraph:
 
     @classmethod
     def create(cls, options: SearchOptions, num_shards: int, *, name: str | None = None,
-               **actor_options: Any) -> "ShardedRingGraph":
-        """Start `num_shards` GraphShard actors (named `<name>-<i>` when `name` is given)."""
+               restore_from: Sequence[str] | None = None, **actor_options: Any) -> "ShardedRingGraph":
+        """Start `num_shards` GraphShard actors.
+
+        `name`: actors named `<name>-<i>`, for `attach`; `restore_from`: each shard
+        loads that runtime checkpoint id itself (its state never passes through
+        here); other keywords are runtime actor options (`checkpoint_uri`,
+        `max_restarts`, ...).
+        """
         from ringwatch import runtime as rt
 
         actor = rt.remote(GraphShard)
         handles = []
         for i in range(num_shards):
-            named = actor.options(name=f"{name}-{i}", **actor_options) if name or actor_options else actor
-            handles.append(named.remote(i, num_shards))
+            options_i = dict(actor_options)
+            if name:
+                options_i["name"] = f"{name}-{i}"
+            if restore_from:
+                options_i["restore_from"] = restore_from[i]
+            handles.append((actor.options(**options_i) if options_i else actor).remote(i, num_shards))
         return cls(options, handles, owned=True)
 
     @classmethod
@@ -210,7 +220,8 @@ class ShardedRingGraph:
 
     # ---- the batch ---------------------------------------------------------------------------------------
 
-    def process(self, batch: Batch, received_at: Sequence[float] | float | None = None) -> BatchResult:
+    def process(self, batch: Batch, received_at: Sequence[float] | float | None = None, *,
+                replay: bool = False) -> BatchResult:
         table = as_table(batch).select(PAYMENT_SCHEMA.names).combine_chunks()
         result = BatchResult()
         rows = table.num_rows
@@ -233,7 +244,7 @@ class ShardedRingGraph:
             if before is not None and (newest_before is None or before > newest_before):
                 newest_before = before
         judge(status, table, result)
-        new_rows = np.flatnonzero(status == NEW)
+        new_rows = np.flatnonzero((status == NEW) | (replay & (status == DUPLICATE)))
         if new_rows.size == 0:
             return result
         fresh = table.take(new_rows)
@@ -241,12 +252,10 @@ class ShardedRingGraph:
         store = EdgeStore()
         if gathered.num_rows:
             store.apply(gathered.filter(pc.invert(pc.is_in(gathered.column("tx_id"), fresh.column("tx_id")))))
-        old_end = store.n_edges
-        store.apply(fresh)
+        _, new_ids = store.apply(fresh)
         store.mark_hubs(hubs)
-        new_ids = np.arange(old_end, store.n_edges, dtype=np.int64)
         options = self.options if not hubs else _without_degree(self.options)
-        rings = find_rings(store, old_end, new_ids, newest_before, options)
+        rings = find_rings(store, new_ids, newest_before, options)
         result.late_payments = int(_count_late(fresh, newest_before))
         times = arrivals(received_at, rows)
         row_of = dict(zip(new_ids.tolist(), new_rows.tolist()))

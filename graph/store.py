@@ -8,8 +8,9 @@ UTF-8 bytes straight out of the Arrow string column.
 
 Invariants:
 - an edge is stored once per tx id among edges not evicted; a replay with
-  the same content is a duplicate, with other content a conflict (both
-  reported, neither stored);
+  the same content (src, dst, ts, amount, currency, compared field by field)
+  is a duplicate, with other content a conflict (both reported, neither
+  stored);
 - each account's out- and in-list is sorted by `(ts, tx_id)`; a store that
   does not own an account (sharding) keeps no list entry for it on that side;
 - edges with `ts < horizon` are invisible (skipped by list heads and the
@@ -30,6 +31,7 @@ from .batch import PAYMENT_SCHEMA
 from .model import AMOUNT_SCALE
 
 NEW, DUPLICATE, CONFLICT = kernel.NEW, kernel.DUPLICATE, kernel.CONFLICT
+_EDGE_COLUMNS = ("e_src", "e_dst", "e_ts", "e_amt", "e_cur")
 _NEVER = -(2**62)
 
 
@@ -79,7 +81,6 @@ class EdgeStore:
         self.e_ts = np.empty(capacity, np.int64)
         self.e_amt = np.empty(capacity, np.int64)
         self.e_cur = np.empty(capacity, np.int16)
-        self.e_hash = np.empty(capacity, np.uint64)
 
     def _alloc_accounts(self, capacity: int) -> None:
         self.a_start = np.zeros((2, capacity), np.int64)
@@ -92,7 +93,7 @@ class EdgeStore:
         need = self.n_edges + rows
         if need > self.e_src.shape[0]:
             capacity = max(need, 2 * self.e_src.shape[0])
-            for name in ("e_src", "e_dst", "e_ts", "e_amt", "e_cur", "e_hash"):
+            for name in _EDGE_COLUMNS:
                 old = getattr(self, name)
                 grown = np.empty(capacity, old.dtype)
                 grown[:self.n_edges] = old[:self.n_edges]
@@ -129,7 +130,7 @@ class EdgeStore:
 
     def nbytes(self) -> int:
         """Bytes of the edge arrays, tx-id bytes and table, and list pools (allocated, not just used)."""
-        arrays = (self.e_src, self.e_dst, self.e_ts, self.e_amt, self.e_cur, self.e_hash, self.tx_off,
+        arrays = (self.e_src, self.e_dst, self.e_ts, self.e_amt, self.e_cur, self.tx_off,
                   self.tx_buf, self.tx_tab, self.p_eid, self.p_ts)
         return sum(a.nbytes for a in arrays)
 
@@ -203,15 +204,17 @@ class EdgeStore:
 
     # ---- writes ----------------------------------------------------------------------------------------
 
-    def apply(self, table: pa.Table) -> np.ndarray:
-        """Store a batch (`PAYMENT_SCHEMA`); returns per row NEW, DUPLICATE or CONFLICT.
+    def apply(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """Store a batch (`PAYMENT_SCHEMA`); returns per row NEW, DUPLICATE or CONFLICT, and its edge id.
 
-        New edges get consecutive ids from `n_edges` (as it was before the call) on.
+        New edges get consecutive ids from `n_edges` (as it was before the call) on;
+        a duplicate's or conflict's id is the stored edge's.
         """
         rows = table.num_rows
         status = np.zeros(rows, np.int8)
+        eids = np.full(rows, -1, np.int64)
         if rows == 0:
-            return status
+            return status, eids
         table = table.select(PAYMENT_SCHEMA.names).combine_chunks()
         src = self._intern(table.column("src").chunk(0))
         dst = self._intern(table.column("dst").chunk(0))
@@ -224,12 +227,12 @@ class EdgeStore:
         row = 0
         while True:
             row, self.n_edges, self.pool_used = kernel.insert(
-                src, dst, ts, amt, cur, buf, off, own_src, own_dst, row, status,
-                self.e_src, self.e_dst, self.e_ts, self.e_amt, self.e_cur, self.e_hash, self.tx_off, self.tx_buf,
+                src, dst, ts, amt, cur, buf, off, own_src, own_dst, row, status, eids,
+                self.e_src, self.e_dst, self.e_ts, self.e_amt, self.e_cur, self.tx_off, self.tx_buf,
                 self.n_edges, self.tx_tab, self.horizon, self.a_start, self.a_head, self.a_len, self.a_cap,
                 self.p_eid, self.p_ts, self.pool_used)
             if row >= rows:
-                return status
+                return status, eids
             self._grow_pool()
 
     def evict(self, horizon: int) -> int:
@@ -249,7 +252,7 @@ class EdgeStore:
         new_id = np.full(self.n_edges, -1, np.int32)
         new_id[keep] = np.arange(keep.shape[0], dtype=np.int32)
         capacity = max(1024, keep.shape[0] + keep.shape[0] // 2)
-        old = {name: getattr(self, name) for name in ("e_src", "e_dst", "e_ts", "e_amt", "e_cur", "e_hash")}
+        old = {name: getattr(self, name) for name in _EDGE_COLUMNS}
         self._alloc_edges(capacity)
         for name, values in old.items():
             getattr(self, name)[:keep.shape[0]] = values[keep]
@@ -314,22 +317,29 @@ class EdgeStore:
 
     # ---- search ----------------------------------------------------------------------------------------
 
-    def search(self, triggers: np.ndarray, options, keep_from: int = -1
+    def batch_mask(self, ids: np.ndarray) -> np.ndarray:
+        """A per-edge flag array marking `ids` (the batch's edges)."""
+        mask = np.zeros(max(self.n_edges, 1), np.bool_)
+        mask[np.asarray(ids, np.int64)] = True
+        return mask
+
+    def search(self, triggers: np.ndarray, options, in_batch: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Rings each trigger edge closes (see `kernel.search`)."""
+        """Rings each trigger edge closes (see `kernel.search`); with `in_batch`, only those through it."""
         o = options
         return kernel.search(
-            np.asarray(triggers, np.int64), keep_from, o.window_ms, o.max_hops, o.order == "strict", o.flow_rule,
+            np.asarray(triggers, np.int64), in_batch if in_batch is not None else np.zeros(1, np.bool_),
+            in_batch is not None, o.window_ms, o.max_hops, o.order == "strict", o.flow_rule,
             float(o.min_ratio or 0.0), float(o.max_ratio or 0.0), o.min_amount_units,
             -1 if o.max_rings_per_tx is None else o.max_rings_per_tx, -1 if o.max_degree is None else o.max_degree,
             self.e_src, self.e_dst, self.e_ts, self.e_amt, self.tx_buf, self.tx_off, self.a_start, self.a_head,
             self.a_len, self.a_hub, self.p_eid, self.p_ts, len(self.names))
 
-    def late_candidates(self, late: np.ndarray, old_end: int, options) -> np.ndarray:
-        """Stored triggers (edge id < old_end) whose rings may run through the `late` edges."""
+    def late_candidates(self, late: np.ndarray, in_batch: np.ndarray, options) -> np.ndarray:
+        """Stored triggers outside the batch whose rings may run through the `late` edges."""
         o = options
         found = kernel.late_candidates(
-            np.asarray(late, np.int64), old_end, o.window_ms, o.max_hops, o.order == "strict", o.min_amount_units,
+            np.asarray(late, np.int64), in_batch, o.window_ms, o.max_hops, o.order == "strict", o.min_amount_units,
             self.e_src, self.e_dst, self.e_ts, self.e_amt, self.tx_buf, self.tx_off, self.a_start, self.a_head,
             self.a_len, np.zeros_like(self.a_hub), self.p_eid, self.p_ts, len(self.names))
         return np.unique(found)

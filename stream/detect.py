@@ -7,11 +7,12 @@ valid row) and handed to the graph a batch at a time. With `shards > 1` and
 `use_runtime` the graph lives in `GraphShard` actors on a local runtime;
 otherwise in this process (`LocalRingGraph`, the fastest).
 
-Event time (interim, until the stream layer's watermarks serve detect too): a
-payment older than the newest `ts` seen minus `allowed_lateness` (default:
-one window) is rejected as late with the reason; edges are evicted once
-older than the newest `ts` minus the window minus that lateness, so every
-admitted payment is searched against everything it can form a ring with.
+Event time is the engine's (`event_time.EventClock`, one partition): a
+payment older than the newest `ts` seen minus `allowed_lateness` (default for
+an offline file: one window) is rejected as late with the reason; edges are
+evicted once older than that minus the window, so every admitted payment is
+searched against everything it can form a ring with. There is no wall clock
+offline, so nothing counts as `future`.
 """
 
 from __future__ import annotations
@@ -29,24 +30,24 @@ from ringwatch import runtime as rt
 from ringwatch.connectors.files import FileSource, PaymentChunk
 from ringwatch.connectors.records import record_from_mapping
 from ringwatch.graph import (
+    TS_MAX,
     Alert,
     LocalRingGraph,
     RingGraph,
-    SearchOptions,
     ShardedRingGraph,
     Transaction,
     parse_duration,
     payment_table,
 )
 
-from .late_guard import LateGuard
+from .config import search_options
+from .event_time import EventClock, TimeRules
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
 
-SEARCH_OPTION_NAMES = ("max_hops", "window", "order", "min_amount", "min_ratio", "max_ratio",
-                       "max_rings_per_tx", "max_degree")
 CHUNK_ROWS = 65_536
+DETECT_PARTITION = ("detect", 0)
 
 
 @dataclass
@@ -57,16 +58,6 @@ class DetectReport:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     duplicates: int = 0
     truncated_searches: int = 0
-
-
-def search_options(**options: Any) -> SearchOptions:
-    """`SearchOptions` from user-facing names (`window` as any duration spelling)."""
-    unknown = set(options) - set(SEARCH_OPTION_NAMES)
-    if unknown:
-        raise TypeError(f"unknown detection option(s) {sorted(unknown)}; known: {list(SEARCH_OPTION_NAMES)}")
-    if "window" in options:
-        options["window_ms"] = parse_duration(options.pop("window"), name="window")
-    return SearchOptions(**options)
 
 
 def detect(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path, *, shards: int = 1,
@@ -84,6 +75,8 @@ def detect(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path,
     settings = search_options(**options)
     lateness = parse_duration(allowed_lateness, name="allowed_lateness") if allowed_lateness is not None \
         else settings.window_ms
+    clock = EventClock(TimeRules(window_ms=settings.window_ms, allowed_lateness_ms=lateness,
+                                 max_clock_skew_ms=TS_MAX))
     report = report if report is not None else DetectReport()
     on_runtime = use_runtime and shards > 1
     started_runtime = on_runtime and not rt.is_initialized()
@@ -91,8 +84,7 @@ def detect(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path,
         rt.init()
     graph: RingGraph = ShardedRingGraph.create(settings, shards) if on_runtime else LocalRingGraph(settings)
     try:
-        alerts = _run(graph, _chunks(transactions), batch_size, LateGuard(settings.window_ms, lateness), report,
-                      Progress("detect", enabled=progress))
+        alerts = _run(graph, _chunks(transactions), batch_size, clock, report, Progress("detect", enabled=progress))
     finally:
         graph.close()
         if started_runtime:
@@ -114,7 +106,7 @@ def _chunks(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path
         if isinstance(item, Transaction):
             valid.append(item)
             continue
-        record = record_from_mapping(("input", row), item)
+        record = record_from_mapping(("input", 0, row), item)
         if record.ok:
             valid.append(record.transaction)
         else:
@@ -123,23 +115,20 @@ def _chunks(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path
     yield PaymentChunk(payment_table(valid), rejected, rows)
 
 
-def _run(graph: RingGraph, chunks: Iterator[PaymentChunk], batch_size: int, late: LateGuard, report: DetectReport,
-         progress: Progress) -> list[Alert]:
+def _run(graph: RingGraph, chunks: Iterator[PaymentChunk], batch_size: int, clock: EventClock,
+         report: DetectReport, progress: Progress) -> list[Alert]:
     alerts: dict[str, Alert] = {}
+    evicted = -(2**62)
     for chunk in chunks:
         report.rejected.extend(chunk.rejected)
         table = chunk.table
         for start in range(0, table.num_rows, batch_size):
-            batch = table.slice(start, batch_size)
-            keep, reasons = late.admit(batch.column("ts").to_numpy())
-            if reasons:
-                ids = batch.column("tx_id").to_pylist()
-                report.rejected.extend({"tx_id": ids[i], "reason": reason} for i, reason in sorted(reasons.items()))
-                batch = batch.take(pa.array(keep))
+            batch = _admit(table.slice(start, batch_size), clock, report)
             result = graph.process(batch)
-            horizon = late.horizon()
-            if horizon is not None:
+            horizon = clock.eviction_horizon()
+            if horizon is not None and horizon >= evicted + max(clock.rules.window_ms // 16, 1):
                 graph.evict(horizon)
+                evicted = horizon
             for alert in result.alerts:
                 alerts.setdefault(alert.alert_id, alert)  # a re-raise (a later, smaller witness) keeps the first
             report.duplicates += result.duplicates
@@ -149,6 +138,21 @@ def _run(graph: RingGraph, chunks: Iterator[PaymentChunk], batch_size: int, late
         progress.update(report.transactions, alerts=len(alerts))
     progress.finish(report.transactions, alerts=len(alerts))
     return sorted(alerts.values(), key=lambda a: (a.last_ts, a.trigger_tx_id.encode(), a.alert_id))
+
+
+def _admit(batch: pa.Table, clock: EventClock, report: DetectReport) -> pa.Table:
+    """The batch's payments the event-time clock takes (the rest to `report.rejected`); moves the watermark."""
+    stamps = batch.column("ts").to_numpy()
+    low = clock.low_watermark
+    if low is not None and stamps.size and stamps.min() < low - clock.rules.allowed_lateness_ms:
+        ids = batch.column("tx_id").to_pylist()
+        reasons = [clock.judge(int(ts)) for ts in stamps.tolist()]
+        report.rejected.extend({"tx_id": ids[i], "reason": r} for i, r in enumerate(reasons) if r is not None)
+        batch = batch.filter(pa.array([r is None for r in reasons]))
+    if batch.num_rows:
+        clock.accept(DETECT_PARTITION, int(batch.column("ts").to_numpy().max()))
+        clock.advance()
+    return batch
 
 
 def write_alerts_jsonl(alerts: Iterable[Alert], path: str | Path) -> int:

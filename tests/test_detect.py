@@ -65,7 +65,7 @@ def test_bad_rows_late_payments_and_conflicts_are_reported_with_reasons():
                                   {"tx_id": "t0", "src": "a1", "dst": "a2", "amount": 3, "ts": 10**9},
                                   {"tx_id": "old", "src": "a1", "dst": "a2", "amount": 3, "ts": 0}]
     report = DetectReport()
-    detect(rows, report=report, window="10m")
+    detect(rows, report=report, window="10m", batch_size=10)  # the late payment comes in a later batch
     assert report.transactions == 54
     reasons = [r["reason"] for r in report.rejected]
     assert reasons[:2] == ["invalid:amount: must be a finite number > 0, got -1", "invalid:ts: missing"]
@@ -107,7 +107,7 @@ def test_the_detect_command_writes_alerts_and_rejected_rows(tmp_path):
     expected = detect(random_stream(n=120), window="10m")
     assert [a["alert_id"] for a in alerts] == [a.alert_id for a in expected]
     rejected = [json.loads(line) for line in (tmp_path / "alerts.jsonl.rejected.jsonl").read_text().splitlines()]
-    assert len(rejected) == 1 and rejected[0]["reason"].startswith("malformed-json")
+    assert len(rejected) == 1 and rejected[0]["reason"].startswith("malformed")
     assert "121 payments read" in done.stderr
 
 

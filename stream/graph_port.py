@@ -1,0 +1,117 @@
+"""The engine's one seam to the graph: what it asks of the shards, the search and their checkpoints.
+
+`EngineGraph` is everything the engine calls; `open_graph` is the one place
+that builds it, over the graph's `ShardedRingGraph` (graph/sharded.py).
+
+Shards are runtime actors created with the runtime's actor checkpoints
+(`checkpoint_uri`) and `max_restarts`, so a shard lost with its node restarts on
+a live node from its latest checkpoint. `restarted()` tells the engine that
+happened (its state went back to that checkpoint), so the engine rewinds its
+sources to the aligned checkpoint and replays.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ringwatch import runtime as rt
+from ringwatch.graph import Alert, RingGraph, SearchOptions, ShardedRingGraph, Transaction
+
+logger = logging.getLogger(__name__)
+
+SHARD_MAX_RESTARTS = 1_000  # a shard restarts whenever it is lost; the engine never gives up on one
+CHECKPOINT_TIMEOUT_S = 120.0
+
+
+@dataclass
+class GraphBatch:
+    """What one micro-batch raised, and the payments the graph itself would not take (with the reason)."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    refused: list[tuple[Transaction, str]] = field(default_factory=list)
+    truncated_searches: int = 0
+
+
+class EngineGraph(Protocol):
+    """The sharded graph as the engine drives it."""
+
+    num_shards: int
+
+    def process(self, transactions: Sequence[Transaction], received_at: Sequence[float]) -> GraphBatch:
+        """Apply the payments, then find the rings that contain at least one of them."""
+        ...
+
+    def evict(self, horizon: int) -> None:
+        """Forget edges with `ts < horizon` (the event-time clock says when that is safe)."""
+        ...
+
+    def checkpoint(self) -> tuple[list[str], dict[str, Any]]:
+        """Checkpoint every shard through the runtime: their checkpoint ids, and the graph's own small state."""
+        ...
+
+    def restarted(self) -> list[int]:
+        """Shards restarted from a checkpoint since the last call (their state went back in time)."""
+        ...
+
+    def query_graph(self) -> RingGraph:
+        """The live graph, for the query service."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class ShardedEngineGraph:
+    """`ShardedRingGraph` over `GraphShard` actors that checkpoint themselves through the runtime.
+
+    After a rewind the engine replays payments some shards still hold: they are
+    searched again (`replay=True`), so their rings are raised again and the sinks
+    dedupe by alert id.
+    """
+
+    def __init__(self, num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
+                 restore: tuple[list[str], dict[str, Any]] | None = None):
+        self.num_shards = num_shards
+        shard_ids, _ = restore or ([], {})
+        if shard_ids and len(shard_ids) != num_shards:
+            raise ValueError(f"the checkpoint holds {len(shard_ids)} shards, the graph is set to {num_shards}")
+        self.graph = ShardedRingGraph.create(options, num_shards, restore_from=shard_ids or None,
+                                             checkpoint_uri=checkpoint_uri, max_restarts=SHARD_MAX_RESTARTS)
+        self._restarts = self._restart_counts()
+
+    def process(self, transactions: Sequence[Transaction], received_at: Sequence[float]) -> GraphBatch:
+        result = self.graph.process(transactions, received_at, replay=True)
+        return GraphBatch(result.alerts, [(transactions[r.index], r.reason) for r in result.rejected],
+                          result.truncated_searches)
+
+    def evict(self, horizon: int) -> None:
+        dropped = self.graph.evict(horizon)
+        logger.debug("evicted %d list entries below %d", dropped, horizon)
+
+    def checkpoint(self) -> tuple[list[str], dict[str, Any]]:
+        return [rt.checkpoint(handle, timeout=CHECKPOINT_TIMEOUT_S) for handle in self.graph.handles], {}
+
+    def restarted(self) -> list[int]:
+        counts = self._restart_counts()
+        moved = [index for index, count in enumerate(counts) if count != self._restarts[index]]
+        self._restarts = counts
+        return moved
+
+    def _restart_counts(self) -> list[int]:
+        by_id = {record["actor_id"]: record.get("restarts", 0) for record in rt.actors()}
+        return [by_id.get(handle.actor_id, 0) for handle in self.graph.handles]
+
+    def query_graph(self) -> RingGraph:
+        return self.graph
+
+    def close(self) -> None:
+        self.graph.close()
+
+
+def open_graph(num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
+               restore: tuple[list[str], dict[str, Any]] | None = None) -> EngineGraph:
+    """The engine's graph: `num_shards` shard actors checkpointing to `checkpoint_uri`, optionally restored."""
+    return ShardedEngineGraph(num_shards, options, checkpoint_uri=checkpoint_uri, restore=restore)
