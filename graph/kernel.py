@@ -38,6 +38,7 @@ EMPTY = np.int32(-1)
 DELETED = np.int32(-2)
 
 NEW, DUPLICATE, CONFLICT, NEED_ROOM = 0, 1, 2, 3
+MIN_SEGMENT = 2  # smallest list segment: most accounts hold one or two payments per window
 
 
 # ---- keys and hashes ---------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ def _place(a_start, a_head, a_len, a_cap, p_eid, p_ts, pool_used, e_ts, tx_buf, 
     """Insert edge e into account acct's list d in key order; returns the new pool_used or -1 if no room."""
     if a_len[d, acct] == a_cap[d, acct]:
         live = a_len[d, acct] - a_head[d, acct]
-        cap = max(4, 2 * live)
+        cap = max(MIN_SEGMENT, 2 * live)
         if pool_used + cap > p_eid.shape[0]:
             return -1
         old, head = a_start[d, acct], a_head[d, acct]
@@ -208,9 +209,9 @@ def insert(b_src, b_dst, b_ts, b_amt, b_cur, b_buf, b_off, own_src, own_dst, sta
         # Room in the pool for both sides, even if each segment must move.
         need = 0
         if own_src[row]:
-            need += max(4, 2 * (a_len[0, b_src[row]] - a_head[0, b_src[row]]))
+            need += max(MIN_SEGMENT, 2 * (a_len[0, b_src[row]] - a_head[0, b_src[row]]))
         if own_dst[row]:
-            need += max(4, 2 * (a_len[1, b_dst[row]] - a_head[1, b_dst[row]]))
+            need += max(MIN_SEGMENT, 2 * (a_len[1, b_dst[row]] - a_head[1, b_dst[row]]))
         if pool_used + need > p_eid.shape[0]:
             return row, n_edges, pool_used
         e = n_edges
@@ -272,7 +273,7 @@ def renumber_pools(a_start, a_head, a_len, a_cap, p_eid, p_ts, new_id, n_account
             for i in range(head, n):
                 if new_id[p_eid[base + i]] >= 0:
                     live += 1
-            cap = 0 if live == 0 else max(4, live + live // 4)
+            cap = 0 if live == 0 else max(MIN_SEGMENT, live + live // 4)
             k = 0
             for i in range(head, n):
                 e = new_id[p_eid[base + i]]

@@ -92,7 +92,7 @@ class EdgeStore:
     def _reserve(self, rows: int, tx_bytes: int) -> None:
         need = self.n_edges + rows
         if need > self.e_src.shape[0]:
-            capacity = max(need, 2 * self.e_src.shape[0])
+            capacity = max(need, self.e_src.shape[0] * 3 // 2)
             for name in _EDGE_COLUMNS:
                 old = getattr(self, name)
                 grown = np.empty(capacity, old.dtype)
@@ -106,9 +106,9 @@ class EdgeStore:
             buf = np.empty(max(used + tx_bytes, 2 * self.tx_buf.shape[0]), np.uint8)
             buf[:used] = self.tx_buf[:used]
             self.tx_buf = buf
-        if 2 * need > self.tx_tab.shape[0]:
+        if 10 * need > 7 * self.tx_tab.shape[0]:  # open addressing stays under 70% full
             size = self.tx_tab.shape[0]
-            while 2 * need > size:
+            while 10 * need > 7 * size:
                 size *= 2
             self.tx_tab = np.empty(size, np.int32)
             kernel.rebuild_table(self.tx_tab, self.tx_buf, self.tx_off, self.n_edges)
@@ -242,7 +242,7 @@ class EdgeStore:
         self.horizon = horizon
         dropped = int(kernel.evict(self.a_head, self.a_len, self.a_start, self.p_ts, len(self.names), horizon))
         live = int(np.count_nonzero(self.e_ts[:self.n_edges] >= horizon))
-        if self.n_edges > 2 * live + 1024:
+        if self.n_edges > live + live // 4 + 1024:  # evicted edges are at most a fifth of the table
             self._compact()
         return dropped
 
@@ -260,14 +260,16 @@ class EdgeStore:
         self.tx_off = np.zeros(capacity + 1, np.int64)
         self.tx_off[:off.shape[0]] = off
         self.n_edges = keep.shape[0]
-        live_entries = int((self.a_len - self.a_head).sum())
-        size = max(8192, 2 * live_entries)
+        entries = (self.a_len - self.a_head)[:, :len(self.names)].astype(np.int64)
+        # what renumber_pools gives each list (an upper bound: evicted entries are not counted there)
+        caps = np.where(entries > 0, np.maximum(kernel.MIN_SEGMENT, entries + entries // 4), 0)
+        size = max(8192, int(caps.sum()) * 5 // 4)
         p_eid, p_ts = np.empty(size, np.int32), np.empty(size, np.int64)
         self.pool_used = int(kernel.renumber_pools(self.a_start, self.a_head, self.a_len, self.a_cap, self.p_eid,
                                                    self.p_ts, new_id, len(self.names), p_eid, p_ts))
         self.p_eid, self.p_ts = p_eid, p_ts
         size = 2048
-        while size < 2 * capacity:
+        while 10 * keep.shape[0] > 7 * size:
             size *= 2
         self.tx_tab = np.empty(size, np.int32)
         kernel.rebuild_table(self.tx_tab, self.tx_buf, self.tx_off, self.n_edges)

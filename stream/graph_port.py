@@ -75,15 +75,17 @@ class ShardedEngineGraph:
     def __init__(self, num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
                  restore: tuple[list[str], dict[str, Any]] | None = None):
         self.num_shards = num_shards
-        shard_ids, _ = restore or ([], {})
+        shard_ids, state = restore or ([], {})
         if shard_ids and len(shard_ids) != num_shards:
             raise ValueError(f"the checkpoint holds {len(shard_ids)} shards, the graph is set to {num_shards}")
         self.graph = ShardedRingGraph.create(options, num_shards, restore_from=shard_ids or None,
                                              checkpoint_uri=checkpoint_uri, max_restarts=SHARD_MAX_RESTARTS)
         self._restarts = self._restart_counts()
+        self.next_seq = int(state.get("next_seq", 0))  # payments handed to the graph so far (checkpointed)
 
     def process(self, transactions: Sequence[Transaction], received_at: Sequence[float]) -> GraphBatch:
         result = self.graph.process(transactions, received_at, replay=True)
+        self.next_seq += len(transactions)
         return GraphBatch(result.alerts, [(transactions[r.index], r.reason) for r in result.rejected],
                           result.truncated_searches)
 
@@ -92,7 +94,8 @@ class ShardedEngineGraph:
         logger.debug("evicted %d list entries below %d", dropped, horizon)
 
     def checkpoint(self) -> tuple[list[str], dict[str, Any]]:
-        return [rt.checkpoint(handle, timeout=CHECKPOINT_TIMEOUT_S) for handle in self.graph.handles], {}
+        ids = [rt.checkpoint(handle, timeout=CHECKPOINT_TIMEOUT_S) for handle in self.graph.handles]
+        return ids, {"next_seq": self.next_seq}
 
     def restarted(self) -> list[int]:
         counts = self._restart_counts()
