@@ -394,8 +394,8 @@ class Engine:
         warming = {r.transaction.tx_id for r in accepted if self._is_warm_up(r)}
         alerts = [alert for alert in batch.alerts if alert.trigger_tx_id not in warming]
         if alerts:
+            self._note_raised(alerts)  # counted first: what the sinks hold never runs ahead of `alerts_raised`
             self._delivery.put(alerts)
-            self._note_raised(alerts)
         return True
 
     def _shard_restart_behind(self, error: Exception) -> bool:
