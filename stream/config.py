@@ -28,9 +28,10 @@ from ringwatch.graph import (
 )
 
 ENV_PREFIX = "RINGWATCH_"
-# RINGWATCH_* variables that belong to others (the runtime's cluster token and worker
-# hand-over, the test suite's service addresses): not config keys, so not "unknown".
-FOREIGN_ENV_PREFIXES = ("RINGWATCH_TEST_", "RINGWATCH_TOKEN", "RINGWATCH_WORKER_")
+# RINGWATCH_* variables that belong to others (the runtime's cluster token, TLS files and worker
+# hand-over, the query token, the test suite's service addresses): not config keys, so not "unknown".
+FOREIGN_ENV_PREFIXES = ("RINGWATCH_TEST_", "RINGWATCH_TOKEN", "RINGWATCH_WORKER_", "RINGWATCH_TLS_")
+FOREIGN_ENV_NAMES = {"RINGWATCH_QUERY_TOKEN"}
 
 
 class ConfigError(ValueError):
@@ -104,12 +105,16 @@ class SinksConfig:
 class ServiceConfig:
     """Network endpoints of the running engine."""
 
-    query_port: int = _setting(0, "port of the gRPC query service (0 = off); clients must send the token",
-                               kind="int")
+    query_port: int = _setting(0, "port of the gRPC query service (0 = off); clients sign calls with the query "
+                               "token", kind="int")
     query_host: str = _setting("127.0.0.1", "interface the query service listens on (127.0.0.1: this machine "
                                "only)")
-    query_token_file: str = _setting("", "file holding the token query clients must send (default: "
-                                     "RINGWATCH_TOKEN)")
+    query_token_file: str = _setting("", "file holding the read-only query token clients sign with (default: "
+                                     "RINGWATCH_QUERY_TOKEN, else derived from RINGWATCH_TOKEN)")
+    query_tls_cert: str = _setting("", "TLS certificate of the query service (with query_tls_key and query_tls_ca: "
+                                   "clients must present a certificate from that CA)")
+    query_tls_key: str = _setting("", "private key of query_tls_cert")
+    query_tls_ca: str = _setting("", "CA that signs the query clients' certificates (and the service's)")
     query_alerts_kept: int = _setting(100_000, "newest alerts the alert history keeps for alert queries (on disk, "
                                       "state_dir/alert-history.sqlite3; survives restarts)", kind="int")
     metrics_port: int = _setting(0, "Prometheus metrics on this port (0 = off)", kind="int")
@@ -245,7 +250,7 @@ def _apply_toml(config: Config, data: Mapping[str, Any], path: Path) -> None:
 def _apply_env(config: Config, environ: Mapping[str, str]) -> None:
     by_env = {s.env: s for s in settings()}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name.startswith(FOREIGN_ENV_PREFIXES):
+        if not name.startswith(ENV_PREFIX) or name.startswith(FOREIGN_ENV_PREFIXES) or name in FOREIGN_ENV_NAMES:
             continue
         spec = by_env.get(name)
         if spec is None:
