@@ -18,6 +18,12 @@ latest id is recorded in the (sealed) GCS actor table by the node, so a restart
 on any node knows which to load, and `load` refuses bytes whose SHA-256 is not
 the one in the id: a checkpoint planted or altered in the directory or in Redis
 by someone without the cluster token is never unpickled.
+
+`ActorCheckpoints` is the one policy both backends apply to an actor: when a
+checkpoint is due (`checkpoint_every` calls, `checkpoint_interval_s`), how the
+state is taken (`__checkpoint__()` or the instance `__dict__`) and given back
+(`__restore__(state)` or `__dict__.update`). On Ray the latest id is kept in
+Ray's GCS instead (`runtime/ray_backend/hosting.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import struct
 import tempfile
 import time
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
@@ -165,3 +172,39 @@ def open_store(uri: str) -> CheckpointStore:
         return RedisCheckpointStore(uri)
     raise CheckpointError(f"checkpoint store {uri!r}: the URI must start with file:// or redis://")
 
+
+
+@dataclass
+class ActorCheckpoints:
+    """One actor's checkpoint policy: when a checkpoint is due, how state is taken and given back."""
+
+    store: CheckpointStore
+    actor_id: str
+    every: int | None = None
+    interval_s: float | None = None
+    calls_since: int = 0
+    taken_at: float = field(default_factory=time.monotonic)
+
+    def call_done(self) -> bool:
+        """Count one finished call; True when the options call for a checkpoint now."""
+        self.calls_since += 1
+        if self.every and self.calls_since >= self.every:
+            return True
+        return bool(self.interval_s and time.monotonic() - self.taken_at >= self.interval_s)
+
+    def take(self, instance: Any) -> str:
+        """Write the actor's state durably; returns the checkpoint id."""
+        getter = getattr(instance, "__checkpoint__", None)
+        state = getter() if getter is not None else dict(vars(instance))
+        checkpoint_id = self.store.save(self.actor_id, state)
+        self.calls_since = 0
+        self.taken_at = time.monotonic()
+        return checkpoint_id
+
+    def restore(self, instance: Any, checkpoint_id: str) -> None:
+        state = self.store.load(checkpoint_id)
+        restorer = getattr(instance, "__restore__", None)
+        if restorer is not None:
+            restorer(state)
+        else:
+            vars(instance).update(state)
