@@ -26,6 +26,7 @@ from ringwatch.graph import (
     format_duration,
     parse_duration,
 )
+from ringwatch.runtime.backend import BACKENDS
 
 ENV_PREFIX = "RINGWATCH_"
 # RINGWATCH_* variables that belong to others (the runtime's cluster token and worker
@@ -78,7 +79,10 @@ class EngineConfig:
     """Micro-batching, checkpoints and where state lives."""
 
     state_dir: str = _setting("./ringwatch-state", "checkpoints and sink outboxes")
-    address: str = _setting("", "runtime cluster address (redis://...); empty = a local runtime")
+    backend: str = _setting("", "runtime the shard actors and search tasks run on: ringwatch (its own) or ray (a "
+                            "Ray cluster); empty = RINGWATCH_BACKEND, else ringwatch")
+    address: str = _setting("", "cluster to join: redis://HOST:PORT (ringwatch), auto or ray://HOST:10001 (ray); "
+                            "empty = start a local runtime")
     batch_max_size: int = _setting(256, "a micro-batch closes at this many payments", kind="int")
     batch_max_delay_ms: int = _setting(5, "... or this many milliseconds after its first payment", kind="int")
     checkpoint_interval: int = _setting(5_000, "time between aligned checkpoints", kind="duration")
@@ -135,6 +139,8 @@ class Config:
             value = getattr(getattr(self, spec.section), spec.key)
             if spec.kind in ("int", "duration") and value < 0:
                 raise ConfigError(f"{spec.dotted}: must not be negative, got {value}")
+        if self.engine.backend and self.engine.backend not in BACKENDS:
+            raise ConfigError(f"engine.backend: must be one of {', '.join(BACKENDS)}, got {self.engine.backend!r}")
         if self.graph.shards < 1:
             raise ConfigError("graph.shards: must be at least 1")
         self.search_options()

@@ -122,7 +122,7 @@ class Engine:
         self.started_at = time.time()
         started_runtime = not rt.is_initialized()
         if started_runtime:
-            rt.init(address=config.engine.address or None)
+            rt.init(address=config.engine.address or None, backend=config.engine.backend or None)
         shards = None
         metrics_server = None
         query_service = None
