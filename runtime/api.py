@@ -237,6 +237,7 @@ class RemoteOptions:
     checkpoint_interval_s: float | None = None
     checkpoint_every: int | None = None
     checkpoint_uri: str | None = None  # default: checkpoints.default_uri()
+    restore_from: str | None = None  # an actor starts with the state of this checkpoint (from checkpoint_uri)
 
 
 _OPTION_NAMES = set(RemoteOptions.__dataclass_fields__)

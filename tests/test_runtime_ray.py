@@ -145,7 +145,11 @@ def test_a_killed_actor_worker_restarts_from_its_checkpoint(on_ray, tmp_path):
     assert count_after == 5 and pid_after != pid
     assert rt.get(counter.incr.remote()) == 6
     record = next(r for r in rt.actors() if r["actor_id"] == counter.actor_id)
-    assert record["restarted"] is True and record["checkpoint"].startswith(counter.actor_id)
+    assert record["restarts"] == 1 and record["checkpoint"].startswith(counter.actor_id)
+
+    saved = rt.checkpoint(counter, timeout=60)  # holds 6
+    copy = Counter.options(checkpoint_uri=f"file://{tmp_path}", restore_from=saved).remote()
+    assert rt.get(copy.where.remote())[0] == 6  # a new actor can start from a given checkpoint
 
 
 def test_backend_is_chosen_by_environment_and_named_errors(ray_head, monkeypatch):

@@ -13,26 +13,28 @@
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 try:
     import ray
+    from ray.experimental import internal_kv
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("backend='ray' needs Ray: pip install 'ringwatch[ray]'") from exc
 
 from ..api import RemoteOptions, public_methods, uninstalled_module
 from ..checkpoints import default_uri
-from ..errors import ActorDiedError, GetTimeoutError
+from ..errors import ActorDiedError
 from ..protocol import new_id
 from .errors import translated
-from .hosting import ActorSpec, CheckpointIndex, RayActorHandle, host_class, task_body
+from .hosting import ActorRecords, ActorSpec, RayActorHandle, host_class, task_body
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE_PREFIX = "ringwatch-"
-DESCRIBE_TIMEOUT_S = 10.0
+IDENTITY_TIMEOUT_S = 60.0
 
 
 class RayBackend:
@@ -104,7 +106,7 @@ class RayBackend:
 
         def create(*args: Any, **kwargs: Any) -> RayActorHandle:
             spec = ActorSpec(new_id(), cls.__name__, methods, options.name, checkpoint_uri,
-                             options.checkpoint_every, options.checkpoint_interval_s)
+                             options.checkpoint_every, options.checkpoint_interval_s, options.restore_from)
             with translated():
                 actor = host.options(**ray_options).remote(cls, spec, args, kwargs)
             handle = RayActorHandle(actor, spec.actor_id, spec.class_name, methods, spec.name)
@@ -154,50 +156,35 @@ class RayBackend:
     def kill(self, handle: RayActorHandle) -> None:
         with translated():
             ray.kill(handle.actor, no_restart=True)
-            CheckpointIndex.forget(self.namespace, handle.actor_id)
+            ActorRecords.forget(self.namespace, handle.actor_id)
 
     def get_actor(self, name: str) -> RayActorHandle:
         try:
             actor = ray.get_actor(name, namespace=self.namespace)
-            record = self._describe(actor)
+            with translated():
+                record = ray.get(actor.identity.remote(), timeout=IDENTITY_TIMEOUT_S)
         except (ValueError, ActorDiedError):
             raise ValueError(f"no live actor named {name!r} in the Ray namespace {self.namespace!r}") from None
-        return RayActorHandle(actor, record["actor_id"], record["class_name"], record["methods"], record["name"])
+        return RayActorHandle(actor, record["actor_id"], record["class_name"], tuple(record["methods"]),
+                              record["name"])
 
     def checkpoint(self, handle: RayActorHandle, timeout: float | None) -> str:
         with translated():
             return ray.get(handle.actor.take_checkpoint.remote(), timeout=timeout)
 
     def actors(self) -> list[dict]:
-        """The named actors of the namespace and the actors this process made; `restarts` is not known on Ray
-        (`restarted` says whether the actor was restarted at least once)."""
-        handles: dict[str, Any] = {h.actor_id: h.actor for h in list(self._created.values())}
+        """The records of the actors in this namespace, as their hosts last wrote them (no actor is called)."""
+        now = time.time()
+        records = []
         with translated():
-            names = ray.util.list_named_actors()
-        records: list[dict] = []
-        seen: set[str | None] = set()
-        for name in names:
-            try:
-                actor = ray.get_actor(name, namespace=self.namespace)
-            except ValueError:
-                continue
-            handles.setdefault(f"name:{name}", actor)
-        for key, actor in handles.items():
-            try:
-                record = self._describe(actor)
-            except (ActorDiedError, GetTimeoutError) as exc:
-                named = key.startswith("name:")
-                record = {"actor_id": None if named else key, "name": key[5:] if named else None,
-                          "state": "dead", "reason": str(exc).split("\n", 1)[0]}
-            if record["actor_id"] is None or record["actor_id"] not in seen:
-                seen.add(record["actor_id"])
-                records.append({"restarts": None, **record})
+            keys = internal_kv._internal_kv_list(ActorRecords.PREFIX, namespace=self.namespace)
+        for key in keys:
+            record = ActorRecords.read(self.namespace, key.decode()[len(ActorRecords.PREFIX):])
+            if record is not None:
+                at = record.pop("checkpointed_at", None)
+                records.append({**record, "state": "alive", "reason": None,
+                                "checkpoint_age_s": None if at is None else now - at})
         return records
-
-    @staticmethod
-    def _describe(actor: Any) -> dict:
-        with translated():
-            return ray.get(actor.describe.remote(), timeout=DESCRIBE_TIMEOUT_S)
 
     # ---- cluster -----------------------------------------------------------------------------
 
@@ -217,5 +204,12 @@ class RayBackend:
                 "object_store_used_bytes": memory - available.get("object_store_memory", memory)}
 
     def shutdown(self) -> None:
-        if self._owns_ray and ray.is_initialized():
+        """Leave Ray (stop it, if this process started it); unnamed actors die with their driver: forget them."""
+        if not ray.is_initialized():
+            return
+        if not self._in_worker:
+            for handle in list(self._created.values()):
+                if handle.name is None:
+                    ActorRecords.forget(self.namespace, handle.actor_id)
+        if self._owns_ray:
             ray.shutdown()
