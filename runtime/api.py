@@ -317,7 +317,8 @@ class ActorClass:
                         max_restarts=options.max_restarts, max_task_retries=options.max_task_retries,
                         checkpoint_uri=options.checkpoint_uri or default_uri(),
                         checkpoint_every=options.checkpoint_every,
-                        checkpoint_interval_s=options.checkpoint_interval_s)
+                        checkpoint_interval_s=options.checkpoint_interval_s,
+                        restore_from=options.restore_from)
         _submit(spec)
         return ActorHandle(actor_id, self.__name__, methods, options.name)
 
