@@ -12,10 +12,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 try:
@@ -35,6 +38,22 @@ logger = logging.getLogger(__name__)
 
 NAMESPACE_PREFIX = "ringwatch-"
 IDENTITY_TIMEOUT_S = 60.0
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Keep this process's SIGTERM/SIGINT handlers: Ray's driver installs a crash handler over them, and
+    `ringwatch run` stops after a final checkpoint on SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 class RayBackend:
@@ -69,7 +88,7 @@ class RayBackend:
         elif num_cpus is not None or resources:
             raise ValueError("num_workers/resources: they size a Ray cluster started here; a cluster joined at "
                              f"{address!r} has its own")
-        with translated():
+        with _signal_handlers_kept(), translated():
             ray.init(**options)
         return cls(ray_namespace, owns_ray=True)
 
