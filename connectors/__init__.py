@@ -22,7 +22,8 @@ from .synthetic import (
     read_truth,
     write_stream,
 )
-from .webhook import InvalidWebhookConfigError, WebhookSink
+from .webhook import ResendReport, WebhookSink, read_alert_lines, resend
+from .webhook_client import InvalidWebhookConfigError, WebhookClient
 
 __all__ = [
     "BrokerStartError",
@@ -36,16 +37,20 @@ __all__ = [
     "KafkaConnectorError",
     "KafkaSink",
     "KafkaSource",
+    "ResendReport",
     "Sink",
     "SourceRecord",
     "SyntheticConfig",
     "SyntheticStream",
     "UnsupportedFileError",
+    "WebhookClient",
     "WebhookSink",
     "dead_letter_topic",
     "generate",
     "next_positions",
     "produce_transactions",
+    "read_alert_lines",
     "read_truth",
+    "resend",
     "write_stream",
 ]

@@ -1,100 +1,67 @@
-"""Alerts to an HTTP endpoint, signed per the Standard Webhooks specification.
+"""Alerts to an HTTP endpoint, signed per Standard Webhooks, in detection order, through outages.
 
-Receivers verify deliveries with the `standardwebhooks` or `svix` libraries:
-`webhook-id` is the alert id (the same on every retry, so receivers can also
-deduplicate), `webhook-timestamp` the unix seconds of the attempt, and
-`webhook-signature` is `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`
-keyed with the base64 secret after its `whsec_` prefix.
+Delivery guarantee: **at least once, in order, per endpoint** — deduplicate on
+`webhook-id` (the alert id). `deliver` writes each alert to a durable outbox
+on disk (one file per alert, named by its sequence number) and returns, so
+ingestion never waits for the endpoint. One sender thread posts the outbox
+strictly in sequence, one request at a time over a kept-alive connection
+(`WebhookClient`). A failure the endpoint may recover from — a connection
+error, a timeout, 5xx, 408 or 429 — holds the queue: the same alert is tried
+again after an exponential backoff with jitter (honouring `Retry-After`), and
+no later alert overtakes it. After `max_attempts` failures in a row the
+endpoint is reported down (an ERROR line, `outcomes["endpoint_down"]`) and the
+sender goes on probing it with the head alert every `backoff_max_s` or less;
+the moment it answers, the held alerts follow in order. Nothing is dropped
+while the endpoint is down, however long, and an engine restart resumes the
+outbox where it stopped.
 
-Delivery never blocks ingestion: `deliver` writes each alert to an outbox
-directory on disk and returns; a background thread posts them, retrying with
-exponential backoff and jitter, and removes an alert from the outbox only once
-the receiver acknowledged it (2xx) or it went to the dead-letter file. An
-engine restart finds the outbox and resends what was not acknowledged.
+An alert the endpoint answers and refuses (another 4xx, or a redirect, which
+is never followed) cannot succeed by waiting: it goes to the dead-letter file
+with the reason and the queue moves on. `ringwatch webhook resend FILE`
+(`resend`) posts a dead-letter file again once the receiver is fixed.
+
+Each alert id is settled once (`SettledIds`), so the engine's replay after a
+crash sends nothing twice; a receiver may see an alert again only if it
+acknowledged it and the engine died before recording that.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import http.client
 import json
 import logging
-import random
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
 
 from ringwatch.graph import Alert
 from ringwatch.runtime.files import write_atomically
 
 from .settled import DEFAULT_CAPACITY, SettledIds, append_durably
+from .webhook_client import Backoff, InvalidWebhookConfigError, Outcome, WebhookClient
 
 logger = logging.getLogger(__name__)
 
-SECRET_PREFIX = "whsec_"
-
-
-class InvalidWebhookConfigError(ValueError):
-    """A webhook URL, secret or retry setting that cannot work; the message names it."""
-
-
-def decode_secret(secret: str) -> bytes:
-    """The HMAC key of a `whsec_<base64>` secret (the prefix is optional, as in the reference libraries)."""
-    encoded = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret
-    try:
-        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidWebhookConfigError(
-            "webhook secret: expected 'whsec_' followed by base64, e.g. whsec_" +
-            base64.b64encode(b"32 random bytes go here.........").decode()
-        ) from None
-    if not key:
-        raise InvalidWebhookConfigError("webhook secret: empty key after 'whsec_'")
-    return key
-
-
-def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
-    """The `webhook-signature` header value for one delivery attempt."""
-    signed = f"{message_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-
 
 @dataclass
-class _Pending:
-    alert: Alert
+class _Entry:
+    alert_id: str
     body: bytes
     file: Path
-    attempts: int = 0
-    due: float = 0.0
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    """One attempt's result: `retry` says whether trying again can help; `wait_s` is a Retry-After."""
-
-    delivered: bool
-    reason: str = ""
-    retry: bool = False
-    wait_s: float | None = None
 
 
 class WebhookSink:
-    """Delivers alerts to `url`, at most once per alert id across restarts of the engine.
+    """Delivers alerts to `url` in the order `deliver` receives them, once per alert id across restarts.
 
     State under `state_dir`: `outbox/` (one file per unacknowledged alert),
     `settled` (ids delivered or dead-lettered) and, unless `dead_letter_path`
-    says otherwise, `dead-letter.jsonl` (alerts that failed `max_attempts`
-    times or were refused outright, each with the reason). A receiver that
-    acknowledges an alert and then the engine crashes before recording it may
-    see that alert once more with the same `webhook-id`.
+    says otherwise, `dead-letter.jsonl` (alerts the endpoint refused, each with
+    the reason). `outcomes` counts delivered, retried (failed attempts),
+    dead_lettered and endpoint_down (times the endpoint was reported down).
     """
 
     def __init__(
@@ -111,72 +78,83 @@ class WebhookSink:
         dead_letter_path: str | Path | None = None,
         remember: int = DEFAULT_CAPACITY,
     ):
+        if max_attempts <= 0:
+            raise InvalidWebhookConfigError(f"max_attempts: must be > 0, got {max_attempts}")
+        self._backoff = Backoff(backoff_initial_s, backoff_max_s, retry_after_max_s)
+        self._client = WebhookClient(url, secret, timeout_s=timeout_s)
         self.url = url
-        self._target = _parse_url(url)
-        self._key = decode_secret(secret)
-        _require_positive(timeout_s=timeout_s, max_attempts=max_attempts,
-                          backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s)
-        self.timeout_s = timeout_s
         self.max_attempts = max_attempts
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
-        self.retry_after_max_s = retry_after_max_s
         self.state_dir = Path(state_dir)
         self._outbox = self.state_dir / "outbox"
         self._outbox.mkdir(parents=True, exist_ok=True)
         self.dead_letter_path = Path(dead_letter_path) if dead_letter_path else self.state_dir / "dead-letter.jsonl"
         self._settled = SettledIds(self.state_dir / "settled", remember)
-        self._random = random.Random()
         self._changed = threading.Condition()
-        self._pending: dict[str, _Pending] = {}
+        self._queue: deque[_Entry] = deque()
+        self._queued: set[str] = set()
         self._sequence = 0
+        self._failures = 0  # failed attempts in a row at the head of the queue
+        self._hold_until = 0.0
+        self._down_since: float | None = None
         self._stopping = False
-        self.outcomes: dict[str, int] = {"delivered": 0, "retried": 0, "dead_lettered": 0}
+        self.outcomes: dict[str, int] = {"delivered": 0, "retried": 0, "dead_lettered": 0, "endpoint_down": 0}
         self._load_outbox()
         self._worker = threading.Thread(target=self._run, name=f"webhook-sink {url}", daemon=True)
         self._worker.start()
 
     def _load_outbox(self) -> None:
-        for leftover in self._outbox.glob("*.tmp"):
+        for leftover in self._outbox.glob(".*.tmp"):
             leftover.unlink()
-        for file in sorted(self._outbox.glob("*.json")):
+        for file in sorted(self._outbox.glob("*.json")):  # names start with the zero-padded sequence number
             try:
-                alert = Alert.from_dict(json.loads(file.read_bytes()))
+                alert_id = json.loads(file.read_bytes())["alert_id"]
+                if not isinstance(alert_id, str):
+                    raise TypeError(f"alert_id is {type(alert_id).__name__}")
             except (ValueError, KeyError, TypeError) as exc:
                 kept = file.with_name(file.name + ".unreadable")
                 file.rename(kept)
                 logger.error("webhook outbox entry %s is not an alert (%s); kept as %s", file, exc, kept)
                 continue
-            if alert.alert_id in self._settled:
+            self._sequence = max(self._sequence, int(file.name.split("-", 1)[0]))
+            if alert_id in self._settled:
                 file.unlink()
                 continue
-            self._sequence = max(self._sequence, int(file.name.split("-", 1)[0]))
-            self._pending[alert.alert_id] = _Pending(alert, alert.to_json().encode(), file)
-        if self._pending:
-            logger.info("webhook outbox %s: resending %d unacknowledged alerts", self._outbox, len(self._pending))
+            self._queue.append(_Entry(alert_id, file.read_bytes(), file))
+            self._queued.add(alert_id)
+        if self._queue:
+            logger.info("webhook outbox %s: resending %d unacknowledged alerts in order", self._outbox,
+                        len(self._queue))
 
     def deliver(self, alerts: Iterable[Alert]) -> None:
-        """Put alerts in the durable outbox (skipping ids already settled or queued) and return."""
-        for alert in alerts:
-            with self._changed:
-                if alert.alert_id in self._pending or alert.alert_id in self._settled:
+        """Append alerts to the durable outbox, in order (skipping ids already settled or queued), and return."""
+        with self._changed:
+            for alert in alerts:
+                if alert.alert_id in self._queued or alert.alert_id in self._settled:
                     continue
                 self._sequence += 1
                 body = alert.to_json().encode()
                 file = self._outbox / f"{self._sequence:012d}-{alert.alert_id}.json"
                 write_atomically(file, body)
-                self._pending[alert.alert_id] = _Pending(alert, body, file)
-                self._changed.notify_all()
+                self._queue.append(_Entry(alert.alert_id, body, file))
+                self._queued.add(alert.alert_id)
+            self._changed.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the outbox is empty (everything acknowledged or dead-lettered)."""
         with self._changed:
-            return self._changed.wait_for(lambda: not self._pending, timeout)
+            return self._changed.wait_for(lambda: not self._queue, timeout)
 
     @property
     def pending(self) -> int:
+        """Alerts in the outbox, not yet acknowledged."""
         with self._changed:
-            return len(self._pending)
+            return len(self._queue)
+
+    @property
+    def endpoint_down(self) -> bool:
+        """Whether the endpoint failed `max_attempts` times in a row and has not answered since."""
+        with self._changed:
+            return self._down_since is not None
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the sender; what is still in the outbox is sent after the next start."""
@@ -184,131 +162,142 @@ class WebhookSink:
             self._stopping = True
             self._changed.notify_all()
         self._worker.join(timeout)
+        if self._worker.is_alive():  # an attempt is still in flight: leave the connection and record to it
+            logger.warning("webhook sender for %s still busy after %.0f s; what it has not settled is resent "
+                           "after the next start", self.url, timeout)
+            return
+        self._client.close()
         self._settled.close()
+
+    # ---- the sender thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
             with self._changed:
+                while not self._stopping and (not self._queue or time.monotonic() < self._hold_until):
+                    self._changed.wait(max(0.0, self._hold_until - time.monotonic()) if self._queue else None)
                 if self._stopping:
                     return
-                item = self._next_due()
-                if item is None:
-                    self._changed.wait(self._wait_s())
-                    continue
+                head = self._queue[0]
             try:
-                outcome = self._attempt(item)
+                outcome = self._client.post(head.alert_id, head.body)
             except Exception as exc:  # the sender thread must outlive any one bad attempt
-                logger.exception("webhook alert %s: unexpected error while posting", item.alert.alert_id)
-                outcome = _Outcome(False, f"unexpected error: {type(exc).__name__}: {exc}", retry=True)
-            self._settle(item, outcome)
+                logger.exception("webhook alert %s: unexpected error while posting", head.alert_id)
+                outcome = Outcome(False, f"unexpected error: {type(exc).__name__}: {exc}", retry=True)
+            if outcome.delivered or not outcome.retry:
+                self._settle(head, outcome)
+            else:
+                self._hold(head, outcome)
 
-    def _next_due(self) -> _Pending | None:
-        if not self._pending:
-            return None
-        item = min(self._pending.values(), key=lambda p: p.due)
-        return item if item.due <= time.monotonic() else None
-
-    def _wait_s(self) -> float | None:
-        if not self._pending:
-            return None
-        return max(0.0, min(p.due for p in self._pending.values()) - time.monotonic())
-
-    def _attempt(self, item: _Pending) -> _Outcome:
-        timestamp = int(time.time())
-        headers = {
-            "content-type": "application/json",
-            "user-agent": "ringwatch-webhook",
-            "webhook-id": item.alert.alert_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(self._key, item.alert.alert_id, timestamp, item.body),
-        }
-        scheme, host, port, path = self._target
-        connection_class = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-        connection = connection_class(host, port, timeout=self.timeout_s)
-        try:
-            connection.request("POST", path, body=item.body, headers=headers)
-            response = connection.getresponse()
-            response.read()
-            return _classify(response.status, response.getheader("retry-after"))
-        except TimeoutError:
-            return _Outcome(False, f"timeout after {self.timeout_s} s", retry=True)
-        except (OSError, http.client.HTTPException) as exc:
-            return _Outcome(False, f"connection error: {type(exc).__name__}: {exc}", retry=True)
-        finally:
-            connection.close()
-
-    def _settle(self, item: _Pending, outcome: _Outcome) -> None:
-        item.attempts += 1
-        alert_id = item.alert.alert_id
-        if outcome.delivered:
-            self._finish(item, "delivered")
-        elif outcome.retry and item.attempts < self.max_attempts:
-            delay = self._backoff_s(item.attempts)
-            if outcome.wait_s is not None:
-                delay = max(delay, min(outcome.wait_s, self.retry_after_max_s))
-            logger.debug("webhook %s attempt %d failed (%s); retrying in %.2f s",
-                         alert_id, item.attempts, outcome.reason, delay)
-            with self._changed:
-                item.due = time.monotonic() + delay
-                self.outcomes["retried"] += 1
-        else:
-            reason = outcome.reason if not outcome.retry else f"{outcome.reason} (gave up after {item.attempts} attempts)"
+    def _settle(self, head: _Entry, outcome: Outcome) -> None:
+        """The endpoint answered: the head is delivered or refused, and the next alert's turn comes."""
+        if not outcome.delivered:
             append_durably(self.dead_letter_path, json.dumps({
-                "alert": item.alert.to_dict(), "reason": reason, "attempts": item.attempts,
-                "url": self.url, "failed_at": datetime.now(timezone.utc).isoformat(),
-            }))
-            logger.error("webhook alert %s dead-lettered to %s: %s", alert_id, self.dead_letter_path, reason)
-            self._finish(item, "dead_lettered")
-
-    def _finish(self, item: _Pending, outcome: str) -> None:
-        self._settled.add([item.alert.alert_id])
-        item.file.unlink(missing_ok=True)
+                "alert": json.loads(head.body), "reason": outcome.reason, "attempts": self._failures + 1,
+                "url": self.url, "failed_at": datetime.now(timezone.utc).isoformat()}))
+            logger.error("webhook alert %s refused by the endpoint (%s); written to %s", head.alert_id,
+                         outcome.reason, self.dead_letter_path)
+        self._settled.add([head.alert_id])
+        head.file.unlink(missing_ok=True)
         with self._changed:
-            del self._pending[item.alert.alert_id]
-            self.outcomes[outcome] += 1
+            if self._down_since is not None:
+                logger.warning("webhook endpoint %s answers again after %.0f s down; sending the %d held alerts "
+                               "in order", self.url, time.monotonic() - self._down_since, len(self._queue))
+                self._down_since = None
+            self._queue.popleft()
+            self._queued.discard(head.alert_id)
+            self._failures = 0
+            self.outcomes["delivered" if outcome.delivered else "dead_lettered"] += 1
             self._changed.notify_all()
 
-    def _backoff_s(self, attempts: int) -> float:
-        """Exponential backoff with equal jitter: half fixed, half random."""
-        ceiling = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempts - 1))
-        return ceiling / 2 + self._random.uniform(0, ceiling / 2)
+    def _hold(self, head: _Entry, outcome: Outcome) -> None:
+        """A failure the endpoint may recover from: the head waits (and so does everything behind it)."""
+        with self._changed:
+            self._failures += 1
+            self.outcomes["retried"] += 1
+            delay = self._backoff.delay_s(self._failures, outcome)
+            self._hold_until = time.monotonic() + delay
+            if self._failures == self.max_attempts:
+                self._down_since = time.monotonic()
+                self.outcomes["endpoint_down"] += 1
+                logger.error("webhook endpoint %s down: %d attempts failed in a row (last: %s); holding %d alerts "
+                             "in order and probing every %.0f s at most", self.url, self._failures, outcome.reason,
+                             len(self._queue), self._backoff.max_s)
+            else:
+                logger.log(logging.WARNING if self._failures == 1 else logging.DEBUG,
+                           "webhook alert %s attempt %d failed (%s); retrying in %.2f s, %d alerts held behind it",
+                           head.alert_id, self._failures, outcome.reason, delay, len(self._queue) - 1)
 
 
-def _classify(status: int, retry_after: str | None) -> _Outcome:
-    """2xx delivered; 5xx, 429 and 408 worth retrying; anything else (redirects included) refused."""
-    if 200 <= status < 300:
-        return _Outcome(True)
-    if status >= 500 or status in (408, 429):
-        return _Outcome(False, f"HTTP {status}", retry=True, wait_s=_retry_after_s(retry_after))
-    return _Outcome(False, f"HTTP {status} (not retried{'; redirects are not followed' if 300 <= status < 400 else ''})")
+# ---- re-sending a dead-letter file -------------------------------------------------------------------
 
 
-def _retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
+@dataclass
+class ResendReport:
+    """What `resend` did: ids delivered, entries refused, and entries not sent because the endpoint kept failing."""
+
+    delivered: list[str] = field(default_factory=list)
+    refused: list[dict[str, Any]] = field(default_factory=list)
+    unsent: list[dict[str, Any]] = field(default_factory=list)
+    stopped_by: str = ""  # why sending stopped early (the endpoint kept failing), else empty
+
+    @property
+    def remaining(self) -> list[dict[str, Any]]:
+        """Everything not delivered, as dead-letter entries, in the order of the input (refusals come first)."""
+        return self.refused + self.unsent
 
 
-def _parse_url(url: str) -> tuple[str, str, int, str]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidWebhookConfigError(f"webhook url: expected http(s)://host[:port]/path, got {url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.scheme, parts.hostname, port, path
+def read_alert_lines(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Alerts from a dead-letter file (`{"alert": {...}, "reason": ...}` lines) or an alerts JSON-lines file.
+
+    An id seen twice is yielded once (its first line); a line that holds no alert is an error naming it.
+    """
+    seen: set[str] = set()
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                alert = entry["alert"] if isinstance(entry, dict) and "alert" in entry else entry
+                Alert.from_dict(alert)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path} line {number}: not an alert or a dead-letter entry ({exc})") from None
+            if alert["alert_id"] not in seen:
+                seen.add(alert["alert_id"])
+                yield alert
 
 
-def _require_positive(**settings: float) -> None:
-    for name, value in settings.items():
-        if value <= 0:
-            raise InvalidWebhookConfigError(f"{name}: must be > 0, got {value}")
+def resend(alerts: Iterable[dict[str, Any]], client: WebhookClient, *, max_attempts: int = 8,
+           backoff: Backoff | None = None) -> ResendReport:
+    """Post `alerts` in order, each with its alert id as `webhook-id`; the same rules as the sink.
+
+    A retryable failure is retried with backoff up to `max_attempts` times;
+    if the endpoint still fails, sending stops there (later alerts must not
+    overtake) and this alert and every later one are `remaining`. A refused
+    alert is `remaining` with its reason, and the next one is sent.
+    """
+    backoff = backoff or Backoff()
+    report = ResendReport()
+    pending = list(alerts)
+    for index, alert in enumerate(pending):
+        body = json.dumps(alert, separators=(",", ":")).encode()
+        for attempt in range(1, max_attempts + 1):
+            outcome = client.post(alert["alert_id"], body)
+            if outcome.delivered or not outcome.retry or attempt == max_attempts:
+                break
+            time.sleep(backoff.delay_s(attempt, outcome))
+        if outcome.delivered:
+            report.delivered.append(alert["alert_id"])
+        elif not outcome.retry:
+            report.refused.append(_dead_letter_entry(alert, outcome.reason, client.url))
+        else:
+            report.stopped_by = f"{outcome.reason}, {max_attempts} attempts"
+            report.unsent += [_dead_letter_entry(later, f"not sent: the endpoint kept failing ({report.stopped_by})",
+                                                 client.url) for later in pending[index:]]
+            break
+    return report
+
+
+def _dead_letter_entry(alert: dict[str, Any], reason: str, url: str) -> dict[str, Any]:
+    return {"alert": alert, "reason": reason, "url": url, "failed_at": datetime.now(timezone.utc).isoformat()}

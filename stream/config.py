@@ -92,7 +92,8 @@ class SinksConfig:
     webhook_url: str = _setting("", "POST alerts here (Standard Webhooks signatures)")
     webhook_secret: str = _setting("", "whsec_... signing secret (prefer RINGWATCH_WEBHOOK_SECRET)")
     webhook_timeout: int = _setting(10_000, "timeout of one webhook attempt", kind="duration")
-    webhook_max_attempts: int = _setting(8, "attempts before an alert goes to the dead-letter file", kind="int")
+    webhook_max_attempts: int = _setting(8, "failed attempts in a row before the endpoint is reported down (alerts "
+                                         "are held in order and sent once it answers)", kind="int")
     webhook_backoff_initial: int = _setting(500, "first retry delay (doubles, with jitter)", kind="duration")
     webhook_backoff_max: int = _setting(60_000, "longest retry delay", kind="duration")
     alerts_topic: str = _setting("", "Kafka topic for alerts, keyed by alert id")

@@ -12,7 +12,7 @@ import pytest
 from ringwatch.connectors import SyntheticConfig, generate
 
 DEMO = ["--transactions", "6000", "--accounts", "1500", "--rings", "12", "--seed", "3"]
-COMMANDS = ("demo", "detect", "run", "node", "status", "query", "generate")
+COMMANDS = ("demo", "detect", "run", "node", "status", "query", "webhook", "generate")
 
 
 def ringwatch(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -60,7 +60,7 @@ def test_help_lists_every_command_and_every_command_has_help():
     listing = ringwatch("--help").stdout
     for command in COMMANDS:
         assert re.search(rf"^\s+{command}\s", listing, re.M), f"{command} missing from ringwatch --help"
-    for argv in [[c] for c in COMMANDS] + [["node", "start"]] + [
+    for argv in [[c] for c in COMMANDS] + [["node", "start"], ["webhook", "resend"]] + [
             ["query", q] for q in ("alerts", "rings", "neighbors", "account", "stats")]:
         result = ringwatch(*argv, "--help")
         assert result.returncode == 0 and "usage: ringwatch " + " ".join(argv) in result.stdout, argv
