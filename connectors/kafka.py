@@ -30,6 +30,7 @@ from kafka.structs import OffsetAndMetadata
 from ringwatch.graph import Alert, Transaction
 
 from .kafka_settings import PLAINTEXT, KafkaSettings
+from .mapping import IDENTITY, FieldMapping
 from .records import SourceRecord, record_from_json
 from .settled import DEFAULT_CAPACITY, SettledIds
 
@@ -145,6 +146,7 @@ class KafkaSource:
         bootstrap_timeout_ms: int = 30_000,
         client_id: str = "ringwatch",
         settings: KafkaSettings = PLAINTEXT,
+        mapping: FieldMapping = IDENTITY,
     ):
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         if not self.topics:
@@ -152,6 +154,7 @@ class KafkaSource:
         self.group = group
         self.dlq_topic = dlq_topic
         self.max_message_bytes = max_message_bytes
+        self.mapping = mapping
         self.on_revoke = on_revoke
         self.on_assign = on_assign
         self.dead_lettered: Counter[str] = Counter()
@@ -191,7 +194,7 @@ class KafkaSource:
         position = (message.topic, message.partition, message.offset)
         if message.value is None:
             return SourceRecord(position, None, b"", "empty:message has no value")
-        return record_from_json(position, message.value, self.max_message_bytes)
+        return record_from_json(position, message.value, self.max_message_bytes, mapping=self.mapping)
 
     def _dead_letter(self, message, reason: str) -> None:
         headers = [

@@ -45,16 +45,16 @@ MANAGED = {
     "group_id": "set source.group",
     "enable_auto_commit": "the engine commits offsets itself, after each checkpoint",
     "acks": "alerts and dead letters are produced with acks=all",
-    "security_protocol": "set source.security_protocol",
-    "sasl_mechanism": "set source.sasl_mechanism",
-    "sasl_plain_username": "set source.sasl_username",
-    "sasl_plain_password": "set RINGWATCH_SASL_PASSWORD or source.sasl_password_file",
-    "sasl_oauth_token_provider": "set source.sasl_oauth_token_file",
-    "ssl_cafile": "set source.ssl_cafile",
-    "ssl_certfile": "set source.ssl_certfile",
-    "ssl_keyfile": "set source.ssl_keyfile",
-    "ssl_password": "set RINGWATCH_SSL_KEY_PASSWORD or source.ssl_key_password_file",
-    "ssl_context": "ringwatch builds the TLS context from the source.ssl_* files",
+    "security_protocol": "set kafka.security_protocol",
+    "sasl_mechanism": "set kafka.sasl_mechanism",
+    "sasl_plain_username": "set kafka.sasl_username",
+    "sasl_plain_password": "set RINGWATCH_SASL_PASSWORD or kafka.sasl_password_file",
+    "sasl_oauth_token_provider": "set kafka.sasl_oauth_token_file",
+    "ssl_cafile": "set kafka.ssl_cafile",
+    "ssl_certfile": "set kafka.ssl_certfile",
+    "ssl_keyfile": "set kafka.ssl_keyfile",
+    "ssl_password": "set RINGWATCH_SSL_KEY_PASSWORD or kafka.ssl_key_password_file",
+    "ssl_context": "ringwatch builds the TLS context from the kafka.ssl_* files",
     "key_deserializer": "ringwatch reads raw bytes", "value_deserializer": "ringwatch reads raw bytes",
     "key_serializer": "ringwatch writes raw bytes", "value_serializer": "ringwatch writes raw bytes",
     "consumer_timeout_ms": "the engine polls with its own timeouts",
@@ -77,9 +77,9 @@ class FileTokenProvider(AbstractTokenProvider):
         try:
             token = self.path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise KafkaSettingsError(f"source.sasl_oauth_token_file: cannot read {self.path}: {exc}") from None
+            raise KafkaSettingsError(f"kafka.sasl_oauth_token_file: cannot read {self.path}: {exc}") from None
         if not token:
-            raise KafkaSettingsError(f"source.sasl_oauth_token_file: {self.path} is empty")
+            raise KafkaSettingsError(f"kafka.sasl_oauth_token_file: {self.path} is empty")
         return token
 
 
@@ -100,37 +100,37 @@ class KafkaSecurity:
     def __post_init__(self) -> None:
         protocol = self.protocol.upper()
         if protocol not in SECURITY_PROTOCOLS:
-            raise KafkaSettingsError(f"source.security_protocol: {self.protocol!r} is not one of "
+            raise KafkaSettingsError(f"kafka.security_protocol: {self.protocol!r} is not one of "
                                      f"{', '.join(SECURITY_PROTOCOLS)}")
         object.__setattr__(self, "protocol", protocol)
         sasl = protocol.startswith("SASL_")
         mechanism = self.sasl_mechanism.upper()
         object.__setattr__(self, "sasl_mechanism", mechanism)
         if sasl and mechanism not in SASL_MECHANISMS:
-            raise KafkaSettingsError(f"source.sasl_mechanism: {protocol} needs one of {', '.join(SASL_MECHANISMS)}"
+            raise KafkaSettingsError(f"kafka.sasl_mechanism: {protocol} needs one of {', '.join(SASL_MECHANISMS)}"
                                      f"{'' if not mechanism else f', not {self.sasl_mechanism!r}'}")
         if not sasl and mechanism:
-            raise KafkaSettingsError(f"source.sasl_mechanism: set to {mechanism} but source.security_protocol is "
+            raise KafkaSettingsError(f"kafka.sasl_mechanism: set to {mechanism} but kafka.security_protocol is "
                                      f"{protocol}; use SASL_PLAINTEXT or SASL_SSL")
         if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
             if not self.sasl_username:
-                raise KafkaSettingsError(f"source.sasl_username: required with sasl_mechanism {mechanism}")
+                raise KafkaSettingsError(f"kafka.sasl_username: required with sasl_mechanism {mechanism}")
             if not self.sasl_password:
-                raise KafkaSettingsError(f"source.sasl_password: required with sasl_mechanism {mechanism}; set "
-                                         "RINGWATCH_SASL_PASSWORD or source.sasl_password_file")
+                raise KafkaSettingsError(f"kafka.sasl_password: required with sasl_mechanism {mechanism}; set "
+                                         "RINGWATCH_SASL_PASSWORD or kafka.sasl_password_file")
         if mechanism == "OAUTHBEARER" and not self.sasl_oauth_token_file:
-            raise KafkaSettingsError("source.sasl_oauth_token_file: required with sasl_mechanism OAUTHBEARER "
+            raise KafkaSettingsError("kafka.sasl_oauth_token_file: required with sasl_mechanism OAUTHBEARER "
                                      "(a file holding the bearer token, re-read on every connection)")
         tls = protocol in ("SSL", "SASL_SSL")
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             path = getattr(self, name)
             if path and not tls:
-                raise KafkaSettingsError(f"source.{name}: TLS files need security_protocol SSL or SASL_SSL, "
+                raise KafkaSettingsError(f"kafka.{name}: TLS files need security_protocol SSL or SASL_SSL, "
                                          f"not {protocol}")
             if path and not Path(path).is_file():
-                raise KafkaSettingsError(f"source.{name}: {path} is not a readable file")
+                raise KafkaSettingsError(f"kafka.{name}: {path} is not a readable file")
         if self.ssl_keyfile and not self.ssl_certfile:
-            raise KafkaSettingsError("source.ssl_certfile: required with source.ssl_keyfile (the client certificate)")
+            raise KafkaSettingsError("kafka.ssl_certfile: required with kafka.ssl_keyfile (the client certificate)")
 
     def client_arguments(self) -> dict[str, Any]:
         """The kafka-python arguments for this security setup (secrets included: never log them)."""

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 from ringwatch.graph import InvalidTransactionError, Transaction
 
+from .mapping import IDENTITY, FieldMapping, RecordRejected
+
 
 @dataclass(frozen=True, slots=True)
 class SourceRecord:
@@ -33,17 +35,27 @@ class SourceRecord:
         return self.error is None
 
 
-def record_from_mapping(position: tuple, data: Mapping[str, Any], raw: bytes | None = None) -> SourceRecord:
-    """Validate a decoded row; on failure keep `raw` (or the row as JSON) and the reason."""
+def record_from_mapping(position: tuple, data: Mapping[str, Any], raw: bytes | None = None, *,
+                        mapping: FieldMapping = IDENTITY, origin: tuple | None = None) -> SourceRecord:
+    """Check, map and validate a decoded row; on failure keep `raw` (or the row as JSON) and the reason.
+
+    `origin` is the record's place as the mapping's `@source`, `@partition`, `@offset` see it
+    (a file: its stem, 0, the row number); by default `position`.
+    """
     try:
-        return SourceRecord(position, Transaction.from_dict(data), raw)
-    except InvalidTransactionError as exc:
+        mapped = data
+        if not mapping.is_identity and isinstance(data, Mapping):
+            mapped = mapping.apply(data, origin or position)
+        return SourceRecord(position, Transaction.from_dict(mapped), raw)
+    except (InvalidTransactionError, RecordRejected) as exc:
         if raw is None:
             raw = json.dumps(dict(data), default=str, separators=(",", ":")).encode()
-        return SourceRecord(position, None, raw, f"invalid:{exc}")
+        reason = exc.reason if isinstance(exc, RecordRejected) else f"invalid:{exc}"
+        return SourceRecord(position, None, raw, reason)
 
 
-def record_from_json(position: tuple, raw: bytes, max_bytes: int | None = None) -> SourceRecord:
+def record_from_json(position: tuple, raw: bytes, max_bytes: int | None = None, *,
+                     mapping: FieldMapping = IDENTITY, origin: tuple | None = None) -> SourceRecord:
     """Decode and validate one JSON object (a Kafka message value or a JSON line)."""
     if max_bytes is not None and len(raw) > max_bytes:
         return SourceRecord(position, None, raw, f"oversize:{len(raw)} bytes > limit {max_bytes}")
@@ -51,4 +63,4 @@ def record_from_json(position: tuple, raw: bytes, max_bytes: int | None = None) 
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return SourceRecord(position, None, raw, f"malformed-json:{exc}")
-    return record_from_mapping(position, data, raw)
+    return record_from_mapping(position, data, raw, mapping=mapping, origin=origin)

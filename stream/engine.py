@@ -52,7 +52,7 @@ from ringwatch.graph import ActorShards, Alert, RingDetector, SearchOptions, Sha
 from ringwatch.runtime.cli import TokenMissingError, read_token
 
 from .checkpoint import Checkpoint, CheckpointError, CheckpointStore
-from .config import Config, ConfigError, dump_sections
+from .config import Config, ConfigError, describe, dump_sections
 from .metrics import EngineMetrics
 from .query import EngineStats, Health, QueryHandler, QueryService
 
@@ -100,6 +100,7 @@ class Engine:
         self._owned: set[Partition] = set()
         self._warm_until: dict[Partition, int] = {}  # records below: already alerted on by a previous owner
         self.warmed = 0
+        self.cut_short = 0  # searches stopped early by an opt-in cut, since this process started
         self._failed = False
         self._pending: list[SourceRecord] = []
         self._received: list[float] = []
@@ -115,7 +116,8 @@ class Engine:
     def run(self, stop_event: threading.Event | None = None) -> None:
         stop = stop_event or threading.Event()
         config = self.config
-        logger.info("engine starting config=%s", json.dumps(dump_sections(config), sort_keys=True))
+        logger.info("engine starting %s", describe(config))
+        logger.debug("engine config=%s", json.dumps(dump_sections(config), sort_keys=True))
         self.started_at = time.time()
         started_runtime = not rt.is_initialized()
         if started_runtime:
@@ -132,7 +134,8 @@ class Engine:
             self._source = self._open_source()
             self._watch_external_counters()
             if config.service.metrics_port:
-                metrics_server = self.metrics.serve(config.service.metrics_port)
+                self.metrics.show(self)
+                metrics_server = self.metrics.serve(config.service.metrics_port, config.service.metrics_host)
             if config.service.query_port:
                 query_service = QueryService(QueryHandler(self), token=self._query_token,
                                              host=config.service.query_host, port=config.service.query_port)
@@ -161,7 +164,7 @@ class Engine:
                 backoff_max_s=sinks_config.webhook_backoff_max / 1000)
         if sinks_config.alerts_topic:
             sinks["kafka"] = KafkaSink(self.config.source.kafka_bootstrap, sinks_config.alerts_topic,
-                                       state_dir / "kafka-sink")
+                                       state_dir / "kafka-sink", settings=self.config.kafka_settings())
         if sinks_config.alerts_file:
             sinks["file"] = JsonlSink(sinks_config.alerts_file)
         return sinks
@@ -181,7 +184,8 @@ class Engine:
         return KafkaSource(source_config.kafka_bootstrap, source_config.topics, source_config.group,
                            dlq_topic=source_config.dlq_topic or None,
                            max_message_bytes=source_config.max_message_bytes,
-                           on_revoke=self._on_revoke, on_assign=self._on_assign)
+                           on_revoke=self._on_revoke, on_assign=self._on_assign,
+                           settings=self.config.kafka_settings(), mapping=self.config.field_mapping())
 
     def _restore(self, shards: ActorShards) -> None:
         checkpoint = self._store.latest()
@@ -274,6 +278,7 @@ class Engine:
         self._pending, self._received = [], []
         valid = [(r, at) for r, at in zip(records, received) if r.ok]
         result = self._detector.process([r.transaction for r, _ in valid], [at for _, at in valid])
+        self.cut_short += result.truncated_searches
         warming = {r.transaction.tx_id for r, _ in valid if self._is_warm_up(r)}
         if result.rejected:
             self._dead_letter_late(valid, [item for item in result.rejected if item.transaction.tx_id not in warming])
@@ -344,7 +349,6 @@ class Engine:
         self.metrics.checkpoint_duration.observe(elapsed)
         self.metrics.checkpoints.inc()
         self.lag = self._source.lag()
-        self.metrics.set_lag(self.lag)
         logger.info("checkpoint id=%d reason=%s transactions=%d alerts=%d bytes=%d duration_ms=%.1f positions=%s",
                     checkpoint.checkpoint_id, reason, self.transactions, self.alerts_raised,
                     sum(map(len, snapshots)), elapsed * 1000, _show(self._covered))
@@ -405,6 +409,24 @@ class Engine:
         """The newest `query_alerts_kept` alerts this process raised, oldest first."""
         with self._recent_lock:
             return list(self._recent)
+
+    # ---- what /metrics reads at each scrape (metrics.EngineFigures) --------------------------------------
+
+    def graph_edges(self) -> int | None:
+        shards = self.query_shards()
+        return shards.edge_count() if shards is not None else None
+
+    def searches_cut_short(self) -> int:
+        return self.cut_short
+
+    def partition_watermarks(self) -> dict[Partition, int]:
+        detector = self._detector
+        if detector is None or detector.next_seq == 0:
+            return {}
+        return {("*", -1): detector.watermark}
+
+    def partition_lag(self) -> dict[Partition, int]:
+        return dict(self.lag)
 
     def health(self) -> Health:
         status = "failed" if self._failed else "ok" if self.ready.is_set() else "starting"
