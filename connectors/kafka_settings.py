@@ -14,7 +14,7 @@ ringwatch must keep for itself (offsets are committed by the engine, alerts
 need `acks=all`), or a value of the wrong type is a `KafkaSettingsError`
 naming `kafka.<key>`. A key only one client kind knows goes only to that kind
 (`auto_offset_reset` to consumers, `linger_ms` to producers); the sub-tables
-`consumer` and `producer` set a key for one kind only.
+`[kafka.consumer]` and `[kafka.producer]` set a key for one kind only.
 
 OAUTHBEARER tokens are read from a file on every (re)connection, so a sidecar
 that refreshes the file (an OIDC client, a cloud agent) rotates the token
@@ -177,7 +177,7 @@ def _check_option(name: str, value: Any, roles: tuple[str, ...]) -> Any:
         known = sorted(set().union(*(_known(role) for role in roles)) - set(MANAGED))
         close = difflib.get_close_matches(key, known, n=3)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        kinds = " or ".join(f"Kafka{role}" for role in roles)
+        kinds = " or ".join({"consumer": "KafkaConsumer", "producer": "KafkaProducer"}[role] for role in roles)
         raise KafkaSettingsError(f"{name}: not a {kinds} setting of kafka-python{hint}")
     default = defaults[0]
     if isinstance(value, list):

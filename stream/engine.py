@@ -420,10 +420,8 @@ class Engine:
         return self.cut_short
 
     def partition_watermarks(self) -> dict[Partition, int]:
-        detector = self._detector
-        if detector is None or detector.next_seq == 0:
-            return {}
-        return {("*", -1): detector.watermark}
+        newest = self.newest_ts()  # one event-time clock for all partitions until they get their own
+        return {} if newest is None else {("*", -1): newest}
 
     def partition_lag(self) -> dict[Partition, int]:
         return dict(self.lag)
