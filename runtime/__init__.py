@@ -25,12 +25,15 @@ from .errors import (
     AuthError,
     CheckpointError,
     GetTimeoutError,
+    NodeStoppedError,
+    NodeUnavailableError,
     NotInitializedError,
     ObjectLostError,
     ResourceUnavailableError,
     SerializationError,
     TaskCancelledError,
     TaskError,
+    TokenMissingError,
 )
 from .refs import ObjectRef
 
@@ -41,6 +44,8 @@ __all__ = [
     "AuthError",
     "CheckpointError",
     "GetTimeoutError",
+    "NodeStoppedError",
+    "NodeUnavailableError",
     "NotInitializedError",
     "ObjectLostError",
     "ObjectRef",
@@ -49,6 +54,7 @@ __all__ = [
     "SerializationError",
     "TaskCancelledError",
     "TaskError",
+    "TokenMissingError",
     "actors",
     "cancel",
     "checkpoint",

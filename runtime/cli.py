@@ -12,13 +12,10 @@ import time
 from pathlib import Path
 
 from .cluster import HEARTBEAT_S, HEARTBEAT_TIMEOUT_S, ClusterNode
+from .errors import TokenMissingError
 from .gcs import RedisGcs
 
 logger = logging.getLogger(__name__)
-
-
-class TokenMissingError(ValueError):
-    """A node was started without the cluster token."""
 
 
 def read_token(token_file: str | None) -> str:

@@ -18,6 +18,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -55,7 +56,9 @@ class ClusterLink:
         self._code_sent: dict[str, set[str]] = {}  # address -> function ids already sent there
         self.node_id = node_id
         self.token = token
-        self.node: Node | None = None
+        self._post: Callable[[str, tuple], None] | None = None
+        self._code_of: Callable[[str], bytes] | None = None
+        self._resources: dict[str, float] = {}
         self._clients: dict[str, NodeClient] = {}
         self._clients_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="ringwatch-transfer")
@@ -63,6 +66,11 @@ class ClusterLink:
         self._senders: dict[str, ThreadPoolExecutor] = {}
         self._peers: list[dict] = []
         self._peers_at = 0.0
+
+    def attach(self, post: Callable[[str, tuple], None], code_of: Callable[[str], bytes],
+               resources: dict[str, float]) -> None:
+        """The node this link serves: where to post what arrives, its functions' code, its resources."""
+        self._post, self._code_of, self._resources = post, code_of, resources
 
     def client(self, address: str) -> NodeClient:
         with self._clients_lock:
@@ -83,7 +91,7 @@ class ClusterLink:
                 logger.warning("GCS unreachable, placing with the last known nodes: %s", exc)
             if not any(p["address"] == self.address for p in self._peers):  # late heartbeats, GCS away
                 self._peers = [*self._peers, {"node_id": self.node_id, "address": self.address,
-                                              "resources": self.node.resources, "queued": 0}]
+                                              "resources": self._resources, "queued": 0}]
             self._peers_at = now
         return [p for p in self._peers if self._suspects.get(p["address"], 0) < now]
 
@@ -99,22 +107,23 @@ class ClusterLink:
         self._suspects[address] = float("inf")
         self._code_sent.pop(address, None)
 
-    def place(self, spec: TaskSpec, node: Node) -> str | None:
-        """Address of the node that should run `spec`, or None for this one."""
+    def place(self, spec: TaskSpec, queued: int) -> str | None:
+        """Address of the node that should run `spec`, or None for this one (`queued`: tasks ready here)."""
         needs = {"CPU": spec.num_cpus if spec.kind == TASK else 0.0, **spec.resources}
         feasible = [p for p in self.peers() if all(p["resources"].get(k, 0.0) >= v for k, v in needs.items())]
         if not feasible:
             raise ResourceUnavailableError(
                 f"{spec.name} needs {needs} but no live node has that much "
                 f"(nodes: {[(p['node_id'], p['resources']) for p in self.peers()]})")
-        sizes = self._dep_sizes(spec, node)
+        sizes = self._dep_sizes(spec)
         here = next((p for p in feasible if p["address"] == self.address), None)
-        if here is not None and len(node._ready) < 2 * node.num_workers and not self._bytes_elsewhere(sizes, self.address):
+        if here is not None and queued < 2 * here["resources"].get("CPU", 1) \
+                and not self._bytes_elsewhere(sizes, self.address):
             return None
-        best = min(feasible, key=lambda p: self._estimated_wait(p, sizes, node))
+        best = min(feasible, key=lambda p: self._estimated_wait(p, sizes, queued))
         return None if best["address"] == self.address else best["address"]
 
-    def _dep_sizes(self, spec: TaskSpec, node: Node) -> dict[str, tuple[str, int]]:
+    def _dep_sizes(self, spec: TaskSpec) -> dict[str, tuple[str, int]]:
         """Where each input lives and how big it is (small inputs do not steer placement)."""
         sizes = {}
         for dep in spec.deps:
@@ -133,8 +142,8 @@ class ClusterLink:
     def _bytes_elsewhere(sizes: dict[str, tuple[str, int]], address: str) -> int:
         return sum(size for where, size in sizes.values() if where != address)
 
-    def _estimated_wait(self, peer: dict, sizes: dict[str, tuple[str, int]], node: Node) -> float:
-        queued = len(node._ready) if peer["address"] == self.address else peer.get("queued", 0)
+    def _estimated_wait(self, peer: dict, sizes: dict[str, tuple[str, int]], queued_here: int) -> float:
+        queued = queued_here if peer["address"] == self.address else peer.get("queued", 0)
         mean = peer.get("mean_task_s") or _MEAN_TASK_S
         return queued * mean + self._bytes_elsewhere(sizes, peer["address"]) / _FETCH_BYTES_PER_S
 
@@ -144,7 +153,7 @@ class ClusterLink:
         """Run `spec` on another node; its result comes back here when ready."""
         sent = self._code_sent.setdefault(address, set())
         if spec.function_id is not None and spec.function_id not in sent:
-            spec = replace(spec, code=self.node._code_of(spec.function_id))  # noqa: SLF001
+            spec = replace(spec, code=self._code_of(spec.function_id))
             sent.add(spec.function_id)
         sender = self._senders.get(address)
         if sender is None:
@@ -156,9 +165,9 @@ class ClusterLink:
         try:
             self.client(address).call("submit", spec)
             if spec.kind == ACTOR_CALL:
-                self.node.post("delivered", (spec.task_id,))
+                self._post("delivered", (spec.task_id,))
         except ConnectionError as exc:  # the node is unreachable: the caller's node decides what now
-            self.node.post("forward_failed", (replace(spec, code=None), address, exc))
+            self._post("forward_failed", (replace(spec, code=None), address, exc))
         except Exception as exc:
             self._deliver(spec.task_id, None, exc)
 
@@ -181,12 +190,15 @@ class ClusterLink:
             self._deliver(object_id, from_wire(value), None)
 
     def _deliver(self, object_id: str, blob: Blob | None, error: BaseException | None) -> None:
-        self.node.post("remote_ready", (object_id, blob, error))
+        self._post("remote_ready", (object_id, blob, error))
 
     def send(self, address: str, method: str, *args: Any) -> None:
         self._pool.submit(self.client(address).call, method, *args)
 
     # ---- GCS records -------------------------------------------------------------------------
+
+    def function_code(self, function_id: str) -> bytes | None:
+        return self.gcs.get_function(function_id)
 
     def function_registered(self, function_id: str, code: bytes) -> None:
         # Forwarded calls carry their code too; the table serves restarts and late joiners.
@@ -256,6 +268,10 @@ class ClusterLink:
         record = self._quietly(self.gcs.actor, actor_id) or {}
         return record.get("max_task_retries", 0)
 
+    def actor_spec(self, actor_id: str) -> bytes | None:
+        """The pickled creation spec of an actor that may be restarted."""
+        return self.gcs.actor_spec(actor_id)
+
     def actors_on(self, node_id: str) -> list[dict]:
         return [a for a in self.gcs.actors() if a.get("node") == node_id and a.get("state") in ("alive", "restarting")]
 
@@ -307,7 +323,6 @@ class ClusterNode:
         self.address = f"{host}:{bound}"
         self.link = ClusterLink(self.gcs, self.address, self.node_id, token, heartbeat_timeout_s)
         self.node = Node(num_workers or os.cpu_count() or 1, resources, node_id=self.node_id, cluster=self.link)
-        self.link.node = self.node
         self._record = {"node_id": self.node_id, "address": self.address, "resources": self.node.resources,
                         "pid": os.getpid(), "heartbeat_timeout_s": heartbeat_timeout_s}
         self.gcs.register_node(self._record)
@@ -341,9 +356,13 @@ class ClusterNode:
         late, and no node may be declared dead for the GCS's absence.
         """
         reachable_since = None
+        load: dict = {}
         while not self._stop.wait(self.heartbeat_s):
+            try:  # the dispatcher owns the node's state: ask it (a busy one: beat with the last answer)
+                load = self.node.call("describe", timeout=self.heartbeat_s)
+            except Exception as exc:
+                logger.warning("node %s did not describe itself in time: %s", self.node_id, exc)
             try:
-                load = self.node.describe()
                 self.gcs.heartbeat(self.node_id, {**self._record, **load, "mean_task_s": _MEAN_TASK_S})
             except Exception as exc:  # Redis away: keep serving, try again next beat
                 if reachable_since is not None:

@@ -61,3 +61,15 @@ class NotInitializedError(RuntimeErrorBase):
 
 class CheckpointError(RuntimeErrorBase):
     """An actor checkpoint could not be written or read; the message names the store or checkpoint."""
+
+
+class NodeStoppedError(RuntimeErrorBase):
+    """The node shut down while a request to it was waiting."""
+
+
+class NodeUnavailableError(RuntimeErrorBase, ConnectionError):
+    """A node did not answer after the retries; the message names its address."""
+
+
+class TokenMissingError(RuntimeErrorBase, ValueError):
+    """A node or client was started without the cluster token."""

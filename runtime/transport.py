@@ -19,7 +19,7 @@ from typing import Any
 import cloudpickle
 import grpc
 
-from .errors import AuthError, GetTimeoutError
+from .errors import AuthError, GetTimeoutError, NodeUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +28,6 @@ TOKEN_HEADER = "x-ringwatch-token"
 CHUNK = 1 << 20
 _MESSAGE_LIMIT = 1 << 30
 _OPTIONS = [("grpc.max_send_message_length", _MESSAGE_LIMIT), ("grpc.max_receive_message_length", _MESSAGE_LIMIT)]
-
-
-class NodeUnavailableError(ConnectionError):
-    """A node did not answer after the retries; the message names its address."""
 
 
 def authorized(context: grpc.ServicerContext, token: str) -> bool:

@@ -10,6 +10,7 @@ from .config import Config, ConfigError
 from .demo import DemoReport, run_demo
 from .detect import DetectReport, detect
 from .engine import Engine
+from .history import AlertHistory, AlertHistoryError
 from .metrics import EngineMetrics
 from .query import (
     AccountSummary,
@@ -24,6 +25,8 @@ from .query import (
 
 __all__ = [
     "AccountSummary",
+    "AlertHistory",
+    "AlertHistoryError",
     "Checkpoint",
     "CheckpointError",
     "CheckpointStore",

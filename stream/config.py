@@ -139,7 +139,8 @@ class ServiceConfig:
                                "only)")
     query_token_file: str = _setting("", "file holding the token query clients must send (default: "
                                      "RINGWATCH_TOKEN)")
-    query_alerts_kept: int = _setting(10_000, "newest alerts kept in memory for alert queries", kind="int")
+    query_alerts_kept: int = _setting(100_000, "newest alerts the alert history keeps for alert queries (on disk, "
+                                      "state_dir/alert-history.sqlite3; survives restarts)", kind="int")
     metrics_port: int = _setting(0, "Prometheus metrics on this port (0 = off)", kind="int")
     metrics_host: str = _setting("127.0.0.1", "interface /metrics listens on (127.0.0.1: this machine only; "
                                  "0.0.0.0: every interface)")
@@ -206,6 +207,8 @@ class Config:
         self.search_options()
         if self.engine.batch_max_size < 1 or self.engine.keep_checkpoints < 1:
             raise ConfigError("engine.batch_max_size and engine.keep_checkpoints: must be at least 1")
+        if self.service.query_alerts_kept < 1:
+            raise ConfigError("service.query_alerts_kept: must be at least 1")
         return self
 
     def kafka_settings(self) -> KafkaSettings:

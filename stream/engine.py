@@ -53,6 +53,8 @@ from ringwatch.runtime.cli import TokenMissingError, read_token
 
 from .checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from .config import Config, ConfigError, describe, dump_sections
+from .history import FILE_NAME as HISTORY_FILE
+from .history import AlertHistory
 from .metrics import EngineMetrics
 from .query import EngineStats, Health, QueryHandler, QueryService
 
@@ -89,7 +91,8 @@ class Engine:
         self.started_at = time.time()
         self.batches = 0
         self.lag: dict[Partition, int] = {}
-        self._recent = deque(maxlen=max(config.service.query_alerts_kept, LATENCY_SAMPLE))
+        self._recent = deque(maxlen=LATENCY_SAMPLE)
+        self.history: AlertHistory | None = None  # opened with the sinks; the query service reads it
         self._recent_lock = threading.Lock()
         self._progress: deque[tuple[float, int]] = deque()  # (monotonic time, transactions) after each batch
         self.metrics = EngineMetrics()
@@ -167,6 +170,8 @@ class Engine:
                                        state_dir / "kafka-sink", settings=self.config.kafka_settings())
         if sinks_config.alerts_file:
             sinks["file"] = JsonlSink(sinks_config.alerts_file)
+        sinks["history"] = self.history = AlertHistory(state_dir / HISTORY_FILE,
+                                                       keep=self.config.service.query_alerts_kept)
         return sinks
 
     def _resolve_query_token(self) -> str:
@@ -405,8 +410,11 @@ class Engine:
             return None
         return detector.watermark + detector.options.window_ms
 
+    def alert_history(self) -> AlertHistory | None:
+        return self.history
+
     def recent_alerts(self) -> list[Alert]:
-        """The newest `query_alerts_kept` alerts this process raised, oldest first."""
+        """The newest alerts this process raised (up to `LATENCY_SAMPLE`), oldest first."""
         with self._recent_lock:
             return list(self._recent)
 

@@ -42,6 +42,7 @@ from .picture import render_rings_html
 logger = logging.getLogger(__name__)
 
 FEED_PARTITION: Partition = ("synthetic", 0)
+STATUS_POLL_S = 0.02  # how often the driver looks at the engine: the streaming time is measured to this
 
 
 class GeneratorFeed:
@@ -131,38 +132,43 @@ class DemoReport:
 
 def run_demo(out_dir: str | Path = ".", *, transactions: int = 20_000, accounts: int = 4_000, rings: int = 20,
              seed: int = 7, shards: int = 2, kafka: bool = False, query_port: int = 0,
-             on_progress: Callable[[Engine], None] | None = None, serve: threading.Event | None = None
+             on_progress: Callable[[Engine], None] | None = None,
+             on_streamed: Callable[[Engine], None] | None = None, serve: threading.Event | None = None
              ) -> DemoReport:
     """Stream a synthetic payment stream through the engine; write `alerts.jsonl` and `rings.html` in `out_dir`.
 
-    `on_progress(engine)` is called about twice a second while the engine runs.
-    With `query_port`, the engine serves queries (token from RINGWATCH_TOKEN);
-    with `serve`, it keeps serving after the stream ends until that event is set.
+    Every argument is checked before any file is touched (`InvalidSyntheticConfigError`,
+    `ConfigError`). `on_progress(engine)` is called about twice a second while the
+    engine streams, `on_streamed(engine)` once when the whole stream is in. With
+    `query_port`, the engine serves queries (token from RINGWATCH_TOKEN); with
+    `serve`, it keeps serving after the stream ends until that event is set.
+    `DemoReport.elapsed_s` is the streaming time only: from the engine being ready
+    to the last payment processed, not start-up and not the time spent serving.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    alerts_file, picture = out / "alerts.jsonl", out / "rings.html"
-    alerts_file.unlink(missing_ok=True)  # the JSONL sink skips ids already in its file: start afresh
     source = GeneratorSource(SyntheticConfig(n_transactions=transactions, n_accounts=accounts, n_rings=rings,
                                              seed=seed))
     stream = source.stream
+    topic = "synthetic" if not kafka else f"demo-payments-{secrets.token_hex(3)}"
+    out = Path(out_dir)
+    alerts_file, picture = out / "alerts.jsonl", out / "rings.html"
+    config = Config(
+        source=SourceConfig(topics=[topic], group=f"{topic}-engine"),
+        graph=GraphConfig(shards=shards),
+        engine=EngineConfig(),
+        sinks=SinksConfig(alerts_file=str(alerts_file)),
+        service=ServiceConfig(query_port=query_port),
+    ).validate()
+    out.mkdir(parents=True, exist_ok=True)
+    alerts_file.unlink(missing_ok=True)  # the JSONL sink skips ids already in its file: start afresh
     with tempfile.TemporaryDirectory(prefix="ringwatch-demo-") as state_dir:
-        topic = "synthetic" if not kafka else f"demo-payments-{secrets.token_hex(3)}"
-        config = Config(
-            source=SourceConfig(topics=[topic], group=f"{topic}-engine"),
-            graph=GraphConfig(shards=shards),
-            engine=EngineConfig(state_dir=state_dir),
-            sinks=SinksConfig(alerts_file=str(alerts_file)),
-            service=ServiceConfig(query_port=query_port),
-        )
-        started = time.monotonic()
+        config.engine.state_dir = state_dir
         if kafka:
             with EmbeddedBroker(workdir=Path(state_dir)) as broker:
                 _create_topic(broker.bootstrap, topic)
                 produce_transactions(broker.bootstrap, topic, stream.iter_transactions())
                 config.source.kafka_bootstrap = broker.bootstrap
                 engine = Engine(config)
-                _drive(engine, lambda: engine.transactions >= len(stream), on_progress, serve)
+                elapsed = _drive(engine, lambda: engine.transactions >= len(stream), on_progress, on_streamed, serve)
         else:
             feeds: list[GeneratorFeed] = []
 
@@ -171,8 +177,8 @@ def run_demo(out_dir: str | Path = ".", *, transactions: int = 20_000, accounts:
                 return feeds[-1]
 
             engine = Engine(config, source_factory=open_feed)
-            _drive(engine, lambda: bool(feeds) and feeds[0].exhausted.is_set(), on_progress, serve)
-        elapsed = time.monotonic() - started
+            elapsed = _drive(engine, lambda: bool(feeds) and feeds[0].exhausted.is_set(), on_progress, on_streamed,
+                             serve)
     alerts = [Alert.from_dict(json.loads(line)) for line in alerts_file.read_text().splitlines() if line.strip()]
     found_keys = {(alert.trigger_tx_id, alert.accounts) for alert in alerts}
     found = [ring for ring in stream.rings if (ring.tx_ids[-1], ring.accounts) in found_keys]
@@ -184,8 +190,11 @@ def run_demo(out_dir: str | Path = ".", *, transactions: int = 20_000, accounts:
 
 
 def _drive(engine: Engine, done: Callable[[], bool], on_progress: Callable[[Engine], None] | None,
-           serve: threading.Event | None) -> None:
-    """Run the engine on a thread until `done()` (then until `serve` is set, if given); re-raise its failure."""
+           on_streamed: Callable[[Engine], None] | None, serve: threading.Event | None) -> float:
+    """Run the engine on a thread until `done()` (then until `serve` is set, if given); re-raise its failure.
+
+    Returns the streaming time in seconds: from the engine being ready until `done()`.
+    """
     stop = threading.Event()
     failure: list[BaseException] = []
 
@@ -197,20 +206,26 @@ def _drive(engine: Engine, done: Callable[[], bool], on_progress: Callable[[Engi
 
     thread = threading.Thread(target=run, name="ringwatch-demo-engine", daemon=True)
     thread.start()
+    streamed_s = 0.0
     try:
+        while thread.is_alive() and not engine.ready.wait(STATUS_POLL_S):
+            pass
+        began = time.monotonic()
         while thread.is_alive() and not done():
             if on_progress is not None:
                 on_progress(engine)
-            thread.join(0.5)
+            thread.join(STATUS_POLL_S)
+        streamed_s = time.monotonic() - began
+        if on_streamed is not None and thread.is_alive():
+            on_streamed(engine)
         if serve is not None and thread.is_alive():
-            if on_progress is not None:
-                on_progress(engine)
             serve.wait()
     finally:
         stop.set()
         thread.join()
     if failure:
         raise failure[0]
+    return streamed_s
 
 
 def _create_topic(bootstrap: str, topic: str) -> None:

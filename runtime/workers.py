@@ -1,0 +1,190 @@
+"""A node's worker processes: started, connected back over an authenticated Unix socket, fed calls, stopped.
+
+Workers are plain subprocesses that connect back to their node (so a driver's
+`__main__` is never re-imported). The pool knows each worker's connection and
+the calls handed to it; what to hand and what a message means is up to the
+scheduler and the actor manager. Used on the node's dispatcher thread, except
+the acceptor thread, which only posts new connections to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, Listener
+
+from .functions import FunctionTable
+from .objects import ObjectTable
+from .protocol import TaskSpec, new_id
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Worker:
+    """One worker process: a pool worker for tasks, or the home of one actor (`actor_id`)."""
+
+    worker_id: str
+    process: subprocess.Popen
+    conn: Connection | None = None
+    actor_id: str | None = None
+    in_flight: deque[TaskSpec] = field(default_factory=deque)  # handed to it, not finished, in order
+    known_functions: set[str] = field(default_factory=set)
+    blocked: bool = False  # waiting in a nested get or wait
+
+    def take(self, task_id: str) -> TaskSpec | None:
+        """Remove and return the in-flight call `task_id` (None if the worker was not running it)."""
+        for index, spec in enumerate(self.in_flight):
+            if spec.task_id == task_id:
+                del self.in_flight[index]
+                return spec
+        return None
+
+    def stop(self) -> None:
+        """Ask the process to exit, kill it if it does not, close the pipe."""
+        if self.conn is not None:
+            try:
+                self.conn.send(("exit",))
+            except (OSError, EOFError, ValueError):
+                pass
+        try:
+            self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+        if self.conn is not None:
+            self.conn.close()
+
+
+class WorkerPool:
+    """The node's worker processes and their pipes."""
+
+    def __init__(self, node_id: str, log_level: int, post: Callable[[str, tuple], None],
+                 functions: FunctionTable, objects: ObjectTable):
+        self.node_id = node_id
+        self._log_level = log_level
+        self._post = post
+        self._functions = functions
+        self._objects = objects
+        # Workers connect back on a private Unix socket, authenticated with a per-node key.
+        self._socket_dir = tempfile.mkdtemp(prefix="ringwatch-node-")
+        self._key = secrets.token_bytes(32)
+        self._listener = Listener(os.path.join(self._socket_dir, "workers.sock"), family="AF_UNIX", authkey=self._key)
+        self._connecting: dict[str, Worker] = {}
+        self._closing = False
+        self.workers: list[Worker] = []
+        self.started = 0
+        self._acceptor = threading.Thread(target=self._accept, name="ringwatch-node-accept", daemon=True)
+        self._acceptor.start()
+
+    # ---- processes ---------------------------------------------------------------------------
+
+    def start(self, actor_id: str | None = None) -> Worker:
+        """Launch a worker process; it becomes usable when it has connected back (`connected`)."""
+        worker_id = new_id()
+        info = {"address": self._listener.address, "worker_id": worker_id, "node_id": self.node_id,
+                "log_level": self._log_level}
+        # Workers see the driver's import path, so functions pickled by reference import there too.
+        env = {**os.environ, "RINGWATCH_WORKER_INFO": json.dumps(info), "RINGWATCH_WORKER_KEY": self._key.hex(),
+               "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        process = subprocess.Popen([sys.executable, "-c", "from ringwatch.runtime.worker import main; main()"],
+                                   env=env, stdin=subprocess.DEVNULL)
+        worker = Worker(worker_id, process, None, actor_id)
+        self.workers.append(worker)
+        self._connecting[worker_id] = worker
+        self.started += 1
+        return worker
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn = self._listener.accept()
+                hello = conn.recv()
+            except (OSError, EOFError):
+                if self._closing:
+                    return
+                continue
+            if isinstance(hello, tuple) and hello[:1] == ("hello",):
+                self._post("connected", (hello[1], conn))
+            else:
+                conn.close()
+
+    def connected(self, worker_id: str, conn: Connection) -> None:
+        worker = self._connecting.pop(worker_id, None)
+        if worker is None:
+            conn.close()
+            return
+        worker.conn = conn
+
+    def exited_before_connecting(self) -> list[Worker]:
+        """Workers whose process ended before it connected back (the caller treats them as died)."""
+        gone = [w for w in self._connecting.values() if w.process.poll() is not None]
+        for worker in gone:
+            del self._connecting[worker.worker_id]
+            logger.error("worker process exited with code %s before connecting", worker.process.returncode)
+        return gone
+
+    def remove(self, worker: Worker) -> bool:
+        """Take a worker out of the pool and stop its process; False if it was gone already."""
+        if worker not in self.workers:
+            return False
+        self.workers.remove(worker)
+        worker.stop()
+        return True
+
+    def shutdown(self) -> None:
+        self._closing = True
+        for worker in [*self.workers, *self._connecting.values()]:
+            worker.stop()
+        self._listener.close()
+
+    # ---- pipes -------------------------------------------------------------------------------
+
+    def connections(self) -> list[Connection]:
+        return [w.conn for w in self.workers if w.conn is not None]
+
+    def readable(self, ready: list) -> list[Worker]:
+        return [w for w in self.workers if w.conn is not None and w.conn in ready]
+
+    @staticmethod
+    def drain(worker: Worker) -> tuple[list[tuple], bool]:
+        """The messages waiting on the worker's pipe, and False if the pipe broke (the worker died)."""
+        messages = []
+        try:
+            while worker.conn.poll():
+                messages.append(worker.conn.recv())
+        except (EOFError, OSError, ConnectionResetError):
+            return messages, False
+        return messages, True
+
+    def runnable(self, worker: Worker, spec: TaskSpec) -> tuple:
+        """A call as the worker runs it: the code the first time the worker sees it, and the inputs' values.
+
+        Raises ObjectLostError when the code is registered nowhere.
+        """
+        code = None
+        if spec.function_id is not None and spec.function_id not in worker.known_functions:
+            code = self._functions.code_of(spec.function_id)
+            worker.known_functions.add(spec.function_id)
+        return spec, code, {d: self._objects.value_for_worker(d) for d in spec.deps}
+
+    @staticmethod
+    def send(worker: Worker, message: tuple) -> bool:
+        """Send on the worker's pipe; False if it broke (the caller treats the worker as died)."""
+        try:
+            worker.conn.send(message)
+        except (OSError, EOFError):
+            return False
+        return True
+
+    def task_workers(self) -> list[Worker]:
+        return [w for w in self.workers if w.actor_id is None]
