@@ -106,6 +106,20 @@ def test_every_documented_environment_variable_is_accepted():
         load(environ={"RINGWATCH_CHECKPOINT_URL": "file:///typo"}, overrides=MINIMAL)
 
 
+def test_every_ringwatch_variable_the_docs_mention_is_one_run_accepts():
+    import re
+    from pathlib import Path
+
+    from ringwatch.stream.config import FOREIGN_ENV_PREFIXES
+
+    repo = Path(__file__).resolve().parents[1]
+    text = "".join(path.read_text() for path in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))])
+    mentioned = set(re.findall(r"\bRINGWATCH_[A-Z0-9_]*[A-Z0-9]\b", text))
+    known = {s.env for s in settings()} | set(OTHER_ENVIRONMENT)
+    assert {"RINGWATCH_CHECKPOINT_URI", "RINGWATCH_TOKEN"} <= mentioned
+    assert {name for name in mentioned if name not in known and not name.startswith(FOREIGN_ENV_PREFIXES)} == set()
+
+
 def test_settings_flags_and_variables_are_unique():
     assert len({s.env for s in settings()}) == len(settings())
     assert not {s.env for s in settings()} & set(OTHER_ENVIRONMENT)
