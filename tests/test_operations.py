@@ -16,7 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from engine_harness import create_topic, jsonl_ids, read_topic, scrape, wait_until
 from kafka_front import KafkaFront, SaslUsers, make_certificates, server_tls
@@ -237,8 +237,8 @@ def test_the_engine_reads_and_writes_kafka_over_sasl_ssl(tmp_path, unique_name):
                  "--ssl-cafile", str(certs.ca), "--checkpoint-interval", "500ms"],
                 stdout=subprocess.DEVNULL, stderr=log, env=_clean_environ(), start_new_session=True)
         try:
-            alerts = read_secured(front.bootstrap, f"{topic}.alerts", settings, 1)
-            letters = read_secured(front.bootstrap, f"{topic}.dlq", settings, 1)
+            alerts = read_topic(front.bootstrap, f"{topic}.alerts", 1, DEADLINE_S, settings)
+            letters = read_topic(front.bootstrap, f"{topic}.dlq", 1, DEADLINE_S, settings)
         finally:
             engine.send_signal(signal.SIGTERM)
             code = engine.wait(60)
@@ -251,16 +251,3 @@ def test_the_engine_reads_and_writes_kafka_over_sasl_ssl(tmp_path, unique_name):
         front.stop()
         broker.stop()
 
-
-def read_secured(bootstrap: str, topic: str, settings: KafkaSettings, count: int) -> list:
-    consumer = KafkaConsumer(**settings.consumer({"bootstrap_servers": bootstrap, "enable_auto_commit": False}))
-    try:
-        wait_until(lambda: consumer.partitions_for_topic(topic), DEADLINE_S, f"topic {topic} to exist")
-        consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
-        consumer.seek_to_beginning()
-        messages: list = []
-        wait_until(lambda: messages.extend(m for batch in consumer.poll(500).values() for m in batch)
-                   or len(messages) >= count, DEADLINE_S, f"{count} messages on {topic}")
-        return messages
-    finally:
-        consumer.close()
