@@ -24,7 +24,7 @@ from standardwebhooks import Webhook
 
 from ringwatch.connectors import InjectedRing
 from ringwatch.connectors.kafka_settings import PLAINTEXT, KafkaSettings
-from ringwatch.stream.checkpoint import CheckpointStore
+from ringwatch.stream.checkpoint import FileCheckpointStore
 
 SECRET = "whsec_" + base64.b64encode(b"ringwatch-engine-test-secret-012").decode()
 
@@ -166,7 +166,7 @@ class EngineProcess:
 
 def checkpointed_transactions(state_dir: Path) -> int:
     """Source records covered by the newest complete checkpoint (0 before the first)."""
-    checkpoint = CheckpointStore(state_dir).latest()
+    checkpoint = FileCheckpointStore(state_dir).latest()
     return checkpoint.transactions if checkpoint else 0
 
 
