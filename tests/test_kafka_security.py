@@ -75,7 +75,7 @@ def read_all(source: KafkaSource, count: int) -> list:
     deadline = time.monotonic() + DEADLINE_S
     while len(records) < count:
         assert time.monotonic() < deadline, f"read {len(records)} of {count}"
-        records += source.poll_batch(max_records=500, timeout_ms=200)
+        records += source.poll(max_records=500, timeout_ms=200)
     return records
 
 
