@@ -165,3 +165,14 @@ def test_backend_is_chosen_by_environment_and_named_errors(ray_head, monkeypatch
     with pytest.raises(ValueError, match="token"):
         rt.init(backend="ray", address=ray_head.address, token="secret")
     assert not rt.is_initialized()
+
+
+def test_key_value_store_in_rays_gcs(on_ray):
+    assert rt.kv_put("claims/a1", b"engine-1", overwrite=False) is True
+    assert rt.kv_put("claims/a1", b"engine-2", overwrite=False) is False  # claimed once
+    assert rt.kv_get("claims/a1") == b"engine-1"
+    assert rt.kv_put("claims/a2", b"x", ttl_s=0.001) is True
+    until(lambda: rt.kv_get("claims/a2") is None, "the value to expire")
+    assert rt.kv_put("claims/a2", b"y", overwrite=False) is True  # an expired claim can be taken again
+    assert rt.kv_keys("claims/") == ["claims/a1", "claims/a2"]
+    assert rt.kv_delete("claims/a1") is True and rt.kv_get("claims/a1") is None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import struct
 import threading
 import time
 import weakref
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 NAMESPACE_PREFIX = "ringwatch-"
 IDENTITY_TIMEOUT_S = 60.0
+_KV_PREFIX = "ringwatch:kv:"  # rt.kv_* keys, apart from the actor records
+_KV_EXPIRY = struct.Struct("<d")  # each value starts with its expiry (epoch seconds; 0 = never)
 
 
 @contextlib.contextmanager
@@ -204,6 +207,38 @@ class RayBackend:
                 records.append({**record, "state": "alive", "reason": None,
                                 "checkpoint_age_s": None if at is None else now - at})
         return records
+
+    # ---- key-value store (Ray's GCS) -----------------------------------------------------------
+
+    def kv_put(self, key: str, value: bytes, overwrite: bool, ttl_s: float | None) -> bool:
+        """Store under `key`; False when `overwrite=False` and a live value is there (claims are atomic)."""
+        entry = _KV_EXPIRY.pack(time.time() + ttl_s if ttl_s else 0.0) + value
+        with translated():
+            existed = internal_kv._internal_kv_put(_KV_PREFIX + key, entry, overwrite, namespace=self.namespace)
+            if existed and not overwrite:
+                if self.kv_get(key) is not None:
+                    return False
+                internal_kv._internal_kv_del(_KV_PREFIX + key, namespace=self.namespace)  # it had expired
+                return not internal_kv._internal_kv_put(_KV_PREFIX + key, entry, False, namespace=self.namespace)
+        return True
+
+    def kv_get(self, key: str) -> bytes | None:
+        with translated():
+            entry = internal_kv._internal_kv_get(_KV_PREFIX + key, namespace=self.namespace)
+        if entry is None:
+            return None
+        (expires,) = _KV_EXPIRY.unpack_from(entry)
+        return None if expires and expires < time.time() else entry[_KV_EXPIRY.size:]
+
+    def kv_delete(self, key: str) -> bool:
+        with translated():
+            return bool(internal_kv._internal_kv_del(_KV_PREFIX + key, namespace=self.namespace))
+
+    def kv_keys(self, prefix: str) -> list[str]:
+        with translated():
+            keys = internal_kv._internal_kv_list(_KV_PREFIX + prefix, namespace=self.namespace)
+        names = [k.decode()[len(_KV_PREFIX):] for k in keys]
+        return sorted(name for name in names if self.kv_get(name) is not None)
 
     # ---- cluster -----------------------------------------------------------------------------
 
