@@ -1,8 +1,10 @@
 """The public runtime API: `init`, `@remote`, `get`, `put`, `wait`, actors.
 
 Every call goes through a backend: the node living in this process (local
-mode), the node a worker belongs to (inside tasks and actors), or a node of a
-cluster reached over gRPC (a driver that joined with `init(address=...)`).
+mode, with its workers; or, for a driver that joined a cluster with
+`init(address=...)`, a light node without workers that owns what the driver
+submits and places it on the cluster), or the node a worker belongs to
+(inside tasks and actors).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class Backend(Protocol):
 class _Runtime:
     backend: Any
     namespace: str
-    node: Any = None
+    node: Any = None  # local mode: the node with this process's workers
+    driver: Any = None  # a driver in a cluster: its light ClusterNode
     registered: set[str] = field(default_factory=set)
     info: dict = field(default_factory=dict)
 
@@ -69,19 +72,27 @@ class _LocalBackend:
 
 
 def init(address: str | None = None, *, num_workers: int | None = None, resources: dict[str, float] | None = None,
-         token: str | None = None, namespace: str = "default") -> None:
-    """Start a local cluster (`address=None`) or join the cluster whose GCS is at `address` as a driver."""
+         token: str | None = None, namespace: str = "default", host: str = "127.0.0.1") -> None:
+    """Start a local cluster (`address=None`) or join the cluster whose GCS is at `address` as a driver.
+
+    A driver runs a light node in this process (no workers) that owns what it
+    submits and puts, so it survives the death of any cluster node; the nodes
+    send results back to it on `host` (loopback by default: give an interface
+    they can reach when they run on other machines). `token` defaults to
+    RINGWATCH_TOKEN.
+    """
     global _runtime
     with _init_lock:
         if _runtime is not None:
             raise RuntimeError("ringwatch.runtime is already initialized; call shutdown() first")
         if address is None:
             from .node import Node
-            node = Node(num_workers or os.cpu_count() or 1, resources, log_level=logging.getLogger().level)
+            node = Node(max(1, num_workers or os.cpu_count() or 1), resources, log_level=logging.getLogger().level)
             _runtime = _Runtime(_LocalBackend(node), namespace, node=node)
         else:
-            from .cluster import connect_driver
-            _runtime = _Runtime(connect_driver(address, token=token, namespace=namespace), namespace)
+            from .cluster import join_as_driver
+            driver = join_as_driver(address, token=token, namespace=namespace, host=host)
+            _runtime = _Runtime(_LocalBackend(driver.node), namespace, driver=driver)
         _listen_for_refs(_runtime.backend)
 
 
@@ -110,8 +121,8 @@ def shutdown() -> None:
             return
         if runtime.node is not None:
             runtime.node.shutdown()
-        elif hasattr(runtime.backend, "close"):
-            runtime.backend.close()
+        elif runtime.driver is not None:
+            runtime.driver.stop()
 
 
 atexit.register(shutdown)
@@ -132,7 +143,7 @@ def _pickle_code(target: Any, what: str) -> bytes:
     """
     runtime = _current()
     module = sys.modules.get(getattr(target, "__module__", "") or "")
-    if runtime.node is None and not runtime.info and module is not None and not _installed(module):
+    if runtime.driver is not None and module is not None and not _installed(module):
         cloudpickle.register_pickle_by_value(module)
     return dumps_inline(target, what=what)
 
