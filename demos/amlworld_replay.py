@@ -6,11 +6,16 @@
     python demos/amlworld_replay.py --write-sample demos/data/HI-Sample_Trans.csv
 
 AMLworld marks every laundering payment (`Is Laundering` = 1), whatever its
-pattern; only some patterns are rings. So the score is recall on the labelled
-rows that form cycles: a laundering row counts when its payment lies on a
-directed cycle of laundering payments, and is caught when an alert names it as
-one of its ring's payments. Fan-outs, fan-ins and other acyclic patterns are
-not rings and are left out of the score (they are counted and shown).
+pattern; only some patterns are rings. So the score is on the labelled rows
+that form cycles:
+
+- recall: a laundering row counts when its payment lies on a directed cycle of
+  laundering payments, and is caught when an alert names it as one of its
+  ring's payments. Fan-outs, fan-ins and other acyclic patterns are not rings
+  and are left out (they are counted and shown);
+- precision: an alert is right when every payment of its ring is labelled
+  laundering; a ring of ordinary payments (or one mixing the two) is a false
+  alarm by the labels, though it is still a genuine cycle of money.
 
 The bundled sample (`demos/data/HI-Sample_Trans.csv`) is synthetic, written by
 `--write-sample` in the AMLworld layout: background payments, laundering rings
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {rows} rows in the AMLworld layout to {args.write_sample}")
         return 0
 
-    laundering = nx.MultiDiGraph()
+    laundering = nx.MultiDiGraph()  # the labelled payments, keyed by tx_id
     for record in FileSource(args.path):
         if record.ok and record.transaction.extra.get("is_laundering"):
             tx = record.transaction
@@ -60,8 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.path.name}: {laundering.number_of_edges()} laundering payments, {len(on_cycles)} of them on "
           f"cycles of laundering payments; {len(alerts)} rings found (max_hops {args.max_hops}, "
           f"window {args.window})")
-    print(f"recall on laundering payments that form cycles: {len(caught) / max(len(on_cycles), 1):.2f} "
-          f"({len(caught)} of {len(on_cycles)})")
+    labelled = {key for _, _, key in laundering.edges(keys=True)}
+    right = [alert for alert in alerts if set(alert.tx_ids) <= labelled]
+    print(f"precision: {len(right) / len(alerts) if alerts else 1.0:.2f} ({len(right)} of {len(alerts)} rings found "
+          f"are made only of laundering payments)")
+    print(f"recall:    {len(caught) / max(len(on_cycles), 1):.2f} ({len(caught)} of {len(on_cycles)} laundering "
+          f"payments that form cycles are in a ring found)")
     missed = on_cycles - caught
     if missed:
         print(f"missed: {len(missed)} (rings longer than {args.max_hops} payments or slower than "

@@ -10,7 +10,6 @@ the mean task time, plus the bytes of inputs it would have to fetch.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -26,11 +25,13 @@ from typing import Any
 import cloudpickle
 import redis
 
+from .auth import ClusterKeys
 from .errors import NodeUnavailableError, ResourceUnavailableError, TokenMissingError
 from .gcs import RedisGcs
 from .node import Node
 from .object_store import SHARED_THRESHOLD, Blob, from_wire, to_wire
 from .protocol import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
+from .tls import TlsFiles
 from .transport import NodeClient, serve
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,9 @@ _FETCH_BYTES_PER_S = 1e9
 class ClusterLink:
     """What a node needs from the rest of the cluster; called on the node's dispatcher thread."""
 
-    def __init__(self, gcs: RedisGcs, address: str, node_id: str, token: str,
-                 heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S, *, driver: bool = False):
+    def __init__(self, gcs: RedisGcs, address: str, node_id: str, keys: ClusterKeys,
+                 heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S, tls: TlsFiles | None = None, *,
+                 driver: bool = False):
         self.gcs = gcs
         self.address = address
         self.driver = driver  # a driver's light node: it places everything elsewhere
@@ -56,7 +58,8 @@ class ClusterLink:
         self._suspects: dict[str, float] = {}  # address -> until when placement avoids it
         self._code_sent: dict[str, set[str]] = {}  # address -> function ids already sent there
         self.node_id = node_id
-        self.token = token
+        self.keys = keys
+        self.tls = tls
         self._post: Callable[[str, tuple], None] | None = None
         self._code_of: Callable[[str], bytes] | None = None
         self._resources: dict[str, float] = {}
@@ -79,7 +82,7 @@ class ClusterLink:
         with self._clients_lock:
             client = self._clients.get(address)
             if client is None:
-                client = self._clients[address] = NodeClient(address, self.token)
+                client = self._clients[address] = NodeClient(address, self.keys, tls=self.tls)
             return client
 
     # ---- placement ---------------------------------------------------------------------------
@@ -373,17 +376,19 @@ class ClusterNode:
                  num_workers: int | None = None, resources: dict[str, float] | None = None,
                  namespace: str = "default", node_id: str | None = None,
                  heartbeat_s: float = HEARTBEAT_S, heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
-                 driver: bool = False):
+                 tls: TlsFiles | None = None, driver: bool = False):
         if heartbeat_timeout_s <= heartbeat_s:
             raise ValueError(f"heartbeat_timeout_s ({heartbeat_timeout_s}) must be longer than heartbeat_s "
                              f"({heartbeat_s}), or live nodes would be declared dead")
         kind = "driver" if driver else "node"
         self.node_id = node_id or f"{kind}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.heartbeat_s, self.heartbeat_timeout_s = heartbeat_s, heartbeat_timeout_s
-        self.gcs = RedisGcs(gcs_url, namespace)
-        self._server, bound = serve(self._handle, self._export, token=token, host=host, port=port)
+        keys = ClusterKeys.from_token(token)
+        self.gcs = RedisGcs(gcs_url, namespace, keys=keys)
+        self._server, bound = serve(self._handle, self._export, keys=keys, host=host, port=port, tls=tls)
         self.address = f"{host}:{bound}"
-        self.link = ClusterLink(self.gcs, self.address, self.node_id, token, heartbeat_timeout_s, driver=driver)
+        self.link = ClusterLink(self.gcs, self.address, self.node_id, keys, heartbeat_timeout_s, tls,
+                                driver=driver)
         workers = 0 if driver else max(1, num_workers or os.cpu_count() or 1)
         self.node = Node(workers, resources, node_id=self.node_id, cluster=self.link)
         self._record = {"node_id": self.node_id, "address": self.address, "resources": self.node.resources,
@@ -496,10 +501,9 @@ def follow_node_deaths(gcs: RedisGcs, stop: threading.Event, on_node_dead: Any, 
             try:
                 while not stop.is_set():
                     message = subscription.get_message(timeout=1.0)
-                    if message is not None:
-                        event = json.loads(message["data"])
-                        if event.get("type") == "node_dead":
-                            on_node_dead(event["node_id"], event["address"])
+                    event = None if message is None else gcs.read_event(message["data"])
+                    if event is not None and event.get("type") == "node_dead":
+                        on_node_dead(event["node_id"], event["address"])
             finally:
                 subscription.close()
         except redis.RedisError as exc:
@@ -509,17 +513,22 @@ def follow_node_deaths(gcs: RedisGcs, stop: threading.Event, on_node_dead: Any, 
             stop.wait(retry_s)
 
 
-def join_as_driver(address: str, *, token: str | None, namespace: str = "default",
-                   host: str = "127.0.0.1") -> ClusterNode:
-    """Join the cluster whose GCS is at `address` (redis://...) as a driver: start its light node."""
+def join_as_driver(address: str, *, token: str | None, namespace: str = "default", host: str = "127.0.0.1",
+                   tls: TlsFiles | None = None) -> ClusterNode:
+    """Join the cluster whose GCS is at `address` (redis://...) as a driver: start its light node.
+
+    Only node records sealed with the token count, and every call is signed for
+    it. TLS files default to RINGWATCH_TLS_CERT/KEY/CA.
+    """
     token = token or os.environ.get("RINGWATCH_TOKEN")
     if not token:
         raise TokenMissingError("joining a cluster needs its token: pass token=... or set RINGWATCH_TOKEN")
-    gcs = RedisGcs(address, namespace)
+    gcs = RedisGcs(address, namespace, keys=ClusterKeys.from_token(token))
     try:
         live = [n for n in gcs.nodes(HEARTBEAT_TIMEOUT_S) if n["alive"] and not n.get("driver")]
     finally:
         gcs.close()
     if not live:
         raise NodeUnavailableError(f"no live ringwatch node is registered in the GCS at {address}")
-    return ClusterNode(address, token=token, host=host, namespace=namespace, driver=True)
+    return ClusterNode(address, token=token, host=host, namespace=namespace, driver=True,
+                       tls=tls or TlsFiles.from_env())

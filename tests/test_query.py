@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import networkx as nx
 import pytest
@@ -256,6 +257,48 @@ def test_cli_json_answers_equal_the_client(deployment):
         dataclasses.asdict(n) for n in client.neighbors(account, direction="both", hops=2)]
     assert as_json("account", account) == dataclasses.asdict(client.account(account))
     assert as_json("stats")["transactions"] == client.stats().transactions
+
+
+def test_cli_health_is_a_probe(deployment):
+    health = query_cli(deployment, "health")
+    assert health.returncode == 0, health.stderr
+    assert health.stdout.startswith("ok ") and f"{len(deployment.payments):,} transactions" in health.stdout
+    as_json = json.loads(query_cli(deployment, "health", "--json").stdout)
+    assert {**as_json, "uptime_s": 0} == {**dataclasses.asdict(deployment.client.health()), "uptime_s": 0}
+    down = subprocess.run([sys.executable, "-m", "ringwatch.stream.cli", "query", "health", "--address",
+                           f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "RINGWATCH_TOKEN": "t"})
+    assert down.returncode == 1 and "no ringwatch query service answers" in down.stderr
+
+
+def test_cli_subgraph_as_graphml_json_and_table(deployment, tmp_path):
+    ring = deployment.stream.rings[3]
+    expected = deployment.client.subgraph(ring.accounts[:2], hops=1)
+    assert expected.number_of_edges() > 0
+
+    graphml = query_cli(deployment, "subgraph", *ring.accounts[:2], "--graphml")
+    assert graphml.returncode == 0, graphml.stderr
+    read = nx.parse_graphml(graphml.stdout, force_multigraph=True)
+    assert set(read.nodes) == set(expected.nodes)
+    assert set(read.edges(keys=True)) == set(expected.edges(keys=True))
+    for src, dst, key, data in expected.edges(keys=True, data=True):
+        got = read.edges[src, dst, key]
+        assert (Decimal(str(got["amount"])), got["ts"], got["tx_id"]) == (Decimal(str(data["amount"])), data["ts"], key)
+    assert {n: read.nodes[n]["hops"] for n in read} == dict(expected.nodes(data="hops"))
+
+    as_json = query_cli(deployment, "subgraph", *ring.accounts[:2], "--json")
+    linked = nx.node_link_graph(json.loads(as_json.stdout), edges="edges")
+    assert isinstance(linked, nx.MultiDiGraph)
+    assert set(linked.edges(keys=True)) == set(expected.edges(keys=True))
+
+    out = tmp_path / "ring.graphml"
+    written = query_cli(deployment, "subgraph", *ring.accounts[:2], "--graphml", "--output", str(out))
+    assert written.returncode == 0 and str(out) in written.stdout
+    assert set(nx.read_graphml(out, force_multigraph=True).edges(keys=True)) == set(expected.edges(keys=True))
+
+    table = query_cli(deployment, "subgraph", *ring.accounts[:2]).stdout
+    assert f"{expected.number_of_nodes()} accounts, {expected.number_of_edges()} payments" in table
+    assert all(tx_id in table for _, _, tx_id in expected.edges(keys=True))
 
 
 def test_cli_tables_for_people(deployment):

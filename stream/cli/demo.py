@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ringwatch.connectors import BrokerStartError, InvalidSyntheticConfigError
 
+from ..config import ConfigError
 from ..demo import DemoReport, progress_reporter, run_demo
 from .tables import moment, print_table, ring_text
 
@@ -53,11 +54,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = run_demo(args.out, transactions=args.transactions, accounts=args.accounts, rings=args.rings,
                           seed=args.seed, shards=args.shards, kafka=args.kafka, query_port=args.serve or 0,
-                          on_progress=report_progress, serve=serving)
-    except (InvalidSyntheticConfigError, BrokerStartError) as exc:
+                          on_progress=report_progress, serve=serving,
+                          on_streamed=lambda engine: progress.finish(engine.transactions, alerts=engine.alerts_raised))
+    except (InvalidSyntheticConfigError, ConfigError, BrokerStartError) as exc:
         print(f"ringwatch demo: {exc}", file=sys.stderr)
         return 2
-    progress.finish(report.transactions, alerts=len(report.alerts))
     show(report)
     return 0
 
@@ -72,7 +73,7 @@ def show(report: DemoReport) -> None:
                   "yes" if (a.trigger_tx_id, a.accounts) in injected else "no", ring_text(a.accounts)] for a in top])
     rate = report.transactions / report.elapsed_s if report.elapsed_s else 0.0
     latency = ", ".join(f"{name} {value:.0f} ms" for name, value in report.latency_ms.items()) or "-"
-    print(f"\n{report.transactions:,} payments in {report.elapsed_s:.1f} s ({rate:,.0f} tx/s); "
+    print(f"\n{report.transactions:,} payments streamed in {report.elapsed_s:.1f} s ({rate:,.0f} tx/s); "
           f"payment-to-alert latency {latency}")
     print(f"alerts:  {report.alerts_file}")
     print(f"picture: {report.picture}")

@@ -1,8 +1,11 @@
-"""`ringwatch query alerts|rings|neighbors|account|stats`: the query client from a shell.
+"""`ringwatch query health|stats|alerts|rings|neighbors|account|subgraph`: the query client from a shell.
 
 Tables for people by default, `--json` for scripts. It mirrors `Client` one
 subcommand per method, so what a script does in Python an operator can do at
 a prompt, with the same token rule (RINGWATCH_TOKEN or --token-file).
+`health` exits 1 unless the engine is "ok", for probes; `subgraph` also writes
+GraphML (Gephi, yEd, Cytoscape, `networkx.read_graphml`) and node-link JSON
+(`networkx.node_link_graph`, d3).
 """
 
 from __future__ import annotations
@@ -10,12 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
 
 from ringwatch.graph import Alert
 from ringwatch.runtime import AuthError, GetTimeoutError
 from ringwatch.runtime.cli import TokenMissingError, read_token
 
-from ..query import AccountSummary, Client, EngineStats, InvalidQueryError, Neighbor, QueryError, to_plain
+from ..query import AccountSummary, Client, EngineStats, Health, InvalidQueryError, Neighbor, QueryError, to_plain
 from .tables import moment, print_table, ring_text
 
 DEFAULT_ADDRESS = "127.0.0.1:7070"
@@ -60,6 +68,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     account.add_argument("account", help="account id")
     account.set_defaults(handler=_account)
 
+    health = actions.add_parser("health", parents=[common], help="is the engine up and consuming (exit 1 if not)",
+                                description="The engine's status (ok, starting, failed), uptime and counts. "
+                                            "Exits 0 when the status is ok, 1 otherwise: usable as a probe.")
+    health.set_defaults(handler=_health)
+
+    graph = actions.add_parser("subgraph", parents=[common], help="the payments around accounts, as a table, "
+                               "GraphML or JSON", description="The accounts within --hops payments of ACCOUNT... "
+                               "and every payment between them in the engine's window. A table by default; "
+                               "--graphml or --json (node-link) for graph tools, to stdout or --output FILE.")
+    graph.add_argument("accounts", nargs="+", metavar="ACCOUNT", help="account id(s) to start from")
+    graph.add_argument("--hops", type=int, default=1, help="how many payments away (default 1)")
+    graph.add_argument("--since", help="only payments from this moment, or within this look-back (e.g. 48h)")
+    graph.add_argument("--graphml", action="store_true", help="write GraphML instead of a table")
+    graph.add_argument("--output", type=Path, help="write the graph to this file instead of stdout")
+    graph.set_defaults(handler=_subgraph)
+
     stats = actions.add_parser("stats", parents=[common], help="throughput, lag, latency, shards, checkpoint age",
                                description="The engine's throughput, lag, alert latency, graph size and "
                                            "checkpoint age.")
@@ -71,7 +95,12 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.address, token=token)
 
 
-def _run(args: argparse.Namespace, ask, show) -> int:
+def _plain_json(answer: Any) -> str:
+    return json.dumps(to_plain(answer), indent=2)
+
+
+def _run(args: argparse.Namespace, ask, show, *, exit_code=lambda answer: 0, as_json=_plain_json) -> int:
+    """Ask, then print the answer: `show` for people, `as_json` with --json; errors named, with an exit code."""
     try:
         with _client(args) as client:
             answer = ask(client)
@@ -85,10 +114,27 @@ def _run(args: argparse.Namespace, ask, show) -> int:
         print(f"ringwatch query: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(to_plain(answer), indent=2))
+        print(as_json(answer))
     else:
         show(answer)
-    return 0
+    return exit_code(answer)
+
+
+def _health(args: argparse.Namespace) -> int:
+    return _run(args, lambda c: c.health(), _health_view, exit_code=lambda health: 0 if health.status == "ok" else 1)
+
+
+def _subgraph(args: argparse.Namespace) -> int:
+    if args.json and args.graphml:
+        print("ringwatch query subgraph: choose one of --json and --graphml", file=sys.stderr)
+        return 2
+    fetch = lambda c: c.subgraph(args.accounts, hops=args.hops, since=args.since)  # noqa: E731
+    if args.output:
+        return _run(args, fetch, lambda graph: print(_write_graph(graph, args.output, graphml=args.graphml)),
+                    as_json=lambda graph: _write_graph(graph, args.output, graphml=False))
+    if args.graphml:
+        return _run(args, fetch, lambda graph: print(graph_text(graph, graphml=True), end=""))
+    return _run(args, fetch, _subgraph_table, as_json=lambda graph: graph_text(graph, graphml=False))
 
 
 def _alerts(args: argparse.Namespace) -> int:
@@ -142,6 +188,48 @@ def _account_view(summary: AccountSummary) -> None:
     print(f"\nin {len(summary.alert_ids)} alerts" + (f": {', '.join(summary.alert_ids[:10])}"
                                                        + (" ..." if len(summary.alert_ids) > 10 else "")
                                                        if summary.alert_ids else ""))
+
+
+def _health_view(health: Health) -> None:
+    print(f"{health.status}  up {health.uptime_s:,.0f} s  {health.transactions:,} transactions  "
+          f"{health.alerts:,} alerts")
+
+
+def _subgraph_table(graph: nx.MultiDiGraph) -> None:
+    hubs = sorted(node for node, hub in graph.nodes(data="hub") if hub)
+    print(f"{graph.number_of_nodes()} accounts, {graph.number_of_edges()} payments"
+          + (f"; hubs not expanded: {', '.join(hubs)}" if hubs else ""))
+    payments = sorted(graph.edges(data=True), key=lambda edge: (edge[2]["ts"], edge[2]["tx_id"]))
+    if payments:
+        print()
+        print_table(["time", "from", "to", "amount", "payment"],
+                    [[moment(d["ts"]), src, dst, f"{d['amount']:,.2f}", d["tx_id"]] for src, dst, d in payments])
+
+
+def graph_text(graph: nx.MultiDiGraph, *, graphml: bool) -> str:
+    """GraphML (values as GraphML types: exact amounts as decimal text) or networkx node-link JSON."""
+    if not graphml:
+        return json.dumps(nx.node_link_data(graph, edges="edges"), indent=2, default=_exact) + "\n"
+    plain = nx.MultiDiGraph()
+    plain.add_nodes_from((node, _graphml_values(data)) for node, data in graph.nodes(data=True))
+    plain.add_edges_from((src, dst, key, _graphml_values(data)) for src, dst, key, data in graph.edges(keys=True, data=True))
+    return "\n".join(nx.generate_graphml(plain, named_key_ids=True)) + "\n"
+
+
+def _write_graph(graph: nx.MultiDiGraph, output: Path, *, graphml: bool) -> str:
+    output.write_text(graph_text(graph, graphml=graphml), encoding="utf-8")
+    return f"{graph.number_of_nodes()} accounts, {graph.number_of_edges()} payments written to {output}"
+
+
+def _graphml_values(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _exact(v) if isinstance(v, Decimal) else v for k, v in data.items() if v is not None}
+
+
+def _exact(value: Any) -> str:
+    """Amounts leave as exact decimal text, never a float approximation."""
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _stats_view(stats: EngineStats) -> None:

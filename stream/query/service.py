@@ -193,13 +193,20 @@ def _resolve_since(spec: Any, now_ms: int | None) -> int | None:
 # ---- what the engine offers the service ---------------------------------------------------------------
 
 
+class AlertStore(Protocol):
+    """Where the alerts an engine raised are kept for queries (`ringwatch.stream.history.AlertHistory`)."""
+
+    def recent(self, *, since: int | None = None, account: str | None = None, limit: int = 100) -> list[Alert]: ...
+    def ids_through(self, account: str) -> list[str]: ...
+
+
 class QueryableEngine(Protocol):
     """The engine as the query service sees it; `Engine` implements it."""
 
     def query_shards(self) -> ShardSet | None: ...
     def search_options(self) -> SearchOptions: ...
     def newest_ts(self) -> int | None: ...
-    def recent_alerts(self) -> list[Alert]: ...
+    def alert_history(self) -> AlertStore | None: ...
     def health(self) -> Health: ...
     def stats(self) -> EngineStats: ...
 
@@ -231,21 +238,13 @@ class QueryHandler:
         return self.engine.stats()
 
     def alerts(self, since: dict | None = None, account: str | None = None, limit: int = 100) -> list[Alert]:
-        """Newest first; `since` against the time each alert was raised."""
+        """Newest first, from the engine's alert history (it survives restarts); `since` against when raised."""
         low = _resolve_since(since, int(time.time() * 1000))
         limit = _bounded_int("limit", limit, 0, MAX_LIMIT)
         if account is not None:
             _account(account)
-        found = []
-        for alert in reversed(self.engine.recent_alerts()):
-            if len(found) >= limit:
-                break
-            if low is not None and alert.detected_at < low:
-                continue
-            if account is not None and account not in alert.accounts:
-                continue
-            found.append(alert)
-        return found
+        history = self.engine.alert_history()
+        return history.recent(since=low, account=account, limit=limit) if history is not None else []
 
     def rings_through(self, account: str, max_hops: int = 6, window: str | int = "48h") -> list[Alert]:
         """The distinct rings through `account` among the payments of the last `window` (event time).
@@ -327,7 +326,8 @@ class QueryHandler:
         stamps = [d["ts"] for d in out_edges + in_edges]
         peers = {dst for _, dst in graph.out_edges(account)} | {src for src, _ in graph.in_edges(account)} \
             if account in graph else set()
-        alert_ids = [a.alert_id for a in reversed(self.engine.recent_alerts()) if account in a.accounts]
+        history = self.engine.alert_history()
+        alert_ids = history.ids_through(account) if history is not None else []
         return AccountSummary(
             account=account, known=bool(stamps), shard=shard_of(account, num_shards),
             out_degree=len(out_edges), in_degree=len(in_edges),
