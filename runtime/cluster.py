@@ -135,6 +135,14 @@ class ClusterLink:
         if here is not None and queued < 2 * here["resources"].get("CPU", 1) \
                 and not self._bytes_elsewhere(sizes, self.address):
             return None
+        if sizes:  # large inputs: where most of their bytes are, unless that node is saturated
+            held = {p["address"]: sum(size for where, size in sizes.values() if where == p["address"])
+                    for p in feasible}
+            holder = max(feasible, key=lambda p: held[p["address"]])
+            load = queued if holder["address"] == self.address else holder.get("queued", 0) + sent.get(
+                holder["address"], 0)
+            if held[holder["address"]] and load < 2 * holder["resources"].get("CPU", 1):
+                return None if holder["address"] == self.address else holder["address"]
         best = min(feasible, key=lambda p: self._estimated_wait(p, sizes, queued, sent))
         return None if best["address"] == self.address else best["address"]
 
