@@ -19,7 +19,7 @@ from engine_harness import EngineProcess, create_topic, wait_until
 from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.runtime import AuthError
 from ringwatch.runtime.auth import ClusterKeys, query_token_for
-from ringwatch.runtime.cluster import connect_driver
+from ringwatch.runtime.cluster import join_as_driver
 from ringwatch.runtime.tls import TlsFiles
 from ringwatch.runtime.transport import NodeClient
 from ringwatch.stream import Client, EngineUnreachableError
@@ -59,7 +59,7 @@ def test_demo_serve_shows_only_a_query_token_and_it_cannot_run_code(redis_url, u
                 holder_of_the_wrong_token.health()
         # The query token opens no door to the cluster: no node record opens with it, no call is accepted.
         with pytest.raises(ConnectionError, match="no live ringwatch node"):
-            connect_driver(redis_url, token=query_token, namespace=unique_name)
+            join_as_driver(redis_url, token=query_token, namespace=unique_name)
         with pytest.raises(AuthError):
             NodeClient(node.address, ClusterKeys.from_token(query_token)).call("object_count")
 
