@@ -64,7 +64,9 @@ from ringwatch.connectors import (
 )
 from ringwatch.graph import Alert, SearchOptions, ShardSet
 from ringwatch.runtime.checkpoints import default_uri
-from ringwatch.runtime.cli import TokenMissingError, read_token
+from ringwatch.runtime.cli import read_query_token
+from ringwatch.runtime.errors import TokenMissingError
+from ringwatch.runtime.tls import TlsConfigError, TlsFiles
 
 from .checkpoint import (
     Checkpoint,
@@ -75,7 +77,7 @@ from .checkpoint import (
     GcsCheckpointStore,
 )
 from .claims import AlertClaims
-from .config import Config, ConfigError, dump_sections
+from .config import Config, ConfigError, describe, dump_sections
 from .delivery import AlertDelivery
 from .event_time import EventClock, reason_category
 from .graph_port import EngineGraph, open_graph
@@ -118,6 +120,7 @@ class Engine:
         self.engine_id = f"{socket.gethostname()}:{Path(config.engine.state_dir).resolve()}"
         self.shared = bool(config.engine.address)  # on a cluster the group's engines share one set of shards
         self._query_token = self._resolve_query_token() if config.service.query_port else ""
+        self._query_tls = self._resolve_query_tls() if config.service.query_port else None
         self._source_factory = source_factory
         self.ready = threading.Event()
         self.query_address: str | None = None
@@ -140,6 +143,7 @@ class Engine:
         self._warm_until: dict[Partition, int] = {}  # records below: alerted on by a previous owner already
         self._replay_until: dict[Partition, int] = {}  # records below: seen before a rewind (no new dead letters)
         self.warmed = 0
+        self.cut_short = 0  # searches stopped early by an opt-in cut, since this process started
         self._failed = False
         self._pending: list[SourceRecord] = []
         self._received: list[float] = []
@@ -159,12 +163,12 @@ class Engine:
     def run(self, stop_event: threading.Event | None = None) -> None:
         stop = stop_event or threading.Event()
         config = self.config
-        logger.info("engine starting id=%s config=%s", self.engine_id,
-                    json.dumps(dump_sections(config), sort_keys=True))
+        logger.info("engine starting id=%s %s", self.engine_id, describe(config))
+        logger.debug("engine config=%s", json.dumps(dump_sections(config), sort_keys=True))
         self.started_at = time.time()
         started_runtime = not rt.is_initialized()
         if started_runtime:
-            rt.init(address=config.engine.address or None)
+            rt.init(address=config.engine.address or None, backend=config.engine.backend or None)
         metrics_server = None
         query_service = None
         try:
@@ -179,10 +183,12 @@ class Engine:
             self._source = self._open_source()
             self._watch_external_counters()
             if config.service.metrics_port:
-                metrics_server = self.metrics.serve(config.service.metrics_port)
+                self.metrics.show(self)
+                metrics_server = self.metrics.serve(config.service.metrics_port, config.service.metrics_host)
             if config.service.query_port:
                 query_service = QueryService(QueryHandler(self), token=self._query_token,
-                                             host=config.service.query_host, port=config.service.query_port)
+                                             host=config.service.query_host, port=config.service.query_port,
+                                             tls=self._query_tls)
                 self.query_address = query_service.start().address
             self.ready.set()
             self._loop(stop)
@@ -208,7 +214,7 @@ class Engine:
                 backoff_max_s=sinks_config.webhook_backoff_max / 1000)
         if sinks_config.alerts_topic:
             sinks["kafka"] = KafkaSink(self.config.source.kafka_bootstrap, sinks_config.alerts_topic,
-                                       state_dir / "kafka-sink")
+                                       state_dir / "kafka-sink", settings=self.config.kafka_settings())
         if sinks_config.alerts_file:
             sinks["file"] = JsonlSink(sinks_config.alerts_file)
         sinks["history"] = self.history = AlertHistory(state_dir / HISTORY_FILE,
@@ -216,12 +222,21 @@ class Engine:
         return sinks
 
     def _resolve_query_token(self) -> str:
-        """The token query clients must send: the cluster token, from a file or RINGWATCH_TOKEN."""
+        """The read-only query token clients must prove: from a file, RINGWATCH_QUERY_TOKEN, or derived from
+        RINGWATCH_TOKEN (never the cluster token itself)."""
         try:
-            return read_token(self.config.service.query_token_file or None)
+            return read_query_token(self.config.service.query_token_file or None)
         except (TokenMissingError, OSError) as exc:
-            raise ConfigError(f"service.query_port: the query service needs a token ({exc}); "
-                              "set RINGWATCH_TOKEN or service.query_token_file") from None
+            raise ConfigError(f"service.query_port: the query service needs a query token ({exc}); set "
+                              "RINGWATCH_QUERY_TOKEN, service.query_token_file or RINGWATCH_TOKEN") from None
+
+    def _resolve_query_tls(self) -> TlsFiles | None:
+        service = self.config.service
+        try:
+            return TlsFiles.from_options(service.query_tls_cert, service.query_tls_key, service.query_tls_ca,
+                                         prefix="service.query_tls_")
+        except TlsConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
     def _open_source(self) -> Source:
         if self._source_factory is not None:
@@ -229,7 +244,8 @@ class Engine:
         source_config = self.config.source
         return KafkaSource(source_config.kafka_bootstrap, source_config.topics, source_config.group,
                            dlq_topic=source_config.dlq_topic or None,
-                           max_message_bytes=source_config.max_message_bytes, listener=self)
+                           max_message_bytes=source_config.max_message_bytes, listener=self,
+                           settings=self.config.kafka_settings(), mapping=self.config.field_mapping())
 
     def _open_store(self) -> CheckpointStore:
         engine_config = self.config.engine
@@ -387,6 +403,7 @@ class Engine:
             if not self._shard_restart_behind(exc):
                 raise
             return False
+        self.cut_short += batch.truncated_searches
         if batch.refused:
             by_tx = {r.transaction.tx_id: r for r in accepted}
             for tx, reason in batch.refused:
@@ -488,7 +505,6 @@ class Engine:
         self.metrics.checkpoint_duration.observe(elapsed)
         self.metrics.checkpoints.inc()
         self.lag = self._source.lag()
-        self.metrics.set_lag(self.lag)
         logger.info("checkpoint epoch=%d reason=%s transactions=%d alerts=%d duration_ms=%.1f low_watermark=%s "
                     "positions=%s", checkpoint.epoch, reason, self.transactions, self.alerts_raised,
                     elapsed * 1000, self._clock.low_watermark, _show(self._covered))
@@ -581,6 +597,24 @@ class Engine:
         """The newest alerts this process raised (up to `LATENCY_SAMPLE`), oldest first."""
         with self._recent_lock:
             return list(self._recent)
+
+    # ---- what /metrics reads at each scrape (metrics.EngineFigures) --------------------------------------
+
+    def graph_edges(self) -> int | None:
+        shards = self.query_shards()
+        return shards.edge_count() if shards is not None else None
+
+    def searches_cut_short(self) -> int:
+        return self.cut_short
+
+    def partition_watermarks(self) -> dict[Partition, int]:
+        marks = {partition: mark for partition, mark in self._clock.watermarks().items() if mark is not None}
+        if self._clock.low_watermark is not None:
+            marks[("*", -1)] = self._clock.low_watermark
+        return marks
+
+    def partition_lag(self) -> dict[Partition, int]:
+        return dict(self.lag)
 
     def health(self) -> Health:
         status = "failed" if self._failed else "ok" if self.ready.is_set() else "starting"
