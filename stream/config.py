@@ -30,6 +30,7 @@ from ringwatch.graph import (
     format_duration,
     parse_duration,
 )
+from ringwatch.runtime.backend import BACKENDS
 
 from . import logs
 from .event_time import TimeRules
@@ -39,7 +40,12 @@ ENV_PREFIX = "RINGWATCH_"
 # tests. `run` accepts them; any other RINGWATCH_* variable is refused, to catch typos. Listed in
 # docs/configuration.md; a test checks that every RINGWATCH_* name the docs mention is accepted.
 OTHER_ENVIRONMENT = {
-    "RINGWATCH_TOKEN": "the cluster token: runtime nodes, drivers and query clients (or --token-file)",
+    "RINGWATCH_TOKEN": "the cluster token: runtime nodes and drivers (or --token-file); never sent anywhere",
+    "RINGWATCH_QUERY_TOKEN": "the read-only query token the query service checks and query clients sign with "
+                             "(or service.query_token_file / --token-file); default: derived from RINGWATCH_TOKEN",
+    "RINGWATCH_TLS_CERT": "certificate for node gRPC with TLS: drivers such as `run --address` (nodes: --tls-cert)",
+    "RINGWATCH_TLS_KEY": "its private key (nodes: --tls-key)",
+    "RINGWATCH_TLS_CA": "the CA every certificate of the cluster is signed by (nodes: --tls-ca)",
     "RINGWATCH_CHECKPOINT_URI": "where actor checkpoints are written (file:///shared/dir or redis://...); every "
                                 "node must reach it",
     "RINGWATCH_LINEAGE": "0 turns the runtime's lineage recording off (lost objects cannot be rebuilt); for "
@@ -129,7 +135,10 @@ class EngineConfig:
     """Micro-batching, checkpoints and where state lives."""
 
     state_dir: str = _setting("./ringwatch-state", "checkpoints and sink outboxes")
-    address: str = _setting("", "runtime cluster address (redis://...); empty = a local runtime")
+    backend: str = _setting("", "runtime the shard actors and search tasks run on: ringwatch (its own) or ray (a "
+                            "Ray cluster); empty = RINGWATCH_BACKEND, else ringwatch")
+    address: str = _setting("", "cluster to join: redis://HOST:PORT (ringwatch), auto or ray://HOST:10001 (ray); "
+                            "empty = start a local runtime")
     batch_max_size: int = _setting(256, "a micro-batch closes at this many payments", kind="int")
     batch_max_delay_ms: int = _setting(5, "... or this many milliseconds after its first payment", kind="int")
     checkpoint_interval: int = _setting(5_000, "time between aligned checkpoints", kind="duration")
@@ -156,12 +165,16 @@ class SinksConfig:
 class ServiceConfig:
     """Network endpoints of the running engine."""
 
-    query_port: int = _setting(0, "port of the gRPC query service (0 = off); clients must send the token",
-                               kind="int")
+    query_port: int = _setting(0, "port of the gRPC query service (0 = off); clients sign calls with the query "
+                               "token", kind="int")
     query_host: str = _setting("127.0.0.1", "interface the query service listens on (127.0.0.1: this machine "
                                "only)")
-    query_token_file: str = _setting("", "file holding the token query clients must send (default: "
-                                     "RINGWATCH_TOKEN)")
+    query_token_file: str = _setting("", "file holding the read-only query token clients sign with (default: "
+                                     "RINGWATCH_QUERY_TOKEN, else derived from RINGWATCH_TOKEN)")
+    query_tls_cert: str = _setting("", "TLS certificate of the query service (with query_tls_key and query_tls_ca: "
+                                   "clients must present a certificate from that CA)")
+    query_tls_key: str = _setting("", "private key of query_tls_cert")
+    query_tls_ca: str = _setting("", "CA that signs the query clients' certificates (and the service's)")
     query_alerts_kept: int = _setting(100_000, "newest alerts the alert history keeps for alert queries (on disk, "
                                       "state_dir/alert-history.sqlite3; survives restarts)", kind="int")
     metrics_port: int = _setting(0, "Prometheus metrics on this port (0 = off)", kind="int")
@@ -226,6 +239,8 @@ class Config:
             value = getattr(getattr(self, spec.section), spec.key)
             if spec.kind in ("int", "duration") and value < 0:
                 raise ConfigError(f"{spec.dotted}: must not be negative, got {value}")
+        if self.engine.backend and self.engine.backend not in BACKENDS:
+            raise ConfigError(f"engine.backend: must be one of {', '.join(BACKENDS)}, got {self.engine.backend!r}")
         if self.graph.shards < 1:
             raise ConfigError("graph.shards: must be at least 1")
         self.search_options()
