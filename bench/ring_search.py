@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--actor-shards", default="2", help="shard counts to run through GraphShard actors ('' = none)")
     parser.add_argument("--actor-batch-size", type=int, default=4096)
+    parser.add_argument("--backend", choices=("ringwatch", "ray"), default="ringwatch",
+                        help="runtime of the actor runs: ringwatch's own, or Ray (started locally)")
     parser.add_argument("--actor-budget", type=float, default=300.0, help="seconds an actor run may take")
     parser.add_argument("--latency-tx", type=int, default=50_000, help="payments timed one at a time")
     parser.add_argument("--baseline-tx", type=int, default=20_000)
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'  one payment per call':<24} {'':>9} {'':>10} {'':>9} {'':>9} {latency[0]:>8.3f} "
               f"{latency[1]:>8.3f} {latency[2]:>9.3f}")
         for shards in [int(s) for s in args.actor_shards.split(",") if s]:
-            actors = run_actors(table, options, shards, args.actor_batch_size, args.actor_budget)
+            actors = run_actors(table, options, shards, args.actor_batch_size, args.actor_budget, args.backend)
             _row(f"{shards} GraphShard actors", actors, stream)
         baseline(table, options, args, local)
         if mode == "dense":
@@ -152,10 +154,11 @@ def per_payment_latency(table: pa.Table, options: SearchOptions, batch_size: int
     return tuple(np.percentile(np.array(samples) * 1000, [50, 99, 99.9]))
 
 
-def run_actors(table: pa.Table, options: SearchOptions, shards: int, batch_size: int, budget: float) -> dict:
+def run_actors(table: pa.Table, options: SearchOptions, shards: int, batch_size: int, budget: float,
+               backend: str) -> dict:
     from ringwatch import runtime as rt
 
-    rt.init()
+    rt.init(backend=backend)
     graph = ShardedRingGraph.create(options, shards)
     try:
         graph.process(table.slice(0, 1))  # start the actors (and their compiled code) before the clock

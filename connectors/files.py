@@ -10,11 +10,11 @@ is a `Source` (connectors/source.py), so the engine can stream a file too.
 `FileSource.chunks` reads the same files in bulk for `detect`: columns, not
 rows (Arrow's JSON reader, Parquet batches, the C csv reader into columns),
 checked with vectorised tests that only ever accept; any row they do not
-accept goes through the per-row rule above (`Transaction.from_dict`), which
-decides and words the reason. So both paths judge every row by one rule.
-A file that cannot be read at all (not JSON lines / CSV / Parquet, no suffix,
-not UTF-8 where it must be) is one `UnreadableFileError` naming the file and
-the problem.
+accept goes through the per-row path above (`_record`, the mapping and
+`Transaction.from_dict`), which decides and words the reason, so both paths
+judge every row by one rule. With a field mapping, or the AMLworld layout,
+chunks are built from the per-row path. A file that cannot be read at all is
+one `UnreadableFileError` naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from ringwatch.graph import AMOUNT_SCALE, PAYMENT_SCHEMA, payment_table
 from ringwatch.graph.model import DEFAULT_MAX_AMOUNT, TS_MAX, TS_MIN
 
+from .mapping import IDENTITY, FieldMapping
 from .records import SourceRecord, record_from_json, record_from_mapping
 from .source import RebalanceListener, SequentialSource
 
@@ -45,6 +46,15 @@ AMLWORLD_HEADER = [
     "Timestamp", "From Bank", "Account", "To Bank", "Account", "Amount Received",
     "Receiving Currency", "Amount Paid", "Payment Currency", "Payment Format", "Is Laundering",
 ]
+# The IBM AMLworld layout as a `[source.fields]` mapping: accounts are `<bank>-<account>` (the second
+# "Account" column is "Account#2", see `unique_header`), the amount is what was paid, and rows have no
+# id, so the id is the file stem and row number: stable across replays.
+AMLWORLD = FieldMapping({
+    "tx_id": ["@source", "@offset"], "src": ["From Bank", "Account"], "dst": ["To Bank", "Account#2"],
+    "amount": "Amount Paid", "ts": "Timestamp", "currency": "Payment Currency",
+    "amount_received": "Amount Received", "receiving_currency": "Receiving Currency",
+    "payment_format": "Payment Format", "is_laundering": "Is Laundering",
+})
 PARQUET_BATCH_ROWS = 8_192
 
 
@@ -73,8 +83,9 @@ class FileSource(SequentialSource):
     """
 
     def __init__(self, path: str | Path, start: int = 0, listener: RebalanceListener | None = None,
-                 rate: float | None = None):
+                 rate: float | None = None, *, mapping: FieldMapping | None = None):
         self.path = Path(path)
+        self.mapping = mapping
         super().__init__((str(self.path), 0), start, listener, rate)
         if not self.path.is_file():
             raise UnsupportedFileError(f"{self.path}: no such file")
@@ -101,7 +112,9 @@ class FileSource(SequentialSource):
         """The file in chunks of about `rows` rows, columnar (see the module doc)."""
         suffix = self.path.suffix.lower()
         try:
-            if suffix in JSON_SUFFIXES:
+            if self.mapping is not None or (suffix == ".csv" and self._csv_header() == AMLWORLD_HEADER):
+                yield from self._row_chunks(rows)
+            elif suffix in JSON_SUFFIXES:
                 yield from self._json_chunks(rows)
             elif suffix == ".csv":
                 yield from self._csv_chunks(rows)
@@ -109,6 +122,20 @@ class FileSource(SequentialSource):
                 yield from self._parquet_chunks(rows)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
             raise UnreadableFileError(f"{self.path}: cannot read it as {suffix[1:]}: {exc}") from None
+
+    def _csv_header(self) -> list[str] | None:
+        with open(self.path, newline="", encoding="utf-8", errors="surrogateescape") as text:
+            return next(csv.reader(text), None)
+
+    def _row_chunks(self, rows: int) -> Iterator[PaymentChunk]:
+        records = self.rows(self.start)
+        while True:
+            block = list(itertools.islice(records, rows))
+            if not block:
+                return
+            chunk = PaymentChunk(PAYMENT_SCHEMA.empty_table(), rows=len(block))
+            chunk.table = _collect(block, chunk)
+            yield chunk
 
     def _json_chunks(self, rows: int) -> Iterator[PaymentChunk]:
         with open(self.path, "rb") as lines:
@@ -120,7 +147,7 @@ class FileSource(SequentialSource):
                 numbered = [(row + i, line.rstrip(b"\r\n")) for i, line in enumerate(block)]
                 numbered = [(i, line) for i, line in numbered if line.strip() and i >= self.start]
                 chunk = PaymentChunk(PAYMENT_SCHEMA.empty_table(), rows=len(block))
-                parts = []
+                parts: list[pa.Table] = []
                 self._json_part(numbered, parts, chunk)
                 chunk.table = pa.concat_tables(parts) if parts else chunk.table
                 row += len(block)
@@ -138,14 +165,12 @@ class FileSource(SequentialSource):
                 self._json_part(numbered[:half], parts, chunk)
                 self._json_part(numbered[half:], parts, chunk)
                 return
-            records = [record_from_json(self._position(i), line) for i, line in numbered]
-            parts.append(_collect(records, chunk))
+            parts.append(_collect([self._record(i, line) for i, line in numbered], chunk))
             return
         accepted, doubtful = accept(table)
         parts.append(accepted)
         if doubtful.size:
-            records = [record_from_json(self._position(numbered[i][0]), numbered[i][1]) for i in doubtful.tolist()]
-            parts.append(_collect(records, chunk))
+            parts.append(_collect([self._record(*numbered[i]) for i in doubtful.tolist()], chunk))
 
     def _csv_chunks(self, rows: int) -> Iterator[PaymentChunk]:
         with open(self.path, newline="", encoding="utf-8", errors="surrogateescape") as text:
@@ -153,15 +178,14 @@ class FileSource(SequentialSource):
             header = next(reader, None)
             if header is None:
                 return
-            amlworld = header == AMLWORLD_HEADER
+            names = unique_header(header)
             row = 0
             while True:
                 block = list(itertools.islice(reader, rows))
                 if not block:
                     return
                 chunk = PaymentChunk(PAYMENT_SCHEMA.empty_table(), rows=len(block))
-                parts, good, good_rows = [], [], []
-                records = []
+                parts, good, good_rows, records = [], [], [], []
                 for i, cells in enumerate(block, start=row):
                     if i < self.start:
                         continue
@@ -169,26 +193,22 @@ class FileSource(SequentialSource):
                         records.append(SourceRecord(self._position(i), None, _csv_line(cells),
                                                     f"columns:expected {len(header)} cells as in the header, "
                                                     f"got {len(cells)}"))
-                    elif amlworld:
-                        records.append(record_from_mapping(self._position(i), _amlworld_mapping(
-                            header, cells, self.path.stem, i), _csv_line(cells)))
                     else:
                         good.append(cells)
                         good_rows.append(i)
                 if good:
-                    columns = {name: [cells[k] for cells in good] for k, name in enumerate(header)
-                               if name in PAYMENT_SCHEMA.names}
-                    table = pa.table({name: pa.array(values, pa.string()) for name, values in columns.items()})
-                    if "currency" in table.column_names:
+                    table = pa.table({name: pa.array([cells[k] for cells in good], pa.string())
+                                      for k, name in enumerate(names) if name in PAYMENT_SCHEMA.names})
+                    if "currency" in table.column_names:  # an empty cell counts as missing
+                        currency = table.column("currency")
                         table = table.set_column(table.column_names.index("currency"), "currency",
-                                                 pc.if_else(pc.equal(table.column("currency"), ""), None,
-                                                            table.column("currency")))
+                                                 pc.if_else(pc.equal(currency, ""), None, currency))
                     accepted, doubtful = accept(table)
                     parts.append(accepted)
                     for k in doubtful.tolist():
                         cells = good[k]
-                        records.append(record_from_mapping(self._position(good_rows[k]), _named_mapping(
-                            header, cells, self.path.stem, good_rows[k]), _csv_line(cells)))
+                        records.append(self._record(good_rows[k], {n: c for n, c in zip(names, cells) if c != ""},
+                                                    _csv_line(cells)))
                 parts.append(_collect(records, chunk))
                 chunk.table = pa.concat_tables(parts)
                 row += len(block)
@@ -203,8 +223,7 @@ class FileSource(SequentialSource):
                 table = table.slice(min(self.start - row, table.num_rows))
             first = row + batch.num_rows - table.num_rows
             accepted, doubtful = accept(table)
-            records = [record_from_mapping(self._position(first + k), table.slice(k, 1).to_pylist()[0])
-                       for k in doubtful.tolist()]
+            records = [self._record(first + k, table.slice(k, 1).to_pylist()[0]) for k in doubtful.tolist()]
             chunk.table = pa.concat_tables([accepted, _collect(records, chunk)])
             row += batch.num_rows
             yield chunk
@@ -216,7 +235,7 @@ class FileSource(SequentialSource):
         with open(self.path, "rb") as lines:
             for row, line in enumerate(lines):
                 if line.strip():
-                    yield record_from_json(self._position(row), line.rstrip(b"\r\n"))
+                    yield self._record(row, line.rstrip(b"\r\n"))
 
     def _csv_rows(self) -> Iterator[SourceRecord]:
         with open(self.path, newline="", encoding="utf-8", errors="surrogateescape") as text:
@@ -224,15 +243,18 @@ class FileSource(SequentialSource):
             header = next(reader, None)
             if header is None:
                 return
-            to_mapping = _amlworld_mapping if header == AMLWORLD_HEADER else _named_mapping
+            names = unique_header(header)
+            amlworld = self.mapping is None and header == AMLWORLD_HEADER
             for row, cells in enumerate(reader):
                 position = self._position(row)
                 raw = _csv_line(cells)
                 if len(cells) != len(header):
                     yield SourceRecord(position, None, raw,
                                        f"columns:expected {len(header)} cells as in the header, got {len(cells)}")
-                else:
-                    yield record_from_mapping(position, to_mapping(header, cells, self.path.stem, row), raw)
+                elif amlworld:
+                    yield self._amlworld_record(row, dict(zip(names, cells)), raw)
+                else:  # an empty cell counts as missing
+                    yield self._record(row, {name: cell for name, cell in zip(names, cells) if cell != ""}, raw)
 
     def _parquet_rows(self) -> Iterator[SourceRecord]:
         row = 0
@@ -240,10 +262,42 @@ class FileSource(SequentialSource):
             batches = pq.ParquetFile(self.path).iter_batches(batch_size=PARQUET_BATCH_ROWS)
             for batch in batches:
                 for values in batch.to_pylist():
-                    yield record_from_mapping(self._position(row), values)
+                    yield self._record(row, values)
                     row += 1
         except (pa.ArrowInvalid, OSError) as exc:
             raise UnreadableFileError(f"{self.path}: cannot read it as parquet: {exc}") from None
+
+    def _origin(self, row: int) -> tuple[str, int, int]:
+        """The row's place as a mapping's `@source`, `@partition`, `@offset` see it."""
+        return (self.path.stem, 0, row)
+
+    def _record(self, row: int, data: dict | bytes, raw: bytes | None = None) -> SourceRecord:
+        """A JSON line (bytes) or a decoded row through the mapping, if any, into a record."""
+        mapping = self.mapping or IDENTITY
+        if isinstance(data, bytes):
+            return record_from_json(self._position(row), data, mapping=mapping, origin=self._origin(row))
+        return record_from_mapping(self._position(row), data, raw, mapping=mapping, origin=self._origin(row))
+
+    def _amlworld_record(self, row: int, cells: dict[str, str], raw: bytes) -> SourceRecord:
+        data = AMLWORLD.apply(cells, self._origin(row))
+        data["is_laundering"] = data.get("is_laundering") == "1"
+        return record_from_mapping(self._position(row), data, raw)
+
+
+def _csv_line(cells: list[str]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(cells)
+    return buffer.getvalue().encode("utf-8", errors="surrogateescape")
+
+
+def unique_header(header: list[str]) -> list[str]:
+    """Column names made unique: a repeated name gets `#2`, `#3`... (AMLworld has two "Account" columns)."""
+    seen: dict[str, int] = {}
+    names = []
+    for name in header:
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return names
 
 
 def _json_options(ts_type: pa.DataType) -> pj.ParseOptions:
@@ -356,39 +410,3 @@ def _timestamps(column: pa.ChunkedArray | None, n: int) -> tuple[np.ndarray, np.
     else:
         return np.zeros(n, np.int64), np.zeros(n, np.bool_)
     return values, valid & (values >= TS_MIN) & (values <= TS_MAX)
-
-
-def _csv_line(cells: list[str]) -> bytes:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow(cells)
-    return buffer.getvalue().encode("utf-8", errors="surrogateescape")
-
-
-def _named_mapping(header: list[str], cells: list[str], _stem: str, _row: int) -> dict[str, str]:
-    """A row of a CSV with contract column names; an empty cell counts as missing."""
-    return {name: cell for name, cell in zip(header, cells) if cell != ""}
-
-
-def _amlworld_mapping(_header: list[str], cells: list[str], stem: str, row: int) -> dict[str, object]:
-    """An AMLworld row as a transaction: accounts are `<bank>-<account>`, the amount is what was paid.
-
-    AMLworld rows have no id, so the id is the file stem and row number: stable across replays.
-    """
-    (timestamp, from_bank, from_account, to_bank, to_account, amount_received,
-     receiving_currency, amount_paid, payment_currency, payment_format, is_laundering) = cells
-    return {
-        "tx_id": f"{stem}-{row}",
-        "src": _amlworld_account(from_bank, from_account),
-        "dst": _amlworld_account(to_bank, to_account),
-        "amount": amount_paid,
-        "ts": timestamp,
-        "currency": payment_currency,
-        "amount_received": amount_received,
-        "receiving_currency": receiving_currency,
-        "payment_format": payment_format,
-        "is_laundering": is_laundering == "1",
-    }
-
-
-def _amlworld_account(bank: str, account: str) -> str | None:
-    return f"{bank}-{account}" if bank and account else None

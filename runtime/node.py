@@ -55,7 +55,7 @@ class Node:
     def __init__(self, num_workers: int, resources: dict[str, float] | None = None, *, node_id: str = "local",
                  log_level: int = logging.WARNING, cluster: Any = None):
         self.node_id = node_id
-        self.num_workers = max(1, num_workers)
+        self.num_workers = num_workers  # 0 for a driver's light node, which places everything elsewhere
         self.resources = {"CPU": float(self.num_workers), **(resources or {})}
         self._cluster = cluster  # a ClusterLink when this node is part of a multi-node cluster
         self._events: deque = deque()
@@ -201,8 +201,8 @@ class Node:
 
     def _submit(self, spec: TaskSpec) -> None:
         self._objects.entry(spec.task_id).spec = spec
-        if spec.forwarded_by:
-            self._objects.hold(spec.task_id)  # the forwarding node holds it until it has fetched the result
+        if spec.forwarded_by:  # kept for the forwarding node until it has the result
+            self._objects.hold_for(spec.task_id, spec.forwarded_by)
         if spec.code is not None:  # sent along with the first call of a function forwarded here
             self._functions.add(spec.function_id, spec.code)
             spec.code = None
@@ -228,6 +228,8 @@ class Node:
         entry = self._objects.finish(result.task_id, result.blob, result.error, result.contained)
         if entry is None:
             return
+        if self._router is not None:
+            self._router.settled(result.task_id)
         spec = entry.spec
         if spec is not None and spec.forwarded_by and spec.forwarded_by != self._cluster.address:
             self._report_to_forwarder(spec, entry)
@@ -241,14 +243,20 @@ class Node:
 
         Small values and errors travel with the news, and this node's copy goes;
         a large value stays here, held for the forwarder, until someone needs it
-        there (or a task that needs it is placed here).
+        there (or a task that needs it is placed here). Nothing is kept for a
+        forwarder that is gone.
         """
-        if entry.blob is not None and entry.blob.size > SHARED_THRESHOLD:
-            self._cluster.send(spec.forwarded_by, "held_elsewhere", spec.task_id, self._cluster.address)
+        gone = self._recovery.is_gone(spec.forwarded_by)
+        if not gone and entry.blob is not None and entry.blob.size > SHARED_THRESHOLD:
+            self._cluster.send(spec.forwarded_by, "held_elsewhere", spec.task_id, self._cluster.address,
+                               entry.blob.size)
             return
-        self._cluster.send(spec.forwarded_by, "result", spec.task_id,
-                           None if entry.blob is None else to_wire(entry.blob), entry.error)
-        entry.holders -= 1  # the forwarder's hold; `settle` frees the entry once nobody waits for it
+        if not gone:
+            self._cluster.send(spec.forwarded_by, "result", spec.task_id,
+                               None if entry.blob is None else to_wire(entry.blob), entry.error)
+        if entry.held_for is not None:  # the forwarder's hold; `settle` frees the entry once nobody waits for it
+            entry.holders -= 1
+            entry.held_for = None
 
     # ---- requests: objects -------------------------------------------------------------------
 
@@ -261,6 +269,9 @@ class Node:
 
     def _op_release(self, reply: Reply, object_id: str) -> None:
         self._objects.release(object_id)
+
+    def _op_release_held(self, reply: Reply, object_id: str) -> None:
+        self._objects.release_held(object_id)
 
     def _op_register_function(self, reply: Reply, function_id: str, code: bytes) -> None:
         self._functions.register(function_id, code)
@@ -287,8 +298,17 @@ class Node:
         entry = self._objects.find(object_id)
         if entry is None or entry.ready or entry.spec is None:
             reply(True, False)
-            return
-        reply(True, self._scheduler.cancel(entry.spec) or self._actors.cancel(entry.spec))
+        elif self._scheduler.cancel(entry.spec) or self._actors.cancel(entry.spec) \
+                or (self._router is not None and self._router.cancel(entry.spec)):
+            reply(True, True)
+        elif entry.remote is not None:  # sent to another node: it cancels it there and sends the error back
+            self._cluster.ask(entry.remote, "cancel", object_id, then=reply)
+        else:
+            reply(True, False)
+
+    def _op_answered(self, reply: Reply, then: Reply, ok: bool, answer: Any) -> None:
+        """The answer to a question this node asked another node (`ClusterLink.ask`)."""
+        then(ok, answer)
 
     def _op_object_count(self, reply: Reply) -> None:
         reply(True, {"objects": len(self._objects), "functions": len(self._functions),
@@ -352,12 +372,12 @@ class Node:
         reply(True, None)
         self._op_remote_ready(_ignore, object_id, None if blob is None else from_wire(blob), error)
 
-    def _op_held_elsewhere(self, reply: Reply, object_id: str, address: str) -> None:
+    def _op_held_elsewhere(self, reply: Reply, object_id: str, address: str, size: int) -> None:
         """A large value another node made for this one is ready there; it moves only when needed here."""
         reply(True, None)
-        entry = self._objects.held_elsewhere(object_id, address)
+        entry = self._objects.held_elsewhere(object_id, address, size)
         if entry is None:
-            self._cluster.send(address, "release", object_id)
+            self._cluster.send(address, "release_held", object_id)
             return
         if entry.spec is not None and entry.spec.kind == TASK:
             self._cluster.record_lineage(object_id, entry.spec)  # to re-make it if `address` dies

@@ -70,9 +70,13 @@ class Recovery:
         if address in self._dead:
             return
         self._dead.add(address)
-        logger.warning("node %s (%s) is dead; recovering what this node had there", node_id, address)
+        logger.warning("node %s (%s) is gone; recovering what this node had there", node_id, address)
         self._router.node_died(address)
         for object_id, entry in self._objects.items():
+            if entry.held_for == address:  # kept for the dead node, which will never fetch it
+                self._objects.release_held(object_id)
+                if object_id not in self._objects:
+                    continue
             if entry.copy_at == address:
                 entry.copy_at = None
             if entry.ready and entry.held_at == address:
@@ -96,6 +100,10 @@ class Recovery:
         else:
             self._finish(TaskResult(object_id, None, ActorDiedError(
                 f"{spec.name}: node {node_id} died while the call was running there")))
+
+    def is_gone(self, address: str) -> bool:
+        """True for a node declared dead (or that left): nothing is sent or kept for it any more."""
+        return address in self._dead
 
     # ---- lineage ---------------------------------------------------------------------------
 

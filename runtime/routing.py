@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from .errors import ActorDiedError
+from .errors import ActorDiedError, TaskCancelledError
 from .objects import After, ObjectTable
-from .protocol import ACTOR_CALL, ACTOR_CREATE, TaskResult, TaskSpec
+from .protocol import ACTOR_CALL, ACTOR_CREATE, TASK, TaskResult, TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ class Placement(Protocol):
 
     address: str
 
-    def place(self, spec: TaskSpec, queued: int) -> str | None: ...
+    def place(self, spec: TaskSpec, queued: int, sent: Mapping[str, int],
+              known: Mapping[str, tuple[str, int]]) -> str | None: ...
     def forward(self, spec: TaskSpec, address: str) -> None: ...
     def actor_location(self, actor_id: str) -> tuple[str, str | None]: ...
     def reachable(self, address: str) -> bool: ...
@@ -52,6 +54,9 @@ class Router:
         self._remote_actors: dict[str, str] = {}  # actor id -> address of the node this one sent it to
         self._parked: dict[str, list[TaskSpec]] = {}  # actor id -> calls waiting for it to (re)appear
         self._parked_since: dict[str, float] = {}
+        self._sent_to: dict[str, str] = {}  # task id -> address of the node running it
+        self._sent = Counter()  # address -> tasks sent there and not finished
+        self._awaiting: dict[str, TaskSpec] = {}  # task id -> a task waiting here for its inputs to be made
 
     def placed_elsewhere(self, spec: TaskSpec) -> bool:
         """Send the call to the node the cluster picks; True when it went elsewhere (or failed)."""
@@ -65,8 +70,10 @@ class Router:
                     return True
             elif spec.forwarded_by:
                 target = None
+            elif self._await_inputs(spec):
+                return True
             else:
-                target = self._link.place(spec, self._queued())
+                target = self._link.place(spec, self._queued(), self._sent, self._input_sizes(spec))
         except Exception as exc:  # no feasible node, or the GCS is unreachable: the caller's get says why
             self._finish(TaskResult(spec.task_id, None, exc))
             return True
@@ -77,11 +84,59 @@ class Router:
         self._send(spec, target)
         return True
 
+    def _await_inputs(self, spec: TaskSpec) -> bool:
+        """Hold a task until its inputs are made, so it is placed where its large inputs are; True if held."""
+        pending = [d for d in spec.deps if not self._objects.is_done(d)]
+        if not pending:
+            return False
+        self._awaiting[spec.task_id] = spec
+        count = {"left": len(set(pending))}
+
+        def one_done() -> None:
+            count["left"] -= 1
+            if count["left"] == 0 and self._awaiting.pop(spec.task_id, None) is spec:
+                self._run_here(spec)  # placed now, with every input's location known
+
+        for dep in set(pending):
+            self._objects.on_done(dep, one_done)
+        return True
+
+    def cancel(self, spec: TaskSpec) -> bool:
+        """Cancel a task still waiting here for its inputs."""
+        if self._awaiting.get(spec.task_id) is not spec:
+            return False
+        del self._awaiting[spec.task_id]
+        self._finish(TaskResult(spec.task_id, None, TaskCancelledError(spec.name)))
+        return True
+
+    def _input_sizes(self, spec: TaskSpec) -> dict[str, tuple[str, int]]:
+        """Where each input this node owns is and how big it is (the cluster link looks up the others)."""
+        sizes = {}
+        for dep in spec.deps:
+            entry = self._objects.find(dep)
+            if entry is None or not entry.ready:
+                continue
+            if entry.held_at is not None:
+                sizes[dep] = (entry.held_at, entry.size)
+            elif entry.remote is None:
+                sizes[dep] = (self._link.address, entry.blob.size if entry.blob is not None else 0)
+        return sizes
+
     def _send(self, spec: TaskSpec, address: str) -> None:
+        if spec.kind == TASK:
+            self.settled(spec.task_id)  # sent again (a retry): counted where it goes now
+            self._sent_to[spec.task_id] = address
+            self._sent[address] += 1
         spec.dep_locations = {d: self._objects.location_of(d) for d in spec.deps}
         spec.forwarded_by = self._link.address
         self._objects.entry(spec.task_id).remote = address
         self._link.forward(spec, address)
+
+    def settled(self, task_id: str) -> None:
+        """A task this node sent elsewhere is finished (or is to be placed again)."""
+        address = self._sent_to.pop(task_id, None)
+        if address is not None:
+            self._sent[address] -= 1
 
     def _route_to_actor(self, spec: TaskSpec) -> None:
         """Forward a call to the node its actor lives on; park it while the actor is restarting."""

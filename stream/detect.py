@@ -63,14 +63,16 @@ class DetectReport:
 def detect(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path, *, shards: int = 1,
            batch_size: int = 4096, use_runtime: bool = True, progress: bool | None = None,
            report: DetectReport | None = None, allowed_lateness: str | int | None = None,
-           **options: Any) -> list[Alert]:
+           backend: str | None = None, address: str | None = None, **options: Any) -> list[Alert]:
     """Alerts for every ring among the payments, each once, in trigger (ts, tx_id) order.
 
     `transactions` is a path (CSV, JSONL, Parquet, AMLworld CSV) or an iterable of
     dicts / `Transaction`s. Rows that fail validation, conflicting duplicates and
     late payments are not dropped silently: they land in `report.rejected` with
     the reason (and are counted in a warning). `shards > 1` with `use_runtime`
-    puts the graph in `GraphShard` actors on a local runtime (same alerts).
+    puts the graph in `GraphShard` actors (same alerts); `backend`/`address` say
+    which runtime they run on when this call starts it (`ringwatch.runtime.init`:
+    `backend="ray"` runs them on Ray).
     """
     settings = search_options(**options)
     lateness = parse_duration(allowed_lateness, name="allowed_lateness") if allowed_lateness is not None \
@@ -81,7 +83,7 @@ def detect(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path,
     on_runtime = use_runtime and shards > 1
     started_runtime = on_runtime and not rt.is_initialized()
     if started_runtime:
-        rt.init()
+        rt.init(address=address, backend=backend)
     graph: RingGraph = ShardedRingGraph.create(settings, shards) if on_runtime else LocalRingGraph(settings)
     try:
         alerts = _run(graph, _chunks(transactions), batch_size, clock, report, Progress("detect", enabled=progress))

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -65,10 +64,20 @@ from ringwatch.connectors import (
 )
 from ringwatch.graph import Alert, RingGraph, SearchOptions
 from ringwatch.runtime.checkpoints import default_uri
-from ringwatch.runtime.cli import TokenMissingError, read_token
+from ringwatch.runtime.cli import read_query_token
+from ringwatch.runtime.errors import TokenMissingError
+from ringwatch.runtime.tls import TlsConfigError, TlsFiles
 
-from .checkpoint import Checkpoint, CheckpointError, CheckpointStore, EngineProgress, FileCheckpointStore
-from .config import Config, ConfigError, dump_sections
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointStore,
+    EngineProgress,
+    FileCheckpointStore,
+    GcsCheckpointStore,
+)
+from .claims import AlertClaims
+from .config import Config, ConfigError, describe, dump_sections
 from .delivery import AlertDelivery
 from .event_time import EventClock, reason_category
 from .graph_port import EngineGraph, open_graph
@@ -87,6 +96,8 @@ SINK_FLUSH_TIMEOUT_S = 30.0
 SHARD_RESTART_WAIT_S = 30.0  # after a failed graph call: how long to look for the shard restart behind it
 THROUGHPUT_WINDOW_S = 10.0  # `stats().throughput_tx_s` is measured over this much recent time
 LATENCY_SAMPLE = 1_000  # latency percentiles in `stats()` are over this many recent alerts
+PROGRESS_TTL_INTERVALS = 12  # an engine's published progress expires after this many checkpoint intervals
+CLAIM_MIN_TTL_MS = 60_000
 EVICT_SLICES = 16  # evict when the horizon has moved 1/16 of the window: each eviction is a pass over the shards
 
 
@@ -105,8 +116,11 @@ class Engine:
 
     def __init__(self, config: Config, *, source_factory: SourceFactory | None = None):
         self.config = config.validate()
-        self.engine_id = f"{socket.gethostname()}-{os.getpid()}"
+        # Stable across restarts (one engine per state directory): a restarted engine owns its alert claims.
+        self.engine_id = f"{socket.gethostname()}:{Path(config.engine.state_dir).resolve()}"
+        self.shared = bool(config.engine.address)  # on a cluster the group's engines share one set of shards
         self._query_token = self._resolve_query_token() if config.service.query_port else ""
+        self._query_tls = self._resolve_query_tls() if config.service.query_port else None
         self._source_factory = source_factory
         self.ready = threading.Event()
         self.query_address: str | None = None
@@ -129,6 +143,7 @@ class Engine:
         self._warm_until: dict[Partition, int] = {}  # records below: alerted on by a previous owner already
         self._replay_until: dict[Partition, int] = {}  # records below: seen before a rewind (no new dead letters)
         self.warmed = 0
+        self.cut_short = 0  # searches stopped early by an opt-in cut, since this process started
         self._failed = False
         self._pending: list[SourceRecord] = []
         self._received: list[float] = []
@@ -139,32 +154,41 @@ class Engine:
         self._graph: EngineGraph | None = None
         self._delivery: AlertDelivery | None = None
         self._sinks: dict[str, Sink] = {}
-        self._store: CheckpointStore = FileCheckpointStore(config.engine.state_dir, config.engine.keep_checkpoints)
+        self._store: CheckpointStore | None = None  # opened once the runtime is up (on a cluster it is the GCS)
+        self._claims: AlertClaims | None = None
+        self._group_low: int | None = None  # lowest low watermark published by the group's engines
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def run(self, stop_event: threading.Event | None = None) -> None:
         stop = stop_event or threading.Event()
         config = self.config
-        logger.info("engine starting id=%s config=%s", self.engine_id,
-                    json.dumps(dump_sections(config), sort_keys=True))
+        logger.info("engine starting id=%s %s", self.engine_id, describe(config))
+        logger.debug("engine config=%s", json.dumps(dump_sections(config), sort_keys=True))
         self.started_at = time.time()
         started_runtime = not rt.is_initialized()
         if started_runtime:
-            rt.init(address=config.engine.address or None)
+            rt.init(address=config.engine.address or None, backend=config.engine.backend or None)
         metrics_server = None
         query_service = None
         try:
+            self._store = self._open_store()
             self._sinks = self._open_sinks()
-            self._delivery = AlertDelivery(self._sinks)
+            if self.shared:
+                self._claims = AlertClaims(config.source.group, self.engine_id,
+                                           ttl_s=max(config.graph.window + config.time.allowed_lateness,
+                                                     CLAIM_MIN_TTL_MS) / 1000)
+            self._delivery = AlertDelivery(self._sinks, self._claims.ours if self._claims else None)
             self._graph = self._restore()
             self._source = self._open_source()
             self._watch_external_counters()
             if config.service.metrics_port:
-                metrics_server = self.metrics.serve(config.service.metrics_port)
+                self.metrics.show(self)
+                metrics_server = self.metrics.serve(config.service.metrics_port, config.service.metrics_host)
             if config.service.query_port:
                 query_service = QueryService(QueryHandler(self), token=self._query_token,
-                                             host=config.service.query_host, port=config.service.query_port)
+                                             host=config.service.query_host, port=config.service.query_port,
+                                             tls=self._query_tls)
                 self.query_address = query_service.start().address
             self.ready.set()
             self._loop(stop)
@@ -190,7 +214,7 @@ class Engine:
                 backoff_max_s=sinks_config.webhook_backoff_max / 1000)
         if sinks_config.alerts_topic:
             sinks["kafka"] = KafkaSink(self.config.source.kafka_bootstrap, sinks_config.alerts_topic,
-                                       state_dir / "kafka-sink")
+                                       state_dir / "kafka-sink", settings=self.config.kafka_settings())
         if sinks_config.alerts_file:
             sinks["file"] = JsonlSink(sinks_config.alerts_file)
         sinks["history"] = self.history = AlertHistory(state_dir / HISTORY_FILE,
@@ -198,12 +222,21 @@ class Engine:
         return sinks
 
     def _resolve_query_token(self) -> str:
-        """The token query clients must send: the cluster token, from a file or RINGWATCH_TOKEN."""
+        """The read-only query token clients must prove: from a file, RINGWATCH_QUERY_TOKEN, or derived from
+        RINGWATCH_TOKEN (never the cluster token itself)."""
         try:
-            return read_token(self.config.service.query_token_file or None)
+            return read_query_token(self.config.service.query_token_file or None)
         except (TokenMissingError, OSError) as exc:
-            raise ConfigError(f"service.query_port: the query service needs a token ({exc}); "
-                              "set RINGWATCH_TOKEN or service.query_token_file") from None
+            raise ConfigError(f"service.query_port: the query service needs a query token ({exc}); set "
+                              "RINGWATCH_QUERY_TOKEN, service.query_token_file or RINGWATCH_TOKEN") from None
+
+    def _resolve_query_tls(self) -> TlsFiles | None:
+        service = self.config.service
+        try:
+            return TlsFiles.from_options(service.query_tls_cert, service.query_tls_key, service.query_tls_ca,
+                                         prefix="service.query_tls_")
+        except TlsConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
     def _open_source(self) -> Source:
         if self._source_factory is not None:
@@ -211,7 +244,16 @@ class Engine:
         source_config = self.config.source
         return KafkaSource(source_config.kafka_bootstrap, source_config.topics, source_config.group,
                            dlq_topic=source_config.dlq_topic or None,
-                           max_message_bytes=source_config.max_message_bytes, listener=self)
+                           max_message_bytes=source_config.max_message_bytes, listener=self,
+                           settings=self.config.kafka_settings(), mapping=self.config.field_mapping())
+
+    def _open_store(self) -> CheckpointStore:
+        engine_config = self.config.engine
+        if self.shared:
+            return GcsCheckpointStore(self.config.source.group, engine_config.keep_checkpoints,
+                                      progress_ttl_s=max(PROGRESS_TTL_INTERVALS * engine_config.checkpoint_interval,
+                                                         CLAIM_MIN_TTL_MS) / 1000)
+        return FileCheckpointStore(engine_config.state_dir, engine_config.keep_checkpoints)
 
     def _shard_checkpoint_uri(self) -> str:
         """Where shards checkpoint: the cluster's store, or (local runtime) a folder under `state_dir`."""
@@ -223,17 +265,18 @@ class Engine:
         """The graph, from the newest aligned checkpoint if there is one; the clock and positions with it."""
         checkpoint = self._store.latest()
         graph_config = self.config.graph
+        shared_as = f"ringwatch/{self.config.source.group}" if self.shared else None
         if checkpoint is None:
             logger.info("no checkpoint: starting from the group's committed offsets")
             return open_graph(graph_config.shards, self.config.search_options(),
-                              checkpoint_uri=self._shard_checkpoint_uri())
+                              checkpoint_uri=self._shard_checkpoint_uri(), shared_as=shared_as)
         if len(checkpoint.shards) != graph_config.shards:
             raise CheckpointError(
                 f"checkpoint epoch {checkpoint.epoch} holds {len(checkpoint.shards)} shards but graph.shards is "
                 f"{graph_config.shards}; run with the same shard count or a fresh state_dir")
         graph = open_graph(graph_config.shards, self.config.search_options(),
                            checkpoint_uri=self._shard_checkpoint_uri(),
-                           restore=(checkpoint.shards, checkpoint.graph))
+                           restore=(checkpoint.shards, checkpoint.graph), shared_as=shared_as)
         self._take_positions(checkpoint)
         self.transactions = checkpoint.transactions
         self.last_checkpoint = checkpoint
@@ -360,6 +403,7 @@ class Engine:
             if not self._shard_restart_behind(exc):
                 raise
             return False
+        self.cut_short += batch.truncated_searches
         if batch.refused:
             by_tx = {r.transaction.tx_id: r for r in accepted}
             for tx, reason in batch.refused:
@@ -367,8 +411,8 @@ class Engine:
         warming = {r.transaction.tx_id for r in accepted if self._is_warm_up(r)}
         alerts = [alert for alert in batch.alerts if alert.trigger_tx_id not in warming]
         if alerts:
+            self._note_raised(alerts)  # counted first: what the sinks hold never runs ahead of `alerts_raised`
             self._delivery.put(alerts)
-            self._note_raised(alerts)
         return True
 
     def _shard_restart_behind(self, error: Exception) -> bool:
@@ -383,11 +427,20 @@ class Engine:
         return False
 
     def _advance_time(self) -> None:
-        """Move the low watermark; evict once the horizon has moved a slice of the window."""
+        """Move the low watermark; evict once the horizon has moved a slice of the window.
+
+        On shared shards the horizon is also bounded by the lowest low watermark
+        the group's engines published: what another engine's partitions may
+        still need stays.
+        """
         self._clock.advance()
         horizon = self._clock.eviction_horizon()
         if horizon is None:
             return
+        if self.shared:
+            if self._group_low is None:
+                return
+            horizon = min(horizon, self._group_low - self.config.graph.window - self.config.time.allowed_lateness)
         step = max(self.config.graph.window // EVICT_SLICES, 1)
         if self._evicted_to is None or horizon - self._evicted_to >= step:
             self._graph.evict(horizon)
@@ -435,10 +488,14 @@ class Engine:
             logger.warning("checkpoint skipped reason=%s: a sink did not make its alerts durable in %.0f s",
                            reason, SINK_FLUSH_TIMEOUT_S)
             return None
-        shard_ids, graph_state = self._graph.checkpoint()
         progress = EngineProgress(dict(self._covered), self._clock.watermarks(), self._clock.low_watermark,
                                   self.transactions)
-        checkpoint = self._store.save(Checkpoint(0, {self.engine_id: progress}, shard_ids, graph=graph_state))
+        self._store.publish(self.engine_id, progress)
+        group = self._store.group_progress()  # everything it says is in the shards now: checkpoint them next
+        lows = [p.low_watermark for p in group.values()]
+        self._group_low = None if not lows or None in lows else min(lows)
+        shard_ids, graph_state = self._graph.checkpoint()
+        checkpoint = self._store.save(Checkpoint(0, group, shard_ids, graph=graph_state))
         try:
             self._source.commit({p: offset for p, offset in self._covered.items() if p in self._owned})
         except KafkaConnectorError as exc:  # the checkpoint stands; the next one commits again
@@ -448,7 +505,6 @@ class Engine:
         self.metrics.checkpoint_duration.observe(elapsed)
         self.metrics.checkpoints.inc()
         self.lag = self._source.lag()
-        self.metrics.set_lag(self.lag)
         logger.info("checkpoint epoch=%d reason=%s transactions=%d alerts=%d duration_ms=%.1f low_watermark=%s "
                     "positions=%s", checkpoint.epoch, reason, self.transactions, self.alerts_raised,
                     elapsed * 1000, self._clock.low_watermark, _show(self._covered))
@@ -495,17 +551,23 @@ class Engine:
         logger.info("partitions revoked %s", partitions)
 
     def on_assign(self, partitions: list[Partition]) -> None:
-        """Resume each partition where this engine's graph stops; warm up what another owner processed.
+        """Resume each partition where the graph stops; with a graph of its own, warm up what another owner did.
 
-        If the group's committed offset is beyond what our graph holds (another
-        engine owned the partition meanwhile), the records in between are read
-        into the graph as witnesses, but their alerts and dead letters are not
-        sent again: the previous owner sent them before it committed.
+        Shared shards (a cluster) already hold what the previous owner applied:
+        the partition resumes at the group's committed offset. An engine with a
+        graph of its own resumes where that graph stops; if the committed offset
+        is beyond (another engine owned the partition meanwhile), the records in
+        between are read into the graph as witnesses, but their alerts and dead
+        letters are not sent again: the previous owner sent them before it
+        committed.
         """
         with self._lock:
             for partition in partitions:
-                start = self._covered.get(partition, 0)
                 committed = self._source.committed(partition) or 0
+                start = self._covered.get(partition, 0)
+                if self.shared:
+                    start = max(start, committed)
+                    self._covered[partition] = start
                 self._source.seek({partition: start})
                 self._origin.setdefault(partition, start)
                 if committed > start:
@@ -535,6 +597,24 @@ class Engine:
         """The newest alerts this process raised (up to `LATENCY_SAMPLE`), oldest first."""
         with self._recent_lock:
             return list(self._recent)
+
+    # ---- what /metrics reads at each scrape (metrics.EngineFigures) --------------------------------------
+
+    def graph_edges(self) -> int | None:
+        shards = self.query_graph()
+        return shards.edge_count() if shards is not None else None
+
+    def searches_cut_short(self) -> int:
+        return self.cut_short
+
+    def partition_watermarks(self) -> dict[Partition, int]:
+        marks = {partition: mark for partition, mark in self._clock.watermarks().items() if mark is not None}
+        if self._clock.low_watermark is not None:
+            marks[("*", -1)] = self._clock.low_watermark
+        return marks
+
+    def partition_lag(self) -> dict[Partition, int]:
+        return dict(self.lag)
 
     def health(self) -> Health:
         status = "failed" if self._failed else "ok" if self.ready.is_set() else "starting"

@@ -23,7 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
 from ringwatch.connectors import InjectedRing
-from ringwatch.stream.checkpoint import FileCheckpointStore
+from ringwatch.connectors.kafka_settings import PLAINTEXT, KafkaSettings
+from ringwatch.runtime.auth import ClusterKeys
+from ringwatch.runtime.gcs import RedisGcs
+from ringwatch.stream.checkpoint import Checkpoint, FileCheckpointStore, GcsCheckpointStore
 
 SECRET = "whsec_" + base64.b64encode(b"ringwatch-engine-test-secret-012").decode()
 
@@ -163,6 +166,15 @@ class EngineProcess:
         return self.log_path.read_text(errors="replace")
 
 
+def group_checkpoint(redis_url: str, namespace: str, group: str, token: str) -> Checkpoint | None:
+    """The newest aligned checkpoint of consumer group `group` on a cluster (records live in the GCS)."""
+    gcs = RedisGcs(redis_url, namespace, keys=ClusterKeys.from_token(token))
+    try:
+        return GcsCheckpointStore(group, kv=gcs).latest()
+    finally:
+        gcs.close()
+
+
 def checkpointed_transactions(state_dir: Path) -> int:
     """Source records covered by the newest complete checkpoint (0 before the first)."""
     checkpoint = FileCheckpointStore(state_dir).latest()
@@ -183,9 +195,10 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
-def read_topic(bootstrap: str, topic: str, count: int, timeout_s: float = 60.0) -> list:
-    """At least `count` messages of `topic` (all partitions) from the beginning."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+def read_topic(bootstrap: str, topic: str, count: int, timeout_s: float = 60.0,
+               settings: KafkaSettings = PLAINTEXT) -> list:
+    """At least `count` messages of `topic` (all partitions) from the beginning; `settings` for TLS/SASL."""
+    consumer = KafkaConsumer(**settings.consumer({"bootstrap_servers": bootstrap, "enable_auto_commit": False}))
     try:
         wait_until(lambda: consumer.partitions_for_topic(topic), timeout_s, f"topic {topic} to exist")
         consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])

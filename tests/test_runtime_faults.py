@@ -26,7 +26,7 @@ SPARE = {"spare": 1}
 def start_cluster(redis_url: str, name: str) -> Cluster:
     cluster = Cluster(redis_url, f"{name}-{os.getpid()}-{time.monotonic_ns()}", extra_args=FAST_HEARTBEATS)
     cluster.start_node("node-a")
-    rt.init(address=redis_url, token=TOKEN, namespace=cluster.namespace)  # the driver's entry node is node-a
+    rt.init(address=redis_url, token=TOKEN, namespace=cluster.namespace)
     cluster.start_node("node-b", resources=SPARE)
     cluster.start_node("node-c", resources=SPARE)
     return cluster
@@ -194,3 +194,52 @@ def test_the_cluster_rides_out_a_redis_restart(tmp_path):
         rt.shutdown()
         cluster.stop()
         redis_server.stop()
+
+
+@rt.remote(resources=SPARE)
+def square(x: int) -> tuple[int, str]:
+    return x * x, rt.current_node_id()
+
+
+@rt.remote(resources=SPARE)
+class Tally:
+    def __init__(self):
+        self.total = 0
+
+    def add(self, k: int) -> tuple[int, str]:
+        self.total += k
+        return self.total, rt.current_node_id()
+
+
+def test_a_driver_outlives_the_node_it_joined_through(redis_url, tmp_path):
+    """The driver joins while node-a is the only node and makes a large value there; node-a is SIGKILLed.
+
+    The driver owns its objects in its own light node, so it keeps working: new
+    tasks run, an actor on another node answers, a put value is still there, and
+    the value that lived on node-a is rebuilt by lineage on a live node.
+    """
+    cluster = Cluster(redis_url, f"outlive-{os.getpid()}-{time.monotonic_ns()}", extra_args=FAST_HEARTBEATS)
+    try:
+        cluster.start_node("node-a", resources=SPARE)
+        rt.init(address=redis_url, token=TOKEN, namespace=cluster.namespace)
+        log = tmp_path / "runs.log"
+        kept = rt.put({"kept": list(range(10))})
+        one = first.remote(str(log))
+        assert rt.wait([one], timeout=60)[0] == [one]
+        assert runs_logged(log) == [("first", "node-a")]
+        cluster.start_node("node-b", resources={**SPARE, "b": 1})
+        tally = Tally.options(resources={"b": 1}).remote()
+        assert rt.get(tally.add.remote(0), timeout=60) == (0, "node-b")
+        cluster.nodes["node-a"].kill()
+
+        values = rt.get(one, timeout=120)
+
+        assert np.array_equal(values, np.arange(300_000, dtype=np.float64))
+        assert runs_logged(log) == [("first", "node-a"), ("first", "node-b")]
+        assert rt.get(square.remote(7), timeout=60) == (49, "node-b")
+        assert rt.get([tally.add.remote(k) for k in (1, 2, 3)], timeout=60) == [(1, "node-b"), (3, "node-b"),
+                                                                               (6, "node-b")]
+        assert rt.get(kept, timeout=60) == {"kept": list(range(10))}
+    finally:
+        rt.shutdown()
+        cluster.stop()

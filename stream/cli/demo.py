@@ -14,6 +14,7 @@ from ringwatch.connectors import BrokerStartError, InvalidSyntheticConfigError
 
 from ..config import ConfigError
 from ..demo import DemoReport, progress_reporter, run_demo
+from .runtime_flags import add_runtime_arguments
 from .tables import moment, print_table, ring_text
 
 TABLE_ROWS = 10
@@ -37,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--serve", type=int, metavar="PORT",
                         help="keep the engine running after the stream with its query service on PORT, "
                              "for `ringwatch query`, until Ctrl-C")
+    add_runtime_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -44,16 +46,18 @@ def run(args: argparse.Namespace) -> int:
     progress, report_progress = progress_reporter("demo")
     serving = None
     if args.serve:
-        os.environ.setdefault("RINGWATCH_TOKEN", secrets.token_hex(16))
+        # Only a read-only query token is shown: it can query this engine, not run code anywhere.
+        query_token = os.environ.setdefault("RINGWATCH_QUERY_TOKEN", secrets.token_hex(16))
         serving = threading.Event()
         signal.signal(signal.SIGINT, lambda *_: serving.set())
         signal.signal(signal.SIGTERM, lambda *_: serving.set())
         print(f"the engine will keep serving queries on 127.0.0.1:{args.serve} after the stream; try\n"
-              f"  RINGWATCH_TOKEN={os.environ['RINGWATCH_TOKEN']} ringwatch query --address "
+              f"  RINGWATCH_QUERY_TOKEN={query_token} ringwatch query --address "
               f"127.0.0.1:{args.serve} alerts\nand press Ctrl-C to finish.", flush=True)
     try:
         report = run_demo(args.out, transactions=args.transactions, accounts=args.accounts, rings=args.rings,
                           seed=args.seed, shards=args.shards, kafka=args.kafka, query_port=args.serve or 0,
+                          backend=args.backend or "", address=args.address or "",
                           on_progress=report_progress, serve=serving,
                           on_streamed=lambda engine: progress.finish(engine.transactions, alerts=engine.alerts_raised))
     except (InvalidSyntheticConfigError, ConfigError, BrokerStartError) as exc:

@@ -10,6 +10,7 @@ from ringwatch.connectors import UnsupportedFileError
 from ringwatch.graph import InvalidDurationError, InvalidSearchOptionError, SearchOptions, format_duration
 
 from ..detect import DetectReport, detect, write_alerts_jsonl, write_rejected_jsonl
+from .runtime_flags import add_runtime_arguments
 
 
 def _none_or_int(text: str) -> int | None:
@@ -46,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--allowed-lateness", default=None,
                         help="payments older than the newest seen minus this are rejected as late (default: the "
                              "window)")
+    add_runtime_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     report = DetectReport()
     try:
         alerts = detect(str(args.file), shards=args.shards, batch_size=args.batch_size, report=report,
+                        backend=args.backend, address=args.address,
                         max_hops=args.max_hops, window=args.window, order=args.order, min_amount=args.min_amount,
                         min_ratio=args.min_ratio, max_ratio=args.max_ratio,
                         max_rings_per_tx=args.max_rings_per_tx, max_degree=args.max_degree,
