@@ -21,7 +21,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cloudpickle
 
@@ -32,6 +32,9 @@ from .checkpoints import default_uri
 from .protocol import ACTOR_CALL, ACTOR_CREATE, CHECKPOINT_METHOD, TASK, RefMarker, TaskSpec, new_id
 from .refs import ObjectRef, capture_refs, set_ref_listeners
 from .serialization import dumps_inline
+
+if TYPE_CHECKING:  # grpc is imported only by a driver that joins a cluster
+    from .tls import TlsFiles
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +80,16 @@ class _LocalBackend:
 
 def init(address: str | None = None, *, num_workers: int | None = None, resources: dict[str, float] | None = None,
          token: str | None = None, namespace: str = "default", backend: str | None = None,
-         host: str = "127.0.0.1") -> None:
+         host: str = "127.0.0.1", tls: TlsFiles | None = None) -> None:
     """Start a local cluster (`address=None`) or join the cluster whose GCS is at `address` as a driver.
 
     A driver runs a light node in this process (no workers) that owns what it
     submits and puts, so it survives the death of any cluster node; the nodes
     send results back to it on `host` (loopback by default: give an interface
     they can reach when they run on other machines). `token` defaults to
-    RINGWATCH_TOKEN.
+    RINGWATCH_TOKEN; it is never sent: calls are signed with keys derived from
+    it. `tls` (default: RINGWATCH_TLS_CERT/KEY/CA) is needed when the cluster's
+    nodes run with TLS.
 
     `backend="ray"` (default: RINGWATCH_BACKEND, else ringwatch's own) runs the API on Ray instead:
     `address` is then a Ray address (`auto`, `ray://host:10001`, host:port; None starts Ray locally),
@@ -96,8 +101,8 @@ def init(address: str | None = None, *, num_workers: int | None = None, resource
             raise RuntimeError("ringwatch.runtime is already initialized; call shutdown() first")
         chosen = backend_name(backend, os.environ)
         if chosen != "ringwatch":
-            if token is not None:
-                raise ValueError(f"token: backend={chosen!r} does not use ringwatch's cluster token; "
+            if token is not None or tls is not None:
+                raise ValueError(f"token, tls: backend={chosen!r} does not use ringwatch's cluster token or TLS; "
                                  "configure the cluster's own authentication instead")
             _external = open_backend(chosen, address, namespace=namespace, num_workers=num_workers,
                                      resources=resources)
@@ -108,7 +113,7 @@ def init(address: str | None = None, *, num_workers: int | None = None, resource
             _runtime = _Runtime(_LocalBackend(node), namespace, node=node)
         else:
             from .cluster import join_as_driver
-            driver = join_as_driver(address, token=token, namespace=namespace, host=host)
+            driver = join_as_driver(address, token=token, namespace=namespace, host=host, tls=tls)
             _runtime = _Runtime(_LocalBackend(driver.node), namespace, driver=driver)
         _listen_for_refs(_runtime.backend)
 

@@ -65,7 +65,9 @@ from ringwatch.connectors import (
 )
 from ringwatch.graph import Alert, SearchOptions, ShardSet
 from ringwatch.runtime.checkpoints import default_uri
-from ringwatch.runtime.cli import TokenMissingError, read_token
+from ringwatch.runtime.cli import read_query_token
+from ringwatch.runtime.errors import TokenMissingError
+from ringwatch.runtime.tls import TlsConfigError, TlsFiles
 
 from .checkpoint import Checkpoint, CheckpointError, CheckpointStore, EngineProgress, FileCheckpointStore
 from .config import Config, ConfigError, describe, dump_sections
@@ -107,6 +109,7 @@ class Engine:
         self.config = config.validate()
         self.engine_id = f"{socket.gethostname()}-{os.getpid()}"
         self._query_token = self._resolve_query_token() if config.service.query_port else ""
+        self._query_tls = self._resolve_query_tls() if config.service.query_port else None
         self._source_factory = source_factory
         self.ready = threading.Event()
         self.query_address: str | None = None
@@ -166,7 +169,8 @@ class Engine:
                 metrics_server = self.metrics.serve(config.service.metrics_port, config.service.metrics_host)
             if config.service.query_port:
                 query_service = QueryService(QueryHandler(self), token=self._query_token,
-                                             host=config.service.query_host, port=config.service.query_port)
+                                             host=config.service.query_host, port=config.service.query_port,
+                                             tls=self._query_tls)
                 self.query_address = query_service.start().address
             self.ready.set()
             self._loop(stop)
@@ -200,12 +204,21 @@ class Engine:
         return sinks
 
     def _resolve_query_token(self) -> str:
-        """The token query clients must send: the cluster token, from a file or RINGWATCH_TOKEN."""
+        """The read-only query token clients must prove: from a file, RINGWATCH_QUERY_TOKEN, or derived from
+        RINGWATCH_TOKEN (never the cluster token itself)."""
         try:
-            return read_token(self.config.service.query_token_file or None)
+            return read_query_token(self.config.service.query_token_file or None)
         except (TokenMissingError, OSError) as exc:
-            raise ConfigError(f"service.query_port: the query service needs a token ({exc}); "
-                              "set RINGWATCH_TOKEN or service.query_token_file") from None
+            raise ConfigError(f"service.query_port: the query service needs a query token ({exc}); set "
+                              "RINGWATCH_QUERY_TOKEN, service.query_token_file or RINGWATCH_TOKEN") from None
+
+    def _resolve_query_tls(self) -> TlsFiles | None:
+        service = self.config.service
+        try:
+            return TlsFiles.from_options(service.query_tls_cert, service.query_tls_key, service.query_tls_ca,
+                                         prefix="service.query_tls_")
+        except TlsConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
     def _open_source(self) -> Source:
         if self._source_factory is not None:

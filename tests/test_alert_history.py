@@ -124,7 +124,7 @@ def test_alert_queries_remember_every_alert_after_the_engine_is_killed_and_resta
     args = ["--kafka-bootstrap", kafka_bootstrap, "--topic", unique_name, "--group", f"{unique_name}-g",
             "--state-dir", str(tmp_path / "state"), "--alerts-file", str(tmp_path / "alerts.jsonl"),
             "--query-port", str(port), "--checkpoint-interval", "1s"]
-    env = {"RINGWATCH_TOKEN": token}
+    env = {"RINGWATCH_QUERY_TOKEN": token}
     client = Client(f"127.0.0.1:{port}", token=token)
     try:
         first = EngineProcess(args, tmp_path / "engine-1.log", env=env).start()
