@@ -191,8 +191,10 @@ class DirectClients:
     `send` is called on the node's dispatcher thread and never blocks on a
     connect: messages wait until the channel is up, then go in order. Replies
     are posted to the node as `direct_reply(address, message)`; a channel that
-    cannot be opened, or breaks, is posted once as `direct_lost(address, reason)`
-    and forgotten (the next send opens a new one).
+    cannot be opened, or breaks, is posted once as `direct_lost(address, reason,
+    refused)` (`refused`: the peer failed the handshake — a wrong key, CA or
+    certificate — which no retry mends) and forgotten (the next send opens a
+    new one).
     """
 
     def __init__(self, key: bytes, post: Callable[[str, tuple], None], tls: ssl.SSLContext | None = None):
@@ -218,11 +220,11 @@ class DirectClients:
         if channel is not None:
             channel.close()
 
-    def _lost(self, channel: "_ClientChannel", reason: str) -> None:
+    def _lost(self, channel: "_ClientChannel", reason: str, refused: bool) -> None:
         with self._lock:
             if self._channels.get(channel.address) is channel:
                 del self._channels[channel.address]
-        self._post("direct_lost", (channel.address, reason))
+        self._post("direct_lost", (channel.address, reason, refused))
 
     def close(self) -> None:
         with self._lock:
@@ -235,7 +237,7 @@ class _ClientChannel:
     """One channel being opened or open: messages queue until it is up; a reader thread takes the replies."""
 
     def __init__(self, address: str, key: bytes, tls: ssl.SSLContext | None, on_reply: Callable[[Any], None],
-                 on_lost: Callable[["_ClientChannel", str], None]):
+                 on_lost: Callable[["_ClientChannel", str, bool], None]):
         self.address = address
         self._key = key
         self._tls = tls
@@ -275,8 +277,11 @@ class _ClientChannel:
     def _run(self) -> None:
         try:
             channel = self._open()
-        except (OSError, EOFError, AuthError, ssl.SSLError) as exc:
-            self._on_lost(self, f"cannot open a direct channel to {self.address}: {exc}")
+        except (AuthError, ssl.SSLError) as exc:  # SSLError before OSError: it is one
+            self._on_lost(self, f"{self.address} refused a direct channel: {exc}", True)
+            return
+        except (OSError, EOFError) as exc:
+            self._on_lost(self, f"cannot open a direct channel to {self.address}: {exc}", False)
             return
         with self._lock:
             self._channel = channel
@@ -296,7 +301,7 @@ class _ClientChannel:
             reason = str(exc) or type(exc).__name__
         finally:
             channel.close()
-            self._on_lost(self, f"the direct channel to {self.address} broke ({reason})")
+            self._on_lost(self, f"the direct channel to {self.address} broke ({reason})", False)
 
     def close(self) -> None:
         with self._lock:

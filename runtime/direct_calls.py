@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .direct import DirectClients
-from .errors import ActorDiedError, TaskCancelledError
+from .errors import ActorDiedError, AuthError, TaskCancelledError
 from .object_store import Blob, to_wire, unpack
 from .objects import After, ObjectTable
 from .protocol import TaskResult, TaskSpec
@@ -58,6 +58,7 @@ class _RemoteActor:
     in_flight: dict[str, TaskSpec] = field(default_factory=dict)  # sent, result not back, in call order
     started: str | None = None  # the task id of the call the worker said it started
     lost: set[str] = field(default_factory=set)  # worker addresses seen dead (GCS may still name them)
+    lost_since: float | None = None  # when its worker was lost, until a new one is found
     unknown_since: float | None = None
 
 
@@ -168,11 +169,15 @@ class DirectCalls:
                 self._run_here(spec)
         elif state == "alive" and worker and worker not in actor.lost:
             self._found(actor, worker, record.get("address"), record.get("max_task_retries", 0))
+        elif actor.lost_since is not None and time.monotonic() - actor.lost_since > UNKNOWN_ACTOR_WAIT_S:
+            self._fail_waiting(actor, f"its worker was lost {UNKNOWN_ACTOR_WAIT_S:.0f} s ago and no restart "
+                                      f"has been recorded")
         else:
             self._poll_later()
 
     def _found(self, actor: _RemoteActor, worker: str, node: str | None, task_retries: int) -> None:
         actor.worker, actor.node, actor.task_retries = worker, node, task_retries
+        actor.lost_since = None
         self._to_look_up.discard(actor.actor_id)
         if actor.waiting:
             self._to_send.add(actor.actor_id)
@@ -226,13 +231,20 @@ class DirectCalls:
             _, _, blob, error, contained = message
             self._finish(TaskResult(task_id, blob, error, tuple(contained)))
 
-    def lost(self, worker: str, reason: str) -> None:
-        """The channel to `worker` broke: what it was running fails or goes again; the rest wait for a restart."""
+    def lost(self, worker: str, reason: str, refused: bool) -> None:
+        """The channel to `worker` broke: what it was running fails or goes again; the rest wait for a restart.
+
+        `refused`: the worker failed the handshake (another cluster's key or CA): every call fails with AuthError.
+        """
         for actor in list(self._actors.values()):
             if actor.worker != worker:
                 continue
+            if refused:
+                self._refused(actor, reason)
+                continue
             actor.lost.add(worker)
             actor.worker = None
+            actor.lost_since = time.monotonic()
             again = []
             for spec in actor.in_flight.values():
                 self._by_task.pop(spec.task_id, None)
@@ -252,6 +264,14 @@ class DirectCalls:
                 self._look_up(actor)
             else:
                 self._to_look_up.discard(actor.actor_id)
+
+    def _refused(self, actor: _RemoteActor, reason: str) -> None:
+        for spec in [*actor.in_flight.values(), *actor.waiting]:
+            self._by_task.pop(spec.task_id, None)
+            self._finish(TaskResult(spec.task_id, None, AuthError(f"{spec.name}: {reason}")))
+        self._to_send.discard(actor.actor_id)
+        self._to_look_up.discard(actor.actor_id)
+        del self._actors[actor.actor_id]
 
     def node_died(self, node: str) -> None:
         """Close the channels to the dead node's workers (a partition may leave them open)."""

@@ -417,8 +417,8 @@ class Node:
     def _op_direct_reply(self, reply: Reply, worker: str, message: tuple) -> None:
         self._direct.reply(worker, message)
 
-    def _op_direct_lost(self, reply: Reply, worker: str, reason: str) -> None:
-        self._direct.lost(worker, reason)
+    def _op_direct_lost(self, reply: Reply, worker: str, reason: str, refused: bool) -> None:
+        self._direct.lost(worker, reason, refused)
 
     def _op_actor_checkpointed(self, reply: Reply, actor_id: str, checkpoint_id: str) -> None:
         """An actor's worker wrote a checkpoint: recorded (in the GCS too) before the covered result goes."""
