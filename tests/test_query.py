@@ -71,6 +71,9 @@ def deployment(kafka_bootstrap, tmp_path_factory) -> Iterator[Deployment]:
         wait_until(lambda: not engine.alive() or _consumed(client) == len(payments), DEADLINE_S,
                    "the engine to consume every payment")
         assert engine.alive(), engine.log()
+        # Alerts reach the sinks (the history among them) while the next batch runs: wait for the last ones.
+        wait_until(lambda: len(client.alerts(limit=100_000)) == client.stats().alerts, DEADLINE_S,
+                   "every alert raised to be delivered")
         yield Deployment(stream, client, f"127.0.0.1:{port}", token, alerts_file, engine, topic, kafka_bootstrap,
                          payments)
     finally:
@@ -338,6 +341,8 @@ def test_queries_read_the_live_graph_while_it_ingests(deployment):
     deployment.payments.append(closing)
     wait_until(lambda: client.health().transactions == len(deployment.payments), DEADLINE_S,
                "the closing payment to be consumed")
+    # Alerts reach the sinks (the history among them) while the next batch runs: wait for this one.
+    wait_until(lambda: client.alerts(account=HAND_RING[0]), DEADLINE_S, "the hand ring's alert")
     (alert,) = client.alerts(account=HAND_RING[0])
     assert alert.trigger_tx_id == "hand-3" and set(alert.accounts) == set(HAND_RING)
     (ring,) = client.rings_through(HAND_RING[1], window=WINDOW)
