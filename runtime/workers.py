@@ -155,12 +155,6 @@ class WorkerPool:
 
     # ---- pipes -------------------------------------------------------------------------------
 
-    def connections(self) -> list[Connection]:
-        return [w.conn for w in self.workers if w.conn is not None]
-
-    def readable(self, ready: list) -> list[Worker]:
-        return [w for w in self.workers if w.conn is not None and w.conn in ready]
-
     @staticmethod
     def drain(worker: Worker) -> tuple[list[tuple], bool]:
         """The messages waiting on the worker's pipe, and False if the pipe broke (the worker died)."""
