@@ -201,8 +201,8 @@ class WebhookSink:
         head.file.unlink(missing_ok=True)
         with self._changed:
             if self._down_since is not None:
-                logger.warning("webhook endpoint %s answers again after %.0f s down; sending the %d held alerts "
-                               "in order", self.url, time.monotonic() - self._down_since, len(self._queue))
+                logger.warning("webhook endpoint %s answers again after %.0f s down; sending the %d alerts held behind it "
+                               "in order", self.url, time.monotonic() - self._down_since, len(self._queue) - 1)
                 self._down_since = None
             self._queue.popleft()
             self._queued.discard(head.alert_id)

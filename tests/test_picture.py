@@ -137,7 +137,7 @@ def test_labels_overlap_neither_each_other_nor_account_circles(figures, index):
 def test_a_two_hop_ring_curves_its_payments_apart(figures):
     alert, _ = RINGS[0]
     figure = figures[alert.alert_id]
-    (first, second), (x, y, radius) = figure["arrows"], figure["accounts"][0]
+    (first, second), radius = figure["arrows"], figure["accounts"][0][2]
     assert math.dist(first, second) > 4 * radius  # two arrows, one above and one below, not one line
     top, bottom = sorted(figure["labels"], key=lambda label: label["box"][1])
     assert top["box"][3] <= bottom["box"][1]
@@ -160,8 +160,8 @@ def test_the_page_names_the_alert_and_details_each_payment_on_hover(tmp_path):
     page = render_rings_html([alert], {tx.tx_id: tx for tx in payments}, tmp_path / "rings.html").read_text()
     assert alert.alert_id in page and alert.trigger_tx_id in page
     assert "1,234,567.8901 EUR" in page and "2,468,568.3901 EUR" in page  # exact, with the currency
-    assert (f"<title>payment 1 of 2: ACCOUNT-000000001234 \u2192 ACCOUNT-000000005678, 1,234,567.8901 EUR, "
-            f"2024-03-01 09:30:37 UTC, transaction two-tx0</title>") in page
+    assert ("<title>payment 1 of 2: ACCOUNT-000000001234 \u2192 ACCOUNT-000000005678, 1,234,567.8901 EUR, "
+            "2024-03-01 09:30:37 UTC, transaction two-tx0</title>") in page
     assert "<title>account ACCOUNT-000000005678</title>" in page
     mixed_alert, mixed_payments = RINGS[4]
     mixed = render_rings_html([mixed_alert], {tx.tx_id: tx for tx in mixed_payments}, tmp_path / "m.html").read_text()
