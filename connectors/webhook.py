@@ -2,8 +2,9 @@
 
 Delivery guarantee: **at least once, in order, per endpoint** — deduplicate on
 `webhook-id` (the alert id). `deliver` writes each alert to a durable outbox
-on disk (one file per alert, named by its sequence number) and returns, so
-ingestion never waits for the endpoint. One sender thread posts the outbox
+on disk (one file per call, a segment of JSON lines named by its sequence
+number, written with one fsync) and returns, so ingestion never waits for the
+endpoint. One sender thread posts the outbox
 strictly in sequence, one request at a time over a kept-alive connection
 (`WebhookClient`). A failure the endpoint may recover from — a connection
 error, a timeout, 5xx, 408 or 429 — holds the queue: the same alert is tried
@@ -21,8 +22,10 @@ with the reason and the queue moves on. `ringwatch webhook resend FILE`
 (`resend`) posts a dead-letter file again once the receiver is fixed.
 
 Each alert id is settled once (`SettledIds`), so the engine's replay after a
-crash sends nothing twice; a receiver may see an alert again only if it
-acknowledged it and the engine died before recording that.
+crash sends nothing twice. Settlements are group-committed (one fsync when the
+queue drains or every `SYNC_EVERY_S`), and a segment is removed only once all
+its alerts are settled durably; so a receiver may see an alert again only if
+it acknowledged it in the last moments before the engine died.
 """
 
 from __future__ import annotations
@@ -47,17 +50,28 @@ from .webhook_client import Backoff, InvalidWebhookConfigError, Outcome, Webhook
 logger = logging.getLogger(__name__)
 
 
+SYNC_EVERY_S = 0.05  # longest a delivered alert waits for its settlement to be fsynced (group commit)
+
+
+@dataclass(eq=False)
+class _Segment:
+    """One outbox file: the alerts of one `deliver` call; removed once all of them are settled durably."""
+
+    file: Path
+    unsettled: int
+
+
 @dataclass
 class _Entry:
     alert_id: str
     body: bytes
-    file: Path
+    segment: _Segment
 
 
 class WebhookSink:
     """Delivers alerts to `url` in the order `deliver` receives them, once per alert id across restarts.
 
-    State under `state_dir`: `outbox/` (one file per unacknowledged alert),
+    State under `state_dir`: `outbox/` (segments holding unacknowledged alerts),
     `settled` (ids delivered or dead-lettered) and, unless `dead_letter_path`
     says otherwise, `dead-letter.jsonl` (alerts the endpoint refused, each with
     the reason). `outcomes` counts delivered, retried (failed attempts),
@@ -96,6 +110,9 @@ class WebhookSink:
         self._failures = 0  # failed attempts in a row at the head of the queue
         self._hold_until = 0.0
         self._down_since: float | None = None
+        self._unsynced = 0  # settled alerts whose settlement is not fsynced yet
+        self._synced_at = time.monotonic()
+        self._finished: list[_Segment] = []  # segments whose alerts are all settled, awaiting the fsync
         self._stopping = False
         self.outcomes: dict[str, int] = {"delivered": 0, "retried": 0, "dead_lettered": 0, "endpoint_down": 0}
         self._load_outbox()
@@ -105,44 +122,59 @@ class WebhookSink:
     def _load_outbox(self) -> None:
         for leftover in self._outbox.glob(".*.tmp"):
             leftover.unlink()
-        for file in sorted(self._outbox.glob("*.json")):  # names start with the zero-padded sequence number
-            try:
-                alert_id = json.loads(file.read_bytes())["alert_id"]
-                if not isinstance(alert_id, str):
-                    raise TypeError(f"alert_id is {type(alert_id).__name__}")
-            except (ValueError, KeyError, TypeError) as exc:
+        files = [f for f in self._outbox.iterdir() if f.suffix in (".json", ".jsonl") and f.name[:12].isdigit()]
+        for file in sorted(files, key=lambda f: int(f.name[:12])):  # names start with the sequence number
+            self._sequence = max(self._sequence, int(file.name[:12]))
+            segment = _Segment(file, 0)
+            unreadable = []
+            for line in file.read_bytes().splitlines():
+                try:
+                    alert_id = json.loads(line)["alert_id"]
+                    if not isinstance(alert_id, str):
+                        raise TypeError(f"alert_id is {type(alert_id).__name__}")
+                except (ValueError, KeyError, TypeError) as exc:
+                    unreadable.append((line, exc))
+                    continue
+                if alert_id in self._settled or alert_id in self._queued:
+                    continue
+                segment.unsettled += 1
+                self._queue.append(_Entry(alert_id, line, segment))
+                self._queued.add(alert_id)
+            if unreadable:
                 kept = file.with_name(file.name + ".unreadable")
-                file.rename(kept)
-                logger.error("webhook outbox entry %s is not an alert (%s); kept as %s", file, exc, kept)
-                continue
-            self._sequence = max(self._sequence, int(file.name.split("-", 1)[0]))
-            if alert_id in self._settled:
+                append_durably(kept, b"\n".join(line for line, _ in unreadable).decode(errors="replace"))
+                logger.error("webhook outbox %s: %d lines are not alerts (%s); kept in %s", file, len(unreadable),
+                             unreadable[0][1], kept)
+            if not segment.unsettled:
                 file.unlink()
-                continue
-            self._queue.append(_Entry(alert_id, file.read_bytes(), file))
-            self._queued.add(alert_id)
         if self._queue:
             logger.info("webhook outbox %s: resending %d unacknowledged alerts in order", self._outbox,
                         len(self._queue))
 
     def deliver(self, alerts: Iterable[Alert]) -> None:
-        """Append alerts to the durable outbox, in order (skipping ids already settled or queued), and return."""
+        """Append alerts to the durable outbox, in order (skipping ids already settled or queued), and return.
+
+        One file and one fsync per call: the engine hands over a batch's alerts at once.
+        """
         with self._changed:
+            fresh: dict[str, bytes] = {}
             for alert in alerts:
-                if alert.alert_id in self._queued or alert.alert_id in self._settled:
-                    continue
-                self._sequence += 1
-                body = alert.to_json().encode()
-                file = self._outbox / f"{self._sequence:012d}-{alert.alert_id}.json"
-                write_atomically(file, body)
-                self._queue.append(_Entry(alert.alert_id, body, file))
-                self._queued.add(alert.alert_id)
+                if alert.alert_id not in self._queued and alert.alert_id not in self._settled:
+                    fresh.setdefault(alert.alert_id, alert.to_json().encode())
+            if not fresh:
+                return
+            self._sequence += 1
+            segment = _Segment(self._outbox / f"{self._sequence:012d}.jsonl", len(fresh))
+            write_atomically(segment.file, b"".join(body + b"\n" for body in fresh.values()))
+            for alert_id, body in fresh.items():
+                self._queue.append(_Entry(alert_id, body, segment))
+                self._queued.add(alert_id)
             self._changed.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the outbox is empty (everything acknowledged or dead-lettered)."""
         with self._changed:
-            return self._changed.wait_for(lambda: not self._queue, timeout)
+            return self._changed.wait_for(lambda: not self._queue and not self._unsynced, timeout)
 
     @property
     def pending(self) -> int:
@@ -166,6 +198,7 @@ class WebhookSink:
             logger.warning("webhook sender for %s still busy after %.0f s; what it has not settled is resent "
                            "after the next start", self.url, timeout)
             return
+        self._commit()
         self._client.close()
         self._settled.close()
 
@@ -197,21 +230,40 @@ class WebhookSink:
                 "url": self.url, "failed_at": datetime.now(timezone.utc).isoformat()}))
             logger.error("webhook alert %s refused by the endpoint (%s); written to %s", head.alert_id,
                          outcome.reason, self.dead_letter_path)
-        self._settled.add([head.alert_id])
-        head.file.unlink(missing_ok=True)
+        self._settled.add([head.alert_id], sync=False)
+        head.segment.unsettled -= 1
+        if not head.segment.unsettled:
+            self._finished.append(head.segment)
         with self._changed:
             if self._down_since is not None:
-                logger.warning("webhook endpoint %s answers again after %.0f s down; sending the %d alerts held behind it "
-                               "in order", self.url, time.monotonic() - self._down_since, len(self._queue) - 1)
+                logger.warning("webhook endpoint %s answers again after %.0f s down; sending the %d alerts held "
+                               "behind it in order", self.url, time.monotonic() - self._down_since,
+                               len(self._queue) - 1)
                 self._down_since = None
             self._queue.popleft()
             self._queued.discard(head.alert_id)
             self._failures = 0
+            self._unsynced += 1
             self.outcomes["delivered" if outcome.delivered else "dead_lettered"] += 1
+            drained = not self._queue
+        if drained or time.monotonic() - self._synced_at >= SYNC_EVERY_S:
+            self._commit()
+
+    def _commit(self) -> None:
+        """Group commit: one fsync makes every settlement so far durable; then fully settled segments go."""
+        self._settled.sync()
+        for segment in self._finished:
+            segment.file.unlink(missing_ok=True)
+        self._finished.clear()
+        with self._changed:
+            self._unsynced = 0
+            self._synced_at = time.monotonic()
             self._changed.notify_all()
 
     def _hold(self, head: _Entry, outcome: Outcome) -> None:
         """A failure the endpoint may recover from: the head waits (and so does everything behind it)."""
+        if self._unsynced:  # what was settled before this failure must not wait for the endpoint
+            self._commit()
         with self._changed:
             self._failures += 1
             self.outcomes["retried"] += 1
