@@ -29,6 +29,7 @@ import ringwatch.runtime as rt  # noqa: E402
 from runtime_cluster import TOKEN, Cluster  # noqa: E402
 from services import RedisServer  # noqa: E402
 
+from ringwatch.runtime.auth import ClusterKeys  # noqa: E402
 from ringwatch.runtime.gcs import RedisGcs  # noqa: E402
 
 SPARE = {"spare": 1}
@@ -90,7 +91,7 @@ def actor_recovery(redis_url: str, state_mb: int, heartbeat_timeout: float, chec
         cluster.nodes[victim].kill()
         node, checksum_after = rt.get(holder.where.remote(), timeout=600)
         answered_at = time.time()
-        gcs = RedisGcs(redis_url, cluster.namespace)
+        gcs = RedisGcs(redis_url, cluster.namespace, keys=ClusterKeys.from_token(TOKEN))
         declared_at = gcs.dead_nodes()[victim]
         gcs.close()
         assert node != victim and checksum_after == checksum, "the restarted actor lost its state"

@@ -11,6 +11,7 @@ from .kafka import (
     produce_transactions,
 )
 from .records import SourceRecord
+from .source import DeadLetter, NoListener, RebalanceListener, SequentialSource, Source
 from .sinks import JsonlSink, Sink
 from .synthetic import (
     GeneratorSource,
@@ -27,6 +28,7 @@ from .webhook_client import InvalidWebhookConfigError, WebhookClient
 
 __all__ = [
     "BrokerStartError",
+    "DeadLetter",
     "EmbeddedBroker",
     "FileSource",
     "GeneratorSource",
@@ -37,8 +39,12 @@ __all__ = [
     "KafkaConnectorError",
     "KafkaSink",
     "KafkaSource",
+    "NoListener",
+    "RebalanceListener",
+    "SequentialSource",
     "ResendReport",
     "Sink",
+    "Source",
     "SourceRecord",
     "SyntheticConfig",
     "SyntheticStream",

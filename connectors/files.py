@@ -2,9 +2,10 @@
 
 Files are read as streams (line by line, or Parquet record batch by record
 batch), so a file larger than memory is fine. Every data row becomes a
-`SourceRecord` at `(path, row_number)` (0-based, header excluded); a row that
-does not fit the transaction contract becomes an error record with its raw
-text, never a crash and never a silent skip.
+`SourceRecord` at `(path, 0, row_number)` (one partition; rows 0-based, header
+excluded); a row that does not fit the transaction contract becomes an error
+record with its raw text, never a crash and never a silent skip. `FileSource`
+is a `Source` (connectors/source.py), so the engine can stream a file too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from .records import SourceRecord, record_from_json, record_from_mapping
+from .source import RebalanceListener, SequentialSource
 
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 AMLWORLD_HEADER = [
@@ -30,15 +32,17 @@ class UnsupportedFileError(ValueError):
     """A path FileSource cannot read: missing, or a suffix it does not know."""
 
 
-class FileSource:
+class FileSource(SequentialSource):
     """Transactions from a file, format by suffix; the AMLworld layout is recognised by its header.
 
-    `start` skips rows before that row number, to resume from a checkpointed position.
+    The file is one partition, `(path, 0)`; `start` skips rows before that row
+    number, to resume from a checkpointed position.
     """
 
-    def __init__(self, path: str | Path, start: int = 0):
+    def __init__(self, path: str | Path, start: int = 0, listener: RebalanceListener | None = None,
+                 rate: float | None = None):
         self.path = Path(path)
-        self.start = start
+        super().__init__((str(self.path), 0), start, listener, rate)
         if not self.path.is_file():
             raise UnsupportedFileError(f"{self.path}: no such file")
         suffix = self.path.suffix.lower()
@@ -48,7 +52,7 @@ class FileSource:
                 f"use one of {', '.join((*JSON_SUFFIXES, '.csv', '.parquet'))}"
             )
 
-    def __iter__(self) -> Iterator[SourceRecord]:
+    def rows(self, start: int) -> Iterator[SourceRecord]:
         suffix = self.path.suffix.lower()
         if suffix in JSON_SUFFIXES:
             records = self._json_lines()
@@ -57,11 +61,11 @@ class FileSource:
         else:
             records = self._parquet_rows()
         for record in records:
-            if record.position[1] >= self.start:
+            if record.offset >= start:
                 yield record
 
-    def _position(self, row: int) -> tuple[str, int]:
-        return (str(self.path), row)
+    def _position(self, row: int) -> tuple[str, int, int]:
+        return (str(self.path), 0, row)
 
     def _json_lines(self) -> Iterator[SourceRecord]:
         with open(self.path, "rb") as lines:

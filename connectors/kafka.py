@@ -1,11 +1,12 @@
 """Kafka in and out: `KafkaSource` (consumer group, manual offsets, dead-letter topic) and `KafkaSink`.
 
-Offsets are committed only when the engine says so (`commit`), after the
-checkpoint covering them is durable, so a crash replays from the checkpoint
-and loses nothing. A message that fails parsing or validation is produced to
-the dead-letter topic with its original bytes and its topic, partition, offset
-and reason in headers, and still yielded (as an error record) so the engine
-advances past it; `commit` first makes those dead-letters durable.
+`KafkaSource` is the Kafka `Source` (connectors/source.py). Offsets are
+committed only when the engine says so (`commit`), after the checkpoint
+covering them is durable, so a crash replays from the checkpoint and loses
+nothing. Every message comes back from `poll`, a bad one as an error record;
+what the engine refuses it hands to `dead_letter`, which produces the original
+bytes and key to the dead-letter topic with topic, partition, offset and
+reason in headers; `commit` first makes those dead letters durable.
 
 Defaults are tuned so that a restarted or extra consumer joins the group in
 seconds against Tansu and Apache Kafka alike (Kafka's 300 s poll interval
@@ -31,12 +32,12 @@ from ringwatch.graph import Alert, Transaction
 
 from .records import SourceRecord, record_from_json
 from .settled import DEFAULT_CAPACITY, SettledIds
+from .source import NoListener, RebalanceListener
 
 logger = logging.getLogger(__name__)
 
 Partition = tuple[str, int]
 Positions = Mapping[Partition, int]
-RebalanceCallback = Callable[[list[Partition]], None]
 
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
 DLQ_SUFFIX = ".dlq"
@@ -69,7 +70,7 @@ def next_positions(records: Iterable[SourceRecord]) -> dict[Partition, int]:
 
 
 class _Listener(AsyncConsumerRebalanceListener):
-    """Runs the engine's rebalance callbacks on a worker thread and waits for them without blocking Kafka I/O.
+    """Runs the source's `RebalanceListener` on a worker thread and waits for it without blocking Kafka I/O.
 
     kafka-python 3 calls listeners on its I/O thread, where blocking consumer
     calls such as `commit` are refused and a long callback would stop
@@ -81,25 +82,23 @@ class _Listener(AsyncConsumerRebalanceListener):
         self.source = source
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        if self.source.on_revoke is not None:
-            await self.source._off_io_thread(self.source.on_revoke, revoked)
+        await self.source._off_io_thread(self.source.listener.on_revoke, revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.source._apply_pending_seeks(assigned)
-        if self.source.on_assign is not None:
-            await self.source._off_io_thread(self.source.on_assign, assigned)
+        await self.source._off_io_thread(self.source.listener.on_assign, assigned)
 
 
 class KafkaSource:
     """Transactions from one or more topics as a member of consumer group `group`.
 
-    `on_revoke(partitions)` is called before partitions are given up in a
-    rebalance (finish in-flight batches and `commit` there: it may block);
-    `on_assign(partitions)` after new ones arrive. Both are called while
-    `poll_batch` (or `close`) runs, on a worker thread, and must not call
-    `poll_batch` themselves. Partitions lost without a clean rebalance (the
-    session expired) are reported through `on_revoke` too; committing them
-    then fails with `KafkaConnectorError`.
+    `listener.on_revoke(partitions)` is called before partitions are given up
+    in a rebalance (finish in-flight batches and `commit` there: it may block);
+    `listener.on_assign(partitions)` after new ones arrive. Both are called
+    while `poll` (or `close`) runs, on a worker thread, and must not call `poll`
+    themselves. Partitions lost without a clean rebalance (the session expired)
+    are reported through `on_revoke` too; committing them then fails with
+    `KafkaConnectorError`.
     """
 
     def __init__(
@@ -110,8 +109,7 @@ class KafkaSource:
         *,
         dlq_topic: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        on_revoke: RebalanceCallback | None = None,
-        on_assign: RebalanceCallback | None = None,
+        listener: RebalanceListener | None = None,
         auto_offset_reset: str = "earliest",
         session_timeout_ms: int = 6_000,
         heartbeat_interval_ms: int = 1_000,
@@ -126,9 +124,7 @@ class KafkaSource:
         self.group = group
         self.dlq_topic = dlq_topic
         self.max_message_bytes = max_message_bytes
-        self.on_revoke = on_revoke
-        self.on_assign = on_assign
-        self.dead_lettered: Counter[str] = Counter()
+        self.listener: RebalanceListener = listener or NoListener()
         self._pending_seeks: dict[Partition, int] = {}
         with _naming_unreachable(bootstrap):
             self._consumer = KafkaConsumer(
@@ -149,36 +145,29 @@ class KafkaSource:
     def dead_letter_topic_for(self, topic: str) -> str:
         return self.dlq_topic or dead_letter_topic(topic)
 
-    def poll_batch(self, max_records: int = 500, timeout_ms: int = 100) -> list[SourceRecord]:
-        """Up to `max_records` records in partition order; invalid ones are already dead-lettered."""
+    def poll(self, max_records: int = 500, timeout_ms: int = 100) -> list[SourceRecord]:
+        """Up to `max_records` records in partition order, bad ones as error records."""
         fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        batch: list[SourceRecord] = []
-        for messages in fetched.values():
-            for message in messages:
-                record = self._to_record(message)
-                if not record.ok:
-                    self._dead_letter(message, record.error)
-                batch.append(record)
-        return batch
+        return [self._to_record(message) for messages in fetched.values() for message in messages]
 
     def _to_record(self, message) -> SourceRecord:
         position = (message.topic, message.partition, message.offset)
         if message.value is None:
-            return SourceRecord(position, None, b"", "empty:message has no value")
-        return record_from_json(position, message.value, self.max_message_bytes)
+            return SourceRecord(position, None, b"", "malformed:message has no value", message.key)
+        return record_from_json(position, message.value, self.max_message_bytes, message.key)
 
-    def _dead_letter(self, message, reason: str) -> None:
+    def dead_letter(self, record: SourceRecord, reason: str) -> None:
+        """Produce the record's original bytes and key to the dead-letter topic, the reason in headers."""
+        topic, partition, offset = record.position
         headers = [
-            ("topic", message.topic.encode()),
-            ("partition", str(message.partition).encode()),
-            ("offset", str(message.offset).encode()),
+            ("topic", topic.encode()),
+            ("partition", str(partition).encode()),
+            ("offset", str(offset).encode()),
             ("reason", reason.encode("utf-8", errors="replace")),
         ]
-        target = self.dead_letter_topic_for(message.topic)
-        self._dlq_sends.append(self._dlq.send(target, value=message.value or b"", key=message.key, headers=headers))
-        self.dead_lettered[reason.split(":", 1)[0]] += 1
-        logger.warning("dead-lettered %s[%d]@%d to %s: %s", message.topic, message.partition,
-                       message.offset, target, reason)
+        target = self.dead_letter_topic_for(topic)
+        self._dlq_sends.append(self._dlq.send(target, value=record.raw or b"", key=record.key, headers=headers))
+        logger.warning("dead-lettered %s[%d]@%d to %s: %s", topic, partition, offset, target, reason)
 
     def flush_dead_letters(self, timeout_s: float = 30.0) -> None:
         """Wait until every dead-letter produced so far is acknowledged by the broker."""
@@ -215,24 +204,37 @@ class KafkaSource:
             else:
                 self._pending_seeks[(topic, partition)] = offset
 
-    def lag(self) -> dict[Partition, int]:
-        """Messages behind the log end per assigned partition, from the high watermark of recent fetches.
+    def _log_ends(self) -> Iterator[tuple[Partition, int, int]]:
+        """`(partition, position, log end)` of each assigned partition whose log end is known.
 
-        Partitions not fetched from yet are left out (their log end is not known without
-        a ListOffsets request, which some brokers, Tansu among them, answer inexactly).
+        The log end is the high watermark of the latest fetch. A partition not
+        fetched from yet is left out: its log end is not known without a
+        ListOffsets request, which some brokers, Tansu among them, answer
+        inexactly.
         """
-        lags: dict[Partition, int] = {}
         for tp in self._consumer.assignment():
             highwater = self._consumer.highwater(tp)
             if highwater is None:
                 continue
             try:
-                position = self._consumer.position(tp, timeout_ms=1_000)
+                position = self._consumer.position(tp, timeout_ms=0)
             except KafkaError:
                 continue
             if position is not None:
-                lags[(tp.topic, tp.partition)] = max(0, highwater - position)
-        return lags
+                yield (tp.topic, tp.partition), position, highwater
+
+    def lag(self) -> dict[Partition, int]:
+        """Messages behind the log end per assigned partition whose log end is known."""
+        return {partition: max(0, end - position) for partition, position, end in self._log_ends()}
+
+    def caught_up(self) -> set[Partition]:
+        """Assigned partitions whose position has reached the log end of their latest fetch.
+
+        A partition not fetched from yet is not caught up: on a backlog
+        kafka-python drains partitions one after another, so an unfetched
+        partition usually has the most to deliver.
+        """
+        return {partition for partition, position, end in self._log_ends() if position >= end}
 
     def assignment(self) -> list[Partition]:
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
@@ -243,7 +245,7 @@ class KafkaSource:
             if offset is not None:
                 self._consumer.seek(tp, offset)
 
-    def _off_io_thread(self, callback: RebalanceCallback, partitions: set[TopicPartition]) -> Future:
+    def _off_io_thread(self, callback: Callable[[list[Partition]], None], partitions: set[TopicPartition]) -> Future:
         """Start `callback` on a worker thread; the returned future resolves on Kafka's I/O loop when it ends."""
         done = Future()
         io_loop = self._consumer._net  # kafka-python's I/O loop: awaiting tasks must be woken from it

@@ -20,35 +20,51 @@ from ringwatch.graph import InvalidTransactionError, Transaction
 class SourceRecord:
     """One message or row: a valid `transaction`, or the `raw` input and the `error` that rejected it.
 
-    `position` is `(topic, partition, offset)` for Kafka and `(path, row_number)` for files.
+    `position` is `(topic, partition, offset)`: a Kafka message's, or `(path, 0, row_number)`
+    for a file and `("synthetic", 0, row_number)` for the generator. `key` is the message key
+    (Kafka), kept so a dead letter carries it.
     """
 
-    position: tuple
+    position: tuple[str, int, int]
     transaction: Transaction | None
     raw: bytes | None = None
     error: str | None = None
+    key: bytes | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def partition(self) -> tuple[str, int]:
+        return (self.position[0], self.position[1])
 
-def record_from_mapping(position: tuple, data: Mapping[str, Any], raw: bytes | None = None) -> SourceRecord:
+    @property
+    def offset(self) -> int:
+        return self.position[2]
+
+
+def record_from_mapping(position: tuple[str, int, int], data: Mapping[str, Any], raw: bytes | None = None,
+                        key: bytes | None = None) -> SourceRecord:
     """Validate a decoded row; on failure keep `raw` (or the row as JSON) and the reason."""
     try:
-        return SourceRecord(position, Transaction.from_dict(data), raw)
+        return SourceRecord(position, Transaction.from_dict(data), raw, None, key)
     except InvalidTransactionError as exc:
         if raw is None:
             raw = json.dumps(dict(data), default=str, separators=(",", ":")).encode()
-        return SourceRecord(position, None, raw, f"invalid:{exc}")
+        return SourceRecord(position, None, raw, f"invalid:{exc}", key)
 
 
-def record_from_json(position: tuple, raw: bytes, max_bytes: int | None = None) -> SourceRecord:
+def record_from_json(position: tuple[str, int, int], raw: bytes, max_bytes: int | None = None,
+                     key: bytes | None = None) -> SourceRecord:
     """Decode and validate one JSON object (a Kafka message value or a JSON line)."""
     if max_bytes is not None and len(raw) > max_bytes:
-        return SourceRecord(position, None, raw, f"oversize:{len(raw)} bytes > limit {max_bytes}")
+        return SourceRecord(position, None, raw, f"oversize:{len(raw)} bytes > limit {max_bytes}", key)
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return SourceRecord(position, None, raw, f"malformed-json:{exc}")
-    return record_from_mapping(position, data, raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return SourceRecord(position, None, raw, f"malformed:not JSON: {exc}", key)
+    if not isinstance(data, dict):
+        return SourceRecord(position, None, raw, f"malformed:expected a JSON object, got {type(data).__name__}",
+                            key)
+    return record_from_mapping(position, data, raw, key)

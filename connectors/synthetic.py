@@ -19,7 +19,6 @@ million transactions take seconds, and the same seed gives the same stream.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import pyarrow.parquet as pq
 from ringwatch.graph import Transaction
 
 from .records import SourceRecord
+from .source import RebalanceListener, SequentialSource
 
 DAY_MS = 86_400_000
 MODES = ("bank", "dense")
@@ -347,32 +347,31 @@ def read_truth(path: str | Path) -> list[InjectedRing]:
     return [InjectedRing(tuple(r["accounts"]), tuple(r["tx_ids"])) for r in data["rings"]]
 
 
-class GeneratorSource:
-    """The synthetic stream as `SourceRecord`s at position `("synthetic", row)`.
+class GeneratorSource(SequentialSource):
+    """The synthetic stream as a one-partition `Source`: records at `("synthetic", 0, row)`.
 
-    With `rate` (tx/s) records are paced against the monotonic clock, so a
-    benchmark can offer a fixed load; without it they come as fast as read.
-    `start` resumes after a checkpoint: rows before it are skipped.
+    With `rate` (tx/s) records become available at that pace, so a benchmark
+    can offer a fixed load; without it they come as fast as read. `start`
+    resumes after a checkpoint: rows before it are skipped.
     """
 
-    def __init__(self, config: SyntheticConfig, rate: float | None = None, start: int = 0):
+    PARTITION = ("synthetic", 0)
+
+    def __init__(self, config: SyntheticConfig, rate: float | None = None, start: int = 0,
+                 listener: RebalanceListener | None = None):
         if rate is not None and rate <= 0:
             raise InvalidSyntheticConfigError(f"rate: must be > 0 tx/s, got {rate}")
+        super().__init__(self.PARTITION, start, listener, rate)
         self.config = config
-        self.rate = rate
-        self.start = start
         self.stream = generate(config)
 
     @property
     def rings(self) -> list[InjectedRing]:
         return self.stream.rings
 
-    def __iter__(self) -> Iterator[SourceRecord]:
-        began = time.monotonic()
-        for offset, tx in enumerate(self.stream.iter_transactions(self.start)):
-            if self.rate is not None:
-                due = began + offset / self.rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            yield SourceRecord(("synthetic", self.start + offset), tx)
+    def rows(self, start: int) -> Iterator[SourceRecord]:
+        for offset, tx in enumerate(self.stream.iter_transactions(start), start):
+            yield SourceRecord((*self.PARTITION, offset), tx)
+
+    def total(self) -> int:
+        return len(self.stream)

@@ -3,6 +3,8 @@
 Every call goes through a backend: the node living in this process (local
 mode), the node a worker belongs to (inside tasks and actors), or a node of a
 cluster reached over gRPC (a driver that joined with `init(address=...)`).
+`init(backend="ray")` sends every public call to a `RuntimeBackend` instead
+(`runtime/backend.py`): the same API on an existing Ray cluster.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Protocol
 
 import cloudpickle
 
+from .backend import RuntimeBackend, backend_name, open_backend
 from .errors import NotInitializedError, SerializationError
 from .object_store import SHARED_THRESHOLD, Blob, pack, unpack
 from .checkpoints import default_uri
@@ -48,6 +51,7 @@ class _Runtime:
 
 
 _runtime: _Runtime | None = None
+_external: RuntimeBackend | None = None  # set by init(backend="ray"); then every public call goes there
 _init_lock = threading.Lock()
 
 
@@ -69,12 +73,25 @@ class _LocalBackend:
 
 
 def init(address: str | None = None, *, num_workers: int | None = None, resources: dict[str, float] | None = None,
-         token: str | None = None, namespace: str = "default") -> None:
-    """Start a local cluster (`address=None`) or join the cluster whose GCS is at `address` as a driver."""
-    global _runtime
+         token: str | None = None, namespace: str = "default", backend: str | None = None) -> None:
+    """Start a local cluster (`address=None`) or join the cluster whose GCS is at `address` as a driver.
+
+    `backend="ray"` (default: RINGWATCH_BACKEND, else ringwatch's own) runs the API on Ray instead:
+    `address` is then a Ray address (`auto`, `ray://host:10001`, host:port; None starts Ray locally),
+    and named actors live in the Ray namespace `ringwatch-<namespace>`.
+    """
+    global _runtime, _external
     with _init_lock:
-        if _runtime is not None:
+        if _runtime is not None or _external is not None:
             raise RuntimeError("ringwatch.runtime is already initialized; call shutdown() first")
+        chosen = backend_name(backend, os.environ)
+        if chosen != "ringwatch":
+            if token is not None:
+                raise ValueError(f"token: backend={chosen!r} does not use ringwatch's cluster token; "
+                                 "configure the cluster's own authentication instead")
+            _external = open_backend(chosen, address, namespace=namespace, num_workers=num_workers,
+                                     resources=resources)
+            return
         if address is None:
             from .node import Node
             node = Node(num_workers or os.cpu_count() or 1, resources, log_level=logging.getLogger().level)
@@ -83,6 +100,12 @@ def init(address: str | None = None, *, num_workers: int | None = None, resource
             from .cluster import connect_driver
             _runtime = _Runtime(connect_driver(address, token=token, namespace=namespace), namespace)
         _listen_for_refs(_runtime.backend)
+
+
+def attach_external(backend: RuntimeBackend) -> None:
+    """Called in a process an external backend started (a Ray worker): runtime calls go to it."""
+    global _external
+    _external = backend
 
 
 def attach_worker_backend(backend: Any, info: dict) -> None:
@@ -97,14 +120,17 @@ def _listen_for_refs(backend: Any) -> None:
 
 
 def is_initialized() -> bool:
-    return _runtime is not None
+    return _runtime is not None or _external is not None
 
 
 def shutdown() -> None:
     """Stop the local cluster (or leave the cluster); `init` may be called again afterwards."""
-    global _runtime
+    global _runtime, _external
     with _init_lock:
         runtime, _runtime = _runtime, None
+        external, _external = _external, None
+        if external is not None:
+            external.shutdown()
         set_ref_listeners(None, None)
         if runtime is None:
             return
@@ -131,15 +157,23 @@ def _pickle_code(target: Any, what: str) -> bytes:
     elsewhere and could not import them.
     """
     runtime = _current()
-    module = sys.modules.get(getattr(target, "__module__", "") or "")
-    if runtime.node is None and not runtime.info and module is not None and not _installed(module):
+    module = uninstalled_module(target)
+    if runtime.node is None and not runtime.info and module is not None:
         cloudpickle.register_pickle_by_value(module)
     return dumps_inline(target, what=what)
 
 
-def _installed(module: Any) -> bool:
+def uninstalled_module(target: Any) -> Any:
+    """The module of `target` when it is no installed package (a script, a test), else None.
+
+    Its code must travel by value to processes started elsewhere, which could not import it.
+    """
+    module = sys.modules.get(getattr(target, "__module__", "") or "")
+    if module is None:
+        return None
     top = module.__name__.split(".")[0]
-    return top in sys.stdlib_module_names or top in importlib.metadata.packages_distributions()
+    installed = top in sys.stdlib_module_names or top in importlib.metadata.packages_distributions()
+    return None if installed else module
 
 
 def _register(code: bytes) -> str:
@@ -190,7 +224,9 @@ def _submit(spec: TaskSpec) -> ObjectRef:
 
 
 @dataclass(frozen=True)
-class _Options:
+class RemoteOptions:
+    """How a task or actor is run: `@remote(...)` and `.options(...)` set these."""
+
     num_cpus: float = 1.0
     resources: dict[str, float] = field(default_factory=dict)
     max_retries: int = 3
@@ -201,25 +237,27 @@ class _Options:
     checkpoint_interval_s: float | None = None
     checkpoint_every: int | None = None
     checkpoint_uri: str | None = None  # default: checkpoints.default_uri()
+    restore_from: str | None = None  # an actor starts with the state of this checkpoint (from checkpoint_uri)
 
 
-_OPTION_NAMES = set(_Options.__dataclass_fields__)
+_OPTION_NAMES = set(RemoteOptions.__dataclass_fields__)
 
 
-def _options(**kwargs: Any) -> _Options:
+def _options(**kwargs: Any) -> RemoteOptions:
     unknown = set(kwargs) - _OPTION_NAMES
     if unknown:
         raise TypeError(f"unknown remote option(s) {sorted(unknown)}; known: {sorted(_OPTION_NAMES)}")
-    return _Options(**kwargs)
+    return RemoteOptions(**kwargs)
 
 
 class RemoteFunction:
     """A function that runs as a task: `f.remote(*args)` returns an `ObjectRef`."""
 
-    def __init__(self, function: Any, options: _Options):
+    def __init__(self, function: Any, options: RemoteOptions):
         self._function = function
         self._options = options
         self._code: bytes | None = None
+        self._submitter: tuple[RuntimeBackend, Any] | None = None  # built once per external backend
         self.__name__ = getattr(function, "__name__", "task")
         self.__doc__ = getattr(function, "__doc__", None)
 
@@ -227,6 +265,10 @@ class RemoteFunction:
         return RemoteFunction(self._function, replace(self._options, **kwargs))
 
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
+        if _external is not None:
+            if self._submitter is None or self._submitter[0] is not _external:
+                self._submitter = (_external, _external.remote_function(self._function, self._options))
+            return self._submitter[1](*args, **kwargs)
         name = f"{self.__name__}()"
         if self._code is None:
             self._code = _pickle_code(self._function, f"the function {self.__name__}")
@@ -241,36 +283,42 @@ class RemoteFunction:
         raise TypeError(f"remote function {self.__name__} is called with {self.__name__}.remote(...)")
 
 
-def _public_methods(cls: type) -> tuple[str, ...]:
+def public_methods(cls: type) -> tuple[str, ...]:
     return tuple(name for name, member in inspect.getmembers(cls, callable) if not name.startswith("_"))
 
 
 class ActorClass:
     """A class whose instances live in their own worker process: `Cls.remote(*args)` returns a handle."""
 
-    def __init__(self, cls: type, options: _Options):
+    def __init__(self, cls: type, options: RemoteOptions):
         self._cls = cls
         self._options = options
         self._code: bytes | None = None
+        self._creator: tuple[RuntimeBackend, Any] | None = None  # built once per external backend
         self.__name__ = cls.__name__
 
     def options(self, **kwargs: Any) -> "ActorClass":
         return ActorClass(self._cls, replace(self._options, **kwargs))
 
     def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
+        if _external is not None:
+            if self._creator is None or self._creator[0] is not _external:
+                self._creator = (_external, _external.actor_class(self._cls, self._options))
+            return self._creator[1](*args, **kwargs)
         if self._code is None:
             self._code = _pickle_code(self._cls, f"the class {self.__name__}")
         blob, deps, contained = _pack_call(f"{self.__name__}()", args, kwargs)
         options = self._options
         actor_id = new_id()
-        methods = _public_methods(self._cls)
+        methods = public_methods(self._cls)
         spec = TaskSpec(new_id(), ACTOR_CREATE, self.__name__, _register(self._code), blob, deps, contained,
                         actor_id=actor_id, actor_name=options.name, methods=methods,
                         num_cpus=0.0, resources=dict(options.resources), max_retries=0,
                         max_restarts=options.max_restarts, max_task_retries=options.max_task_retries,
                         checkpoint_uri=options.checkpoint_uri or default_uri(),
                         checkpoint_every=options.checkpoint_every,
-                        checkpoint_interval_s=options.checkpoint_interval_s)
+                        checkpoint_interval_s=options.checkpoint_interval_s,
+                        restore_from=options.restore_from)
         _submit(spec)
         return ActorHandle(actor_id, self.__name__, methods, options.name)
 
@@ -315,12 +363,12 @@ class ActorHandle:
 def remote(*args: Any, **kwargs: Any) -> Any:
     """`@remote` or `@remote(num_cpus=..., resources=..., max_retries=..., max_restarts=...)`."""
     if len(args) == 1 and not kwargs and callable(args[0]):
-        return _make_remote(args[0], _Options())
+        return _make_remote(args[0], RemoteOptions())
     options = _options(**kwargs)
     return lambda target: _make_remote(target, options)
 
 
-def _make_remote(target: Any, options: _Options) -> Any:
+def _make_remote(target: Any, options: RemoteOptions) -> Any:
     if inspect.isclass(target):
         return ActorClass(target, options)
     return RemoteFunction(target, options)
@@ -328,6 +376,8 @@ def _make_remote(target: Any, options: _Options) -> Any:
 
 def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
     """The values of `refs` (one ref or a list), waiting up to `timeout` seconds."""
+    if _external is not None:
+        return _external.get(refs, timeout)
     single = isinstance(refs, ObjectRef)
     ref_list = [refs] if single else list(refs)
     for ref in ref_list:
@@ -346,6 +396,8 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
 
 def put(value: Any) -> ObjectRef:
     """Store `value` in the object store; the ref can be passed to many tasks without re-sending it."""
+    if _external is not None:
+        return _external.put(value)
     backend = _current().backend
     blob = pack(value, what="the value given to put()", threshold=getattr(backend, "pack_threshold", SHARED_THRESHOLD))
     ref = ObjectRef(new_id())
@@ -359,6 +411,8 @@ def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1,
     ref_list = list(refs)
     if num_returns > len(ref_list):
         raise ValueError(f"num_returns={num_returns} is more than the {len(ref_list)} refs given")
+    if _external is not None:
+        return _external.wait(ref_list, num_returns, timeout)
     ready_ids = set(_current().backend.call("wait", [r.id for r in ref_list], num_returns, timeout))
     ready = [r for r in ref_list if r.id in ready_ids][:max(num_returns, 0) or None]
     chosen = {r.id for r in ready}
@@ -367,40 +421,56 @@ def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1,
 
 def checkpoint(handle: ActorHandle, *, timeout: float | None = None) -> str:
     """Checkpoint the actor now, after the calls already sent to it; returns once the checkpoint is durable."""
+    if _external is not None:
+        return _external.checkpoint(handle, timeout)
     return get(ActorMethod(handle, CHECKPOINT_METHOD).remote(), timeout=timeout)
 
 
 def actors() -> list[dict]:
     """Every actor the cluster knows: state, node, restarts, latest checkpoint and its age."""
+    if _external is not None:
+        return _external.actors()
     return _current().backend.call("actors")
 
 
 def kill(handle: ActorHandle) -> None:
     """Stop the actor now; calls still queued fail with ActorDiedError."""
+    if _external is not None:
+        return _external.kill(handle)
     _current().backend.call("kill", handle.actor_id)
 
 
 def cancel(ref: ObjectRef) -> bool:
     """Cancel the task that makes `ref`: `get` then raises TaskCancelledError. False if already done."""
+    if _external is not None:
+        return _external.cancel(ref)
     return bool(_current().backend.call("cancel", ref.id))
 
 
 def get_actor(name: str) -> ActorHandle:
     """The handle of the live actor created with `.options(name=name)`."""
+    if _external is not None:
+        return _external.get_actor(name)
     actor_id, class_name, methods, actor_name = _current().backend.call("get_actor", name)
     return ActorHandle(actor_id, class_name, methods, actor_name)
 
 
 def current_node_id() -> str | None:
     """The id of the node running this code (None in a driver)."""
+    if _external is not None:
+        return _external.current_node_id()
     return _current().info.get("node_id")
 
 
 def nodes() -> list[dict]:
     """Every node of the cluster: id, liveness, resources, load."""
+    if _external is not None:
+        return _external.nodes()
     return _current().backend.call("nodes")
 
 
 def object_store_stats() -> dict:
     """Counts of the objects and functions the node holds (for operators and memory tests)."""
+    if _external is not None:
+        return _external.object_store_stats()
     return _current().backend.call("object_count")

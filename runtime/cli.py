@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+from .auth import ClusterKeys
 from .cluster import HEARTBEAT_S, HEARTBEAT_TIMEOUT_S, ClusterNode
 from .errors import TokenMissingError
 from .gcs import RedisGcs
+from .tls import TlsConfigError, TlsFiles
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +49,34 @@ def register_node(subparsers: argparse._SubParsersAction) -> None:
                        help=f"seconds between heartbeats into the GCS (default {HEARTBEAT_S})")
     start.add_argument("--heartbeat-timeout", type=float, default=HEARTBEAT_TIMEOUT_S, metavar="SECONDS",
                        help=f"a node silent this long is declared dead (default {HEARTBEAT_TIMEOUT_S})")
+    add_tls_options(start, "node gRPC (peers and drivers must present a certificate from the same CA)")
     start.set_defaults(handler=start_node)
+
+
+def add_tls_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--tls-cert/--tls-key/--tls-ca (default RINGWATCH_TLS_CERT/KEY/CA): all three turn TLS on."""
+    group = parser.add_argument_group("TLS", f"TLS with client certificates for {what}; "
+                                              "defaults from RINGWATCH_TLS_CERT, RINGWATCH_TLS_KEY, RINGWATCH_TLS_CA")
+    group.add_argument("--tls-cert", metavar="PEM", help="this party's certificate (chain)")
+    group.add_argument("--tls-key", metavar="PEM", help="its private key")
+    group.add_argument("--tls-ca", metavar="PEM", help="the CA every certificate of the cluster is signed by")
+
+
+def tls_from_args(args: argparse.Namespace) -> TlsFiles | None:
+    """The TLS files from the options, else from the environment; TlsConfigError names what is wrong."""
+    return TlsFiles.from_options(args.tls_cert, args.tls_key, args.tls_ca) or TlsFiles.from_env()
 
 
 def start_node(args: argparse.Namespace) -> int:
     try:
         token = read_token(args.token_file)
-    except (TokenMissingError, OSError) as exc:
+        tls = tls_from_args(args)
+    except (TokenMissingError, TlsConfigError, OSError) as exc:
         print(f"ringwatch node start: {exc}", file=sys.stderr)
         return 2
     node = ClusterNode(args.address, token=token, host=args.host, port=args.port, num_workers=args.workers,
                        resources=args.resources, namespace=args.namespace, node_id=args.node_id,
-                       heartbeat_s=args.heartbeat_interval, heartbeat_timeout_s=args.heartbeat_timeout)
+                       heartbeat_s=args.heartbeat_interval, heartbeat_timeout_s=args.heartbeat_timeout, tls=tls)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: node.stop())
     print(json.dumps({"node_id": node.node_id, "address": node.address}), flush=True)
@@ -73,11 +91,18 @@ def register_status(subparsers: argparse._SubParsersAction) -> None:
     status.add_argument("--address", required=True, help="the GCS: redis://HOST:PORT")
     status.add_argument("--namespace", default="default", help="GCS namespace")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--token-file", help="file holding the cluster token (else RINGWATCH_TOKEN); records "
+                                             "are shown only once their seal proves the cluster wrote them")
     status.set_defaults(handler=show_status)
 
 
 def show_status(args: argparse.Namespace) -> int:
-    gcs = RedisGcs(args.address, args.namespace)
+    try:
+        token = read_token(args.token_file)
+    except (TokenMissingError, OSError) as exc:
+        print(f"ringwatch status: {exc}", file=sys.stderr)
+        return 2
+    gcs = RedisGcs(args.address, args.namespace, keys=ClusterKeys.from_token(token))
     try:
         nodes = gcs.nodes(HEARTBEAT_TIMEOUT_S)
         now = time.time()

@@ -10,7 +10,6 @@ the mean task time, plus the bytes of inputs it would have to fetch.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -25,6 +24,7 @@ from typing import Any
 import cloudpickle
 import redis
 
+from .auth import ClusterKeys
 from .errors import ResourceUnavailableError
 from .gcs import RedisGcs
 from .node import Node
@@ -32,6 +32,7 @@ from .object_store import SHARED_THRESHOLD, Blob, from_wire, to_wire
 from dataclasses import replace
 
 from .protocol import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
+from .tls import TlsFiles
 from .transport import NodeClient, serve
 
 logger = logging.getLogger(__name__)
@@ -47,15 +48,16 @@ _FETCH_BYTES_PER_S = 1e9
 class ClusterLink:
     """What a node needs from the rest of the cluster; called on the node's dispatcher thread."""
 
-    def __init__(self, gcs: RedisGcs, address: str, node_id: str, token: str,
-                 heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S):
+    def __init__(self, gcs: RedisGcs, address: str, node_id: str, keys: ClusterKeys,
+                 heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S, tls: TlsFiles | None = None):
         self.gcs = gcs
         self.address = address
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._suspects: dict[str, float] = {}  # address -> until when placement avoids it
         self._code_sent: dict[str, set[str]] = {}  # address -> function ids already sent there
         self.node_id = node_id
-        self.token = token
+        self.keys = keys
+        self.tls = tls
         self._post: Callable[[str, tuple], None] | None = None
         self._code_of: Callable[[str], bytes] | None = None
         self._resources: dict[str, float] = {}
@@ -76,7 +78,7 @@ class ClusterLink:
         with self._clients_lock:
             client = self._clients.get(address)
             if client is None:
-                client = self._clients[address] = NodeClient(address, self.token)
+                client = self._clients[address] = NodeClient(address, self.keys, tls=self.tls)
             return client
 
     # ---- placement ---------------------------------------------------------------------------
@@ -312,16 +314,18 @@ class ClusterNode:
     def __init__(self, gcs_url: str, *, token: str, host: str = "127.0.0.1", port: int = 0,
                  num_workers: int | None = None, resources: dict[str, float] | None = None,
                  namespace: str = "default", node_id: str | None = None,
-                 heartbeat_s: float = HEARTBEAT_S, heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S):
+                 heartbeat_s: float = HEARTBEAT_S, heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
+                 tls: TlsFiles | None = None):
         if heartbeat_timeout_s <= heartbeat_s:
             raise ValueError(f"heartbeat_timeout_s ({heartbeat_timeout_s}) must be longer than heartbeat_s "
                              f"({heartbeat_s}), or live nodes would be declared dead")
         self.node_id = node_id or f"node-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.heartbeat_s, self.heartbeat_timeout_s = heartbeat_s, heartbeat_timeout_s
-        self.gcs = RedisGcs(gcs_url, namespace)
-        self._server, bound = serve(self._handle, self._export, token=token, host=host, port=port)
+        keys = ClusterKeys.from_token(token)
+        self.gcs = RedisGcs(gcs_url, namespace, keys=keys)
+        self._server, bound = serve(self._handle, self._export, keys=keys, host=host, port=port, tls=tls)
         self.address = f"{host}:{bound}"
-        self.link = ClusterLink(self.gcs, self.address, self.node_id, token, heartbeat_timeout_s)
+        self.link = ClusterLink(self.gcs, self.address, self.node_id, keys, heartbeat_timeout_s, tls)
         self.node = Node(num_workers or os.cpu_count() or 1, resources, node_id=self.node_id, cluster=self.link)
         self._record = {"node_id": self.node_id, "address": self.address, "resources": self.node.resources,
                         "pid": os.getpid(), "heartbeat_timeout_s": heartbeat_timeout_s}
@@ -430,10 +434,9 @@ def follow_node_deaths(gcs: RedisGcs, stop: threading.Event, on_node_dead: Any, 
             try:
                 while not stop.is_set():
                     message = subscription.get_message(timeout=1.0)
-                    if message is not None:
-                        event = json.loads(message["data"])
-                        if event.get("type") == "node_dead":
-                            on_node_dead(event["node_id"], event["address"])
+                    event = None if message is None else gcs.read_event(message["data"])
+                    if event is not None and event.get("type") == "node_dead":
+                        on_node_dead(event["node_id"], event["address"])
             finally:
                 subscription.close()
         except redis.RedisError as exc:
@@ -506,15 +509,23 @@ class RemoteBackend:
             self.gcs.close()
 
 
-def connect_driver(address: str, *, token: str | None, namespace: str = "default") -> RemoteBackend:
-    """Join the cluster whose GCS is at `address` (redis://...) as a driver."""
+def connect_driver(address: str, *, token: str | None, namespace: str = "default",
+                   tls: TlsFiles | None = None) -> RemoteBackend:
+    """Join the cluster whose GCS is at `address` (redis://...) as a driver.
+
+    Only node records sealed with the token are considered, and calls to the
+    entry node are signed for it: a node someone else advertised in the GCS is
+    never dialled. TLS files default to RINGWATCH_TLS_CERT/KEY/CA.
+    """
     token = token or os.environ.get("RINGWATCH_TOKEN")
     if not token:
         raise ValueError("joining a cluster needs its token: pass token=... or set RINGWATCH_TOKEN")
-    gcs = RedisGcs(address, namespace)
+    keys = ClusterKeys.from_token(token)
+    tls = tls or TlsFiles.from_env()
+    gcs = RedisGcs(address, namespace, keys=keys)
     live = [n for n in gcs.nodes(HEARTBEAT_TIMEOUT_S) if n["alive"]]
     if not live:
         gcs.close()
         raise ConnectionError(f"no live ringwatch node is registered in the GCS at {address}")
     entry = min(live, key=lambda n: n.get("queued", 0))
-    return RemoteBackend(gcs, NodeClient(entry["address"], token))
+    return RemoteBackend(gcs, NodeClient(entry["address"], keys, tls=tls))

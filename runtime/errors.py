@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import traceback
+
 
 class RuntimeErrorBase(Exception):
     """Base of every error the runtime raises."""
@@ -19,6 +21,14 @@ class TaskError(RuntimeErrorBase):
 
     def __reduce__(self):
         return (type(self), (self.type_name, self.message, self.traceback_text, self.task))
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, task: str) -> "TaskError":
+        """What the caller of `task` gets when it raised `exc` (a TaskError from a nested call passes as is)."""
+        if isinstance(exc, TaskError):
+            return exc
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return TaskError(type(exc).__name__, str(exc), text, task)
 
 
 class TaskCancelledError(TaskError):

@@ -12,6 +12,13 @@ Tables (Redis keys under `ringwatch:<namespace>:`):
   (lineage for reconstruction), expiring after `LINEAGE_TTL_S`
 - channel `events`: JSON node and actor events (`node_dead` tells everyone a node is gone)
 Both implementations have the same methods, so the node does not care which it has.
+
+In Redis every value and event is sealed with a key derived from the cluster
+token (`auth.RecordSealer`) and opened before it is parsed or unpickled: a
+value someone wrote without the token (or moved from another key) is ignored
+and logged, never used. Anyone who can write to Redis can still delete records
+or put back an older sealed value of the same key (which the cluster itself
+wrote); they cannot make a node run code of their own.
 """
 
 from __future__ import annotations
@@ -26,9 +33,13 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from .auth import MAX_SKEW_S, ClusterKeys, ForgedRecordError, RecordSealer
+
 logger = logging.getLogger(__name__)
 
 LINEAGE_TTL_S = 3600
+EVENT_MAX_AGE_S = 2 * MAX_SKEW_S  # an older (replayed) event is ignored
+_REPORTED_LIMIT = 10_000
 
 
 class InMemoryGcs:
@@ -143,11 +154,11 @@ class InMemoryGcs:
 
 
 class RedisGcs(InMemoryGcs):
-    """The GCS in Redis: namespaced hashes, JSON records, pickled code and lineage as bytes."""
+    """The GCS in Redis: namespaced hashes of sealed values (JSON records; pickled code and lineage as bytes)."""
 
     _BINARY = {"functions", "tasks", "actor_specs"}
 
-    def __init__(self, url: str, namespace: str = "default"):
+    def __init__(self, url: str, namespace: str = "default", *, keys: ClusterKeys):
         super().__init__(namespace)
         self.url = url
         # Commands retry with backoff for a few seconds (a Redis restart); callers that must not
@@ -157,45 +168,97 @@ class RedisGcs(InMemoryGcs):
                                            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
                                            health_check_interval=10)
         self._prefix = f"ringwatch:{namespace}:"
+        self._sealer = RecordSealer(keys.records, namespace)
+        self._reported: set[tuple[str, str, int]] = set()
         self._redis.ping()
 
     def _key(self, table: str) -> str:
         return self._prefix + table
 
-    def _encode(self, table: str, value: Any) -> bytes | str:
-        return value if table in self._BINARY else json.dumps(value)
+    def _encode(self, table: str, key: str, value: Any) -> bytes:
+        payload = value if table in self._BINARY else json.dumps(value).encode()
+        return self._sealer.seal(table, key, payload)
 
-    def _decode(self, table: str, raw: bytes | None) -> Any:
+    def _decode(self, table: str, key: str, raw: bytes | None) -> Any:
+        """The value, once its seal is verified; None (and one log line) for a forged one."""
         if raw is None:
             return None
-        return raw if table in self._BINARY else json.loads(raw)
+        try:
+            payload = self._sealer.open(table, key, raw)
+        except ForgedRecordError as exc:
+            self._report(table, key, raw, exc)
+            return None
+        return payload if table in self._BINARY else json.loads(payload)
+
+    def _report(self, table: str, key: str, raw: bytes, exc: ForgedRecordError) -> None:
+        seen = (table, key, hash(raw))
+        if seen in self._reported:
+            return
+        if len(self._reported) >= _REPORTED_LIMIT:
+            self._reported.clear()
+        self._reported.add(seen)
+        logger.warning("ignored a forged GCS record: %s (written without this cluster's token; someone else "
+                       "can write to this Redis)", exc)
 
     def _put(self, table: str, key: str, value: Any) -> None:
-        self._redis.hset(self._key(table), key, self._encode(table, value))
+        self._redis.hset(self._key(table), key, self._encode(table, key, value))
 
     def _get(self, table: str, key: str) -> Any:
-        return self._decode(table, self._redis.hget(self._key(table), key))
+        return self._decode(table, key, self._redis.hget(self._key(table), key))
 
     def _all(self, table: str) -> dict[str, Any]:
-        return {k.decode(): self._decode(table, v) for k, v in self._redis.hgetall(self._key(table)).items()}
+        found = {}
+        for raw_key, raw in self._redis.hgetall(self._key(table)).items():
+            key = raw_key.decode(errors="replace")
+            value = self._decode(table, key, raw)
+            if value is not None:
+                found[key] = value
+        return found
 
     def _delete(self, table: str, key: str) -> None:
         self._redis.hdel(self._key(table), key)
 
     def publish(self, event: dict) -> None:
-        self._redis.publish(self._key("events"), json.dumps(event))
+        payload = json.dumps({**event, "at": time.time()}).encode()
+        self._redis.publish(self._key("events"), self._sealer.seal("events", "", payload))
+
+    def read_event(self, data: bytes) -> dict | None:
+        """An event from the channel, once its seal is verified and it is recent; None otherwise."""
+        event = self._decode("events", "", data)
+        if event is None:
+            return None
+        if abs(time.time() - event.get("at", 0)) > EVENT_MAX_AGE_S:
+            logger.warning("ignored a GCS event sent %.0f s ago (a replay?): %s", time.time() - event.get("at", 0),
+                           event.get("type"))
+            return None
+        return event
+
+    _DELETE_IF_EQUAL = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0"
 
     def declare_dead(self, node_id: str) -> bool:
-        return bool(self._redis.hsetnx(self._key("dead"), node_id, time.time()))
+        key = self._key("dead")
+        for _ in range(2):
+            if self._redis.hsetnx(key, node_id, self._encode("dead", node_id, time.time())):
+                return True
+            raw = self._redis.hget(key, node_id)
+            if raw is None or self._decode("dead", node_id, raw) is not None:
+                return False  # declared by a node of this cluster (or gone again: let the next beat decide)
+            # A forged declaration must not stop the real one: remove exactly that value, then declare.
+            self._redis.eval(self._DELETE_IF_EQUAL, 1, key, node_id, raw)
+        return False
+
+    def dead_nodes(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self._all("dead").items()}
 
     def record_task(self, object_id: str, spec_bytes: bytes) -> None:
-        self._redis.set(self._key(f"task:{object_id}"), spec_bytes, ex=LINEAGE_TTL_S)
+        self._redis.set(self._key(f"task:{object_id}"), self._encode("tasks", object_id, spec_bytes),
+                        ex=LINEAGE_TTL_S)
 
     def task(self, object_id: str) -> bytes | None:
-        return self._redis.get(self._key(f"task:{object_id}"))
+        return self._decode("tasks", object_id, self._redis.get(self._key(f"task:{object_id}")))
 
     def subscribe(self) -> redis.client.PubSub:
-        """A subscription to the event channel (read with `get_message`)."""
+        """A subscription to the event channel (read with `get_message`, open with `read_event`)."""
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(self._key("events"))
         return pubsub

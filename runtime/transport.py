@@ -1,9 +1,16 @@
-"""gRPC between nodes and drivers: one generic `Call` method and a chunked `Fetch` stream.
+"""gRPC between nodes and drivers: one generic `Call` method and `Fetch` for object values.
 
-Every call carries the cluster token in its metadata. The server compares it
-(in constant time) before it looks at the request, and only then unpickles it:
-a node runs pickled code, so bytes from a peer without the token are never
-unpickled. Nodes listen on 127.0.0.1 unless told otherwise.
+Both ride on signed gRPC (`rpc.py`): a caller proves it holds the cluster token
+with a per-request signature bound to the node it calls, and the node proves
+it in its sealed answer, so neither side unpickles bytes from a peer without
+the token, and the token itself never travels. Large requests and answers move
+in 1 MiB chunks; no single message exceeds `rpc.MESSAGE_LIMIT`. Nodes listen on
+127.0.0.1 unless told otherwise, and use TLS with client certificates when given
+`TlsFiles`.
+
+This is the seam for any new node-to-node or caller-to-worker channel: serve
+with `serve` (or `rpc.SignedServer` with `keys.calls`), dial with `NodeClient`
+(or `rpc.SignedChannel`), and the address dialled is the one signed for.
 """
 
 from __future__ import annotations
@@ -12,93 +19,77 @@ import hmac
 import logging
 import pickle
 import time
-from collections.abc import Callable, Iterator
-from concurrent import futures
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 import grpc
 
+from .auth import ClusterKeys
 from .errors import AuthError, GetTimeoutError, NodeUnavailableError
+from .rpc import SignedChannel, SignedServer
+from .tls import TlsFiles
 
 logger = logging.getLogger(__name__)
 
 SERVICE = "ringwatch.Node"
-TOKEN_HEADER = "x-ringwatch-token"
-CHUNK = 1 << 20
-_MESSAGE_LIMIT = 1 << 30
-_OPTIONS = [("grpc.max_send_message_length", _MESSAGE_LIMIT), ("grpc.max_receive_message_length", _MESSAGE_LIMIT)]
+TOKEN_HEADER = "x-ringwatch-token"  # the query service's bearer token (until it signs calls too)
 
 
 def authorized(context: grpc.ServicerContext, token: str) -> bool:
-    """True when the call carries the cluster token (compared in constant time); check before parsing."""
+    """True when the call carries `token` in TOKEN_HEADER (compared in constant time); check before parsing."""
     sent = dict(context.invocation_metadata()).get(TOKEN_HEADER, "")
     return hmac.compare_digest(sent.encode(), token.encode())
 
 
-def serve(handler: Callable[[str, tuple], Any], fetch: Callable[[str], bytes], *, token: str,
-          host: str = "127.0.0.1", port: int = 0, max_workers: int = 128) -> tuple[grpc.Server, int]:
+def serve(handler: Callable[[str, tuple], Any], fetch: Callable[[str], bytes], *, keys: ClusterKeys,
+          host: str = "127.0.0.1", port: int = 0, tls: TlsFiles | None = None,
+          max_workers: int = 128) -> tuple[SignedServer, int]:
     """Start the node service; return the server and the port it bound."""
 
-    def call(request: bytes, context: grpc.ServicerContext) -> bytes:
-        if not authorized(context, token):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
-        method, args = pickle.loads(request)
+    def call(request: bytes) -> bytes:
+        method, args = pickle.loads(request)  # signed by a holder of the token: see rpc.SignedServer
         try:
             return cloudpickle.dumps((True, handler(method, args)))
         except Exception as exc:  # the caller gets the exception, the node keeps serving
             return cloudpickle.dumps((False, exc))
 
-    def fetch_stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        if not authorized(context, token):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
-        data = fetch(request.decode())
-        for offset in range(0, max(len(data), 1), CHUNK):
-            yield data[offset:offset + CHUNK]
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ringwatch-grpc"),
-                         options=_OPTIONS)
-    handlers = {"Call": grpc.unary_unary_rpc_method_handler(call),
-                "Fetch": grpc.unary_stream_rpc_method_handler(fetch_stream)}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
+    server = SignedServer(SERVICE, {"Call": call, "Fetch": lambda request: fetch(request.decode())}, keys.calls,
+                          host=host, port=port, tls=tls, max_workers=max_workers, thread_name="ringwatch-grpc")
     server.start()
-    return server, bound
+    return server, server.port
 
 
 class NodeClient:
     """Calls one node; retries while it is unreachable, then fails naming the address."""
 
-    def __init__(self, address: str, token: str, *, retries: int = 3, backoff_s: float = 0.2):
+    def __init__(self, address: str, keys: ClusterKeys, *, tls: TlsFiles | None = None, retries: int = 3,
+                 backoff_s: float = 0.2):
         self.address = address
-        self._metadata = ((TOKEN_HEADER, token),)
-        self._channel = grpc.insecure_channel(address, options=_OPTIONS)
-        self._call = self._channel.unary_unary(f"/{SERVICE}/Call")
-        self._fetch = self._channel.unary_stream(f"/{SERVICE}/Fetch")
+        self._channel = SignedChannel(address, SERVICE, keys.calls, tls=tls)
         self.retries = retries
         self.backoff_s = backoff_s
 
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         request = cloudpickle.dumps((method, args))
-        response = self._with_retries(lambda: self._call(request, metadata=self._metadata, timeout=timeout))
-        ok, value = pickle.loads(response)
+        response = self._with_retries(lambda: self._channel.call("Call", request, timeout=timeout))
+        ok, value = pickle.loads(response)  # opened with the key: the node proved the token
         if not ok:
             raise value
         return value
 
     def fetch(self, object_id: str) -> bytes:
-        return self._with_retries(lambda: b"".join(self._fetch(object_id.encode(), metadata=self._metadata)))
+        return self._with_retries(lambda: self._channel.call("Fetch", object_id.encode()))
 
     def _with_retries(self, attempt: Callable[[], Any]) -> Any:
         for tries in range(self.retries + 1):
             try:
-                return attempt()
+                return attempt()  # signed afresh each time: a retry is a new request, not a replay
             except grpc.RpcError as exc:
                 code = exc.code()
                 if code == grpc.StatusCode.UNAUTHENTICATED:
-                    raise AuthError(f"node {self.address} refused the call: {exc.details()}") from None
+                    raise AuthError(f"node {self.address} refused the call: {exc.details()} (is this the "
+                                    f"cluster's token?)") from None
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise GetTimeoutError(f"node {self.address} did not answer in time") from None
                 if code != grpc.StatusCode.UNAVAILABLE or tries == self.retries:

@@ -21,8 +21,6 @@ import logging
 import os
 import signal
 import threading
-import time
-import traceback
 from collections import deque
 from dataclasses import dataclass
 from queue import Queue
@@ -32,7 +30,7 @@ from typing import Any
 import cloudpickle
 
 from . import api
-from .checkpoints import CheckpointStore, open_store
+from .checkpoints import ActorCheckpoints, open_store
 from .errors import ActorDiedError, TaskError
 from .object_store import pack, unpack
 from .protocol import ACTOR_CALL, ACTOR_CREATE, CHECKPOINT_METHOD, RefMarker, TaskResult, TaskSpec, new_id
@@ -121,38 +119,17 @@ def main() -> None:
 
 @dataclass
 class _ActorBox:
-    """The actor this worker hosts, and when its state was last checkpointed."""
+    """The actor this worker hosts, and its checkpoint policy (None without a store)."""
 
     instance: Any
     spec: TaskSpec
-    store: CheckpointStore | None
-    calls_since_checkpoint: int = 0
-    checkpointed_at: float = 0.0
-
-    def due(self) -> bool:
-        spec = self.spec
-        if spec.checkpoint_every and self.calls_since_checkpoint >= spec.checkpoint_every:
-            return True
-        return bool(spec.checkpoint_interval_s and self.calls_since_checkpoint
-                    and time.monotonic() - self.checkpointed_at >= spec.checkpoint_interval_s)
+    checkpoints: ActorCheckpoints | None
 
     def checkpoint(self, conn: Connection) -> str:
         """Write the state durably, then tell the node (before the result of the call it covers)."""
-        getter = getattr(self.instance, "__checkpoint__", None)
-        state = getter() if getter is not None else dict(vars(self.instance))
-        checkpoint_id = self.store.save(self.spec.actor_id, state)
-        self.calls_since_checkpoint = 0
-        self.checkpointed_at = time.monotonic()
+        checkpoint_id = self.checkpoints.take(self.instance)
         conn.send(("checkpointed", checkpoint_id))
         return checkpoint_id
-
-    def restore(self, checkpoint_id: str) -> None:
-        state = self.store.load(checkpoint_id)
-        restorer = getattr(self.instance, "__restore__", None)
-        if restorer is not None:
-            restorer(state)
-        else:
-            vars(self.instance).update(state)
 
 
 def _checkpoint_after(actor: list, spec: TaskSpec, conn: Connection) -> None:
@@ -160,8 +137,7 @@ def _checkpoint_after(actor: list, spec: TaskSpec, conn: Connection) -> None:
     if not actor or spec.kind != ACTOR_CALL or spec.method == CHECKPOINT_METHOD:
         return
     box = actor[0]
-    box.calls_since_checkpoint += 1
-    if box.store is not None and box.due():
+    if box.checkpoints is not None and box.checkpoints.call_done():
         try:
             box.checkpoint(conn)
         except Exception:  # the actor keeps serving; its next restart resumes from an older checkpoint
@@ -209,7 +185,7 @@ def _run(spec: TaskSpec, code: dict[str, bytes], functions: dict[str, Any], deps
             if not actor:
                 raise ActorDiedError(f"{spec.name}: the actor was not created")
             if spec.method == CHECKPOINT_METHOD:
-                if actor[0].store is None:
+                if actor[0].checkpoints is None:
                     raise ValueError("this actor has no checkpoint store")
                 value = actor[0].checkpoint(conn)
             else:
@@ -230,10 +206,13 @@ def _run(spec: TaskSpec, code: dict[str, bytes], functions: dict[str, Any], deps
 
 def _create_actor(cls: type, spec: TaskSpec, args: list, kwargs: dict) -> _ActorBox:
     """Construct the actor; a restarted one then takes the state of its latest checkpoint."""
-    store = open_store(spec.checkpoint_uri) if spec.checkpoint_uri else None
-    box = _ActorBox(cls(*args, **kwargs), spec, store, checkpointed_at=time.monotonic())
-    if spec.restore_from and store is not None:
-        box.restore(spec.restore_from)
+    checkpoints = None
+    if spec.checkpoint_uri:
+        checkpoints = ActorCheckpoints(open_store(spec.checkpoint_uri), spec.actor_id, spec.checkpoint_every,
+                                       spec.checkpoint_interval_s)
+    box = _ActorBox(cls(*args, **kwargs), spec, checkpoints)
+    if spec.restore_from and checkpoints is not None:
+        checkpoints.restore(box.instance, spec.restore_from)
     return box
 
 
@@ -252,7 +231,4 @@ def _resolve_args(spec: TaskSpec, deps: dict) -> tuple[list, dict]:
 
 
 def _as_task_error(exc: BaseException, spec: TaskSpec) -> Exception:
-    if isinstance(exc, TaskError):
-        return exc
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return TaskError(type(exc).__name__, str(exc), text, spec.name)
+    return TaskError.from_exception(exc, spec.name)

@@ -5,11 +5,12 @@ command), `demo` (`ringwatch demo` and its picture). Their main names are
 re-exported here so `from ringwatch.stream import Client` keeps working.
 """
 
-from .checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from .checkpoint import Checkpoint, CheckpointError, CheckpointStore, EngineProgress, FileCheckpointStore
 from .config import Config, ConfigError
 from .demo import DemoReport, run_demo
 from .detect import DetectReport, detect
 from .engine import Engine
+from .event_time import EventClock, TimeRules
 from .history import AlertHistory, AlertHistoryError
 from .metrics import EngineMetrics
 from .query import (
@@ -30,6 +31,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "CheckpointStore",
+    "EngineProgress",
     "Client",
     "Config",
     "ConfigError",
@@ -38,10 +40,13 @@ __all__ = [
     "Engine",
     "EngineMetrics",
     "EngineStats",
+    "EventClock",
     "EngineUnreachableError",
+    "FileCheckpointStore",
     "Health",
     "InvalidQueryError",
     "Neighbor",
+    "TimeRules",
     "QueryError",
     "detect",
     "run_demo",

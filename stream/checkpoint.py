@@ -1,30 +1,44 @@
-"""Aligned checkpoints on disk: shard snapshots, source positions and detector state as one unit.
+"""Aligned checkpoints: one record tying the shards' own checkpoints to source positions and watermarks.
 
-A checkpoint is a directory of shard snapshots plus a manifest that names
-them. The snapshots are written and fsynced first; the manifest is written
-last, through a temporary file, fsync and rename, so it either exists whole or
-not at all. A checkpoint counts only once its manifest exists and every shard
-file it names matches its recorded digest: a crash at any moment leaves the
-previous complete checkpoint to restore from.
+Each `GraphShard` actor checkpoints its own state through the runtime's actor
+checkpoints (`ringwatch.runtime.checkpoint`; Arrow IPC or pickled buffers in
+the runtime's checkpoint store), so shard state never passes through the
+engine. What the engine keeps is one small record per aligned checkpoint:
+
+- `epoch`: rises by one with every record of the consumer group;
+- `engines`: per engine, the source positions it had fully processed (every
+  alert of the records below them handed to durable sinks), its partitions'
+  watermarks and its low watermark, when the shards were checkpointed;
+- `shards`: the runtime checkpoint id of each shard, in shard order.
+
+A restore loads the shards from their checkpoint ids and every partition
+resumes from the record's position; the replay raises alerts the sinks have
+seen already, and they deliver none of them twice.
+
+Where the record lives depends on where the GCS lives (`CheckpointStore` is the
+one seam, two implementations): with a local runtime the GCS is in the
+engine's process and dies with it, so records are files under `--state-dir`
+(`FileCheckpointStore`); on a cluster they live in the GCS (`GcsCheckpointStore`).
+A record is written whole or not at all; a damaged newest record leaves the
+one before it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from ringwatch.runtime.files import write_atomically
 
 logger = logging.getLogger(__name__)
 
 Partition = tuple[str, int]
-MANIFEST_SUFFIX = ".manifest.json"
+RECORD_SUFFIX = ".checkpoint.json"
 
 
 class CheckpointError(RuntimeError):
@@ -32,105 +46,141 @@ class CheckpointError(RuntimeError):
 
 
 @dataclass
-class Checkpoint:
-    """What a restore needs: where each source partition resumes, the detector's counters, the shards."""
+class EngineProgress:
+    """One engine's part of an aligned checkpoint."""
 
-    checkpoint_id: int
-    positions: dict[Partition, int]
-    next_seq: int
-    watermark: int
-    transactions: int
-    shard_digests: list[str] = field(default_factory=list)
-    created_at: float = 0.0
+    positions: dict[Partition, int] = field(default_factory=dict)
+    watermarks: dict[Partition, int | None] = field(default_factory=dict)
+    low_watermark: int | None = None
+    transactions: int = 0
 
-    def to_json(self) -> str:
-        return json.dumps({
-            "checkpoint_id": self.checkpoint_id,
-            "positions": [[topic, partition, offset] for (topic, partition), offset in sorted(self.positions.items())],
-            "next_seq": self.next_seq,
-            "watermark": self.watermark,
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "positions": [[t, p, offset] for (t, p), offset in sorted(self.positions.items())],
+            "watermarks": [[t, p, mark] for (t, p), mark in sorted(self.watermarks.items())],
+            "low_watermark": self.low_watermark,
             "transactions": self.transactions,
-            "shard_digests": self.shard_digests,
-            "created_at": self.created_at,
-        }, indent=1)
+        }
 
     @classmethod
-    def from_json(cls, text: str) -> "Checkpoint":
-        data = json.loads(text)
+    def from_dict(cls, data: Mapping[str, Any]) -> "EngineProgress":
         return cls(
-            checkpoint_id=int(data["checkpoint_id"]),
-            positions={(topic, int(partition)): int(offset) for topic, partition, offset in data["positions"]},
-            next_seq=int(data["next_seq"]),
-            watermark=int(data["watermark"]),
+            positions={(t, int(p)): int(offset) for t, p, offset in data["positions"]},
+            watermarks={(t, int(p)): None if mark is None else int(mark) for t, p, mark in data["watermarks"]},
+            low_watermark=None if data["low_watermark"] is None else int(data["low_watermark"]),
             transactions=int(data["transactions"]),
-            shard_digests=list(data["shard_digests"]),
-            created_at=float(data["created_at"]),
         )
 
 
-class CheckpointStore:
-    """Checkpoints under `state_dir/checkpoints`, newest `keep` kept."""
+@dataclass
+class Checkpoint:
+    """An aligned checkpoint record (see the module docstring)."""
+
+    epoch: int
+    engines: dict[str, EngineProgress]
+    shards: list[str]
+    created_at: float = 0.0
+    graph: dict[str, Any] = field(default_factory=dict)  # what the graph keeps besides its shards
+
+    @property
+    def positions(self) -> dict[Partition, int]:
+        """Where each partition resumes: the furthest any engine of the group had processed it."""
+        merged: dict[Partition, int] = {}
+        for progress in self.engines.values():
+            for partition, offset in progress.positions.items():
+                merged[partition] = max(merged.get(partition, 0), offset)
+        return merged
+
+    @property
+    def watermarks(self) -> dict[Partition, int | None]:
+        merged: dict[Partition, int | None] = {}
+        for progress in self.engines.values():
+            for partition, mark in progress.watermarks.items():
+                known = [m for m in (merged.get(partition), mark) if m is not None]
+                merged[partition] = max(known) if known else None
+        return merged
+
+    @property
+    def transactions(self) -> int:
+        return sum(progress.transactions for progress in self.engines.values())
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "epoch": self.epoch,
+            "engines": {name: progress.to_dict() for name, progress in sorted(self.engines.items())},
+            "shards": self.shards,
+            "created_at": self.created_at,
+            "graph": self.graph,
+        }, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Checkpoint":
+        data = json.loads(text)
+        return cls(
+            epoch=int(data["epoch"]),
+            engines={name: EngineProgress.from_dict(progress) for name, progress in data["engines"].items()},
+            shards=[str(s) for s in data["shards"]],
+            created_at=float(data["created_at"]),
+            graph=dict(data.get("graph") or {}),
+        )
+
+
+class CheckpointStore(Protocol):
+    """Where a consumer group's aligned checkpoint records live."""
+
+    def latest(self) -> Checkpoint | None:
+        """The newest whole record (None before the first)."""
+        ...
+
+    def save(self, checkpoint: Checkpoint) -> Checkpoint:
+        """Write `checkpoint` as the next epoch (its `epoch` is set here) and return it."""
+        ...
+
+    def history(self) -> list[Checkpoint]:
+        """The records kept, oldest first (for `ringwatch status`)."""
+        ...
+
+
+class FileCheckpointStore:
+    """Records as JSON files `<epoch>.checkpoint.json` under `state_dir/checkpoints`, newest `keep` kept.
+
+    Each file is written to a temporary name, fsynced and renamed, so it exists
+    whole or not at all; an unreadable newest file is skipped with a warning.
+    """
 
     def __init__(self, state_dir: str | Path, keep: int = 2):
         self.root = Path(state_dir) / "checkpoints"
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep = keep
 
-    def _directory(self, checkpoint_id: int) -> Path:
-        return self.root / f"{checkpoint_id:012d}"
+    def _path(self, epoch: int) -> Path:
+        return self.root / f"{epoch:012d}{RECORD_SUFFIX}"
 
-    def _manifest(self, checkpoint_id: int) -> Path:
-        return self.root / f"{checkpoint_id:012d}{MANIFEST_SUFFIX}"
+    def _epochs(self) -> list[int]:
+        return sorted(int(p.name[: -len(RECORD_SUFFIX)]) for p in self.root.glob(f"*{RECORD_SUFFIX}"))
 
-    def _shard_file(self, checkpoint_id: int, shard: int) -> Path:
-        return self._directory(checkpoint_id) / f"shard-{shard}.bin"
-
-    def manifest_ids(self) -> list[int]:
-        return sorted(int(p.name[: -len(MANIFEST_SUFFIX)]) for p in self.root.glob(f"*{MANIFEST_SUFFIX}"))
+    def _read(self, epoch: int) -> Checkpoint | None:
+        try:
+            return Checkpoint.from_json(self._path(epoch).read_bytes())
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("checkpoint record %s is not usable (%s); trying an older one", self._path(epoch), exc)
+            return None
 
     def latest(self) -> Checkpoint | None:
-        """The newest complete checkpoint; incomplete or damaged ones are skipped with a warning."""
-        for checkpoint_id in reversed(self.manifest_ids()):
-            try:
-                checkpoint = Checkpoint.from_json(self._manifest(checkpoint_id).read_text(encoding="utf-8"))
-                for shard, digest in enumerate(checkpoint.shard_digests):
-                    self.load_shard(checkpoint, shard, expected=digest)
-            except (OSError, ValueError, KeyError, TypeError, CheckpointError) as exc:
-                logger.warning("checkpoint %d is not usable (%s); trying an older one", checkpoint_id, exc)
-                continue
-            return checkpoint
+        for epoch in reversed(self._epochs()):
+            checkpoint = self._read(epoch)
+            if checkpoint is not None:
+                return checkpoint
         return None
 
-    def load_shard(self, checkpoint: Checkpoint, shard: int, expected: str | None = None) -> bytes:
-        data = self._shard_file(checkpoint.checkpoint_id, shard).read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != (expected or checkpoint.shard_digests[shard]):
-            raise CheckpointError(f"checkpoint {checkpoint.checkpoint_id}: shard {shard} file does not match "
-                                  f"its digest (damaged or partly written)")
-        return data
+    def history(self) -> list[Checkpoint]:
+        return [c for c in map(self._read, self._epochs()) if c is not None]
 
-    def save(self, positions: Mapping[Partition, int], next_seq: int, watermark: int, transactions: int,
-             shard_snapshots: Sequence[bytes]) -> Checkpoint:
-        """Write shard files, then the manifest atomically; then drop checkpoints beyond `keep`."""
-        ids = self.manifest_ids()
-        checkpoint = Checkpoint(ids[-1] + 1 if ids else 1, dict(positions), next_seq, watermark, transactions,
-                                [hashlib.sha256(s).hexdigest() for s in shard_snapshots], time.time())
-        directory = self._directory(checkpoint.checkpoint_id)
-        if directory.exists():
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True)
-        for shard, snapshot in enumerate(shard_snapshots):
-            write_atomically(self._shard_file(checkpoint.checkpoint_id, shard), snapshot)
-        write_atomically(self._manifest(checkpoint.checkpoint_id), checkpoint.to_json().encode())
-        self._prune()
+    def save(self, checkpoint: Checkpoint) -> Checkpoint:
+        epochs = self._epochs()
+        checkpoint.epoch = (epochs[-1] if epochs else 0) + 1
+        checkpoint.created_at = checkpoint.created_at or time.time()
+        write_atomically(self._path(checkpoint.epoch), checkpoint.to_json().encode())
+        for old in (epochs + [checkpoint.epoch])[: -self.keep]:
+            self._path(old).unlink(missing_ok=True)
         return checkpoint
-
-    def _prune(self) -> None:
-        ids = self.manifest_ids()
-        for old in ids[: -self.keep]:
-            self._manifest(old).unlink(missing_ok=True)
-            shutil.rmtree(self._directory(old), ignore_errors=True)
-        newest = ids[-1] if ids else 0
-        for directory in self.root.iterdir():
-            if directory.is_dir() and directory.name.isdigit() and int(directory.name) > newest:
-                shutil.rmtree(directory, ignore_errors=True)

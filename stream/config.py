@@ -27,6 +27,8 @@ from ringwatch.graph import (
     parse_duration,
 )
 
+from .event_time import TimeRules
+
 ENV_PREFIX = "RINGWATCH_"
 # RINGWATCH_* variables that belong to others (the runtime's cluster token and worker
 # hand-over, the test suite's service addresses): not config keys, so not "unknown".
@@ -38,7 +40,8 @@ class ConfigError(ValueError):
 
 
 def _setting(default: Any, help: str, *, kind: str = "str", flag: str | None = None) -> Any:
-    """A config field: `kind` is str, int, float, duration, list or optional-int; `flag` overrides the CLI name."""
+    """A config field: `kind` is str, int, duration, list, optional-int or optional-float; `flag` overrides the
+    CLI name."""
     metadata = {"help": help, "kind": kind, "flag": flag}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -71,6 +74,28 @@ class GraphConfig:
     max_degree: int | None = _setting(SearchOptions.max_degree,
                                       "hub guard: accounts with more payments in the window are not expanded "
                                       "('none' = off)", kind="optional-int")
+    min_amount: float | None = _setting(SearchOptions.min_amount,
+                                        "payments below this amount are not part of any ring ('none' = all)",
+                                        kind="optional-float")
+    min_ratio: float | None = _setting(SearchOptions.min_ratio,
+                                       "flow rule: each hop's amount at least this times the previous hop's "
+                                       "('none' = off; give max_ratio too)", kind="optional-float")
+    max_ratio: float | None = _setting(SearchOptions.max_ratio,
+                                       "flow rule: each hop's amount at most this times the previous hop's "
+                                       "('none' = off; give min_ratio too)", kind="optional-float")
+
+
+@dataclass
+class TimeConfig:
+    """Event time: per-partition watermarks, the low watermark, and which payments are refused."""
+
+    allowed_lateness: int = _setting(3_600_000, "payments older than the low watermark minus this are "
+                                     "dead-lettered as late; edges are kept this much longer than the window",
+                                     kind="duration")
+    max_clock_skew: int = _setting(300_000, "payments dated more than this ahead of the wall clock are "
+                                   "dead-lettered as future (they move no watermark)", kind="duration")
+    idle_timeout: int = _setting(30_000, "a partition caught up (nothing to read) this long stops holding the "
+                                 "low watermark back", kind="duration")
 
 
 @dataclass
@@ -119,6 +144,7 @@ class ServiceConfig:
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
+    time: TimeConfig = field(default_factory=TimeConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     sinks: SinksConfig = field(default_factory=SinksConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
@@ -145,12 +171,32 @@ class Config:
         return self
 
     def search_options(self) -> SearchOptions:
-        graph = self.graph
         try:
-            return SearchOptions(max_hops=graph.max_hops, window_ms=graph.window, order=graph.order,
-                                 max_rings_per_tx=graph.max_rings_per_tx, max_degree=graph.max_degree)
+            return search_options(**{name: getattr(self.graph, name) for name in SEARCH_OPTION_NAMES})
         except InvalidSearchOptionError as exc:
             raise ConfigError(f"graph.{exc}") from None
+
+    def time_rules(self) -> TimeRules:
+        return TimeRules(window_ms=self.graph.window, allowed_lateness_ms=self.time.allowed_lateness,
+                         max_clock_skew_ms=self.time.max_clock_skew, idle_timeout_ms=self.time.idle_timeout)
+
+
+# What a ring is, by the names users give it (`[graph]` keys, `detect()` keywords, CLI flags).
+SEARCH_OPTION_NAMES = ("max_hops", "window", "order", "min_amount", "min_ratio", "max_ratio",
+                       "max_rings_per_tx", "max_degree")
+
+
+def search_options(**options: Any) -> SearchOptions:
+    """`SearchOptions` from user-facing names (`window` as any duration spelling): the one place they are built.
+
+    `ringwatch run` (its `[graph]` table), `ringwatch detect` and `detect()` all come here.
+    """
+    unknown = set(options) - set(SEARCH_OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"unknown detection option(s) {sorted(unknown)}; known: {list(SEARCH_OPTION_NAMES)}")
+    if "window" in options:
+        options["window_ms"] = parse_duration(options.pop("window"), name="window")
+    return SearchOptions(**options)
 
 
 @dataclass(frozen=True)
@@ -196,10 +242,10 @@ def _convert(spec: Setting, value: Any, source: str) -> Any:
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
                 return list(value)
             raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
-        if spec.kind == "optional-int":
+        if spec.kind in ("optional-int", "optional-float"):
             if value is None or (isinstance(value, str) and value.lower() == "none"):
                 return None
-            return _integer(value, where)
+            return _integer(value, where) if spec.kind == "optional-int" else _number(value, where)
         if spec.kind == "int":
             return _integer(value, where)
         if not isinstance(value, str):
@@ -220,6 +266,19 @@ def _integer(value: Any, where: str) -> int:
         except ValueError:
             pass
     raise ConfigError(f"{where}: expected an integer, got {value!r}")
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: expected a number, got {value!r}")
 
 
 def _apply(config: Config, spec: Setting, value: Any, source: str) -> None:

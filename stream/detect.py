@@ -26,16 +26,13 @@ from ringwatch.graph import (
     RingDetector,
     SearchOptions,
     Transaction,
-    parse_duration,
     search_in_parallel,
 )
 
+from .config import search_options
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
-
-SEARCH_OPTION_NAMES = ("max_hops", "window", "order", "min_amount", "min_ratio", "max_ratio",
-                       "max_rings_per_tx", "max_degree")
 
 
 @dataclass
@@ -45,16 +42,6 @@ class DetectReport:
     transactions: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
     truncated_searches: int = 0
-
-
-def search_options(**options: Any) -> SearchOptions:
-    """`SearchOptions` from user-facing names (`window` as any duration spelling)."""
-    unknown = set(options) - set(SEARCH_OPTION_NAMES)
-    if unknown:
-        raise TypeError(f"unknown detection option(s) {sorted(unknown)}; known: {list(SEARCH_OPTION_NAMES)}")
-    if "window" in options:
-        options["window_ms"] = parse_duration(options.pop("window"), name="window")
-    return SearchOptions(**options)
 
 
 def detect(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path, *, shards: int = 2,
@@ -100,9 +87,9 @@ def _records(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Pat
         return
     for row, item in enumerate(transactions):
         if isinstance(item, Transaction):
-            yield SourceRecord(("input", row), item)
+            yield SourceRecord(("input", 0, row), item)
         else:
-            yield record_from_mapping(("input", row), item)
+            yield record_from_mapping(("input", 0, row), item)
 
 
 def _run(detector: RingDetector, records: Iterator[SourceRecord], batch_size: int, report: DetectReport,

@@ -1,24 +1,37 @@
-"""The streaming engine: Kafka in, ring alerts out, exactly once per alert id through crashes.
+"""The streaming engine: a coordinator over a source, an event-time clock, the graph and the sinks.
 
-One loop, one batch in flight: poll the source into a micro-batch that closes
-on `batch_max_size` payments or `batch_max_delay_ms` after its first one,
-store and search it on the `GraphShard` actors, hand its alerts to every sink,
-and advance the positions it covers. Keeping a single batch in flight is the
-backpressure: nothing is read faster than the shards take it, and a checkpoint
-never has to wait for more than the batch already running.
+    Source.poll ──► micro-batch ──► EventClock.judge ──► EngineGraph.process ──► AlertDelivery ──► sinks
+         ▲             (size or delay)   late/future/invalid        (apply + search)       (own thread)
+         │                               └─► Source.dead_letter
+         └── seek/commit ◄── aligned checkpoint: shard checkpoints + one record (CheckpointStore)
 
-Exactly-once per alert id comes from three rules. (1) A checkpoint is aligned:
-it is taken between batches, after every sink has made the alerts of the
-covered batches durable (file fsynced, Kafka acknowledged, webhook outbox on
-disk), and records shard snapshots, source positions and the detector's
-counters as one manifest. (2) Kafka offsets are committed only after that
-manifest is durable. (3) After any crash the engine restores the newest
-complete checkpoint and replays from its positions; the replay raises the same
-alerts with the same ids, and sinks skip the ids they already delivered.
+Each seam is a small protocol of its own module: `Source`
+(connectors/source.py: Kafka, files, the generator), `EventClock`
+(event_time.py), `EngineGraph` (graph_port.py), `AlertDelivery` (delivery.py)
+and `CheckpointStore` (checkpoint.py). The engine only sequences them.
 
-Invalid input (bad JSON, failed validation, oversize) is dead-lettered by the
-source; payments older than the low watermark are dead-lettered here with the
-detector's reason. Both are counted, neither stops the engine.
+A micro-batch closes on `batch_max_size` payments or `batch_max_delay_ms`
+after its first one. Batches overlap with delivery: once a batch is searched
+its alerts go to the delivery thread and the next batch is applied and
+searched while they are handed to the sinks. The ring definition is in event
+time, so which batch a payment lands in changes nothing about the rings.
+
+Exactly once per alert id, through crashes:
+1. An aligned checkpoint is taken between batches, after every alert raised so
+   far has been handed to the sinks and the sinks made it durable (file
+   fsynced, Kafka acknowledged, webhook outbox on disk). Each shard checkpoints
+   itself through the runtime; one record then ties those checkpoint ids to the
+   source positions and watermarks.
+2. Kafka offsets are committed only after that record is durable.
+3. After a crash of the engine the newest record is restored and every
+   partition replays from its position; after the loss of a shard actor (the
+   runtime restarts it from its checkpoint) the engine rewinds its sources to
+   the record and replays, without restarting. Replays raise the same alert
+   ids, and sinks skip ids they have delivered.
+
+Refused input never stops the engine: unparseable or invalid records, `late`
+and `future` payments go to the source's dead-letter destination with their
+partition, offset, key and reason (once: a replay does not send them again).
 
 With `service.query_port` set, the engine also serves the query service
 (`stream/query/`) on the live shard actors, from a thread pool of its own:
@@ -27,15 +40,15 @@ queries never take the loop's lock, so they do not pause ingestion.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import SimpleNamespace
 
 from ringwatch import runtime as rt
 from ringwatch.connectors import (
@@ -43,16 +56,22 @@ from ringwatch.connectors import (
     KafkaConnectorError,
     KafkaSink,
     KafkaSource,
+    RebalanceListener,
     Sink,
+    Source,
     SourceRecord,
     WebhookSink,
     next_positions,
 )
-from ringwatch.graph import ActorShards, Alert, RingDetector, SearchOptions, ShardSet, search_in_parallel
+from ringwatch.graph import Alert, SearchOptions, ShardSet
+from ringwatch.runtime.checkpoints import default_uri
 from ringwatch.runtime.cli import TokenMissingError, read_token
 
-from .checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from .checkpoint import Checkpoint, CheckpointError, CheckpointStore, EngineProgress, FileCheckpointStore
 from .config import Config, ConfigError, dump_sections
+from .delivery import AlertDelivery
+from .event_time import EventClock, reason_category
+from .graph_port import EngineGraph, open_graph
 from .history import FILE_NAME as HISTORY_FILE
 from .history import AlertHistory
 from .metrics import EngineMetrics
@@ -61,29 +80,32 @@ from .query import EngineStats, Health, QueryHandler, QueryService
 logger = logging.getLogger(__name__)
 
 Partition = tuple[str, int]
-RebalanceCallback = Callable[[list[Partition]], None]
-# Opens the source with the engine's rebalance hooks; by default a `KafkaSource` from the config.
-SourceFactory = Callable[[RebalanceCallback, RebalanceCallback], KafkaSource]
+# Opens the source with the engine as its rebalance listener; by default a `KafkaSource` from the config.
+SourceFactory = Callable[[RebalanceListener], Source]
 POLL_IDLE_MS = 100  # longest a poll waits with no batch open: bounds how late a stop is noticed
 SINK_FLUSH_TIMEOUT_S = 30.0
+SHARD_RESTART_WAIT_S = 30.0  # after a failed graph call: how long to look for the shard restart behind it
 THROUGHPUT_WINDOW_S = 10.0  # `stats().throughput_tx_s` is measured over this much recent time
 LATENCY_SAMPLE = 1_000  # latency percentiles in `stats()` are over this many recent alerts
+EVICT_SLICES = 16  # evict when the horizon has moved 1/16 of the window: each eviction is a pass over the shards
 
 
 class Engine:
-    """Runs the configured source → shards → search → sinks pipeline until stopped.
+    """Runs the configured source → clock → graph → sinks pipeline until stopped.
 
     `run(stop_event)` returns after a final checkpoint once `stop_event` is
-    set. `transactions` counts source records consumed (valid or not) and is
-    part of every checkpoint, so it survives restarts. `ready` is set once the
-    shards are restored and the query service (if any) listens at `query_address`.
+    set. `transactions` counts source records consumed (valid or not; a replay
+    does not count again) and is part of every checkpoint, so it survives
+    restarts. `ready` is set once the shards are restored and the query service
+    (if any) listens at `query_address`.
 
-    `source_factory` replaces the configured Kafka consumer with another source
-    offering the same calls (the demo streams the synthetic generator this way).
+    `source_factory(listener)` replaces the configured Kafka consumer with any
+    other `Source` (the demo streams the synthetic generator this way).
     """
 
     def __init__(self, config: Config, *, source_factory: SourceFactory | None = None):
         self.config = config.validate()
+        self.engine_id = f"{socket.gethostname()}-{os.getpid()}"
         self._query_token = self._resolve_query_token() if config.service.query_port else ""
         self._source_factory = source_factory
         self.ready = threading.Event()
@@ -98,40 +120,44 @@ class Engine:
         self.metrics = EngineMetrics()
         self.transactions = 0
         self.alerts_raised = 0
+        self.dead_lettered: Counter[str] = Counter()
+        self.recoveries = 0
         self.last_checkpoint: Checkpoint | None = None
         self._covered: dict[Partition, int] = {}  # per partition: the graph holds every record below this offset
+        self._origin: dict[Partition, int] = {}  # per partition: where this engine started reading it
         self._owned: set[Partition] = set()
-        self._warm_until: dict[Partition, int] = {}  # records below: already alerted on by a previous owner
+        self._warm_until: dict[Partition, int] = {}  # records below: alerted on by a previous owner already
+        self._replay_until: dict[Partition, int] = {}  # records below: seen before a rewind (no new dead letters)
         self.warmed = 0
         self._failed = False
         self._pending: list[SourceRecord] = []
         self._received: list[float] = []
         self._lock = threading.RLock()
+        self._clock = EventClock(config.time_rules())
+        self._evicted_to: int | None = None
+        self._source: Source | None = None
+        self._graph: EngineGraph | None = None
+        self._delivery: AlertDelivery | None = None
         self._sinks: dict[str, Sink] = {}
-        self._handed: Counter[str] = Counter()
-        self._source: KafkaSource | None = None
-        self._detector: RingDetector | None = None
-        self._store = CheckpointStore(config.engine.state_dir, config.engine.keep_checkpoints)
+        self._store: CheckpointStore = FileCheckpointStore(config.engine.state_dir, config.engine.keep_checkpoints)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def run(self, stop_event: threading.Event | None = None) -> None:
         stop = stop_event or threading.Event()
         config = self.config
-        logger.info("engine starting config=%s", json.dumps(dump_sections(config), sort_keys=True))
+        logger.info("engine starting id=%s config=%s", self.engine_id,
+                    json.dumps(dump_sections(config), sort_keys=True))
         self.started_at = time.time()
         started_runtime = not rt.is_initialized()
         if started_runtime:
             rt.init(address=config.engine.address or None)
-        shards = None
         metrics_server = None
         query_service = None
         try:
-            shards = ActorShards(config.graph.shards)
-            self._detector = RingDetector(shards, config.search_options(), searcher=functools.partial(
-                search_in_parallel, parallelism=config.graph.shards))
             self._sinks = self._open_sinks()
-            self._restore(shards)
+            self._delivery = AlertDelivery(self._sinks)
+            self._graph = self._restore()
             self._source = self._open_source()
             self._watch_external_counters()
             if config.service.metrics_port:
@@ -150,7 +176,7 @@ class Engine:
         finally:
             if query_service is not None:
                 query_service.stop()
-            self._close(shards, metrics_server, started_runtime)
+            self._close(metrics_server, started_runtime)
         logger.info("engine stopped transactions=%d alerts=%d", self.transactions, self.alerts_raised)
 
     def _open_sinks(self) -> dict[str, Sink]:
@@ -179,56 +205,72 @@ class Engine:
             raise ConfigError(f"service.query_port: the query service needs a token ({exc}); "
                               "set RINGWATCH_TOKEN or service.query_token_file") from None
 
-    def _open_source(self) -> KafkaSource:
+    def _open_source(self) -> Source:
         if self._source_factory is not None:
-            return self._source_factory(self._on_revoke, self._on_assign)
+            return self._source_factory(self)
         source_config = self.config.source
         return KafkaSource(source_config.kafka_bootstrap, source_config.topics, source_config.group,
                            dlq_topic=source_config.dlq_topic or None,
-                           max_message_bytes=source_config.max_message_bytes,
-                           on_revoke=self._on_revoke, on_assign=self._on_assign)
+                           max_message_bytes=source_config.max_message_bytes, listener=self)
 
-    def _restore(self, shards: ActorShards) -> None:
+    def _shard_checkpoint_uri(self) -> str:
+        """Where shards checkpoint: the cluster's store, or (local runtime) a folder under `state_dir`."""
+        if self.config.engine.address:
+            return default_uri()
+        return f"file://{Path(self.config.engine.state_dir).resolve() / 'shards'}"
+
+    def _restore(self) -> EngineGraph:
+        """The graph, from the newest aligned checkpoint if there is one; the clock and positions with it."""
         checkpoint = self._store.latest()
+        graph_config = self.config.graph
         if checkpoint is None:
-            logger.info("no checkpoint under %s: starting from the group's committed offsets", self._store.root)
-            return
-        if len(checkpoint.shard_digests) != shards.num_shards:
+            logger.info("no checkpoint: starting from the group's committed offsets")
+            return open_graph(graph_config.shards, self.config.search_options(),
+                              checkpoint_uri=self._shard_checkpoint_uri())
+        if len(checkpoint.shards) != graph_config.shards:
             raise CheckpointError(
-                f"checkpoint {checkpoint.checkpoint_id} holds {len(checkpoint.shard_digests)} shards but "
-                f"graph.shards is {shards.num_shards}; run with the same shard count or a fresh state_dir")
-        rt.get([handle.restore.remote(self._store.load_shard(checkpoint, index))
-                for index, handle in enumerate(shards.handles)])
-        self._detector.next_seq = checkpoint.next_seq
-        self._detector.watermark = checkpoint.watermark
-        self._covered = dict(checkpoint.positions)
+                f"checkpoint epoch {checkpoint.epoch} holds {len(checkpoint.shards)} shards but graph.shards is "
+                f"{graph_config.shards}; run with the same shard count or a fresh state_dir")
+        graph = open_graph(graph_config.shards, self.config.search_options(),
+                           checkpoint_uri=self._shard_checkpoint_uri(),
+                           restore=(checkpoint.shards, checkpoint.graph))
+        self._take_positions(checkpoint)
         self.transactions = checkpoint.transactions
         self.last_checkpoint = checkpoint
-        logger.info("restored checkpoint id=%d transactions=%d positions=%s", checkpoint.checkpoint_id,
+        logger.info("restored checkpoint epoch=%d transactions=%d positions=%s", checkpoint.epoch,
                     checkpoint.transactions, _show(checkpoint.positions))
+        return graph
+
+    def _take_positions(self, checkpoint: Checkpoint) -> None:
+        self._covered = dict(checkpoint.positions)
+        lows = [p.low_watermark for p in checkpoint.engines.values() if p.low_watermark is not None]
+        self._clock.restore(checkpoint.watermarks, min(lows) if lows else None)
 
     def _watch_external_counters(self) -> None:
-        self.metrics.watch("ringwatch_dead_letters", "Messages sent to the dead-letter topic, by reason",
-                           ["reason"], lambda: {(reason,): n for reason, n in self._source.dead_lettered.items()})
+        self.metrics.watch("ringwatch_dead_letters", "Records sent to the dead-letter destination, by reason",
+                           ["reason"], lambda: {(reason,): n for reason, n in self.dead_lettered.items()})
         self.metrics.watch("ringwatch_alerts", "Alerts by sink and outcome", ["sink", "outcome"],
                            self._sink_outcomes)
 
     def _sink_outcomes(self) -> dict[tuple[str, str], float]:
-        outcomes = {(name, "handed"): float(n) for name, n in self._handed.items()}
+        delivery = self._delivery
+        outcomes = {(name, "handed"): float(n) for name, n in (delivery.handed if delivery else {}).items()}
         for name, sink in self._sinks.items():
             for outcome, n in getattr(sink, "outcomes", {}).items():
                 outcomes[(name, outcome)] = float(n)
         return outcomes
 
-    def _close(self, shards: ActorShards | None, metrics_server, started_runtime: bool) -> None:
+    def _close(self, metrics_server, started_runtime: bool) -> None:
         if metrics_server is not None:
             metrics_server.shutdown()
         if self._source is not None:
             self._source.close()
+        if self._delivery is not None:
+            self._delivery.close()
         for sink in self._sinks.values():
             sink.close()
-        if shards is not None:
-            shards.close()
+        if self._graph is not None:
+            self._graph.close()
         if started_runtime:
             rt.shutdown()
 
@@ -260,60 +302,111 @@ class Engine:
                 timeout_ms = int(engine_config.batch_max_delay_ms - (time.monotonic() - opened_at) * 1000)
                 if timeout_ms <= 0:
                     return
-            records = self._source.poll_batch(max_records=room, timeout_ms=timeout_ms)
+            records = self._source.poll(max_records=room, timeout_ms=timeout_ms)
+            arrived = time.time()
+            with self._lock:
+                self._clock.note_caught_up(self._source.caught_up())
+                self._pending.extend(records)
+                self._received.extend([arrived] * len(records))
             if not records:
                 if opened_at is None:
                     return
                 continue
-            arrived = time.time()
-            with self._lock:
-                self._pending.extend(records)
-                self._received.extend([arrived] * len(records))
             opened_at = opened_at or time.monotonic()
 
     def _process_pending(self) -> None:
-        """Run the open batch through the detector and the sinks; advance the positions it covers."""
+        """Judge, apply and search the open batch; hand its alerts to delivery; advance positions and time."""
         records, received = self._pending, self._received
         if not records:
+            self._advance_time()
             return
         self._pending, self._received = [], []
-        valid = [(r, at) for r, at in zip(records, received) if r.ok]
-        result = self._detector.process([r.transaction for r, _ in valid], [at for _, at in valid])
-        warming = {r.transaction.tx_id for r, _ in valid if self._is_warm_up(r)}
-        if result.rejected:
-            self._dead_letter_late(valid, [item for item in result.rejected if item.transaction.tx_id not in warming])
-        alerts = [alert for alert in result.alerts if alert.trigger_tx_id not in warming]
-        if alerts:
-            self._deliver(alerts)
-        for partition, offset in next_positions(records).items():
+        accepted: list[SourceRecord] = []
+        arrived: list[float] = []
+        for record, at in zip(records, received):
+            reason = record.error if not record.ok else self._clock.judge(record.transaction.ts)
+            if reason is not None:
+                self._dead_letter(record, reason)
+                continue
+            self._clock.accept(record.partition, record.transaction.ts)
+            accepted.append(record)
+            arrived.append(at)
+        self._count(records)
+        positions = next_positions(records)
+        if accepted and not self._apply(accepted, arrived):
+            self._rewind(seen=positions)
+            return
+        for partition, offset in positions.items():
             self._covered[partition] = max(self._covered.get(partition, 0), offset)
-        consumed = sum(1 for r in records if not self._is_warm_up(r))
-        self.warmed += len(records) - consumed
-        self.transactions += consumed
+        self._advance_time()
+
+    def _count(self, records: list[SourceRecord]) -> None:
+        fresh = sum(1 for r in records if not self._seen_before(r))
+        self.warmed += sum(1 for r in records if self._is_warm_up(r))
+        self.transactions += fresh
         self.batches += 1
-        self.metrics.transactions.inc(consumed)
+        self.metrics.transactions.inc(fresh)
         self.metrics.batches.inc()
         now = time.monotonic()
         self._progress.append((now, self.transactions))
         while len(self._progress) > 2 and self._progress[1][0] < now - THROUGHPUT_WINDOW_S:
             self._progress.popleft()
 
+    def _apply(self, accepted: list[SourceRecord], arrived: list[float]) -> bool:
+        """Apply and search; False if a shard was lost meanwhile (the caller rewinds and replays)."""
+        try:
+            batch = self._graph.process([r.transaction for r in accepted], arrived)
+        except (rt.ActorDiedError, rt.TaskError) as exc:
+            if not self._shard_restart_behind(exc):
+                raise
+            return False
+        if batch.refused:
+            by_tx = {r.transaction.tx_id: r for r in accepted}
+            for tx, reason in batch.refused:
+                self._dead_letter(by_tx[tx.tx_id], reason)
+        warming = {r.transaction.tx_id for r in accepted if self._is_warm_up(r)}
+        alerts = [alert for alert in batch.alerts if alert.trigger_tx_id not in warming]
+        if alerts:
+            self._delivery.put(alerts)
+            self._note_raised(alerts)
+        return True
+
+    def _shard_restart_behind(self, error: Exception) -> bool:
+        """Whether a failed graph call was a shard being lost and restarted (waits for the restart to show)."""
+        deadline = time.monotonic() + SHARD_RESTART_WAIT_S
+        while time.monotonic() < deadline:
+            restarted = self._graph.restarted()
+            if restarted:
+                logger.warning("a graph call failed as shards %s restarted: %s", restarted, error)
+                return True
+            time.sleep(0.2)  # the runtime records the restart shortly after the call fails
+        return False
+
+    def _advance_time(self) -> None:
+        """Move the low watermark; evict once the horizon has moved a slice of the window."""
+        self._clock.advance()
+        horizon = self._clock.eviction_horizon()
+        if horizon is None:
+            return
+        step = max(self.config.graph.window // EVICT_SLICES, 1)
+        if self._evicted_to is None or horizon - self._evicted_to >= step:
+            self._graph.evict(horizon)
+            self._evicted_to = horizon
+
     def _is_warm_up(self, record: SourceRecord) -> bool:
-        topic, partition, offset = record.position
-        return offset < self._warm_until.get((topic, partition), 0)
+        return record.offset < self._warm_until.get(record.partition, 0)
 
-    def _dead_letter_late(self, valid: list[tuple[SourceRecord, float]], rejected) -> None:
-        by_tx = {r.transaction.tx_id: r for r, _ in valid}
-        for item in rejected:
-            record = by_tx[item.transaction.tx_id]
-            topic, partition, offset = record.position
-            self._source._dead_letter(SimpleNamespace(topic=topic, partition=partition, offset=offset,
-                                                      value=record.raw, key=None), item.reason)
+    def _seen_before(self, record: SourceRecord) -> bool:
+        """Consumed before (by another owner, or by this engine before a rewind): not counted or refused again."""
+        return self._is_warm_up(record) or record.offset < self._replay_until.get(record.partition, 0)
 
-    def _deliver(self, alerts: list[Alert]) -> None:
-        for name, sink in self._sinks.items():
-            sink.deliver(alerts)
-            self._handed[name] += len(alerts)
+    def _dead_letter(self, record: SourceRecord, reason: str) -> None:
+        if self._seen_before(record):
+            return
+        self._source.dead_letter(record, reason)
+        self.dead_lettered[reason_category(reason)] += 1
+
+    def _note_raised(self, alerts: list[Alert]) -> None:
         self.alerts_raised += len(alerts)
         self.metrics.alerts_raised.inc(len(alerts))
         with self._recent_lock:
@@ -322,7 +415,7 @@ class Engine:
             self.metrics.latency.observe(alert.latency_ms / 1000)
         logger.debug("alerts raised count=%d first=%s", len(alerts), alerts[0].alert_id)
 
-    # ---- checkpoints and rebalances --------------------------------------------------------------
+    # ---- checkpoints, shard restarts and rebalances ------------------------------------------------
 
     def _checkpoint(self, reason: str) -> Checkpoint | None:
         """Aligned checkpoint between batches; returns None (and keeps running) if a sink could not keep up."""
@@ -330,29 +423,35 @@ class Engine:
             return None
         started = time.monotonic()
         self._process_pending()
+        self._delivery.drain()
+        restarted = self._graph.restarted()
+        if restarted:  # their state went back in time: what they lost must be replayed before a checkpoint
+            logger.warning("shards %s restarted from their checkpoints", restarted)
+            self._rewind()
+            return None
         if self._unchanged_since_last_checkpoint():
             return self.last_checkpoint
         if not self._sinks_durable():
             logger.warning("checkpoint skipped reason=%s: a sink did not make its alerts durable in %.0f s",
                            reason, SINK_FLUSH_TIMEOUT_S)
             return None
-        shards = self._detector.shards
-        snapshots = rt.get([handle.snapshot.remote() for handle in shards.handles], timeout=SINK_FLUSH_TIMEOUT_S)
-        checkpoint = self._store.save(self._covered, self._detector.next_seq, self._detector.watermark,
-                                      self.transactions, snapshots)
+        shard_ids, graph_state = self._graph.checkpoint()
+        progress = EngineProgress(dict(self._covered), self._clock.watermarks(), self._clock.low_watermark,
+                                  self.transactions)
+        checkpoint = self._store.save(Checkpoint(0, {self.engine_id: progress}, shard_ids, graph=graph_state))
         try:
             self._source.commit({p: offset for p, offset in self._covered.items() if p in self._owned})
         except KafkaConnectorError as exc:  # the checkpoint stands; the next one commits again
-            logger.error("checkpoint id=%d written but offsets not committed: %s", checkpoint.checkpoint_id, exc)
+            logger.error("checkpoint epoch=%d written but offsets not committed: %s", checkpoint.epoch, exc)
         self.last_checkpoint = checkpoint
         elapsed = time.monotonic() - started
         self.metrics.checkpoint_duration.observe(elapsed)
         self.metrics.checkpoints.inc()
         self.lag = self._source.lag()
         self.metrics.set_lag(self.lag)
-        logger.info("checkpoint id=%d reason=%s transactions=%d alerts=%d bytes=%d duration_ms=%.1f positions=%s",
-                    checkpoint.checkpoint_id, reason, self.transactions, self.alerts_raised,
-                    sum(map(len, snapshots)), elapsed * 1000, _show(self._covered))
+        logger.info("checkpoint epoch=%d reason=%s transactions=%d alerts=%d duration_ms=%.1f low_watermark=%s "
+                    "positions=%s", checkpoint.epoch, reason, self.transactions, self.alerts_raised,
+                    elapsed * 1000, self._clock.low_watermark, _show(self._covered))
         return checkpoint
 
     def _unchanged_since_last_checkpoint(self) -> bool:
@@ -364,14 +463,38 @@ class Engine:
         return all(sink.flush(SINK_FLUSH_TIMEOUT_S) for sink in self._sinks.values()
                    if not isinstance(sink, WebhookSink))
 
-    def _on_revoke(self, partitions: list[Partition]) -> None:
+    def _rewind(self, seen: Mapping[Partition, int] | None = None) -> None:
+        """Shards went back to their checkpoints: replay every owned partition from the aligned record.
+
+        The replayed payments are applied again (the shards that kept them skip
+        them), their rings are raised again with the same ids (sinks deliver none
+        twice), and nothing they hold is counted or dead-lettered a second time.
+        `seen`: positions beyond `_covered` consumed already (the batch that failed).
+        """
+        self._pending, self._received = [], []
+        self._delivery.drain()
+        checkpoint = self._store.latest()
+        for partition, offset in [*self._covered.items(), *(seen or {}).items()]:
+            self._replay_until[partition] = max(self._replay_until.get(partition, 0), offset)
+        if checkpoint is not None:
+            self._take_positions(checkpoint)
+        targets = {p: (checkpoint.positions.get(p) if checkpoint else None) for p in self._owned}
+        targets = {p: self._origin.get(p, 0) if offset is None else offset for p, offset in targets.items()}
+        self._covered.update(targets)
+        self._source.seek(targets)
+        self.recoveries += 1
+        logger.warning("replaying from checkpoint epoch %s positions=%s", checkpoint.epoch if checkpoint else None,
+                       _show(targets))
+
+    def on_revoke(self, partitions: list[Partition]) -> None:
         """Before partitions go: finish the open batch and checkpoint, so the next owner starts where we stop."""
         with self._lock:
             self._checkpoint("rebalance")
             self._owned.difference_update(partitions)
+            self._clock.revoke(partitions)
         logger.info("partitions revoked %s", partitions)
 
-    def _on_assign(self, partitions: list[Partition]) -> None:
+    def on_assign(self, partitions: list[Partition]) -> None:
         """Resume each partition where this engine's graph stops; warm up what another owner processed.
 
         If the group's committed offset is beyond what our graph holds (another
@@ -384,27 +507,26 @@ class Engine:
                 start = self._covered.get(partition, 0)
                 committed = self._source.committed(partition) or 0
                 self._source.seek({partition: start})
+                self._origin.setdefault(partition, start)
                 if committed > start:
                     self._warm_until[partition] = committed
                 self._owned.add(partition)
                 logger.info("partition assigned %s[%d] from=%d warm_until=%d", *partition, start,
                             max(committed, start))
-
+            self._clock.assign(partitions)
 
     # ---- what the query service reads (from its own threads; never under the loop's lock) ----------
 
     def query_shards(self) -> ShardSet | None:
-        return self._detector.shards if self._detector is not None and self.ready.is_set() else None
+        return self._graph.query_shards() if self._graph is not None and self.ready.is_set() else None
 
     def search_options(self) -> SearchOptions:
         return self.config.search_options()
 
     def newest_ts(self) -> int | None:
-        """Event time of the newest payment in the graph (the detector's watermark plus the window)."""
-        detector = self._detector
-        if detector is None or detector.next_seq == 0:
-            return None
-        return detector.watermark + detector.options.window_ms
+        """Event time of the newest payment accepted (the highest partition watermark)."""
+        marks = [mark for mark in self._clock.watermarks().values() if mark is not None]
+        return max(marks) if marks else None
 
     def alert_history(self) -> AlertHistory | None:
         return self.history
@@ -427,7 +549,6 @@ class Engine:
         latencies = sorted(alert.latency_ms for alert in self.recent_alerts()[-LATENCY_SAMPLE:])
         shards = self.query_shards()
         checkpoint = self.last_checkpoint
-        source = self._source
         return EngineStats(
             transactions=self.transactions, alerts=self.alerts_raised, batches=self.batches,
             uptime_s=round(uptime, 3), throughput_tx_s=round(recent_rate, 1),
@@ -436,10 +557,10 @@ class Engine:
                         (("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))} if latencies else {},
             lag={f"{topic}[{partition}]": lag for (topic, partition), lag in sorted(self.lag.items())},
             shards=self.config.graph.shards, edges_stored=shards.edge_count() if shards is not None else 0,
-            checkpoint_id=checkpoint.checkpoint_id if checkpoint else None,
+            checkpoint_id=checkpoint.epoch if checkpoint else None,
             checkpoint_age_s=round(time.time() - checkpoint.created_at, 3) if checkpoint else None,
             newest_ts=self.newest_ts(),
-            dead_letters=dict(source.dead_lettered) if source is not None else {})
+            dead_letters=dict(self.dead_lettered))
 
 
 def percentile(ordered: list[float], q: float) -> float:

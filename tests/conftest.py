@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from ringwatch.connectors import EmbeddedBroker
-from services import RedisServer
+from services import RayHead, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +56,20 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def unique_name() -> str:
     """A fresh name for a topic, group or namespace, so tests never see each other's data."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[RayHead]:
+    """A real local Ray head for the `backend="ray"` tests (tests/run.sh installs the `ray` extra)."""
+    head = RayHead().start()
+    saved = {name: os.environ.get(name) for name in head.auth_env}
+    os.environ.update(head.auth_env)  # this process and the engines it starts join with the head's token
+    try:
+        yield head
+    finally:
+        head.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

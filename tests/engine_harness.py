@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
 from ringwatch.connectors import InjectedRing
-from ringwatch.stream.checkpoint import CheckpointStore
+from ringwatch.stream.checkpoint import FileCheckpointStore
 
 SECRET = "whsec_" + base64.b64encode(b"ringwatch-engine-test-secret-012").decode()
 
@@ -165,7 +165,7 @@ class EngineProcess:
 
 def checkpointed_transactions(state_dir: Path) -> int:
     """Source records covered by the newest complete checkpoint (0 before the first)."""
-    checkpoint = CheckpointStore(state_dir).latest()
+    checkpoint = FileCheckpointStore(state_dir).latest()
     return checkpoint.transactions if checkpoint else 0
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command (README.md): on a fresh Debian machine with
 # Python 3.11 it installs everything the tests need, then runs the whole suite.
+# The `ray` extra is installed too: tests/test_*ray*.py start a real local Ray head.
 # Extra arguments go to pytest, e.g. `bash tests/run.sh -k kafka -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,ray]'
 
 # pytest exits 5 when it collects no test: that is a failure here, never a pass.
 exec .venv/bin/python -m pytest "$@"

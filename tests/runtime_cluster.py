@@ -7,9 +7,22 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 TOKEN = "test-cluster-token"
+
+
+def until(condition, what: str, timeout_s: float = 60.0):
+    """Poll a condition the system will reach (no fixed sleeps); fail naming it if it never does."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 # A node started by a test run that is killed must not outlive it: the node asks Linux for SIGKILL
@@ -24,6 +37,10 @@ class NodeProcess:
     node_id: str
     process: subprocess.Popen
     address: str = ""
+    log: Path | None = None  # its stderr, when the cluster keeps node logs
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log is not None and self.log.exists() else ""
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
@@ -45,18 +62,26 @@ class Cluster:
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
 
     extra_args: tuple[str, ...] = ()  # e.g. short heartbeats for the fault tests
+    log_dir: Path | None = None  # where each node's stderr goes (default: the test's stderr)
 
-    def start_node(self, node_id: str, workers: int = 1, resources: dict | None = None) -> NodeProcess:
+    def start_node(self, node_id: str, workers: int = 1, resources: dict | None = None,
+                   args: tuple[str, ...] = ()) -> NodeProcess:
         env = {**os.environ, "RINGWATCH_TOKEN": TOKEN}
-        process = subprocess.Popen(
-            [sys.executable, "-c", _LAUNCH, "node", "start", "--address", self.redis_url,
-             "--namespace", self.namespace, "--workers", str(workers), "--node-id", node_id,
-             "--resources", json.dumps(resources or {}), *self.extra_args],
-            stdout=subprocess.PIPE, text=True, env=env)
+        log = None if self.log_dir is None else self.log_dir / f"{node_id}.log"
+        stderr = None if log is None else open(log, "ab")
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _LAUNCH, "node", "start", "--address", self.redis_url,
+                 "--namespace", self.namespace, "--workers", str(workers), "--node-id", node_id,
+                 "--resources", json.dumps(resources or {}), *self.extra_args, *args],
+                stdout=subprocess.PIPE, text=True, env=env, stderr=stderr)
+        finally:
+            if stderr is not None:
+                stderr.close()
         ready = process.stdout.readline()  # the node prints its address once it is serving and registered
         if not ready:
             raise RuntimeError(f"node {node_id} exited with code {process.wait()} before it was ready")
-        node = NodeProcess(node_id, process, json.loads(ready)["address"])
+        node = NodeProcess(node_id, process, json.loads(ready)["address"], log)
         self.nodes[node_id] = node
         return node
 

@@ -27,14 +27,14 @@ def test_jsonl_keeps_bad_lines_as_error_records_with_raw_bytes(tmp_path):
 
     records = list(FileSource(path))
 
-    assert [r.position for r in records] == [(str(path), row) for row in (0, 1, 3, 4, 5, 6)]
+    assert [r.position for r in records] == [(str(path), 0, row) for row in (0, 1, 3, 4, 5, 6)]
     first, malformed, no_dst, negative, binary, last = records
     assert first.transaction == Transaction("t1", "a", "b", 10.5, 1000)
     assert first.transaction.extra == {"channel": "app"}
-    assert malformed.error.startswith("malformed-json:") and malformed.raw == lines[1]
+    assert malformed.error.startswith("malformed:") and malformed.raw == lines[1]
     assert no_dst.error == "invalid:dst: missing" and no_dst.raw == lines[3]
     assert negative.error.startswith("invalid:amount:") and negative.transaction is None
-    assert binary.error.startswith("malformed-json:") and binary.raw == lines[5]
+    assert binary.error.startswith("malformed:") and binary.raw == lines[5]
     assert last.ok and last.transaction.ts == 1_704_067_201_000
 
 
@@ -57,7 +57,7 @@ def test_csv_reads_contract_columns_and_keeps_bad_rows(tmp_path):
     assert no_currency.ok and no_currency.transaction.currency is None
     assert short.error.startswith("columns:") and short.raw == b"t4,c,a,4"
     assert quoted.transaction.tx_id == "t,5" and quoted.transaction.ts == 1_704_067_200_000
-    assert [r.position[1] for r in (first, bad_amount, no_currency, short, quoted)] == [0, 1, 2, 3, 4]
+    assert [r.offset for r in (first, bad_amount, no_currency, short, quoted)] == [0, 1, 2, 3, 4]
 
 
 def test_amlworld_layout_is_detected_by_its_header(tmp_path):
@@ -97,7 +97,7 @@ def test_parquet_is_read_batch_by_batch_with_null_cells_as_errors(tmp_path):
     records = list(FileSource(path))
 
     assert len(records) == n
-    assert [r.position[1] for r in records] == list(range(n))
+    assert [r.offset for r in records] == list(range(n))
     bad = records[12_345]
     assert bad.error == "invalid:dst: missing" and json.loads(bad.raw)["tx_id"] == "t12345"
     assert records[19_999].transaction == Transaction("t19999", f"a{19_999 % 97}",

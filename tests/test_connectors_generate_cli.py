@@ -39,7 +39,7 @@ def test_generate_produces_to_kafka_keyed_by_payer(kafka_bootstrap, unique_name,
     try:
         while len(records) < CONFIG.n_transactions:
             assert time.monotonic() < deadline, f"only {len(records)} records arrived"
-            records.extend(source.poll_batch(max_records=1_000, timeout_ms=200))
+            records.extend(source.poll(max_records=1_000, timeout_ms=200))
     finally:
         source.close()
 

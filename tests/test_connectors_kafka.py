@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -64,8 +65,16 @@ def poll_until(source: KafkaSource, count: int) -> list:
     deadline = time.monotonic() + DEADLINE_S
     while len(records) < count:
         assert time.monotonic() < deadline, f"timed out: {len(records)} of {count} records"
-        records.extend(source.poll_batch(max_records=100, timeout_ms=200))
+        records.extend(source.poll(max_records=100, timeout_ms=200))
     return records
+
+
+@dataclass
+class Listener:
+    """A `RebalanceListener` made of two callables."""
+
+    on_revoke: Callable[[list], None] = lambda partitions: None
+    on_assign: Callable[[list], None] = lambda partitions: None
 
 
 @pytest.fixture
@@ -77,25 +86,31 @@ def encoded(tx) -> bytes:
     return json.dumps(tx.to_dict()).encode()
 
 
-def test_valid_messages_are_consumed_and_poison_lands_in_the_dlq_with_reasons(kafka_bootstrap, unique_name,
-                                                                              transactions):
+def test_valid_messages_are_consumed_and_refused_ones_land_in_the_dlq_with_reasons(kafka_bootstrap, unique_name,
+                                                                                   transactions):
     topic = unique_name
     create_topic(kafka_bootstrap, topic, 2)
     poison = {
-        b'{"tx_id": "p1", "src": "a", "dst"': "malformed-json",
+        b'{"tx_id": "p1", "src": "a", "dst"': "malformed",
+        b'[1, 2]': "malformed:expected a JSON object",
         json.dumps({"tx_id": "p2", "src": "a", "amount": 5, "ts": 1}).encode(): "invalid:dst: missing",
         json.dumps({"tx_id": "p3", "src": "a", "dst": "b", "amount": -5, "ts": 1}).encode(): "invalid:amount",
         json.dumps({"tx_id": "p4", "src": "a", "dst": "b", "amount": 5, "ts": 1,
                     "memo": "x" * 100_000}).encode(): "oversize",
     }
     values = [encoded(tx) for tx in transactions]
-    for index, value in zip((10, 50, 120, 250), poison):
+    for index, value in zip((10, 50, 90, 120, 250), poison):
         values.insert(index, value)
     produce(kafka_bootstrap, topic, values, partition_of=lambda i: i % 2)
 
     source = KafkaSource(kafka_bootstrap, topic, f"{topic}-group", max_message_bytes=50_000)
     try:
         records = poll_until(source, len(values))
+        bad = [r for r in records if not r.ok]
+        refused = next(r for r in records if r.ok)
+        for record in bad:
+            source.dead_letter(record, record.error)
+        source.dead_letter(refused, "late: refused by the engine")
         source.flush_dead_letters()
     finally:
         source.close()
@@ -103,19 +118,19 @@ def test_valid_messages_are_consumed_and_poison_lands_in_the_dlq_with_reasons(ka
     assert len(records) == len(values)
     assert sorted(r.transaction.tx_id for r in records if r.ok) == sorted(tx.tx_id for tx in transactions)
     assert {r.transaction for r in records if r.ok} == set(transactions)
-    bad = [r for r in records if not r.ok]
     assert sorted(r.raw for r in bad) == sorted(poison)
-    assert source.dead_lettered == {"malformed-json": 1, "invalid": 2, "oversize": 1}
+    assert all(r.key == str(values.index(r.raw)).encode() for r in bad), "a record keeps its message key"
 
-    dlq = read_topic(kafka_bootstrap, f"{topic}.dlq", until=lambda m: len(m) >= 4)
-    assert len(dlq) == 4
-    by_value = {m.value: dict(m.headers) for m in dlq}
-    assert set(by_value) == set(poison)
-    for value, headers in by_value.items():
-        assert headers["reason"].decode().startswith(poison[value])
+    dlq = read_topic(kafka_bootstrap, f"{topic}.dlq", until=lambda m: len(m) >= len(poison) + 1)
+    assert len(dlq) == len(poison) + 1
+    by_value = {m.value: (m.key, dict(m.headers)) for m in dlq}
+    assert set(by_value) == set(poison) | {refused.raw}
+    for value, (key, headers) in by_value.items():
+        original = next(r for r in bad + [refused] if r.raw == value)
+        assert headers["reason"].decode().startswith(poison.get(value, "late"))
         assert headers["topic"].decode() == topic
-        original = next(r for r in bad if r.raw == value)
         assert (int(headers["partition"]), int(headers["offset"])) == original.position[1:]
+        assert key == original.key
 
 
 def test_committed_offsets_resume_in_a_new_consumer_of_the_group(kafka_bootstrap, unique_name, transactions):
@@ -146,13 +161,38 @@ def test_committed_offsets_resume_in_a_new_consumer_of_the_group(kafka_bootstrap
     assert sorted(r.position for r in resumed) == sorted(r.position for r in records if r.position[2] >= 40)
 
 
+def test_a_partition_is_caught_up_only_once_everything_in_it_was_delivered(kafka_bootstrap, unique_name,
+                                                                           transactions):
+    """On a backlog kafka-python drains partitions one after another; one not fetched yet is not caught up."""
+    topic = unique_name
+    create_topic(kafka_bootstrap, topic, 4)
+    produce(kafka_bootstrap, topic, [encoded(tx) for tx in transactions], partition_of=lambda i: i % 3)
+    produced = {(topic, p): sum(1 for i in range(len(transactions)) if i % 3 == p) for p in range(3)}
+    produced[(topic, 3)] = 0
+    source = KafkaSource(kafka_bootstrap, topic, f"{topic}-group")
+    delivered = dict.fromkeys(produced, 0)
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while True:
+            for record in source.poll(max_records=7, timeout_ms=100):
+                delivered[record.partition] += 1
+            caught_up = source.caught_up()
+            assert all(delivered[p] == produced[p] for p in caught_up), (caught_up, delivered, produced)
+            if caught_up == set(produced):
+                break
+            assert time.monotonic() < deadline, f"never caught up: {caught_up}, {delivered}"
+    finally:
+        source.close()
+    assert delivered == produced
+
+
 def test_seek_before_assignment_applies_when_partitions_arrive(kafka_bootstrap, unique_name, transactions):
     topic = unique_name
     create_topic(kafka_bootstrap, topic, 2)
     produce(kafka_bootstrap, topic, [encoded(tx) for tx in transactions], partition_of=lambda i: i % 2)
 
     assigned: list = []
-    source = KafkaSource(kafka_bootstrap, topic, f"{topic}-group", on_assign=assigned.extend)
+    source = KafkaSource(kafka_bootstrap, topic, f"{topic}-group", listener=Listener(on_assign=assigned.extend))
     try:
         source.seek({(topic, 0): 140, (topic, 1): 145})
         records = poll_until(source, 15)
@@ -175,20 +215,20 @@ def test_a_second_member_takes_over_from_the_offsets_committed_in_on_revoke(kafk
         events.append(("first", "revoke", partitions))
         first.commit(next_positions(got["first"]))
 
-    first = KafkaSource(kafka_bootstrap, topic, group, on_revoke=finish_in_flight_and_commit,
-                        on_assign=lambda p: events.append(("first", "assign", p)))
+    first = KafkaSource(kafka_bootstrap, topic, group, listener=Listener(
+        on_revoke=finish_in_flight_and_commit, on_assign=lambda p: events.append(("first", "assign", p))))
     second = None
     try:
         deadline = time.monotonic() + DEADLINE_S
         while first.assignment() != [(topic, 0), (topic, 1)]:
             assert time.monotonic() < deadline, "the first member never got both partitions"
-            got["first"] += first.poll_batch(max_records=10, timeout_ms=100)
+            got["first"] += first.poll(max_records=10, timeout_ms=100)
         second = KafkaSource(kafka_bootstrap, topic, group,
-                             on_assign=lambda p: events.append(("second", "assign", p)))
+                             listener=Listener(on_assign=lambda p: events.append(("second", "assign", p))))
         while len(got["first"]) + len(got["second"]) < len(stream):
             assert time.monotonic() < deadline, f"stalled at {len(got['first'])}+{len(got['second'])}: {events}"
-            got["first"] += first.poll_batch(max_records=10, timeout_ms=100)
-            got["second"] += second.poll_batch(max_records=10, timeout_ms=100)
+            got["first"] += first.poll(max_records=10, timeout_ms=100)
+            got["second"] += second.poll(max_records=10, timeout_ms=100)
         split = first.assignment() + second.assignment()
     finally:
         first.close()

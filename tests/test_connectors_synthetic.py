@@ -91,14 +91,22 @@ def test_generator_source_yields_every_transaction_and_resumes_from_a_position()
     config = SyntheticConfig(n_transactions=2_000, n_accounts=400, days=2, n_rings=5, seed=3)
     records = list(GeneratorSource(config))
     assert [r.transaction for r in records] == generate(config).transactions
-    assert [r.position for r in records[:2]] == [("synthetic", 0), ("synthetic", 1)]
+    assert [r.position for r in records[:2]] == [("synthetic", 0, 0), ("synthetic", 0, 1)]
     resumed = list(GeneratorSource(config, start=1_500))
     assert resumed == records[1_500:]
 
 
-def test_paced_generator_source_yields_the_same_records():
+def test_paced_generator_source_polls_the_same_records_and_is_caught_up_at_the_end():
     config = SyntheticConfig(n_transactions=300, n_accounts=400, days=2, n_rings=2, seed=3)
-    assert list(GeneratorSource(config, rate=50_000)) == list(GeneratorSource(config))
+    source = GeneratorSource(config, rate=50_000)
+    polled = []
+    while not source.exhausted:
+        assert source.caught_up() == set() or polled, "caught up before anything was read"
+        polled += source.poll(max_records=64, timeout_ms=10)
+    assert polled == list(GeneratorSource(config))
+    assert source.poll(max_records=64, timeout_ms=1) == []
+    assert source.caught_up() == {("synthetic", 0)}
+    assert source.lag() == {("synthetic", 0): 0}
 
 
 @pytest.mark.parametrize("change, field", [

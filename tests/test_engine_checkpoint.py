@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ringwatch.graph import ExpandRequest, ShardStore
-from ringwatch.stream import CheckpointStore
+from ringwatch.stream import Checkpoint, EngineProgress, FileCheckpointStore
 
 EDGES = [("t1", "a", "b", 10.0, 1_000, 0), ("t2", "b", "c", 9.0, 2_000, 1), ("t3", "c", "a", 8.0, 3_000, 2),
          ("t4", "a", "c", 7.0, 4_000, 3)]
@@ -37,22 +37,37 @@ def test_snapshot_of_another_shard_is_refused():
         ShardStore(1, 2).restore(store.snapshot())
 
 
-def test_latest_complete_checkpoint_survives_damage_to_a_newer_one(tmp_path):
-    store = CheckpointStore(tmp_path, keep=3)
-    first = store.save({("t", 0): 10}, 10, -5, 12, [b"shard-0-v1", b"shard-1-v1"])
-    second = store.save({("t", 0): 20, ("t", 1): 3}, 23, 7, 25, [b"shard-0-v2", b"shard-1-v2"])
+def record(offset: int, watermark: int | None = None, shards: tuple[str, ...] = ("a/1", "b/1")) -> Checkpoint:
+    progress = EngineProgress({("t", 0): offset, ("t", 1): offset // 2}, {("t", 0): watermark, ("t", 1): None},
+                              watermark, offset)
+    return Checkpoint(0, {"engine-1": progress}, list(shards))
+
+
+def test_a_record_reads_back_as_written_and_a_damaged_newest_one_leaves_the_one_before(tmp_path):
+    store = FileCheckpointStore(tmp_path, keep=3)
+    first = store.save(record(10, None))
+    second = store.save(record(20, 1_700_000_000_000, ("a/2", "b/2")))
+    assert (first.epoch, second.epoch) == (1, 2)
     assert store.latest() == second
-    assert store.load_shard(second, 1) == b"shard-1-v2"
-    (store.root / f"{second.checkpoint_id:012d}" / "shard-1.bin").write_bytes(b"torn")
+    assert second.positions == {("t", 0): 20, ("t", 1): 10}
+    assert second.watermarks == {("t", 0): 1_700_000_000_000, ("t", 1): None}
+    (store.root / f"{second.epoch:012d}.checkpoint.json").write_text('{"epoch": 2, "eng')
     assert store.latest() == first
-    (store.root / f"{first.checkpoint_id:012d}.manifest.json").write_text("{not json")
-    assert store.latest() is None
+    assert [c.epoch for c in store.history()] == [1]
 
 
-def test_old_checkpoints_are_pruned_and_ids_keep_rising(tmp_path):
-    store = CheckpointStore(tmp_path, keep=2)
-    saved = [store.save({("t", 0): n}, n, 0, n, [b"x"]) for n in range(4)]
-    assert store.manifest_ids() == [saved[2].checkpoint_id, saved[3].checkpoint_id]
-    assert sorted(p.name for p in store.root.iterdir() if p.is_dir()) == [
-        f"{saved[2].checkpoint_id:012d}", f"{saved[3].checkpoint_id:012d}"]
-    assert CheckpointStore(tmp_path).save({}, 0, 0, 0, [b"y"]).checkpoint_id == saved[3].checkpoint_id + 1
+def test_old_records_are_pruned_and_epochs_keep_rising(tmp_path):
+    store = FileCheckpointStore(tmp_path, keep=2)
+    saved = [store.save(record(n)) for n in range(4)]
+    assert [c.epoch for c in store.history()] == [saved[2].epoch, saved[3].epoch]
+    assert FileCheckpointStore(tmp_path).save(record(9)).epoch == saved[3].epoch + 1
+
+
+def test_positions_and_watermarks_merge_over_the_engines_of_a_group():
+    older = EngineProgress({("t", 0): 5, ("t", 1): 40}, {("t", 0): 100, ("t", 1): None}, 100, 45)
+    newer = EngineProgress({("t", 0): 30}, {("t", 0): 300, ("t", 1): 200}, 200, 30)
+    checkpoint = Checkpoint(7, {"a": older, "b": newer}, ["s/1"])
+    assert checkpoint.positions == {("t", 0): 30, ("t", 1): 40}
+    assert checkpoint.watermarks == {("t", 0): 300, ("t", 1): 200}
+    assert checkpoint.transactions == 75
+    assert Checkpoint.from_json(checkpoint.to_json()) == checkpoint

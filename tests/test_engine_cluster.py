@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
+from ringwatch.runtime.auth import ClusterKeys
 from ringwatch.runtime.gcs import RedisGcs
 
 from engine_harness import EngineProcess, checkpointed_transactions, create_topic, jsonl_ids, wait_until
@@ -35,7 +36,7 @@ def test_the_engine_runs_its_shards_on_cluster_nodes(kafka_bootstrap, unique_nam
         wait_until(lambda: checkpointed_transactions(state_dir) == N_TRANSACTIONS or not engine.alive(), 180,
                    "a checkpoint covering every produced transaction")
         assert engine.alive(), engine.log()
-        gcs = RedisGcs(redis_server.url, "default")
+        gcs = RedisGcs(redis_server.url, "default", keys=ClusterKeys.from_token(TOKEN))
         shards = [a for a in gcs.actors() if a.get("class_name") == "GraphShard" and a.get("state") == "alive"]
         gcs.close()
         assert engine.terminate() == 0, engine.log()

@@ -20,7 +20,7 @@ from engine_harness import (
 )
 from ringwatch.connectors import SyntheticConfig, generate
 from ringwatch.connectors.embedded_broker import free_port
-from ringwatch.stream import CheckpointStore
+from ringwatch.stream import FileCheckpointStore
 
 DEADLINE_S = 120.0
 MAX_MESSAGE_BYTES = 10_000
@@ -38,7 +38,7 @@ def engines() -> Iterator[list[EngineProcess]]:
 def poison_messages(first_ts: int) -> dict[str, bytes]:
     """Bad messages by the reason category the dead-letter header must carry."""
     return {
-        "malformed-json": b'{"tx_id": "p1", "src": "a", ',
+        "malformed": b'{"tx_id": "p1", "src": "a", ',
         "invalid:dst": json.dumps({"tx_id": "p2", "src": "a", "amount": 5, "ts": first_ts}).encode(),
         "invalid:amount": json.dumps({"tx_id": "p3", "src": "a", "dst": "b", "amount": -5, "ts": first_ts}).encode(),
         "oversize": json.dumps({"tx_id": "p4", "src": "a", "dst": "b", "amount": 1, "ts": first_ts,
@@ -75,7 +75,7 @@ def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, uniq
     metrics = scrape(metrics_port)
     assert engine.terminate() == 0, engine.log()
     assert {labels[0][1]: value for (name, labels), value in metrics.items()
-            if name == "ringwatch_dead_letters_total"} == {"malformed-json": 1, "invalid": 2, "oversize": 1, "late": 1}
+            if name == "ringwatch_dead_letters_total"} == {"malformed": 1, "invalid": 2, "oversize": 1, "late": 1}
 
     letters = read_topic(kafka_bootstrap, f"{unique_name}.dlq", len(poison))
     assert len(letters) == len(poison)
@@ -87,8 +87,8 @@ def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, uniq
         by_reason[next(r for r in poison if headers["reason"].startswith(r))] = message.value
     assert by_reason == poison
 
-    final = CheckpointStore(state_dir).latest()
-    assert final.next_seq == len(transactions), "a valid payment was not processed"
+    final = FileCheckpointStore(state_dir).latest()
+    assert final.graph["next_seq"] == len(transactions), "a valid payment was not processed"
     triggers = {json.loads(line)["trigger_tx_id"] for line in alerts_file.read_text().splitlines()}
     assert {ring.tx_ids[-1] for ring in stream.rings} <= triggers
     assert len(jsonl_ids(alerts_file)) == len(set(jsonl_ids(alerts_file)))

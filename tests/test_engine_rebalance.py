@@ -18,7 +18,7 @@ from engine_harness import SECRET, EngineProcess, Receiver, create_topic, jsonl_
 from ringwatch.connectors import SyntheticConfig, generate
 from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.graph import Transaction
-from ringwatch.stream import CheckpointStore
+from ringwatch.stream import FileCheckpointStore
 
 N_TRANSACTIONS = 10_000
 N_RINGS = 12
@@ -49,7 +49,7 @@ def produce(bootstrap: str, topic: str, transactions: list[Transaction], partiti
 
 
 def covered(state_dir) -> dict:
-    checkpoint = CheckpointStore(state_dir).latest()
+    checkpoint = FileCheckpointStore(state_dir).latest()
     return checkpoint.positions if checkpoint else {}
 
 
@@ -99,6 +99,6 @@ def test_second_engine_joining_takes_partitions_without_losing_or_doubling(kafka
     assert not set(first_ids) & set(second_ids), "both engines raised the same alert"
     assert set(receiver.accepted) == set(first_ids) | set(second_ids)
     assert all(count == 1 for count in receiver.accepted.values())
-    consumed = (CheckpointStore(tmp_path / "first").latest().transactions
-                + CheckpointStore(tmp_path / "second").latest().transactions)
+    consumed = (FileCheckpointStore(tmp_path / "first").latest().transactions
+                + FileCheckpointStore(tmp_path / "second").latest().transactions)
     assert consumed == N_TRANSACTIONS, "a payment was consumed by neither engine or by both"

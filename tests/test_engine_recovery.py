@@ -18,7 +18,7 @@ from engine_harness import (
 )
 from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
 from ringwatch.connectors.embedded_broker import free_port
-from ringwatch.stream import CheckpointStore
+from ringwatch.stream import FileCheckpointStore
 
 N_TRANSACTIONS = 20_000
 N_RINGS = 20
@@ -81,6 +81,6 @@ def test_sigkill_mid_stream_then_restart_delivers_every_ring_once(kafka_bootstra
     file_ids = jsonl_ids(alerts_file)
     assert len(file_ids) == len(set(file_ids)), "an alert was written to the file twice"
     wait_until(lambda: set(receiver.accepted) == set(file_ids), 30, "the webhook to catch up with the file")
-    final = CheckpointStore(state_dir).latest()
+    final = FileCheckpointStore(state_dir).latest()
     assert final.transactions == N_TRANSACTIONS
-    assert final.next_seq == N_TRANSACTIONS, "a transaction was lost or counted twice in the graph"
+    assert final.graph["next_seq"] == N_TRANSACTIONS, "a transaction was lost or counted twice in the graph"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import ringwatch.runtime as rt
+from ringwatch.runtime.auth import ClusterKeys
 from ringwatch.runtime.transport import SERVICE, NodeClient
 from runtime_cluster import TOKEN, Cluster
 
@@ -188,7 +189,7 @@ def test_get_times_out_and_a_queued_task_can_be_cancelled(cluster, tmp_path):
 def test_a_call_without_the_token_is_refused(cluster):
     address = cluster.nodes["node-a"].address
     with pytest.raises(rt.AuthError, match="token"):
-        NodeClient(address, "not-the-token").call("nodes")
+        NodeClient(address, ClusterKeys.from_token("not-the-token")).call("nodes")
     channel = grpc.insecure_channel(address)
     bare = channel.unary_unary(f"/{SERVICE}/Call")
     with pytest.raises(grpc.RpcError) as caught:
@@ -203,6 +204,7 @@ def test_nodes_listen_on_loopback_by_default(cluster):
 
 def test_status_command_lists_the_nodes(cluster, redis_url):
     done = subprocess.run([sys.executable, "-m", "ringwatch.stream.cli", "status", "--address", redis_url,
-                           "--namespace", cluster.namespace], capture_output=True, text=True, timeout=60)
+                           "--namespace", cluster.namespace], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "RINGWATCH_TOKEN": TOKEN})
     assert done.returncode == 0, done.stderr
     assert all(name in done.stdout for name in ("node-a", "node-b", "node-gpu"))

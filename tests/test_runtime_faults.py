@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import ringwatch.runtime as rt
-from runtime_cluster import TOKEN, Cluster
+from runtime_cluster import TOKEN, Cluster, until
 from services import RedisServer
 
 FAST_HEARTBEATS = ("--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5")
@@ -40,17 +40,6 @@ def cluster(redis_url, request):
     finally:
         rt.shutdown()
         cluster.stop()
-
-
-def until(condition, what: str, timeout_s: float = 60.0):
-    """Poll a condition the system will reach (no fixed sleeps); fail naming it if it never does."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def runs_logged(log: Path) -> list[tuple[str, str]]:

@@ -4,7 +4,7 @@ The synthetic generator's stream — background payments plus injected
 laundering rings — goes through the real `Engine`: a local runtime with worker
 processes, `GraphShard` actors, parallel search tasks, micro-batches, aligned
 checkpoints and the JSON-lines sink. By default the stream is fed straight to
-the engine (`GeneratorFeed`), so the demo needs no Kafka, Redis or config;
+the engine (`GeneratorSource` is a `Source`), so the demo needs no Kafka, Redis or config;
 with `kafka=True` it goes through a Tansu broker started for the occasion, the
 way `ringwatch run` consumes in production. The result is scored against the
 injected rings: recall (injected rings found) and precision (alerts that are
@@ -19,7 +19,6 @@ import secrets
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,79 +27,20 @@ from ringwatch.connectors import (
     EmbeddedBroker,
     GeneratorSource,
     InjectedRing,
-    SourceRecord,
+    RebalanceListener,
     SyntheticConfig,
     produce_transactions,
 )
 from ringwatch.graph import Alert
 
 from ..config import Config, EngineConfig, GraphConfig, ServiceConfig, SinksConfig, SourceConfig
-from ..engine import Engine, Partition, RebalanceCallback, percentile
+from ..engine import Engine, percentile
 from ..progress import Progress
 from .picture import render_rings_html
 
 logger = logging.getLogger(__name__)
 
-FEED_PARTITION: Partition = ("synthetic", 0)
 STATUS_POLL_S = 0.02  # how often the driver looks at the engine: the streaming time is measured to this
-
-
-class GeneratorFeed:
-    """The synthetic stream behind the calls the engine makes of a `KafkaSource`, as one partition.
-
-    Offsets are row numbers, so checkpoints, seeks and the engine's positions
-    work unchanged; there is no group, so `commit` has nothing to do (positions
-    live in the engine's checkpoints). `exhausted` is set once every row has
-    been handed out.
-    """
-
-    def __init__(self, source: GeneratorSource, on_assign: RebalanceCallback):
-        self._source = source
-        self._on_assign = on_assign
-        self._rows = iter(source)
-        self._assigned = False
-        self.offset = source.start
-        self.exhausted = threading.Event()
-        self.dead_lettered: Counter[str] = Counter()
-
-    def poll_batch(self, max_records: int = 500, timeout_ms: int = 100) -> list[SourceRecord]:
-        if not self._assigned:  # what a consumer group does on its first poll
-            self._assigned = True
-            self._on_assign([FEED_PARTITION])
-        batch = []
-        for record in self._rows:
-            batch.append(SourceRecord((*FEED_PARTITION, record.position[1]), record.transaction, record.raw,
-                                      record.error))
-            if len(batch) >= max_records:
-                break
-        if batch:
-            self.offset = batch[-1].position[2] + 1
-        else:
-            self.exhausted.set()
-            time.sleep(timeout_ms / 1000)  # a poll of a drained topic waits out its timeout, as Kafka's does
-        return batch
-
-    def seek(self, positions: dict[Partition, int]) -> None:
-        if FEED_PARTITION in positions:
-            self._source.start = self.offset = positions[FEED_PARTITION]
-            self._rows = iter(self._source)
-
-    def committed(self, partition: Partition) -> int | None:
-        return None
-
-    def commit(self, positions: dict[Partition, int]) -> None:
-        """Nothing to commit: the engine's checkpoint already records the positions."""
-
-    def lag(self) -> dict[Partition, int]:
-        return {FEED_PARTITION: len(self._source.stream) - self.offset}
-
-    def _dead_letter(self, message, reason: str) -> None:
-        """The engine's hook for late payments (the generator makes none): counted and logged."""
-        self.dead_lettered[reason.split(":", 1)[0]] += 1
-        logger.warning("dead letter at %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
-
-    def close(self) -> None:
-        """Nothing to release."""
 
 
 @dataclass
@@ -170,15 +110,12 @@ def run_demo(out_dir: str | Path = ".", *, transactions: int = 20_000, accounts:
                 engine = Engine(config)
                 elapsed = _drive(engine, lambda: engine.transactions >= len(stream), on_progress, on_streamed, serve)
         else:
-            feeds: list[GeneratorFeed] = []
+            def open_source(listener: RebalanceListener) -> GeneratorSource:
+                source.listener = listener
+                return source
 
-            def open_feed(_on_revoke: RebalanceCallback, on_assign: RebalanceCallback) -> GeneratorFeed:
-                feeds.append(GeneratorFeed(source, on_assign))
-                return feeds[-1]
-
-            engine = Engine(config, source_factory=open_feed)
-            elapsed = _drive(engine, lambda: bool(feeds) and feeds[0].exhausted.is_set(), on_progress, on_streamed,
-                             serve)
+            engine = Engine(config, source_factory=open_source)
+            elapsed = _drive(engine, lambda: source.exhausted, on_progress, on_streamed, serve)
     alerts = [Alert.from_dict(json.loads(line)) for line in alerts_file.read_text().splitlines() if line.strip()]
     found_keys = {(alert.trigger_tx_id, alert.accounts) for alert in alerts}
     found = [ring for ring in stream.rings if (ring.tx_ids[-1], ring.accounts) in found_keys]

@@ -1,0 +1,87 @@
+"""Alert hand-over on a thread of its own, so the next micro-batch is searched while this one's alerts go out.
+
+The engine's loop puts each batch's alerts here and moves on; the delivery
+thread hands them to every sink in order (a sink's `deliver` may write an
+outbox file or wait for a producer buffer). `drain` waits until everything put
+so far has been handed over, which is what an aligned checkpoint needs before
+it asks the sinks to flush. The queue is bounded: a sink that falls far behind
+slows the loop down instead of growing memory without limit.
+
+Ring ids are deterministic and every sink skips ids it has already delivered,
+so handing alerts over after the graph has moved on is safe: a crash in
+between replays the batch and raises the same ids again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping
+
+from ringwatch.connectors import Sink
+from ringwatch.graph import Alert
+
+logger = logging.getLogger(__name__)
+
+MAX_QUEUED_BATCHES = 64
+_STOP = object()
+
+
+class DeliveryError(RuntimeError):
+    """A sink raised while alerts were handed to it; the engine stops (a restart replays them)."""
+
+
+class AlertDelivery:
+    """Hands alert batches to `sinks` on a background thread; `on_delivered(alerts)` runs after each batch."""
+
+    def __init__(self, sinks: Mapping[str, Sink], on_delivered: Callable[[list[Alert]], None] | None = None):
+        self.sinks = dict(sinks)
+        self.handed: Counter[str] = Counter()
+        self._on_delivered = on_delivered
+        self._queue: queue.Queue = queue.Queue(MAX_QUEUED_BATCHES)
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ringwatch-delivery", daemon=True)
+        self._thread.start()
+
+    def put(self, alerts: list[Alert]) -> None:
+        """Queue a batch's alerts (blocks while the queue is full); raises if delivery has failed."""
+        self._raise_if_failed()
+        if alerts:
+            self._queue.put(alerts)
+
+    def drain(self) -> None:
+        """Wait until every batch put so far has been handed to every sink."""
+        self._queue.join()
+        self._raise_if_failed()
+
+    def close(self) -> None:
+        """Hand over what is queued, then stop the thread (sinks are closed by their owner)."""
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise DeliveryError(f"alert delivery failed: {self._failure}") from self._failure
+
+    def _run(self) -> None:
+        while True:
+            alerts = self._queue.get()
+            try:
+                if alerts is _STOP:
+                    return
+                if self._failure is None:
+                    self._deliver(alerts)
+            except BaseException as exc:  # reported to the loop by the next put/drain
+                logger.exception("alert delivery failed")
+                self._failure = exc
+            finally:
+                self._queue.task_done()
+
+    def _deliver(self, alerts: list[Alert]) -> None:
+        for name, sink in self.sinks.items():
+            sink.deliver(alerts)
+            self.handed[name] += len(alerts)
+        if self._on_delivered is not None:
+            self._on_delivered(alerts)

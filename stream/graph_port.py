@@ -1,0 +1,124 @@
+"""The engine's one seam to the graph: what it asks of the shards, the search and their checkpoints.
+
+`EngineGraph` is everything the engine calls; `open_graph` is the one place
+that builds it. Today it adapts `RingDetector` over `ActorShards`; the graph
+engine v2 facade (graph/) replaces the adapter here, and nothing else in the
+engine changes.
+
+Shards are runtime actors created with the runtime's actor checkpoints
+(`checkpoint_uri`) and `max_restarts`, so a shard lost with its node restarts on
+a live node from its latest checkpoint. `restarted()` tells the engine that
+happened (its state went back to that checkpoint), so the engine rewinds its
+sources to the aligned checkpoint and replays.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ringwatch import runtime as rt
+from ringwatch.graph import ActorShards, Alert, GraphShard, RingDetector, SearchOptions, ShardSet, Transaction
+from ringwatch.graph import search_in_parallel
+
+logger = logging.getLogger(__name__)
+
+SHARD_MAX_RESTARTS = 1_000  # a shard restarts whenever it is lost; the engine never gives up on one
+CHECKPOINT_TIMEOUT_S = 120.0
+
+
+@dataclass
+class GraphBatch:
+    """What one micro-batch raised, and the payments the graph itself would not take (with the reason)."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    refused: list[tuple[Transaction, str]] = field(default_factory=list)
+    truncated_searches: int = 0
+
+
+class EngineGraph(Protocol):
+    """The sharded graph as the engine drives it."""
+
+    num_shards: int
+
+    def process(self, transactions: Sequence[Transaction], received_at: Sequence[float]) -> GraphBatch:
+        """Apply the payments, then find the rings each one completes."""
+        ...
+
+    def evict(self, horizon: int) -> None:
+        """Forget edges with `ts < horizon` (the event-time clock says when that is safe)."""
+        ...
+
+    def checkpoint(self) -> tuple[list[str], dict[str, Any]]:
+        """Checkpoint every shard through the runtime: their checkpoint ids, and the graph's own small state."""
+        ...
+
+    def restarted(self) -> list[int]:
+        """Shards restarted from a checkpoint since the last call (their state went back in time)."""
+        ...
+
+    def query_shards(self) -> ShardSet:
+        """The live shards, for the query service."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class DetectorGraph:
+    """`RingDetector` over `GraphShard` actors (the graph engine v1 path)."""
+
+    def __init__(self, num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
+                 restore: tuple[list[str], dict[str, Any]] | None = None):
+        self.num_shards = num_shards
+        shard_ids, state = restore or ([], {})
+        if shard_ids and len(shard_ids) != num_shards:
+            raise ValueError(f"the checkpoint holds {len(shard_ids)} shards, the graph is set to {num_shards}")
+        actor = rt.remote(GraphShard)
+        handles = [actor.options(checkpoint_uri=checkpoint_uri, max_restarts=SHARD_MAX_RESTARTS,
+                                 restore_from=shard_ids[index] if shard_ids else None).remote(index, num_shards)
+                   for index in range(num_shards)]
+        self.shards = ActorShards(handles=handles)
+        self._detector = RingDetector(self.shards, options, searcher=functools.partial(
+            search_in_parallel, parallelism=num_shards))
+        self._detector.next_seq = int(state.get("next_seq", 0))
+        self._detector.watermark = int(state.get("watermark", self._detector.watermark))
+        self._restarts = self._restart_counts()
+
+    def process(self, transactions: Sequence[Transaction], received_at: Sequence[float]) -> GraphBatch:
+        result = self._detector.process(transactions, received_at)
+        return GraphBatch(result.alerts, [(r.transaction, r.reason) for r in result.rejected],
+                          result.truncated_searches)
+
+    def evict(self, horizon: int) -> None:
+        dropped = self.shards.evict(horizon)
+        logger.debug("evicted %d edge records below %d", dropped, horizon)
+
+    def checkpoint(self) -> tuple[list[str], dict[str, Any]]:
+        ids = [rt.checkpoint(handle, timeout=CHECKPOINT_TIMEOUT_S) for handle in self.shards.handles]
+        return ids, {"next_seq": self._detector.next_seq, "watermark": self._detector.watermark}
+
+    def restarted(self) -> list[int]:
+        counts = self._restart_counts()
+        moved = [index for index, count in enumerate(counts) if count != self._restarts[index]]
+        self._restarts = counts
+        return moved
+
+    def _restart_counts(self) -> list[int]:
+        by_id = {record["actor_id"]: record.get("restarts", 0) for record in rt.actors()}
+        return [by_id.get(handle.actor_id, 0) for handle in self.shards.handles]
+
+    def query_shards(self) -> ShardSet:
+        return self.shards
+
+    def close(self) -> None:
+        self.shards.close()
+
+
+def open_graph(num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
+               restore: tuple[list[str], dict[str, Any]] | None = None) -> EngineGraph:
+    """The engine's graph: `num_shards` shard actors checkpointing to `checkpoint_uri`, optionally restored."""
+    return DetectorGraph(num_shards, options, checkpoint_uri=checkpoint_uri, restore=restore)
