@@ -4,6 +4,7 @@ signature with `standardwebhooks`: order, keep-alive, outages, refusals, restart
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import random
@@ -13,6 +14,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -430,3 +433,59 @@ def test_resend_names_a_line_that_is_not_an_alert(tmp_path):
     bad.write_text(json.dumps({"alert": make_alerts(1)[0].to_dict(), "reason": "x"}) + "\n{oops\n")
     result = resend_cli(str(bad), "--url", f"http://127.0.0.1:{free_port()}/x")
     assert result.returncode == 2 and f"{bad} line 2" in result.stderr
+
+
+class _ForwardProxy(BaseHTTPRequestHandler):
+    """A plain-HTTP forward proxy: takes `POST http://host:port/path`, forwards it, counts what it forwarded."""
+
+    forwarded: list[str] = []
+
+    def do_POST(self) -> None:
+        target = urlsplit(self.path)
+        body = self.rfile.read(int(self.headers["content-length"]))
+        upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+        try:
+            upstream.request("POST", target.path, body=body,
+                             headers={k: v for k, v in self.headers.items() if k.lower() != "proxy-connection"})
+            answer = upstream.getresponse()
+            answer.read()
+        finally:
+            upstream.close()
+        _ForwardProxy.forwarded.append(self.headers["webhook-id"])
+        self.send_response(answer.status)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_proxy_named_by_the_environment_is_used_unless_no_proxy_exempts_the_host(tmp_path, receivers,
+                                                                                      monkeypatch):
+    receiver = receiver_on(receivers).start()
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _ForwardProxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    _ForwardProxy.forwarded = []
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        proxied, direct = make_alerts(3, tag="proxied"), make_alerts(2, tag="direct")
+        sink = fast_sink(receiver.url, tmp_path / "via-proxy")
+        try:
+            sink.deliver(proxied)
+            assert sink.flush(DEADLINE_S)
+        finally:
+            sink.close()
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        sink = fast_sink(receiver.url, tmp_path / "direct")
+        try:
+            sink.deliver(direct)
+            assert sink.flush(DEADLINE_S)
+        finally:
+            sink.close()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert _ForwardProxy.forwarded == ids(proxied)
+    assert receiver.accepted_ids() == ids(proxied + direct) and receiver.bad_signatures == 0
