@@ -12,6 +12,7 @@ In one run, on one embedded Tansu broker (or --bootstrap for Apache Kafka):
 
     python bench/end_to_end.py                      # 500k transactions, 5,000 tx/s
     python bench/end_to_end.py --transactions 100000 --latency-seconds 20
+    python bench/end_to_end.py --backends ringwatch,ray   # the same run on ringwatch's runtime and on Ray
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=30.0, help="length of the latency run")
     parser.add_argument("--bootstrap", help="an existing Kafka (default: start an embedded Tansu broker)")
     parser.add_argument("--window", default="48h")
+    parser.add_argument("--backends", default="ringwatch",
+                        help="runtimes to run the engine on, side by side: ringwatch, ray (a local Ray per engine)")
     return parser.parse_args()
 
 
@@ -87,11 +90,12 @@ def consumed(metrics_port: int) -> float:
     return 0.0
 
 
-def start_engine(bootstrap: str, topic: str, workdir: Path, metrics_port: int, window: str) -> subprocess.Popen:
+def start_engine(bootstrap: str, topic: str, workdir: Path, metrics_port: int, window: str,
+                 backend: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "ringwatch.stream.cli", "run", "--kafka-bootstrap", bootstrap, "--topic", topic,
             "--group", f"bench-{time.time_ns()}", "--state-dir", str(workdir / "state"),
             "--alerts-file", str(workdir / "alerts.jsonl"), "--metrics-port", str(metrics_port),
-            "--window", window, "--checkpoint-interval", "10s"]
+            "--window", window, "--checkpoint-interval", "10s", "--backend", backend]
     log = open(workdir / "engine.log", "wb")
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -104,12 +108,12 @@ def stop_engine(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def engine_throughput(bootstrap: str, topic: str, expected: int, window: str) -> tuple[float, float]:
+def engine_throughput(bootstrap: str, topic: str, expected: int, window: str, backend: str) -> tuple[float, float]:
     """(tx/s from the first message consumed, tx/s including start-up) of `ringwatch run`."""
     workdir = Path(tempfile.mkdtemp(prefix="ringwatch-bench-"))
     port = free_port()
     launched = time.perf_counter()
-    engine = start_engine(bootstrap, topic, workdir, port, window)
+    engine = start_engine(bootstrap, topic, workdir, port, window, backend)
     try:
         first = None
         while True:
@@ -127,7 +131,7 @@ def engine_throughput(bootstrap: str, topic: str, expected: int, window: str) ->
     return (expected - first[1]) / (done - first[0]), expected / (done - launched)
 
 
-def latency_run(bootstrap: str, rate: int, seconds: float, accounts: int, window: str) -> list[float]:
+def latency_run(bootstrap: str, rate: int, seconds: float, accounts: int, window: str, backend: str) -> list[float]:
     """Alert latencies (ms) from the closing payment's production to the alert, at `rate` tx/s."""
     topic = f"latency-{time.time_ns()}"
     create_topic(bootstrap, topic)
@@ -136,7 +140,7 @@ def latency_run(bootstrap: str, rate: int, seconds: float, accounts: int, window
                                       n_rings=max(20, total // 2000), seed=11))
     workdir = Path(tempfile.mkdtemp(prefix="ringwatch-latency-"))
     port = free_port()
-    engine = start_engine(bootstrap, topic, workdir, port, window)
+    engine = start_engine(bootstrap, topic, workdir, port, window, backend)
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
     warm_up = stream.transactions[0]  # timed from the moment the engine has joined its group and consumed it
     producer.send(topic, key=warm_up.src.encode(), value=json.dumps(warm_up.to_dict()).encode()).get(timeout=60)
@@ -179,8 +183,10 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     args = parse_args()
+    backends = args.backends.split(",")
     broker = None if args.bootstrap else EmbeddedBroker().start()
     bootstrap = args.bootstrap or broker.bootstrap
+    results: dict[str, dict[str, float]] = {}
     try:
         topic = f"payments-{time.time_ns()}"
         create_topic(bootstrap, topic)
@@ -189,19 +195,24 @@ def main() -> None:
         print(f"producing {args.transactions:,} transactions to {topic} ...", flush=True)
         produce_transactions(bootstrap, topic, stream.transactions, timeout_s=600)
         raw = raw_consume(bootstrap, topic, args.transactions)
-        engine, engine_with_startup = engine_throughput(bootstrap, topic, args.transactions, args.window)
-        latencies = latency_run(bootstrap, args.rate, args.latency_seconds, args.accounts, args.window)
+        for backend in backends:
+            engine, engine_with_startup = engine_throughput(bootstrap, topic, args.transactions, args.window, backend)
+            latencies = latency_run(bootstrap, args.rate, args.latency_seconds, args.accounts, args.window, backend)
+            results[backend] = {
+                "ringwatch run, tx/s (steady)": engine,
+                "ringwatch run, tx/s (incl. start-up)": engine_with_startup,
+                "ratio engine / raw (steady)": engine / raw,
+                f"alert latency p50 at {args.rate:,} tx/s, ms": percentile(latencies, 0.50),
+                f"alert latency p99 at {args.rate:,} tx/s, ms": percentile(latencies, 0.99),
+                "alerts in the latency run": len(latencies),
+            }
     finally:
         if broker is not None:
             broker.stop()
-    print(f"\n{'measure':<44} {'value':>12}")
-    print(f"{'raw kafka-python consume + JSON decode, tx/s':<44} {raw:>12,.0f}")
-    print(f"{'ringwatch run, tx/s (steady)':<44} {engine:>12,.0f}")
-    print(f"{'ringwatch run, tx/s (incl. start-up)':<44} {engine_with_startup:>12,.0f}")
-    print(f"{'ratio engine / raw (steady)':<44} {engine / raw:>12.2f}")
-    print(f"{f'alert latency p50 at {args.rate:,} tx/s, ms':<44} {percentile(latencies, 0.50):>12.1f}")
-    print(f"{f'alert latency p99 at {args.rate:,} tx/s, ms':<44} {percentile(latencies, 0.99):>12.1f}")
-    print(f"{'alerts in the latency run':<44} {len(latencies):>12}")
+    print(f"\n{'measure':<44}" + "".join(f" {backend:>12}" for backend in backends))
+    print(f"{'raw kafka-python consume + JSON decode, tx/s':<44}" + f" {raw:>12,.0f}" * len(backends))
+    for measure in results[backends[0]]:
+        print(f"{measure:<44}" + "".join(f" {results[b][measure]:>12,.2f}" for b in backends))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shards", default="1,2,4")
     parser.add_argument("--engine", choices=("local", "runtime"), default="local",
                         help="local: shards in this process; runtime: GraphShard actors + search tasks")
+    parser.add_argument("--backend", choices=("ringwatch", "ray"), default="ringwatch",
+                        help="runtime of --engine runtime: ringwatch's own, or Ray (started locally)")
     parser.add_argument("--max-hops", type=int, default=6)
     parser.add_argument("--window", default="48h")
     parser.add_argument("--max-degree", type=int, default=1000, help="hub guard; 0 turns it off")
@@ -77,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# ring_search: {args.transactions:,} tx, {args.accounts:,} accounts, {args.days:g} days, "
           f"{args.rings} injected rings, max_hops={args.max_hops}, window={args.window}, "
           f"max_degree={options.max_degree}, max_rings_per_tx={options.max_rings_per_tx}, "
-          f"batch={args.batch_size}, engine={args.engine}, seed={args.seed}")
-    runtime = _start_runtime() if args.engine == "runtime" else None
+          f"batch={args.batch_size}, engine={args.engine}, backend={args.backend}, seed={args.seed}")
+    runtime = _start_runtime(args.backend) if args.engine == "runtime" else None
     try:
         for mode in args.modes.split(","):
             stream = _generate(args, mode)
@@ -103,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _start_runtime():
+def _start_runtime(backend: str):
     from ringwatch import runtime as rt
 
-    rt.init()
+    rt.init(backend=backend)
     return rt
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from .mapping import IDENTITY, FieldMapping
 from .records import SourceRecord, record_from_json, record_from_mapping
 from .source import RebalanceListener, SequentialSource
 
@@ -25,6 +26,15 @@ AMLWORLD_HEADER = [
     "Timestamp", "From Bank", "Account", "To Bank", "Account", "Amount Received",
     "Receiving Currency", "Amount Paid", "Payment Currency", "Payment Format", "Is Laundering",
 ]
+# The IBM AMLworld layout as a `[source.fields]` mapping: accounts are `<bank>-<account>` (the second
+# "Account" column is "Account#2", see `unique_header`), the amount is what was paid, and rows have no
+# id, so the id is the file stem and row number: stable across replays.
+AMLWORLD = FieldMapping({
+    "tx_id": ["@source", "@offset"], "src": ["From Bank", "Account"], "dst": ["To Bank", "Account#2"],
+    "amount": "Amount Paid", "ts": "Timestamp", "currency": "Payment Currency",
+    "amount_received": "Amount Received", "receiving_currency": "Receiving Currency",
+    "payment_format": "Payment Format", "is_laundering": "Is Laundering",
+})
 PARQUET_BATCH_ROWS = 8_192
 
 
@@ -40,8 +50,9 @@ class FileSource(SequentialSource):
     """
 
     def __init__(self, path: str | Path, start: int = 0, listener: RebalanceListener | None = None,
-                 rate: float | None = None):
+                 rate: float | None = None, *, mapping: FieldMapping | None = None):
         self.path = Path(path)
+        self.mapping = mapping
         super().__init__((str(self.path), 0), start, listener, rate)
         if not self.path.is_file():
             raise UnsupportedFileError(f"{self.path}: no such file")
@@ -71,7 +82,7 @@ class FileSource(SequentialSource):
         with open(self.path, "rb") as lines:
             for row, line in enumerate(lines):
                 if line.strip():
-                    yield record_from_json(self._position(row), line.rstrip(b"\r\n"))
+                    yield self._record(row, line.rstrip(b"\r\n"))
 
     def _csv_rows(self) -> Iterator[SourceRecord]:
         with open(self.path, newline="", encoding="utf-8", errors="surrogateescape") as text:
@@ -79,22 +90,41 @@ class FileSource(SequentialSource):
             header = next(reader, None)
             if header is None:
                 return
-            to_mapping = _amlworld_mapping if header == AMLWORLD_HEADER else _named_mapping
+            names = unique_header(header)
+            amlworld = self.mapping is None and header == AMLWORLD_HEADER
             for row, cells in enumerate(reader):
                 position = self._position(row)
                 raw = _csv_line(cells)
                 if len(cells) != len(header):
                     yield SourceRecord(position, None, raw,
                                        f"columns:expected {len(header)} cells as in the header, got {len(cells)}")
-                else:
-                    yield record_from_mapping(position, to_mapping(header, cells, self.path.stem, row), raw)
+                elif amlworld:
+                    yield self._amlworld_record(row, dict(zip(names, cells)), raw)
+                else:  # an empty cell counts as missing
+                    yield self._record(row, {name: cell for name, cell in zip(names, cells) if cell != ""}, raw)
 
     def _parquet_rows(self) -> Iterator[SourceRecord]:
         row = 0
         for batch in pq.ParquetFile(self.path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
             for values in batch.to_pylist():
-                yield record_from_mapping(self._position(row), values)
+                yield self._record(row, values)
                 row += 1
+
+    def _origin(self, row: int) -> tuple[str, int, int]:
+        """The row's place as a mapping's `@source`, `@partition`, `@offset` see it."""
+        return (self.path.stem, 0, row)
+
+    def _record(self, row: int, data: dict | bytes, raw: bytes | None = None) -> SourceRecord:
+        """A JSON line (bytes) or a decoded row through the mapping, if any, into a record."""
+        mapping = self.mapping or IDENTITY
+        if isinstance(data, bytes):
+            return record_from_json(self._position(row), data, mapping=mapping, origin=self._origin(row))
+        return record_from_mapping(self._position(row), data, raw, mapping=mapping, origin=self._origin(row))
+
+    def _amlworld_record(self, row: int, cells: dict[str, str], raw: bytes) -> SourceRecord:
+        data = AMLWORLD.apply(cells, self._origin(row))
+        data["is_laundering"] = data.get("is_laundering") == "1"
+        return record_from_mapping(self._position(row), data, raw)
 
 
 def _csv_line(cells: list[str]) -> bytes:
@@ -103,31 +133,11 @@ def _csv_line(cells: list[str]) -> bytes:
     return buffer.getvalue().encode("utf-8", errors="surrogateescape")
 
 
-def _named_mapping(header: list[str], cells: list[str], _stem: str, _row: int) -> dict[str, str]:
-    """A row of a CSV with contract column names; an empty cell counts as missing."""
-    return {name: cell for name, cell in zip(header, cells) if cell != ""}
-
-
-def _amlworld_mapping(_header: list[str], cells: list[str], stem: str, row: int) -> dict[str, object]:
-    """An AMLworld row as a transaction: accounts are `<bank>-<account>`, the amount is what was paid.
-
-    AMLworld rows have no id, so the id is the file stem and row number: stable across replays.
-    """
-    (timestamp, from_bank, from_account, to_bank, to_account, amount_received,
-     receiving_currency, amount_paid, payment_currency, payment_format, is_laundering) = cells
-    return {
-        "tx_id": f"{stem}-{row}",
-        "src": _amlworld_account(from_bank, from_account),
-        "dst": _amlworld_account(to_bank, to_account),
-        "amount": amount_paid,
-        "ts": timestamp,
-        "currency": payment_currency,
-        "amount_received": amount_received,
-        "receiving_currency": receiving_currency,
-        "payment_format": payment_format,
-        "is_laundering": is_laundering == "1",
-    }
-
-
-def _amlworld_account(bank: str, account: str) -> str | None:
-    return f"{bank}-{account}" if bank and account else None
+def unique_header(header: list[str]) -> list[str]:
+    """Column names made unique: a repeated name gets `#2`, `#3`... (AMLworld has two "Account" columns)."""
+    seen: dict[str, int] = {}
+    names = []
+    for name in header:
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return names

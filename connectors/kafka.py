@@ -30,6 +30,8 @@ from kafka.structs import OffsetAndMetadata
 
 from ringwatch.graph import Alert, Transaction
 
+from .kafka_settings import PLAINTEXT, KafkaSettings
+from .mapping import IDENTITY, FieldMapping
 from .records import SourceRecord, record_from_json
 from .settled import DEFAULT_CAPACITY, SettledIds
 from .source import NoListener, RebalanceListener
@@ -47,13 +49,37 @@ class KafkaConnectorError(RuntimeError):
     """A Kafka operation that did not succeed in time; the message says which and why."""
 
 
+class _LastConnectionFailure(logging.Handler):
+    """Keeps the reason of the last failed connection kafka-python logged (TLS, SASL, refused...)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.reason: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(("Bootstrap connection to ", "Connection failed: ")):
+            self.reason = message.split(" failed: ", 1)[1].split(" (backoff", 1)[0]
+
+
 @contextmanager
 def _naming_unreachable(bootstrap: str) -> Iterator[None]:
-    """Turn kafka-python's connection failures into an error that names the bootstrap address."""
+    """Turn kafka-python's connection failures into an error that names the address and the last cause.
+
+    kafka-python retries a bootstrap until its timeout and then reports only
+    "Unable to bootstrap"; why (certificate refused, SASL login refused) is in
+    its log, so the last reason it logged is added to the error.
+    """
+    failures = _LastConnectionFailure()
+    kafka_logger = logging.getLogger("kafka")
+    kafka_logger.addHandler(failures)
     try:
         yield
     except KafkaError as exc:
-        raise KafkaConnectorError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+        cause = f" (last connection error: {failures.reason})" if failures.reason else ""
+        raise KafkaConnectorError(f"cannot reach Kafka at {bootstrap}: {exc}{cause}") from exc
+    finally:
+        kafka_logger.removeHandler(failures)
 
 
 def dead_letter_topic(topic: str) -> str:
@@ -117,6 +143,8 @@ class KafkaSource:
         request_timeout_ms: int = 30_000,
         bootstrap_timeout_ms: int = 30_000,
         client_id: str = "ringwatch",
+        settings: KafkaSettings = PLAINTEXT,
+        mapping: FieldMapping = IDENTITY,
     ):
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         if not self.topics:
@@ -124,21 +152,22 @@ class KafkaSource:
         self.group = group
         self.dlq_topic = dlq_topic
         self.max_message_bytes = max_message_bytes
+        self.mapping = mapping
         self.listener: RebalanceListener = listener or NoListener()
         self._pending_seeks: dict[Partition, int] = {}
         with _naming_unreachable(bootstrap):
-            self._consumer = KafkaConsumer(
+            self._consumer = KafkaConsumer(**settings.consumer(dict(
                 bootstrap_servers=bootstrap, group_id=group, client_id=client_id,
                 enable_auto_commit=False, auto_offset_reset=auto_offset_reset,
                 session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms,
                 max_poll_interval_ms=max_poll_interval_ms, request_timeout_ms=request_timeout_ms,
                 bootstrap_timeout_ms=bootstrap_timeout_ms,
-            )
-            self._dlq = KafkaProducer(
-                bootstrap_servers=bootstrap, client_id=f"{client_id}-dlq", acks="all",
+            )))
+            self._dlq = KafkaProducer(**settings.producer(dict(
+                bootstrap_servers=bootstrap, client_id=client_id, acks="all",
                 max_request_size=max(max_message_bytes, 32 * 1_048_576), request_timeout_ms=request_timeout_ms,
                 bootstrap_timeout_ms=bootstrap_timeout_ms,
-            )
+            ), "dlq"))
         self._dlq_sends: list = []
         self._consumer.subscribe(self.topics, listener=_Listener(self))
 
@@ -154,7 +183,7 @@ class KafkaSource:
         position = (message.topic, message.partition, message.offset)
         if message.value is None:
             return SourceRecord(position, None, b"", "malformed:message has no value", message.key)
-        return record_from_json(position, message.value, self.max_message_bytes, message.key)
+        return record_from_json(position, message.value, self.max_message_bytes, message.key, mapping=self.mapping)
 
     def dead_letter(self, record: SourceRecord, reason: str) -> None:
         """Produce the record's original bytes and key to the dead-letter topic, the reason in headers."""
@@ -289,14 +318,15 @@ class KafkaSink:
 
     def __init__(self, bootstrap: str, topic: str, state_dir: str | Path | None = None, *,
                  request_timeout_ms: int = 30_000, bootstrap_timeout_ms: int = 30_000,
-                 remember: int = DEFAULT_CAPACITY, client_id: str = "ringwatch"):
+                 remember: int = DEFAULT_CAPACITY, client_id: str = "ringwatch",
+                 settings: KafkaSettings = PLAINTEXT):
         self.topic = topic
         self._settled = SettledIds(Path(state_dir) / f"kafka-sink-{topic}.settled" if state_dir else None, remember)
         with _naming_unreachable(bootstrap):
-            self._producer = KafkaProducer(
-                bootstrap_servers=bootstrap, client_id=f"{client_id}-alerts", acks="all",
+            self._producer = KafkaProducer(**settings.producer(dict(
+                bootstrap_servers=bootstrap, client_id=client_id, acks="all",
                 request_timeout_ms=request_timeout_ms, bootstrap_timeout_ms=bootstrap_timeout_ms, linger_ms=5,
-            )
+            ), "alerts"))
         self._in_flight: dict[str, tuple[Alert, object]] = {}
         self.outcomes: Counter[str] = Counter()
 
@@ -338,11 +368,11 @@ class KafkaSink:
 
 
 def produce_transactions(bootstrap: str, topic: str, transactions: Iterable[Transaction],
-                         timeout_s: float = 120.0) -> int:
+                         timeout_s: float = 120.0, settings: KafkaSettings = PLAINTEXT) -> int:
     """Produce transactions as JSON keyed by payer account (one account's payments stay in order); returns the count."""
     with _naming_unreachable(bootstrap):
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=262_144,
-                                 client_id="ringwatch-producer")
+        producer = KafkaProducer(**settings.producer(dict(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=262_144), "producer"))
     count = 0
     failures: list[Exception] = []
     try:

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 from ringwatch.graph import InvalidTransactionError, Transaction
 
+from .mapping import IDENTITY, FieldMapping, RecordRejected
+
 
 @dataclass(frozen=True, slots=True)
 class SourceRecord:
@@ -45,18 +47,28 @@ class SourceRecord:
 
 
 def record_from_mapping(position: tuple[str, int, int], data: Mapping[str, Any], raw: bytes | None = None,
-                        key: bytes | None = None) -> SourceRecord:
-    """Validate a decoded row; on failure keep `raw` (or the row as JSON) and the reason."""
+                        key: bytes | None = None, *, mapping: FieldMapping = IDENTITY,
+                        origin: tuple | None = None) -> SourceRecord:
+    """Check, map and validate a decoded row; on failure keep `raw` (or the row as JSON) and the reason.
+
+    `origin` is the record's place as the mapping's `@source`, `@partition`, `@offset` see it
+    (a file: its stem, 0, the row number); by default `position`.
+    """
     try:
-        return SourceRecord(position, Transaction.from_dict(data), raw, None, key)
-    except InvalidTransactionError as exc:
+        mapped = data
+        if not mapping.is_identity and isinstance(data, Mapping):
+            mapped = mapping.apply(data, origin or position)
+        return SourceRecord(position, Transaction.from_dict(mapped), raw, None, key)
+    except (InvalidTransactionError, RecordRejected) as exc:
         if raw is None:
             raw = json.dumps(dict(data), default=str, separators=(",", ":")).encode()
-        return SourceRecord(position, None, raw, f"invalid:{exc}", key)
+        reason = exc.reason if isinstance(exc, RecordRejected) else f"invalid:{exc}"
+        return SourceRecord(position, None, raw, reason, key)
 
 
 def record_from_json(position: tuple[str, int, int], raw: bytes, max_bytes: int | None = None,
-                     key: bytes | None = None) -> SourceRecord:
+                     key: bytes | None = None, *, mapping: FieldMapping = IDENTITY,
+                     origin: tuple | None = None) -> SourceRecord:
     """Decode and validate one JSON object (a Kafka message value or a JSON line)."""
     if max_bytes is not None and len(raw) > max_bytes:
         return SourceRecord(position, None, raw, f"oversize:{len(raw)} bytes > limit {max_bytes}", key)
@@ -67,4 +79,4 @@ def record_from_json(position: tuple[str, int, int], raw: bytes, max_bytes: int 
     if not isinstance(data, dict):
         return SourceRecord(position, None, raw, f"malformed:expected a JSON object, got {type(data).__name__}",
                             key)
-    return record_from_mapping(position, data, raw, key)
+    return record_from_mapping(position, data, raw, key, mapping=mapping, origin=origin)

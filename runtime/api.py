@@ -455,6 +455,43 @@ def get_actor(name: str) -> ActorHandle:
     return ActorHandle(actor_id, class_name, methods, actor_name)
 
 
+def kv_put(key: str, value: bytes, *, overwrite: bool = True, ttl_s: float | None = None) -> bool:
+    """Store `value` under `key` in the cluster's key-value table (the GCS); False if not stored.
+
+    With `overwrite=False` the put is an atomic claim: exactly one of several
+    callers racing for an absent key gets True. `ttl_s` lets the key expire.
+    Values are sealed with the cluster key like every GCS record: a value written
+    to Redis without the token reads as absent. In local mode the table lives in
+    this process and ends with it.
+    """
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"kv_put stores bytes, got {type(value).__name__}")
+    if _external is not None:
+        return _external.kv_put(key, bytes(value), overwrite, ttl_s)
+    return bool(_current().backend.call("kv", "put", key, bytes(value), overwrite, ttl_s))
+
+
+def kv_get(key: str) -> bytes | None:
+    """The value stored under `key`, or None."""
+    if _external is not None:
+        return _external.kv_get(key)
+    return _current().backend.call("kv", "get", key)
+
+
+def kv_delete(key: str) -> bool:
+    """Remove `key`; True if it was there."""
+    if _external is not None:
+        return _external.kv_delete(key)
+    return bool(_current().backend.call("kv", "delete", key))
+
+
+def kv_keys(prefix: str = "") -> list[str]:
+    """The keys that start with `prefix`, sorted."""
+    if _external is not None:
+        return _external.kv_keys(prefix)
+    return list(_current().backend.call("kv", "keys", prefix))
+
+
 def current_node_id() -> str | None:
     """The id of the node running this code (None in a driver)."""
     if _external is not None:

@@ -10,6 +10,8 @@ Tables (Redis keys under `ringwatch:<namespace>:`):
 - `actor_specs` hash actor_id -> pickled creation TaskSpec (to re-create it after its node died)
 - `task:<object_id>` pickled TaskSpec that makes a large object held away from its owner
   (lineage for reconstruction), expiring after `LINEAGE_TTL_S`
+- `kv:<key>`  the public key-value table (`ringwatch.runtime.kv_put` and friends): one Redis
+  string per key, bytes, optionally expiring; `kv_put(..., overwrite=False)` is an atomic claim
 - channel `events`: JSON node and actor events (`node_dead` tells everyone a node is gone)
 Both implementations have the same methods, so the node does not care which it has.
 
@@ -38,6 +40,7 @@ from .auth import MAX_SKEW_S, ClusterKeys, ForgedRecordError, RecordSealer
 logger = logging.getLogger(__name__)
 
 LINEAGE_TTL_S = 3600
+KV_OPS = ("put", "get", "delete", "keys")
 EVENT_MAX_AGE_S = 2 * MAX_SKEW_S  # an older (replayed) event is ignored
 _REPORTED_LIMIT = 10_000
 
@@ -149,14 +152,54 @@ class InMemoryGcs:
         if self._get("names", name) == actor_id:
             self._delete("names", name)
 
+    # The key-value table. In memory an entry is (value, expires_at or None).
+    def kv_put(self, key: str, value: bytes, overwrite: bool = True, ttl_s: float | None = None) -> bool:
+        """Store `value` at `key`; with `overwrite=False` only if the key is absent (True if stored)."""
+        with self._lock:
+            table = self._tables.setdefault("kv", {})
+            if not overwrite and self._kv_live(table, key) is not None:
+                return False
+            table[key] = (bytes(value), None if ttl_s is None else time.monotonic() + ttl_s)
+            return True
+
+    def kv_get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._kv_live(self._tables.setdefault("kv", {}), key)
+
+    def kv_delete(self, key: str) -> bool:
+        with self._lock:
+            return self._tables.setdefault("kv", {}).pop(key, None) is not None
+
+    def kv_keys(self, prefix: str = "") -> list[str]:
+        with self._lock:
+            table = self._tables.setdefault("kv", {})
+            return sorted(k for k in list(table) if k.startswith(prefix) and self._kv_live(table, k) is not None)
+
+    @staticmethod
+    def _kv_live(table: dict, key: str) -> bytes | None:
+        entry = table.get(key)
+        if entry is None:
+            return None
+        if entry[1] is not None and entry[1] <= time.monotonic():
+            del table[key]
+            return None
+        return entry[0]
+
     def close(self) -> None:
         return None
+
+
+def kv_request(store: InMemoryGcs, op: str, *args: Any) -> Any:
+    """Run one key-value operation (`KV_OPS`) on a GCS: how nodes and drivers serve `rt.kv_*`."""
+    if op not in KV_OPS:
+        raise ValueError(f"unknown key-value operation {op!r}; known: {KV_OPS}")
+    return getattr(store, f"kv_{op}")(*args)
 
 
 class RedisGcs(InMemoryGcs):
     """The GCS in Redis: namespaced hashes of sealed values (JSON records; pickled code and lineage as bytes)."""
 
-    _BINARY = {"functions", "tasks", "actor_specs"}
+    _BINARY = {"functions", "tasks", "actor_specs", "kv"}
 
     def __init__(self, url: str, namespace: str = "default", *, keys: ClusterKeys):
         super().__init__(namespace)
@@ -257,6 +300,37 @@ class RedisGcs(InMemoryGcs):
     def task(self, object_id: str) -> bytes | None:
         return self._decode("tasks", object_id, self._redis.get(self._key(f"task:{object_id}")))
 
+    def _kv_key(self, key: str) -> str:
+        return self._key(f"kv:{key}")
+
+    def kv_put(self, key: str, value: bytes, overwrite: bool = True, ttl_s: float | None = None) -> bool:
+        sealed = self._encode("kv", key, bytes(value))
+        expire_ms = None if ttl_s is None else max(1, int(ttl_s * 1000))
+        for _ in range(2):
+            if self._redis.set(self._kv_key(key), sealed, nx=not overwrite, px=expire_ms):
+                return True
+            raw = self._redis.get(self._kv_key(key))
+            if raw is None or self._decode("kv", key, raw) is not None:
+                return False  # held by this cluster (or gone again: the caller may claim once more)
+            # A forged value must not block a real claim: remove exactly that value, then claim.
+            self._redis.eval(self._DELETE_KEY_IF_EQUAL, 1, self._kv_key(key), raw)
+        return False
+
+    _DELETE_KEY_IF_EQUAL = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+    def kv_get(self, key: str) -> bytes | None:
+        return self._decode("kv", key, self._redis.get(self._kv_key(key)))
+
+    def kv_delete(self, key: str) -> bool:
+        return bool(self._redis.delete(self._kv_key(key)))
+
+    def kv_keys(self, prefix: str = "") -> list[str]:
+        """Keys starting with `prefix` whose values are this cluster's (forged ones are left out)."""
+        start = len(self._kv_key(""))
+        pattern = self._kv_key(_glob_escape(prefix)) + "*"
+        keys = [raw.decode(errors="replace")[start:] for raw in self._redis.scan_iter(match=pattern, count=1000)]
+        return sorted(k for k in keys if self.kv_get(k) is not None)
+
     def subscribe(self) -> redis.client.PubSub:
         """A subscription to the event channel (read with `get_message`, open with `read_event`)."""
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -265,3 +339,8 @@ class RedisGcs(InMemoryGcs):
 
     def close(self) -> None:
         self._redis.close()
+
+
+def _glob_escape(text: str) -> str:
+    """`text` matched literally in a Redis SCAN pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

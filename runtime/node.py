@@ -31,6 +31,7 @@ from typing import Any
 from .actor_manager import ActorManager
 from .errors import GetTimeoutError, NodeStoppedError, ObjectLostError, ResourceUnavailableError
 from .functions import FunctionTable
+from .gcs import InMemoryGcs, kv_request
 from .object_store import SHARED_THRESHOLD, Blob, from_wire, to_wire
 from .objects import ObjectEntry, ObjectTable
 from .protocol import ACTOR_CALL, ACTOR_CREATE, TASK, TaskResult, TaskSpec
@@ -72,6 +73,7 @@ class Node:
         self._actors = ActorManager(self._pool, self._objects, self._finish, cluster, self._is_running)
         self._router: Router | None = None
         self._recovery: Recovery | None = None
+        self._kv = cluster.gcs if cluster is not None else InMemoryGcs()  # what `rt.kv_*` reads and writes
         if cluster is not None:
             cluster.attach(self.post, self._functions.code_of, self.resources)
             self._router = Router(cluster, self._objects, self._actors.__contains__, self._scheduler.queued,
@@ -323,6 +325,9 @@ class Node:
 
     def _op_actors(self, reply: Reply) -> None:
         reply(True, self._cluster.actors() if self._cluster is not None else self._actors.records(self.node_id))
+
+    def _op_kv(self, reply: Reply, op: str, *args: Any) -> None:
+        reply(True, kv_request(self._kv, op, *args))
 
     def _op_nodes(self, reply: Reply) -> None:
         reply(True, self._cluster.nodes() if self._cluster is not None else [self._describe()])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import tomllib
 from collections.abc import Mapping
@@ -19,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ringwatch.connectors.kafka_settings import KafkaSecurity, KafkaSettings, KafkaSettingsError
+from ringwatch.connectors.mapping import FieldMapping, InvalidMappingError, load_schema
+from ringwatch.connectors.webhook_client import InvalidWebhookConfigError, check_url
 from ringwatch.graph import (
     InvalidDurationError,
     InvalidSearchOptionError,
@@ -26,13 +30,27 @@ from ringwatch.graph import (
     format_duration,
     parse_duration,
 )
+from ringwatch.runtime.backend import BACKENDS
 
+from . import logs
 from .event_time import TimeRules
 
 ENV_PREFIX = "RINGWATCH_"
-# RINGWATCH_* variables that belong to others (the runtime's cluster token and worker
-# hand-over, the test suite's service addresses): not config keys, so not "unknown".
-FOREIGN_ENV_PREFIXES = ("RINGWATCH_TEST_", "RINGWATCH_TOKEN", "RINGWATCH_WORKER_")
+# Documented RINGWATCH_* variables that are not config keys: read by the runtime, every command or the
+# tests. `run` accepts them; any other RINGWATCH_* variable is refused, to catch typos. Listed in
+# docs/configuration.md; a test checks that every RINGWATCH_* name the docs mention is accepted.
+OTHER_ENVIRONMENT = {
+    "RINGWATCH_TOKEN": "the cluster token: runtime nodes, drivers and query clients (or --token-file)",
+    "RINGWATCH_CHECKPOINT_URI": "where actor checkpoints are written (file:///shared/dir or redis://...); every "
+                                "node must reach it",
+    "RINGWATCH_LINEAGE": "0 turns the runtime's lineage recording off (lost objects cannot be rebuilt); for "
+                         "benchmarks",
+    "RINGWATCH_LOG_FORMAT": "text or json: log format of every ringwatch command (--log-format wins)",
+    "RINGWATCH_TEST_REDIS_URL": "tests only: use this Redis instead of starting one",
+    "RINGWATCH_TEST_KAFKA_BOOTSTRAP": "tests only: use this Kafka instead of starting Tansu",
+}
+# Internal hand-over between a runtime node and the worker processes it starts.
+FOREIGN_ENV_PREFIXES = ("RINGWATCH_WORKER_",)
 
 
 class ConfigError(ValueError):
@@ -40,11 +58,16 @@ class ConfigError(ValueError):
 
 
 def _setting(default: Any, help: str, *, kind: str = "str", flag: str | None = None) -> Any:
-    """A config field: `kind` is str, int, duration, list, optional-int or optional-float; `flag` overrides the
-    CLI name."""
+    """A config field: `kind` is str, int, duration, list, optional-int, optional-float, fields or secret;
+    `flag` overrides the CLI name.
+
+    A `secret` is never taken from the command line (it would show in `ps`): its flag is refused, and it
+    comes from its environment variable, the TOML file or the file named by the `<key>_file` setting
+    declared beside it.
+    """
     metadata = {"help": help, "kind": kind, "flag": flag}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -58,6 +81,10 @@ class SourceConfig:
     dlq_topic: str = _setting("", "dead-letter topic for rejected messages (default: <topic>.dlq)")
     max_message_bytes: int = _setting(1_048_576, "messages larger than this go to the dead-letter topic",
                                       kind="int")
+    fields: dict = _setting({}, "input mapping OUT=PATH, e.g. src=payer.iban (repeat the flag; see Input "
+                            "mapping below)", kind="fields", flag="field")
+    schema_file: str = _setting("", "JSON Schema every message must pass (before mapping); failures are "
+                                "dead-lettered as invalid:schema")
 
 
 @dataclass
@@ -103,7 +130,10 @@ class EngineConfig:
     """Micro-batching, checkpoints and where state lives."""
 
     state_dir: str = _setting("./ringwatch-state", "checkpoints and sink outboxes")
-    address: str = _setting("", "runtime cluster address (redis://...); empty = a local runtime")
+    backend: str = _setting("", "runtime the shard actors and search tasks run on: ringwatch (its own) or ray (a "
+                            "Ray cluster); empty = RINGWATCH_BACKEND, else ringwatch")
+    address: str = _setting("", "cluster to join: redis://HOST:PORT (ringwatch), auto or ray://HOST:10001 (ray); "
+                            "empty = start a local runtime")
     batch_max_size: int = _setting(256, "a micro-batch closes at this many payments", kind="int")
     batch_max_delay_ms: int = _setting(5, "... or this many milliseconds after its first payment", kind="int")
     checkpoint_interval: int = _setting(5_000, "time between aligned checkpoints", kind="duration")
@@ -115,7 +145,8 @@ class SinksConfig:
     """Where alerts go: any combination of a webhook, a Kafka topic and a JSON-lines file."""
 
     webhook_url: str = _setting("", "POST alerts here (Standard Webhooks signatures)")
-    webhook_secret: str = _setting("", "whsec_... signing secret (prefer RINGWATCH_WEBHOOK_SECRET)")
+    webhook_secret: str = _setting("", "whsec_... signing secret", kind="secret")
+    webhook_secret_file: str = _setting("", "file holding the webhook signing secret")
     webhook_timeout: int = _setting(10_000, "timeout of one webhook attempt", kind="duration")
     webhook_max_attempts: int = _setting(8, "failed attempts in a row before the endpoint is reported down (alerts "
                                          "are held in order and sent once it answers)", kind="int")
@@ -138,6 +169,33 @@ class ServiceConfig:
     query_alerts_kept: int = _setting(100_000, "newest alerts the alert history keeps for alert queries (on disk, "
                                       "state_dir/alert-history.sqlite3; survives restarts)", kind="int")
     metrics_port: int = _setting(0, "Prometheus metrics on this port (0 = off)", kind="int")
+    metrics_host: str = _setting("127.0.0.1", "interface /metrics listens on (127.0.0.1: this machine only; "
+                                 "0.0.0.0: every interface)")
+    progress_interval: int = _setting(30_000, "a progress log line (throughput, lag, alerts) this often; 0 = "
+                                      "off", kind="duration")
+
+
+@dataclass
+class KafkaConfig:
+    """How every Kafka client — the source, its dead-letter producer, the alerts sink — connects: TLS, SASL.
+
+    Any other key of the `[kafka]` table is handed to kafka-python as it is (see "The [kafka] table" below).
+    """
+
+    security_protocol: str = _setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    sasl_mechanism: str = _setting("", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER (with SASL_*)")
+    sasl_username: str = _setting("", "SASL user name (PLAIN, SCRAM)")
+    sasl_password: str = _setting("", "SASL password (PLAIN, SCRAM)", kind="secret")
+    sasl_password_file: str = _setting("", "file holding the SASL password")
+    sasl_oauth_token_file: str = _setting("", "OAUTHBEARER: file holding the token, read again at every "
+                                          "connection (a sidecar may refresh it)")
+    ssl_cafile: str = _setting("", "CA certificates (PEM) the brokers' certificates must chain to (default: the "
+                               "system's)")
+    ssl_certfile: str = _setting("", "client certificate (PEM), for brokers that require one")
+    ssl_keyfile: str = _setting("", "private key (PEM) of ssl_certfile")
+    ssl_key_password: str = _setting("", "password of ssl_keyfile", kind="secret")
+    ssl_key_password_file: str = _setting("", "file holding the password of ssl_keyfile")
+    options: dict = field(default_factory=dict)  # the [kafka] keys kafka-python takes as they are
 
 
 @dataclass
@@ -148,6 +206,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     sinks: SinksConfig = field(default_factory=SinksConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
 
     def validate(self) -> "Config":
         """Reject combinations no engine can run with; returns self."""
@@ -155,12 +214,24 @@ class Config:
             raise ConfigError("source.topics: give at least one topic (--topic NAME)")
         if not (self.sinks.webhook_url or self.sinks.alerts_topic or self.sinks.alerts_file):
             raise ConfigError("sinks: configure at least one of webhook_url, alerts_topic, alerts_file")
+        if self.sinks.webhook_url:
+            try:
+                check_url(self.sinks.webhook_url)
+            except InvalidWebhookConfigError as exc:
+                raise ConfigError(logs.mask(f"sinks.webhook_url: {str(exc).removeprefix('webhook url: ')}")) from None
         if self.sinks.webhook_url and not self.sinks.webhook_secret:
-            raise ConfigError("sinks.webhook_secret: required with webhook_url (or set RINGWATCH_WEBHOOK_SECRET)")
+            raise ConfigError("sinks.webhook_secret: required with webhook_url (set RINGWATCH_WEBHOOK_SECRET or "
+                              "sinks.webhook_secret_file)")
+        if not self.service.metrics_host:
+            raise ConfigError("service.metrics_host: give an interface address (127.0.0.1, 0.0.0.0, ...)")
+        self.kafka_settings()
+        self.field_mapping()
         for spec in settings():
             value = getattr(getattr(self, spec.section), spec.key)
             if spec.kind in ("int", "duration") and value < 0:
                 raise ConfigError(f"{spec.dotted}: must not be negative, got {value}")
+        if self.engine.backend and self.engine.backend not in BACKENDS:
+            raise ConfigError(f"engine.backend: must be one of {', '.join(BACKENDS)}, got {self.engine.backend!r}")
         if self.graph.shards < 1:
             raise ConfigError("graph.shards: must be at least 1")
         self.search_options()
@@ -169,6 +240,30 @@ class Config:
         if self.service.query_alerts_kept < 1:
             raise ConfigError("service.query_alerts_kept: must be at least 1")
         return self
+
+    def kafka_settings(self) -> KafkaSettings:
+        """What every Kafka client of the engine is built with (connectors/kafka_settings.py)."""
+        kafka = self.kafka
+        try:
+            return KafkaSettings(KafkaSecurity(
+                kafka.security_protocol, kafka.sasl_mechanism, kafka.sasl_username, kafka.sasl_password,
+                kafka.sasl_oauth_token_file, kafka.ssl_cafile, kafka.ssl_certfile, kafka.ssl_keyfile,
+                kafka.ssl_key_password), kafka.options)
+        except KafkaSettingsError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def field_mapping(self) -> FieldMapping:
+        """How input messages map onto the transaction contract (connectors/mapping.py)."""
+        try:
+            schema = load_schema(self.source.schema_file) if self.source.schema_file else None
+            return FieldMapping(self.source.fields, schema)
+        except InvalidMappingError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def secrets(self) -> list[str]:
+        """Every secret value set, so log lines can mask them."""
+        return [getattr(getattr(self, spec.section), spec.key) for spec in settings()
+                if spec.kind == "secret" and getattr(getattr(self, spec.section), spec.key)]
 
     def search_options(self) -> SearchOptions:
         try:
@@ -224,6 +319,8 @@ def settings() -> list[Setting]:
     found = []
     for section_field in dataclasses.fields(Config):
         for f in dataclasses.fields(section_field.default_factory):
+            if "help" not in f.metadata:  # not a setting (the [kafka] pass-through options)
+                continue
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             flag = f.metadata["flag"] or f.name.replace("_", "-")
             found.append(Setting(section_field.name, f.name, f.metadata["kind"], default, f.metadata["help"], flag))
@@ -242,6 +339,8 @@ def _convert(spec: Setting, value: Any, source: str) -> Any:
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
                 return list(value)
             raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        if spec.kind == "fields":
+            return _fields(value, where)
         if spec.kind in ("optional-int", "optional-float"):
             if value is None or (isinstance(value, str) and value.lower() == "none"):
                 return None
@@ -253,6 +352,22 @@ def _convert(spec: Setting, value: Any, source: str) -> Any:
         return value
     except InvalidDurationError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _fields(value: Any, where: str) -> dict[str, Any]:
+    """An input mapping: a TOML table, or OUT=PATH items (a comma-separated string, or a list from flags)."""
+    if isinstance(value, dict):
+        return dict(value)
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ConfigError(f"{where}: expected a table of OUT = PATH, got {value!r}")
+    out: dict[str, Any] = {}
+    for item in (i.strip() for i in items):
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ConfigError(f"{where}: expected OUT=PATH (like src=payer.iban), got {item!r}")
+        out[name.strip()] = path.strip()
+    return out
 
 
 def _integer(value: Any, where: str) -> int:
@@ -295,6 +410,9 @@ def _apply_toml(config: Config, data: Mapping[str, Any], path: Path) -> None:
             raise ConfigError(f"{section}: expected a [{section}] table in {path}")
         for key, value in table.items():
             spec = by_key.get((section, key))
+            if spec is None and section == "kafka":
+                config.kafka.options[key] = value  # kafka-python's own settings, checked by kafka_settings()
+                continue
             if spec is None:
                 known = sorted(k for s, k in by_key if s == section)
                 raise ConfigError(f"{section}.{key}: unknown key in {path}; known in [{section}]: {known}")
@@ -307,8 +425,11 @@ def _apply_env(config: Config, environ: Mapping[str, str]) -> None:
         if not name.startswith(ENV_PREFIX) or name.startswith(FOREIGN_ENV_PREFIXES):
             continue
         spec = by_env.get(name)
+        if spec is None and name in OTHER_ENVIRONMENT:
+            continue
         if spec is None:
-            raise ConfigError(f"{name}: unknown environment setting; known: {sorted(by_env)}")
+            raise ConfigError(f"{name}: unknown environment setting; known: {sorted(by_env)} and "
+                              f"{sorted(OTHER_ENVIRONMENT)} (docs/configuration.md)")
         _apply(config, spec, value, f"environment {name}")
 
 
@@ -331,16 +452,57 @@ def load(path: str | Path | None = None, *, environ: Mapping[str, str] | None = 
         if dotted not in by_dotted:
             raise ConfigError(f"{dotted}: unknown setting")
         _apply(config, by_dotted[dotted], value, f"flag --{by_dotted[dotted].flag}")
+    _read_secret_files(config)
     return config.validate()
+
+
+def _read_secret_files(config: Config) -> None:
+    """Each secret whose `<key>_file` is set, read from that file (stripped)."""
+    for spec in settings():
+        if spec.kind != "secret":
+            continue
+        section = getattr(config, spec.section)
+        path = getattr(section, f"{spec.key}_file")
+        if not path:
+            continue
+        if getattr(section, spec.key):
+            raise ConfigError(f"{spec.dotted}: given both directly and by {spec.dotted}_file; keep one")
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{spec.dotted}_file: cannot read {path}: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"{spec.dotted}_file: {path} is empty")
+        setattr(section, spec.key, value)
+
+
+class _RefusedSecret(argparse.Action):
+    """The flag of a secret setting: refused with a message saying where the secret goes instead."""
+
+    def __init__(self, option_strings: list[str], dest: str, env: str = "", **kwargs: Any):
+        super().__init__(option_strings, dest, **kwargs)
+        self.env = env
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(f"{option_string}: refused: a secret on the command line is visible to every user of this "
+                     f"machine (ps, /proc) and stays in shell history; set {self.env} or pass "
+                     f"{option_string}-file FILE")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per setting; unset flags stay None so they do not override the file or environment."""
     for spec in settings():
         default = spec.default if spec.kind != "duration" else format_duration(spec.default)
+        if spec.kind == "secret":
+            parser.add_argument(f"--{spec.flag}", dest=spec.dotted, default=None,
+                                action=functools.partial(_RefusedSecret, env=spec.env), metavar="REFUSED",
+                                help=f"{spec.help}: refused on the command line; set {spec.env} or "
+                                     f"--{spec.flag}-file [{spec.dotted}]")
+            continue
         parser.add_argument(
-            f"--{spec.flag}", dest=spec.dotted, default=None, action="append" if spec.kind == "list" else "store",
-            metavar=spec.key.upper() if spec.kind != "list" else "NAME",
+            f"--{spec.flag}", dest=spec.dotted, default=None,
+            action="append" if spec.kind in ("list", "fields") else "store",
+            metavar={"list": "NAME", "fields": "OUT=PATH"}.get(spec.kind, spec.key.upper()),
             help=f"{spec.help} [{spec.dotted}, {spec.env}; default: {default!r}]",
         )
 
@@ -383,12 +545,115 @@ def render_docs() -> str:
         lines.append(f"| `{spec.key}` | `--{spec.flag}` | `{spec.env}` | `{_shown_default(spec)}` | {spec.help} |")
         if index + 1 == len(all_settings) or all_settings[index + 1].section != spec.section:
             lines.append("")
+    lines += [
+        "## Secrets",
+        "",
+        "Settings marked as secrets (`sinks.webhook_secret`, `kafka.sasl_password`, `kafka.ssl_key_password`)",
+        "are never taken from the command line, where every user of the machine could read them (`ps`,",
+        "`/proc`) and shell history keeps them: their flag is refused. Give each one in its environment",
+        "variable, or put it in a file (mode 0600) named by the `<key>_file` setting or `--<flag>-file` flag;",
+        "the TOML file works too if its permissions are tight. Every log line masks secret values, passwords",
+        "in URLs (`https://user:***@host`), `password=`/`token=` pairs and bearer tokens.",
+        "",
+        "## The [kafka] table",
+        "",
+        "Besides the keys above, `[kafka]` takes any setting of kafka-python's `KafkaConsumer` and",
+        "`KafkaProducer` under its kafka-python name, handed to the clients as it is: a key only consumers",
+        "know (`auto_offset_reset`, `fetch_max_bytes`, `max_partition_fetch_bytes`, `isolation_level`...)",
+        "goes to the source's consumer, a key only producers know (`linger_ms`, `compression_type`...) to",
+        "the dead-letter and alert producers, a key both know (`client_id`, `request_timeout_ms`,",
+        "`ssl_check_hostname`...) to all. `[kafka.consumer]` and `[kafka.producer]` set a key for one kind",
+        "only. Producers' client ids get `-dlq` or `-alerts` appended. Unknown keys, values of the wrong",
+        "type and the settings ringwatch keeps for itself (`group_id`, `enable_auto_commit`, `acks`, the",
+        "security settings above under their kafka-python names) stop the engine at start, naming the key.",
+        "",
+        "```toml",
+        "[kafka]",
+        'security_protocol = "SASL_SSL"',
+        'sasl_mechanism = "SCRAM-SHA-512"',
+        'sasl_username = "ringwatch"            # password: RINGWATCH_SASL_PASSWORD or sasl_password_file',
+        'ssl_cafile = "/etc/ringwatch/kafka-ca.pem"',
+        'client_id = "ringwatch-eu1"',
+        'auto_offset_reset = "earliest"',
+        "fetch_max_bytes = 52428800",
+        "",
+        "[kafka.producer]",
+        'compression_type = "zstd"',
+        "```",
+        "",
+        "OAUTHBEARER takes its token from `sasl_oauth_token_file`, read again each time a connection",
+        "authenticates: let your identity provider's agent (or a cron job) rewrite that file before the",
+        "token expires, and ringwatch picks the new token up without a restart.",
+        "",
+        "## Input mapping",
+        "",
+        "Payments whose fields are named differently are mapped in `[source.fields]` (or `--field OUT=PATH`,",
+        "repeated; `RINGWATCH_FIELD=OUT=PATH,OUT=PATH`): each key names an output field, each value where it",
+        "comes from. The contract fields `tx_id`, `src`, `dst`, `amount`, `ts`, `currency` feed the",
+        "transaction; any other key renames an extra field. An unmapped contract field is read under its own",
+        "name. A path is a field name or dotted names into nested JSON (`payer.iban`); a list of paths joins",
+        "their values with `-` (`src = [\"bank\", \"account\"]`); `@source`, `@partition` and `@offset` are the",
+        "record's topic (or file stem), partition and offset (or row), for input without ids. Mapped input",
+        "fields are not kept again as extras. The AMLworld CSV reader is one such mapping",
+        "(`ringwatch.connectors.files.AMLWORLD`).",
+        "",
+        "```toml",
+        "[source]",
+        'schema_file = "/etc/ringwatch/payment.schema.json"   # optional: JSON Schema, checked before mapping',
+        "",
+        "[source.fields]",
+        'tx_id = "id"',
+        'src = "payer.iban"',
+        'dst = "payee.iban"',
+        'amount = "value"',
+        'ts = "booked_at"',
+        "```",
+        "",
+        "A message that fails the schema goes to the dead-letter topic as `invalid:schema: <path>: <message>`",
+        "(the first error), one that maps to an invalid transaction as `invalid:<field>`; detection goes on.",
+        "",
+        "## Other environment variables",
+        "",
+        "`ringwatch run` refuses `RINGWATCH_*` variables it does not know (a typo would otherwise be ignored",
+        "silently); besides the settings above it accepts these:",
+        "",
+        "| variable | meaning |",
+        "| --- | --- |",
+        *(f"| `{name}` | {meaning} |" for name, meaning in OTHER_ENVIRONMENT.items()),
+        "",
+    ]
     return "\n".join(lines)
 
 
+def describe(config: Config) -> str:
+    """One line for the start-up log: source, sinks, backend, shards, search options, endpoints; no secrets."""
+    source, sinks, service, graph = config.source, config.sinks, config.service, config.graph
+    mapping = f" fields={','.join(f'{k}<-{v}' for k, v in source.fields.items())}" if source.fields else ""
+    schema = f" schema={source.schema_file}" if source.schema_file else ""
+    outputs = [f"webhook {sinks.webhook_url}" if sinks.webhook_url else "",
+               f"kafka topic {sinks.alerts_topic}" if sinks.alerts_topic else "",
+               f"file {sinks.alerts_file}" if sinks.alerts_file else ""]
+    options = config.search_options()
+    endpoints = [f"query={service.query_host}:{service.query_port}" if service.query_port else "",
+                 f"metrics={service.metrics_host}:{service.metrics_port}" if service.metrics_port else ""]
+    line = (f"source=kafka {source.kafka_bootstrap} topics={','.join(source.topics)} group={source.group} "
+            f"security={config.kafka_settings().security.describe()}{mapping}{schema} "
+            f"sinks={'; '.join(o for o in outputs if o)} "
+            f"backend={config.engine.address or 'local'} shards={graph.shards} "
+            f"options=max_hops={options.max_hops},window={format_duration(options.window_ms)},"
+            f"order={options.order},max_rings_per_tx={options.max_rings_per_tx},"
+            f"max_degree={options.max_degree} state_dir={config.engine.state_dir} "
+            f"{' '.join(e for e in endpoints if e)}")
+    return logs.mask(line.strip())
+
+
 def dump_sections(config: Config) -> dict[str, dict[str, Any]]:
-    """The effective configuration as plain data (secrets masked), for the start-up log."""
+    """The effective configuration as plain data, secrets and URL passwords masked, for the start-up log."""
     data = dataclasses.asdict(config)
-    if data["sinks"]["webhook_secret"]:
-        data["sinks"]["webhook_secret"] = "***"
+    for spec in settings():
+        value = data[spec.section][spec.key]
+        if spec.kind == "secret" and value:
+            data[spec.section][spec.key] = logs.MASK
+        elif isinstance(value, str):
+            data[spec.section][spec.key] = logs.mask(value)
     return data

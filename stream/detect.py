@@ -46,7 +46,8 @@ class DetectReport:
 
 def detect(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path, *, shards: int = 2,
            batch_size: int = 1000, use_runtime: bool = True, progress: bool | None = None,
-           report: DetectReport | None = None, **options: Any) -> list[Alert]:
+           report: DetectReport | None = None, backend: str | None = None, address: str | None = None,
+           **options: Any) -> list[Alert]:
     """Alerts for every ring the payments close, in trigger order.
 
     `transactions` is a path (CSV, JSONL, Parquet, AMLworld CSV) or an iterable of
@@ -54,12 +55,14 @@ def detect(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path,
     low watermark, are not dropped silently: they land in `report.rejected` with
     the reason (and are counted in a warning). `use_runtime=False` runs the shards
     in this process (no worker processes) — same alerts, for small inputs and tests.
+    `backend`/`address` say which runtime the shards and searches run on when this
+    call starts it (`ringwatch.runtime.init`): `backend="ray"` runs them on Ray.
     """
     settings = search_options(**options)
     report = report if report is not None else DetectReport()
     started_runtime = use_runtime and not rt.is_initialized()
     if started_runtime:
-        rt.init()
+        rt.init(address=address, backend=backend)
     try:
         detector = _detector(settings, shards, use_runtime)
         alerts = _run(detector, _records(transactions), batch_size, report,

@@ -68,7 +68,7 @@ from ringwatch.runtime.checkpoints import default_uri
 from ringwatch.runtime.cli import TokenMissingError, read_token
 
 from .checkpoint import Checkpoint, CheckpointError, CheckpointStore, EngineProgress, FileCheckpointStore
-from .config import Config, ConfigError, dump_sections
+from .config import Config, ConfigError, describe, dump_sections
 from .delivery import AlertDelivery
 from .event_time import EventClock, reason_category
 from .graph_port import EngineGraph, open_graph
@@ -129,6 +129,7 @@ class Engine:
         self._warm_until: dict[Partition, int] = {}  # records below: alerted on by a previous owner already
         self._replay_until: dict[Partition, int] = {}  # records below: seen before a rewind (no new dead letters)
         self.warmed = 0
+        self.cut_short = 0  # searches stopped early by an opt-in cut, since this process started
         self._failed = False
         self._pending: list[SourceRecord] = []
         self._received: list[float] = []
@@ -146,12 +147,12 @@ class Engine:
     def run(self, stop_event: threading.Event | None = None) -> None:
         stop = stop_event or threading.Event()
         config = self.config
-        logger.info("engine starting id=%s config=%s", self.engine_id,
-                    json.dumps(dump_sections(config), sort_keys=True))
+        logger.info("engine starting id=%s %s", self.engine_id, describe(config))
+        logger.debug("engine config=%s", json.dumps(dump_sections(config), sort_keys=True))
         self.started_at = time.time()
         started_runtime = not rt.is_initialized()
         if started_runtime:
-            rt.init(address=config.engine.address or None)
+            rt.init(address=config.engine.address or None, backend=config.engine.backend or None)
         metrics_server = None
         query_service = None
         try:
@@ -161,7 +162,8 @@ class Engine:
             self._source = self._open_source()
             self._watch_external_counters()
             if config.service.metrics_port:
-                metrics_server = self.metrics.serve(config.service.metrics_port)
+                self.metrics.show(self)
+                metrics_server = self.metrics.serve(config.service.metrics_port, config.service.metrics_host)
             if config.service.query_port:
                 query_service = QueryService(QueryHandler(self), token=self._query_token,
                                              host=config.service.query_host, port=config.service.query_port)
@@ -190,7 +192,7 @@ class Engine:
                 backoff_max_s=sinks_config.webhook_backoff_max / 1000)
         if sinks_config.alerts_topic:
             sinks["kafka"] = KafkaSink(self.config.source.kafka_bootstrap, sinks_config.alerts_topic,
-                                       state_dir / "kafka-sink")
+                                       state_dir / "kafka-sink", settings=self.config.kafka_settings())
         if sinks_config.alerts_file:
             sinks["file"] = JsonlSink(sinks_config.alerts_file)
         sinks["history"] = self.history = AlertHistory(state_dir / HISTORY_FILE,
@@ -211,7 +213,8 @@ class Engine:
         source_config = self.config.source
         return KafkaSource(source_config.kafka_bootstrap, source_config.topics, source_config.group,
                            dlq_topic=source_config.dlq_topic or None,
-                           max_message_bytes=source_config.max_message_bytes, listener=self)
+                           max_message_bytes=source_config.max_message_bytes, listener=self,
+                           settings=self.config.kafka_settings(), mapping=self.config.field_mapping())
 
     def _shard_checkpoint_uri(self) -> str:
         """Where shards checkpoint: the cluster's store, or (local runtime) a folder under `state_dir`."""
@@ -360,6 +363,7 @@ class Engine:
             if not self._shard_restart_behind(exc):
                 raise
             return False
+        self.cut_short += batch.truncated_searches
         if batch.refused:
             by_tx = {r.transaction.tx_id: r for r in accepted}
             for tx, reason in batch.refused:
@@ -448,7 +452,6 @@ class Engine:
         self.metrics.checkpoint_duration.observe(elapsed)
         self.metrics.checkpoints.inc()
         self.lag = self._source.lag()
-        self.metrics.set_lag(self.lag)
         logger.info("checkpoint epoch=%d reason=%s transactions=%d alerts=%d duration_ms=%.1f low_watermark=%s "
                     "positions=%s", checkpoint.epoch, reason, self.transactions, self.alerts_raised,
                     elapsed * 1000, self._clock.low_watermark, _show(self._covered))
@@ -535,6 +538,24 @@ class Engine:
         """The newest alerts this process raised (up to `LATENCY_SAMPLE`), oldest first."""
         with self._recent_lock:
             return list(self._recent)
+
+    # ---- what /metrics reads at each scrape (metrics.EngineFigures) --------------------------------------
+
+    def graph_edges(self) -> int | None:
+        shards = self.query_shards()
+        return shards.edge_count() if shards is not None else None
+
+    def searches_cut_short(self) -> int:
+        return self.cut_short
+
+    def partition_watermarks(self) -> dict[Partition, int]:
+        marks = {partition: mark for partition, mark in self._clock.watermarks().items() if mark is not None}
+        if self._clock.low_watermark is not None:
+            marks[("*", -1)] = self._clock.low_watermark
+        return marks
+
+    def partition_lag(self) -> dict[Partition, int]:
+        return dict(self.lag)
 
     def health(self) -> Health:
         status = "failed" if self._failed else "ok" if self.ready.is_set() else "starting"

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
 from ringwatch.connectors import InjectedRing
+from ringwatch.connectors.kafka_settings import PLAINTEXT, KafkaSettings
 from ringwatch.stream.checkpoint import FileCheckpointStore
 
 SECRET = "whsec_" + base64.b64encode(b"ringwatch-engine-test-secret-012").decode()
@@ -183,9 +184,10 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
-def read_topic(bootstrap: str, topic: str, count: int, timeout_s: float = 60.0) -> list:
-    """At least `count` messages of `topic` (all partitions) from the beginning."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+def read_topic(bootstrap: str, topic: str, count: int, timeout_s: float = 60.0,
+               settings: KafkaSettings = PLAINTEXT) -> list:
+    """At least `count` messages of `topic` (all partitions) from the beginning; `settings` for TLS/SASL."""
+    consumer = KafkaConsumer(**settings.consumer({"bootstrap_servers": bootstrap, "enable_auto_commit": False}))
     try:
         wait_until(lambda: consumer.partitions_for_topic(topic), timeout_s, f"topic {topic} to exist")
         consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])

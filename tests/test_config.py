@@ -41,14 +41,17 @@ def test_flags_beat_environment_beat_file(tmp_path):
     assert config.search_options().max_hops == 5
 
 
-def test_required_flags_exist_with_their_names():
+def test_required_flags_exist_with_their_names(tmp_path):
+    (tmp_path / "secret").write_text("whsec_AAAA\n")
     config = load(environ={}, overrides=parse_flags(
         "--kafka-bootstrap", "h:1", "--topic", "t", "--group", "g", "--dlq-topic", "d", "--alerts-topic", "al",
-        "--webhook-url", "http://x/", "--webhook-secret", "whsec_AAAA", "--alerts-file", "f", "--state-dir", "s",
+        "--webhook-url", "http://x/", "--webhook-secret-file", str(tmp_path / "secret"), "--alerts-file", "f",
+        "--state-dir", "s",
         "--address", "redis://r:1", "--max-hops", "3", "--window", "2h", "--checkpoint-interval", "5s",
         "--query-port", "7000", "--metrics-port", "7001"))
     assert (config.source.dlq_topic, config.sinks.alerts_topic, config.engine.address) == ("d", "al", "redis://r:1")
     assert config.engine.checkpoint_interval == 5_000
+    assert config.sinks.webhook_secret == "whsec_AAAA"
     assert (config.service.query_port, config.service.metrics_port) == (7000, 7001)
 
 

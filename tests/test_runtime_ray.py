@@ -145,7 +145,11 @@ def test_a_killed_actor_worker_restarts_from_its_checkpoint(on_ray, tmp_path):
     assert count_after == 5 and pid_after != pid
     assert rt.get(counter.incr.remote()) == 6
     record = next(r for r in rt.actors() if r["actor_id"] == counter.actor_id)
-    assert record["restarted"] is True and record["checkpoint"].startswith(counter.actor_id)
+    assert record["restarts"] == 1 and record["checkpoint"].startswith(counter.actor_id)
+
+    saved = rt.checkpoint(counter, timeout=60)  # holds 6
+    copy = Counter.options(checkpoint_uri=f"file://{tmp_path}", restore_from=saved).remote()
+    assert rt.get(copy.where.remote())[0] == 6  # a new actor can start from a given checkpoint
 
 
 def test_backend_is_chosen_by_environment_and_named_errors(ray_head, monkeypatch):
@@ -161,3 +165,14 @@ def test_backend_is_chosen_by_environment_and_named_errors(ray_head, monkeypatch
     with pytest.raises(ValueError, match="token"):
         rt.init(backend="ray", address=ray_head.address, token="secret")
     assert not rt.is_initialized()
+
+
+def test_key_value_store_in_rays_gcs(on_ray):
+    assert rt.kv_put("claims/a1", b"engine-1", overwrite=False) is True
+    assert rt.kv_put("claims/a1", b"engine-2", overwrite=False) is False  # claimed once
+    assert rt.kv_get("claims/a1") == b"engine-1"
+    assert rt.kv_put("claims/a2", b"x", ttl_s=0.001) is True
+    until(lambda: rt.kv_get("claims/a2") is None, "the value to expire")
+    assert rt.kv_put("claims/a2", b"y", overwrite=False) is True  # an expired claim can be taken again
+    assert rt.kv_keys("claims/") == ["claims/a1", "claims/a2"]
+    assert rt.kv_delete("claims/a1") is True and rt.kv_get("claims/a1") is None

@@ -12,27 +12,51 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import struct
+import threading
+import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 try:
     import ray
+    from ray.experimental import internal_kv
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("backend='ray' needs Ray: pip install 'ringwatch[ray]'") from exc
 
 from ..api import RemoteOptions, public_methods, uninstalled_module
 from ..checkpoints import default_uri
-from ..errors import ActorDiedError, GetTimeoutError
+from ..errors import ActorDiedError
 from ..protocol import new_id
 from .errors import translated
-from .hosting import ActorSpec, CheckpointIndex, RayActorHandle, host_class, task_body
+from .hosting import ActorRecords, ActorSpec, RayActorHandle, host_class, task_body
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE_PREFIX = "ringwatch-"
-DESCRIBE_TIMEOUT_S = 10.0
+IDENTITY_TIMEOUT_S = 60.0
+_KV_PREFIX = "ringwatch:kv:"  # rt.kv_* keys, apart from the actor records
+_KV_EXPIRY = struct.Struct("<d")  # each value starts with its expiry (epoch seconds; 0 = never)
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Keep this process's SIGTERM/SIGINT handlers: Ray's driver installs a crash handler over them, and
+    `ringwatch run` stops after a final checkpoint on SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 class RayBackend:
@@ -67,7 +91,7 @@ class RayBackend:
         elif num_cpus is not None or resources:
             raise ValueError("num_workers/resources: they size a Ray cluster started here; a cluster joined at "
                              f"{address!r} has its own")
-        with translated():
+        with _signal_handlers_kept(), translated():
             ray.init(**options)
         return cls(ray_namespace, owns_ray=True)
 
@@ -104,7 +128,7 @@ class RayBackend:
 
         def create(*args: Any, **kwargs: Any) -> RayActorHandle:
             spec = ActorSpec(new_id(), cls.__name__, methods, options.name, checkpoint_uri,
-                             options.checkpoint_every, options.checkpoint_interval_s)
+                             options.checkpoint_every, options.checkpoint_interval_s, options.restore_from)
             with translated():
                 actor = host.options(**ray_options).remote(cls, spec, args, kwargs)
             handle = RayActorHandle(actor, spec.actor_id, spec.class_name, methods, spec.name)
@@ -154,50 +178,67 @@ class RayBackend:
     def kill(self, handle: RayActorHandle) -> None:
         with translated():
             ray.kill(handle.actor, no_restart=True)
-            CheckpointIndex.forget(self.namespace, handle.actor_id)
+            ActorRecords.forget(self.namespace, handle.actor_id)
 
     def get_actor(self, name: str) -> RayActorHandle:
         try:
             actor = ray.get_actor(name, namespace=self.namespace)
-            record = self._describe(actor)
+            with translated():
+                record = ray.get(actor.identity.remote(), timeout=IDENTITY_TIMEOUT_S)
         except (ValueError, ActorDiedError):
             raise ValueError(f"no live actor named {name!r} in the Ray namespace {self.namespace!r}") from None
-        return RayActorHandle(actor, record["actor_id"], record["class_name"], record["methods"], record["name"])
+        return RayActorHandle(actor, record["actor_id"], record["class_name"], tuple(record["methods"]),
+                              record["name"])
 
     def checkpoint(self, handle: RayActorHandle, timeout: float | None) -> str:
         with translated():
             return ray.get(handle.actor.take_checkpoint.remote(), timeout=timeout)
 
     def actors(self) -> list[dict]:
-        """The named actors of the namespace and the actors this process made; `restarts` is not known on Ray
-        (`restarted` says whether the actor was restarted at least once)."""
-        handles: dict[str, Any] = {h.actor_id: h.actor for h in list(self._created.values())}
+        """The records of the actors in this namespace, as their hosts last wrote them (no actor is called)."""
+        now = time.time()
+        records = []
         with translated():
-            names = ray.util.list_named_actors()
-        records: list[dict] = []
-        seen: set[str | None] = set()
-        for name in names:
-            try:
-                actor = ray.get_actor(name, namespace=self.namespace)
-            except ValueError:
-                continue
-            handles.setdefault(f"name:{name}", actor)
-        for key, actor in handles.items():
-            try:
-                record = self._describe(actor)
-            except (ActorDiedError, GetTimeoutError) as exc:
-                named = key.startswith("name:")
-                record = {"actor_id": None if named else key, "name": key[5:] if named else None,
-                          "state": "dead", "reason": str(exc).split("\n", 1)[0]}
-            if record["actor_id"] is None or record["actor_id"] not in seen:
-                seen.add(record["actor_id"])
-                records.append({"restarts": None, **record})
+            keys = internal_kv._internal_kv_list(ActorRecords.PREFIX, namespace=self.namespace)
+        for key in keys:
+            record = ActorRecords.read(self.namespace, key.decode()[len(ActorRecords.PREFIX):])
+            if record is not None:
+                at = record.pop("checkpointed_at", None)
+                records.append({**record, "state": "alive", "reason": None,
+                                "checkpoint_age_s": None if at is None else now - at})
         return records
 
-    @staticmethod
-    def _describe(actor: Any) -> dict:
+    # ---- key-value store (Ray's GCS) -----------------------------------------------------------
+
+    def kv_put(self, key: str, value: bytes, overwrite: bool, ttl_s: float | None) -> bool:
+        """Store under `key`; False when `overwrite=False` and a live value is there (claims are atomic)."""
+        entry = _KV_EXPIRY.pack(time.time() + ttl_s if ttl_s else 0.0) + value
         with translated():
-            return ray.get(actor.describe.remote(), timeout=DESCRIBE_TIMEOUT_S)
+            existed = internal_kv._internal_kv_put(_KV_PREFIX + key, entry, overwrite, namespace=self.namespace)
+            if existed and not overwrite:
+                if self.kv_get(key) is not None:
+                    return False
+                internal_kv._internal_kv_del(_KV_PREFIX + key, namespace=self.namespace)  # it had expired
+                return not internal_kv._internal_kv_put(_KV_PREFIX + key, entry, False, namespace=self.namespace)
+        return True
+
+    def kv_get(self, key: str) -> bytes | None:
+        with translated():
+            entry = internal_kv._internal_kv_get(_KV_PREFIX + key, namespace=self.namespace)
+        if entry is None:
+            return None
+        (expires,) = _KV_EXPIRY.unpack_from(entry)
+        return None if expires and expires < time.time() else entry[_KV_EXPIRY.size:]
+
+    def kv_delete(self, key: str) -> bool:
+        with translated():
+            return bool(internal_kv._internal_kv_del(_KV_PREFIX + key, namespace=self.namespace))
+
+    def kv_keys(self, prefix: str) -> list[str]:
+        with translated():
+            keys = internal_kv._internal_kv_list(_KV_PREFIX + prefix, namespace=self.namespace)
+        names = [k.decode()[len(_KV_PREFIX):] for k in keys]
+        return sorted(name for name in names if self.kv_get(name) is not None)
 
     # ---- cluster -----------------------------------------------------------------------------
 
@@ -217,5 +258,12 @@ class RayBackend:
                 "object_store_used_bytes": memory - available.get("object_store_memory", memory)}
 
     def shutdown(self) -> None:
-        if self._owns_ray and ray.is_initialized():
+        """Leave Ray (stop it, if this process started it); unnamed actors die with their driver: forget them."""
+        if not ray.is_initialized():
+            return
+        if not self._in_worker:
+            for handle in list(self._created.values()):
+                if handle.name is None:
+                    ActorRecords.forget(self.namespace, handle.actor_id)
+        if self._owns_ray:
             ray.shutdown()

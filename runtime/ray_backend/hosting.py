@@ -9,7 +9,7 @@ An actor is hosted by an `ActorHost`: the host constructs it, gives it the
 latest checkpoint when Ray restarts it (`max_restarts`), and checkpoints it
 after calls as `checkpoint_every` / `checkpoint_interval_s` ask, before the
 result of the call a checkpoint covers goes back. The latest checkpoint id
-lives in Ray's GCS (`CheckpointIndex`), as it lives in ringwatch's sealed GCS on
+lives in Ray's GCS (`ActorRecords`), as it lives in ringwatch's sealed GCS on
 ringwatch's runtime, never only in the store: a restart loads only an id a
 cluster member wrote, and the store's bytes must match the SHA-256 in that id. Its Ray class carries the
 hosted class's name, so Ray's dashboard and `ray list actors` show `GraphShard`.
@@ -18,6 +18,7 @@ hosted class's name, so Ray's dashboard and `ray list actors` show `GraphShard`.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -36,29 +37,31 @@ from ..errors import TaskError
 logger = logging.getLogger(__name__)
 
 
-class CheckpointIndex:
-    """The latest checkpoint id of each hosted actor, in the key-value store of Ray's GCS.
+class ActorRecords:
+    """Each hosted actor's record — restarts, latest checkpoint id — in the key-value store of Ray's GCS.
 
-    Ray has no public API for it; `ray.experimental.internal_kv` is what Ray's own
-    libraries use, and the `ray` extra pins the versions it was tested with.
+    It plays the part of the actor table in ringwatch's GCS: `actors()` reads it
+    without calling the actors, and a restarted actor loads only the checkpoint id
+    recorded here. Ray has no public API for its GCS key-value store;
+    `ray.experimental.internal_kv` is what Ray's own libraries use, and the `ray`
+    extra pins the versions it was tested with.
     """
 
-    @staticmethod
-    def _key(actor_id: str) -> str:
-        return f"ringwatch:checkpoint:{actor_id}"
+    PREFIX = "ringwatch:actor:"
 
     @classmethod
-    def record(cls, namespace: str, actor_id: str, checkpoint_id: str) -> None:
-        internal_kv._internal_kv_put(cls._key(actor_id), checkpoint_id, overwrite=True, namespace=namespace)
+    def write(cls, namespace: str, record: dict) -> None:
+        internal_kv._internal_kv_put(cls.PREFIX + record["actor_id"], json.dumps(record), overwrite=True,
+                                     namespace=namespace)
 
     @classmethod
-    def latest(cls, namespace: str, actor_id: str) -> str | None:
-        value = internal_kv._internal_kv_get(cls._key(actor_id), namespace=namespace)
-        return None if value is None else value.decode()
+    def read(cls, namespace: str, actor_id: str) -> dict | None:
+        value = internal_kv._internal_kv_get(cls.PREFIX + actor_id, namespace=namespace)
+        return None if value is None else json.loads(value)
 
     @classmethod
     def forget(cls, namespace: str, actor_id: str) -> None:
-        internal_kv._internal_kv_del(cls._key(actor_id), namespace=namespace)
+        internal_kv._internal_kv_del(cls.PREFIX + actor_id, namespace=namespace)
 
 
 def attach() -> None:
@@ -95,6 +98,7 @@ class ActorSpec:
     checkpoint_uri: str | None
     checkpoint_every: int | None
     checkpoint_interval_s: float | None
+    restore_from: str | None = None  # a new actor starts with this checkpoint's state
 
 
 class ActorHost:
@@ -106,23 +110,23 @@ class ActorHost:
         self._namespace = ray.get_runtime_context().namespace
         self._instance = cls(*args, **kwargs)
         self._checkpoints: ActorCheckpoints | None = None
-        self._latest: str | None = None
-        self._latest_at: float | None = None
         if spec.checkpoint_uri:
             self._checkpoints = ActorCheckpoints(open_store(spec.checkpoint_uri), spec.actor_id,
                                                  spec.checkpoint_every, spec.checkpoint_interval_s)
-            if _reconstructed():
-                self._restore_latest()
-
-    def _restore_latest(self) -> None:
-        latest = CheckpointIndex.latest(self._namespace, self._spec.actor_id)
-        if latest is None:
-            logger.warning("actor %s restarted with no checkpoint: it starts from its constructor",
-                           self._spec.class_name)
-            return
-        self._checkpoints.restore(self._instance, latest)
-        self._latest, self._latest_at = latest, time.time()
-        logger.warning("actor %s restarted from checkpoint %s", self._spec.class_name, latest)
+        previous = ActorRecords.read(self._namespace, spec.actor_id) if _reconstructed() else None
+        restarts = previous["restarts"] + 1 if previous else 0
+        checkpoint_id = (previous or {}).get("checkpoint") or spec.restore_from
+        if checkpoint_id and self._checkpoints is not None:
+            self._checkpoints.restore(self._instance, checkpoint_id)
+        if restarts:
+            logger.warning("actor %s restarted (restart %d) from checkpoint %s", spec.class_name, restarts,
+                           checkpoint_id)
+        context = ray.get_runtime_context()
+        self._record = {"actor_id": spec.actor_id, "name": spec.name, "class_name": spec.class_name,
+                        "node": context.get_node_id(), "pid": os.getpid(), "restarts": restarts,
+                        "checkpoint": checkpoint_id, "checkpointed_at": (previous or {}).get("checkpointed_at"),
+                        "methods": list(spec.methods)}
+        ActorRecords.write(self._namespace, self._record)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -145,18 +149,13 @@ class ActorHost:
 
     def _take(self) -> str:
         checkpoint_id = self._checkpoints.take(self._instance)
-        CheckpointIndex.record(self._namespace, self._spec.actor_id, checkpoint_id)
-        self._latest, self._latest_at = checkpoint_id, time.time()
+        self._record.update(checkpoint=checkpoint_id, checkpointed_at=time.time())
+        ActorRecords.write(self._namespace, self._record)
         return checkpoint_id
 
-    def describe(self) -> dict:
-        """This actor's record for `ringwatch.runtime.actors()`."""
-        context = ray.get_runtime_context()
-        return {"actor_id": self._spec.actor_id, "name": self._spec.name, "class_name": self._spec.class_name,
-                "node": context.get_node_id(), "pid": os.getpid(), "state": "alive", "reason": None,
-                "restarted": _reconstructed(), "checkpoint": self._latest,
-                "checkpoint_age_s": None if self._latest_at is None else time.time() - self._latest_at,
-                "methods": self._spec.methods}
+    def identity(self) -> dict:
+        """This actor's record (for `get_actor`)."""
+        return self._record
 
 
 def _reconstructed() -> bool:

@@ -15,6 +15,7 @@ from ringwatch.connectors import BrokerStartError, InvalidSyntheticConfigError
 from ..config import ConfigError
 from ..demo import DemoReport, progress_reporter, run_demo
 from ..display import alert_total, moment, ring_text
+from .runtime_flags import add_runtime_arguments
 from .tables import print_table
 
 TABLE_ROWS = 10
@@ -38,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--serve", type=int, metavar="PORT",
                         help="keep the engine running after the stream with its query service on PORT, "
                              "for `ringwatch query`, until Ctrl-C")
+    add_runtime_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = run_demo(args.out, transactions=args.transactions, accounts=args.accounts, rings=args.rings,
                           seed=args.seed, shards=args.shards, kafka=args.kafka, query_port=args.serve or 0,
+                          backend=args.backend or "", address=args.address or "",
                           on_progress=report_progress, serve=serving,
                           on_streamed=lambda engine: progress.finish(engine.transactions, alerts=engine.alerts_raised))
     except (InvalidSyntheticConfigError, ConfigError, BrokerStartError) as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 from ringwatch.graph import InvalidDurationError, InvalidSearchOptionError, SearchOptions, format_duration
 
 from ..detect import DetectReport, detect, write_alerts_jsonl, write_rejected_jsonl
+from .runtime_flags import add_runtime_arguments
 
 
 def _none_or_int(text: str) -> int | None:
@@ -39,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="hub guard: accounts with more payments in the window are not expanded ('none' = off)")
     parser.add_argument("--shards", type=int, default=2, help="number of graph shard actors")
     parser.add_argument("--batch-size", type=int, default=1000, help="payments per micro-batch")
+    add_runtime_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     report = DetectReport()
     try:
         alerts = detect(str(args.file), shards=args.shards, batch_size=args.batch_size, report=report,
+                        backend=args.backend, address=args.address,
                         max_hops=args.max_hops, window=args.window, order=args.order, min_amount=args.min_amount,
                         min_ratio=args.min_ratio, max_ratio=args.max_ratio,
                         max_rings_per_tx=args.max_rings_per_tx, max_degree=args.max_degree)

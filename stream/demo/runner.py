@@ -71,7 +71,8 @@ class DemoReport:
 
 
 def run_demo(out_dir: str | Path = ".", *, transactions: int = 20_000, accounts: int = 4_000, rings: int = 20,
-             seed: int = 7, shards: int = 2, kafka: bool = False, query_port: int = 0,
+             seed: int = 7, shards: int = 2, kafka: bool = False, query_port: int = 0, backend: str = "",
+             address: str = "",
              on_progress: Callable[[Engine], None] | None = None,
              on_streamed: Callable[[Engine], None] | None = None, serve: threading.Event | None = None
              ) -> DemoReport:
@@ -84,6 +85,7 @@ def run_demo(out_dir: str | Path = ".", *, transactions: int = 20_000, accounts:
     `serve`, it keeps serving after the stream ends until that event is set.
     `DemoReport.elapsed_s` is the streaming time only: from the engine being ready
     to the last payment processed, not start-up and not the time spent serving.
+    `backend`/`address` choose the runtime (`engine.backend`, `engine.address`): "ray" runs on Ray.
     """
     source = GeneratorSource(SyntheticConfig(n_transactions=transactions, n_accounts=accounts, n_rings=rings,
                                              seed=seed))
@@ -94,7 +96,7 @@ def run_demo(out_dir: str | Path = ".", *, transactions: int = 20_000, accounts:
     config = Config(
         source=SourceConfig(topics=[topic], group=f"{topic}-engine"),
         graph=GraphConfig(shards=shards),
-        engine=EngineConfig(),
+        engine=EngineConfig(backend=backend, address=address),
         sinks=SinksConfig(alerts_file=str(alerts_file)),
         service=ServiceConfig(query_port=query_port),
     ).validate()
