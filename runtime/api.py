@@ -1,10 +1,12 @@
 """The public runtime API: `init`, `@remote`, `get`, `put`, `wait`, actors.
 
 Every call goes through a backend: the node living in this process (local
-mode), the node a worker belongs to (inside tasks and actors), or a node of a
-cluster reached over gRPC (a driver that joined with `init(address=...)`).
-`init(backend="ray")` sends every public call to a `RuntimeBackend` instead
-(`runtime/backend.py`): the same API on an existing Ray cluster.
+mode, with its workers; or, for a driver that joined a cluster with
+`init(address=...)`, a light node without workers that owns what the driver
+submits and places it on the cluster), or the node a worker belongs to
+(inside tasks and actors). `init(backend="ray")` sends every public call to a
+`RuntimeBackend` instead (`runtime/backend.py`): the same API on an existing
+Ray cluster.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cloudpickle
 
@@ -30,6 +32,9 @@ from .checkpoints import default_uri
 from .protocol import ACTOR_CALL, ACTOR_CREATE, CHECKPOINT_METHOD, TASK, RefMarker, TaskSpec, new_id
 from .refs import ObjectRef, capture_refs, set_ref_listeners
 from .serialization import dumps_inline
+
+if TYPE_CHECKING:  # grpc is imported only by a driver that joins a cluster
+    from .tls import TlsFiles
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +50,8 @@ class Backend(Protocol):
 class _Runtime:
     backend: Any
     namespace: str
-    node: Any = None
+    node: Any = None  # local mode: the node with this process's workers
+    driver: Any = None  # a driver in a cluster: its light ClusterNode
     registered: set[str] = field(default_factory=set)
     info: dict = field(default_factory=dict)
 
@@ -73,8 +79,17 @@ class _LocalBackend:
 
 
 def init(address: str | None = None, *, num_workers: int | None = None, resources: dict[str, float] | None = None,
-         token: str | None = None, namespace: str = "default", backend: str | None = None) -> None:
+         token: str | None = None, namespace: str = "default", backend: str | None = None,
+         host: str = "127.0.0.1", tls: TlsFiles | None = None) -> None:
     """Start a local cluster (`address=None`) or join the cluster whose GCS is at `address` as a driver.
+
+    A driver runs a light node in this process (no workers) that owns what it
+    submits and puts, so it survives the death of any cluster node; the nodes
+    send results back to it on `host` (loopback by default: give an interface
+    they can reach when they run on other machines). `token` defaults to
+    RINGWATCH_TOKEN; it is never sent: calls are signed with keys derived from
+    it. `tls` (default: RINGWATCH_TLS_CERT/KEY/CA) is needed when the cluster's
+    nodes run with TLS.
 
     `backend="ray"` (default: RINGWATCH_BACKEND, else ringwatch's own) runs the API on Ray instead:
     `address` is then a Ray address (`auto`, `ray://host:10001`, host:port; None starts Ray locally),
@@ -86,19 +101,20 @@ def init(address: str | None = None, *, num_workers: int | None = None, resource
             raise RuntimeError("ringwatch.runtime is already initialized; call shutdown() first")
         chosen = backend_name(backend, os.environ)
         if chosen != "ringwatch":
-            if token is not None:
-                raise ValueError(f"token: backend={chosen!r} does not use ringwatch's cluster token; "
+            if token is not None or tls is not None:
+                raise ValueError(f"token, tls: backend={chosen!r} does not use ringwatch's cluster token or TLS; "
                                  "configure the cluster's own authentication instead")
             _external = open_backend(chosen, address, namespace=namespace, num_workers=num_workers,
                                      resources=resources)
             return
         if address is None:
             from .node import Node
-            node = Node(num_workers or os.cpu_count() or 1, resources, log_level=logging.getLogger().level)
+            node = Node(max(1, num_workers or os.cpu_count() or 1), resources, log_level=logging.getLogger().level)
             _runtime = _Runtime(_LocalBackend(node), namespace, node=node)
         else:
-            from .cluster import connect_driver
-            _runtime = _Runtime(connect_driver(address, token=token, namespace=namespace), namespace)
+            from .cluster import join_as_driver
+            driver = join_as_driver(address, token=token, namespace=namespace, host=host, tls=tls)
+            _runtime = _Runtime(_LocalBackend(driver.node), namespace, driver=driver)
         _listen_for_refs(_runtime.backend)
 
 
@@ -136,8 +152,8 @@ def shutdown() -> None:
             return
         if runtime.node is not None:
             runtime.node.shutdown()
-        elif hasattr(runtime.backend, "close"):
-            runtime.backend.close()
+        elif runtime.driver is not None:
+            runtime.driver.stop()
 
 
 atexit.register(shutdown)
@@ -158,7 +174,7 @@ def _pickle_code(target: Any, what: str) -> bytes:
     """
     runtime = _current()
     module = uninstalled_module(target)
-    if runtime.node is None and not runtime.info and module is not None:
+    if runtime.driver is not None and module is not None:
         cloudpickle.register_pickle_by_value(module)
     return dumps_inline(target, what=what)
 

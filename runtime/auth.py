@@ -71,6 +71,11 @@ def query_token_for(cluster_token: str) -> str:
     return derive_key(cluster_token, QUERY_TOKEN_PURPOSE).hex()
 
 
+def query_call_key(query_token: str) -> bytes:
+    """The key query clients sign with and the query service verifies with."""
+    return derive_key(query_token, QUERY_CALLS_PURPOSE)
+
+
 def _frame(*parts: str | bytes) -> bytes:
     """Length-prefixed parts, so no choice of strings can make two different tuples MAC alike."""
     out = bytearray()

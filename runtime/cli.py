@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .auth import ClusterKeys
+from .auth import ClusterKeys, query_token_for
 from .cluster import HEARTBEAT_S, HEARTBEAT_TIMEOUT_S, ClusterNode
 from .errors import TokenMissingError
 from .gcs import RedisGcs
@@ -28,6 +28,25 @@ def read_token(token_file: str | None) -> str:
         token = os.environ.get("RINGWATCH_TOKEN", "").strip()
     if not token:
         raise TokenMissingError("the cluster token is missing: pass --token-file FILE or set RINGWATCH_TOKEN")
+    return token
+
+
+def read_query_token(token_file: str | None) -> str:
+    """The read-only query token: from `token_file`, else RINGWATCH_QUERY_TOKEN, else derived from RINGWATCH_TOKEN.
+
+    A query token cannot be turned back into the cluster token, so whoever holds
+    it can query an engine but cannot run code on the cluster.
+    """
+    if token_file:
+        token = Path(token_file).read_text().strip()
+    else:
+        token = os.environ.get("RINGWATCH_QUERY_TOKEN", "").strip()
+        cluster_token = os.environ.get("RINGWATCH_TOKEN", "").strip()
+        if not token and cluster_token:
+            token = query_token_for(cluster_token)
+    if not token:
+        raise TokenMissingError("the query token is missing: pass --token-file FILE, set RINGWATCH_QUERY_TOKEN, "
+                                "or set RINGWATCH_TOKEN to derive it from the cluster token")
     return token
 
 

@@ -17,20 +17,20 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import cloudpickle
 import redis
 
 from .auth import ClusterKeys
-from .errors import ResourceUnavailableError
-from .gcs import RedisGcs, kv_request
+from .direct import DirectSettings, direct_key
+from .errors import NodeUnavailableError, ResourceUnavailableError, TokenMissingError
+from .gcs import RedisGcs
 from .node import Node
 from .object_store import SHARED_THRESHOLD, Blob, from_wire, to_wire
-from dataclasses import replace
-
 from .protocol import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
 from .tls import TlsFiles
 from .transport import NodeClient, serve
@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
 HEARTBEAT_TIMEOUT_S = 5.0
+DRIVER_HEARTBEAT_TIMEOUT_S = 60.0
 _MEAN_TASK_S = 0.01
 # RINGWATCH_LINEAGE=0 turns lineage recording off (lost objects then cannot be rebuilt); for benchmarks.
 LINEAGE_ENABLED = os.environ.get("RINGWATCH_LINEAGE", "1") != "0"
@@ -49,9 +50,11 @@ class ClusterLink:
     """What a node needs from the rest of the cluster; called on the node's dispatcher thread."""
 
     def __init__(self, gcs: RedisGcs, address: str, node_id: str, keys: ClusterKeys,
-                 heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S, tls: TlsFiles | None = None):
+                 heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S, tls: TlsFiles | None = None, *,
+                 driver: bool = False):
         self.gcs = gcs
         self.address = address
+        self.driver = driver  # a driver's light node: it places everything elsewhere
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._suspects: dict[str, float] = {}  # address -> until when placement avoids it
         self._code_sent: dict[str, set[str]] = {}  # address -> function ids already sent there
@@ -64,7 +67,9 @@ class ClusterLink:
         self._clients: dict[str, NodeClient] = {}
         self._clients_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="ringwatch-transfer")
-        # One ordered sender per target node: calls forwarded there arrive in the order they were made.
+        # One outbox and one sender per target node: what is sent there arrives in the order sent.
+        self._outboxes: dict[str, list[tuple[str, tuple]]] = {}
+        self._outbox_lock = threading.Lock()
         self._senders: dict[str, ThreadPoolExecutor] = {}
         self._peers: list[dict] = []
         self._peers_at = 0.0
@@ -73,6 +78,11 @@ class ClusterLink:
                resources: dict[str, float]) -> None:
         """The node this link serves: where to post what arrives, its functions' code, its resources."""
         self._post, self._code_of, self._resources = post, code_of, resources
+
+    def direct_settings(self) -> DirectSettings:
+        """How this node's actor workers serve direct calls and how it makes them (key from the token)."""
+        tls = (str(self.tls.cert), str(self.tls.key), str(self.tls.ca)) if self.tls is not None else None
+        return DirectSettings(direct_key(self.keys.calls), self.address.rpartition(":")[0], self.address, tls)
 
     def client(self, address: str) -> NodeClient:
         with self._clients_lock:
@@ -84,14 +94,17 @@ class ClusterLink:
     # ---- placement ---------------------------------------------------------------------------
 
     def peers(self) -> list[dict]:
-        """Live nodes, refreshed from the GCS twice a heartbeat (the last known list while the GCS is away)."""
+        """Live nodes that run work (not drivers), refreshed from the GCS twice a heartbeat.
+
+        While the GCS is away, the last known list (and always this node, unless it is a driver's).
+        """
         now = time.monotonic()
         if now - self._peers_at > HEARTBEAT_S / 2:
             try:
-                self._peers = [p for p in self.gcs.nodes(self.heartbeat_timeout_s) if p["alive"]]
+                self._peers = [p for p in self.gcs.nodes(self.heartbeat_timeout_s) if p["alive"] and not p.get("driver")]
             except redis.RedisError as exc:
                 logger.warning("GCS unreachable, placing with the last known nodes: %s", exc)
-            if not any(p["address"] == self.address for p in self._peers):  # late heartbeats, GCS away
+            if not self.driver and not any(p["address"] == self.address for p in self._peers):
                 self._peers = [*self._peers, {"node_id": self.node_id, "address": self.address,
                                               "resources": self._resources, "queued": 0}]
             self._peers_at = now
@@ -109,26 +122,42 @@ class ClusterLink:
         self._suspects[address] = float("inf")
         self._code_sent.pop(address, None)
 
-    def place(self, spec: TaskSpec, queued: int) -> str | None:
-        """Address of the node that should run `spec`, or None for this one (`queued`: tasks ready here)."""
+    def place(self, spec: TaskSpec, queued: int, sent: Mapping[str, int],
+              known: Mapping[str, tuple[str, int]]) -> str | None:
+        """Address of the node that should run `spec`, or None for this one.
+
+        `queued`: tasks ready here; `sent`: tasks this node sent to each address that have not
+        finished (a node's own heartbeat tells of them only a beat later); `known`: where this
+        node knows inputs are and their sizes (the GCS is asked about the others).
+        """
         needs = {"CPU": spec.num_cpus if spec.kind == TASK else 0.0, **spec.resources}
         feasible = [p for p in self.peers() if all(p["resources"].get(k, 0.0) >= v for k, v in needs.items())]
         if not feasible:
             raise ResourceUnavailableError(
                 f"{spec.name} needs {needs} but no live node has that much "
                 f"(nodes: {[(p['node_id'], p['resources']) for p in self.peers()]})")
-        sizes = self._dep_sizes(spec)
+        sizes = self._dep_sizes(spec, known)
         here = next((p for p in feasible if p["address"] == self.address), None)
         if here is not None and queued < 2 * here["resources"].get("CPU", 1) \
                 and not self._bytes_elsewhere(sizes, self.address):
             return None
-        best = min(feasible, key=lambda p: self._estimated_wait(p, sizes, queued))
+        if sizes:  # large inputs: where most of their bytes are, unless that node is saturated
+            held = {p["address"]: sum(size for where, size in sizes.values() if where == p["address"])
+                    for p in feasible}
+            holder = max(feasible, key=lambda p: held[p["address"]])
+            load = queued if holder["address"] == self.address else holder.get("queued", 0) + sent.get(
+                holder["address"], 0)
+            if held[holder["address"]] and load < 2 * holder["resources"].get("CPU", 1):
+                return None if holder["address"] == self.address else holder["address"]
+        best = min(feasible, key=lambda p: self._estimated_wait(p, sizes, queued, sent))
         return None if best["address"] == self.address else best["address"]
 
-    def _dep_sizes(self, spec: TaskSpec) -> dict[str, tuple[str, int]]:
-        """Where each input lives and how big it is (small inputs do not steer placement)."""
-        sizes = {}
+    def _dep_sizes(self, spec: TaskSpec, known: Mapping[str, tuple[str, int]]) -> dict[str, tuple[str, int]]:
+        """Where each large input lives and how big it is (small inputs do not steer placement)."""
+        sizes = {dep: where for dep, where in known.items() if where[1] > SHARED_THRESHOLD}
         for dep in spec.deps:
+            if dep in known:
+                continue
             try:
                 location = self.gcs.object_location(dep)
             except redis.RedisError:
@@ -144,10 +173,13 @@ class ClusterLink:
     def _bytes_elsewhere(sizes: dict[str, tuple[str, int]], address: str) -> int:
         return sum(size for where, size in sizes.values() if where != address)
 
-    def _estimated_wait(self, peer: dict, sizes: dict[str, tuple[str, int]], queued_here: int) -> float:
-        queued = queued_here if peer["address"] == self.address else peer.get("queued", 0)
+    def _estimated_wait(self, peer: dict, sizes: dict[str, tuple[str, int]], queued_here: int,
+                        sent: Mapping[str, int]) -> float:
+        address = peer["address"]
+        queued = queued_here if address == self.address else peer.get("queued", 0) + sent.get(address, 0)
         mean = peer.get("mean_task_s") or _MEAN_TASK_S
-        return queued * mean + self._bytes_elsewhere(sizes, peer["address"]) / _FETCH_BYTES_PER_S
+        per_cpu = queued / max(peer["resources"].get("CPU", 1.0), 1.0)
+        return per_cpu * mean + self._bytes_elsewhere(sizes, address) / _FETCH_BYTES_PER_S
 
     # ---- moving calls and objects ------------------------------------------------------------
 
@@ -157,21 +189,44 @@ class ClusterLink:
         if spec.function_id is not None and spec.function_id not in sent:
             spec = replace(spec, code=self._code_of(spec.function_id))
             sent.add(spec.function_id)
-        sender = self._senders.get(address)
-        if sender is None:
-            sender = self._senders[address] = ThreadPoolExecutor(1, thread_name_prefix="ringwatch-forward")
-        sender.submit(self._submit_remotely, spec, address)
+        self.send(address, "submit", spec)
 
-    def _submit_remotely(self, spec: TaskSpec, address: str) -> None:
-        """The node that runs `spec` sends its result back (`result` or `held_elsewhere`)."""
+    def send(self, address: str, method: str, *args: Any) -> None:
+        """Post a request to another node, in order with the others sent there.
+
+        Requests wait in one outbox per node and go as one batch per round trip:
+        a burst of calls, results and releases costs one RPC. When the node is
+        unreachable, the calls among them come back through `forward_failed`.
+        """
+        with self._outbox_lock:
+            outbox = self._outboxes.get(address)
+            if outbox is None:
+                outbox = self._outboxes[address] = []
+                self._senders[address] = ThreadPoolExecutor(1, thread_name_prefix="ringwatch-send")
+            outbox.append((method, args))
+            if len(outbox) > 1:
+                return  # a send is already due to take it
+        self._senders[address].submit(self._send_batch, address)
+
+    def _send_batch(self, address: str) -> None:
+        with self._outbox_lock:
+            batch, self._outboxes[address] = self._outboxes[address], []
+        if not batch:
+            return
         try:
-            self.client(address).call("submit", spec)
-            if spec.kind == ACTOR_CALL:
-                self._post("delivered", (spec.task_id,))
+            self.client(address).call("batch", batch)
         except ConnectionError as exc:  # the node is unreachable: the caller's node decides what now
-            self._post("forward_failed", (replace(spec, code=None), address, exc))
+            for method, args in batch:
+                if method == "submit":
+                    self._post("forward_failed", (replace(args[0], code=None), address, exc))
+                else:
+                    logger.warning("could not send %s to %s: %s", method, address, exc)
+            return
         except Exception as exc:
-            self._deliver(spec.task_id, None, exc)
+            for method, args in batch:
+                if method == "submit":
+                    self._deliver(args[0].task_id, None, exc)
+            return
 
     def fetch(self, object_id: str, address: str) -> None:
         """Copy an object another node holds (or will make) to this node."""
@@ -194,8 +249,15 @@ class ClusterLink:
     def _deliver(self, object_id: str, blob: Blob | None, error: BaseException | None) -> None:
         self._post("remote_ready", (object_id, blob, error))
 
-    def send(self, address: str, method: str, *args: Any) -> None:
-        self._pool.submit(self.client(address).call, method, *args)
+    def ask(self, address: str, method: str, *args: Any, then: Callable[[bool, Any], None]) -> None:
+        """Call another node; `then(ok, answer)` runs on this node's dispatcher thread."""
+        def call() -> None:
+            try:
+                answer = (True, self.client(address).call(method, *args))
+            except Exception as exc:
+                answer = (False, exc)
+            self._post("answered", (then, *answer))
+        self._pool.submit(call)
 
     # ---- GCS records -------------------------------------------------------------------------
 
@@ -241,6 +303,7 @@ class ClusterLink:
         self.gcs.register_actor({
             **record, "actor_id": spec.actor_id, "name": spec.actor_name, "node": self.node_id,
             "address": self.address, "class_name": spec.name, "methods": list(spec.methods), "state": "alive",
+            "direct": None,
             "restarts": spec.restarts, "max_restarts": spec.max_restarts, "max_task_retries": spec.max_task_retries,
             "checkpoint": spec.restore_from or record.get("checkpoint"),
             "checkpoint_at": record.get("checkpoint_at")})
@@ -250,25 +313,18 @@ class ClusterLink:
         self.gcs.register_actor({**record, "checkpoint": checkpoint_id, "checkpoint_at": time.time()})
 
     def actor_restarting(self, actor_id: str, restarts: int, address: str | None) -> None:
-        """Record a restart: in place (`address` = this node) or, with None, wherever it will be placed."""
+        """Record a restart (in place, or wherever it will be placed): callers wait for `actor_ready`."""
         record = self.gcs.actor(actor_id) or {"actor_id": actor_id}
-        state = "alive" if address else "restarting"
-        self.gcs.register_actor({**record, "restarts": restarts, "state": state})
+        self.gcs.register_actor({**record, "restarts": restarts, "state": "restarting", "direct": None})
 
-    def actor_location(self, actor_id: str) -> tuple[str, str | None]:
-        """("alive", address), ("restarting", None), ("dead", reason) or ("unknown", None)."""
-        record = self.gcs.actor(actor_id)
-        if record is None:
-            return "unknown", None
-        if record.get("state") == "alive":
-            return "alive", record["address"]
-        if record.get("state") == "dead":
-            return "dead", record.get("reason") or "the actor is dead"
-        return "restarting", None
+    def actor_ready(self, actor_id: str, direct: str) -> None:
+        """The actor is constructed here; its worker takes direct calls at `direct`."""
+        record = self.gcs.actor(actor_id) or {"actor_id": actor_id}
+        self.gcs.register_actor({**record, "state": "alive", "direct": direct, "node": self.node_id,
+                                 "address": self.address})
 
-    def actor_task_retries(self, actor_id: str) -> int:
-        record = self._quietly(self.gcs.actor, actor_id) or {}
-        return record.get("max_task_retries", 0)
+    def actor_record(self, actor_id: str) -> dict | None:
+        return self.gcs.actor(actor_id)
 
     def actor_spec(self, actor_id: str) -> bytes | None:
         """The pickled creation spec of an actor that may be restarted."""
@@ -289,15 +345,17 @@ class ClusterLink:
             self.gcs.remove_actor_name(name, actor_id)
 
     def actor_address(self, actor_id: str) -> str | None:
-        state, where = self.actor_location(actor_id)
-        return where if state == "alive" else None
+        """The address of the node a live actor is on."""
+        record = self.gcs.actor(actor_id)
+        return record.get("address") if record and record.get("state") == "alive" else None
 
     def actor_by_name(self, name: str) -> dict | None:
         record = self.gcs.actor_by_name(name)
         return record if record and record.get("state") == "alive" else None
 
     def nodes(self) -> list[dict]:
-        return self.gcs.nodes(self.heartbeat_timeout_s)
+        """The nodes of the cluster (drivers' light nodes are not listed: they run no work)."""
+        return [n for n in self.gcs.nodes(self.heartbeat_timeout_s) if not n.get("driver")]
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -309,26 +367,40 @@ class ClusterLink:
 
 
 class ClusterNode:
-    """A node of a cluster: worker pool, gRPC service on `host:port`, record and heartbeats in the GCS."""
+    """A node of a cluster: worker pool, gRPC service on `host:port`, record and heartbeats in the GCS.
+
+    With `driver=True` it is a driver's light node (as a Ray driver attaches to
+    its local raylet): no workers, never a placement target, but the owner of
+    everything the driver submits and puts. The driver's objects live in its
+    own process, so it shares the fate of no other node: when one dies, this
+    node recovers its work there like any other (lineage, retries, actor
+    restarts). Its record gives others `DRIVER_HEARTBEAT_TIMEOUT_S` before they
+    declare it dead, since a busy driver's heartbeat thread can be starved.
+    """
 
     def __init__(self, gcs_url: str, *, token: str, host: str = "127.0.0.1", port: int = 0,
                  num_workers: int | None = None, resources: dict[str, float] | None = None,
                  namespace: str = "default", node_id: str | None = None,
                  heartbeat_s: float = HEARTBEAT_S, heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
-                 tls: TlsFiles | None = None):
+                 tls: TlsFiles | None = None, driver: bool = False):
         if heartbeat_timeout_s <= heartbeat_s:
             raise ValueError(f"heartbeat_timeout_s ({heartbeat_timeout_s}) must be longer than heartbeat_s "
                              f"({heartbeat_s}), or live nodes would be declared dead")
-        self.node_id = node_id or f"node-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        kind = "driver" if driver else "node"
+        self.node_id = node_id or f"{kind}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.heartbeat_s, self.heartbeat_timeout_s = heartbeat_s, heartbeat_timeout_s
         keys = ClusterKeys.from_token(token)
         self.gcs = RedisGcs(gcs_url, namespace, keys=keys)
         self._server, bound = serve(self._handle, self._export, keys=keys, host=host, port=port, tls=tls)
         self.address = f"{host}:{bound}"
-        self.link = ClusterLink(self.gcs, self.address, self.node_id, keys, heartbeat_timeout_s, tls)
-        self.node = Node(num_workers or os.cpu_count() or 1, resources, node_id=self.node_id, cluster=self.link)
+        self.link = ClusterLink(self.gcs, self.address, self.node_id, keys, heartbeat_timeout_s, tls,
+                                driver=driver)
+        workers = 0 if driver else max(1, num_workers or os.cpu_count() or 1)
+        self.node = Node(workers, resources, node_id=self.node_id, cluster=self.link)
         self._record = {"node_id": self.node_id, "address": self.address, "resources": self.node.resources,
-                        "pid": os.getpid(), "heartbeat_timeout_s": heartbeat_timeout_s}
+                        "pid": os.getpid(), "driver": driver,
+                        "heartbeat_timeout_s": max(heartbeat_timeout_s, DRIVER_HEARTBEAT_TIMEOUT_S) if driver
+                        else heartbeat_timeout_s}
         self.gcs.register_node(self._record)
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="ringwatch-heartbeat", daemon=True)
@@ -410,8 +482,9 @@ class ClusterNode:
         if self._stop.is_set():
             return
         self._stop.set()
-        try:
+        try:  # gone is gone: the others recover what they had here, as after a death
             self.gcs.remove_node(self.node_id)
+            self.gcs.publish({"type": "node_dead", "node_id": self.node_id, "address": self.address})
         except Exception as exc:
             logger.warning("could not remove node %s from the GCS: %s", self.node_id, exc)
         self._server.stop(grace=1)
@@ -446,88 +519,22 @@ def follow_node_deaths(gcs: RedisGcs, stop: threading.Event, on_node_dead: Any, 
             stop.wait(retry_s)
 
 
-class RemoteBackend:
-    """A driver's view of the cluster: requests go over gRPC to one node (its entry point).
+def join_as_driver(address: str, *, token: str | None, namespace: str = "default", host: str = "127.0.0.1",
+                   tls: TlsFiles | None = None) -> ClusterNode:
+    """Join the cluster whose GCS is at `address` (redis://...) as a driver: start its light node.
 
-    Requests that need no answer are batched and sent in order ahead of the next
-    request that does, so a burst of submissions costs one round trip.
-    """
-
-    pack_threshold = 2**62  # values travel inline; the receiving node lays large ones into shared memory
-
-    def __init__(self, gcs: RedisGcs, client: NodeClient):
-        self.gcs = gcs
-        self.client = client
-        self._pending: list[tuple[str, tuple]] = []
-        self._lock = threading.Lock()
-        self._flushing = threading.Lock()
-        self._closed = threading.Event()
-        self._flusher = threading.Thread(target=self._flush_periodically, name="ringwatch-driver-flush", daemon=True)
-        self._flusher.start()
-        self._events = threading.Thread(target=follow_node_deaths, name="ringwatch-driver-events", daemon=True,
-                                        args=(gcs, self._closed, self._node_died, HEARTBEAT_S))
-        self._events.start()
-
-    def _node_died(self, node_id: str, address: str) -> None:
-        if address == self.client.address:
-            logger.error("node %s, through which this driver joined the cluster, is dead: the objects and "
-                         "actors it owned are lost; call init(address=...) again to rejoin", node_id)
-        else:
-            logger.warning("node %s (%s) is dead; the cluster recovers its work", node_id, address)
-
-    def post(self, method: str, args: tuple) -> None:
-        with self._lock:
-            self._pending.append((method, args))
-
-    def call(self, method: str, *args: Any) -> Any:
-        self.flush()
-        if method == "nodes":
-            return self.gcs.nodes(HEARTBEAT_TIMEOUT_S)
-        if method == "kv":  # the driver has the GCS itself: no round trip through its node
-            return kv_request(self.gcs, *args)
-        return self.client.call(method, *args)
-
-    def flush(self) -> None:
-        with self._flushing:
-            with self._lock:
-                batch, self._pending = self._pending, []
-            if batch:
-                self.client.call("batch", batch)
-
-    def _flush_periodically(self) -> None:
-        while not self._closed.wait(0.005):
-            try:
-                self.flush()
-            except Exception as exc:  # the node is away: the next call reports it to the caller
-                logger.warning("driver could not reach its node: %s", exc)
-
-    def close(self) -> None:
-        self._closed.set()
-        try:
-            self.flush()
-        finally:
-            self._events.join(timeout=5)  # it reads the GCS connection closed next
-            self.client.close()
-            self.gcs.close()
-
-
-def connect_driver(address: str, *, token: str | None, namespace: str = "default",
-                   tls: TlsFiles | None = None) -> RemoteBackend:
-    """Join the cluster whose GCS is at `address` (redis://...) as a driver.
-
-    Only node records sealed with the token are considered, and calls to the
-    entry node are signed for it: a node someone else advertised in the GCS is
-    never dialled. TLS files default to RINGWATCH_TLS_CERT/KEY/CA.
+    Only node records sealed with the token count, and every call is signed for
+    it. TLS files default to RINGWATCH_TLS_CERT/KEY/CA.
     """
     token = token or os.environ.get("RINGWATCH_TOKEN")
     if not token:
-        raise ValueError("joining a cluster needs its token: pass token=... or set RINGWATCH_TOKEN")
-    keys = ClusterKeys.from_token(token)
-    tls = tls or TlsFiles.from_env()
-    gcs = RedisGcs(address, namespace, keys=keys)
-    live = [n for n in gcs.nodes(HEARTBEAT_TIMEOUT_S) if n["alive"]]
-    if not live:
+        raise TokenMissingError("joining a cluster needs its token: pass token=... or set RINGWATCH_TOKEN")
+    gcs = RedisGcs(address, namespace, keys=ClusterKeys.from_token(token))
+    try:
+        live = [n for n in gcs.nodes(HEARTBEAT_TIMEOUT_S) if n["alive"] and not n.get("driver")]
+    finally:
         gcs.close()
-        raise ConnectionError(f"no live ringwatch node is registered in the GCS at {address}")
-    entry = min(live, key=lambda n: n.get("queued", 0))
-    return RemoteBackend(gcs, NodeClient(entry["address"], keys, tls=tls))
+    if not live:
+        raise NodeUnavailableError(f"no live ringwatch node is registered in the GCS at {address}")
+    return ClusterNode(address, token=token, host=host, namespace=namespace, driver=True,
+                       tls=tls or TlsFiles.from_env())

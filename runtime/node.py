@@ -29,6 +29,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from .actor_manager import ActorManager
+from .direct import DirectClients
+from .direct_calls import DirectCalls
 from .errors import GetTimeoutError, NodeStoppedError, ObjectLostError, ResourceUnavailableError
 from .functions import FunctionTable
 from .gcs import InMemoryGcs, kv_request
@@ -55,7 +57,7 @@ class Node:
     def __init__(self, num_workers: int, resources: dict[str, float] | None = None, *, node_id: str = "local",
                  log_level: int = logging.WARNING, cluster: Any = None):
         self.node_id = node_id
-        self.num_workers = max(1, num_workers)
+        self.num_workers = num_workers  # 0 for a driver's light node, which places everything elsewhere
         self.resources = {"CPU": float(self.num_workers), **(resources or {})}
         self._cluster = cluster  # a ClusterLink when this node is part of a multi-node cluster
         self._events: deque = deque()
@@ -67,18 +69,24 @@ class Node:
         self.stats = {"tasks_done": 0}
         self._functions = FunctionTable(*((cluster.function_code, cluster.function_registered) if cluster else ()))
         self._objects = ObjectTable(cluster, self._after)
-        self._pool = WorkerPool(node_id, log_level, self.post, self._functions, self._objects)
+        direct = cluster.direct_settings() if cluster is not None else None
+        self._pool = WorkerPool(node_id, log_level, self.post, self._functions, self._objects, direct)
         self._scheduler = Scheduler(self._pool, self._objects, self.resources, self.num_workers, self._finish,
                                     self._is_running)
         self._actors = ActorManager(self._pool, self._objects, self._finish, cluster, self._is_running)
         self._router: Router | None = None
         self._recovery: Recovery | None = None
+        self._direct: DirectCalls | None = None
+        self._clients: DirectClients | None = None
         self._kv = cluster.gcs if cluster is not None else InMemoryGcs()  # what `rt.kv_*` reads and writes
         if cluster is not None:
             cluster.attach(self.post, self._functions.code_of, self.resources)
-            self._router = Router(cluster, self._objects, self._actors.__contains__, self._scheduler.queued,
-                                  self._dispatch, self._finish, self._after)
-            self._recovery = Recovery(cluster, self._objects, self._router, self._submit, self._dispatch,
+            self._clients = DirectClients(direct.key, self.post, direct.client_tls())
+            self._direct = DirectCalls(cluster, self._objects, self._clients, self._actors.__contains__,
+                                       self._dispatch, self._finish, self._after)
+            self._router = Router(cluster, self._objects, self._direct, self._actors.__contains__,
+                                  self._scheduler.queued, self._dispatch, self._finish)
+            self._recovery = Recovery(cluster, self._objects, self._direct, self._submit, self._dispatch,
                                       self._finish)
         self._ops: dict[str, Callable[..., None]] = {
             name[len("_op_"):]: getattr(self, name) for name in dir(self) if name.startswith("_op_")}
@@ -132,6 +140,8 @@ class Node:
         self.post("stop", ())
         self._thread.join(timeout=10)
         self._pool.shutdown()
+        if self._clients is not None:
+            self._clients.close()
         self._objects.free_all()
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -178,6 +188,8 @@ class Node:
         while self._timers and self._timers[0][0] <= now:
             heapq.heappop(self._timers)[2]()
         self._actors.feed()
+        if self._direct is not None:
+            self._direct.send_ready()
         self._scheduler.schedule()
 
     def _handle(self, method: str, args: tuple, reply: Reply | None) -> None:
@@ -201,8 +213,8 @@ class Node:
 
     def _submit(self, spec: TaskSpec) -> None:
         self._objects.entry(spec.task_id).spec = spec
-        if spec.forwarded_by:
-            self._objects.hold(spec.task_id)  # the forwarding node holds it until it has fetched the result
+        if spec.forwarded_by:  # kept for the forwarding node until it has the result
+            self._objects.hold_for(spec.task_id, spec.forwarded_by)
         if spec.code is not None:  # sent along with the first call of a function forwarded here
             self._functions.add(spec.function_id, spec.code)
             spec.code = None
@@ -228,7 +240,11 @@ class Node:
         entry = self._objects.finish(result.task_id, result.blob, result.error, result.contained)
         if entry is None:
             return
+        if self._router is not None:
+            self._router.settled(result.task_id)
         spec = entry.spec
+        if spec is not None and spec.kind == ACTOR_CREATE and entry.remote is not None:
+            self._direct.created(spec.actor_id, result.blob)  # made elsewhere: its calls can go straight there
         if spec is not None and spec.forwarded_by and spec.forwarded_by != self._cluster.address:
             self._report_to_forwarder(spec, entry)
         if spec is not None:
@@ -241,14 +257,20 @@ class Node:
 
         Small values and errors travel with the news, and this node's copy goes;
         a large value stays here, held for the forwarder, until someone needs it
-        there (or a task that needs it is placed here).
+        there (or a task that needs it is placed here). Nothing is kept for a
+        forwarder that is gone.
         """
-        if entry.blob is not None and entry.blob.size > SHARED_THRESHOLD:
-            self._cluster.send(spec.forwarded_by, "held_elsewhere", spec.task_id, self._cluster.address)
+        gone = self._recovery.is_gone(spec.forwarded_by)
+        if not gone and entry.blob is not None and entry.blob.size > SHARED_THRESHOLD:
+            self._cluster.send(spec.forwarded_by, "held_elsewhere", spec.task_id, self._cluster.address,
+                               entry.blob.size)
             return
-        self._cluster.send(spec.forwarded_by, "result", spec.task_id,
-                           None if entry.blob is None else to_wire(entry.blob), entry.error)
-        entry.holders -= 1  # the forwarder's hold; `settle` frees the entry once nobody waits for it
+        if not gone:
+            self._cluster.send(spec.forwarded_by, "result", spec.task_id,
+                               None if entry.blob is None else to_wire(entry.blob), entry.error)
+        if entry.held_for is not None:  # the forwarder's hold; `settle` frees the entry once nobody waits for it
+            entry.holders -= 1
+            entry.held_for = None
 
     # ---- requests: objects -------------------------------------------------------------------
 
@@ -261,6 +283,9 @@ class Node:
 
     def _op_release(self, reply: Reply, object_id: str) -> None:
         self._objects.release(object_id)
+
+    def _op_release_held(self, reply: Reply, object_id: str) -> None:
+        self._objects.release_held(object_id)
 
     def _op_register_function(self, reply: Reply, function_id: str, code: bytes) -> None:
         self._functions.register(function_id, code)
@@ -287,8 +312,17 @@ class Node:
         entry = self._objects.find(object_id)
         if entry is None or entry.ready or entry.spec is None:
             reply(True, False)
-            return
-        reply(True, self._scheduler.cancel(entry.spec) or self._actors.cancel(entry.spec))
+        elif self._scheduler.cancel(entry.spec) or self._actors.cancel(entry.spec) \
+                or (self._router is not None and self._router.cancel(entry.spec)):
+            reply(True, True)
+        elif entry.remote is not None:  # sent to another node: it cancels it there and sends the error back
+            self._cluster.ask(entry.remote, "cancel", object_id, then=reply)
+        else:
+            reply(True, False)
+
+    def _op_answered(self, reply: Reply, then: Reply, ok: bool, answer: Any) -> None:
+        """The answer to a question this node asked another node (`ClusterLink.ask`)."""
+        then(ok, answer)
 
     def _op_object_count(self, reply: Reply) -> None:
         reply(True, {"objects": len(self._objects), "functions": len(self._functions),
@@ -352,12 +386,12 @@ class Node:
         reply(True, None)
         self._op_remote_ready(_ignore, object_id, None if blob is None else from_wire(blob), error)
 
-    def _op_held_elsewhere(self, reply: Reply, object_id: str, address: str) -> None:
+    def _op_held_elsewhere(self, reply: Reply, object_id: str, address: str, size: int) -> None:
         """A large value another node made for this one is ready there; it moves only when needed here."""
         reply(True, None)
-        entry = self._objects.held_elsewhere(object_id, address)
+        entry = self._objects.held_elsewhere(object_id, address, size)
         if entry is None:
-            self._cluster.send(address, "release", object_id)
+            self._cluster.send(address, "release_held", object_id)
             return
         if entry.spec is not None and entry.spec.kind == TASK:
             self._cluster.record_lineage(object_id, entry.spec)  # to re-make it if `address` dies
@@ -366,8 +400,30 @@ class Node:
     def _op_node_dead(self, reply: Reply, node_id: str, address: str, declared_here: bool) -> None:
         self._recovery.node_dead(node_id, address, declared_here)
 
-    def _op_delivered(self, reply: Reply, object_id: str) -> None:
-        self._recovery.delivered(object_id)
+    def _op_locate(self, reply: Reply, locations: dict[str, str]) -> None:
+        """Refs inside a direct call's arguments: fetch each from the node that has it."""
+        for object_id, address in locations.items():
+            self._objects.fetch_if_missing(object_id, address)
+
+    def _op_keep(self, reply: Reply, object_id: str, blob: Blob, contained: tuple[str, ...], owner: str) -> None:
+        """A large result of a direct call, made by a worker here: kept for the caller's node until it lets go."""
+        entry = self._objects.finish(object_id, blob, None, tuple(contained))
+        if entry is not None:
+            if not self._recovery.is_gone(owner):
+                self._objects.hold_for(object_id, owner)
+            self._objects.settle(object_id, entry)
+        reply(True, self._cluster.address)
+
+    def _op_direct_reply(self, reply: Reply, worker: str, message: tuple) -> None:
+        self._direct.reply(worker, message)
+
+    def _op_direct_lost(self, reply: Reply, worker: str, reason: str, refused: bool) -> None:
+        self._direct.lost(worker, reason, refused)
+
+    def _op_actor_checkpointed(self, reply: Reply, actor_id: str, checkpoint_id: str) -> None:
+        """An actor's worker wrote a checkpoint: recorded (in the GCS too) before the covered result goes."""
+        self._actors.checkpointed(actor_id, checkpoint_id)
+        reply(True, None)
 
     def _op_forward_failed(self, reply: Reply, spec: TaskSpec, address: str, error: Exception) -> None:
         self._recovery.forward_failed(spec, address, error)
@@ -394,8 +450,8 @@ class Node:
             if method == "get":
                 method = "get_for_worker"
             self._handle(method, args, self._reply_to_worker(worker, request_id))
-        elif kind == "checkpointed":
-            self._actors.checkpointed(worker, message[1])
+        elif kind == "refs":
+            self._apply_ref_changes(message[1], message[2])
         elif kind == "requeue":
             self._scheduler.requeue(worker, message[1])
 

@@ -40,7 +40,9 @@ class ObjectEntry:
     waiters: list[Callable[[], None]] = field(default_factory=list)
     remote: str | None = None  # address of the node that makes or holds it, when not this one
     held_at: str | None = None  # ready, but the value stays on that node until someone here needs it
+    size: int = 0  # bytes of the value held at `held_at`
     copy_at: str | None = None  # a node keeping a copy for this one until this entry is freed
+    held_for: str | None = None  # the node that forwarded the call making it, holding it until it has the value
     delivered: bool = False  # an actor call forwarded to `remote` has reached it
     fetching: bool = False
 
@@ -111,9 +113,14 @@ class ObjectTable:
         return self.value_of(object_id)
 
     def location_of(self, object_id: str) -> str:
-        """Address of a node that has (or will have) the value: the one that makes it, else this one."""
+        """Address of a node to fetch the value from: the one keeping it for this node, else this one.
+
+        Not the node still making it: that node lets its copy go once it has sent it here.
+        """
         entry = self._entries.get(object_id)
-        return entry.remote if entry is not None and entry.remote else self._transfers.address
+        if entry is not None and entry.ready and entry.held_at is not None:
+            return entry.held_at
+        return self._transfers.address
 
     def shared_bytes(self) -> int:
         return sum(e.blob.size for e in self._entries.values() if e.blob and e.blob.shared)
@@ -128,6 +135,18 @@ class ObjectTable:
         if entry is not None:
             entry.holders -= 1
             self._free_if_unused(object_id, entry)
+
+    def hold_for(self, object_id: str, address: str) -> None:
+        """Keep the object for the node at `address` (which forwarded the call that makes it)."""
+        self.hold(object_id)
+        self._entries[object_id].held_for = address
+
+    def release_held(self, object_id: str) -> None:
+        """The node the object was kept for has its value, or no longer wants it."""
+        entry = self._entries.get(object_id)
+        if entry is not None and entry.held_for is not None:
+            entry.held_for = None
+            self.release(object_id)
 
     def pin(self, object_id: str) -> None:
         self.entry(object_id).pins += 1
@@ -146,7 +165,7 @@ class ObjectTable:
             free(entry.blob)
         if self._transfers is not None:
             if entry.copy_at is not None:
-                self._transfers.send(entry.copy_at, "release", object_id)
+                self._transfers.send(entry.copy_at, "release_held", object_id)
             self._transfers.object_freed(object_id, entry.remote)
         for inner in entry.contained:
             self.unpin(inner)
@@ -193,7 +212,7 @@ class ObjectTable:
         self._free_if_unused(object_id, entry)
         return True
 
-    def held_elsewhere(self, object_id: str, address: str) -> ObjectEntry | None:
+    def held_elsewhere(self, object_id: str, address: str, size: int) -> ObjectEntry | None:
         """A value made for this node is ready on `address` and stays there until needed here.
 
         None when nobody here wants it any more (the caller tells `address` to let it go).
@@ -202,6 +221,7 @@ class ObjectTable:
         if entry is None or entry.ready:
             return None
         entry.held_at = entry.copy_at = address
+        entry.size = size
         return entry
 
     def _arrived(self, object_id: str, entry: ObjectEntry) -> None:

@@ -15,7 +15,6 @@ with `serve` (or `rpc.SignedServer` with `keys.calls`), dial with `NodeClient`
 
 from __future__ import annotations
 
-import hmac
 import logging
 import pickle
 import time
@@ -33,13 +32,6 @@ from .tls import TlsFiles
 logger = logging.getLogger(__name__)
 
 SERVICE = "ringwatch.Node"
-TOKEN_HEADER = "x-ringwatch-token"  # the query service's bearer token (until it signs calls too)
-
-
-def authorized(context: grpc.ServicerContext, token: str) -> bool:
-    """True when the call carries `token` in TOKEN_HEADER (compared in constant time); check before parsing."""
-    sent = dict(context.invocation_metadata()).get(TOKEN_HEADER, "")
-    return hmac.compare_digest(sent.encode(), token.encode())
 
 
 def serve(handler: Callable[[str, tuple], Any], fetch: Callable[[str], bytes], *, keys: ClusterKeys,

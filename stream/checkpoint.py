@@ -18,9 +18,17 @@ seen already, and they deliver none of them twice.
 Where the record lives depends on where the GCS lives (`CheckpointStore` is the
 one seam, two implementations): with a local runtime the GCS is in the
 engine's process and dies with it, so records are files under `--state-dir`
-(`FileCheckpointStore`); on a cluster they live in the GCS (`GcsCheckpointStore`).
-A record is written whole or not at all; a damaged newest record leaves the
-one before it.
+(`FileCheckpointStore`); on a cluster they live in the GCS key-value table,
+shared by every engine of the consumer group (`GcsCheckpointStore`). A record
+is written whole or not at all; a damaged newest record leaves the one before.
+
+Engines of one group share the shards, so a record must cover all of them:
+each engine `publish`es its progress before it checkpoints the shards, and the
+record carries every engine's latest published progress (`group_progress`).
+Whatever an engine published was applied to the shards before it published,
+so the shard checkpoints taken afterwards hold it. The published low
+watermarks also bound eviction on shared shards: no engine evicts what
+another's partitions may still need.
 """
 
 from __future__ import annotations
@@ -125,6 +133,15 @@ class Checkpoint:
         )
 
 
+class KeyValue(Protocol):
+    """The GCS key-value table as `ringwatch.runtime` (or a `RedisGcs`) offers it."""
+
+    def kv_get(self, key: str) -> bytes | None: ...
+    def kv_put(self, key: str, value: bytes, *, overwrite: bool = True, ttl_s: float | None = None) -> bool: ...
+    def kv_delete(self, key: str) -> bool: ...
+    def kv_keys(self, prefix: str = "") -> list[str]: ...
+
+
 class CheckpointStore(Protocol):
     """Where a consumer group's aligned checkpoint records live."""
 
@@ -140,6 +157,14 @@ class CheckpointStore(Protocol):
         """The records kept, oldest first (for `ringwatch status`)."""
         ...
 
+    def publish(self, engine_id: str, progress: EngineProgress) -> None:
+        """Tell the group how far this engine has applied its partitions (before checkpointing shards)."""
+        ...
+
+    def group_progress(self) -> dict[str, EngineProgress]:
+        """The latest progress published by each live engine of the group (this one included)."""
+        ...
+
 
 class FileCheckpointStore:
     """Records as JSON files `<epoch>.checkpoint.json` under `state_dir/checkpoints`, newest `keep` kept.
@@ -152,6 +177,7 @@ class FileCheckpointStore:
         self.root = Path(state_dir) / "checkpoints"
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep = keep
+        self._published: dict[str, EngineProgress] = {}  # one engine per state_dir: its own progress only
 
     def _path(self, epoch: int) -> Path:
         return self.root / f"{epoch:012d}{RECORD_SUFFIX}"
@@ -184,3 +210,85 @@ class FileCheckpointStore:
         for old in (epochs + [checkpoint.epoch])[: -self.keep]:
             self._path(old).unlink(missing_ok=True)
         return checkpoint
+
+    def publish(self, engine_id: str, progress: EngineProgress) -> None:
+        self._published = {engine_id: progress}
+
+    def group_progress(self) -> dict[str, EngineProgress]:
+        return dict(self._published)
+
+
+class GcsCheckpointStore:
+    """Records of consumer group `group` in the cluster's GCS key-value table (`ringwatch.runtime.kv_*`).
+
+    Keys: `ringwatch/engines/<group>/checkpoints/<epoch>` (the records, newest
+    `keep` kept) and `ringwatch/engines/<group>/progress/<engine id>` (each
+    engine's latest progress; it expires `progress_ttl_s` after the engine
+    last published, so an engine that is gone stops holding eviction back).
+    Epochs are claimed with an atomic put, so two engines never write the same
+    epoch. Values are sealed by the runtime like every GCS record. `kv` is
+    anything with the runtime's `kv_get/kv_put/kv_delete/kv_keys` (default: the
+    runtime this process joined; tools pass a `RedisGcs`).
+    """
+
+    def __init__(self, group: str, keep: int = 2, progress_ttl_s: float = 60.0, kv: KeyValue | None = None):
+        if kv is None:
+            from ringwatch import runtime as kv
+        self._rt = kv
+        self.group = group
+        self.keep = keep
+        self.progress_ttl_s = progress_ttl_s
+        self._prefix = f"ringwatch/engines/{group}/"
+
+    def _record_key(self, epoch: int) -> str:
+        return f"{self._prefix}checkpoints/{epoch:012d}"
+
+    def _epochs(self) -> list[int]:
+        keys = self._rt.kv_keys(f"{self._prefix}checkpoints/")
+        return sorted(int(key.rsplit("/", 1)[1]) for key in keys if key.rsplit("/", 1)[1].isdigit())
+
+    def _read(self, epoch: int) -> Checkpoint | None:
+        raw = self._rt.kv_get(self._record_key(epoch))
+        if raw is None:
+            return None
+        try:
+            return Checkpoint.from_json(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("checkpoint record %s is not usable (%s); trying an older one", self._record_key(epoch),
+                           exc)
+            return None
+
+    def latest(self) -> Checkpoint | None:
+        for epoch in reversed(self._epochs()):
+            checkpoint = self._read(epoch)
+            if checkpoint is not None:
+                return checkpoint
+        return None
+
+    def history(self) -> list[Checkpoint]:
+        return [c for c in map(self._read, self._epochs()) if c is not None]
+
+    def save(self, checkpoint: Checkpoint) -> Checkpoint:
+        epochs = self._epochs()
+        epoch = (epochs[-1] if epochs else 0) + 1
+        checkpoint.created_at = checkpoint.created_at or time.time()
+        while True:
+            checkpoint.epoch = epoch
+            if self._rt.kv_put(self._record_key(epoch), checkpoint.to_json().encode(), overwrite=False):
+                break
+            epoch += 1  # another engine of the group took this epoch a moment ago
+        for old in [e for e in epochs if e < epoch][: -(self.keep - 1) or None]:
+            self._rt.kv_delete(self._record_key(old))
+        return checkpoint
+
+    def publish(self, engine_id: str, progress: EngineProgress) -> None:
+        self._rt.kv_put(f"{self._prefix}progress/{engine_id}", json.dumps(progress.to_dict()).encode(),
+                        ttl_s=self.progress_ttl_s)
+
+    def group_progress(self) -> dict[str, EngineProgress]:
+        found = {}
+        for key in self._rt.kv_keys(f"{self._prefix}progress/"):
+            raw = self._rt.kv_get(key)
+            if raw is not None:
+                found[key[len(f"{self._prefix}progress/"):]] = EngineProgress.from_dict(json.loads(raw))
+        return found

@@ -40,7 +40,12 @@ ENV_PREFIX = "RINGWATCH_"
 # tests. `run` accepts them; any other RINGWATCH_* variable is refused, to catch typos. Listed in
 # docs/configuration.md; a test checks that every RINGWATCH_* name the docs mention is accepted.
 OTHER_ENVIRONMENT = {
-    "RINGWATCH_TOKEN": "the cluster token: runtime nodes, drivers and query clients (or --token-file)",
+    "RINGWATCH_TOKEN": "the cluster token: runtime nodes and drivers (or --token-file); never sent anywhere",
+    "RINGWATCH_QUERY_TOKEN": "the read-only query token the query service checks and query clients sign with "
+                             "(or service.query_token_file / --token-file); default: derived from RINGWATCH_TOKEN",
+    "RINGWATCH_TLS_CERT": "certificate for node gRPC with TLS: drivers such as `run --address` (nodes: --tls-cert)",
+    "RINGWATCH_TLS_KEY": "its private key (nodes: --tls-key)",
+    "RINGWATCH_TLS_CA": "the CA every certificate of the cluster is signed by (nodes: --tls-ca)",
     "RINGWATCH_CHECKPOINT_URI": "where actor checkpoints are written (file:///shared/dir or redis://...); every "
                                 "node must reach it",
     "RINGWATCH_LINEAGE": "0 turns the runtime's lineage recording off (lost objects cannot be rebuilt); for "
@@ -160,12 +165,16 @@ class SinksConfig:
 class ServiceConfig:
     """Network endpoints of the running engine."""
 
-    query_port: int = _setting(0, "port of the gRPC query service (0 = off); clients must send the token",
-                               kind="int")
+    query_port: int = _setting(0, "port of the gRPC query service (0 = off); clients sign calls with the query "
+                               "token", kind="int")
     query_host: str = _setting("127.0.0.1", "interface the query service listens on (127.0.0.1: this machine "
                                "only)")
-    query_token_file: str = _setting("", "file holding the token query clients must send (default: "
-                                     "RINGWATCH_TOKEN)")
+    query_token_file: str = _setting("", "file holding the read-only query token clients sign with (default: "
+                                     "RINGWATCH_QUERY_TOKEN, else derived from RINGWATCH_TOKEN)")
+    query_tls_cert: str = _setting("", "TLS certificate of the query service (with query_tls_key and query_tls_ca: "
+                                   "clients must present a certificate from that CA)")
+    query_tls_key: str = _setting("", "private key of query_tls_cert")
+    query_tls_ca: str = _setting("", "CA that signs the query clients' certificates (and the service's)")
     query_alerts_kept: int = _setting(100_000, "newest alerts the alert history keeps for alert queries (on disk, "
                                       "state_dir/alert-history.sqlite3; survives restarts)", kind="int")
     metrics_port: int = _setting(0, "Prometheus metrics on this port (0 = off)", kind="int")

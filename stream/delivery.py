@@ -34,12 +34,16 @@ class DeliveryError(RuntimeError):
 
 
 class AlertDelivery:
-    """Hands alert batches to `sinks` on a background thread; `on_delivered(alerts)` runs after each batch."""
+    """Hands alert batches to `sinks` on a background thread.
 
-    def __init__(self, sinks: Mapping[str, Sink], on_delivered: Callable[[list[Alert]], None] | None = None):
+    `select(alerts)`, if given, runs first on the delivery thread and returns
+    the alerts this engine is to deliver (the claims of a shared graph).
+    """
+
+    def __init__(self, sinks: Mapping[str, Sink], select: Callable[[list[Alert]], list[Alert]] | None = None):
         self.sinks = dict(sinks)
         self.handed: Counter[str] = Counter()
-        self._on_delivered = on_delivered
+        self._select = select
         self._queue: queue.Queue = queue.Queue(MAX_QUEUED_BATCHES)
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="ringwatch-delivery", daemon=True)
@@ -80,8 +84,10 @@ class AlertDelivery:
                 self._queue.task_done()
 
     def _deliver(self, alerts: list[Alert]) -> None:
+        if self._select is not None:
+            alerts = self._select(alerts)
+        if not alerts:
+            return
         for name, sink in self.sinks.items():
             sink.deliver(alerts)
             self.handed[name] += len(alerts)
-        if self._on_delivered is not None:
-            self._on_delivered(alerts)

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -65,9 +64,19 @@ from ringwatch.connectors import (
 )
 from ringwatch.graph import Alert, SearchOptions, ShardSet
 from ringwatch.runtime.checkpoints import default_uri
-from ringwatch.runtime.cli import TokenMissingError, read_token
+from ringwatch.runtime.cli import read_query_token
+from ringwatch.runtime.errors import TokenMissingError
+from ringwatch.runtime.tls import TlsConfigError, TlsFiles
 
-from .checkpoint import Checkpoint, CheckpointError, CheckpointStore, EngineProgress, FileCheckpointStore
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointStore,
+    EngineProgress,
+    FileCheckpointStore,
+    GcsCheckpointStore,
+)
+from .claims import AlertClaims
 from .config import Config, ConfigError, describe, dump_sections
 from .delivery import AlertDelivery
 from .event_time import EventClock, reason_category
@@ -87,6 +96,8 @@ SINK_FLUSH_TIMEOUT_S = 30.0
 SHARD_RESTART_WAIT_S = 30.0  # after a failed graph call: how long to look for the shard restart behind it
 THROUGHPUT_WINDOW_S = 10.0  # `stats().throughput_tx_s` is measured over this much recent time
 LATENCY_SAMPLE = 1_000  # latency percentiles in `stats()` are over this many recent alerts
+PROGRESS_TTL_INTERVALS = 12  # an engine's published progress expires after this many checkpoint intervals
+CLAIM_MIN_TTL_MS = 60_000
 EVICT_SLICES = 16  # evict when the horizon has moved 1/16 of the window: each eviction is a pass over the shards
 
 
@@ -105,8 +116,11 @@ class Engine:
 
     def __init__(self, config: Config, *, source_factory: SourceFactory | None = None):
         self.config = config.validate()
-        self.engine_id = f"{socket.gethostname()}-{os.getpid()}"
+        # Stable across restarts (one engine per state directory): a restarted engine owns its alert claims.
+        self.engine_id = f"{socket.gethostname()}:{Path(config.engine.state_dir).resolve()}"
+        self.shared = bool(config.engine.address)  # on a cluster the group's engines share one set of shards
         self._query_token = self._resolve_query_token() if config.service.query_port else ""
+        self._query_tls = self._resolve_query_tls() if config.service.query_port else None
         self._source_factory = source_factory
         self.ready = threading.Event()
         self.query_address: str | None = None
@@ -140,7 +154,9 @@ class Engine:
         self._graph: EngineGraph | None = None
         self._delivery: AlertDelivery | None = None
         self._sinks: dict[str, Sink] = {}
-        self._store: CheckpointStore = FileCheckpointStore(config.engine.state_dir, config.engine.keep_checkpoints)
+        self._store: CheckpointStore | None = None  # opened once the runtime is up (on a cluster it is the GCS)
+        self._claims: AlertClaims | None = None
+        self._group_low: int | None = None  # lowest low watermark published by the group's engines
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -156,8 +172,13 @@ class Engine:
         metrics_server = None
         query_service = None
         try:
+            self._store = self._open_store()
             self._sinks = self._open_sinks()
-            self._delivery = AlertDelivery(self._sinks)
+            if self.shared:
+                self._claims = AlertClaims(config.source.group, self.engine_id,
+                                           ttl_s=max(config.graph.window + config.time.allowed_lateness,
+                                                     CLAIM_MIN_TTL_MS) / 1000)
+            self._delivery = AlertDelivery(self._sinks, self._claims.ours if self._claims else None)
             self._graph = self._restore()
             self._source = self._open_source()
             self._watch_external_counters()
@@ -166,7 +187,8 @@ class Engine:
                 metrics_server = self.metrics.serve(config.service.metrics_port, config.service.metrics_host)
             if config.service.query_port:
                 query_service = QueryService(QueryHandler(self), token=self._query_token,
-                                             host=config.service.query_host, port=config.service.query_port)
+                                             host=config.service.query_host, port=config.service.query_port,
+                                             tls=self._query_tls)
                 self.query_address = query_service.start().address
             self.ready.set()
             self._loop(stop)
@@ -200,12 +222,21 @@ class Engine:
         return sinks
 
     def _resolve_query_token(self) -> str:
-        """The token query clients must send: the cluster token, from a file or RINGWATCH_TOKEN."""
+        """The read-only query token clients must prove: from a file, RINGWATCH_QUERY_TOKEN, or derived from
+        RINGWATCH_TOKEN (never the cluster token itself)."""
         try:
-            return read_token(self.config.service.query_token_file or None)
+            return read_query_token(self.config.service.query_token_file or None)
         except (TokenMissingError, OSError) as exc:
-            raise ConfigError(f"service.query_port: the query service needs a token ({exc}); "
-                              "set RINGWATCH_TOKEN or service.query_token_file") from None
+            raise ConfigError(f"service.query_port: the query service needs a query token ({exc}); set "
+                              "RINGWATCH_QUERY_TOKEN, service.query_token_file or RINGWATCH_TOKEN") from None
+
+    def _resolve_query_tls(self) -> TlsFiles | None:
+        service = self.config.service
+        try:
+            return TlsFiles.from_options(service.query_tls_cert, service.query_tls_key, service.query_tls_ca,
+                                         prefix="service.query_tls_")
+        except TlsConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
     def _open_source(self) -> Source:
         if self._source_factory is not None:
@@ -215,6 +246,14 @@ class Engine:
                            dlq_topic=source_config.dlq_topic or None,
                            max_message_bytes=source_config.max_message_bytes, listener=self,
                            settings=self.config.kafka_settings(), mapping=self.config.field_mapping())
+
+    def _open_store(self) -> CheckpointStore:
+        engine_config = self.config.engine
+        if self.shared:
+            return GcsCheckpointStore(self.config.source.group, engine_config.keep_checkpoints,
+                                      progress_ttl_s=max(PROGRESS_TTL_INTERVALS * engine_config.checkpoint_interval,
+                                                         CLAIM_MIN_TTL_MS) / 1000)
+        return FileCheckpointStore(engine_config.state_dir, engine_config.keep_checkpoints)
 
     def _shard_checkpoint_uri(self) -> str:
         """Where shards checkpoint: the cluster's store, or (local runtime) a folder under `state_dir`."""
@@ -226,17 +265,18 @@ class Engine:
         """The graph, from the newest aligned checkpoint if there is one; the clock and positions with it."""
         checkpoint = self._store.latest()
         graph_config = self.config.graph
+        shared_as = f"ringwatch/{self.config.source.group}" if self.shared else None
         if checkpoint is None:
             logger.info("no checkpoint: starting from the group's committed offsets")
             return open_graph(graph_config.shards, self.config.search_options(),
-                              checkpoint_uri=self._shard_checkpoint_uri())
+                              checkpoint_uri=self._shard_checkpoint_uri(), shared_as=shared_as)
         if len(checkpoint.shards) != graph_config.shards:
             raise CheckpointError(
                 f"checkpoint epoch {checkpoint.epoch} holds {len(checkpoint.shards)} shards but graph.shards is "
                 f"{graph_config.shards}; run with the same shard count or a fresh state_dir")
         graph = open_graph(graph_config.shards, self.config.search_options(),
                            checkpoint_uri=self._shard_checkpoint_uri(),
-                           restore=(checkpoint.shards, checkpoint.graph))
+                           restore=(checkpoint.shards, checkpoint.graph), shared_as=shared_as)
         self._take_positions(checkpoint)
         self.transactions = checkpoint.transactions
         self.last_checkpoint = checkpoint
@@ -371,8 +411,8 @@ class Engine:
         warming = {r.transaction.tx_id for r in accepted if self._is_warm_up(r)}
         alerts = [alert for alert in batch.alerts if alert.trigger_tx_id not in warming]
         if alerts:
+            self._note_raised(alerts)  # counted first: what the sinks hold never runs ahead of `alerts_raised`
             self._delivery.put(alerts)
-            self._note_raised(alerts)
         return True
 
     def _shard_restart_behind(self, error: Exception) -> bool:
@@ -387,11 +427,20 @@ class Engine:
         return False
 
     def _advance_time(self) -> None:
-        """Move the low watermark; evict once the horizon has moved a slice of the window."""
+        """Move the low watermark; evict once the horizon has moved a slice of the window.
+
+        On shared shards the horizon is also bounded by the lowest low watermark
+        the group's engines published: what another engine's partitions may
+        still need stays.
+        """
         self._clock.advance()
         horizon = self._clock.eviction_horizon()
         if horizon is None:
             return
+        if self.shared:
+            if self._group_low is None:
+                return
+            horizon = min(horizon, self._group_low - self.config.graph.window - self.config.time.allowed_lateness)
         step = max(self.config.graph.window // EVICT_SLICES, 1)
         if self._evicted_to is None or horizon - self._evicted_to >= step:
             self._graph.evict(horizon)
@@ -439,10 +488,14 @@ class Engine:
             logger.warning("checkpoint skipped reason=%s: a sink did not make its alerts durable in %.0f s",
                            reason, SINK_FLUSH_TIMEOUT_S)
             return None
-        shard_ids, graph_state = self._graph.checkpoint()
         progress = EngineProgress(dict(self._covered), self._clock.watermarks(), self._clock.low_watermark,
                                   self.transactions)
-        checkpoint = self._store.save(Checkpoint(0, {self.engine_id: progress}, shard_ids, graph=graph_state))
+        self._store.publish(self.engine_id, progress)
+        group = self._store.group_progress()  # everything it says is in the shards now: checkpoint them next
+        lows = [p.low_watermark for p in group.values()]
+        self._group_low = None if not lows or None in lows else min(lows)
+        shard_ids, graph_state = self._graph.checkpoint()
+        checkpoint = self._store.save(Checkpoint(0, group, shard_ids, graph=graph_state))
         try:
             self._source.commit({p: offset for p, offset in self._covered.items() if p in self._owned})
         except KafkaConnectorError as exc:  # the checkpoint stands; the next one commits again
@@ -498,17 +551,23 @@ class Engine:
         logger.info("partitions revoked %s", partitions)
 
     def on_assign(self, partitions: list[Partition]) -> None:
-        """Resume each partition where this engine's graph stops; warm up what another owner processed.
+        """Resume each partition where the graph stops; with a graph of its own, warm up what another owner did.
 
-        If the group's committed offset is beyond what our graph holds (another
-        engine owned the partition meanwhile), the records in between are read
-        into the graph as witnesses, but their alerts and dead letters are not
-        sent again: the previous owner sent them before it committed.
+        Shared shards (a cluster) already hold what the previous owner applied:
+        the partition resumes at the group's committed offset. An engine with a
+        graph of its own resumes where that graph stops; if the committed offset
+        is beyond (another engine owned the partition meanwhile), the records in
+        between are read into the graph as witnesses, but their alerts and dead
+        letters are not sent again: the previous owner sent them before it
+        committed.
         """
         with self._lock:
             for partition in partitions:
-                start = self._covered.get(partition, 0)
                 committed = self._source.committed(partition) or 0
+                start = self._covered.get(partition, 0)
+                if self.shared:
+                    start = max(start, committed)
+                    self._covered[partition] = start
                 self._source.seek({partition: start})
                 self._origin.setdefault(partition, start)
                 if committed > start:

@@ -10,12 +10,18 @@ Shards are runtime actors created with the runtime's actor checkpoints
 a live node from its latest checkpoint. `restarted()` tells the engine that
 happened (its state went back to that checkpoint), so the engine rewinds its
 sources to the aligned checkpoint and replays.
+
+On a cluster the shards are named (`shared_as`): every engine of a consumer
+group finds the same shards by name (`ringwatch.runtime.get_actor`), the first
+one creates them, and none kills them when it stops — they belong to the
+group, not to one engine.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 SHARD_MAX_RESTARTS = 1_000  # a shard restarts whenever it is lost; the engine never gives up on one
 CHECKPOINT_TIMEOUT_S = 120.0
+NAMED_SHARD_WAIT_S = 60.0  # how long a named shard someone is creating may take to show up
 
 
 @dataclass
@@ -72,14 +79,14 @@ class DetectorGraph:
     """`RingDetector` over `GraphShard` actors (the graph engine v1 path)."""
 
     def __init__(self, num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
-                 restore: tuple[list[str], dict[str, Any]] | None = None):
+                 restore: tuple[list[str], dict[str, Any]] | None = None, shared_as: str | None = None):
         self.num_shards = num_shards
+        self._owned = shared_as is None
         shard_ids, state = restore or ([], {})
         if shard_ids and len(shard_ids) != num_shards:
             raise ValueError(f"the checkpoint holds {len(shard_ids)} shards, the graph is set to {num_shards}")
-        actor = rt.remote(GraphShard)
-        handles = [actor.options(checkpoint_uri=checkpoint_uri, max_restarts=SHARD_MAX_RESTARTS,
-                                 restore_from=shard_ids[index] if shard_ids else None).remote(index, num_shards)
+        handles = [_shard(index, num_shards, checkpoint_uri, shard_ids[index] if shard_ids else None,
+                          None if shared_as is None else f"{shared_as}/shard-{index}-of-{num_shards}")
                    for index in range(num_shards)]
         self.shards = ActorShards(handles=handles)
         self._detector = RingDetector(self.shards, options, searcher=functools.partial(
@@ -115,10 +122,38 @@ class DetectorGraph:
         return self.shards
 
     def close(self) -> None:
-        self.shards.close()
+        if self._owned:
+            self.shards.close()
+
+
+def _shard(index: int, num_shards: int, checkpoint_uri: str, restore_from: str | None, name: str | None) -> Any:
+    """A `GraphShard` actor: created (from `restore_from`, if given), or found by `name` if it exists."""
+    if name is not None:
+        try:
+            return rt.get_actor(name)
+        except ValueError:
+            pass  # not there yet: create it (another engine may be racing us; the name decides)
+    actor = rt.remote(GraphShard).options(checkpoint_uri=checkpoint_uri, max_restarts=SHARD_MAX_RESTARTS,
+                                          restore_from=restore_from, name=name)
+    handle = actor.remote(index, num_shards)
+    if name is None:
+        return handle
+    deadline = time.monotonic() + NAMED_SHARD_WAIT_S
+    while True:
+        try:
+            return rt.get_actor(name)  # ours, or the one another engine created first
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # the creation is in flight
 
 
 def open_graph(num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
-               restore: tuple[list[str], dict[str, Any]] | None = None) -> EngineGraph:
-    """The engine's graph: `num_shards` shard actors checkpointing to `checkpoint_uri`, optionally restored."""
-    return DetectorGraph(num_shards, options, checkpoint_uri=checkpoint_uri, restore=restore)
+               restore: tuple[list[str], dict[str, Any]] | None = None, shared_as: str | None = None
+               ) -> EngineGraph:
+    """The engine's graph: `num_shards` shard actors checkpointing to `checkpoint_uri`.
+
+    `restore` creates them from a record's shard checkpoints; `shared_as` names
+    them so the engines of a group share them (found if they exist already).
+    """
+    return DetectorGraph(num_shards, options, checkpoint_uri=checkpoint_uri, restore=restore, shared_as=shared_as)

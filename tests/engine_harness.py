@@ -24,7 +24,9 @@ from standardwebhooks import Webhook
 
 from ringwatch.connectors import InjectedRing
 from ringwatch.connectors.kafka_settings import PLAINTEXT, KafkaSettings
-from ringwatch.stream.checkpoint import FileCheckpointStore
+from ringwatch.runtime.auth import ClusterKeys
+from ringwatch.runtime.gcs import RedisGcs
+from ringwatch.stream.checkpoint import Checkpoint, FileCheckpointStore, GcsCheckpointStore
 
 SECRET = "whsec_" + base64.b64encode(b"ringwatch-engine-test-secret-012").decode()
 
@@ -162,6 +164,15 @@ class EngineProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def group_checkpoint(redis_url: str, namespace: str, group: str, token: str) -> Checkpoint | None:
+    """The newest aligned checkpoint of consumer group `group` on a cluster (records live in the GCS)."""
+    gcs = RedisGcs(redis_url, namespace, keys=ClusterKeys.from_token(token))
+    try:
+        return GcsCheckpointStore(group, kv=gcs).latest()
+    finally:
+        gcs.close()
 
 
 def checkpointed_transactions(state_dir: Path) -> int:

@@ -124,7 +124,7 @@ def test_alert_queries_remember_every_alert_after_the_engine_is_killed_and_resta
     args = ["--kafka-bootstrap", kafka_bootstrap, "--topic", unique_name, "--group", f"{unique_name}-g",
             "--state-dir", str(tmp_path / "state"), "--alerts-file", str(tmp_path / "alerts.jsonl"),
             "--query-port", str(port), "--checkpoint-interval", "1s"]
-    env = {"RINGWATCH_TOKEN": token}
+    env = {"RINGWATCH_QUERY_TOKEN": token}
     client = Client(f"127.0.0.1:{port}", token=token)
     try:
         first = EngineProcess(args, tmp_path / "engine-1.log", env=env).start()
@@ -147,6 +147,8 @@ def test_alert_queries_remember_every_alert_after_the_engine_is_killed_and_resta
         produce_transactions(kafka_bootstrap, unique_name, [Transaction("late-1", a, b, 700, last + 60_000),
                                                             Transaction("late-2", b, a, 690, last + 120_000)])
         wait_until(lambda: _consumed(client) == len(stream) + 2, DEADLINE_S, "the two new payments")
+        # Alerts are handed to the sinks (the history among them) while the next batch runs: wait for it.
+        wait_until(lambda: len(client.alerts(limit=10_000)) > len(before), DEADLINE_S, "the new ring's alert")
         newest, *rest = client.alerts(limit=10_000)
         assert newest.trigger_tx_id == "late-2" and [x.alert_id for x in rest] == before
         assert newest.alert_id in client.account(a).alert_ids

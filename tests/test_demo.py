@@ -82,7 +82,7 @@ def test_demo_rate_counts_streaming_time_not_time_spent_serving_queries(tmp_path
     port, token = free_port(), secrets.token_hex(16)
     began = time.monotonic()
     demo = subprocess.Popen([sys.executable, "-m", "ringwatch.stream.cli", "demo", "--out", str(tmp_path), *DEMO,
-                             "--serve", str(port)], env={**os.environ, "RINGWATCH_TOKEN": token},
+                             "--serve", str(port)], env={**os.environ, "RINGWATCH_QUERY_TOKEN": token},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         with Client(f"127.0.0.1:{port}", token=token) as client:

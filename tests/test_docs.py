@@ -45,11 +45,11 @@ def blocks(language: str) -> list[str]:
 def served_demo(tmp_path_factory) -> Iterator[tuple[str, dict[str, str], subprocess.Popen]]:
     """`ringwatch demo --serve PORT`, as the README says, until every payment is in."""
     port, out = free_port(), tmp_path_factory.mktemp("demo")
-    env = {**os.environ, "RINGWATCH_TOKEN": secrets.token_hex(16)}
+    env = {**os.environ, "RINGWATCH_QUERY_TOKEN": secrets.token_hex(16)}
     demo = subprocess.Popen([sys.executable, "-m", "ringwatch.stream.cli", "demo", "--serve", str(port)], cwd=out,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     address = f"127.0.0.1:{port}"
-    with Client(address, token=env["RINGWATCH_TOKEN"]) as client:
+    with Client(address, token=env["RINGWATCH_QUERY_TOKEN"]) as client:
         def consumed() -> bool:
             try:
                 return client.health().transactions == DEMO_TRANSACTIONS
@@ -69,12 +69,12 @@ def test_readme_python_snippets_run_against_the_demo_engine(served_demo):
     address, env, _ = served_demo
     snippets = [code for code in blocks("python") if DOC_ADDRESS in code]
     assert snippets, "the README has no query example"
-    os.environ["RINGWATCH_TOKEN"] = env["RINGWATCH_TOKEN"]
+    os.environ["RINGWATCH_QUERY_TOKEN"] = env["RINGWATCH_QUERY_TOKEN"]
     try:
         for code in snippets:
             exec(compile(code.replace(DOC_ADDRESS, address), "README.md", "exec"), {})
     finally:
-        del os.environ["RINGWATCH_TOKEN"]
+        del os.environ["RINGWATCH_QUERY_TOKEN"]
 
 
 def test_readme_query_commands_run_against_the_demo_engine(served_demo):

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from ringwatch.graph import ExpandRequest, ShardStore
+from engine_harness import wait_until
+from ringwatch.runtime.auth import ClusterKeys
+from ringwatch.runtime.gcs import RedisGcs
 from ringwatch.stream import Checkpoint, EngineProgress, FileCheckpointStore
+from ringwatch.stream.checkpoint import GcsCheckpointStore
 
 EDGES = [("t1", "a", "b", 10.0, 1_000, 0), ("t2", "b", "c", 9.0, 2_000, 1), ("t3", "c", "a", 8.0, 3_000, 2),
          ("t4", "a", "c", 7.0, 4_000, 3)]
@@ -71,3 +77,41 @@ def test_positions_and_watermarks_merge_over_the_engines_of_a_group():
     assert checkpoint.watermarks == {("t", 0): 300, ("t", 1): 200}
     assert checkpoint.transactions == 75
     assert Checkpoint.from_json(checkpoint.to_json()) == checkpoint
+
+
+def test_group_records_in_the_gcs_take_distinct_epochs_and_carry_every_engines_progress(redis_url, unique_name):
+    gcs = RedisGcs(redis_url, unique_name, keys=ClusterKeys.from_token("engine-test-token"))
+    try:
+        first, second = (GcsCheckpointStore("payments", keep=3, kv=gcs) for _ in range(2))
+        assert first.latest() is None
+        first.publish("engine-a", EngineProgress({("t", 0): 10}, {("t", 0): 500}, 500, 10))
+        second.publish("engine-b", EngineProgress({("t", 1): 7}, {("t", 1): 300}, 300, 7))
+        group = first.group_progress()
+        assert sorted(group) == ["engine-a", "engine-b"] and group == second.group_progress()
+        saved = [first.save(Checkpoint(0, group, ["s/1"])), second.save(Checkpoint(0, group, ["s/2"])),
+                 first.save(Checkpoint(0, group, ["s/3"])), second.save(Checkpoint(0, group, ["s/4"]))]
+        assert [c.epoch for c in saved] == [1, 2, 3, 4]
+        assert [c.epoch for c in first.history()] == [2, 3, 4]
+        latest = second.latest()
+        assert latest.shards == ["s/4"] and latest.positions == {("t", 0): 10, ("t", 1): 7}
+        racing = [GcsCheckpointStore("payments", keep=100, kv=gcs) for _ in range(6)]
+        start = threading.Barrier(len(racing))
+        epochs: list[int] = []
+
+        def save(store: GcsCheckpointStore) -> None:
+            start.wait()
+            epochs.append(store.save(Checkpoint(0, group, ["s/race"])).epoch)
+
+        threads = [threading.Thread(target=save, args=(store,)) for store in racing]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(epochs) == list(range(5, 11)), "engines saving at once took the same epoch"
+        short = GcsCheckpointStore("other-group", progress_ttl_s=0.2, kv=gcs)
+        short.publish("engine-c", EngineProgress())
+        wait_until(lambda: short.group_progress() == {}, 30, "the progress of an engine that stopped publishing to "
+                                                              "expire")
+        assert first.group_progress().keys() == {"engine-a", "engine-b"}, "another group's engines are not ours"
+    finally:
+        gcs.close()

@@ -8,7 +8,7 @@ from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
 from ringwatch.runtime.auth import ClusterKeys
 from ringwatch.runtime.gcs import RedisGcs
 
-from engine_harness import EngineProcess, checkpointed_transactions, create_topic, jsonl_ids, wait_until
+from engine_harness import EngineProcess, create_topic, group_checkpoint, jsonl_ids, wait_until
 from runtime_cluster import TOKEN, Cluster
 from services import RedisServer
 
@@ -33,8 +33,14 @@ def test_the_engine_runs_its_shards_on_cluster_nodes(kafka_bootstrap, unique_nam
                                 "--window", "7d", "--address", redis_server.url],
                                tmp_path / "engine.log", env={"RINGWATCH_TOKEN": TOKEN}).start()
 
-        wait_until(lambda: checkpointed_transactions(state_dir) == N_TRANSACTIONS or not engine.alive(), 180,
-                   "a checkpoint covering every produced transaction")
+        group = f"{unique_name}-engine"
+
+        def checkpointed() -> int:
+            checkpoint = group_checkpoint(redis_server.url, "default", group, TOKEN)
+            return checkpoint.transactions if checkpoint else 0
+
+        wait_until(lambda: checkpointed() == N_TRANSACTIONS or not engine.alive(), 180,
+                   "a checkpoint (in the GCS) covering every produced transaction")
         assert engine.alive(), engine.log()
         gcs = RedisGcs(redis_server.url, "default", keys=ClusterKeys.from_token(TOKEN))
         shards = [a for a in gcs.actors() if a.get("class_name") == "GraphShard" and a.get("state") == "alive"]

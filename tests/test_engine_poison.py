@@ -1,5 +1,5 @@
 """Poison input mixed into the stream: every bad message in the dead-letter topic with its reason, the
-rest processed."""
+rest processed — including a payment dated in the year 2500 (it must not make later payments late)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from ringwatch.stream import FileCheckpointStore
 DEADLINE_S = 120.0
 MAX_MESSAGE_BYTES = 10_000
 DAY_MS = 86_400_000
+YEAR_2500_MS = 16_725_225_600_000
 
 
 @pytest.fixture
@@ -44,6 +45,7 @@ def poison_messages(first_ts: int) -> dict[str, bytes]:
         "oversize": json.dumps({"tx_id": "p4", "src": "a", "dst": "b", "amount": 1, "ts": first_ts,
                                 "pad": "x" * (2 * MAX_MESSAGE_BYTES)}).encode(),
         "late": json.dumps({"tx_id": "p5", "src": "a", "dst": "b", "amount": 1, "ts": first_ts - 30 * DAY_MS}).encode(),
+        "future": json.dumps({"tx_id": "p6", "src": "a", "dst": "b", "amount": 1, "ts": YEAR_2500_MS}).encode(),
     }
 
 
@@ -75,7 +77,7 @@ def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, uniq
     metrics = scrape(metrics_port)
     assert engine.terminate() == 0, engine.log()
     assert {labels[0][1]: value for (name, labels), value in metrics.items()
-            if name == "ringwatch_dead_letters_total"} == {"malformed": 1, "invalid": 2, "oversize": 1, "late": 1}
+            if name == "ringwatch_dead_letters_total"} == {"malformed": 1, "invalid": 2, "oversize": 1, "late": 1, "future": 1}
 
     letters = read_topic(kafka_bootstrap, f"{unique_name}.dlq", len(poison))
     assert len(letters) == len(poison)

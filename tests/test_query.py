@@ -24,6 +24,7 @@ from ringwatch.connectors import SyntheticConfig, SyntheticStream, generate, pro
 from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.graph import SearchOptions, Transaction, parse_duration
 from ringwatch.runtime import AuthError
+from ringwatch.runtime.errors import TokenMissingError
 from ringwatch.stream import Client, EngineUnreachableError, InvalidQueryError
 
 DEADLINE_S = 120.0
@@ -64,12 +65,15 @@ def deployment(kafka_bootstrap, tmp_path_factory) -> Iterator[Deployment]:
     engine = EngineProcess(["--kafka-bootstrap", kafka_bootstrap, "--topic", topic, "--group", f"{topic}-g",
                             "--state-dir", str(tmp / "state"), "--alerts-file", str(alerts_file),
                             "--window", WINDOW, "--max-degree", "none", "--query-port", str(port)],
-                           tmp / "engine.log", env={"RINGWATCH_TOKEN": token}).start()
+                           tmp / "engine.log", env={"RINGWATCH_QUERY_TOKEN": token}).start()
     client = Client(f"127.0.0.1:{port}", token=token)
     try:
         wait_until(lambda: not engine.alive() or _consumed(client) == len(payments), DEADLINE_S,
                    "the engine to consume every payment")
         assert engine.alive(), engine.log()
+        # Alerts reach the sinks (the history among them) while the next batch runs: wait for the last ones.
+        wait_until(lambda: len(client.alerts(limit=100_000)) == client.stats().alerts, DEADLINE_S,
+                   "every alert raised to be delivered")
         yield Deployment(stream, client, f"127.0.0.1:{port}", token, alerts_file, engine, topic, kafka_bootstrap,
                          payments)
     finally:
@@ -216,10 +220,11 @@ def test_bad_arguments_are_named(deployment):
 
 
 def test_wrong_or_missing_token_is_refused(deployment):
-    for token in ("not-the-token", ""):
-        with Client(deployment.address, token=token) as intruder:
-            with pytest.raises(AuthError, match=deployment.address):
-                intruder.health()
+    with Client(deployment.address, token="not-the-token") as intruder:
+        with pytest.raises(AuthError, match=deployment.address):
+            intruder.health()
+    with pytest.raises(TokenMissingError):
+        Client(deployment.address, token="")
 
 
 def test_unreachable_engine_is_a_connection_error_naming_the_address():
@@ -230,16 +235,16 @@ def test_unreachable_engine_is_a_connection_error_naming_the_address():
 
 
 def test_engine_with_a_query_port_but_no_token_refuses_to_start(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "RINGWATCH_TOKEN"}
+    env = {k: v for k, v in os.environ.items() if k not in ("RINGWATCH_TOKEN", "RINGWATCH_QUERY_TOKEN")}
     result = subprocess.run([sys.executable, "-m", "ringwatch.stream.cli", "run", "--topic", "t",
                              "--alerts-file", str(tmp_path / "a"), "--query-port", str(free_port())],
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 2
-    assert "service.query_port" in result.stderr and "RINGWATCH_TOKEN" in result.stderr
+    assert "service.query_port" in result.stderr and "RINGWATCH_QUERY_TOKEN" in result.stderr
 
 
 def query_cli(deployment: Deployment, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RINGWATCH_TOKEN": deployment.token if token is None else token}
+    env = {**os.environ, "RINGWATCH_QUERY_TOKEN": deployment.token if token is None else token}
     return subprocess.run([sys.executable, "-m", "ringwatch.stream.cli", "query", *args[:1], "--address",
                            deployment.address, *args[1:]], capture_output=True, text=True, timeout=60, env=env)
 
@@ -336,6 +341,8 @@ def test_queries_read_the_live_graph_while_it_ingests(deployment):
     deployment.payments.append(closing)
     wait_until(lambda: client.health().transactions == len(deployment.payments), DEADLINE_S,
                "the closing payment to be consumed")
+    # Alerts reach the sinks (the history among them) while the next batch runs: wait for this one.
+    wait_until(lambda: client.alerts(account=HAND_RING[0]), DEADLINE_S, "the hand ring's alert")
     (alert,) = client.alerts(account=HAND_RING[0])
     assert alert.trigger_tx_id == "hand-3" and set(alert.accounts) == set(HAND_RING)
     (ring,) = client.rings_through(HAND_RING[1], window=WINDOW)

@@ -26,7 +26,7 @@ SPARE = {"spare": 1}
 def start_cluster(redis_url: str, name: str) -> Cluster:
     cluster = Cluster(redis_url, f"{name}-{os.getpid()}-{time.monotonic_ns()}", extra_args=FAST_HEARTBEATS)
     cluster.start_node("node-a")
-    rt.init(address=redis_url, token=TOKEN, namespace=cluster.namespace)  # the driver's entry node is node-a
+    rt.init(address=redis_url, token=TOKEN, namespace=cluster.namespace)
     cluster.start_node("node-b", resources=SPARE)
     cluster.start_node("node-c", resources=SPARE)
     return cluster
@@ -194,3 +194,108 @@ def test_the_cluster_rides_out_a_redis_restart(tmp_path):
         rt.shutdown()
         cluster.stop()
         redis_server.stop()
+
+
+@rt.remote(resources=SPARE)
+def square(x: int) -> tuple[int, str]:
+    return x * x, rt.current_node_id()
+
+
+@rt.remote(resources=SPARE)
+class Tally:
+    def __init__(self):
+        self.total = 0
+
+    def add(self, k: int) -> tuple[int, str]:
+        self.total += k
+        return self.total, rt.current_node_id()
+
+
+def test_a_driver_outlives_the_node_it_joined_through(redis_url, tmp_path):
+    """The driver joins while node-a is the only node and makes a large value there; node-a is SIGKILLed.
+
+    The driver owns its objects in its own light node, so it keeps working: new
+    tasks run, an actor on another node answers, a put value is still there, and
+    the value that lived on node-a is rebuilt by lineage on a live node.
+    """
+    cluster = Cluster(redis_url, f"outlive-{os.getpid()}-{time.monotonic_ns()}", extra_args=FAST_HEARTBEATS)
+    try:
+        cluster.start_node("node-a", resources=SPARE)
+        rt.init(address=redis_url, token=TOKEN, namespace=cluster.namespace)
+        log = tmp_path / "runs.log"
+        kept = rt.put({"kept": list(range(10))})
+        one = first.remote(str(log))
+        assert rt.wait([one], timeout=60)[0] == [one]
+        assert runs_logged(log) == [("first", "node-a")]
+        cluster.start_node("node-b", resources={**SPARE, "b": 1})
+        tally = Tally.options(resources={"b": 1}).remote()
+        assert rt.get(tally.add.remote(0), timeout=60) == (0, "node-b")
+        cluster.nodes["node-a"].kill()
+
+        values = rt.get(one, timeout=120)
+
+        assert np.array_equal(values, np.arange(300_000, dtype=np.float64))
+        assert runs_logged(log) == [("first", "node-a"), ("first", "node-b")]
+        assert rt.get(square.remote(7), timeout=60) == (49, "node-b")
+        assert rt.get([tally.add.remote(k) for k in (1, 2, 3)], timeout=60) == [(1, "node-b"), (3, "node-b"),
+                                                                               (6, "node-b")]
+        assert rt.get(kept, timeout=60) == {"kept": list(range(10))}
+    finally:
+        rt.shutdown()
+        cluster.stop()
+
+
+@rt.remote(resources=SPARE, max_restarts=1)
+class Sequencer:
+    def __init__(self):
+        self.taken = []
+
+    def take(self, i: int, started: str | None = None, gate: str | None = None) -> tuple[int, int]:
+        if started:
+            Path(started).touch()
+            while not os.path.exists(gate):
+                time.sleep(0.01)
+        self.taken.append(i)
+        return i, os.getpid()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def test_direct_calls_survive_the_callee_worker_dying(cluster, tmp_path):
+    """The actor's worker is SIGKILLed with one call running and fifty sent behind it.
+
+    The running call fails with ActorDiedError (its effect is unknown); the ones
+    it had not started run on the restarted actor, in the order they were made;
+    nothing hangs.
+    """
+    sequencer = Sequencer.remote()
+    pid = rt.get(sequencer.pid.remote(), timeout=60)
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    running = sequencer.take.remote(-1, str(started), str(gate))
+    behind = [sequencer.take.remote(i) for i in range(50)]
+    until(started.exists, "the first call to start")
+    os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(rt.ActorDiedError, match="while the call was running"):
+        rt.get(running, timeout=60)
+    values = rt.get(behind, timeout=120)
+
+    assert [i for i, _ in values] == list(range(50))
+    assert {p for _, p in values} != {pid} and len({p for _, p in values}) == 1
+
+
+def test_direct_calls_to_an_actor_out_of_restarts_fail_and_never_hang(cluster, tmp_path):
+    sequencer = Sequencer.options(max_restarts=0).remote()
+    pid = rt.get(sequencer.pid.remote(), timeout=60)
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    running = sequencer.take.remote(-1, str(started), str(gate))
+    behind = [sequencer.take.remote(i) for i in range(20)]
+    until(started.exists, "the first call to start")
+    os.kill(pid, signal.SIGKILL)
+
+    for ref in [running, *behind]:
+        with pytest.raises(rt.ActorDiedError):
+            rt.get(ref, timeout=60)
+    with pytest.raises(rt.ActorDiedError):
+        rt.get(sequencer.take.remote(99), timeout=60)

@@ -8,6 +8,8 @@
   its unsigned answers are never unpickled.
 - An unauthenticated 200 MB request is refused before it is read: the node's
   memory does not grow by more than a few MB.
+- With TLS, only parties holding a certificate from the cluster's CA get a
+  connection, either way round.
 """
 
 from __future__ import annotations
@@ -27,9 +29,13 @@ import pytest
 import ringwatch.runtime as rt
 from ringwatch.runtime.auth import AUTH_HEADER, CallSigner, ClusterKeys
 from ringwatch.runtime.checkpoints import CheckpointError, FileCheckpointStore, RedisCheckpointStore, encode_state
+from ringwatch.runtime.errors import NodeUnavailableError
 from ringwatch.runtime.gcs import RedisGcs
+from ringwatch.runtime.tls import ENV as TLS_ENV
+from ringwatch.runtime.tls import TlsFiles
 from ringwatch.runtime.transport import SERVICE, NodeClient
 from runtime_cluster import TOKEN, Cluster, until
+from tls_certs import CertificateAuthority, tls_args
 
 FAST_HEARTBEATS = ("--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5")
 KEYS = ClusterKeys.from_token(TOKEN)
@@ -124,11 +130,11 @@ def test_records_planted_in_redis_without_the_token_never_run(cluster, redis_cli
 
     def logs() -> str:
         return "".join(n.log_text() for n in cluster.nodes.values())
-    until(lambda: marker.exists() or (f"actor_specs[{keeper.actor_id}]" in logs()
-                                      and f"tasks[{held.id}]" in logs()),
-          "the nodes to read the planted records", timeout_s=120)
+    until(lambda: marker.exists() or f"actor_specs[{keeper.actor_id}]" in logs(),
+          "the nodes to read the planted actor spec", timeout_s=120)
     assert not marker.exists(), "a pickle planted in Redis without the token was unpickled"
     assert "ignored a forged GCS record: GCS nodes[ghost]" in logs()
+    # The driver owns `held`: its own light node reads the planted lineage, and refuses it.
     with pytest.raises(rt.ObjectLostError):  # its only trustworthy lineage is gone: lost, not forged
         rt.get(held, timeout=120)
     with pytest.raises(rt.ActorDiedError):  # its spec cannot be trusted: not restarted from it
@@ -361,3 +367,98 @@ def test_large_values_move_between_driver_and_nodes_in_chunks(cluster):
     ref = rt.put(value)
     assert np.array_equal(rt.get(ref, timeout=120), value)
     assert np.array_equal(rt.get(echo.options(resources={"spare": 1}).remote(ref), timeout=120), value)
+
+
+# ---- TLS ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_cluster(redis_url, tmp_path, unique_name):
+    """node-a, serving and dialling with a certificate from the cluster's CA."""
+    ca = CertificateAuthority.create(tmp_path / "pki", "cluster-ca")
+    cluster = Cluster(redis_url, unique_name)
+    try:
+        cluster.start_node("node-a", args=tls_args(ca.issue("node-a")))
+        yield cluster, ca
+    finally:
+        rt.shutdown()
+        cluster.stop()
+
+
+def test_a_tls_cluster_serves_a_driver_with_a_certificate_from_its_ca(tls_cluster, redis_url, monkeypatch):
+    cluster, ca = tls_cluster
+    driver = ca.issue("driver")
+    for name in ("cert", "key", "ca"):
+        monkeypatch.setenv(TLS_ENV[name], str(getattr(driver, name)))
+    rt.init(address=redis_url, token=TOKEN, namespace=cluster.namespace)  # through node-a, the only node yet
+    cluster.start_node("node-b", resources={"spare": 1}, args=tls_args(ca.issue("node-b")))
+    assert rt.get([where.remote() for _ in range(4)], timeout=60) == ["node-b"] * 4  # node-a to node-b over TLS
+    assert rt.get(add.remote(1, 2), timeout=60) == 3
+
+    @rt.remote(resources={"spare": 1})
+    class Echo:
+        def echo(self, x):
+            return x, rt.current_node_id()
+
+    echo = Echo.remote()  # its calls go from the driver straight to its worker, over TLS too
+    assert rt.get([echo.echo.remote(i) for i in range(3)], timeout=60) == [(i, "node-b") for i in range(3)]
+
+
+def test_tls_refuses_other_cas_plaintext_and_clients_without_a_certificate(tls_cluster, tmp_path):
+    cluster, ca = tls_cluster
+    address = cluster.nodes["node-a"].address
+    stranger = CertificateAuthority.create(tmp_path / "other", "other-ca").issue("intruder")
+    attempts = {
+        "a certificate and CA of another authority": stranger,
+        "a certificate of another authority, trusting the cluster's CA": TlsFiles(stranger.cert, stranger.key, ca.path),
+        "plaintext": None,
+    }
+    for what, tls in attempts.items():
+        client = NodeClient(address, KEYS, tls=tls, retries=1, backoff_s=0.05)
+        with pytest.raises(NodeUnavailableError):
+            client.call("object_count", timeout=30)
+            pytest.fail(f"a client with {what} got an answer")
+        client.close()
+    no_certificate = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca.path.read_bytes()))
+    with pytest.raises(grpc.RpcError) as refused:
+        no_certificate.unary_unary(f"/{SERVICE}/Call")(b"", timeout=30)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    no_certificate.close()
+    assert NodeClient(address, KEYS, tls=ca.issue("operator")).call("object_count", timeout=30)["objects"] >= 0
+
+
+def test_tls_options_come_as_a_set(redis_url, unique_name, tmp_path):
+    cluster = Cluster(redis_url, unique_name, log_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="exited with code 2"):
+        cluster.start_node("node-a", args=("--tls-cert", str(tmp_path / "node.pem")))
+    assert "--tls-key, --tls-ca missing" in (tmp_path / "node-a.log").read_text()
+
+
+# ---- direct actor calls ---------------------------------------------------------------------------------
+
+
+def test_an_actor_workers_direct_channel_refuses_callers_without_the_key(cluster, tmp_path):
+    """The actor's worker listens for direct calls: a caller that cannot answer its challenge gets nothing
+    unpickled and is cut off; one that sends a pickle before the handshake likewise; real callers go on."""
+    import socket
+
+    keeper = Keeper.remote()
+    assert rt.get(keeper.where.remote(), timeout=60) == "node-b"
+    record = RedisGcs(cluster.redis_url, cluster.namespace, keys=KEYS).actor(keeper.actor_id)
+    host, _, port = record["direct"].rpartition(":")
+    assert host == "127.0.0.1"
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(Payload(marker))
+    header = len(evil).to_bytes(8, "big")
+    for first in (os.urandom(64), header + evil + b"\0" * 64):
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            assert len(sock.recv(32)) == 32  # the challenge
+            sock.sendall(first)
+            sock.settimeout(30)
+            try:
+                answer = sock.recv(1024)
+            except ConnectionResetError:  # closed with our bytes unread: cut off all the same
+                answer = b""
+            assert answer == b"", "the worker answered a caller that did not prove it holds the key"
+    assert not marker.exists()
+    assert rt.get(keeper.where.remote(), timeout=60) == "node-b"

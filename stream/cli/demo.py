@@ -47,12 +47,13 @@ def run(args: argparse.Namespace) -> int:
     progress, report_progress = progress_reporter("demo")
     serving = None
     if args.serve:
-        os.environ.setdefault("RINGWATCH_TOKEN", secrets.token_hex(16))
+        # Only a read-only query token is shown: it can query this engine, not run code anywhere.
+        query_token = os.environ.setdefault("RINGWATCH_QUERY_TOKEN", secrets.token_hex(16))
         serving = threading.Event()
         signal.signal(signal.SIGINT, lambda *_: serving.set())
         signal.signal(signal.SIGTERM, lambda *_: serving.set())
         print(f"the engine will keep serving queries on 127.0.0.1:{args.serve} after the stream; try\n"
-              f"  RINGWATCH_TOKEN={os.environ['RINGWATCH_TOKEN']} ringwatch query --address "
+              f"  RINGWATCH_QUERY_TOKEN={query_token} ringwatch query --address "
               f"127.0.0.1:{args.serve} alerts\nand press Ctrl-C to finish.", flush=True)
     try:
         report = run_demo(args.out, transactions=args.transactions, accounts=args.accounts, rings=args.rings,

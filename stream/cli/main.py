@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 def configure_logging(args: argparse.Namespace) -> None:
     """Levels: -v shows INFO of every library, -vv DEBUG; a service command (`run`) shows its own INFO lines."""
     log_format = args.log_format or os.environ.get(LOG_FORMAT_ENV) or "text"
-    if os.environ.get("RINGWATCH_TOKEN"):
-        logs.register_secret(os.environ["RINGWATCH_TOKEN"])
+    for secret in ("RINGWATCH_TOKEN", "RINGWATCH_QUERY_TOKEN"):
+        if os.environ.get(secret):
+            logs.register_secret(os.environ[secret])
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     try:
         logs.configure(log_format, level=level, ringwatch_level=getattr(args, "ringwatch_log_level", None))

@@ -2,7 +2,9 @@
 
 Tables for people by default, `--json` for scripts. It mirrors `Client` one
 subcommand per method, so what a script does in Python an operator can do at
-a prompt, with the same token rule (RINGWATCH_TOKEN or --token-file).
+a prompt, with the same token rule (the read-only query token: --token-file,
+RINGWATCH_QUERY_TOKEN, or derived from RINGWATCH_TOKEN) and optional TLS
+(--tls-cert/--tls-key/--tls-ca, default RINGWATCH_TLS_*).
 `health` exits 1 unless the engine is "ok", for probes; `subgraph` also writes
 GraphML (Gephi, yEd, Cytoscape, `networkx.read_graphml`) and node-link JSON
 (`networkx.node_link_graph`, d3).
@@ -21,7 +23,9 @@ import networkx as nx
 
 from ringwatch.graph import Alert
 from ringwatch.runtime import AuthError, GetTimeoutError
-from ringwatch.runtime.cli import TokenMissingError, read_token
+from ringwatch.runtime.cli import add_tls_options, read_query_token, tls_from_args
+from ringwatch.runtime.errors import TokenMissingError
+from ringwatch.runtime.tls import TlsConfigError
 
 from ..query import AccountSummary, Client, EngineStats, Health, InvalidQueryError, Neighbor, QueryError, to_plain
 from ..display import alert_total, money, moment, ring_text
@@ -34,11 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "query", help="ask a running engine: alerts, rings through an account, neighbours, an account, stats",
         description="Query a running engine's query service (ringwatch run --query-port PORT). Every call "
-                    "carries the cluster token, from --token-file or RINGWATCH_TOKEN.")
+                    "is signed with the engine's read-only query token, from --token-file, "
+                    "RINGWATCH_QUERY_TOKEN, or derived from RINGWATCH_TOKEN.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--address", default=DEFAULT_ADDRESS, help=f"engine query service (default {DEFAULT_ADDRESS})")
-    common.add_argument("--token-file", help="file holding the cluster token (default: RINGWATCH_TOKEN)")
+    common.add_argument("--token-file", help="file holding the query token (default: RINGWATCH_QUERY_TOKEN, else "
+                                             "derived from RINGWATCH_TOKEN)")
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_tls_options(common, "the query service (an engine started with service.query_tls_*)")
     actions = parser.add_subparsers(dest="query_command", metavar="QUERY", required=True)
 
     alerts = actions.add_parser("alerts", parents=[common], help="alerts raised, newest first",
@@ -92,8 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    token = read_token(args.token_file)
-    return Client(args.address, token=token)
+    return Client(args.address, token=read_query_token(args.token_file), tls=tls_from_args(args))
 
 
 def _plain_json(answer: Any) -> str:
@@ -105,7 +111,7 @@ def _run(args: argparse.Namespace, ask, show, *, exit_code=lambda answer: 0, as_
     try:
         with _client(args) as client:
             answer = ask(client)
-    except (TokenMissingError, OSError) as exc:  # OSError: the token file; ConnectionError is one too
+    except (TokenMissingError, TlsConfigError, OSError) as exc:  # OSError: the token file; ConnectionError too
         print(f"ringwatch query: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, ConnectionError) else 2
     except (AuthError, GetTimeoutError, QueryError) as exc:

@@ -81,7 +81,7 @@ def run_demo(out_dir: str | Path = ".", *, transactions: int = 20_000, accounts:
     Every argument is checked before any file is touched (`InvalidSyntheticConfigError`,
     `ConfigError`). `on_progress(engine)` is called about twice a second while the
     engine streams, `on_streamed(engine)` once when the whole stream is in. With
-    `query_port`, the engine serves queries (token from RINGWATCH_TOKEN); with
+    `query_port`, the engine serves queries (query token from RINGWATCH_QUERY_TOKEN); with
     `serve`, it keeps serving after the stream ends until that event is set.
     `DemoReport.elapsed_s` is the streaming time only: from the engine being ready
     to the last payment processed, not start-up and not the time spent serving.

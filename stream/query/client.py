@@ -1,20 +1,24 @@
 """`Client`: the Python face of a running engine's query service.
 
     from ringwatch.stream import Client
-    c = Client("127.0.0.1:7070", token=...)   # token defaults to RINGWATCH_TOKEN
+    c = Client("127.0.0.1:7070", token=...)   # the query token; default RINGWATCH_QUERY_TOKEN
     c.alerts(limit=10); c.rings_through("A0012345"); c.account("A0012345")
 
+The token is the engine's read-only query token (default: RINGWATCH_QUERY_TOKEN,
+else derived from RINGWATCH_TOKEN); calls are signed with it, never send it,
+and answers are accepted only when sealed by an engine that holds it.
+
 Errors say what to do: an engine that does not answer raises `ConnectionError`
-(`EngineUnreachableError`) naming the address; a wrong or missing token raises
-`ringwatch.runtime.AuthError`; a bad argument raises `InvalidQueryError`
-(a `ValueError`). An account the engine has never seen is not an error: its
-queries answer with empty results.
+(`EngineUnreachableError`) naming the address; a wrong token raises
+`ringwatch.runtime.AuthError` (a missing one `TokenMissingError`, a
+`ValueError`); a bad argument raises `InvalidQueryError` (a `ValueError`). An
+account the engine has never seen is not an error: its queries answer with
+empty results.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,10 +28,16 @@ import networkx as nx
 
 from ringwatch.graph import Alert
 from ringwatch.runtime import AuthError, GetTimeoutError
+from ringwatch.runtime.auth import query_call_key
+from ringwatch.runtime.cli import read_query_token
+from ringwatch.runtime.errors import TokenMissingError
+from ringwatch.runtime.rpc import SignedChannel
+from ringwatch.runtime.tls import TlsFiles
 
 from .service import (
+    AUDIENCE,
     METHOD,
-    TOKEN_HEADER,
+    SERVICE,
     AccountSummary,
     EngineStats,
     Health,
@@ -50,12 +60,13 @@ class EngineUnreachableError(ConnectionError):
 class Client:
     """Queries one engine. Thread-safe; `close()` (or `with Client(...) as c:`) releases the channel."""
 
-    def __init__(self, address: str, token: str | None = None, *, timeout_s: float = 30.0):
+    def __init__(self, address: str, token: str | None = None, *, timeout_s: float = 30.0,
+                 tls: TlsFiles | None = None):
         self.address = address
-        token = token if token is not None else os.environ.get("RINGWATCH_TOKEN", "")
-        self._metadata = ((TOKEN_HEADER, token),)
-        self._channel = grpc.insecure_channel(address)
-        self._call = self._channel.unary_unary(METHOD)
+        token = token if token is not None else read_query_token(None)
+        if not token:
+            raise TokenMissingError("the query token is empty: pass the engine's query token")
+        self._channel = SignedChannel(address, SERVICE, query_call_key(token), tls=tls, audience=AUDIENCE)
         self.timeout_s = timeout_s
 
     def health(self) -> Health:
@@ -92,12 +103,12 @@ class Client:
 
     def _ask(self, method: str, **args: Any) -> Any:
         try:
-            response = self._call(encode_request(method, args), metadata=self._metadata, timeout=self.timeout_s)
+            response = self._channel.call(METHOD, encode_request(method, args), timeout=self.timeout_s)
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.UNAUTHENTICATED:
                 raise AuthError(f"the engine at {self.address} refused the query: {exc.details()} "
-                                f"(pass token=... or set RINGWATCH_TOKEN)") from None
+                                f"(pass its query token: token=..., or RINGWATCH_QUERY_TOKEN)") from None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise GetTimeoutError(f"the engine at {self.address} did not answer {method} "
                                       f"within {self.timeout_s:.0f} s") from None

@@ -1,4 +1,4 @@
-"""The query service of a running engine: what analysts and operators ask it, over token-checked gRPC.
+"""The query service of a running engine: what analysts and operators ask it, over signed gRPC.
 
 Queries read the live `GraphShard` actors directly — the same actors the
 engine's loop writes to — so nothing pauses ingestion: an actor answers a
@@ -6,10 +6,12 @@ query between two of the engine's batched calls, and the answer reflects the
 graph as it was at that moment.
 
 The wire is JSON, not pickle, in both directions: the client never unpickles
-what a server sends, and the server checks the token (the runtime's rule, with
-the runtime's own check: `ringwatch.runtime.transport.authorized`, a constant-
-time comparison) before it parses a byte of the request. The service listens
-on 127.0.0.1 unless configured otherwise.
+what a server sends. Calls ride on the runtime's signed gRPC
+(`ringwatch.runtime.rpc`) under a key derived from the read-only query token,
+which is not the cluster token and cannot be turned into it: each request is
+signed (checked before its body is read), each answer sealed, and the token
+itself never travels. Optional TLS with client certificates. The service
+listens on 127.0.0.1 unless configured otherwise.
 """
 
 from __future__ import annotations
@@ -20,12 +22,10 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-import grpc
 import networkx as nx
 
 from ringwatch.graph import (
@@ -44,12 +44,16 @@ from ringwatch.graph import (
     subgraph,
 )
 from ringwatch.graph.export import DIRECTIONS
-from ringwatch.runtime.transport import TOKEN_HEADER, authorized
+from ringwatch.runtime.auth import query_call_key
+from ringwatch.runtime.rpc import SignedServer
+from ringwatch.runtime.tls import TlsFiles
 
 logger = logging.getLogger(__name__)
 
 SERVICE = "ringwatch.Query"
-METHOD = f"/{SERVICE}/Call"
+METHOD = "Call"
+# Calls are signed for the query service as such, not for one address: clients reach it by many names.
+AUDIENCE = "ringwatch-query"
 MAX_HOPS_LIMIT = 10  # a neighbourhood or ring query deeper than this is a mistake, not a question
 MAX_LIMIT = 100_000
 
@@ -384,22 +388,22 @@ def _duration(name: str, value: Any) -> int:
 
 
 class QueryService:
-    """The gRPC endpoint: one generic JSON `Call` method, refused without the token."""
+    """The gRPC endpoint: one JSON `Call` method, signed with the query token (TLS with client certificates
+    when `tls`)."""
 
     def __init__(self, handler: QueryHandler, *, token: str, host: str = "127.0.0.1", port: int = 0,
-                 max_workers: int = 8):
+                 tls: TlsFiles | None = None, max_workers: int = 8):
         if not token:
-            raise ValueError("the query service needs a token: every call must prove it belongs to the cluster")
+            raise ValueError("the query service needs a query token: every call must prove it holds it")
         self.handler = handler
-        self._token = token
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
-                                                              thread_name_prefix="ringwatch-query"))
-        method = grpc.unary_unary_rpc_method_handler(self._call)
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Call": method}),))
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
-        if self.port == 0:
-            raise OSError(f"query service: cannot listen on {host}:{port}")
-        self.address = f"{host}:{self.port}"
+        try:
+            self._server = SignedServer(SERVICE, {METHOD: self._call}, query_call_key(token), host=host, port=port,
+                                        tls=tls, audience=AUDIENCE, max_workers=max_workers,
+                                        thread_name="ringwatch-query")
+        except OSError as exc:
+            raise OSError(f"query service: {exc}") from None
+        self.port = self._server.port
+        self.address = self._server.address
 
     def start(self) -> "QueryService":
         self._server.start()
@@ -409,9 +413,8 @@ class QueryService:
     def stop(self, grace_s: float = 2.0) -> None:
         self._server.stop(grace_s).wait()
 
-    def _call(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        if not authorized(context, self._token):  # before the request is even parsed
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
+    def _call(self, request: bytes) -> bytes:
+        """Answer one query; the signature was checked before the request was read."""
         try:
             message = json.loads(request)
             method, args = message["method"], message.get("args") or {}
