@@ -45,7 +45,7 @@ def test_demo_finds_every_injected_ring_and_reports_its_score(tmp_path, through)
     assert "recall    1.00 (12 of 12 injected rings found)" in out
     assert f"rings found: {len(alerts)}" in out
     assert "6,000 payments streamed in" in out
-    largest = max(alerts, key=lambda a: Decimal(str(a["total_amount"])))
+    largest = max(alerts, key=lambda a: Decimal(a["total_amount"]))
     assert " -> ".join(largest["accounts"] + largest["accounts"][:1]) in out
 
     picture = (tmp_path / "rings.html").read_text()
