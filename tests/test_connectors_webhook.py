@@ -70,6 +70,17 @@ def fast_sink(url: str, state_dir, **settings) -> WebhookSink:
     return WebhookSink(url, SECRET, state_dir, **{**options, **settings})
 
 
+def send(url: str, state_dir, alerts: list[Alert], **settings) -> WebhookSink:
+    """Deliver `alerts` in one batch and wait until the outbox is empty; returns the closed sink."""
+    sink = fast_sink(url, state_dir, **settings)
+    try:
+        sink.deliver(alerts)
+        assert sink.flush(DEADLINE_S)
+    finally:
+        sink.close()
+    return sink
+
+
 def dead_letters(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -175,12 +186,7 @@ def test_a_refused_alert_is_dead_lettered_and_the_queue_moves_on(tmp_path, recei
     alerts = make_alerts(5)
     poison = alerts[2].alert_id
     receiver = receiver_on(receivers, lambda message_id, _n: (422, {}) if message_id == poison else (200, {})).start()
-    sink = fast_sink(receiver.url, tmp_path / "state")
-    try:
-        sink.deliver(alerts)
-        assert sink.flush(DEADLINE_S)
-    finally:
-        sink.close()
+    sink = send(receiver.url, tmp_path / "state", alerts)
 
     assert receiver.accepted_ids() == [a for a in ids(alerts) if a != poison]
     [dead] = dead_letters(tmp_path / "state" / "dead-letter.jsonl")
@@ -232,12 +238,7 @@ def test_retry_after_is_honoured_on_429(tmp_path, receivers):
 
     receiver = receiver_on(receivers, throttle_once).start()
     [alert] = make_alerts(1)
-    sink = fast_sink(receiver.url, tmp_path / "state")
-    try:
-        sink.deliver([alert])
-        assert sink.flush(DEADLINE_S)
-    finally:
-        sink.close()
+    send(receiver.url, tmp_path / "state", [alert])
 
     assert receiver.attempts[alert.alert_id] == 2
     assert receiver.accepted[0]["at"] - first_refusal[alert.alert_id] >= 1.0
@@ -246,12 +247,7 @@ def test_retry_after_is_honoured_on_429(tmp_path, receivers):
 def test_redirects_are_not_followed_and_the_alert_is_dead_lettered(tmp_path, receivers):
     receiver = receiver_on(receivers, lambda _id, _n: (302, {"Location": "http://127.0.0.1:1/elsewhere"})).start()
     [alert] = make_alerts(1)
-    sink = fast_sink(receiver.url, tmp_path / "state")
-    try:
-        sink.deliver([alert])
-        assert sink.flush(DEADLINE_S)
-    finally:
-        sink.close()
+    send(receiver.url, tmp_path / "state", [alert])
 
     [dead] = dead_letters(tmp_path / "state" / "dead-letter.jsonl")
     assert dead["alert"]["alert_id"] == alert.alert_id and "HTTP 302" in dead["reason"]
@@ -373,12 +369,7 @@ def refused_then_fixed(receivers: list[Receiver], tmp_path, alerts: list[Alert])
     """A receiver that refused every alert (400) until it was fixed: a dead-letter file holding them all."""
     fixed = threading.Event()
     receiver = receiver_on(receivers, lambda _id, _n: (200, {}) if fixed.is_set() else (400, {})).start()
-    sink = fast_sink(receiver.url, tmp_path / "state")
-    try:
-        sink.deliver(alerts)
-        assert sink.flush(DEADLINE_S)
-    finally:
-        sink.close()
+    send(receiver.url, tmp_path / "state", alerts)
     fixed.set()
     return receiver, tmp_path / "state" / "dead-letter.jsonl"
 
@@ -471,19 +462,9 @@ def test_the_proxy_named_by_the_environment_is_used_unless_no_proxy_exempts_the_
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
         proxied, direct = make_alerts(3, tag="proxied"), make_alerts(2, tag="direct")
-        sink = fast_sink(receiver.url, tmp_path / "via-proxy")
-        try:
-            sink.deliver(proxied)
-            assert sink.flush(DEADLINE_S)
-        finally:
-            sink.close()
+        send(receiver.url, tmp_path / "via-proxy", proxied)
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        sink = fast_sink(receiver.url, tmp_path / "direct")
-        try:
-            sink.deliver(direct)
-            assert sink.flush(DEADLINE_S)
-        finally:
-            sink.close()
+        send(receiver.url, tmp_path / "direct", direct)
     finally:
         proxy.shutdown()
         proxy.server_close()
