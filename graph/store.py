@@ -113,7 +113,7 @@ class EdgeStore:
             while 10 * need > 7 * size:
                 size *= 2
             self.tx_tab = np.empty(size, np.int32)
-            kernel.rebuild_table(self.tx_tab, self.tx_buf, self.tx_off, self.n_edges)
+            kernel.rebuild_index(self.tx_tab, self.tx_buf, self.tx_off, self.n_edges)
         accounts = len(self.names)
         if accounts > self.a_start.shape[1]:
             capacity = max(accounts, 2 * self.a_start.shape[1])
@@ -163,7 +163,7 @@ class EdgeStore:
             while 2 * (count + rows) > size:
                 size *= 2
             self.n_tab = np.empty(size, np.int32)
-            kernel.rebuild_names(self.n_tab, self.n_buf, self.n_off, count)
+            kernel.rebuild_index(self.n_tab, self.n_buf, self.n_off, count)
         ids, total = kernel.intern_names(buf, off, self.n_tab, self.n_buf, self.n_off, count)
         for a in range(count, total):
             name = bytes(self.n_buf[self.n_off[a]:self.n_off[a + 1]]).decode()
@@ -274,7 +274,7 @@ class EdgeStore:
         while 10 * keep.shape[0] > 7 * size:
             size *= 2
         self.tx_tab = np.empty(size, np.int32)
-        kernel.rebuild_table(self.tx_tab, self.tx_buf, self.tx_off, self.n_edges)
+        kernel.rebuild_index(self.tx_tab, self.tx_buf, self.tx_off, self.n_edges)
 
     # ---- reads -----------------------------------------------------------------------------------------
 
