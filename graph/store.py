@@ -73,6 +73,7 @@ class EdgeStore:
         self.p_ts = np.empty(8192, np.int64)
         self.pool_used = 0
         self._scratch: tuple = ()
+        self._names_array = np.zeros(0, dtype=object)
         self._stamp = 0
 
     # ---- memory --------------------------------------------------------------------------------------
@@ -193,6 +194,12 @@ class EdgeStore:
             extra = [self._owns(n) for n in self.names[self._own_flags.shape[0]:]]
             self._own_flags = np.concatenate([self._own_flags, np.array(extra, np.bool_)])
         return self._own_flags[account_ids]
+
+    def names_array(self) -> np.ndarray:
+        """The account names as a numpy object array (for indexing by id arrays), extended as names arrive."""
+        if self._names_array.shape[0] < len(self.names):
+            self._names_array = np.array(self.names, dtype=object)
+        return self._names_array
 
     def mark_hubs(self, hubs: Iterable[tuple[int, str]]) -> None:
         """Treat these (direction, account) lists as over the hub guard: the search does not expand them."""
