@@ -168,7 +168,8 @@ class Engine:
         self.started_at = time.time()
         started_runtime = not rt.is_initialized()
         if started_runtime:
-            rt.init(address=config.engine.address or None, backend=config.engine.backend or None)
+            rt.init(address=config.engine.address or None, backend=config.engine.backend or None,
+                    namespace=config.engine.namespace)
         metrics_server = None
         query_service = None
         try:
@@ -278,7 +279,8 @@ class Engine:
                            checkpoint_uri=self._shard_checkpoint_uri(),
                            restore=(checkpoint.shards, checkpoint.graph), shared_as=shared_as)
         self._take_positions(checkpoint)
-        self.transactions = checkpoint.transactions
+        mine = checkpoint.engines.get(self.engine_id)
+        self.transactions = mine.transactions if mine else 0 if self.shared else checkpoint.transactions
         self.last_checkpoint = checkpoint
         logger.info("restored checkpoint epoch=%d transactions=%d positions=%s", checkpoint.epoch,
                     checkpoint.transactions, _show(checkpoint.positions))
@@ -511,8 +513,10 @@ class Engine:
         return checkpoint
 
     def _unchanged_since_last_checkpoint(self) -> bool:
+        """Nothing new from this engine since its last record (other engines checkpoint their own progress)."""
         last = self.last_checkpoint
-        return last is not None and last.transactions == self.transactions and last.positions == self._covered
+        mine = last.engines.get(self.engine_id) if last is not None else None
+        return mine is not None and mine.transactions == self.transactions and mine.positions == self._covered
 
     def _sinks_durable(self) -> bool:
         """Every alert handed over so far survives a crash: the webhook outbox is written at `deliver`."""
