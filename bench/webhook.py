@@ -4,7 +4,7 @@ Prints, for N alerts posted in order to a loopback HTTP/1.1 receiver, plain
 HTTP and then HTTPS (a self-signed certificate made with the `openssl` command,
 trusted through SSL_CERT_FILE), in one run:
   sink            alerts/s of `WebhookSink`: the durable outbox (one fsynced segment per batch of 50), the
-                  settlement record (group-committed) and one kept-alive urllib3 connection
+                  settlement record (an fsync per alert) and one kept-alive urllib3 connection
   client          alerts/s of `WebhookClient.post` alone: the kept-alive connection, no outbox
   per request     alerts/s of the same signed posts over a new `http.client` connection each, as the
                   sink posted before (the baseline)

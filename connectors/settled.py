@@ -92,11 +92,8 @@ class SettledIds:
         with self._lock:
             return alert_id in self._recent
 
-    def add(self, alert_ids: Iterable[str], *, sync: bool = True) -> None:
-        """Record ids; durably (fsync) before returning unless `sync=False`, when `sync()` makes them so later.
-
-        Deferring the fsync lets a sender record many ids with one: group commit.
-        """
+    def add(self, alert_ids: Iterable[str]) -> None:
+        """Record ids durably (fsync) before returning."""
         with self._lock:
             new = [alert_id for alert_id in alert_ids if alert_id not in self._recent]
             if not new:
@@ -104,19 +101,12 @@ class SettledIds:
             if self._file is not None:
                 self._file.write("".join(f"{alert_id}\n" for alert_id in new))
                 self._file.flush()
-                if sync:
-                    os.fsync(self._file.fileno())
+                os.fsync(self._file.fileno())
                 self._lines += len(new)
             for alert_id in new:
                 self._recent.add(alert_id)
             if self._file is not None and self._lines > 2 * self._recent.capacity:
                 self._compact()
-
-    def sync(self) -> None:
-        """Make every id recorded so far durable."""
-        with self._lock:
-            if self._file is not None:
-                os.fsync(self._file.fileno())
 
     def _compact(self) -> None:
         temporary = self.path.with_name(self.path.name + ".tmp")

@@ -21,11 +21,10 @@ is never followed) cannot succeed by waiting: it goes to the dead-letter file
 with the reason and the queue moves on. `ringwatch webhook resend FILE`
 (`resend`) posts a dead-letter file again once the receiver is fixed.
 
-Each alert id is settled once (`SettledIds`), so the engine's replay after a
-crash sends nothing twice. Settlements are group-committed (one fsync when the
-queue drains or every `SYNC_EVERY_S`), and a segment is removed only once all
-its alerts are settled durably; so a receiver may see an alert again only if
-it acknowledged it in the last moments before the engine died.
+Each alert id is settled once (`SettledIds`, fsynced as soon as the endpoint
+answers), so the engine's replay after a crash sends nothing twice; a segment
+is removed once all its alerts are settled. A receiver may see an alert again
+only if it acknowledged it and the engine died before recording that.
 """
 
 from __future__ import annotations
@@ -50,12 +49,9 @@ from .webhook_client import Backoff, InvalidWebhookConfigError, Outcome, Webhook
 logger = logging.getLogger(__name__)
 
 
-SYNC_EVERY_S = 0.05  # longest a delivered alert waits for its settlement to be fsynced (group commit)
-
-
 @dataclass(eq=False)
 class _Segment:
-    """One outbox file: the alerts of one `deliver` call; removed once all of them are settled durably."""
+    """One outbox file: the alerts of one `deliver` call; removed once all of them are settled."""
 
     file: Path
     unsettled: int
@@ -110,9 +106,6 @@ class WebhookSink:
         self._failures = 0  # failed attempts in a row at the head of the queue
         self._hold_until = 0.0
         self._down_since: float | None = None
-        self._unsynced = 0  # settled alerts whose settlement is not fsynced yet
-        self._synced_at = time.monotonic()
-        self._finished: list[_Segment] = []  # segments whose alerts are all settled, awaiting the fsync
         self._stopping = False
         self.outcomes: dict[str, int] = {"delivered": 0, "retried": 0, "dead_lettered": 0, "endpoint_down": 0}
         self._load_outbox()
@@ -174,7 +167,7 @@ class WebhookSink:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the outbox is empty (everything acknowledged or dead-lettered)."""
         with self._changed:
-            return self._changed.wait_for(lambda: not self._queue and not self._unsynced, timeout)
+            return self._changed.wait_for(lambda: not self._queue, timeout)
 
     @property
     def pending(self) -> int:
@@ -198,7 +191,6 @@ class WebhookSink:
             logger.warning("webhook sender for %s still busy after %.0f s; what it has not settled is resent "
                            "after the next start", self.url, timeout)
             return
-        self._commit()
         self._client.close()
         self._settled.close()
 
@@ -230,10 +222,10 @@ class WebhookSink:
                 "url": self.url, "failed_at": datetime.now(timezone.utc).isoformat()}))
             logger.error("webhook alert %s refused by the endpoint (%s); written to %s", head.alert_id,
                          outcome.reason, self.dead_letter_path)
-        self._settled.add([head.alert_id], sync=False)
+        self._settled.add([head.alert_id])  # durable before the next alert goes: a restart resends neither
         head.segment.unsettled -= 1
         if not head.segment.unsettled:
-            self._finished.append(head.segment)
+            head.segment.file.unlink(missing_ok=True)
         with self._changed:
             if self._down_since is not None:
                 logger.warning("webhook endpoint %s answers again after %.0f s down; sending the %d alerts held "
@@ -243,27 +235,11 @@ class WebhookSink:
             self._queue.popleft()
             self._queued.discard(head.alert_id)
             self._failures = 0
-            self._unsynced += 1
             self.outcomes["delivered" if outcome.delivered else "dead_lettered"] += 1
-            drained = not self._queue
-        if drained or time.monotonic() - self._synced_at >= SYNC_EVERY_S:
-            self._commit()
-
-    def _commit(self) -> None:
-        """Group commit: one fsync makes every settlement so far durable; then fully settled segments go."""
-        self._settled.sync()
-        for segment in self._finished:
-            segment.file.unlink(missing_ok=True)
-        self._finished.clear()
-        with self._changed:
-            self._unsynced = 0
-            self._synced_at = time.monotonic()
             self._changed.notify_all()
 
     def _hold(self, head: _Entry, outcome: Outcome) -> None:
         """A failure the endpoint may recover from: the head waits (and so does everything behind it)."""
-        if self._unsynced:  # what was settled before this failure must not wait for the endpoint
-            self._commit()
         with self._changed:
             self._failures += 1
             self.outcomes["retried"] += 1

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from .errors import ActorDiedError, TaskCancelledError
+from .object_store import unpack
 from .objects import ObjectTable
 from .protocol import ACTOR_CREATE, TaskResult, TaskSpec, new_id
 from .workers import Worker, WorkerPool
@@ -31,6 +32,7 @@ class ActorRecords(Protocol):
 
     def actor_placed(self, spec: TaskSpec) -> None: ...
     def actor_checkpointed(self, actor_id: str, checkpoint_id: str) -> None: ...
+    def actor_ready(self, actor_id: str, direct: str) -> None: ...
     def actor_restarting(self, actor_id: str, restarts: int, address: str | None) -> None: ...
     def actor_gone(self, actor_id: str, name: str | None, reason: str) -> None: ...
     def actor_by_name(self, name: str) -> dict | None: ...
@@ -136,13 +138,20 @@ class ActorManager:
     # ---- results and deaths ------------------------------------------------------------------
 
     def completed(self, spec: TaskSpec, result: TaskResult) -> None:
-        if spec.kind == ACTOR_CREATE and result.error is not None:
-            actor = self._actors.get(spec.actor_id)
-            if actor is not None:
-                self.died(actor, f"the actor's constructor raised: {result.error}", restart=False)
+        if spec.kind != ACTOR_CREATE:
+            return
+        actor = self._actors.get(spec.actor_id)
+        if actor is None:
+            return
+        if result.error is not None:
+            self.died(actor, f"the actor's constructor raised: {result.error}", restart=False)
+            return
+        info = unpack(result.blob) if result.blob is not None else None
+        if self._records is not None and isinstance(info, dict) and info.get("direct"):
+            self._records.actor_ready(actor.actor_id, info["direct"])  # callers on other nodes come straight
 
-    def checkpointed(self, worker: Worker, checkpoint_id: str) -> None:
-        actor = self._actors.get(worker.actor_id or "")
+    def checkpointed(self, actor_id: str, checkpoint_id: str) -> None:
+        actor = self._actors.get(actor_id)
         if actor is None:
             return
         actor.checkpoint, actor.checkpointed_at = checkpoint_id, time.time()

@@ -26,6 +26,7 @@ import cloudpickle
 import redis
 
 from .auth import ClusterKeys
+from .direct import DirectSettings, direct_key
 from .errors import NodeUnavailableError, ResourceUnavailableError, TokenMissingError
 from .gcs import RedisGcs
 from .node import Node
@@ -77,6 +78,11 @@ class ClusterLink:
                resources: dict[str, float]) -> None:
         """The node this link serves: where to post what arrives, its functions' code, its resources."""
         self._post, self._code_of, self._resources = post, code_of, resources
+
+    def direct_settings(self) -> DirectSettings:
+        """How this node's actor workers serve direct calls and how it makes them (key from the token)."""
+        tls = (str(self.tls.cert), str(self.tls.key), str(self.tls.ca)) if self.tls is not None else None
+        return DirectSettings(direct_key(self.keys.calls), self.address.rpartition(":")[0], self.address, tls)
 
     def client(self, address: str) -> NodeClient:
         with self._clients_lock:
@@ -221,9 +227,6 @@ class ClusterLink:
                 if method == "submit":
                     self._deliver(args[0].task_id, None, exc)
             return
-        for method, args in batch:
-            if method == "submit" and args[0].kind == ACTOR_CALL:
-                self._post("delivered", (args[0].task_id,))
 
     def fetch(self, object_id: str, address: str) -> None:
         """Copy an object another node holds (or will make) to this node."""
@@ -300,6 +303,7 @@ class ClusterLink:
         self.gcs.register_actor({
             **record, "actor_id": spec.actor_id, "name": spec.actor_name, "node": self.node_id,
             "address": self.address, "class_name": spec.name, "methods": list(spec.methods), "state": "alive",
+            "direct": None,
             "restarts": spec.restarts, "max_restarts": spec.max_restarts, "max_task_retries": spec.max_task_retries,
             "checkpoint": spec.restore_from or record.get("checkpoint"),
             "checkpoint_at": record.get("checkpoint_at")})
@@ -309,25 +313,18 @@ class ClusterLink:
         self.gcs.register_actor({**record, "checkpoint": checkpoint_id, "checkpoint_at": time.time()})
 
     def actor_restarting(self, actor_id: str, restarts: int, address: str | None) -> None:
-        """Record a restart: in place (`address` = this node) or, with None, wherever it will be placed."""
+        """Record a restart (in place, or wherever it will be placed): callers wait for `actor_ready`."""
         record = self.gcs.actor(actor_id) or {"actor_id": actor_id}
-        state = "alive" if address else "restarting"
-        self.gcs.register_actor({**record, "restarts": restarts, "state": state})
+        self.gcs.register_actor({**record, "restarts": restarts, "state": "restarting", "direct": None})
 
-    def actor_location(self, actor_id: str) -> tuple[str, str | None]:
-        """("alive", address), ("restarting", None), ("dead", reason) or ("unknown", None)."""
-        record = self.gcs.actor(actor_id)
-        if record is None:
-            return "unknown", None
-        if record.get("state") == "alive":
-            return "alive", record["address"]
-        if record.get("state") == "dead":
-            return "dead", record.get("reason") or "the actor is dead"
-        return "restarting", None
+    def actor_ready(self, actor_id: str, direct: str) -> None:
+        """The actor is constructed here; its worker takes direct calls at `direct`."""
+        record = self.gcs.actor(actor_id) or {"actor_id": actor_id}
+        self.gcs.register_actor({**record, "state": "alive", "direct": direct, "node": self.node_id,
+                                 "address": self.address})
 
-    def actor_task_retries(self, actor_id: str) -> int:
-        record = self._quietly(self.gcs.actor, actor_id) or {}
-        return record.get("max_task_retries", 0)
+    def actor_record(self, actor_id: str) -> dict | None:
+        return self.gcs.actor(actor_id)
 
     def actor_spec(self, actor_id: str) -> bytes | None:
         """The pickled creation spec of an actor that may be restarted."""
@@ -348,8 +345,9 @@ class ClusterLink:
             self.gcs.remove_actor_name(name, actor_id)
 
     def actor_address(self, actor_id: str) -> str | None:
-        state, where = self.actor_location(actor_id)
-        return where if state == "alive" else None
+        """The address of the node a live actor is on."""
+        record = self.gcs.actor(actor_id)
+        return record.get("address") if record and record.get("state") == "alive" else None
 
     def actor_by_name(self, name: str) -> dict | None:
         record = self.gcs.actor_by_name(name)

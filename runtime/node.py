@@ -29,6 +29,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from .actor_manager import ActorManager
+from .direct import DirectClients
+from .direct_calls import DirectCalls
 from .errors import GetTimeoutError, NodeStoppedError, ObjectLostError, ResourceUnavailableError
 from .functions import FunctionTable
 from .gcs import InMemoryGcs, kv_request
@@ -67,18 +69,24 @@ class Node:
         self.stats = {"tasks_done": 0}
         self._functions = FunctionTable(*((cluster.function_code, cluster.function_registered) if cluster else ()))
         self._objects = ObjectTable(cluster, self._after)
-        self._pool = WorkerPool(node_id, log_level, self.post, self._functions, self._objects)
+        direct = cluster.direct_settings() if cluster is not None else None
+        self._pool = WorkerPool(node_id, log_level, self.post, self._functions, self._objects, direct)
         self._scheduler = Scheduler(self._pool, self._objects, self.resources, self.num_workers, self._finish,
                                     self._is_running)
         self._actors = ActorManager(self._pool, self._objects, self._finish, cluster, self._is_running)
         self._router: Router | None = None
         self._recovery: Recovery | None = None
+        self._direct: DirectCalls | None = None
+        self._clients: DirectClients | None = None
         self._kv = cluster.gcs if cluster is not None else InMemoryGcs()  # what `rt.kv_*` reads and writes
         if cluster is not None:
             cluster.attach(self.post, self._functions.code_of, self.resources)
-            self._router = Router(cluster, self._objects, self._actors.__contains__, self._scheduler.queued,
-                                  self._dispatch, self._finish, self._after)
-            self._recovery = Recovery(cluster, self._objects, self._router, self._submit, self._dispatch,
+            self._clients = DirectClients(direct.key, self.post, direct.client_tls())
+            self._direct = DirectCalls(cluster, self._objects, self._clients, self._actors.__contains__,
+                                       self._dispatch, self._finish, self._after)
+            self._router = Router(cluster, self._objects, self._direct, self._actors.__contains__,
+                                  self._scheduler.queued, self._dispatch, self._finish)
+            self._recovery = Recovery(cluster, self._objects, self._direct, self._submit, self._dispatch,
                                       self._finish)
         self._ops: dict[str, Callable[..., None]] = {
             name[len("_op_"):]: getattr(self, name) for name in dir(self) if name.startswith("_op_")}
@@ -132,6 +140,8 @@ class Node:
         self.post("stop", ())
         self._thread.join(timeout=10)
         self._pool.shutdown()
+        if self._clients is not None:
+            self._clients.close()
         self._objects.free_all()
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -178,6 +188,8 @@ class Node:
         while self._timers and self._timers[0][0] <= now:
             heapq.heappop(self._timers)[2]()
         self._actors.feed()
+        if self._direct is not None:
+            self._direct.send_ready()
         self._scheduler.schedule()
 
     def _handle(self, method: str, args: tuple, reply: Reply | None) -> None:
@@ -231,6 +243,8 @@ class Node:
         if self._router is not None:
             self._router.settled(result.task_id)
         spec = entry.spec
+        if spec is not None and spec.kind == ACTOR_CREATE and entry.remote is not None:
+            self._direct.created(spec.actor_id, result.blob)  # made elsewhere: its calls can go straight there
         if spec is not None and spec.forwarded_by and spec.forwarded_by != self._cluster.address:
             self._report_to_forwarder(spec, entry)
         if spec is not None:
@@ -386,8 +400,30 @@ class Node:
     def _op_node_dead(self, reply: Reply, node_id: str, address: str, declared_here: bool) -> None:
         self._recovery.node_dead(node_id, address, declared_here)
 
-    def _op_delivered(self, reply: Reply, object_id: str) -> None:
-        self._recovery.delivered(object_id)
+    def _op_locate(self, reply: Reply, locations: dict[str, str]) -> None:
+        """Refs inside a direct call's arguments: fetch each from the node that has it."""
+        for object_id, address in locations.items():
+            self._objects.fetch_if_missing(object_id, address)
+
+    def _op_keep(self, reply: Reply, object_id: str, blob: Blob, contained: tuple[str, ...], owner: str) -> None:
+        """A large result of a direct call, made by a worker here: kept for the caller's node until it lets go."""
+        entry = self._objects.finish(object_id, blob, None, tuple(contained))
+        if entry is not None:
+            if not self._recovery.is_gone(owner):
+                self._objects.hold_for(object_id, owner)
+            self._objects.settle(object_id, entry)
+        reply(True, self._cluster.address)
+
+    def _op_direct_reply(self, reply: Reply, worker: str, message: tuple) -> None:
+        self._direct.reply(worker, message)
+
+    def _op_direct_lost(self, reply: Reply, worker: str, reason: str, refused: bool) -> None:
+        self._direct.lost(worker, reason, refused)
+
+    def _op_actor_checkpointed(self, reply: Reply, actor_id: str, checkpoint_id: str) -> None:
+        """An actor's worker wrote a checkpoint: recorded (in the GCS too) before the covered result goes."""
+        self._actors.checkpointed(actor_id, checkpoint_id)
+        reply(True, None)
 
     def _op_forward_failed(self, reply: Reply, spec: TaskSpec, address: str, error: Exception) -> None:
         self._recovery.forward_failed(spec, address, error)
@@ -414,8 +450,8 @@ class Node:
             if method == "get":
                 method = "get_for_worker"
             self._handle(method, args, self._reply_to_worker(worker, request_id))
-        elif kind == "checkpointed":
-            self._actors.checkpointed(worker, message[1])
+        elif kind == "refs":
+            self._apply_ref_changes(message[1], message[2])
         elif kind == "requeue":
             self._scheduler.requeue(worker, message[1])
 

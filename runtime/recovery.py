@@ -8,9 +8,9 @@ node then runs `Recovery.node_dead` on its dispatcher thread:
   recursively through inputs that were lost too, up to the task's `max_retries`;
   objects made by `put` have no lineage, and `get` raises `ObjectLostError`;
 - tasks it had forwarded to the dead node are run again elsewhere (a retry);
-- calls to actors that lived there wait ("parked") until the actor is back, or
-  fail with `ActorDiedError` when it will not be; calls that were running there
-  fail unless the actor allows `max_task_retries`;
+- calls to actors that lived there are handled by direct calls (`direct_calls.py`):
+  the channels to the dead node's workers are closed, calls that were running
+  fail unless the actor allows `max_task_retries`, later ones wait for a restart;
 - the node that declared the death re-creates the dead node's actors on live
   nodes from their latest checkpoints, while restarts remain.
 """
@@ -25,9 +25,9 @@ from typing import Protocol
 
 from .actor_manager import restart_spec
 from .errors import ActorDiedError, ObjectLostError, TaskError
+from .direct_calls import DirectCalls
 from .objects import ObjectTable
-from .protocol import ACTOR_CALL, TASK, TaskResult, TaskSpec
-from .routing import Router
+from .protocol import ACTOR_CREATE, TASK, TaskResult, TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ class ClusterRecords(Protocol):
     def node_died(self, address: str) -> None: ...
     def suspect(self, address: str) -> None: ...
     def lineage(self, object_id: str) -> TaskSpec | None: ...
-    def actor_task_retries(self, actor_id: str) -> int: ...
     def actors_on(self, node_id: str) -> list[dict]: ...
     def actor_spec(self, actor_id: str) -> bytes | None: ...
     def actor_restarting(self, actor_id: str, restarts: int, address: str | None) -> None: ...
@@ -50,12 +49,12 @@ class ClusterRecords(Protocol):
 class Recovery:
     """Node-death recovery for one node; runs on its dispatcher thread."""
 
-    def __init__(self, link: ClusterRecords, objects: ObjectTable, router: Router,
+    def __init__(self, link: ClusterRecords, objects: ObjectTable, direct: DirectCalls,
                  submit: Callable[[TaskSpec], None], dispatch: Callable[[TaskSpec], None],
                  finish: Callable[[TaskResult], None]):
         self._link = link
         self._objects = objects
-        self._router = router
+        self._direct = direct
         self._submit = submit
         self._dispatch = dispatch
         self._finish = finish
@@ -71,7 +70,7 @@ class Recovery:
             return
         self._dead.add(address)
         logger.warning("node %s (%s) is gone; recovering what this node had there", node_id, address)
-        self._router.node_died(address)
+        self._direct.node_died(address)
         for object_id, entry in self._objects.items():
             if entry.held_for == address:  # kept for the dead node, which will never fetch it
                 self._objects.release_held(object_id)
@@ -87,19 +86,13 @@ class Recovery:
                 self._lost_in_flight(object_id, entry.spec, node_id)
 
     def _lost_in_flight(self, object_id: str, spec: TaskSpec | None, node_id: str) -> None:
-        """A call forwarded to the dead node (or a copy being fetched from it) will never answer."""
-        entry = self._objects.entry(object_id)
-        if spec is not None and spec.kind == ACTOR_CALL and not entry.delivered:
-            return  # its hand-over is still failing: `forward_failed` parks it for the restarted actor
-        entry.remote = None
+        """A call sent to the dead node (or a copy being fetched from it) will never answer."""
+        self._objects.entry(object_id).remote = None
         if spec is None or spec.kind == TASK:
             self._rebuild(object_id, f"node {node_id} died running it")
-        elif spec.kind == ACTOR_CALL and spec.attempt < self._link.actor_task_retries(spec.actor_id):
-            spec.attempt += 1
-            self._router.park(spec)
-        else:
+        else:  # an actor's creation: the node that declared the death restarts the actor, if it may be
             self._finish(TaskResult(object_id, None, ActorDiedError(
-                f"{spec.name}: node {node_id} died while the call was running there")))
+                f"{spec.name}: node {node_id} died while creating the actor")))
 
     def is_gone(self, address: str) -> bool:
         """True for a node declared dead (or that left): nothing is sent or kept for it any more."""
@@ -141,23 +134,15 @@ class Recovery:
 
     # ---- calls that failed to reach their node ------------------------------------------------
 
-    def delivered(self, object_id: str) -> None:
-        entry = self._objects.find(object_id)
-        if entry is not None:
-            entry.delivered = True
-
     def forward_failed(self, spec: TaskSpec, address: str, error: Exception) -> None:
-        """A call could not be handed to `address`: place tasks elsewhere, hold actor calls for the actor."""
+        """A call could not be handed to `address`: place it elsewhere (a task while it has retries left)."""
         entry = self._objects.find(spec.task_id)
         if entry is None or entry.ready:
             return
         entry.remote = None
         self._link.suspect(address)
-        if spec.kind == ACTOR_CALL:
-            self._router.actor_unreachable(spec.actor_id)
-            self._router.park(spec)
-        elif spec.kind == TASK and spec.attempt < spec.max_retries:
-            spec.attempt += 1
+        if spec.kind == ACTOR_CREATE or (spec.kind == TASK and spec.attempt < spec.max_retries):
+            spec.attempt += spec.kind == TASK
             spec.forwarded_by = None
             self._dispatch(spec)
         else:

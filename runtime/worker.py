@@ -6,12 +6,24 @@ Messages on the pipe to the node, node -> worker:
   ("exit",)
 worker -> node:
   ("done", TaskResult, held_ids, released_ids)
-  ("checkpointed", checkpoint_id)                                  sent before the "done" of the call it covers
-  ("call", request_id, method, args, held_ids, released_ids)       nested runtime API use
+  ("call", request_id, method, args, held_ids, released_ids)       nested runtime API use (request_id None:
+                                                                   no answer wanted); an actor's checkpoint
+                                                                   is recorded this way before the result
+                                                                   of the call it covers is sent
+  ("refs", held_ids, released_ids)                                 after a direct call
   ("requeue", [task_id, ...])                                      calls handed over but not started
 
+In a cluster, an actor's worker also serves direct calls (`direct.py`): other
+nodes send `("run", owner_address, [(spec, {dep_id: Blob or error},
+{contained_id: address}), ...])` on a channel of their own and get back
+`("started", task_id)` when a call begins, then `("done", task_id, Blob or None,
+error, contained)` or, for a large value kept by this worker's node,
+`("held", task_id, node_address, size)`. Calls from every
+channel and from the node run one at a time, each channel's in its order.
+
 A task that blocks in `get` first hands its not-yet-started calls back to the
-node, so they can run elsewhere: nothing waits behind a blocked worker.
+node, so they can run elsewhere: nothing waits behind a blocked worker. An
+actor never does: its calls run in order.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import cloudpickle
 
 from . import api
 from .checkpoints import ActorCheckpoints, open_store
+from .direct import Channel, DirectServer, direct_tls
 from .errors import ActorDiedError, TaskError
 from .object_store import pack, unpack
 from .protocol import ACTOR_CALL, ACTOR_CREATE, CHECKPOINT_METHOD, RefMarker, TaskResult, TaskSpec, new_id
@@ -39,16 +52,26 @@ from .refs import capture_refs, set_ref_listeners
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class DirectReply:
+    """Where the result of a direct call goes: back on its channel; a large value is kept for `owner`."""
+
+    channel: Channel
+    owner: str
+
+
 class WorkerBackend:
     """The runtime API as seen from inside a worker: every call goes to the node over the pipe.
 
-    A reader thread drains the pipe into `inbox` at all times, so the node's sends
-    never block on a worker busy sending its own results.
+    A reader thread drains the pipe into `inbox` at all times (and each direct
+    channel's reader adds its calls there), so no sender ever blocks on a worker
+    busy running a call.
     """
 
-    def __init__(self, conn: Connection, queue: deque):
+    def __init__(self, conn: Connection, queue: deque, *, is_actor: bool):
         self.conn = conn
-        self.queue = queue
+        self.queue = queue  # (spec, code, deps, DirectReply or None), in the order they run
+        self.is_actor = is_actor
         self.inbox: Queue = Queue()
         self.held: list[str] = []
         self.released: list[str] = []
@@ -68,6 +91,23 @@ class WorkerBackend:
             logger.exception("worker reader failed")
             self.inbox.put(("exit",))
 
+    def direct_message(self, channel: Channel, message: Any) -> None:
+        """A direct channel's reader thread hands over what it read."""
+        if isinstance(message, tuple) and message[:1] == ("run",):
+            self.inbox.put(("direct", channel, message))
+
+    def take(self, message: tuple) -> None:
+        """Queue the calls of a `run` (from the node) or `direct` (from a channel) message."""
+        if message[0] == "run":
+            self.queue.extend((spec, code, deps, None) for spec, code, deps in message[1])
+        else:
+            _, channel, (_, owner, calls) = message
+            reply = DirectReply(channel, owner)
+            for spec, deps, contained in calls:
+                if contained:  # refs inside the arguments: this node fetches them from where they are
+                    self.post("locate", (contained,))
+                self.queue.append((spec, None, deps, reply))
+
     def hold(self, object_id: str) -> None:
         self.held.append(object_id)
 
@@ -84,7 +124,7 @@ class WorkerBackend:
         self.conn.send(("call", None, method, args, *self.take_ref_changes()))
 
     def call(self, method: str, *args: Any) -> Any:
-        blocking = method in ("get", "wait")
+        blocking = method in ("get", "wait") and not self.is_actor
         if blocking and self.queue:
             self._hand_back(list(self.queue))
             self.queue.clear()
@@ -97,16 +137,42 @@ class WorkerBackend:
                 if not ok:
                     raise value
                 return value
-            if message[0] == "run":
-                if blocking:  # nothing may wait behind a blocked worker
-                    self._hand_back(message[1])
-                else:
-                    self.queue.extend(message[1])
+            if message[0] == "run" and blocking:  # nothing may wait behind a blocked worker
+                self._hand_back(message[1])
+            elif message[0] in ("run", "direct"):
+                self.take(message)
             elif message[0] == "exit":
                 raise SystemExit(0)
 
     def _hand_back(self, entries: list) -> None:
         self.conn.send(("requeue", [entry[0].task_id for entry in entries]))
+
+    @staticmethod
+    def starting(spec: TaskSpec, reply: DirectReply | None) -> None:
+        """Tell a direct caller its call has started: if this worker dies, only that one may have run."""
+        if reply is not None:
+            try:
+                reply.channel.send(("started", spec.task_id))
+            except OSError:
+                pass
+
+    def send_result(self, result: TaskResult, reply: DirectReply | None) -> None:
+        """The result goes to the node, or back on the direct channel it came from."""
+        if reply is None:
+            self.conn.send(("done", result, *self.take_ref_changes()))
+            return
+        if result.blob is not None and result.blob.shared:  # large: the node keeps it for the caller's node
+            node = self.call("keep", result.task_id, result.blob, result.contained, reply.owner)
+            message = ("held", result.task_id, node, result.blob.size)
+        else:
+            message = ("done", result.task_id, result.blob, result.error, result.contained)
+        try:
+            reply.channel.send(message)
+        except OSError:  # the caller is gone; its node's death releases what was kept for it
+            pass
+        held, released = self.take_ref_changes()
+        if held or released:
+            self.conn.send(("refs", held, released))
 
 
 def main() -> None:
@@ -119,27 +185,28 @@ def main() -> None:
 
 @dataclass
 class _ActorBox:
-    """The actor this worker hosts, and its checkpoint policy (None without a store)."""
+    """The actor this worker hosts, its checkpoint policy (None without a store), its direct-call server."""
 
     instance: Any
     spec: TaskSpec
     checkpoints: ActorCheckpoints | None
+    server: DirectServer | None = None
 
-    def checkpoint(self, conn: Connection) -> str:
-        """Write the state durably, then tell the node (before the result of the call it covers)."""
+    def checkpoint(self, backend: WorkerBackend) -> str:
+        """Write the state durably; return once the node has recorded it (before the covered result goes)."""
         checkpoint_id = self.checkpoints.take(self.instance)
-        conn.send(("checkpointed", checkpoint_id))
+        backend.call("actor_checkpointed", self.spec.actor_id, checkpoint_id)
         return checkpoint_id
 
 
-def _checkpoint_after(actor: list, spec: TaskSpec, conn: Connection) -> None:
+def _checkpoint_after(actor: list, spec: TaskSpec, backend: WorkerBackend) -> None:
     """A periodic checkpoint, when the actor's options call for one now."""
     if not actor or spec.kind != ACTOR_CALL or spec.method == CHECKPOINT_METHOD:
         return
     box = actor[0]
     if box.checkpoints is not None and box.checkpoints.call_done():
         try:
-            box.checkpoint(conn)
+            box.checkpoint(backend)
         except Exception:  # the actor keeps serving; its next restart resumes from an older checkpoint
             logger.exception("checkpoint of actor %s failed", spec.name)
 
@@ -148,7 +215,7 @@ def worker_main(conn: Connection, node_info: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=node_info.get("log_level", logging.WARNING))
     queue: deque = deque()
-    backend = WorkerBackend(conn, queue)
+    backend = WorkerBackend(conn, queue, is_actor=bool(node_info.get("actor_id")))
     api.attach_worker_backend(backend, node_info)
     set_ref_listeners(backend.hold, backend.release)
     functions: dict[str, Any] = {}
@@ -159,35 +226,36 @@ def worker_main(conn: Connection, node_info: dict) -> None:
                 message = backend.inbox.get()
                 if message[0] == "exit":
                     return
-                if message[0] == "run":
-                    queue.extend(message[1])
+                if message[0] in ("run", "direct"):
+                    backend.take(message)
                 continue
-            spec, _, deps = queue.popleft()
-            result = _run(spec, backend.code, functions, deps, actor, conn)
-            _checkpoint_after(actor, spec, conn)
-            conn.send(("done", result, *backend.take_ref_changes()))
+            spec, _, deps, reply = queue.popleft()
+            backend.starting(spec, reply)
+            result = _run(spec, backend, functions, deps, actor, node_info)
+            _checkpoint_after(actor, spec, backend)
+            backend.send_result(result, reply)
     except (EOFError, OSError, KeyboardInterrupt):
         return
     finally:
         os._exit(0)
 
 
-def _run(spec: TaskSpec, code: dict[str, bytes], functions: dict[str, Any], deps: dict,
-         actor: list[_ActorBox], conn: Connection) -> TaskResult:
+def _run(spec: TaskSpec, backend: WorkerBackend, functions: dict[str, Any], deps: dict,
+         actor: list[_ActorBox], node_info: dict) -> TaskResult:
     try:
         if spec.function_id is not None and spec.function_id not in functions:
-            functions[spec.function_id] = cloudpickle.loads(code[spec.function_id])
+            functions[spec.function_id] = cloudpickle.loads(backend.code[spec.function_id])
         args, kwargs = _resolve_args(spec, deps)
         if spec.kind == ACTOR_CREATE:
             actor.append(_create_actor(functions[spec.function_id], spec, args, kwargs))
-            value = None
+            value = _serve_direct_calls(actor[0], backend, node_info.get("direct"))
         elif spec.kind == ACTOR_CALL:
             if not actor:
                 raise ActorDiedError(f"{spec.name}: the actor was not created")
             if spec.method == CHECKPOINT_METHOD:
                 if actor[0].checkpoints is None:
                     raise ValueError("this actor has no checkpoint store")
-                value = actor[0].checkpoint(conn)
+                value = actor[0].checkpoint(backend)
             else:
                 value = getattr(actor[0].instance, spec.method)(*args, **kwargs)
         else:
@@ -214,6 +282,20 @@ def _create_actor(cls: type, spec: TaskSpec, args: list, kwargs: dict) -> _Actor
     if spec.restore_from and checkpoints is not None:
         checkpoints.restore(box.instance, spec.restore_from)
     return box
+
+
+def _serve_direct_calls(box: _ActorBox, backend: WorkerBackend, direct: dict | None) -> dict | None:
+    """In a cluster, listen for direct calls; the address is the value of the actor's creation."""
+    if not direct:
+        return None
+    tls = direct_tls(direct.get("tls"))
+    box.server = DirectServer(direct["host"], bytes.fromhex(os.environ["RINGWATCH_DIRECT_KEY"]),
+                              backend.direct_message, _ignore_closed, tls[0] if tls else None)
+    return {"direct": box.server.address, "node": direct["node"]}
+
+
+def _ignore_closed(channel: Channel) -> None:
+    return None
 
 
 def _resolve_args(spec: TaskSpec, deps: dict) -> tuple[list, dict]:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Listener
 
+from .direct import DirectSettings
 from .functions import FunctionTable
 from .objects import ObjectTable
 from .protocol import TaskSpec, new_id
@@ -69,8 +70,9 @@ class WorkerPool:
     """The node's worker processes and their pipes."""
 
     def __init__(self, node_id: str, log_level: int, post: Callable[[str, tuple], None],
-                 functions: FunctionTable, objects: ObjectTable):
+                 functions: FunctionTable, objects: ObjectTable, direct: DirectSettings | None = None):
         self.node_id = node_id
+        self._direct = direct  # in a cluster: actor workers serve direct calls
         self._log_level = log_level
         self._post = post
         self._functions = functions
@@ -92,10 +94,14 @@ class WorkerPool:
         """Launch a worker process; it becomes usable when it has connected back (`connected`)."""
         worker_id = new_id()
         info = {"address": self._listener.address, "worker_id": worker_id, "node_id": self.node_id,
-                "log_level": self._log_level}
+                "log_level": self._log_level, "actor_id": actor_id}
         # Workers see the driver's import path, so functions pickled by reference import there too.
-        env = {**os.environ, "RINGWATCH_WORKER_INFO": json.dumps(info), "RINGWATCH_WORKER_KEY": self._key.hex(),
+        env = {**os.environ, "RINGWATCH_WORKER_KEY": self._key.hex(),
                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        if actor_id is not None and self._direct is not None:
+            info["direct"] = self._direct.worker_info()
+            env["RINGWATCH_DIRECT_KEY"] = self._direct.key.hex()
+        env["RINGWATCH_WORKER_INFO"] = json.dumps(info)
         process = subprocess.Popen([sys.executable, "-c", "from ringwatch.runtime.worker import main; main()"],
                                    env=env, stdin=subprocess.DEVNULL)
         worker = Worker(worker_id, process, None, actor_id)

@@ -208,3 +208,33 @@ def test_status_command_lists_the_nodes(cluster, redis_url):
                           env={**os.environ, "RINGWATCH_TOKEN": TOKEN})
     assert done.returncode == 0, done.stderr
     assert all(name in done.stdout for name in ("node-a", "node-b", "node-gpu"))
+
+
+def test_direct_actor_calls_keep_each_callers_order(cluster):
+    """The driver and tasks on other nodes call one actor straight at its worker; each caller's order holds."""
+    @rt.remote
+    class Journal:
+        def __init__(self):
+            self.entries = []
+
+        def add(self, caller, i):
+            self.entries.append((caller, i))
+            return len(self.entries)
+
+        def read(self):
+            return self.entries, rt.current_node_id()
+
+    journal = Journal.options(resources={"gpu": 1}).remote()
+
+    @rt.remote
+    def write(handle, caller, n):
+        return rt.get([handle.add.remote(caller, i) for i in range(n)])
+
+    writers = [write.remote(journal, f"task-{k}", 100) for k in range(2)]
+    mine = [journal.add.remote("driver", i) for i in range(100)]
+    rt.get([*writers, *mine], timeout=120)
+
+    entries, node = rt.get(journal.read.remote(), timeout=60)
+    assert node == "node-gpu"
+    for caller in ("driver", "task-0", "task-1"):
+        assert [i for c, i in entries if c == caller] == list(range(100))

@@ -243,3 +243,59 @@ def test_a_driver_outlives_the_node_it_joined_through(redis_url, tmp_path):
     finally:
         rt.shutdown()
         cluster.stop()
+
+
+@rt.remote(resources=SPARE, max_restarts=1)
+class Sequencer:
+    def __init__(self):
+        self.taken = []
+
+    def take(self, i: int, started: str | None = None, gate: str | None = None) -> tuple[int, int]:
+        if started:
+            Path(started).touch()
+            while not os.path.exists(gate):
+                time.sleep(0.01)
+        self.taken.append(i)
+        return i, os.getpid()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def test_direct_calls_survive_the_callee_worker_dying(cluster, tmp_path):
+    """The actor's worker is SIGKILLed with one call running and fifty sent behind it.
+
+    The running call fails with ActorDiedError (its effect is unknown); the ones
+    it had not started run on the restarted actor, in the order they were made;
+    nothing hangs.
+    """
+    sequencer = Sequencer.remote()
+    pid = rt.get(sequencer.pid.remote(), timeout=60)
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    running = sequencer.take.remote(-1, str(started), str(gate))
+    behind = [sequencer.take.remote(i) for i in range(50)]
+    until(started.exists, "the first call to start")
+    os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(rt.ActorDiedError, match="while the call was running"):
+        rt.get(running, timeout=60)
+    values = rt.get(behind, timeout=120)
+
+    assert [i for i, _ in values] == list(range(50))
+    assert {p for _, p in values} != {pid} and len({p for _, p in values}) == 1
+
+
+def test_direct_calls_to_an_actor_out_of_restarts_fail_and_never_hang(cluster, tmp_path):
+    sequencer = Sequencer.options(max_restarts=0).remote()
+    pid = rt.get(sequencer.pid.remote(), timeout=60)
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    running = sequencer.take.remote(-1, str(started), str(gate))
+    behind = [sequencer.take.remote(i) for i in range(20)]
+    until(started.exists, "the first call to start")
+    os.kill(pid, signal.SIGKILL)
+
+    for ref in [running, *behind]:
+        with pytest.raises(rt.ActorDiedError):
+            rt.get(ref, timeout=60)
+    with pytest.raises(rt.ActorDiedError):
+        rt.get(sequencer.take.remote(99), timeout=60)

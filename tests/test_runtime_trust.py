@@ -395,6 +395,14 @@ def test_a_tls_cluster_serves_a_driver_with_a_certificate_from_its_ca(tls_cluste
     assert rt.get([where.remote() for _ in range(4)], timeout=60) == ["node-b"] * 4  # node-a to node-b over TLS
     assert rt.get(add.remote(1, 2), timeout=60) == 3
 
+    @rt.remote(resources={"spare": 1})
+    class Echo:
+        def echo(self, x):
+            return x, rt.current_node_id()
+
+    echo = Echo.remote()  # its calls go from the driver straight to its worker, over TLS too
+    assert rt.get([echo.echo.remote(i) for i in range(3)], timeout=60) == [(i, "node-b") for i in range(3)]
+
 
 def test_tls_refuses_other_cas_plaintext_and_clients_without_a_certificate(tls_cluster, tmp_path):
     cluster, ca = tls_cluster
@@ -424,3 +432,33 @@ def test_tls_options_come_as_a_set(redis_url, unique_name, tmp_path):
     with pytest.raises(RuntimeError, match="exited with code 2"):
         cluster.start_node("node-a", args=("--tls-cert", str(tmp_path / "node.pem")))
     assert "--tls-key, --tls-ca missing" in (tmp_path / "node-a.log").read_text()
+
+
+# ---- direct actor calls ---------------------------------------------------------------------------------
+
+
+def test_an_actor_workers_direct_channel_refuses_callers_without_the_key(cluster, tmp_path):
+    """The actor's worker listens for direct calls: a caller that cannot answer its challenge gets nothing
+    unpickled and is cut off; one that sends a pickle before the handshake likewise; real callers go on."""
+    import socket
+
+    keeper = Keeper.remote()
+    assert rt.get(keeper.where.remote(), timeout=60) == "node-b"
+    record = RedisGcs(cluster.redis_url, cluster.namespace, keys=KEYS).actor(keeper.actor_id)
+    host, _, port = record["direct"].rpartition(":")
+    assert host == "127.0.0.1"
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(Payload(marker))
+    header = len(evil).to_bytes(8, "big")
+    for first in (os.urandom(64), header + evil + b"\0" * 64):
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            assert len(sock.recv(32)) == 32  # the challenge
+            sock.sendall(first)
+            sock.settimeout(30)
+            try:
+                answer = sock.recv(1024)
+            except ConnectionResetError:  # closed with our bytes unread: cut off all the same
+                answer = b""
+            assert answer == b"", "the worker answered a caller that did not prove it holds the key"
+    assert not marker.exists()
+    assert rt.get(keeper.where.remote(), timeout=60) == "node-b"
