@@ -1,46 +1,46 @@
-"""Ring-search benchmark: throughput, per-transaction latency, memory and recall of the graph engine.
+"""Ring-search benchmark: throughput, per-payment latency, memory and exactness of the graph engine v2.
 
-Streams the synthetic AML stream (`ringwatch.connectors.synthetic`, bank and
-dense modes, injected rings as ground truth) through `RingDetector` with 1, 2
-and 4 shards, and in the same run times a naive baseline (networkx `DiGraph` +
-`all_simple_paths` per payment) on the first `--baseline-tx` payments, next to
-the engine on the same prefix.
+One run prints, side by side:
+- the in-process graph (`LocalRingGraph`, one compiled call per batch);
+- the same stream through `GraphShard` actors on a local runtime (`--actor-shards`);
+- `ringwatch detect` on the stream written as JSON lines (whole process, `--detect`);
+- a baseline measured in the same run: a networkx brute force (per payment,
+  `all_simple_paths` over the windowed account graph, then the v2 witness
+  check) on the first `--baseline-tx` payments — it also proves exactness:
+  its ring count must equal the engine's alert count on that prefix;
+- compile time (fresh numba cache) and cache-load time (second start).
 
-Latency: payments are handed over in micro-batches of `--batch-size` as fast as
-the engine takes them; a payment's latency is the wall time of its batch (it
-waits for the whole batch), so it is an upper bound on one payment's search.
-Bytes per stored edge: the shards' own estimate of what their arrays, tx ids,
-interning and dedup index hold, divided by the payments stored in the window.
+Latency: `p50/p99/p99.9 per payment` comes from a second in-process pass that
+hands payments over one at a time (after warming with the rest of the stream in
+batches), so it includes the Python call per payment; through actors it is the
+batch's wall time (every payment of a batch waits for the whole batch).
+Bytes per stored edge: the store's allocated arrays (edge columns, tx-id bytes
+and table, per-account list pools) over the payments in the window; accounts'
+interning is shown apart.
 
-Full size of issue 5:
+Full size (issue 10):
     python bench/ring_search.py --transactions 1000000 --accounts 100000 --days 10
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import functools
-import pstats
-import resource
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
 
 import networkx as nx
 import numpy as np
+import pyarrow as pa
 
 from ringwatch.connectors.synthetic import SyntheticConfig, SyntheticStream, generate, write_stream
-from ringwatch.graph import (
-    ActorShards,
-    LocalShards,
-    RingDetector,
-    SearchOptions,
-    Transaction,
-    parse_duration,
-    search_in_parallel,
-)
+from ringwatch.graph import PAYMENT_SCHEMA, LocalRingGraph, SearchOptions, ShardedRingGraph, parse_duration
+
+ISSUE_DENSE_BASELINE_TX_S = 143  # dense mode, 1 shard, before v2 (issue 10)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,201 +50,231 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--days", type=float, default=10.0)
     parser.add_argument("--rings", type=int, default=50, help="injected rings per stream")
     parser.add_argument("--modes", default="bank,dense")
-    parser.add_argument("--shards", default="1,2,4")
-    parser.add_argument("--engine", choices=("local", "runtime"), default="local",
-                        help="local: shards in this process; runtime: GraphShard actors + search tasks")
-    parser.add_argument("--backend", choices=("ringwatch", "ray"), default="ringwatch",
-                        help="runtime of --engine runtime: ringwatch's own, or Ray (started locally)")
     parser.add_argument("--max-hops", type=int, default=6)
     parser.add_argument("--window", default="48h")
-    parser.add_argument("--max-degree", type=int, default=1000, help="hub guard; 0 turns it off")
-    parser.add_argument("--max-rings-per-tx", type=int, default=100, help="0 turns the cap off")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--max-rings-per-tx", type=int, default=0, help="0: no cap (exact)")
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--actor-shards", default="2", help="shard counts to run through GraphShard actors ('' = none)")
+    parser.add_argument("--actor-batch-size", type=int, default=4096)
+    parser.add_argument("--backend", choices=("ringwatch", "ray"), default="ringwatch",
+                        help="runtime of the actor runs: ringwatch's own, or Ray (started locally)")
+    parser.add_argument("--actor-budget", type=float, default=300.0, help="seconds an actor run may take")
+    parser.add_argument("--latency-tx", type=int, default=50_000, help="payments timed one at a time")
     parser.add_argument("--baseline-tx", type=int, default=20_000)
-    parser.add_argument("--baseline-budget", type=float, default=60.0,
-                        help="seconds the naive baseline may run before it is stopped (its rate still counts)")
-    parser.add_argument("--engine-budget", type=float, default=120.0,
-                        help="seconds one engine run may take before it is stopped (figures cover what it did)")
+    parser.add_argument("--baseline-budget", type=float, default=120.0)
+    parser.add_argument("--detect", action="store_true", help="also time `ringwatch detect` on the bank stream")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--write", type=Path, help="also write each stream (parquet) with its truth into this folder")
-    parser.add_argument("--profile", action="store_true", help="cProfile the 1-shard run of each mode")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = SearchOptions(max_hops=args.max_hops, window_ms=parse_duration(args.window, name="window"),
-                            max_degree=args.max_degree or None, max_rings_per_tx=args.max_rings_per_tx or None)
-    shard_counts = [int(s) for s in args.shards.split(",")]
+                            max_rings_per_tx=args.max_rings_per_tx or None)
     print(f"# ring_search: {args.transactions:,} tx, {args.accounts:,} accounts, {args.days:g} days, "
-          f"{args.rings} injected rings, max_hops={args.max_hops}, window={args.window}, "
-          f"max_degree={options.max_degree}, max_rings_per_tx={options.max_rings_per_tx}, "
-          f"batch={args.batch_size}, engine={args.engine}, backend={args.backend}, seed={args.seed}")
-    runtime = _start_runtime(args.backend) if args.engine == "runtime" else None
-    try:
-        for mode in args.modes.split(","):
-            stream = _generate(args, mode)
-            transactions = stream.transactions
-            print(f"\n## mode {mode}: {len(transactions):,} tx generated, "
-                  f"{len(stream.rings)} rings injected ({_hub_summary(stream, options)})")
-            print(f"{'shards':>6} {'tx done':>9} {'tx/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
-                  f"{'B/edge':>7} {'recall':>9} {'alerts':>8} {'truncated':>9} {'maxRSS MB':>9}")
-            for count in shard_counts:
-                profile = cProfile.Profile() if args.profile and count == shard_counts[0] else None
-                result = _run_engine(transactions, options, count, args, profile)
-                print(f"{count:>6} {result['done']:>9,} {result['rate']:>9,.0f} {result['p50']:>8.2f} "
-                      f"{result['p99']:>8.2f} {result['p999']:>9.2f} {result['bytes_per_edge']:>7.0f} "
-                      f"{_recall(stream, result['alerts'], result['done']):>9} {len(result['alerts']):>8,} "
-                      f"{result['truncated']:>9,} {_max_rss_mb():>9,.0f}")
-                if profile is not None:
-                    pstats.Stats(profile, stream=sys.stdout).sort_stats("cumulative").print_stats(18)
-            _compare_with_baseline(transactions[:args.baseline_tx], options, args)
-    finally:
-        if runtime is not None:
-            runtime.shutdown()
+          f"{args.rings} injected rings, max_hops={args.max_hops}, window={args.window}, no hub guard, "
+          f"max_rings_per_tx={options.max_rings_per_tx}, batch={args.batch_size}, seed={args.seed}, "
+          f"cpus={os.cpu_count()}")
+    compile_s, load_s = _compile_and_load_times()
+    print(f"# numba: compile (fresh cache) {compile_s:.2f} s; second start (cache load) {load_s:.2f} s")
+    for mode in args.modes.split(","):
+        stream = generate(SyntheticConfig(n_transactions=args.transactions, n_accounts=args.accounts, days=args.days,
+                                          mode=mode, n_rings=args.rings, seed=args.seed))
+        table = payments(stream)
+        print(f"\n## mode {mode}: {table.num_rows:,} payments, {len(stream.rings)} rings injected")
+        print(f"{'engine':<24} {'tx done':>9} {'tx/s':>10} {'alerts':>9} {'alerts/s':>9} {'p50 ms':>8} "
+              f"{'p99 ms':>8} {'p99.9 ms':>9} {'B/edge':>7} {'recall':>8}")
+        local = run_local(table, options, args.batch_size)
+        _row("in-process, 1 shard", local, stream)
+        latency = per_payment_latency(table, options, args.batch_size, args.latency_tx)
+        print(f"{'  one payment per call':<24} {'':>9} {'':>10} {'':>9} {'':>9} {latency[0]:>8.3f} "
+              f"{latency[1]:>8.3f} {latency[2]:>9.3f}")
+        for shards in [int(s) for s in args.actor_shards.split(",") if s]:
+            actors = run_actors(table, options, shards, args.actor_batch_size, args.actor_budget, args.backend)
+            _row(f"{shards} GraphShard actors", actors, stream)
+        baseline(table, options, args, local)
+        if mode == "dense":
+            print(f"dense: {local['rate'] / ISSUE_DENSE_BASELINE_TX_S:,.0f}x the {ISSUE_DENSE_BASELINE_TX_S} tx/s "
+                  f"of the engine before v2 (issue 10); {local['alerts'] / local['elapsed']:,.0f} alerts/s")
+        if args.detect and mode == "bank":
+            detect_rate(stream, options, args)
     return 0
 
 
-def _start_runtime(backend: str):
+def payments(stream: SyntheticStream) -> pa.Table:
+    """The stream as the graph's columns (amounts to 1/10,000 units), without a Python object per payment."""
+    raw = stream.to_arrow()
+    units = np.rint(raw.column("amount").to_numpy() * 10_000).astype(np.int64)
+    return pa.table([raw.column("tx_id"), raw.column("src"), raw.column("dst"), raw.column("ts"), pa.array(units),
+                     raw.column("currency")], schema=PAYMENT_SCHEMA)
+
+
+def _row(name: str, result: dict, stream: SyntheticStream) -> None:
+    print(f"{name:<24} {result['done']:>9,} {result['rate']:>10,.0f} {result['alerts']:>9,} "
+          f"{result['alerts'] / result['elapsed']:>9,.0f} {result['p50']:>8.2f} {result['p99']:>8.2f} "
+          f"{result['p999']:>9.2f} {result.get('bytes_per_edge', float('nan')):>7.0f} "
+          f"{_recall(stream, result['ids'], result['done']):>8}")
+    if "account_bytes" in result:
+        print(f"{'':<24} (window: {result['edges']:,} payments, {result['store_mb']:.1f} MB edge store; accounts: "
+              f"{result['account_bytes'] / 1e6:.1f} MB for interning and list heads)")
+
+
+def run_local(table: pa.Table, options: SearchOptions, batch_size: int) -> dict:
+    graph = LocalRingGraph(options)
+    window = options.window_ms
+    times, alerts, peak = [], {}, (0, 1, 0)
+    started = time.perf_counter()
+    for start in range(0, table.num_rows, batch_size):
+        batch = table.slice(start, batch_size)
+        t0 = time.perf_counter()
+        result = graph.process(batch)
+        newest = batch.column("ts")[-1].as_py()
+        graph.evict(newest - window)
+        times.append((time.perf_counter() - t0, batch.num_rows))
+        alerts.update((a.alert_id, (a.trigger_tx_id, a.accounts)) for a in result.alerts)
+        if (start // batch_size) % 16 == 0:
+            store = graph.store
+            peak = max(peak, (store.nbytes(), store.live_count(), store.account_nbytes()))
+    elapsed = time.perf_counter() - started
+    return _figures(times, alerts, table.num_rows, elapsed) | {
+        "bytes_per_edge": peak[0] / max(peak[1], 1), "edges": peak[1], "store_mb": peak[0] / 1e6,
+        "account_bytes": peak[2]}
+
+
+def per_payment_latency(table: pa.Table, options: SearchOptions, batch_size: int, count: int) -> tuple:
+    graph = LocalRingGraph(options)
+    head = max(table.num_rows - count, 0)
+    for start in range(0, head, batch_size):
+        graph.process(table.slice(start, min(batch_size, head - start)))
+    samples = []
+    for i in range(head, table.num_rows):
+        t0 = time.perf_counter()
+        graph.process(table.slice(i, 1))
+        samples.append(time.perf_counter() - t0)
+    return tuple(np.percentile(np.array(samples) * 1000, [50, 99, 99.9]))
+
+
+def run_actors(table: pa.Table, options: SearchOptions, shards: int, batch_size: int, budget: float,
+               backend: str) -> dict:
     from ringwatch import runtime as rt
 
     rt.init(backend=backend)
-    return rt
+    graph = ShardedRingGraph.create(options, shards)
+    try:
+        graph.process(table.slice(0, 1))  # start the actors (and their compiled code) before the clock
+        times, alerts, done = [], {}, 1
+        started = time.perf_counter()
+        for start in range(1, table.num_rows, batch_size):
+            if time.perf_counter() - started > budget:
+                break
+            batch = table.slice(start, batch_size)
+            t0 = time.perf_counter()
+            result = graph.process(batch)
+            graph.evict(batch.column("ts")[-1].as_py() - options.window_ms)
+            times.append((time.perf_counter() - t0, batch.num_rows))
+            alerts.update((a.alert_id, (a.trigger_tx_id, a.accounts)) for a in result.alerts)
+            done += batch.num_rows
+        return _figures(times, alerts, done, time.perf_counter() - started)
+    finally:
+        graph.close()
+        rt.shutdown()
 
 
-def _generate(args: argparse.Namespace, mode: str) -> SyntheticStream:
-    config = SyntheticConfig(n_transactions=args.transactions, n_accounts=args.accounts, days=args.days,
-                             mode=mode, n_rings=args.rings, seed=args.seed)
-    stream = generate(config)
-    if args.write is not None:
-        args.write.mkdir(parents=True, exist_ok=True)
-        truth = write_stream(stream, args.write / f"{mode}.parquet")
-        print(f"# wrote {args.write / f'{mode}.parquet'} and {truth}")
-    return stream
+def _figures(times: list[tuple[float, int]], alerts: dict, done: int, elapsed: float) -> dict:
+    per_payment = np.repeat([t for t, _ in times], [n for _, n in times]) * 1000
+    p50, p99, p999 = np.percentile(per_payment, [50, 99, 99.9]) if per_payment.size else (0, 0, 0)
+    return {"done": done, "rate": done / elapsed, "elapsed": elapsed, "alerts": len(alerts), "ids": alerts,
+            "p50": p50, "p99": p99, "p999": p999}
 
 
-def _hub_summary(stream: SyntheticStream, options: SearchOptions) -> str:
-    """How skewed the stream is: payments per window touching the busiest account."""
-    per_window = len(stream) * options.window_ms / max(int(stream.ts[-1] - stream.ts[0]), 1)
-    degree = np.bincount(np.concatenate([stream.src, stream.dst]), minlength=len(stream.account_names))
-    busiest = int(degree.max() * per_window / len(stream))
-    hubs = int((degree * per_window / len(stream) > (options.max_degree or np.inf)).sum())
-    return f"~{per_window:,.0f} tx per window; busiest account ~{busiest:,} edges per window; " \
-           f"~{hubs} accounts over the hub guard"
-
-
-def _detector(count: int, options: SearchOptions, engine: str) -> RingDetector:
-    if engine == "local":
-        return RingDetector(LocalShards(count), options)
-    searcher = functools.partial(search_in_parallel, parallelism=count)
-    return RingDetector(ActorShards(count), options, searcher=searcher)
-
-
-def _run_engine(transactions: list[Transaction], options: SearchOptions, count: int, args: argparse.Namespace,
-                profile: cProfile.Profile | None) -> dict:
-    detector = _detector(count, options, args.engine)
-    latencies = np.empty(len(transactions))
-    alerts, truncated, peak_bytes, peak_edges = [], 0, 0, 1
-    sample_every = max(len(transactions) // 20, args.batch_size)
-    started = time.perf_counter()
-    if profile is not None:
-        profile.enable()
-    done = 0
-    for start in range(0, len(transactions), args.batch_size):
-        if time.perf_counter() - started > args.engine_budget:
-            break
-        batch = transactions[start:start + args.batch_size]
-        batch_started = time.perf_counter()
-        result = detector.process(batch)
-        latencies[start:start + len(batch)] = time.perf_counter() - batch_started
-        alerts.extend(result.alerts)
-        truncated += result.truncated_searches
-        done += len(batch)
-        if (start // args.batch_size) % (sample_every // args.batch_size) == 0:
-            peak_bytes, peak_edges = max((detector.shards.nbytes(), _payments_stored(detector)),
-                                         (peak_bytes, peak_edges))
-    if profile is not None:
-        profile.disable()
-    elapsed = time.perf_counter() - started
-    if isinstance(detector.shards, ActorShards):
-        detector.shards.close()
-    p50, p99, p999 = np.percentile(latencies[:done] * 1000, [50, 99, 99.9])
-    return {"done": done, "rate": done / elapsed, "p50": p50, "p99": p99, "p999": p999, "alerts": alerts,
-            "truncated": truncated, "bytes_per_edge": peak_bytes / max(peak_edges, 1)}
-
-
-def _payments_stored(detector: RingDetector) -> int:
-    """Distinct payments held: a payment whose two ends live on different shards is stored on both."""
-    shards = detector.shards
-    if isinstance(shards, LocalShards):
-        return len(set().union(*(store._seen for store in shards.stores)))
-    return shards.edge_count()
-
-
-def _recall(stream: SyntheticStream, alerts: list, done: int) -> str:
+def _recall(stream: SyntheticStream, raised: dict, done: int) -> str:
     """Injected rings raised, of those whose closing payment was processed."""
-    raised = {(a.trigger_tx_id, a.accounts) for a in alerts}
-    processed = {tx.tx_id for tx in stream.transactions[:done]}
-    due = [ring for ring in stream.rings if ring.tx_ids[-1] in processed]
-    found = sum((ring.tx_ids[-1], ring.accounts) in raised for ring in due)
-    return f"{found}/{len(due)}"
+    found_cycles = {(t, frozenset(accounts)) for t, accounts in raised.values()}
+    width = len(stream.rings[0].tx_ids[-1]) if stream.rings else 0
+    due = [r for r in stream.rings if int(r.tx_ids[-1][2:]) < done] if width else []
+    return f"{sum((r.tx_ids[-1], frozenset(r.accounts)) in found_cycles for r in due)}/{len(due)}"
 
 
-def _max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def baseline(table: pa.Table, options: SearchOptions, args: argparse.Namespace, local: dict) -> None:
+    """networkx brute force on a prefix, next to the engine on the same prefix; their ring counts must agree."""
+    prefix = table.slice(0, args.baseline_tx)
+    engine = run_local(prefix, options, args.batch_size)
+    done, elapsed, rings = brute_force(prefix, options, args.baseline_budget)
+    complete = done == prefix.num_rows
+    verdict = ("equal" if rings == engine["alerts"] else "DIFFERENT") if complete else "not compared (stopped)"
+    print(f"baseline, first {prefix.num_rows:,} payments: networkx brute force {done / elapsed:,.0f} tx/s "
+          f"({done:,} tx{'' if complete else f', stopped after {args.baseline_budget:g} s'}, {rings:,} rings); "
+          f"engine {engine['rate']:,.0f} tx/s ({engine['alerts']:,} rings): ring counts {verdict}; "
+          f"engine {engine['rate'] / (done / elapsed):,.0f}x the baseline")
 
 
-def _compare_with_baseline(prefix: list[Transaction], options: SearchOptions, args: argparse.Namespace) -> None:
-    engine = _run_engine(prefix, options, 1, argparse.Namespace(**{**vars(args), "engine": "local"}), None)
-    if engine["done"] < len(prefix):
-        prefix = prefix[:engine["done"]]
-    done, elapsed, rings = _naive_baseline(prefix, options, args.baseline_budget)
-    naive_rate = done / elapsed
-    stopped = "" if done == len(prefix) else f", stopped after {args.baseline_budget:g} s"
-    print(f"baseline on the first {len(prefix):,} tx: networkx {naive_rate:,.0f} tx/s ({done:,} tx{stopped}, "
-          f"{rings:,} rings); engine (1 shard, local) {engine['rate']:,.0f} tx/s "
-          f"({len(engine['alerts']):,} rings); ratio {engine['rate'] / naive_rate:,.1f}x")
-
-
-def _naive_baseline(prefix: list[Transaction], options: SearchOptions, budget_s: float) -> tuple[int, float, int]:
-    """Per payment: `all_simple_paths(v -> u)` on the windowed account graph, then a witness check.
-
-    No hub guard and no ring cap: the textbook way, to see what the engine buys.
-    """
+def brute_force(prefix: pa.Table, options: SearchOptions, budget_s: float) -> tuple[int, float, int]:
+    """Per payment in (ts, tx_id) order: every simple path dst -> src in the windowed account graph of the
+    payments before it, kept when time-ordered witnesses exist (earliest usable payment per hop)."""
+    rows = sorted(zip(prefix.column("ts").to_pylist(), prefix.column("tx_id").to_pylist(),
+                      prefix.column("src").to_pylist(), prefix.column("dst").to_pylist()),
+                  key=lambda r: (r[0], r[1].encode()))
     graph = nx.DiGraph()
-    arrivals: deque[tuple[int, str, str]] = deque()
-    rings, started, done = 0, time.perf_counter(), 0
-    for tx in prefix:
-        low = tx.ts - options.window_ms
+    arrivals: deque = deque()
+    rings, done, started = 0, 0, time.perf_counter()
+    strict = options.order == "strict"
+    for ts, _, src, dst in rows:
+        low = ts - options.window_ms
         while arrivals and arrivals[0][0] < low:
-            ts, a, b = arrivals.popleft()
+            old, a, b = arrivals.popleft()
             stamps = graph[a][b]["ts"]
-            stamps.remove(ts)
+            stamps.remove(old)
             if not stamps:
                 graph.remove_edge(a, b)
-        if tx.src != tx.dst and tx.dst in graph and tx.src in graph:
-            for path in nx.all_simple_paths(graph, tx.dst, tx.src, cutoff=options.max_hops - 1):
-                rings += _witnessed(graph, path, low, tx.ts)
-        if graph.has_edge(tx.src, tx.dst):
-            graph[tx.src][tx.dst]["ts"].append(tx.ts)
+        if src != dst and src in graph and dst in graph:
+            for path in nx.all_simple_paths(graph, dst, src, cutoff=options.max_hops - 1):
+                at, ok = low, True
+                for a, b in zip(path, path[1:]):
+                    usable = [t for t in graph[a][b]["ts"] if (t >= at if strict else True) and t <= ts]
+                    if not usable:
+                        ok = False
+                        break
+                    at = min(usable) if strict else at
+                rings += ok
+        if graph.has_edge(src, dst):
+            graph[src][dst]["ts"].append(ts)
         else:
-            graph.add_edge(tx.src, tx.dst, ts=[tx.ts])
-        arrivals.append((tx.ts, tx.src, tx.dst))
+            graph.add_edge(src, dst, ts=[ts])
+        arrivals.append((ts, src, dst))
         done += 1
         if time.perf_counter() - started > budget_s:
             break
     return done, time.perf_counter() - started, rings
 
 
-def _witnessed(graph: nx.DiGraph, path: list[str], low: int, high: int) -> bool:
-    """Time-ordered witnesses exist along `path`: greedily take the earliest usable payment per hop."""
-    at = low
-    for a, b in zip(path, path[1:]):
-        usable = [ts for ts in graph[a][b]["ts"] if at <= ts <= high]
-        if not usable:
-            return False
-        at = min(usable)
-    return True
+def detect_rate(stream: SyntheticStream, options: SearchOptions, args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "payments.jsonl"
+        write_stream(stream, path)
+        command = [sys.executable, "-m", "ringwatch.stream.cli", "detect", str(path), "--window", args.window,
+                   "--max-hops", str(args.max_hops), "--max-rings-per-tx", str(args.max_rings_per_tx or "none"),
+                   "--out", str(Path(folder) / "alerts.jsonl")]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        elapsed = time.perf_counter() - started
+    last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+    print(f"ringwatch detect on {len(stream):,} JSON lines ({path.stat().st_size / 1e6 if path.exists() else 0:.0f} "
+          f"MB): {len(stream) / elapsed:,.0f} payments/s for the whole process ({elapsed:.1f} s, exit "
+          f"{done.returncode}): {last}")
+
+
+def _compile_and_load_times() -> tuple[float, float]:
+    """Seconds to the first processed batch in a fresh process: with an empty numba cache, then with it."""
+    code = ("import time; t=time.perf_counter(); from ringwatch.graph import LocalRingGraph, SearchOptions, "
+            "Transaction; g=LocalRingGraph(SearchOptions()); g.process([Transaction('a','x','y',1,0), "
+            "Transaction('b','y','x',1,1)]); print(time.perf_counter()-t)")
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        first = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                     check=True).stdout)
+        second = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                      check=True).stdout)
+    return first, second
 
 
 if __name__ == "__main__":

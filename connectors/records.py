@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ringwatch.graph import InvalidTransactionError, Transaction
+from ringwatch.graph import InvalidTransactionError, Transaction, loads
 
 from .mapping import IDENTITY, FieldMapping, RecordRejected
 
@@ -73,7 +73,7 @@ def record_from_json(position: tuple[str, int, int], raw: bytes, max_bytes: int 
     if max_bytes is not None and len(raw) > max_bytes:
         return SourceRecord(position, None, raw, f"oversize:{len(raw)} bytes > limit {max_bytes}", key)
     try:
-        data = json.loads(raw)
+        data = loads(raw)  # exact amounts: numbers with a fraction become Decimal
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         return SourceRecord(position, None, raw, f"malformed:not JSON: {exc}", key)
     if not isinstance(data, dict):

@@ -1,48 +1,55 @@
-"""The transaction graph: records, sharded temporal edge store, ring search."""
+"""The transaction graph: records, the compiled edge store and ring search, the `RingGraph` seam."""
 
-from .detector import BatchResult, Rejected, RingDetector
+from .batch import PAYMENT_SCHEMA, payment_table
 from .durations import InvalidDurationError, format_duration, parse_duration
 from .export import subgraph
-from .model import Alert, InvalidTransactionError, Transaction, alert_id, parse_timestamp
-from .ring_search import (
-    InvalidSearchOptionError,
-    Ring,
-    SearchOptions,
-    SearchOutcome,
-    Trigger,
-    search,
-    search_in_parallel,
+from .model import (
+    AMOUNT_SCALE,
+    MIXED,
+    TS_MAX,
+    TS_MIN,
+    Alert,
+    InvalidTransactionError,
+    Transaction,
+    alert_id,
+    decimal_text,
+    loads,
+    parse_amount,
+    parse_timestamp,
 )
-from .shard_set import ActorShards, GraphShard, LocalShards, ShardSet
-from .shard_store import Edge, ExpandRequest, ExpandResult, ShardStore, shard_of
+from .options import InvalidSearchOptionError, SearchOptions
+from .ring_graph import BatchResult, LocalRingGraph, Rejected, RingGraph
+from .sharded import GraphShard, ShardedRingGraph, shard_of
+from .store import EdgeStore, StoredEdge
 
 __all__ = [
-    "ActorShards",
+    "AMOUNT_SCALE",
     "Alert",
     "BatchResult",
-    "Edge",
-    "ExpandRequest",
-    "ExpandResult",
+    "EdgeStore",
     "GraphShard",
     "InvalidDurationError",
     "InvalidSearchOptionError",
     "InvalidTransactionError",
-    "LocalShards",
+    "LocalRingGraph",
+    "MIXED",
+    "PAYMENT_SCHEMA",
     "Rejected",
-    "Ring",
-    "RingDetector",
+    "RingGraph",
     "SearchOptions",
-    "SearchOutcome",
-    "ShardSet",
-    "ShardStore",
+    "ShardedRingGraph",
+    "StoredEdge",
+    "TS_MAX",
+    "TS_MIN",
     "Transaction",
-    "Trigger",
     "alert_id",
+    "decimal_text",
     "format_duration",
+    "loads",
+    "parse_amount",
     "parse_duration",
     "parse_timestamp",
-    "search",
-    "search_in_parallel",
+    "payment_table",
     "shard_of",
     "subgraph",
 ]

@@ -20,6 +20,9 @@ from .errors import ActorDiedError, TaskCancelledError
 from .object_store import unpack
 from .objects import ObjectTable
 from .protocol import ACTOR_CREATE, TaskResult, TaskSpec, new_id
+from .scheduler import MAX_BATCH, REFILL_AT
+
+MIN_REFILL = 8  # calls gathered before a busy actor's worker gets more
 from .workers import Worker, WorkerPool
 
 logger = logging.getLogger(__name__)
@@ -113,13 +116,22 @@ class ActorManager:
             self._objects.on_here(dep, _nothing)  # fetched here as soon as it is made, wherever that is
 
     def feed(self) -> None:
-        """Hand each actor's worker the calls at the head of its queue whose inputs are here."""
+        """Hand each actor's worker the calls at the head of its queue whose inputs are here.
+
+        An idle worker gets what is there; a busy one gets more once it is down to
+        its last call and a batch has gathered, so a burst of calls reaches a busy
+        actor in a few messages rather than one each (every message costs the
+        worker a wake-up of its reader thread).
+        """
         for actor in self._actors.values():
             worker = actor.worker
             if worker is None or worker.conn is None or not actor.queue:
                 continue
+            if worker.in_flight and (len(worker.in_flight) > REFILL_AT or len(actor.queue) < MIN_REFILL):
+                continue
             batch = []
-            while actor.queue and all(self._objects.is_here(d) for d in actor.queue[0].deps):
+            while actor.queue and len(batch) < MAX_BATCH and all(self._objects.is_here(d)
+                                                                 for d in actor.queue[0].deps):
                 spec = actor.queue.popleft()
                 batch.append(self._pool.runnable(worker, spec))
                 worker.in_flight.append(spec)

@@ -21,11 +21,12 @@ import heapq
 import itertools
 import logging
 import os
+import selectors
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any
 
 from .actor_manager import ActorManager
@@ -63,6 +64,10 @@ class Node:
         self._events: deque = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        self._wake_pending = False
+        self._selector = selectors.DefaultSelector()  # the wake-up pipe and every worker's pipe
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._watched: dict[int, Worker] = {}
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_order = itertools.count()
         self._running = True
@@ -98,12 +103,18 @@ class Node:
     # ---- client side: any thread -------------------------------------------------------------
 
     def post(self, method: str, args: tuple, reply: Reply | None = None) -> None:
-        """Hand a request to the dispatcher thread; `reply` gets the answer there."""
+        """Hand a request to the dispatcher thread; `reply` gets the answer there.
+
+        The wake-up pipe is written only when no wake-up is pending yet: a burst
+        of posts costs one system call, not one each.
+        """
         self._events.append((method, args, reply))
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                os.write(self._wake_w, b"x")
+            except (BlockingIOError, OSError):
+                pass
 
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """Post a request and wait for its answer (for threads other than the dispatcher)."""
@@ -143,6 +154,7 @@ class Node:
         if self._clients is not None:
             self._clients.close()
         self._objects.free_all()
+        self._selector.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -163,20 +175,23 @@ class Node:
 
     def _turn(self) -> None:
         timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else 1.0
-        try:
-            ready = wait([self._wake_r, *self._pool.connections()], timeout)
-        except OSError:
-            ready = []
-        if self._wake_r in ready:
+        if self._events:
+            timeout = 0.0
+        self._watch_workers()
+        ready = [key.data for key, _ in self._selector.select(timeout)]
+        if None in ready:
             try:
                 while os.read(self._wake_r, 4096):
                     pass
             except BlockingIOError:
                 pass
+        self._wake_pending = False  # before draining: a post after this point writes the pipe again
         while self._events:
             method, args, reply = self._events.popleft()
             self._handle(method, args, reply)
-        for worker in self._pool.readable(ready):
+        for worker in ready:
+            if worker is None or worker.conn is None:
+                continue
             messages, alive = self._pool.drain(worker)
             for message in messages:
                 self._on_worker_message(worker, message)
@@ -191,6 +206,17 @@ class Node:
         if self._direct is not None:
             self._direct.send_ready()
         self._scheduler.schedule()
+
+    def _watch_workers(self) -> None:
+        """Keep the selector's set of worker pipes equal to the pool's connected workers."""
+        connected = {w.conn.fileno(): w for w in self._pool.workers if w.conn is not None and not w.conn.closed}
+        if connected.keys() == self._watched.keys() and all(self._watched[f] is w for f, w in connected.items()):
+            return
+        for fd in list(self._watched):
+            self._selector.unregister(fd)
+        self._watched = connected
+        for fd, worker in connected.items():
+            self._selector.register(fd, selectors.EVENT_READ, worker)
 
     def _handle(self, method: str, args: tuple, reply: Reply | None) -> None:
         handler = self._ops.get(method)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
+import secrets
 from dataclasses import dataclass, field
 
 from .object_store import Blob
@@ -13,8 +15,21 @@ ACTOR_CALL = "actor_call"
 CHECKPOINT_METHOD = "__ringwatch_checkpoint__"  # the actor call behind rt.checkpoint(handle)
 
 
+_ids = itertools.count()
+_id_prefix = secrets.token_hex(8)  # per process: ids stay unique across the cluster's processes
+
+
+def _new_prefix() -> None:  # a forked child counts from the same point: it needs a prefix of its own
+    global _id_prefix
+    _id_prefix = secrets.token_hex(8)
+
+
+os.register_at_fork(after_in_child=_new_prefix)
+
+
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A 32-hex-digit id unique in the cluster: this process's random prefix and a counter (no syscall)."""
+    return f"{_id_prefix}{next(_ids):016x}"
 
 
 @dataclass

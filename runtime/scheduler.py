@@ -18,6 +18,7 @@ from .protocol import TaskResult, TaskSpec
 from .workers import Worker, WorkerPool
 
 MAX_BATCH = 64  # calls handed to one worker at a time
+REFILL_AT = 1  # a worker with this many calls (or fewer) left gets the next batch
 
 
 class Scheduler:
@@ -63,12 +64,14 @@ class Scheduler:
         if not self._ready:
             return
         pool = self._pool.task_workers()
-        idle = [w for w in pool if w.conn is not None and not w.blocked and len(w.in_flight) < MAX_BATCH]
+        idle = [w for w in pool if w.conn is not None and not w.blocked and len(w.in_flight) <= REFILL_AT]
         blocked = sum(1 for w in pool if w.blocked)
         if blocked and len(pool) - blocked < self.num_workers:
             self._pool.start()  # a worker waiting in get does not count against the pool
         # A small backlog goes one task per free worker, so nothing waits behind a long task;
-        # a large one is handed out in batches, which is what makes many small tasks cheap.
+        # a large one is handed out in batches, which is what makes many small tasks cheap. A
+        # worker gets its next batch when it is down to its last call: few messages reach a busy
+        # worker (each one costs it a wake-up of its reader thread).
         backlog = len(self._ready) > 4 * max(len(pool), 1)
         idle.sort(key=lambda w: len(w.in_flight))
         for worker in idle:
@@ -78,8 +81,7 @@ class Scheduler:
                 if not worker.in_flight:
                     self._send_batch(worker, 1)
                 continue
-            share = max(1, min(MAX_BATCH - len(worker.in_flight), -(-len(self._ready) // (2 * len(idle)))))
-            self._send_batch(worker, share)
+            self._send_batch(worker, max(1, min(MAX_BATCH, -(-len(self._ready) // (2 * len(pool))))))
 
     def _send_batch(self, worker: Worker, count: int) -> None:
         batch = []

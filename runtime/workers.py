@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import secrets
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -41,6 +44,7 @@ class Worker:
     in_flight: deque[TaskSpec] = field(default_factory=deque)  # handed to it, not finished, in order
     known_functions: set[str] = field(default_factory=set)
     blocked: bool = False  # waiting in a nested get or wait
+    inbox: "FrameReader | None" = None  # what the worker sent, read without blocking
 
     def take(self, task_id: str) -> TaskSpec | None:
         """Remove and return the in-flight call `task_id` (None if the worker was not running it)."""
@@ -64,6 +68,67 @@ class Worker:
             self.process.wait(timeout=5)
         if self.conn is not None:
             self.conn.close()
+        if self.inbox is not None:
+            self.inbox.close()
+
+
+class FrameReader:
+    """Reads `multiprocessing.connection` frames from a socket without blocking: 4-byte big-endian
+    length (or -1 and an 8-byte length), then a pickle."""
+
+    _SHORT = struct.Struct("!i")
+    _LONG = struct.Struct("!Q")
+
+    def __init__(self, fd: int):
+        self._sock = socket.socket(fileno=os.dup(fd))
+        self._buffer = bytearray()
+        self._start = 0
+
+    def read(self) -> tuple[list, bool]:
+        """(messages complete so far, False if the other end has gone)."""
+        alive = True
+        while True:
+            try:
+                chunk = self._sock.recv(1 << 18, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError:
+                alive = False
+                break
+            if not chunk:
+                alive = False
+                break
+            self._buffer += chunk
+            if len(chunk) < 1 << 18:
+                break
+        return self._frames(), alive
+
+    def _frames(self) -> list:
+        messages, buffer, start = [], self._buffer, self._start
+        while len(buffer) - start >= 4:
+            (size,) = self._SHORT.unpack_from(buffer, start)
+            header = 4
+            if size == -1:
+                if len(buffer) - start < 12:
+                    break
+                (size,) = self._LONG.unpack_from(buffer, start + 4)
+                header = 12
+            end = start + header + size
+            if len(buffer) < end:
+                break
+            messages.append(pickle.loads(memoryview(buffer)[start + header:end]))
+            start = end
+        if start == len(buffer):
+            buffer.clear()
+            start = 0
+        elif start > 1 << 20:
+            del buffer[:start]
+            start = 0
+        self._start = start
+        return messages
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 class WorkerPool:
@@ -130,6 +195,7 @@ class WorkerPool:
             conn.close()
             return
         worker.conn = conn
+        worker.inbox = FrameReader(conn.fileno())
 
     def exited_before_connecting(self) -> list[Worker]:
         """Workers whose process ended before it connected back (the caller treats them as died)."""
@@ -155,22 +221,15 @@ class WorkerPool:
 
     # ---- pipes -------------------------------------------------------------------------------
 
-    def connections(self) -> list[Connection]:
-        return [w.conn for w in self.workers if w.conn is not None]
-
-    def readable(self, ready: list) -> list[Worker]:
-        return [w for w in self.workers if w.conn is not None and w.conn in ready]
-
     @staticmethod
     def drain(worker: Worker) -> tuple[list[tuple], bool]:
-        """The messages waiting on the worker's pipe, and False if the pipe broke (the worker died)."""
-        messages = []
-        try:
-            while worker.conn.poll():
-                messages.append(worker.conn.recv())
-        except (EOFError, OSError, ConnectionResetError):
-            return messages, False
-        return messages, True
+        """The messages waiting on the worker's pipe, and False if the pipe broke (the worker died).
+
+        One non-blocking read takes whatever has arrived; the frames in it are
+        cut out here (the worker sends with `multiprocessing.connection`, whose
+        framing this follows), so a burst of results costs one system call.
+        """
+        return worker.inbox.read()
 
     def runnable(self, worker: Worker, spec: TaskSpec) -> tuple:
         """A call as the worker runs it: the code the first time the worker sees it, and the inputs' values.

@@ -1,14 +1,22 @@
-"""The offline path: find the rings in a file or an iterable of payments, on the real engine.
+"""The offline path: find the rings in a file or an iterable of payments, on the real graph engine.
 
-`detect` runs the same shards and search as the streaming engine — `GraphShard`
-actors and search tasks on a local runtime — over a finite input, and returns
-the alerts in trigger order. Analysts backfill with it; the oracle tests drive
-the engine with it.
+`detect` runs the same `RingGraph` as the streaming engine over a finite
+input and returns each ring once, in trigger order. A file is read in
+columnar chunks (`FileSource.chunks`: Arrow's readers, no Python object per
+valid row) and handed to the graph a batch at a time. With `shards > 1` and
+`use_runtime` the graph lives in `GraphShard` actors on a local runtime;
+otherwise in this process (`LocalRingGraph`, the fastest).
+
+Event time is the engine's (`event_time.EventClock`, one partition): a
+payment older than the newest `ts` seen minus `allowed_lateness` (default for
+an offline file: one window) is rejected as late with the reason; edges are
+evicted once older than that minus the window, so every admitted payment is
+searched against everything it can form a ring with. There is no wall clock
+offline, so nothing counts as `future`.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
@@ -16,60 +24,71 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from ringwatch import runtime as rt
-from ringwatch.connectors.files import FileSource
-from ringwatch.connectors.records import SourceRecord, record_from_mapping
+from ringwatch.connectors.files import FileSource, PaymentChunk
+from ringwatch.connectors.records import record_from_mapping
 from ringwatch.graph import (
-    ActorShards,
+    TS_MAX,
     Alert,
-    LocalShards,
-    RingDetector,
-    SearchOptions,
+    LocalRingGraph,
+    RingGraph,
+    ShardedRingGraph,
     Transaction,
-    search_in_parallel,
+    parse_duration,
+    payment_table,
 )
 
 from .config import search_options
+from .event_time import EventClock, TimeRules
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
 
+CHUNK_ROWS = 65_536
+DETECT_PARTITION = ("detect", 0)
+
 
 @dataclass
 class DetectReport:
-    """What a `detect` run saw besides its alerts: rejected input, kept with the reason."""
+    """What a `detect` run saw besides its alerts: rejected input (with the reason), duplicates, cut searches."""
 
     transactions: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: int = 0
     truncated_searches: int = 0
 
 
-def detect(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path, *, shards: int = 2,
-           batch_size: int = 1000, use_runtime: bool = True, progress: bool | None = None,
-           report: DetectReport | None = None, backend: str | None = None, address: str | None = None,
-           **options: Any) -> list[Alert]:
-    """Alerts for every ring the payments close, in trigger order.
+def detect(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path, *, shards: int = 1,
+           batch_size: int = 4096, use_runtime: bool = True, progress: bool | None = None,
+           report: DetectReport | None = None, allowed_lateness: str | int | None = None,
+           backend: str | None = None, address: str | None = None, **options: Any) -> list[Alert]:
+    """Alerts for every ring among the payments, each once, in trigger (ts, tx_id) order.
 
     `transactions` is a path (CSV, JSONL, Parquet, AMLworld CSV) or an iterable of
-    dicts / `Transaction`s. Rows that fail validation, and payments older than the
-    low watermark, are not dropped silently: they land in `report.rejected` with
-    the reason (and are counted in a warning). `use_runtime=False` runs the shards
-    in this process (no worker processes) — same alerts, for small inputs and tests.
-    `backend`/`address` say which runtime the shards and searches run on when this
-    call starts it (`ringwatch.runtime.init`): `backend="ray"` runs them on Ray.
+    dicts / `Transaction`s. Rows that fail validation, conflicting duplicates and
+    late payments are not dropped silently: they land in `report.rejected` with
+    the reason (and are counted in a warning). `shards > 1` with `use_runtime`
+    puts the graph in `GraphShard` actors (same alerts); `backend`/`address` say
+    which runtime they run on when this call starts it (`ringwatch.runtime.init`:
+    `backend="ray"` runs them on Ray).
     """
     settings = search_options(**options)
+    lateness = parse_duration(allowed_lateness, name="allowed_lateness") if allowed_lateness is not None \
+        else settings.window_ms
+    clock = EventClock(TimeRules(window_ms=settings.window_ms, allowed_lateness_ms=lateness,
+                                 max_clock_skew_ms=TS_MAX))
     report = report if report is not None else DetectReport()
-    started_runtime = use_runtime and not rt.is_initialized()
+    on_runtime = use_runtime and shards > 1
+    started_runtime = on_runtime and not rt.is_initialized()
     if started_runtime:
         rt.init(address=address, backend=backend)
+    graph: RingGraph = ShardedRingGraph.create(settings, shards) if on_runtime else LocalRingGraph(settings)
     try:
-        detector = _detector(settings, shards, use_runtime)
-        alerts = _run(detector, _records(transactions), batch_size, report,
-                      Progress("detect", enabled=progress))
-        if use_runtime:
-            detector.shards.close()
+        alerts = _run(graph, _chunks(transactions), batch_size, clock, report, Progress("detect", enabled=progress))
     finally:
+        graph.close()
         if started_runtime:
             rt.shutdown()
     if report.rejected:
@@ -77,50 +96,65 @@ def detect(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path,
     return alerts
 
 
-def _detector(settings: SearchOptions, shards: int, use_runtime: bool) -> RingDetector:
-    if not use_runtime:
-        return RingDetector(LocalShards(shards), settings)
-    searcher = functools.partial(search_in_parallel, parallelism=max(1, shards))
-    return RingDetector(ActorShards(shards), settings, searcher=searcher)
-
-
-def _records(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path) -> Iterator[SourceRecord]:
+def _chunks(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path) -> Iterator[PaymentChunk]:
     if isinstance(transactions, (str, Path)):
-        yield from FileSource(transactions)
+        yield from FileSource(transactions).chunks(CHUNK_ROWS)
         return
+    valid: list[Transaction] = []
+    rejected: list[dict[str, Any]] = []
+    rows = 0
     for row, item in enumerate(transactions):
+        rows += 1
         if isinstance(item, Transaction):
-            yield SourceRecord(("input", 0, row), item)
-        else:
-            yield record_from_mapping(("input", 0, row), item)
-
-
-def _run(detector: RingDetector, records: Iterator[SourceRecord], batch_size: int, report: DetectReport,
-         progress: Progress) -> list[Alert]:
-    alerts: list[Alert] = []
-    batch: list[Transaction] = []
-
-    def flush() -> None:
-        result = detector.process(batch)
-        alerts.extend(result.alerts)
-        report.truncated_searches += result.truncated_searches
-        report.rejected.extend({"tx_id": r.transaction.tx_id, "reason": r.reason} for r in result.rejected)
-        batch.clear()
-        progress.update(report.transactions, alerts=len(alerts))
-
-    for record in records:
-        report.transactions += 1
+            valid.append(item)
+            continue
+        record = record_from_mapping(("input", 0, row), item)
         if record.ok:
-            batch.append(record.transaction)
-            if len(batch) >= batch_size:
-                flush()
+            valid.append(record.transaction)
         else:
-            report.rejected.append({"position": list(record.position), "reason": record.error,
-                                    "raw": record.raw.decode("utf-8", "replace") if record.raw else None})
-    if batch:
-        flush()
+            rejected.append({"position": list(record.position), "reason": record.error,
+                             "raw": record.raw.decode("utf-8", "replace") if record.raw else None})
+    yield PaymentChunk(payment_table(valid), rejected, rows)
+
+
+def _run(graph: RingGraph, chunks: Iterator[PaymentChunk], batch_size: int, clock: EventClock,
+         report: DetectReport, progress: Progress) -> list[Alert]:
+    alerts: dict[str, Alert] = {}
+    evicted = -(2**62)
+    for chunk in chunks:
+        report.rejected.extend(chunk.rejected)
+        table = chunk.table
+        for start in range(0, table.num_rows, batch_size):
+            batch = _admit(table.slice(start, batch_size), clock, report)
+            result = graph.process(batch)
+            horizon = clock.eviction_horizon()
+            if horizon is not None and horizon >= evicted + max(clock.rules.window_ms // 16, 1):
+                graph.evict(horizon)
+                evicted = horizon
+            for alert in result.alerts:
+                alerts.setdefault(alert.alert_id, alert)  # a re-raise (a later, smaller witness) keeps the first
+            report.duplicates += result.duplicates
+            report.truncated_searches += result.truncated_searches
+            report.rejected.extend({"tx_id": r.tx_id, "reason": r.reason} for r in result.rejected)
+        report.transactions += chunk.rows
+        progress.update(report.transactions, alerts=len(alerts))
     progress.finish(report.transactions, alerts=len(alerts))
-    return alerts
+    return sorted(alerts.values(), key=lambda a: (a.last_ts, a.trigger_tx_id.encode(), a.alert_id))
+
+
+def _admit(batch: pa.Table, clock: EventClock, report: DetectReport) -> pa.Table:
+    """The batch's payments the event-time clock takes (the rest to `report.rejected`); moves the watermark."""
+    stamps = batch.column("ts").to_numpy()
+    low = clock.low_watermark
+    if low is not None and stamps.size and stamps.min() < low - clock.rules.allowed_lateness_ms:
+        ids = batch.column("tx_id").to_pylist()
+        reasons = [clock.judge(int(ts)) for ts in stamps.tolist()]
+        report.rejected.extend({"tx_id": ids[i], "reason": r} for i, r in enumerate(reasons) if r is not None)
+        batch = batch.filter(pa.array([r is None for r in reasons]))
+    if batch.num_rows:
+        clock.accept(DETECT_PARTITION, int(batch.column("ts").to_numpy().max()))
+        clock.advance()
+    return batch
 
 
 def write_alerts_jsonl(alerts: Iterable[Alert], path: str | Path) -> int:
@@ -136,3 +170,4 @@ def write_rejected_jsonl(report: DetectReport, path: str | Path) -> None:
     with open(path, "w", encoding="utf-8") as out:
         for item in report.rejected:
             out.write(json.dumps(item) + "\n")
+

@@ -62,7 +62,7 @@ from ringwatch.connectors import (
     WebhookSink,
     next_positions,
 )
-from ringwatch.graph import Alert, SearchOptions, ShardSet
+from ringwatch.graph import Alert, RingGraph, SearchOptions
 from ringwatch.runtime.checkpoints import default_uri
 from ringwatch.runtime.cli import read_query_token
 from ringwatch.runtime.errors import TokenMissingError
@@ -583,8 +583,8 @@ class Engine:
 
     # ---- what the query service reads (from its own threads; never under the loop's lock) ----------
 
-    def query_shards(self) -> ShardSet | None:
-        return self._graph.query_shards() if self._graph is not None and self.ready.is_set() else None
+    def query_graph(self) -> RingGraph | None:
+        return self._graph.query_graph() if self._graph is not None and self.ready.is_set() else None
 
     def search_options(self) -> SearchOptions:
         return self.config.search_options()
@@ -605,7 +605,7 @@ class Engine:
     # ---- what /metrics reads at each scrape (metrics.EngineFigures) --------------------------------------
 
     def graph_edges(self) -> int | None:
-        shards = self.query_shards()
+        shards = self.query_graph()
         return shards.edge_count() if shards is not None else None
 
     def searches_cut_short(self) -> int:
@@ -631,7 +631,7 @@ class Engine:
             recent_rate = (progress[-1][1] - progress[0][1]) / (progress[-1][0] - progress[0][0])
         uptime = time.time() - self.started_at
         latencies = sorted(alert.latency_ms for alert in self.recent_alerts()[-LATENCY_SAMPLE:])
-        shards = self.query_shards()
+        shards = self.query_graph()
         checkpoint = self.last_checkpoint
         return EngineStats(
             transactions=self.transactions, alerts=self.alerts_raised, batches=self.batches,

@@ -19,7 +19,6 @@ group, not to one engine.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -27,8 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ringwatch import runtime as rt
-from ringwatch.graph import ActorShards, Alert, GraphShard, RingDetector, SearchOptions, ShardSet, Transaction
-from ringwatch.graph import search_in_parallel
+from ringwatch.graph import Alert, GraphShard, RingGraph, SearchOptions, ShardedRingGraph, Transaction
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +50,7 @@ class EngineGraph(Protocol):
     num_shards: int
 
     def process(self, transactions: Sequence[Transaction], received_at: Sequence[float]) -> GraphBatch:
-        """Apply the payments, then find the rings each one completes."""
+        """Apply the payments, then find the rings that contain at least one of them."""
         ...
 
     def evict(self, horizon: int) -> None:
@@ -67,46 +65,48 @@ class EngineGraph(Protocol):
         """Shards restarted from a checkpoint since the last call (their state went back in time)."""
         ...
 
-    def query_shards(self) -> ShardSet:
-        """The live shards, for the query service."""
+    def query_graph(self) -> RingGraph:
+        """The live graph, for the query service."""
         ...
 
     def close(self) -> None:
         ...
 
 
-class DetectorGraph:
-    """`RingDetector` over `GraphShard` actors (the graph engine v1 path)."""
+class ShardedEngineGraph:
+    """`ShardedRingGraph` over `GraphShard` actors that checkpoint themselves through the runtime.
+
+    After a rewind the engine replays payments some shards still hold: they are
+    searched again (`replay=True`), so their rings are raised again and the sinks
+    dedupe by alert id.
+    """
 
     def __init__(self, num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
                  restore: tuple[list[str], dict[str, Any]] | None = None, shared_as: str | None = None):
         self.num_shards = num_shards
-        self._owned = shared_as is None
         shard_ids, state = restore or ([], {})
         if shard_ids and len(shard_ids) != num_shards:
             raise ValueError(f"the checkpoint holds {len(shard_ids)} shards, the graph is set to {num_shards}")
         handles = [_shard(index, num_shards, checkpoint_uri, shard_ids[index] if shard_ids else None,
                           None if shared_as is None else f"{shared_as}/shard-{index}-of-{num_shards}")
                    for index in range(num_shards)]
-        self.shards = ActorShards(handles=handles)
-        self._detector = RingDetector(self.shards, options, searcher=functools.partial(
-            search_in_parallel, parallelism=num_shards))
-        self._detector.next_seq = int(state.get("next_seq", 0))
-        self._detector.watermark = int(state.get("watermark", self._detector.watermark))
+        self.graph = ShardedRingGraph(options, handles, owned=shared_as is None)
+        self.next_seq = int(state.get("next_seq", 0))  # payments handed to the graph so far (checkpointed)
         self._restarts = self._restart_counts()
 
     def process(self, transactions: Sequence[Transaction], received_at: Sequence[float]) -> GraphBatch:
-        result = self._detector.process(transactions, received_at)
-        return GraphBatch(result.alerts, [(r.transaction, r.reason) for r in result.rejected],
+        result = self.graph.process(transactions, received_at, replay=True)
+        self.next_seq += len(transactions)
+        return GraphBatch(result.alerts, [(transactions[r.index], r.reason) for r in result.rejected],
                           result.truncated_searches)
 
     def evict(self, horizon: int) -> None:
-        dropped = self.shards.evict(horizon)
-        logger.debug("evicted %d edge records below %d", dropped, horizon)
+        dropped = self.graph.evict(horizon)
+        logger.debug("evicted %d list entries below %d", dropped, horizon)
 
     def checkpoint(self) -> tuple[list[str], dict[str, Any]]:
-        ids = [rt.checkpoint(handle, timeout=CHECKPOINT_TIMEOUT_S) for handle in self.shards.handles]
-        return ids, {"next_seq": self._detector.next_seq, "watermark": self._detector.watermark}
+        ids = [rt.checkpoint(handle, timeout=CHECKPOINT_TIMEOUT_S) for handle in self.graph.handles]
+        return ids, {"next_seq": self.next_seq}
 
     def restarted(self) -> list[int]:
         counts = self._restart_counts()
@@ -116,14 +116,13 @@ class DetectorGraph:
 
     def _restart_counts(self) -> list[int]:
         by_id = {record["actor_id"]: record.get("restarts", 0) for record in rt.actors()}
-        return [by_id.get(handle.actor_id, 0) for handle in self.shards.handles]
+        return [by_id.get(handle.actor_id, 0) for handle in self.graph.handles]
 
-    def query_shards(self) -> ShardSet:
-        return self.shards
+    def query_graph(self) -> RingGraph:
+        return self.graph
 
     def close(self) -> None:
-        if self._owned:
-            self.shards.close()
+        self.graph.close()
 
 
 def _shard(index: int, num_shards: int, checkpoint_uri: str, restore_from: str | None, name: str | None) -> Any:
@@ -156,4 +155,5 @@ def open_graph(num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
     `restore` creates them from a record's shard checkpoints; `shared_as` names
     them so the engines of a group share them (found if they exist already).
     """
-    return DetectorGraph(num_shards, options, checkpoint_uri=checkpoint_uri, restore=restore, shared_as=shared_as)
+    return ShardedEngineGraph(num_shards, options, checkpoint_uri=checkpoint_uri, restore=restore,
+                              shared_as=shared_as)

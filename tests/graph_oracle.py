@@ -1,25 +1,57 @@
-"""The correctness oracle: rings by networkx, straight from the ring definition.
+"""The correctness oracle: every ring of a set of payments, by brute force, straight from the v2 definition.
 
-For a trigger `u -> v` at `t`: every simple path `v -> ... -> u` of at most
-`max_hops - 1` edges in the account graph of the usable witnesses (earlier in
-the stream, inside `[low_ts, t]`), kept when witness transactions exist along
-it that are time-ordered (unless `order="none"`) and obey the flow rule.
+Independent of the engine (no labels, no store, no arrival order): for each
+payment T as the trigger, the witnesses are the payments before it in
+`(ts, tx_id)` order (tx ids compared as UTF-8 bytes) no older than
+`ts(T) - window`; every simple path `v -> ... -> u` of at most `max_hops - 1`
+hops in their account graph (networkx) is a ring when some choice of one
+witness per hop keeps time order (unless `order="none"`) and the flow rule.
+The canonical witnesses are the first valid choice in lexicographic
+`(ts, tx_id)` order, hop by hop: `itertools.product` over the per-hop lists
+sorted by that key yields choices in exactly that order.
 """
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
+
 import networkx as nx
 
-from ringwatch.graph import SearchOptions, Transaction
+from ringwatch.graph import SearchOptions, Transaction, alert_id
 
 
-def oracle_rings(stream: list[Transaction], k: int, low_ts: int, options: SearchOptions) -> set[tuple[str, ...]]:
-    trigger = stream[k]
-    u, v, t = trigger.src, trigger.dst, trigger.ts
-    if u == v or (options.min_amount is not None and trigger.amount < options.min_amount):
-        return set()
-    witnesses = [x for x in stream[:k] if low_ts <= x.ts <= t
-                 and (options.min_amount is None or x.amount >= options.min_amount)]
+@dataclass(frozen=True)
+class OracleRing:
+    alert_id: str
+    trigger: str
+    accounts: tuple[str, ...]
+    tx_ids: tuple[str, ...]  # witnesses in ring order, then the trigger
+
+
+def key(tx: Transaction) -> tuple[int, bytes]:
+    return (tx.ts, tx.tx_id.encode())
+
+
+def oracle(payments: list[Transaction], options: SearchOptions) -> dict[str, OracleRing]:
+    """alert id -> ring, for every ring among `payments` (no caps, no hub guard)."""
+    ordered = sorted(payments, key=key)
+    found: dict[str, OracleRing] = {}
+    for k, trigger in enumerate(ordered):
+        for ring in rings_of(ordered[:k], trigger, options):
+            found[ring.alert_id] = ring
+    return found
+
+
+def usable(tx: Transaction, options: SearchOptions) -> bool:
+    return options.min_amount is None or tx.amount >= options.min_amount
+
+
+def rings_of(earlier: list[Transaction], trigger: Transaction, options: SearchOptions) -> list[OracleRing]:
+    u, v = trigger.src, trigger.dst
+    if u == v or not usable(trigger, options):
+        return []
+    witnesses = [x for x in earlier if x.ts >= trigger.ts - options.window_ms and usable(x, options)]
     graph = nx.DiGraph()
     by_pair: dict[tuple[str, str], list[Transaction]] = {}
     for x in witnesses:
@@ -27,30 +59,29 @@ def oracle_rings(stream: list[Transaction], k: int, low_ts: int, options: Search
             graph.add_edge(x.src, x.dst)
             by_pair.setdefault((x.src, x.dst), []).append(x)
     if v not in graph or u not in graph:
-        return set()
-    found = set()
+        return []
+    rings = []
     for path in nx.all_simple_paths(graph, v, u, cutoff=options.max_hops - 1):
-        hops = list(zip(path, path[1:]))
-        if _witnessed(hops, 0, None, by_pair, trigger, options):
-            found.add(tuple(path))
-    return found
+        hops = [sorted(by_pair[pair], key=key) for pair in zip(path, path[1:])]
+        for choice in itertools.product(*hops):
+            if valid(list(choice), trigger, options):
+                accounts = tuple(path)
+                rings.append(OracleRing(alert_id(trigger.tx_id, accounts), trigger.tx_id, accounts,
+                                        tuple(x.tx_id for x in choice) + (trigger.tx_id,)))
+                break
+    return rings
 
 
-def _witnessed(hops, i, previous, by_pair, trigger, options) -> bool:
-    if i == len(hops):
-        return previous is None or _flow_ok(previous.amount, trigger.amount, options)
-    for x in by_pair[hops[i]]:
-        if previous is not None:
-            if options.order == "strict" and x.ts < previous.ts:
-                continue
-            if not _flow_ok(previous.amount, x.amount, options):
-                continue
-        if _witnessed(hops, i + 1, x, by_pair, trigger, options):
-            return True
-    return False
-
-
-def _flow_ok(earlier: float, later: float, options: SearchOptions) -> bool:
-    if options.min_ratio is None:
-        return True
-    return options.min_ratio * earlier <= later <= options.max_ratio * earlier
+def valid(witnesses: list[Transaction], trigger: Transaction, options: SearchOptions) -> bool:
+    """One witness per hop, in ring order: the definition's time, window and flow conditions."""
+    chain = witnesses + [trigger]
+    if any(key(x) >= key(trigger) or x.ts < trigger.ts - options.window_ms for x in witnesses):
+        return False
+    if options.order == "strict" and any(a.ts > b.ts for a, b in zip(chain, chain[1:])):
+        return False
+    if options.flow_rule:
+        for a, b in zip(chain, chain[1:]):
+            earlier, later = float(a.amount_units), float(b.amount_units)
+            if not options.min_ratio * earlier <= later <= options.max_ratio * earlier:
+                return False
+    return True

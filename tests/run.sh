@@ -20,5 +20,8 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,ray]'
 
+# Compile the graph kernel once (numba caches it) before tests start processes that would all compile it.
+.venv/bin/python -m ringwatch.graph.warmup
+
 # pytest exits 5 when it collects no test: that is a failure here, never a pass.
 exec .venv/bin/python -m pytest "$@"

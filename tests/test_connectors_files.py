@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -74,7 +75,7 @@ def test_amlworld_layout_is_detected_by_its_header(tmp_path):
 
     tx = laundering.transaction
     assert (tx.tx_id, tx.src, tx.dst, tx.amount, tx.currency) == (
-        "HI-Small_Trans-1", "03208-8000F4580", "001-8000F5340", 0.01, "US Dollar")
+        "HI-Small_Trans-1", "03208-8000F4580", "001-8000F5340", Decimal("0.01"), "US Dollar")
     assert tx.ts == 1_661_991_600_000  # 2022-09-01T00:20:00Z
     assert tx.extra == {"amount_received": "0.01", "receiving_currency": "US Dollar",
                         "payment_format": "Cheque", "is_laundering": True}

@@ -45,7 +45,7 @@ def test_injected_rings_are_time_ordered_cycles_passing_on_most_of_the_money(str
             assert (tx.src, tx.dst) == (ring.accounts[i], ring.accounts[(i + 1) % hops])
         assert all(a[1].ts < b[1].ts and a[0] < b[0] for a, b in zip(legs, legs[1:]))
         for (_, before), (_, after) in zip(legs, legs[1:]):
-            assert 0.85 * before.amount - 0.01 <= after.amount <= 0.99 * before.amount + 0.01
+            assert 0.85 * float(before.amount) - 0.01 <= float(after.amount) <= 0.99 * float(before.amount) + 0.01
     members = [account for ring in stream.rings for account in ring.accounts]
     assert len(members) == len(set(members)), "each ring has accounts of its own"
 

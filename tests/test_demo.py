@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 
 import pytest
 
@@ -43,7 +44,7 @@ def test_demo_finds_every_injected_ring_and_reports_its_score(tmp_path, through)
     assert "recall    1.00 (12 of 12 injected rings found)" in out
     assert f"rings found: {len(alerts)}" in out
     assert "6,000 payments streamed in" in out
-    largest = max(alerts, key=lambda a: a["total_amount"])
+    largest = max(alerts, key=lambda a: Decimal(a["total_amount"]))
     assert " -> ".join(largest["accounts"] + largest["accounts"][:1]) in out
 
     picture = (tmp_path / "rings.html").read_text()

@@ -1,21 +1,27 @@
-"""Shard store and detector behaviour: idempotence, eviction, partitioning, late payments, limits."""
+"""The graph engine's behaviour: alerts, money, duplicates and conflicts, eviction, late payments, cuts, checkpoints."""
 
 from __future__ import annotations
 
+import json
+import random
 import subprocess
 import sys
+from decimal import Decimal
 
 import pytest
 
-from graph_oracle import oracle_rings
+from graph_oracle import oracle
 from ringwatch.graph import (
+    Alert,
+    GraphShard,
     InvalidSearchOptionError,
     InvalidTransactionError,
-    LocalShards,
-    RingDetector,
+    LocalRingGraph,
     SearchOptions,
+    ShardedRingGraph,
     Transaction,
     parse_duration,
+    payment_table,
     shard_of,
     subgraph,
 )
@@ -23,50 +29,103 @@ from ringwatch.graph import (
 H = 3_600_000
 
 
-def tx(tx_id, src, dst, ts, amount=100.0):
-    return Transaction(tx_id, src, dst, amount, ts)
+def tx(tx_id, src, dst, ts, amount="100", currency=None):
+    return Transaction(tx_id, src, dst, amount, ts, currency)
 
 
 def triangle(start=0):
     return [tx("t1", "A", "B", start), tx("t2", "B", "C", start + 1), tx("t3", "C", "A", start + 2)]
 
 
-def test_a_triangle_raises_one_alert_at_its_closing_payment():
-    detector = RingDetector(LocalShards(2), SearchOptions(window_ms=H))
-    alerts = [a for t in triangle() for a in detector.process([t]).alerts]
+@pytest.fixture(params=["local", "sharded"])
+def make(request):
+    def build(options):
+        return LocalRingGraph(options) if request.param == "local" else ShardedRingGraph.in_process(options, 3)
+    return build
+
+
+def test_a_triangle_raises_one_alert_with_an_exact_total(make):
+    graph = make(SearchOptions(window_ms=H))
+    alerts = [a for t in [tx("t1", "A", "B", 0, "0.1"), tx("t2", "B", "C", 1, "0.2"), tx("t3", "C", "A", 2, "0.3")]
+              for a in graph.process([t]).alerts]
     assert [(a.trigger_tx_id, a.accounts, a.tx_ids, a.hops) for a in alerts] == [
         ("t3", ("A", "B", "C"), ("t1", "t2", "t3"), 3)]
-    assert alerts[0].first_ts == 0 and alerts[0].last_ts == 2 and alerts[0].total_amount == 300.0
+    alert = alerts[0]
+    assert alert.total_amount == Decimal("0.6") and alert.currency is None and alert.totals == {}
+    assert alert.first_ts == 0 and alert.last_ts == 2 and not alert.truncated
+    assert json.loads(alert.to_json())["total_amount"] == "0.6"
+    assert Alert.from_dict(json.loads(alert.to_json())) == alert
 
 
-def test_a_batch_applied_twice_changes_nothing():
-    shards = LocalShards(3)
-    detector = RingDetector(shards, SearchOptions(window_ms=H))
-    first = detector.process(triangle())
-    edges, size = shards.edge_count(), shards.nbytes()
-    again = detector.process(triangle())
+def test_currency_on_every_alert_and_totals_per_currency_when_mixed(make):
+    graph = make(SearchOptions(window_ms=H))
+    one = graph.process([tx("a", "A", "B", 0, "10.25", "EUR"), tx("b", "B", "A", 1, "10.5", "EUR")]).alerts
+    mixed = graph.process([tx("c", "C", "D", 2, "7", "USD"), tx("d", "D", "C", 3, "5.5", "EUR")]).alerts
+    assert [(a.currency, a.total_amount, a.totals) for a in one] == [("EUR", Decimal("20.75"), {})]
+    assert [(a.currency, a.totals) for a in mixed] == [("mixed", {"EUR": Decimal("5.5"), "USD": Decimal("7")})]
+    assert json.loads(mixed[0].to_json())["totals"] == {"EUR": "5.5", "USD": "7"}
+
+
+def test_a_batch_applied_twice_is_counted_as_duplicates_and_changes_nothing(make):
+    graph = make(SearchOptions(window_ms=H))
+    first = graph.process(triangle())
+    edges, size = graph.edge_count(), graph.nbytes()
+    again = graph.process(triangle())
     assert len(first.alerts) == 1
-    assert again.alerts == [] and again.duplicates == 3
-    assert (shards.edge_count(), shards.nbytes()) == (edges, size)
+    assert again.alerts == [] and again.duplicates == 3 and again.rejected == []
+    assert (graph.edge_count(), graph.nbytes()) == (edges, size)
 
 
-def test_witness_exactly_at_the_window_edge_counts_and_one_ms_older_does_not():
+def test_a_tx_id_reused_with_other_content_is_a_conflict_with_the_reason(make):
+    graph = make(SearchOptions(window_ms=H))
+    graph.process([tx("t1", "A", "B", 0)])
+    result = graph.process([tx("t1", "A", "B", 0, "101"), tx("t2", "B", "A", 1)])
+    assert [(r.index, r.tx_id) for r in result.rejected] == [(0, "t1")]
+    assert result.rejected[0].reason.startswith("conflict: tx_id 't1' is already stored with other content")
+    assert [a.tx_ids for a in result.alerts] == [("t1", "t2")]
+
+
+def test_witness_exactly_at_the_window_edge_counts_and_one_ms_older_does_not(make):
     options = SearchOptions(window_ms=1000)
-    on_edge = RingDetector(LocalShards(1), options).process(
-        [tx("a", "A", "B", 0), tx("b", "B", "A", 1000)])
-    past_edge = RingDetector(LocalShards(1), options).process(
-        [tx("a", "A", "B", 0), tx("b", "B", "A", 1001)])
+    on_edge = make(options).process([tx("a", "A", "B", 0), tx("b", "B", "A", 1000)])
+    past_edge = make(options).process([tx("a", "A", "B", 0), tx("b", "B", "A", 1001)])
     assert [a.accounts for a in on_edge.alerts] == [("A", "B")]
     assert past_edge.alerts == []
 
 
-def test_edges_older_than_the_watermark_are_evicted():
-    shards = LocalShards(1)
-    detector = RingDetector(shards, SearchOptions(window_ms=1000), evict_every_ms=1)
-    detector.process([tx(f"old{i}", f"X{i}", f"Y{i}", i) for i in range(50)])
-    assert shards.edge_count() == 50
-    detector.process([tx("new", "P", "Q", 5000)])
-    assert shards.edge_count() == 1
+def test_a_window_of_zero_takes_only_payments_at_the_same_time(make):
+    graph = make(SearchOptions(window_ms=0))
+    result = graph.process([tx("a", "A", "B", 5), tx("b", "B", "A", 5), tx("c", "A", "B", 4), tx("d", "B", "A", 6)])
+    assert [a.tx_ids for a in result.alerts] == [("a", "b")]
+
+
+def test_empty_batches_and_unknown_accounts_are_fine(make):
+    graph = make(SearchOptions(window_ms=H))
+    assert graph.process([]).alerts == []
+    assert graph.process(payment_table([])).alerts == []
+    assert graph.edges(["nobody"], "out") == {"nobody": []}
+    assert graph.evict(10) == 0
+    assert graph.process(triangle()).alerts
+
+
+def test_edges_older_than_the_horizon_are_evicted(make):
+    graph = make(SearchOptions(window_ms=1000))
+    graph.process([tx(f"old{i}", f"X{i}", f"Y{i}", i) for i in range(50)])
+    assert graph.edge_count() >= 50
+    graph.process([tx("new", "P", "Q", 5000)])
+    graph.evict(4000)
+    assert graph.edges(["X1", "P"], "out") == {"X1": [], "P": graph.edges(["P"], "out")["P"]}
+    assert [e.tx_id for e in graph.edges(["P"], "out")["P"]] == ["new"]
+    assert graph.process([tx("back", "Y1", "X1", 5001)]).alerts == []
+
+
+def test_store_compaction_keeps_every_live_edge():
+    graph = LocalRingGraph(SearchOptions(window_ms=100, max_hops=3))
+    for start in range(0, 20_000, 1000):
+        graph.process([tx(f"t{i}", f"a{i % 37}", f"a{(i * 7) % 37}", i) for i in range(start, start + 1000)])
+        graph.evict(start + 1000 - 150)
+    live = graph.edges([f"a{i}" for i in range(37)], "out", since=19_850)
+    assert sorted(e.tx_id for edges in live.values() for e in edges) == sorted(f"t{i}" for i in range(19_850, 20_000))
 
 
 def test_partitioning_is_stable_across_processes():
@@ -74,98 +133,133 @@ def test_partitioning_is_stable_across_processes():
     here = [shard_of(a, 7) for a in accounts]
     code = ("import json,sys; from ringwatch.graph import shard_of; "
             "print(json.dumps([shard_of(a, 7) for a in json.loads(sys.argv[1])]))")
-    import json
     there = subprocess.run([sys.executable, "-c", code, json.dumps(accounts)],
                            capture_output=True, text=True, check=True).stdout
     assert json.loads(there) == here
     assert len(set(here)) == 7
 
 
-def test_a_late_payment_is_stored_and_witnesses_later_rings():
-    detector = RingDetector(LocalShards(2), SearchOptions(window_ms=10 * H))
-    detector.process([tx("n1", "X", "Y", 5 * H)])
-    late = detector.process([tx("late", "A", "B", 2 * H)])  # late, but inside the watermark
-    assert late.rejected == []
-    closing = detector.process([tx("close", "B", "A", 6 * H)])
-    assert [a.tx_ids for a in closing.alerts] == [("late", "close")]
+def test_a_late_payment_in_the_middle_of_a_ring_completes_it_when_it_arrives(make):
+    graph = make(SearchOptions(window_ms=10 * H))
+    assert graph.process([tx("ab", "A", "B", 1 * H), tx("ca", "C", "A", 3 * H)]).alerts == []
+    late = graph.process([tx("bc", "B", "C", 2 * H)])
+    assert [(a.trigger_tx_id, a.tx_ids) for a in late.alerts] == [("ca", ("ab", "bc", "ca"))]
+    assert late.late_payments == 1
 
 
-def test_a_late_trigger_closes_rings_only_with_witnesses_at_or_before_its_time():
-    detector = RingDetector(LocalShards(1), SearchOptions(window_ms=10 * H))
-    detector.process([tx("ab", "A", "B", 1 * H), tx("bc_after", "B", "C", 5 * H), tx("bc", "B", "C", 2 * H)])
-    result = detector.process([tx("ca", "C", "A", 3 * H)])  # late: newest seen is 5 h
+def test_a_late_trigger_uses_only_witnesses_before_it_in_event_time(make):
+    graph = make(SearchOptions(window_ms=10 * H))
+    graph.process([tx("ab", "A", "B", 1 * H), tx("bc_after", "B", "C", 5 * H), tx("bc", "B", "C", 2 * H)])
+    result = graph.process([tx("ca", "C", "A", 3 * H)])
     assert [a.tx_ids for a in result.alerts] == [("ab", "bc", "ca")]
 
 
-def test_a_payment_older_than_the_watermark_is_rejected_with_the_reason():
-    detector = RingDetector(LocalShards(1), SearchOptions(window_ms=H))
-    detector.process([tx("new", "A", "B", 10 * H)])
-    result = detector.process([tx("ancient", "B", "A", 1 * H)])
-    assert [r.transaction.tx_id for r in result.rejected] == ["ancient"]
-    assert result.rejected[0].reason.startswith("late: ts 3600000 is older than the low watermark 32400000")
-
-
-def test_hub_guard_skips_hubs_and_says_the_search_was_cut_short():
-    # A -> HUB -> C0 -> D -> A: the forward half from A must pass through the hub.
+def test_the_hub_guard_is_off_by_default_and_every_cut_is_reported(make):
+    # A -> HUB -> C0 -> D -> A: the forward search from A must pass through the hub.
     stream = [tx("a", "A", "HUB", 0)] + [tx(f"h{i}", "HUB", f"C{i}", 1 + i) for i in range(5)]
     stream += [tx("c", "C0", "D", 10), tx("d", "D", "A", 11)]
-    guarded = RingDetector(LocalShards(2), SearchOptions(window_ms=H, max_degree=3)).process(stream)
-    open_ = RingDetector(LocalShards(2), SearchOptions(window_ms=H, max_degree=None)).process(stream)
+    assert SearchOptions().max_degree is None
+    exact = make(SearchOptions(window_ms=H)).process(stream)
+    guarded = make(SearchOptions(window_ms=H, max_degree=3)).process(stream)
+    assert [a.accounts for a in exact.alerts] == [("A", "HUB", "C0", "D")] and exact.truncated_searches == 0
     assert guarded.alerts == [] and guarded.truncated_searches >= 1
-    assert [a.accounts for a in open_.alerts] == [("A", "HUB", "C0", "D")] and open_.truncated_searches == 0
 
 
-def test_max_rings_per_tx_caps_and_flags_truncation():
+def test_max_rings_per_tx_caps_and_says_so_on_the_alert(make):
     stream = [tx(f"ab{i}", "A", f"B{i}", i) for i in range(4)] + [tx(f"ba{i}", f"B{i}", "Z", 10 + i) for i in range(4)]
     stream.append(tx("close", "Z", "A", 20))
-    result = RingDetector(LocalShards(1), SearchOptions(window_ms=H, max_rings_per_tx=2)).process(stream)
-    assert len(result.alerts) == 2 and all(a.truncated for a in result.alerts)
+    result = make(SearchOptions(window_ms=H, max_rings_per_tx=2)).process(stream)
+    assert len(result.alerts) == 2 and all(a.truncated and a.cut_by == ("max_rings_per_tx",) for a in result.alerts)
+    assert result.truncated_searches == 1
 
 
-def test_large_random_stream_against_the_oracle():
-    import random
+def test_min_amount_and_order_none(make):
+    small = make(SearchOptions(window_ms=H, min_amount="50")).process(
+        [tx("a", "A", "B", 0, "10"), tx("b", "B", "A", 1)])
+    unordered = make(SearchOptions(window_ms=H, order="none")).process(
+        [tx("bc", "B", "C", 0), tx("ab", "A", "B", 1), tx("ca", "C", "A", 2)])
+    assert small.alerts == []
+    assert [a.tx_ids for a in unordered.alerts] == [("ab", "bc", "ca")]
+
+
+def test_large_random_stream_in_shuffled_batches_against_the_oracle():
     rng = random.Random(7)
     stream, ts = [], 0
     for i in range(400):
         ts += rng.choice([0, 1, 5, 30])
-        stream.append(tx(f"t{i}", f"a{rng.randrange(25)}", f"a{rng.randrange(25)}", ts, rng.choice([90.0, 100.0])))
-    options = SearchOptions(max_hops=6, window_ms=300, max_degree=None, max_rings_per_tx=None)
-    detector = RingDetector(LocalShards(4), options)
-    alerts = []
-    for start in range(0, len(stream), 37):
-        alerts.extend(detector.process(stream[start:start + 37]).alerts)
-    got: dict[str, set] = {}
-    for alert in alerts:
-        got.setdefault(alert.trigger_tx_id, set()).add(alert.accounts)
-    expected = {t.tx_id: oracle_rings(stream, k, t.ts - 300, options) for k, t in enumerate(stream)}
-    assert {k: v for k, v in expected.items() if v} == got
-    assert len(alerts) > 20
+        stream.append(tx(f"t{i}", f"a{rng.randrange(25)}", f"a{rng.randrange(25)}", ts, rng.choice(["90", "100"])))
+    options = SearchOptions(max_hops=6, window_ms=300, max_rings_per_tx=None)
+    shuffled = list(stream)
+    rng.shuffle(shuffled)
+    for graph in (LocalRingGraph(options), ShardedRingGraph.in_process(options, 4)):
+        raised = {}
+        for start in range(0, len(shuffled), 37):
+            raised.update((a.alert_id, a.accounts) for a in graph.process(shuffled[start:start + 37]).alerts)
+        expected = oracle(stream, options)
+        assert raised == {i: r.accounts for i, r in expected.items()}
+        assert len(raised) > 20
 
 
-def test_subgraph_exports_payments_with_amounts_and_times():
-    shards = LocalShards(3)
-    RingDetector(shards, SearchOptions(window_ms=H)).process(triangle() + [tx("far", "Z", "Q", 3)])
-    graph = subgraph(shards, ["A"], hops=1)
-    assert set(graph.nodes) == {"A", "B", "C"}
-    assert {(u, v, k) for u, v, k in graph.edges(keys=True)} == {("A", "B", "t1"), ("C", "A", "t3")}
-    assert graph.edges["A", "B", "t1"] == {"amount": 100.0, "ts": 0, "seq": 0, "tx_id": "t1"}
-    assert graph.nodes["B"]["hops"] == 1
-    assert set(subgraph(shards, ["A"], hops=2).nodes) == {"A", "B", "C"}
-    assert set(subgraph(shards, ["A"], hops=1, since=1).edges(keys=True)) == {("C", "A", "t3")}
-    assert list(subgraph(shards, ["nobody"], hops=2).edges) == []
+def test_subgraph_exports_payments_with_amounts_and_times(make):
+    graph = make(SearchOptions(window_ms=H))
+    graph.process(triangle() + [tx("far", "Z", "Q", 3)])
+    view = subgraph(graph, ["A"], hops=1)
+    assert set(view.nodes) == {"A", "B", "C"}
+    assert {(u, v, k) for u, v, k in view.edges(keys=True)} == {("A", "B", "t1"), ("C", "A", "t3")}
+    assert view.edges["A", "B", "t1"] == {"amount": Decimal("100"), "ts": 0, "currency": None, "tx_id": "t1"}
+    assert view.nodes["B"]["hops"] == 1
+    assert set(subgraph(graph, ["A"], hops=2).nodes) == {"A", "B", "C"}
+    assert set(subgraph(graph, ["A"], hops=1, since=1).edges(keys=True)) == {("C", "A", "t3")}
+    assert list(subgraph(graph, ["nobody"], hops=2).edges) == []
+
+
+def test_a_checkpoint_is_arrow_tables_and_restores_the_same_graph(make):
+    graph = make(SearchOptions(window_ms=H))
+    graph.process(triangle() + [tx("t4", "A", "C", 4, "7.5", "EUR")])
+    tables = graph.checkpoint()
+    copy = make(SearchOptions(window_ms=H))
+    copy.restore(tables)
+    accounts = ["A", "B", "C"]
+    for way in ("out", "in"):
+        assert copy.edges(accounts, way) == graph.edges(accounts, way)
+    assert copy.process(triangle()).duplicates == 3
+    assert sorted(a.tx_ids for a in copy.process([tx("t5", "C", "A", 9)]).alerts) == [("t1", "t2", "t5"), ("t4", "t5")]
+
+
+def test_a_shard_actor_checkpoint_is_one_arrow_table():
+    shard = GraphShard(1, 2)
+    shard.apply(payment_table(triangle()))
+    state = shard.__checkpoint__()
+    restored = GraphShard(1, 2)
+    restored.__restore__(state)
+    assert state.num_rows == shard.edge_count() and restored.snapshot().equals(state)
 
 
 @pytest.mark.parametrize("record, field", [
     ({"tx_id": "1", "dst": "b", "amount": 1, "ts": 1}, "src"),
     ({"tx_id": "1", "src": "a", "dst": "b", "amount": -5, "ts": 1}, "amount"),
     ({"tx_id": "1", "src": "a", "dst": "b", "amount": "lots", "ts": 1}, "amount"),
+    ({"tx_id": "1", "src": "a", "dst": "b", "amount": "1.00001", "ts": 1}, "amount"),
+    ({"tx_id": "1", "src": "a", "dst": "b", "amount": 1e308, "ts": 1}, "amount"),
+    ({"tx_id": "1", "src": "a", "dst": "b", "amount": float("nan"), "ts": 1}, "amount"),
     ({"tx_id": "1", "src": "a", "dst": "b", "amount": 1, "ts": "yesterday"}, "ts"),
+    ({"tx_id": "1", "src": "a", "dst": "b", "amount": 1, "ts": 1e308}, "ts"),
+    ({"tx_id": "1", "src": "a", "dst": "b", "amount": 1, "ts": "2500-01-01T00:00:00Z"}, "ts"),
+    ({"tx_id": "1", "src": "a", "dst": "b", "amount": 1, "ts": -1}, "ts"),
     ({"src": "a", "dst": "b", "amount": 1, "ts": 1}, "tx_id"),
 ])
 def test_validation_names_the_bad_field(record, field):
     with pytest.raises(InvalidTransactionError) as caught:
         Transaction.from_dict(record)
     assert caught.value.field == field and str(caught.value).startswith(field + ":")
+
+
+def test_amounts_are_exact_decimals_with_a_configurable_ceiling():
+    record = {"tx_id": "1", "src": "a", "dst": "b", "amount": 20095.23, "ts": 1}
+    assert Transaction.from_dict(record).amount == Decimal("20095.23")
+    assert Transaction.from_dict(record).amount_units == 200_952_300
+    with pytest.raises(InvalidTransactionError, match="ceiling"):
+        Transaction.from_dict(record, max_amount=Decimal(1000))
 
 
 def test_timestamps_in_iso_and_epoch_ms_agree():
@@ -187,3 +281,5 @@ def test_bad_search_options_name_the_option():
         SearchOptions(max_hops=1)
     with pytest.raises(InvalidSearchOptionError, match="min_ratio"):
         SearchOptions(min_ratio=0.9)
+    with pytest.raises(InvalidSearchOptionError, match="min_amount"):
+        SearchOptions(min_amount="-1")

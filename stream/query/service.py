@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
 import networkx as nx
@@ -33,11 +34,11 @@ from ringwatch.graph import (
     InvalidDurationError,
     InvalidSearchOptionError,
     InvalidTransactionError,
-    LocalShards,
-    RingDetector,
+    LocalRingGraph,
+    RingGraph,
     SearchOptions,
-    ShardSet,
     Transaction,
+    decimal_text,
     parse_duration,
     parse_timestamp,
     shard_of,
@@ -207,7 +208,7 @@ class AlertStore(Protocol):
 class QueryableEngine(Protocol):
     """The engine as the query service sees it; `Engine` implements it."""
 
-    def query_shards(self) -> ShardSet | None: ...
+    def query_graph(self) -> RingGraph | None: ...
     def search_options(self) -> SearchOptions: ...
     def newest_ts(self) -> int | None: ...
     def alert_history(self) -> AlertStore | None: ...
@@ -254,10 +255,11 @@ class QueryHandler:
         """The distinct rings through `account` among the payments of the last `window` (event time).
 
         Every account of a ring of `max_hops` payments is within ceil(max_hops/2)
-        payments of `account`, so that neighbourhood (hubs not expanded, as in the
-        engine) is read from the shards and replayed in stream order through a
-        `RingDetector` of its own: the same ring definition as the engine's, over
-        a graph of a few hundred payments, never touching the engine's state.
+        payments of `account`, so that neighbourhood (hubs not expanded when the
+        engine's hub guard is on) is read from the graph and searched by a
+        `LocalRingGraph` of its own: the same ring definition as the engine's (a
+        function of the set of payments, so one batch finds them all), over a
+        graph of a few hundred payments, never touching the engine's state.
         Each ring is the most recent closing of its account cycle, as an `Alert`
         record with the id the engine gives that ring.
         """
@@ -268,14 +270,14 @@ class QueryHandler:
             options = dataclasses.replace(self.engine.search_options(), max_hops=max_hops, window_ms=window_ms)
         except InvalidSearchOptionError as exc:
             raise InvalidQueryError(str(exc)) from None
-        shards, now = self.engine.query_shards(), self.engine.newest_ts()
-        if shards is None or now is None:
+        live, now = self.engine.query_graph(), self.engine.newest_ts()
+        if live is None or now is None:
             return []
-        graph = subgraph(shards, [account], hops=math.ceil(max_hops / 2), since=now - window_ms,
+        graph = subgraph(live, [account], hops=math.ceil(max_hops / 2), since=now - window_ms,
                          max_degree=options.max_degree)
-        payments = sorted(graph.edges(data=True), key=lambda edge: edge[2]["seq"])
-        detector = RingDetector(LocalShards(1), options)
-        result = detector.process([Transaction(d["tx_id"], src, dst, d["amount"], d["ts"]) for src, dst, d in payments])
+        payments = [Transaction(d["tx_id"], src, dst, d["amount"], d["ts"], d["currency"])
+                    for src, dst, d in graph.edges(data=True)]
+        result = LocalRingGraph(options).process(payments)
         latest: dict[tuple[str, ...], Alert] = {}
         for alert in result.alerts:  # in trigger order: a later closing of the same cycle replaces an earlier one
             if account in alert.accounts:
@@ -289,18 +291,18 @@ class QueryHandler:
         hops = _bounded_int("hops", hops, 1, MAX_HOPS_LIMIT)
         if direction not in DIRECTIONS:
             raise InvalidQueryError(f"direction: expected one of {DIRECTIONS}, got {direction!r}")
-        shards = self.engine.query_shards()
-        if shards is None:
+        live = self.engine.query_graph()
+        if live is None:
             return []
         low = _resolve_since(since, self.engine.newest_ts())
-        graph = subgraph(shards, [account], hops=hops, since=low, direction=direction,
+        graph = subgraph(live, [account], hops=hops, since=low, direction=direction,
                          max_degree=self.engine.search_options().max_degree)
         reached: dict[str, list[dict]] = {}
         for src, dst, data in graph.edges(data=True):
             near, far = (src, dst) if graph.nodes[dst]["hops"] > graph.nodes[src]["hops"] else (dst, src)
             if graph.nodes[far]["hops"] == graph.nodes[near]["hops"] + 1 and far != account:
                 reached.setdefault(far, []).append(data)
-        found = [Neighbor(peer, graph.nodes[peer]["hops"], len(edges), round(sum(e["amount"] for e in edges), 2),
+        found = [Neighbor(peer, graph.nodes[peer]["hops"], len(edges), float(sum(e["amount"] for e in edges)),
                           min(e["ts"] for e in edges), max(e["ts"] for e in edges),
                           bool(graph.nodes[peer].get("hub")))
                  for peer, edges in reached.items()]
@@ -313,18 +315,18 @@ class QueryHandler:
         for account in accounts:
             _account(account)
         hops = _bounded_int("hops", hops, 0, MAX_HOPS_LIMIT)
-        shards = self.engine.query_shards()
-        if shards is None:
+        live = self.engine.query_graph()
+        if live is None:
             return {"nodes": [[a, {"hops": 0}] for a in accounts], "edges": []}
-        graph = subgraph(shards, accounts, hops=hops, since=_resolve_since(since, self.engine.newest_ts()),
+        graph = subgraph(live, accounts, hops=hops, since=_resolve_since(since, self.engine.newest_ts()),
                          max_degree=self.engine.search_options().max_degree)
         return graph_to_wire(graph)
 
     def account(self, account: str) -> AccountSummary:
         _account(account)
-        shards = self.engine.query_shards()
-        num_shards = shards.num_shards if shards is not None else 1
-        graph = subgraph(shards, [account], hops=1) if shards is not None else nx.MultiDiGraph()
+        live = self.engine.query_graph()
+        num_shards = getattr(live, "num_shards", 1)
+        graph = subgraph(live, [account], hops=1) if live is not None else nx.MultiDiGraph()
         out_edges = [d for _, _, d in graph.out_edges(account, data=True)] if account in graph else []
         in_edges = [d for _, _, d in graph.in_edges(account, data=True)] if account in graph else []
         stamps = [d["ts"] for d in out_edges + in_edges]
@@ -335,16 +337,18 @@ class QueryHandler:
         return AccountSummary(
             account=account, known=bool(stamps), shard=shard_of(account, num_shards),
             out_degree=len(out_edges), in_degree=len(in_edges),
-            out_amount=round(sum(d["amount"] for d in out_edges), 2),
-            in_amount=round(sum(d["amount"] for d in in_edges), 2),
+            out_amount=float(sum(d["amount"] for d in out_edges)),
+            in_amount=float(sum(d["amount"] for d in in_edges)),
             counterparties=len(peers - {account}),
             first_seen=min(stamps) if stamps else None, last_seen=max(stamps) if stamps else None,
             alert_ids=alert_ids)
 
 
 def graph_to_wire(graph: nx.MultiDiGraph) -> dict[str, list]:
+    """Nodes and edges as JSON-ready lists; amounts as exact decimal strings."""
     return {"nodes": [[node, dict(data)] for node, data in graph.nodes(data=True)],
-            "edges": [[src, dst, key, dict(data)] for src, dst, key, data in graph.edges(keys=True, data=True)]}
+            "edges": [[src, dst, key, {**data, "amount": decimal_text(data["amount"])}]
+                      for src, dst, key, data in graph.edges(keys=True, data=True)]}
 
 
 def graph_from_wire(data: Mapping[str, list]) -> nx.MultiDiGraph:
@@ -352,7 +356,7 @@ def graph_from_wire(data: Mapping[str, list]) -> nx.MultiDiGraph:
     for node, attributes in data["nodes"]:
         graph.add_node(node, **attributes)
     for src, dst, key, attributes in data["edges"]:
-        graph.add_edge(src, dst, key=key, **attributes)
+        graph.add_edge(src, dst, key=key, **{**attributes, "amount": Decimal(attributes["amount"])})
     return graph
 
 

@@ -1,0 +1,297 @@
+"""The graph engine's one seam: `RingGraph` — store a batch of payments, get the rings it completes.
+
+`run`, `detect` and the query service use the graph only through this
+protocol. Two implementations: `LocalRingGraph` keeps one `EdgeStore` in this
+process and searches it with one compiled call per batch; `ShardedRingGraph`
+(sharded.py) spreads the store over `GraphShard`s (runtime actors, or
+in-process for tests) and runs the same search on the edges it gathers.
+
+Which rings a batch raises (`find_rings`). Every ring is a function of the
+set of payments alone (docs/architecture.md, "The ring"), so a batch raises
+exactly the rings that contain at least one of its payments:
+- each new payment as the trigger (witnesses: every stored payment before it
+  in `(ts, tx_id)` order, new or old);
+- each new payment older than the newest payment stored before the batch (a
+  late one) as a witness of an older trigger: `late_candidates` lists the
+  stored triggers whose rings could pass through it, and those are searched
+  again, keeping the rings whose canonical witnesses include a payment of
+  this batch.
+A ring is reported when its trigger or one of its canonical witnesses is in
+the batch. So the set of alert ids does not depend on arrival order, batch
+size or shard count. Witnesses are the canonical (smallest in `(ts, tx_id)`
+order, hop by hop) over the payments present when the ring is raised: equal
+to the all-payments answer whenever payments arrive in event-time order; a
+late payment that gives an already-raised ring a smaller witness raises the
+same alert id again, with the new witnesses (sinks deliver an id once).
+
+The graph keeps no watermark: the stream layer decides what is late or in
+the future and calls `evict(horizon_ts)`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from .batch import payment_table
+from .model import AMOUNT_SCALE, MIXED, Alert, Transaction, alert_id
+from .options import SearchOptions
+from .store import CONFLICT, DUPLICATE, NEW, EdgeStore, StoredEdge
+
+Batch = Sequence[Transaction] | pa.Table
+CUT_NAMES = ((1, "max_rings_per_tx"), (2, "max_degree"))
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A payment of the batch the graph would not store: row `index` of the batch, and why."""
+
+    index: int
+    tx_id: str
+    reason: str
+
+
+@dataclass
+class BatchResult:
+    """What one batch did: its alerts (trigger order), silent duplicates, conflicts, cut-short searches."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    duplicates: int = 0
+    truncated_searches: int = 0
+    late_payments: int = 0  # payments older than the newest already stored: searched as witnesses too
+
+
+class RingGraph(Protocol):
+    """The graph as `run`, `detect` and the query service see it."""
+
+    options: SearchOptions
+
+    def process(self, batch: Batch, received_at: Sequence[float] | float | None = None, *,
+                replay: bool = False) -> BatchResult:
+        """Store the batch, return the rings that contain at least one of its payments.
+
+        With `replay`, payments already stored (duplicates) count as the batch's
+        too, so their rings are raised again: for a replay after a rewind.
+        """
+
+    def evict(self, horizon_ts: int) -> int:
+        """Forget payments with `ts < horizon_ts`; returns list entries dropped."""
+
+    def edges(self, accounts: Sequence[str], direction: str, since: int | None = None
+              ) -> dict[str, list[StoredEdge]]:
+        """Each account's stored payments out of it ("out") or into it ("in"), oldest first."""
+
+    def degrees(self, accounts: Sequence[str], direction: str) -> dict[str, int]:
+        """How many payments each account holds in that direction (hub checks)."""
+
+    def edge_count(self) -> int: ...
+
+    def nbytes(self) -> int: ...
+
+    def checkpoint(self) -> list[pa.Table]:
+        """Each shard's payments as an Arrow table, in shard order."""
+
+    def restore(self, tables: Sequence[pa.Table]) -> None:
+        """Replace the graph's payments with a `checkpoint`'s."""
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Rings:
+    """The rings `find_rings` found: per ring the trigger edge id and the witness edge ids."""
+
+    triggers: list[int]
+    witnesses: list[list[int]]
+    cut: dict[int, int]  # trigger edge id -> cut bits (1: ring cap, 2: hub guard)
+
+
+def find_rings(store: EdgeStore, new_ids: np.ndarray, newest_before: tuple[int, bytes] | None,
+               options: SearchOptions) -> Rings:
+    """The rings containing at least one of the batch's edges (ids `new_ids`); see the module doc."""
+    new_ids = np.asarray(new_ids, np.int64)
+    rings = Rings([], [], {})
+    if new_ids.size == 0:
+        return rings
+    _collect(store, new_ids, None, options, rings)
+    late = older_than(store, new_ids, newest_before)
+    if late.size:
+        in_batch = store.batch_mask(new_ids)
+        candidates = store.late_candidates(late, in_batch, options)
+        if candidates.size:
+            _collect(store, candidates, in_batch, options, rings)
+    return rings
+
+
+def older_than(store: EdgeStore, ids: np.ndarray, key: tuple[int, bytes] | None) -> np.ndarray:
+    """The edge ids whose (ts, tx_id) is below `key` (none when key is None)."""
+    if key is None or ids.size == 0:
+        return ids[:0]
+    ts = store.e_ts[ids]
+    tied = ids[ts == key[0]]
+    late = ids[ts < key[0]]
+    if tied.size:
+        late = np.concatenate([late, [e for e in tied.tolist() if store.tx_id_bytes(e) < key[1]]]).astype(np.int64)
+    return late
+
+
+def newest_key(store: EdgeStore, ids: np.ndarray) -> tuple[int, bytes] | None:
+    """The largest (ts, tx_id) among the edge ids."""
+    if ids.size == 0:
+        return None
+    ts = store.e_ts[ids]
+    top = int(ts.max())
+    return max((top, store.tx_id_bytes(e)) for e in ids[ts == top].tolist())
+
+
+def _collect(store: EdgeStore, triggers: np.ndarray, in_batch: np.ndarray | None, options: SearchOptions,
+             rings: Rings) -> None:
+    ring_trigger, ring_off, ring_edges, cut = store.search(triggers, options, in_batch)
+    for r, t in enumerate(ring_trigger.tolist()):
+        rings.triggers.append(int(triggers[t]))
+        rings.witnesses.append(ring_edges[ring_off[r]:ring_off[r + 1]].tolist())
+    for i in np.flatnonzero(cut).tolist():
+        rings.cut[int(triggers[i])] = int(cut[i])
+
+
+def build_alerts(store: EdgeStore, rings: Rings, arrived_at: Callable[[int], float | None],
+                 now: float) -> list[Alert]:
+    """Alerts for the rings; `arrived_at(edge id)` is when a payment of this batch arrived (None: older)."""
+    alerts = []
+    order = sorted(range(len(rings.triggers)),
+                   key=lambda r: (int(store.e_ts[rings.triggers[r]]), store.tx_id_bytes(rings.triggers[r])))
+    for r in order:
+        trig, witnesses = rings.triggers[r], rings.witnesses[r]
+        edges = witnesses + [trig]
+        tx_ids = tuple(store.tx_id(e) for e in edges)
+        accounts = tuple(store.names[store.e_src[e]] for e in edges)
+        per_currency: dict[str, int] = {}
+        for e in edges:
+            code = store.currencies[store.e_cur[e]] or ""
+            per_currency[code] = per_currency.get(code, 0) + int(store.e_amt[e])
+        total = Decimal(sum(per_currency.values())) / AMOUNT_SCALE
+        if len(per_currency) == 1:
+            currency = next(iter(per_currency)) or None
+            totals = {}
+        else:
+            currency = MIXED
+            totals = {code: Decimal(units) / AMOUNT_SCALE for code, units in sorted(per_currency.items())}
+        arrivals = [t for t in map(arrived_at, edges) if t is not None]
+        bits = rings.cut.get(trig, 0)
+        cut_by = tuple(name for bit, name in CUT_NAMES if bits & bit)
+        alerts.append(Alert(
+            alert_id=alert_id(tx_ids[-1], accounts), trigger_tx_id=tx_ids[-1], accounts=accounts, tx_ids=tx_ids,
+            hops=len(accounts), total_amount=total, first_ts=int(min(store.e_ts[e] for e in edges)),
+            last_ts=int(store.e_ts[trig]), detected_at=int(now * 1000),
+            latency_ms=round((now - max(arrivals)) * 1000, 3) if arrivals else 0.0,
+            truncated=bool(cut_by), currency=currency, totals=totals, cut_by=cut_by))
+    return alerts
+
+
+def as_table(batch: Batch) -> pa.Table:
+    return batch if isinstance(batch, pa.Table) else payment_table(batch)
+
+
+def arrivals(received_at: Sequence[float] | float | None, rows: int) -> np.ndarray | None:
+    if received_at is None:
+        return None
+    if isinstance(received_at, (int, float)):
+        return np.full(rows, float(received_at))
+    return np.asarray(received_at, np.float64)
+
+
+def judge(status: np.ndarray, table: pa.Table, result: BatchResult) -> None:
+    """Count duplicates and turn conflicts into rejections with their reason."""
+    result.duplicates += int(np.count_nonzero(status == DUPLICATE))
+    conflicts = np.flatnonzero(status == CONFLICT)
+    if conflicts.size:
+        tx_ids = table.column("tx_id").to_pylist()
+        for i in conflicts.tolist():
+            result.rejected.append(Rejected(i, tx_ids[i], f"conflict: tx_id {tx_ids[i]!r} is already stored with "
+                                                          "other content (src, dst, amount, ts or currency)"))
+
+
+class LocalRingGraph:
+    """The whole graph in this process: one `EdgeStore`, one compiled search call per batch."""
+
+    def __init__(self, options: SearchOptions, *, clock: Callable[[], float] = time.time):
+        self.options = options
+        self.clock = clock
+        self.store = EdgeStore()
+        self._newest: tuple[int, bytes] | None = None
+
+    def process(self, batch: Batch, received_at: Sequence[float] | float | None = None, *,
+                replay: bool = False) -> BatchResult:
+        table = as_table(batch)
+        result = BatchResult()
+        if table.num_rows == 0:
+            return result
+        store = self.store
+        status, eids = store.apply(table)
+        judge(status, table, result)
+        new_rows = np.flatnonzero((status == NEW) | (replay & (status == DUPLICATE)))
+        new_ids = np.unique(eids[new_rows])
+        newest_before = self._newest
+        rings = find_rings(store, new_ids, newest_before, self.options)
+        if new_ids.size:
+            newest = newest_key(store, new_ids)
+            self._newest = newest if newest_before is None else max(newest, newest_before)
+            result.late_payments = int(older_than(store, new_ids, newest_before).size)
+        times = arrivals(received_at, table.num_rows)
+        row_of = dict(zip(eids[new_rows].tolist(), new_rows.tolist()))
+
+        def arrived(e: int) -> float | None:
+            row = row_of.get(e)
+            return None if row is None or times is None else float(times[row])
+
+        result.alerts = build_alerts(store, rings, arrived, self.clock())
+        result.truncated_searches = len(rings.cut)
+        return result
+
+    def evict(self, horizon_ts: int) -> int:
+        return self.store.evict(horizon_ts)
+
+    def edges(self, accounts: Sequence[str], direction: str, since: int | None = None
+              ) -> dict[str, list[StoredEdge]]:
+        d = _direction(direction)
+        return {a: self.store.edges(self.store.list_of(a, d, since)) for a in accounts}
+
+    def degrees(self, accounts: Sequence[str], direction: str) -> dict[str, int]:
+        d = _direction(direction)
+        return {a: self.store.degree(a, d) for a in accounts}
+
+    def edge_count(self) -> int:
+        return self.store.live_count()
+
+    def nbytes(self) -> int:
+        return self.store.nbytes()
+
+    def checkpoint(self) -> list[pa.Table]:
+        return [self.store.to_table()]
+
+    def restore(self, tables: Sequence[pa.Table]) -> None:
+        store = EdgeStore()
+        for table in tables:
+            store.apply(table)
+        self.store = store
+        self._newest = newest_key(store, np.arange(store.n_edges))
+
+    def close(self) -> None:
+        return None
+
+
+DIRECTIONS = {"out": 0, "in": 1}
+
+
+def _direction(direction: str) -> int:
+    try:
+        return DIRECTIONS[direction]
+    except KeyError:
+        raise ValueError(f"direction: expected 'out' or 'in', got {direction!r}") from None
