@@ -579,7 +579,12 @@ class Engine:
                 self._owned.add(partition)
                 logger.info("partition assigned %s[%d] from=%d warm_until=%d", *partition, start,
                             max(committed, start))
-            self._clock.assign(partitions)
+            self._clock.assign(partitions, self._group_watermarks() if self.shared else None)
+
+    def _group_watermarks(self) -> dict[Partition, int | None]:
+        """Each partition's watermark as the group's engines last published it (the newest of them)."""
+        merged = Checkpoint(0, self._store.group_progress(), [])
+        return merged.watermarks
 
     # ---- what the query service reads (from its own threads; never under the loop's lock) ----------
 
