@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -63,6 +64,7 @@ from ringwatch.connectors import (
     next_positions,
 )
 from ringwatch.graph import Alert, RingGraph, SearchOptions
+from ringwatch.runtime.backend import backend_name
 from ringwatch.runtime.checkpoints import default_uri
 from ringwatch.runtime.cli import read_query_token
 from ringwatch.runtime.errors import TokenMissingError
@@ -118,7 +120,9 @@ class Engine:
         self.config = config.validate()
         # Stable across restarts (one engine per state directory): a restarted engine owns its alert claims.
         self.engine_id = f"{socket.gethostname()}:{Path(config.engine.state_dir).resolve()}"
-        self.shared = bool(config.engine.address)  # on a cluster the group's engines share one set of shards
+        # On a ringwatch cluster the group's engines share one set of shards (on Ray each engine keeps its own).
+        self.shared = bool(config.engine.address) and backend_name(config.engine.backend or None,
+                                                                   os.environ) == "ringwatch"
         self._query_token = self._resolve_query_token() if config.service.query_port else ""
         self._query_tls = self._resolve_query_tls() if config.service.query_port else None
         self._source_factory = source_factory
