@@ -33,7 +33,7 @@ with Client(f"127.0.0.1:{port}") as client:
     print(f"{stats.transactions} payments, {stats.alerts} alerts, latency p50 {stats.latency_ms['p50']:.0f} ms")
     newest = client.alerts(limit=3)
     for alert in newest:
-        print("ring:", " -> ".join(alert.accounts), f"({alert.total_amount:,.2f})")
+        print("ring:", " -> ".join(alert.accounts), f"({alert.total_amount:,.2f} {alert.currency})")
     suspect = newest[0].accounts[0]
     print("rings through", suspect, "now:", len(client.rings_through(suspect, window="7d")))
     print("it paid:", [n.account for n in client.neighbors(suspect, direction="out", hops=1)])

@@ -4,6 +4,7 @@ signature with `standardwebhooks`: order, keep-alive, outages, refusals, restart
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import random
@@ -13,6 +14,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -65,6 +68,17 @@ def ids(alerts: list[Alert]) -> list[str]:
 def fast_sink(url: str, state_dir, **settings) -> WebhookSink:
     options = {"timeout_s": 2.0, "max_attempts": 1000, "backoff_initial_s": 0.01, "backoff_max_s": 0.05}
     return WebhookSink(url, SECRET, state_dir, **{**options, **settings})
+
+
+def send(url: str, state_dir, alerts: list[Alert], **settings) -> WebhookSink:
+    """Deliver `alerts` in one batch and wait until the outbox is empty; returns the closed sink."""
+    sink = fast_sink(url, state_dir, **settings)
+    try:
+        sink.deliver(alerts)
+        assert sink.flush(DEADLINE_S)
+    finally:
+        sink.close()
+    return sink
 
 
 def dead_letters(path) -> list[dict]:
@@ -172,12 +186,7 @@ def test_a_refused_alert_is_dead_lettered_and_the_queue_moves_on(tmp_path, recei
     alerts = make_alerts(5)
     poison = alerts[2].alert_id
     receiver = receiver_on(receivers, lambda message_id, _n: (422, {}) if message_id == poison else (200, {})).start()
-    sink = fast_sink(receiver.url, tmp_path / "state")
-    try:
-        sink.deliver(alerts)
-        assert sink.flush(DEADLINE_S)
-    finally:
-        sink.close()
+    sink = send(receiver.url, tmp_path / "state", alerts)
 
     assert receiver.accepted_ids() == [a for a in ids(alerts) if a != poison]
     [dead] = dead_letters(tmp_path / "state" / "dead-letter.jsonl")
@@ -229,12 +238,7 @@ def test_retry_after_is_honoured_on_429(tmp_path, receivers):
 
     receiver = receiver_on(receivers, throttle_once).start()
     [alert] = make_alerts(1)
-    sink = fast_sink(receiver.url, tmp_path / "state")
-    try:
-        sink.deliver([alert])
-        assert sink.flush(DEADLINE_S)
-    finally:
-        sink.close()
+    send(receiver.url, tmp_path / "state", [alert])
 
     assert receiver.attempts[alert.alert_id] == 2
     assert receiver.accepted[0]["at"] - first_refusal[alert.alert_id] >= 1.0
@@ -243,12 +247,7 @@ def test_retry_after_is_honoured_on_429(tmp_path, receivers):
 def test_redirects_are_not_followed_and_the_alert_is_dead_lettered(tmp_path, receivers):
     receiver = receiver_on(receivers, lambda _id, _n: (302, {"Location": "http://127.0.0.1:1/elsewhere"})).start()
     [alert] = make_alerts(1)
-    sink = fast_sink(receiver.url, tmp_path / "state")
-    try:
-        sink.deliver([alert])
-        assert sink.flush(DEADLINE_S)
-    finally:
-        sink.close()
+    send(receiver.url, tmp_path / "state", [alert])
 
     [dead] = dead_letters(tmp_path / "state" / "dead-letter.jsonl")
     assert dead["alert"]["alert_id"] == alert.alert_id and "HTTP 302" in dead["reason"]
@@ -370,12 +369,7 @@ def refused_then_fixed(receivers: list[Receiver], tmp_path, alerts: list[Alert])
     """A receiver that refused every alert (400) until it was fixed: a dead-letter file holding them all."""
     fixed = threading.Event()
     receiver = receiver_on(receivers, lambda _id, _n: (200, {}) if fixed.is_set() else (400, {})).start()
-    sink = fast_sink(receiver.url, tmp_path / "state")
-    try:
-        sink.deliver(alerts)
-        assert sink.flush(DEADLINE_S)
-    finally:
-        sink.close()
+    send(receiver.url, tmp_path / "state", alerts)
     fixed.set()
     return receiver, tmp_path / "state" / "dead-letter.jsonl"
 
@@ -430,3 +424,49 @@ def test_resend_names_a_line_that_is_not_an_alert(tmp_path):
     bad.write_text(json.dumps({"alert": make_alerts(1)[0].to_dict(), "reason": "x"}) + "\n{oops\n")
     result = resend_cli(str(bad), "--url", f"http://127.0.0.1:{free_port()}/x")
     assert result.returncode == 2 and f"{bad} line 2" in result.stderr
+
+
+class _ForwardProxy(BaseHTTPRequestHandler):
+    """A plain-HTTP forward proxy: takes `POST http://host:port/path`, forwards it, counts what it forwarded."""
+
+    forwarded: list[str] = []
+
+    def do_POST(self) -> None:
+        target = urlsplit(self.path)
+        body = self.rfile.read(int(self.headers["content-length"]))
+        upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+        try:
+            upstream.request("POST", target.path, body=body,
+                             headers={k: v for k, v in self.headers.items() if k.lower() != "proxy-connection"})
+            answer = upstream.getresponse()
+            answer.read()
+        finally:
+            upstream.close()
+        _ForwardProxy.forwarded.append(self.headers["webhook-id"])
+        self.send_response(answer.status)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_proxy_named_by_the_environment_is_used_unless_no_proxy_exempts_the_host(tmp_path, receivers,
+                                                                                      monkeypatch):
+    receiver = receiver_on(receivers).start()
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _ForwardProxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    _ForwardProxy.forwarded = []
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        proxied, direct = make_alerts(3, tag="proxied"), make_alerts(2, tag="direct")
+        send(receiver.url, tmp_path / "via-proxy", proxied)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        send(receiver.url, tmp_path / "direct", direct)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert _ForwardProxy.forwarded == ids(proxied)
+    assert receiver.accepted_ids() == ids(proxied + direct) and receiver.bad_signatures == 0

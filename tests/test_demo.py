@@ -18,6 +18,7 @@ from engine_harness import wait_until
 from ringwatch.connectors import SyntheticConfig, generate
 from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.stream import Client, EngineUnreachableError
+from ringwatch.stream.display import money, moment
 
 DEMO = ["--transactions", "6000", "--accounts", "1500", "--rings", "12", "--seed", "3"]
 COMMANDS = ("demo", "detect", "run", "node", "status", "query", "webhook", "generate")
@@ -49,12 +50,14 @@ def test_demo_finds_every_injected_ring_and_reports_its_score(tmp_path, through)
 
     picture = (tmp_path / "rings.html").read_text()
     assert f"picture: {tmp_path / 'rings.html'}" in out
-    assert picture.count("<figure>") == min(6, len(alerts))
+    assert picture.count("<figure ") == min(6, len(alerts))
+    assert largest["alert_id"] in picture
     for account in largest["accounts"]:
-        assert f"<title>{account}</title>" in picture
-    for tx_id in largest["tx_ids"]:  # every hop of the top ring is drawn with its amount
+        assert f"<title>account {account}</title>" in picture
+    for tx_id in largest["tx_ids"]:  # every hop of the top ring is drawn with its amount, currency and date
         tx = next(t for t in stream.transactions if t.tx_id == tx_id)
-        assert f"{tx.amount:,.2f} @" in picture
+        assert f"{money(tx.amount, tx.currency)}</tspan>" in picture and tx.currency
+        assert f">{moment(tx.ts, seconds=False)} UTC</tspan>" in picture
 
 
 def test_demo_starts_afresh_when_alerts_file_exists(tmp_path):

@@ -14,8 +14,9 @@ from ringwatch.connectors import BrokerStartError, InvalidSyntheticConfigError
 
 from ..config import ConfigError
 from ..demo import DemoReport, progress_reporter, run_demo
+from ..display import alert_total, moment, ring_text
 from .runtime_flags import add_runtime_arguments
-from .tables import moment, print_table, ring_text
+from .tables import print_table
 
 TABLE_ROWS = 10
 
@@ -73,8 +74,9 @@ def show(report: DemoReport) -> None:
     top = sorted(report.alerts, key=lambda a: a.total_amount, reverse=True)[:TABLE_ROWS]
     print(f"\nrings found: {len(report.alerts)} (the {len(top)} largest by amount)\n")
     print_table(["closed at", "hops", "amount", "latency ms", "injected", "ring"],
-                [[moment(a.last_ts), a.hops, f"{a.total_amount:,.2f}", round(a.latency_ms, 1),
-                  "yes" if (a.trigger_tx_id, a.accounts) in injected else "no", ring_text(a.accounts)] for a in top])
+                [[moment(a.last_ts), a.hops, alert_total(a), round(a.latency_ms, 1),
+                  "yes" if (a.trigger_tx_id, a.accounts) in injected else "no", ring_text(a.accounts)] for a in top],
+                right=["amount"])
     rate = report.transactions / report.elapsed_s if report.elapsed_s else 0.0
     latency = ", ".join(f"{name} {value:.0f} ms" for name, value in report.latency_ms.items()) or "-"
     print(f"\n{report.transactions:,} payments streamed in {report.elapsed_s:.1f} s ({rate:,.0f} tx/s); "

@@ -28,7 +28,8 @@ from ringwatch.runtime.errors import TokenMissingError
 from ringwatch.runtime.tls import TlsConfigError
 
 from ..query import AccountSummary, Client, EngineStats, Health, InvalidQueryError, Neighbor, QueryError, to_plain
-from .tables import moment, print_table, ring_text
+from ..display import alert_total, money, moment, ring_text
+from .tables import print_table
 
 DEFAULT_ADDRESS = "127.0.0.1:7070"
 
@@ -170,8 +171,8 @@ def _alert_table(alerts: list[Alert]) -> None:
         print("no rings")
         return
     print_table(["last payment", "hops", "amount", "ring", "alert id"],
-                [[moment(a.last_ts), a.hops, f"{a.total_amount:,.2f}", ring_text(a.accounts)
-                  + (" (truncated)" if a.truncated else ""), a.alert_id[:12]] for a in alerts])
+                [[moment(a.last_ts), a.hops, alert_total(a), ring_text(a.accounts)
+                  + (" (truncated)" if a.truncated else ""), a.alert_id] for a in alerts], right=["amount"])
 
 
 def _neighbor_table(neighbors: list[Neighbor]) -> None:
@@ -179,8 +180,8 @@ def _neighbor_table(neighbors: list[Neighbor]) -> None:
         print("no neighbours")
         return
     print_table(["hops", "account", "payments", "amount", "first", "last"],
-                [[n.hops, n.account + (" (hub)" if n.hub else ""), n.payments, f"{n.amount:,.2f}",
-                  moment(n.first_ts), moment(n.last_ts)] for n in neighbors])
+                [[n.hops, n.account + (" (hub)" if n.hub else ""), n.payments, money(n.amount),
+                  moment(n.first_ts), moment(n.last_ts)] for n in neighbors], right=["amount"])
 
 
 def _account_view(summary: AccountSummary) -> None:
@@ -189,7 +190,7 @@ def _account_view(summary: AccountSummary) -> None:
         return
     print_table(["account", "shard", "out", "in", "paid", "received", "counterparties", "first seen", "last seen"],
                 [[summary.account, summary.shard, summary.out_degree, summary.in_degree,
-                  f"{summary.out_amount:,.2f}", f"{summary.in_amount:,.2f}", summary.counterparties,
+                  money(summary.out_amount), money(summary.in_amount), summary.counterparties,
                   moment(summary.first_seen), moment(summary.last_seen)]])
     print(f"\nin {len(summary.alert_ids)} alerts" + (f": {', '.join(summary.alert_ids[:10])}"
                                                        + (" ..." if len(summary.alert_ids) > 10 else "")
@@ -209,7 +210,8 @@ def _subgraph_table(graph: nx.MultiDiGraph) -> None:
     if payments:
         print()
         print_table(["time", "from", "to", "amount", "payment"],
-                    [[moment(d["ts"]), src, dst, f"{d['amount']:,.2f}", d["tx_id"]] for src, dst, d in payments])
+                    [[moment(d["ts"]), src, dst, money(d["amount"]), d["tx_id"]] for src, dst, d in payments],
+                    right=["amount"])
 
 
 def graph_text(graph: nx.MultiDiGraph, *, graphml: bool) -> str:

@@ -1,30 +1,27 @@
-"""Plain-text tables and the bits of text the query and demo commands share."""
+"""Plain-text tables for the query and demo commands.
+
+Hand-written rather than `tabulate` or `rich`: a dozen lines give aligned
+columns, and the output stays one line per row whatever the terminal's width
+(rich wraps or truncates wide cells such as a ring's accounts when piped),
+which keeps it easy to grep and to quote in the README.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 
-def moment(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Left-aligned text columns, numbers right-aligned; shared by the query and demo commands."""
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Sequence[str] = ()) -> None:
+    """Left-aligned text columns; numbers, and the columns named in `right`, right-aligned."""
     cells = [[str(c) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    numeric = [all(isinstance(row[i], (int, float)) for row in rows) and rows for i in range(len(headers))]
+    numeric = [bool(rows) and (h in right or all(isinstance(row[i], (int, float, Decimal)) for row in rows))
+               for i, h in enumerate(headers)]
     line = lambda values: "  ".join(v.rjust(w) if n else v.ljust(w)  # noqa: E731
                                     for v, w, n in zip(values, widths, numeric)).rstrip()
     print(line(list(headers)))
     print(line(["-" * w for w in widths]))
     for row in cells:
         print(line(row))
-
-
-def ring_text(accounts: Sequence[str]) -> str:
-    return " -> ".join([*accounts, accounts[0]])
