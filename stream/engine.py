@@ -483,10 +483,7 @@ class Engine:
         started = time.monotonic()
         self._process_pending()
         self._delivery.drain()
-        restarted = self._graph.restarted()
-        if restarted:  # their state went back in time: what they lost must be replayed before a checkpoint
-            logger.warning("shards %s restarted from their checkpoints", restarted)
-            self._rewind()
+        if self._rewound_for_restarts():
             return None
         if self._unchanged_since_last_checkpoint():
             return self.last_checkpoint
@@ -500,7 +497,15 @@ class Engine:
         group = self._store.group_progress()  # everything it says is in the shards now: checkpoint them next
         lows = [p.low_watermark for p in group.values()]
         self._group_low = None if not lows or None in lows else min(lows)
-        shard_ids, graph_state = self._graph.checkpoint()
+        try:
+            shard_ids, graph_state = self._graph.checkpoint()
+        except (rt.ActorDiedError, rt.TaskError) as exc:
+            if not self._shard_restart_behind(exc):
+                raise
+            self._rewind()
+            return None
+        if self._rewound_for_restarts():  # a shard restarted meanwhile: the id it gave holds older state
+            return None
         checkpoint = self._store.save(Checkpoint(0, group, shard_ids, graph=graph_state))
         try:
             self._source.commit({p: offset for p, offset in self._covered.items() if p in self._owned})
@@ -515,6 +520,14 @@ class Engine:
                     "positions=%s", checkpoint.epoch, reason, self.transactions, self.alerts_raised,
                     elapsed * 1000, self._clock.low_watermark, _show(self._covered))
         return checkpoint
+
+    def _rewound_for_restarts(self) -> bool:
+        """Shards restarted from their checkpoints (their state went back in time): rewind to replay what they lost."""
+        restarted = self._graph.restarted()
+        if restarted:
+            logger.warning("shards %s restarted from their checkpoints", restarted)
+            self._rewind()
+        return bool(restarted)
 
     def _unchanged_since_last_checkpoint(self) -> bool:
         """Nothing new from this engine since its last record (other engines checkpoint their own progress)."""
