@@ -314,7 +314,6 @@ CHILD = """
 import sys, time
 from ringwatch.connectors import WebhookSink
 from ringwatch.graph import Alert, alert_id
-from tls_certs import CertificateAuthority
 url, secret, state, n, mode = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 sink = WebhookSink(url, secret, state, timeout_s=2.0, max_attempts=1000, backoff_initial_s=0.01, backoff_max_s=0.05)
 alerts = []
