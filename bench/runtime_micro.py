@@ -6,9 +6,19 @@ Rows (each a rate per second, higher is better):
   actor async      5,000 calls on one actor, then one get of all
   actor sync       one actor call and its get at a time
   put+get 10 MB    put a 10 MB NumPy array and get it back
+  tasks 1 ms       tasks that each burn 1 ms of CPU, submitted together (ideal: workers x 1,000/s)
+  8 actors empty   calls spread over 8 actors, then one get of all
+  8 actors 1 ms    calls that each burn 1 ms of CPU, spread over 8 actors (ideal: min(8, workers) x 1,000/s)
 
-Run: python bench/runtime_micro.py [--workers N] [--n 5000] [--sync-n 1000] [--no-ray]
-Both runtimes run in local mode with the same number of worker processes.
+Run: python bench/runtime_micro.py [--workers N] [--n 5000] [--sync-n 1000] [--no-ray] [--cluster]
+Both runtimes run in local mode with the same number of worker processes
+(Ray: `num_cpus=N`). The ideal column is what N workers that did nothing but
+the 1 ms of work would reach; "% ideal" is ringwatch's rate against it (the
+machine's load average is printed: other processes take cores from the ideal).
+`--cluster` adds a column: the same rows from a driver that joined a loopback
+cluster of two nodes with N/2 workers each (GCS in a local redis-server), so
+every call crosses processes the way it does across machines; its ratio is
+against ringwatch's local column.
 """
 
 from __future__ import annotations
@@ -32,8 +42,28 @@ def _rate(count: int, run: Callable[[], None], repeats: int = 3) -> float:
     return count / best
 
 
-def measure(rt: Any, n: int, sync_n: int) -> dict[str, float]:
-    """The five rows for one runtime module exposing the Ray-style API (`remote`, `get`, `put`)."""
+BURN_S = 0.001
+ACTORS = 8
+
+
+def burn(seconds: float) -> None:
+    """Spend `seconds` of this thread's CPU time (a stand-in for a small unit of real work).
+
+    CPU time, not wall time: a worker the OS leaves waiting for a core does not
+    count that wait as work done.
+    """
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def ideal_rates(workers: int) -> dict[str, float]:
+    """The rate of N workers doing nothing but the 1 ms of work (rows without work have no ideal)."""
+    return {"tasks 1 ms": workers / BURN_S, f"{ACTORS} actors 1 ms calls": min(ACTORS, workers) / BURN_S}
+
+
+def measure(rt: Any, n: int, sync_n: int, workers: int) -> dict[str, float]:
+    """Every row for one runtime module exposing the Ray-style API (`remote`, `get`, `put`)."""
 
     @rt.remote
     def noop(x):
@@ -44,9 +74,27 @@ def measure(rt: Any, n: int, sync_n: int) -> dict[str, float]:
         def echo(self, x):
             return x
 
+    @rt.remote
+    def busy(x):
+        burn(BURN_S)
+        return x
+
+    @rt.remote
+    class Busy:
+        def echo(self, x):
+            return x
+
+        def busy(self, x):
+            burn(BURN_S)
+            return x
+
     actor = Echo.remote()
+    crew = [Busy.remote() for _ in range(ACTORS)]
     rt.get([noop.remote(i) for i in range(200)])  # warm: workers started, code shipped
     rt.get([actor.echo.remote(i) for i in range(200)])
+    rt.get([busy.remote(i) for i in range(20)])
+    rt.get([a.echo.remote(0) for a in crew])
+    busy_n = max(200, 2 * workers * 100)  # about 0.2 s of ideal work per repeat
     array = np.random.default_rng(0).random(10 * 1024 * 1024 // 8)
     put_n = 20
 
@@ -68,12 +116,24 @@ def measure(rt: Any, n: int, sync_n: int) -> dict[str, float]:
         for _ in range(put_n):
             rt.get(rt.put(array))
 
+    def busy_tasks() -> None:
+        rt.get([busy.remote(i) for i in range(busy_n)])
+
+    def crew_empty() -> None:
+        rt.get([crew[i % ACTORS].echo.remote(i) for i in range(n)])
+
+    def crew_busy() -> None:
+        rt.get([crew[i % ACTORS].busy.remote(i) for i in range(busy_n)])
+
     return {
         "tasks async": _rate(n, tasks_async),
         "tasks sync": _rate(sync_n, tasks_sync),
         "actor calls async": _rate(n, actor_async),
         "actor calls sync": _rate(sync_n, actor_sync),
         "put+get 10 MB array": _rate(put_n, put_get),
+        "tasks 1 ms": _rate(busy_n, busy_tasks),
+        f"{ACTORS} actors empty calls": _rate(n, crew_empty),
+        f"{ACTORS} actors 1 ms calls": _rate(busy_n, crew_busy),
     }
 
 
@@ -82,9 +142,35 @@ def run_ringwatch(workers: int, n: int, sync_n: int) -> dict[str, float]:
 
     rt.init(num_workers=workers)
     try:
-        return measure(rt, n, sync_n)
+        return measure(rt, n, sync_n, workers)
     finally:
         rt.shutdown()
+
+
+def run_ringwatch_cluster(workers: int, n: int, sync_n: int) -> dict[str, float]:
+    """The rows from a driver of a 2-node loopback cluster (the driver's light node owns its objects)."""
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import ringwatch.runtime as rt
+    from runtime_cluster import TOKEN, Cluster
+    from services import RedisServer
+
+    redis_server = RedisServer(Path(tempfile.mkdtemp(prefix="ringwatch-bench-")) / "redis").start()
+    cluster = Cluster(redis_server.url, "bench")
+    try:
+        for name in ("node-1", "node-2"):
+            cluster.start_node(name, workers=max(1, workers // 2))
+        rt.init(address=redis_server.url, token=TOKEN, namespace="bench")
+        try:
+            return measure(rt, n, sync_n, workers)
+        finally:
+            rt.shutdown()
+    finally:
+        cluster.stop()
+        redis_server.stop()
 
 
 def run_ray(workers: int, n: int, sync_n: int) -> dict[str, float] | None:
@@ -94,7 +180,7 @@ def run_ray(workers: int, n: int, sync_n: int) -> dict[str, float] | None:
         return None
     ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR")
     try:
-        return measure(ray, n, sync_n)
+        return measure(ray, n, sync_n, workers)
     finally:
         ray.shutdown()
 
@@ -105,18 +191,28 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5000, help="tasks / calls in the async rows")
     parser.add_argument("--sync-n", type=int, default=1000, help="tasks / calls in the sync rows")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray column")
+    parser.add_argument("--cluster", action="store_true", help="add ringwatch on a 2-node loopback cluster")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     ours = run_ringwatch(args.workers, args.n, args.sync_n)
     theirs = None if args.no_ray else run_ray(args.workers, args.n, args.sync_n)
     if theirs is None and not args.no_ray:
         print("ray is not importable: the Ray column is empty (pip install ray to fill it)")
-    print(f"workers={args.workers}  n={args.n}  sync_n={args.sync_n}  (rates per second, best of 3)")
-    print(f"{'row':<22} {'ringwatch':>12} {'ray':>12} {'ratio':>8}")
+    cluster = run_ringwatch_cluster(args.workers, args.n, args.sync_n) if args.cluster else None
+    print(f"workers={args.workers}  n={args.n}  sync_n={args.sync_n}  cpus={os.cpu_count()}  "
+          f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after  (rates per second, best of 3)")
+    ideal = ideal_rates(args.workers)
+    header = f"{'row':<24} {'ringwatch':>10} {'ray':>10} {'ratio':>7} {'ideal':>8} {'% ideal':>8}"
+    print(header + (f" {'2-node':>10} {'/local':>7}" if cluster else ""))
     for row, value in ours.items():
-        if theirs is None:
-            print(f"{row:<22} {value:>12,.0f} {'-':>12} {'-':>8}")
-        else:
-            print(f"{row:<22} {value:>12,.0f} {theirs[row]:>12,.0f} {value / theirs[row]:>7.2f}x")
+        ray_rate = f"{theirs[row]:,.0f}" if theirs else "-"
+        ratio = f"{value / theirs[row]:.2f}x" if theirs else "-"
+        best = f"{ideal[row]:,.0f}" if row in ideal else "-"
+        share = f"{value / ideal[row]:.0%}" if row in ideal else "-"
+        line = f"{row:<24} {value:>10,.0f} {ray_rate:>10} {ratio:>7} {best:>8} {share:>8}"
+        if cluster:
+            line += f" {cluster[row]:>10,.0f} {cluster[row] / value:>6.2f}x"
+        print(line)
 
 
 if __name__ == "__main__":

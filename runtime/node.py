@@ -32,6 +32,7 @@ from typing import Any
 from .actor_manager import ActorManager
 from .direct import DirectClients
 from .direct_calls import DirectCalls
+from .leases import Leases
 from .errors import GetTimeoutError, NodeStoppedError, ObjectLostError, ResourceUnavailableError
 from .functions import FunctionTable
 from .gcs import InMemoryGcs, kv_request
@@ -82,6 +83,7 @@ class Node:
         self._router: Router | None = None
         self._recovery: Recovery | None = None
         self._direct: DirectCalls | None = None
+        self._leases: Leases | None = None
         self._clients: DirectClients | None = None
         self._kv = cluster.gcs if cluster is not None else InMemoryGcs()  # what `rt.kv_*` reads and writes
         if cluster is not None:
@@ -89,7 +91,10 @@ class Node:
             self._clients = DirectClients(direct.key, self.post, direct.client_tls())
             self._direct = DirectCalls(cluster, self._objects, self._clients, self._actors.__contains__,
                                        self._dispatch, self._finish, self._after)
-            self._router = Router(cluster, self._objects, self._direct, self._actors.__contains__,
+            self._leases = Leases(cluster, self._objects, self._clients, self._functions.code_of, self._finish,
+                                  lambda spec, address: self._router.send_to(spec, address), self._place_again,
+                                  self._after)
+            self._router = Router(cluster, self._objects, self._direct, self._leases, self._actors.__contains__,
                                   self._scheduler.queued, self._dispatch, self._finish)
             self._recovery = Recovery(cluster, self._objects, self._direct, self._submit, self._dispatch,
                                       self._finish)
@@ -205,6 +210,7 @@ class Node:
         self._actors.feed()
         if self._direct is not None:
             self._direct.send_ready()
+            self._leases.send_ready()
         self._scheduler.schedule()
 
     def _watch_workers(self) -> None:
@@ -424,7 +430,21 @@ class Node:
         self._finish(TaskResult(object_id, None, None))
 
     def _op_node_dead(self, reply: Reply, node_id: str, address: str, declared_here: bool) -> None:
+        self._scheduler.end_leases_of(address)
+        self._leases.node_died(address)
         self._recovery.node_dead(node_id, address, declared_here)
+
+    def _op_lease(self, reply: Reply, owner: str) -> None:
+        """Lend an idle worker to the node at `owner` (see `Scheduler.lease`)."""
+        reply(True, None if self._recovery.is_gone(owner) else self._scheduler.lease(owner))
+
+    def _op_return_lease(self, reply: Reply, lease_id: str) -> None:
+        self._scheduler.end_lease(lease_id)
+        reply(True, None)
+
+    def _op_get_kept(self, reply: Reply, object_ids: list[str]) -> None:
+        """Inputs of a leased task that this node keeps for the lessee (ready here: no waiting)."""
+        self._objects.get_values(object_ids, None, reply, self._objects.value_for_worker)
 
     def _op_locate(self, reply: Reply, locations: dict[str, str]) -> None:
         """Refs inside a direct call's arguments: fetch each from the node that has it."""
@@ -441,10 +461,19 @@ class Node:
         reply(True, self._cluster.address)
 
     def _op_direct_reply(self, reply: Reply, worker: str, message: tuple) -> None:
-        self._direct.reply(worker, message)
+        if self._leases.handles(worker):
+            self._leases.reply(worker, message)
+        else:
+            self._direct.reply(worker, message)
 
     def _op_direct_lost(self, reply: Reply, worker: str, reason: str, refused: bool) -> None:
+        self._leases.lost(worker, reason, refused)
         self._direct.lost(worker, reason, refused)
+
+    def _place_again(self, spec: TaskSpec) -> None:
+        """A task sent to another node's worker did not run there: place it again."""
+        spec.forwarded_by = None
+        self._dispatch(spec)
 
     def _op_actor_checkpointed(self, reply: Reply, actor_id: str, checkpoint_id: str) -> None:
         """An actor's worker wrote a checkpoint: recorded (in the GCS too) before the covered result goes."""
@@ -456,8 +485,8 @@ class Node:
 
     # ---- workers -----------------------------------------------------------------------------
 
-    def _op_connected(self, reply: Reply, worker_id: str, conn: Connection) -> None:
-        self._pool.connected(worker_id, conn)
+    def _op_connected(self, reply: Reply, worker_id: str, conn: Connection, direct: str | None) -> None:
+        self._pool.connected(worker_id, conn, direct)
 
     def _on_worker_message(self, worker: Worker, message: tuple) -> None:
         kind = message[0]

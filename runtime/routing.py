@@ -4,9 +4,10 @@ Scheduling is bottom-up, as in the Ray paper: a task runs on the node that
 received it when it can and that node's queue is short; otherwise the cluster
 link picks a feasible node — the one with most of the task's large inputs,
 else the one with the lowest estimated wait. A task waits here until its
-inputs are made, so it is placed knowing where they are. Actor calls to an
-actor on another node go straight to its worker (`direct_calls.py`). Used on
-the node's dispatcher thread only.
+inputs are made, so it is placed knowing where they are; a plain task goes
+straight to a worker that node lends this one (`leases.py`), others to the
+node's queue. Actor calls to an actor on another node go straight to its
+worker (`direct_calls.py`). Used on the node's dispatcher thread only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from .direct_calls import DirectCalls
+from .leases import Leases, leasable
 from .errors import TaskCancelledError
 from .objects import ObjectTable
 from .protocol import ACTOR_CALL, TASK, TaskResult, TaskSpec
@@ -34,12 +36,13 @@ class Placement(Protocol):
 class Router:
     """Sends tasks and actor creations to other nodes, and actor calls to remote actors' workers."""
 
-    def __init__(self, link: Placement, objects: ObjectTable, direct: DirectCalls,
+    def __init__(self, link: Placement, objects: ObjectTable, direct: DirectCalls, leases: Leases,
                  is_local_actor: Callable[[str], bool], queued: Callable[[], int],
                  run_here: Callable[[TaskSpec], None], finish: Callable[[TaskResult], None]):
         self._link = link
         self._objects = objects
         self._direct = direct
+        self._leases = leases
         self._is_local_actor = is_local_actor
         self._queued = queued
         self._run_here = run_here
@@ -66,7 +69,11 @@ class Router:
             return True
         if target is None:
             return False
-        self._send(spec, target)
+        if leasable(spec):  # straight to a worker that node lends this one
+            self._count(spec.task_id, target)
+            self._leases.submit(spec, target)
+        else:
+            self.send_to(spec, target)
         return True
 
     def _await_inputs(self, spec: TaskSpec) -> bool:
@@ -94,7 +101,7 @@ class Router:
             del self._awaiting[spec.task_id]
             self._finish(TaskResult(spec.task_id, None, TaskCancelledError(spec.name)))
             return True
-        return spec.kind == ACTOR_CALL and self._direct.cancel(spec)
+        return self._direct.cancel(spec) if spec.kind == ACTOR_CALL else self._leases.cancel(spec)
 
     def _input_sizes(self, spec: TaskSpec) -> dict[str, tuple[str, int]]:
         """Where each input this node owns is and how big it is (the cluster link looks up the others)."""
@@ -109,11 +116,15 @@ class Router:
                 sizes[dep] = (self._link.address, entry.blob.size if entry.blob is not None else 0)
         return sizes
 
-    def _send(self, spec: TaskSpec, address: str) -> None:
+    def _count(self, task_id: str, address: str) -> None:
+        self.settled(task_id)  # sent again (a retry): counted where it goes now
+        self._sent_to[task_id] = address
+        self._sent[address] += 1
+
+    def send_to(self, spec: TaskSpec, address: str) -> None:
+        """Hand the call to the node at `address` (its queue runs it); the result comes back here."""
         if spec.kind == TASK:
-            self.settled(spec.task_id)  # sent again (a retry): counted where it goes now
-            self._sent_to[spec.task_id] = address
-            self._sent[address] += 1
+            self._count(spec.task_id, address)
         # Where its inputs (and refs inside its arguments) are: the node running it fetches them.
         spec.dep_locations = {d: self._objects.location_of(d) for d in (*spec.deps, *spec.contained)}
         spec.forwarded_by = self._link.address

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from .errors import ObjectLostError, TaskCancelledError, TaskError
 from .objects import ObjectTable
-from .protocol import TaskResult, TaskSpec
+from .protocol import TaskResult, TaskSpec, new_id
 from .workers import Worker, WorkerPool
 
 MAX_BATCH = 64  # calls handed to one worker at a time
@@ -35,6 +35,7 @@ class Scheduler:
         self._ready: deque[TaskSpec] = deque()
         self._waiting: dict[str, TaskSpec] = {}  # task id -> a task whose inputs are not all here yet
         self._in_use: dict[str, float] = defaultdict(float)
+        self._leases: dict[str, tuple[Worker, str]] = {}  # lease id -> (worker, address of the lessee)
 
     def queued(self) -> int:
         """Tasks ready to run and not yet handed to a worker (what placement compares)."""
@@ -64,7 +65,8 @@ class Scheduler:
         if not self._ready:
             return
         pool = self._pool.task_workers()
-        idle = [w for w in pool if w.conn is not None and not w.blocked and len(w.in_flight) <= REFILL_AT]
+        idle = [w for w in pool if w.conn is not None and not w.blocked and w.lease is None
+                and len(w.in_flight) <= REFILL_AT]
         blocked = sum(1 for w in pool if w.blocked)
         if blocked and len(pool) - blocked < self.num_workers:
             self._pool.start()  # a worker waiting in get does not count against the pool
@@ -136,6 +138,8 @@ class Scheduler:
         """A pool worker's process died: retry its calls (or fail them), and start another worker."""
         if not self._pool.remove(worker):
             return
+        if worker.lease is not None:  # its lessee sees the channel break and places its tasks again
+            self._leases.pop(worker.lease, None)
         for spec in worker.in_flight:
             self._release(spec)
             if spec.cancelled:
@@ -149,6 +153,36 @@ class Scheduler:
         worker.in_flight.clear()
         if self._running():
             self._pool.start()
+
+    # ---- leases --------------------------------------------------------------------------------
+
+    def lease(self, owner: str) -> tuple[str, str] | None:
+        """Lend an idle pool worker to the node at `owner`, which pushes tasks to it directly.
+
+        (lease id, the worker's direct address), or None when this node has work
+        of its own queued or no idle worker that takes direct calls.
+        """
+        if self._ready:
+            return None
+        for worker in self._pool.task_workers():
+            if worker.conn is not None and worker.direct and worker.lease is None and not worker.blocked \
+                    and not worker.in_flight:
+                worker.lease = new_id()
+                self._leases[worker.lease] = (worker, owner)
+                return worker.lease, worker.direct
+        return None
+
+    def end_lease(self, lease_id: str) -> None:
+        """The lessee gives the worker back: it takes this node's own tasks again."""
+        worker, _ = self._leases.pop(lease_id, (None, None))
+        if worker is not None:
+            worker.lease = None
+
+    def end_leases_of(self, owner: str) -> None:
+        """The lessee is gone: its workers come back."""
+        for lease_id, (_, lessee) in list(self._leases.items()):
+            if lessee == owner:
+                self.end_lease(lease_id)
 
     def cancel(self, spec: TaskSpec) -> bool:
         """Cancel a task not yet finished: dequeued if waiting, its worker killed if running."""

@@ -104,6 +104,8 @@ class WorkerBackend:
             _, channel, (_, owner, calls) = message
             reply = DirectReply(channel, owner)
             for spec, deps, contained in calls:
+                if spec.code is not None:  # a leased task brings its code the first time
+                    self.code[spec.function_id] = spec.code
                 if contained:  # refs inside the arguments: this node fetches them from where they are
                     self.post("locate", (contained,))
                 self.queue.append((spec, None, deps, reply))
@@ -127,7 +129,6 @@ class WorkerBackend:
         blocking = method in ("get", "wait") and not self.is_actor
         if blocking and self.queue:
             self._hand_back(list(self.queue))
-            self.queue.clear()
         request_id = new_id()
         self.conn.send(("call", request_id, method, args, *self.take_ref_changes()))
         while True:
@@ -137,15 +138,27 @@ class WorkerBackend:
                 if not ok:
                     raise value
                 return value
-            if message[0] == "run" and blocking:  # nothing may wait behind a blocked worker
-                self._hand_back(message[1])
-            elif message[0] in ("run", "direct"):
+            if message[0] in ("run", "direct"):
                 self.take(message)
+                if blocking:  # nothing may wait behind a blocked worker
+                    self._hand_back(list(self.queue))
             elif message[0] == "exit":
                 raise SystemExit(0)
 
     def _hand_back(self, entries: list) -> None:
-        self.conn.send(("requeue", [entry[0].task_id for entry in entries]))
+        """Give calls not started back to whoever sent them: the node, or a leasing node's channel."""
+        self.queue.clear()
+        by_channel: dict[Any, list[str]] = {}
+        for spec, _, _, reply in entries:
+            by_channel.setdefault(reply.channel if reply else None, []).append(spec.task_id)
+        for channel, task_ids in by_channel.items():
+            if channel is None:
+                self.conn.send(("requeue", task_ids))
+            else:
+                try:
+                    channel.send(("requeue", task_ids))
+                except OSError:
+                    pass
 
     @staticmethod
     def starting(spec: TaskSpec, reply: DirectReply | None) -> None:
@@ -179,18 +192,16 @@ def main() -> None:
     """Entry point of a worker process started by its node: connect back, then serve."""
     info = json.loads(os.environ["RINGWATCH_WORKER_INFO"])
     conn = Client(info["address"], family="AF_UNIX", authkey=bytes.fromhex(os.environ["RINGWATCH_WORKER_KEY"]))
-    conn.send(("hello", info["worker_id"]))
     worker_main(conn, info)
 
 
 @dataclass
 class _ActorBox:
-    """The actor this worker hosts, its checkpoint policy (None without a store), its direct-call server."""
+    """The actor this worker hosts, and its checkpoint policy (None without a store)."""
 
     instance: Any
     spec: TaskSpec
     checkpoints: ActorCheckpoints | None
-    server: DirectServer | None = None
 
     def checkpoint(self, backend: WorkerBackend) -> str:
         """Write the state durably; return once the node has recorded it (before the covered result goes)."""
@@ -216,6 +227,8 @@ def worker_main(conn: Connection, node_info: dict) -> None:
     logging.basicConfig(level=node_info.get("log_level", logging.WARNING))
     queue: deque = deque()
     backend = WorkerBackend(conn, queue, is_actor=bool(node_info.get("actor_id")))
+    server = _serve_direct_calls(backend, node_info.get("direct"))
+    conn.send(("hello", node_info["worker_id"], server.address if server else None))
     api.attach_worker_backend(backend, node_info)
     set_ref_listeners(backend.hold, backend.release)
     functions: dict[str, Any] = {}
@@ -231,6 +244,9 @@ def worker_main(conn: Connection, node_info: dict) -> None:
                 continue
             spec, _, deps, reply = queue.popleft()
             backend.starting(spec, reply)
+            kept = [d for d, value in deps.items() if value is None]
+            if kept:  # inputs this worker's node keeps for the caller: through shared memory
+                deps = {**deps, **dict(zip(kept, backend.call("get_kept", kept)))}
             result = _run(spec, backend, functions, deps, actor, node_info)
             _checkpoint_after(actor, spec, backend)
             backend.send_result(result, reply)
@@ -248,7 +264,8 @@ def _run(spec: TaskSpec, backend: WorkerBackend, functions: dict[str, Any], deps
         args, kwargs = _resolve_args(spec, deps)
         if spec.kind == ACTOR_CREATE:
             actor.append(_create_actor(functions[spec.function_id], spec, args, kwargs))
-            value = _serve_direct_calls(actor[0], backend, node_info.get("direct"))
+            direct = node_info.get("direct")  # in a cluster its creation's value says where to call it
+            value = {"direct": direct["address"], "node": direct["node"]} if direct else None
         elif spec.kind == ACTOR_CALL:
             if not actor:
                 raise ActorDiedError(f"{spec.name}: the actor was not created")
@@ -284,14 +301,15 @@ def _create_actor(cls: type, spec: TaskSpec, args: list, kwargs: dict) -> _Actor
     return box
 
 
-def _serve_direct_calls(box: _ActorBox, backend: WorkerBackend, direct: dict | None) -> dict | None:
-    """In a cluster, listen for direct calls; the address is the value of the actor's creation."""
+def _serve_direct_calls(backend: WorkerBackend, direct: dict | None) -> DirectServer | None:
+    """In a cluster, listen for direct calls: an actor's callers, or the node that leased this worker."""
     if not direct:
         return None
     tls = direct_tls(direct.get("tls"))
-    box.server = DirectServer(direct["host"], bytes.fromhex(os.environ["RINGWATCH_DIRECT_KEY"]),
-                              backend.direct_message, _ignore_closed, tls[0] if tls else None)
-    return {"direct": box.server.address, "node": direct["node"]}
+    server = DirectServer(direct["host"], bytes.fromhex(os.environ["RINGWATCH_DIRECT_KEY"]),
+                          backend.direct_message, _ignore_closed, tls[0] if tls else None)
+    direct["address"] = server.address
+    return server
 
 
 def _ignore_closed(channel: Channel) -> None:

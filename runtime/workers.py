@@ -45,6 +45,8 @@ class Worker:
     known_functions: set[str] = field(default_factory=set)
     blocked: bool = False  # waiting in a nested get or wait
     inbox: "FrameReader | None" = None  # what the worker sent, read without blocking
+    direct: str | None = None  # in a cluster: where it takes direct calls (an actor's callers, a lessee)
+    lease: str | None = None  # the lease id while another node has it, pushing tasks to it directly
 
     def take(self, task_id: str) -> TaskSpec | None:
         """Remove and return the in-flight call `task_id` (None if the worker was not running it)."""
@@ -137,7 +139,7 @@ class WorkerPool:
     def __init__(self, node_id: str, log_level: int, post: Callable[[str, tuple], None],
                  functions: FunctionTable, objects: ObjectTable, direct: DirectSettings | None = None):
         self.node_id = node_id
-        self._direct = direct  # in a cluster: actor workers serve direct calls
+        self._direct = direct  # in a cluster: workers serve direct calls (actors' callers, lessees)
         self._log_level = log_level
         self._post = post
         self._functions = functions
@@ -163,7 +165,7 @@ class WorkerPool:
         # Workers see the driver's import path, so functions pickled by reference import there too.
         env = {**os.environ, "RINGWATCH_WORKER_KEY": self._key.hex(),
                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        if actor_id is not None and self._direct is not None:
+        if self._direct is not None:
             info["direct"] = self._direct.worker_info()
             env["RINGWATCH_DIRECT_KEY"] = self._direct.key.hex()
         env["RINGWATCH_WORKER_INFO"] = json.dumps(info)
@@ -185,16 +187,17 @@ class WorkerPool:
                     return
                 continue
             if isinstance(hello, tuple) and hello[:1] == ("hello",):
-                self._post("connected", (hello[1], conn))
+                self._post("connected", (hello[1], conn, hello[2]))
             else:
                 conn.close()
 
-    def connected(self, worker_id: str, conn: Connection) -> None:
+    def connected(self, worker_id: str, conn: Connection, direct: str | None) -> None:
         worker = self._connecting.pop(worker_id, None)
         if worker is None:
             conn.close()
             return
         worker.conn = conn
+        worker.direct = direct
         worker.inbox = FrameReader(conn.fileno())
 
     def exited_before_connecting(self) -> list[Worker]:

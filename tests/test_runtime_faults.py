@@ -299,3 +299,30 @@ def test_direct_calls_to_an_actor_out_of_restarts_fail_and_never_hang(cluster, t
             rt.get(ref, timeout=60)
     with pytest.raises(rt.ActorDiedError):
         rt.get(sequencer.take.remote(99), timeout=60)
+
+
+def test_tasks_pushed_to_a_leased_worker_survive_its_death(cluster, tmp_path):
+    """The driver pushes plain tasks straight to workers the nodes lend it; one such worker is SIGKILLed
+    while it runs task 0 with more sent behind it: task 0 runs again, the others run once, nothing hangs."""
+    log, gate = tmp_path / "runs.log", tmp_path / "gate"
+
+    @rt.remote(max_retries=2)
+    def step(i: int, log: str, gate: str) -> tuple[int, int]:
+        with open(log, "a") as out:
+            out.write(f"{i} {os.getpid()}\n")
+        if i == 0:
+            while not os.path.exists(gate):
+                time.sleep(0.01)
+        return i, os.getpid()
+
+    refs = [step.remote(i, str(log), str(gate)) for i in range(30)]
+    first = until(lambda: [p for i, p in runs_logged(log) if i == "0"], "task 0 to start")[0]
+    os.kill(int(first), signal.SIGKILL)
+    gate.touch()
+
+    values = rt.get(refs, timeout=120)
+
+    assert [i for i, _ in values] == list(range(30))
+    runs = runs_logged(log)
+    assert [i for i, _ in runs].count("0") == 2 and values[0][1] != int(first)
+    assert all([i for i, _ in runs].count(str(k)) == 1 for k in range(1, 30))
