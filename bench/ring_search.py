@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="runtime of the actor runs: ringwatch's own, or Ray (started locally)")
     parser.add_argument("--actor-budget", type=float, default=300.0, help="seconds an actor run may take")
     parser.add_argument("--latency-tx", type=int, default=50_000, help="payments timed one at a time")
+    parser.add_argument("--budget", type=float, default=600.0,
+                        help="seconds an in-process run may take (dense mode is output-bound); figures cover what it did")
     parser.add_argument("--baseline-tx", type=int, default=20_000)
     parser.add_argument("--baseline-budget", type=float, default=120.0)
     parser.add_argument("--detect", action="store_true", help="also time `ringwatch detect` on the bank stream")
@@ -84,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## mode {mode}: {table.num_rows:,} payments, {len(stream.rings)} rings injected")
         print(f"{'engine':<24} {'tx done':>9} {'tx/s':>10} {'alerts':>9} {'alerts/s':>9} {'p50 ms':>8} "
               f"{'p99 ms':>8} {'p99.9 ms':>9} {'B/edge':>7} {'recall':>8}")
-        local = run_local(table, options, args.batch_size)
+        local = run_local(table, options, args.batch_size, args.budget)
         _row("in-process, 1 shard", local, stream)
-        latency = per_payment_latency(table, options, args.batch_size, args.latency_tx)
+        latency = per_payment_latency(table.slice(0, local["done"]), options, args.batch_size, args.latency_tx)
         print(f"{'  one payment per call':<24} {'':>9} {'':>10} {'':>9} {'':>9} {latency[0]:>8.3f} "
               f"{latency[1]:>8.3f} {latency[2]:>9.3f}")
         for shards in [int(s) for s in args.actor_shards.split(",") if s]:
@@ -119,24 +121,27 @@ def _row(name: str, result: dict, stream: SyntheticStream) -> None:
               f"{result['account_bytes'] / 1e6:.1f} MB for interning and list heads)")
 
 
-def run_local(table: pa.Table, options: SearchOptions, batch_size: int) -> dict:
+def run_local(table: pa.Table, options: SearchOptions, batch_size: int, budget: float = float("inf")) -> dict:
     graph = LocalRingGraph(options)
     window = options.window_ms
-    times, alerts, peak = [], {}, (0, 1, 0)
+    times, alerts, peak, done = [], {}, (0, 1, 0), 0
     started = time.perf_counter()
     for start in range(0, table.num_rows, batch_size):
+        if time.perf_counter() - started > budget:
+            break
         batch = table.slice(start, batch_size)
         t0 = time.perf_counter()
         result = graph.process(batch)
         newest = batch.column("ts")[-1].as_py()
         graph.evict(newest - window)
         times.append((time.perf_counter() - t0, batch.num_rows))
+        done += batch.num_rows
         alerts.update((a.alert_id, (a.trigger_tx_id, a.accounts)) for a in result.alerts)
         if (start // batch_size) % 16 == 0:
             store = graph.store
             peak = max(peak, (store.nbytes(), store.live_count(), store.account_nbytes()))
     elapsed = time.perf_counter() - started
-    return _figures(times, alerts, table.num_rows, elapsed) | {
+    return _figures(times, alerts, done, elapsed) | {
         "bytes_per_edge": peak[0] / max(peak[1], 1), "edges": peak[1], "store_mb": peak[0] / 1e6,
         "account_bytes": peak[2]}
 
@@ -254,13 +259,13 @@ def detect_rate(stream: SyntheticStream, options: SearchOptions, args: argparse.
         command = [sys.executable, "-m", "ringwatch.stream.cli", "detect", str(path), "--window", args.window,
                    "--max-hops", str(args.max_hops), "--max-rings-per-tx", str(args.max_rings_per_tx or "none"),
                    "--out", str(Path(folder) / "alerts.jsonl")]
+        size_mb = path.stat().st_size / 1e6
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         elapsed = time.perf_counter() - started
     last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
-    print(f"ringwatch detect on {len(stream):,} JSON lines ({path.stat().st_size / 1e6 if path.exists() else 0:.0f} "
-          f"MB): {len(stream) / elapsed:,.0f} payments/s for the whole process ({elapsed:.1f} s, exit "
-          f"{done.returncode}): {last}")
+    print(f"ringwatch detect on {len(stream):,} JSON lines ({size_mb:.0f} MB): {len(stream) / elapsed:,.0f} "
+          f"payments/s for the whole process ({elapsed:.1f} s, exit {done.returncode}): {last}")
 
 
 def _compile_and_load_times() -> tuple[float, float]:

@@ -138,20 +138,40 @@ class FileSource(SequentialSource):
             yield chunk
 
     def _json_chunks(self, rows: int) -> Iterator[PaymentChunk]:
-        with open(self.path, "rb") as lines:
-            row = 0
+        """Blocks of whole lines straight to Arrow; a block with blank or bad lines goes line by line."""
+        block_bytes = max(rows, 1) * 256
+        with open(self.path, "rb") as data:
+            row, tail = 0, b""
             while True:
-                block = list(itertools.islice(lines, rows))
-                if not block:
+                read = data.read(block_bytes)
+                block = tail + read
+                if not read:
+                    if block.strip():
+                        yield self._json_block(block, row)
                     return
-                numbered = [(row + i, line.rstrip(b"\r\n")) for i, line in enumerate(block)]
-                numbered = [(i, line) for i, line in numbered if line.strip() and i >= self.start]
-                chunk = PaymentChunk(PAYMENT_SCHEMA.empty_table(), rows=len(block))
-                parts: list[pa.Table] = []
-                self._json_part(numbered, parts, chunk)
-                chunk.table = pa.concat_tables(parts) if parts else chunk.table
-                row += len(block)
-                yield chunk
+                cut = block.rfind(b"\n") + 1
+                block, tail = block[:cut], block[cut:]
+                if block:
+                    chunk = self._json_block(block, row)
+                    row += chunk.rows
+                    yield chunk
+
+    def _json_block(self, block: bytes, row: int) -> PaymentChunk:
+        lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+        chunk = PaymentChunk(PAYMENT_SCHEMA.empty_table(), rows=lines)
+        if row >= self.start and b"\n\n" not in block and not block.startswith(b"\n") and b"\r" not in block:
+            table = _read_json(block, _JSON_PARSE) or _read_json(block, _JSON_PARSE_TEXT_TS)
+            if table is not None and table.num_rows == lines:
+                accepted, doubtful = accept(table)
+                if doubtful.size == 0:
+                    chunk.table = accepted
+                    return chunk
+        numbered = [(row + i, line.rstrip(b"\r")) for i, line in enumerate(block.split(b"\n")[:lines])]
+        numbered = [(i, line) for i, line in numbered if line.strip() and i >= self.start]
+        parts: list[pa.Table] = []
+        self._json_part(numbered, parts, chunk)
+        chunk.table = pa.concat_tables(parts) if parts else chunk.table
+        return chunk
 
     def _json_part(self, numbered: list[tuple[int, bytes]], parts: list[pa.Table], chunk: PaymentChunk) -> None:
         """Parse lines with Arrow; a part it refuses is halved until the bad lines go the per-row way."""

@@ -140,13 +140,6 @@ def intern_names(b_buf, b_off, tab, n_buf, n_off, count):
     return ids, count
 
 
-@njit(cache=True)
-def rebuild_names(tab, n_buf, n_off, count):
-    tab[:] = EMPTY
-    for a in range(count):
-        tab_put(tab, fnv1a(n_buf, n_off[a], n_off[a + 1]), a)
-
-
 # ---- insert ------------------------------------------------------------------------------------------
 
 
@@ -305,10 +298,11 @@ def compact_tx(tx_buf, tx_off, keep):
 
 
 @njit(cache=True)
-def rebuild_table(tx_tab, tx_buf, tx_off, n_edges):
-    tx_tab[:] = EMPTY
-    for e in range(n_edges):
-        tab_put(tx_tab, fnv1a(tx_buf, tx_off[e], tx_off[e + 1]), e)
+def rebuild_index(tab, buf, off, count):
+    """The open-addressing table of the byte strings buf[off[i]:off[i+1]], i < count (tx ids, account names)."""
+    tab[:] = EMPTY
+    for i in range(count):
+        tab_put(tab, fnv1a(buf, off[i], off[i + 1]), i)
 
 
 # ---- search ------------------------------------------------------------------------------------------
@@ -438,12 +432,30 @@ def _labels(d, root, root_label, depth, lab, touched, frontier, nxt, lo, hi, str
     return done, nt, hub
 
 
+def new_scratch(max_hops: int, n_accounts: int) -> tuple:
+    """The arrays `search` and `late_candidates` work in, for up to `n_accounts` accounts."""
+    n = n_accounts + 1
+    return (np.full((max_hops, n), INF, np.int64), np.full((max_hops, n), NEG, np.int64),
+            np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64),
+            np.empty(n, np.int64), np.empty(n, np.int64), np.zeros(n, np.bool_), np.full(n, -1, np.int64))
+
+
 @njit(cache=True)
 def _clear(lab, touched, n_touched, depth, empty):
     for i in range(n_touched):
         x = touched[i]
         for k in range(depth + 1):
             lab[k, x] = empty
+
+
+@njit(cache=True)
+def _meets(touched, nt, lab_f, done_f, lab_b, done_b):
+    """Some account reached both ways, the forward arrival no later than the backward departure."""
+    for i in range(nt):
+        x = touched[i]
+        if lab_f[done_f, x] != INF and lab_b[done_b, x] != NEG and lab_f[done_f, x] <= lab_b[done_b, x]:
+            return True
+    return False
 
 
 @njit(cache=True)
@@ -458,8 +470,14 @@ def _grow(arr, need):
 @njit(cache=True)
 def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_ratio, max_ratio, min_amt, max_rings,
            max_degree, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off, a_start, a_head, a_len, a_hub, p_eid, p_ts,
-           n_accounts):
+           n_accounts, scratch, stamp):
     """The rings each trigger edge closes, with canonical witnesses.
+
+    `scratch` (see `new_scratch`) holds the per-account label and DFS arrays,
+    reused across calls so a call costs what it touches, not the accounts'
+    number; labels are left empty and `on_path` clear on return. `stamp`
+    numbers the DFS frames across calls (returned advanced), so `seen` never
+    needs a reset.
 
     Returns (ring_trigger, ring_off, ring_edges, cut): ring r belongs to
     triggers[ring_trigger[r]], its witnesses in ring order (from the trigger's
@@ -470,16 +488,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
     before that filter, so it cuts the same rings either way.
     """
     L = max_hops - 1
-    lab_f = np.full((L + 1, n_accounts), INF, np.int64)
-    lab_b = np.full((L + 1, n_accounts), NEG, np.int64)
-    touched_f = np.empty(n_accounts + 1, np.int64)
-    touched_b = np.empty(n_accounts + 1, np.int64)
-    front_f = np.empty(n_accounts + 1, np.int64)
-    next_f = np.empty(n_accounts + 1, np.int64)
-    front_b = np.empty(n_accounts + 1, np.int64)
-    next_b = np.empty(n_accounts + 1, np.int64)
-    on_path = np.zeros(n_accounts, np.bool_)
-    seen = np.full(n_accounts, -1, np.int64)
+    lab_f, lab_b, touched_f, touched_b, front_f, next_f, front_b, next_b, on_path, seen = scratch
     ring_trigger = np.empty(16, np.int64)
     ring_off = np.zeros(17, np.int64)
     ring_edges = np.empty(64, np.int64)
@@ -491,7 +500,6 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
     f_pos = np.empty(L + 1, np.int64)
     f_end = np.empty(L + 1, np.int64)
     kids = np.empty(64, np.int64)
-    stamp = 0
     for ti in range(triggers.shape[0]):
         trig = triggers[ti]
         u, v = e_src[trig], e_dst[trig]
@@ -530,19 +538,10 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                 nf_b = nn
             if hub:
                 cut[ti] |= 2
-        meet = False
         if nt_f <= nt_b:
-            for i in range(nt_f):
-                x = touched_f[i]
-                if lab_f[done_f, x] != INF and lab_b[done_b, x] != NEG and lab_f[done_f, x] <= lab_b[done_b, x]:
-                    meet = True
-                    break
+            meet = _meets(touched_f, nt_f, lab_f, done_f, lab_b, done_b)
         else:
-            for i in range(nt_b):
-                x = touched_b[i]
-                if lab_f[done_f, x] != INF and lab_b[done_b, x] != NEG and lab_f[done_f, x] <= lab_b[done_b, x]:
-                    meet = True
-                    break
+            meet = _meets(touched_b, nt_b, lab_f, done_f, lab_b, done_b)
         # the depth-first search prunes with backward labels up to L - 1 hops: finish them
         while meet and done_b < L - 1 and nf_b > 0:
             done_b += 1
@@ -629,7 +628,8 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                 n_rings = w
         _clear(lab_f, touched_f, nt_f, L, INF)
         _clear(lab_b, touched_b, nt_b, L, NEG)
-    return ring_trigger[:n_rings].copy(), ring_off[:n_rings + 1].copy(), ring_edges[:ring_off[n_rings]].copy(), cut
+    return (ring_trigger[:n_rings].copy(), ring_off[:n_rings + 1].copy(), ring_edges[:ring_off[n_rings]].copy(), cut,
+            stamp)
 
 
 @njit(cache=True)
@@ -696,7 +696,7 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
 
 @njit(cache=True)
 def late_candidates(late, in_batch, window, max_hops, strict, min_amt, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off,
-                    a_start, a_head, a_len, a_hub, p_eid, p_ts, n_accounts):
+                    a_start, a_head, a_len, a_hub, p_eid, p_ts, n_accounts, scratch):
     """Older triggers whose rings may run through a late edge: a superset, to be searched exactly.
 
     For a late payment p (x -> y at ts), a ring of an older trigger T = a -> b
@@ -707,12 +707,8 @@ def late_candidates(late, in_batch, window, max_hops, strict, min_amt, e_src, e_
     after it.
     """
     L = max_hops - 1
-    lab_f = np.full((L, n_accounts), INF, np.int64)
-    lab_b = np.full((L, n_accounts), NEG, np.int64)
-    touched_f = np.empty(n_accounts + 1, np.int64)
-    touched_b = np.empty(n_accounts + 1, np.int64)
-    frontier = np.empty(n_accounts + 1, np.int64)
-    nxt = np.empty(n_accounts + 1, np.int64)
+    lab_f, lab_b, touched_f, touched_b, frontier, nxt = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4], \
+        scratch[5]
     out = np.empty(16, np.int64)
     n_out = 0
     for pi in range(late.shape[0]):

@@ -105,7 +105,7 @@ def parse_amount(value: Any, *, max_amount: Decimal | None = DEFAULT_MAX_AMOUNT)
     if value is None:
         raise InvalidTransactionError("amount", "missing")
     if isinstance(value, bool):
-        raise InvalidTransactionError("amount", f"expected a number, got {value!r}")
+        raise InvalidTransactionError("amount", f"expected a number, got {_shown(value)}")
     try:
         if isinstance(value, Decimal):
             amount = value
@@ -116,14 +116,19 @@ def parse_amount(value: Any, *, max_amount: Decimal | None = DEFAULT_MAX_AMOUNT)
         else:
             raise InvalidOperation
     except (InvalidOperation, ValueError):
-        raise InvalidTransactionError("amount", f"expected a number, got {value!r}") from None
+        raise InvalidTransactionError("amount", f"expected a number, got {_shown(value)}") from None
     if not amount.is_finite() or amount <= 0:
-        raise InvalidTransactionError("amount", f"must be a finite number > 0, got {value!r}")
+        raise InvalidTransactionError("amount", f"must be a finite number > 0, got {_shown(value)}")
     if max_amount is not None and amount > max_amount:
-        raise InvalidTransactionError("amount", f"{value!r} is above the ceiling {max_amount}")
+        raise InvalidTransactionError("amount", f"{_shown(value)} is above the ceiling {max_amount}")
     if amount.normalize().as_tuple().exponent < -4:
-        raise InvalidTransactionError("amount", f"{value!r} has more than 4 decimal places")
+        raise InvalidTransactionError("amount", f"{_shown(value)} has more than 4 decimal places")
     return amount
+
+
+def _shown(value: Any) -> str:
+    """A value as a reason shows it: JSON numbers arrive as Decimal, and read best as plain numbers."""
+    return str(value) if isinstance(value, Decimal) else repr(value)
 
 
 def decimal_text(amount: Decimal) -> str:
@@ -145,14 +150,14 @@ def parse_timestamp(value: Any, *, required: bool = False, name: str = "ts") -> 
     if value is None:
         raise InvalidTransactionError(name, "missing")
     if isinstance(value, bool):
-        raise InvalidTransactionError(name, f"cannot read {value!r} as a timestamp")
+        raise InvalidTransactionError(name, f"cannot read {_shown(value)} as a timestamp")
     return _in_range(_timestamp(value, name), value, name)
 
 
 def _timestamp(value: Any, name: str) -> int:
     if isinstance(value, (int, float, Decimal)):
         if isinstance(value, float) and not math.isfinite(value) or isinstance(value, Decimal) and not value.is_finite():
-            raise InvalidTransactionError(name, f"cannot read {value!r} as a timestamp")
+            raise InvalidTransactionError(name, f"cannot read {_shown(value)} as a timestamp")
         if not TS_MIN <= value <= TS_MAX:  # compared before int(): int(1e308) is a 300-digit number
             _in_range(TS_MAX + 1, value, name)
         return int(value)
@@ -173,12 +178,12 @@ def _timestamp(value: Any, name: str) -> int:
                 return _datetime_ms(datetime.strptime(text, layout))
             except ValueError:
                 continue
-    raise InvalidTransactionError(name, f"cannot read {value!r} as epoch milliseconds or ISO-8601")
+    raise InvalidTransactionError(name, f"cannot read {_shown(value)} as epoch milliseconds or ISO-8601")
 
 
 def _in_range(ms: int, value: Any, name: str) -> int:
     if not TS_MIN <= ms <= TS_MAX:
-        raise InvalidTransactionError(name, f"{value!r} is outside the years 1970-2200 "
+        raise InvalidTransactionError(name, f"{_shown(value)} is outside the years 1970-2200 "
                                             f"(epoch milliseconds {TS_MIN}..{TS_MAX})")
     return ms
 
@@ -190,13 +195,11 @@ def _datetime_ms(moment: datetime) -> int:
 
 
 def alert_id(trigger_tx_id: str, accounts: tuple[str, ...] | list[str]) -> str:
-    """Stable id of the ring `accounts` closed by `trigger_tx_id`: a replay raises the same id."""
-    digest = hashlib.sha256()
-    digest.update(trigger_tx_id.encode())
-    for account in accounts:
-        digest.update(b"\x1f")
-        digest.update(account.encode())
-    return digest.hexdigest()[:32]
+    """Stable id of the ring `accounts` closed by `trigger_tx_id`: a replay raises the same id.
+
+    sha256 of the trigger's tx id and each account, each account preceded by 0x1f.
+    """
+    return hashlib.sha256("\x1f".join((trigger_tx_id, *accounts)).encode()).hexdigest()[:32]
 
 
 MIXED = "mixed"  # an alert's `currency` when its payments are in several currencies

@@ -72,6 +72,9 @@ class EdgeStore:
         self.p_eid = np.empty(8192, np.int32)
         self.p_ts = np.empty(8192, np.int64)
         self.pool_used = 0
+        self._scratch: tuple = ()
+        self._names_array = np.zeros(0, dtype=object)
+        self._stamp = 0
 
     # ---- memory --------------------------------------------------------------------------------------
 
@@ -111,7 +114,7 @@ class EdgeStore:
             while 10 * need > 7 * size:
                 size *= 2
             self.tx_tab = np.empty(size, np.int32)
-            kernel.rebuild_table(self.tx_tab, self.tx_buf, self.tx_off, self.n_edges)
+            kernel.rebuild_index(self.tx_tab, self.tx_buf, self.tx_off, self.n_edges)
         accounts = len(self.names)
         if accounts > self.a_start.shape[1]:
             capacity = max(accounts, 2 * self.a_start.shape[1])
@@ -161,7 +164,7 @@ class EdgeStore:
             while 2 * (count + rows) > size:
                 size *= 2
             self.n_tab = np.empty(size, np.int32)
-            kernel.rebuild_names(self.n_tab, self.n_buf, self.n_off, count)
+            kernel.rebuild_index(self.n_tab, self.n_buf, self.n_off, count)
         ids, total = kernel.intern_names(buf, off, self.n_tab, self.n_buf, self.n_off, count)
         for a in range(count, total):
             name = bytes(self.n_buf[self.n_off[a]:self.n_off[a + 1]]).decode()
@@ -191,6 +194,12 @@ class EdgeStore:
             extra = [self._owns(n) for n in self.names[self._own_flags.shape[0]:]]
             self._own_flags = np.concatenate([self._own_flags, np.array(extra, np.bool_)])
         return self._own_flags[account_ids]
+
+    def names_array(self) -> np.ndarray:
+        """The account names as a numpy object array (for indexing by id arrays), extended as names arrive."""
+        if self._names_array.shape[0] < len(self.names):
+            self._names_array = np.array(self.names, dtype=object)
+        return self._names_array
 
     def mark_hubs(self, hubs: Iterable[tuple[int, str]]) -> None:
         """Treat these (direction, account) lists as over the hub guard: the search does not expand them."""
@@ -272,7 +281,7 @@ class EdgeStore:
         while 10 * keep.shape[0] > 7 * size:
             size *= 2
         self.tx_tab = np.empty(size, np.int32)
-        kernel.rebuild_table(self.tx_tab, self.tx_buf, self.tx_off, self.n_edges)
+        kernel.rebuild_index(self.tx_tab, self.tx_buf, self.tx_off, self.n_edges)
 
     # ---- reads -----------------------------------------------------------------------------------------
 
@@ -325,17 +334,25 @@ class EdgeStore:
         mask[np.asarray(ids, np.int64)] = True
         return mask
 
+    def scratch(self, max_hops: int) -> tuple:
+        """The search's work arrays, kept between calls; new ones when accounts or hops outgrow them."""
+        need = len(self.names) + 1
+        if not self._scratch or self._scratch[0].shape[0] < max_hops or self._scratch[2].shape[0] < need:
+            self._scratch = kernel.new_scratch(max(max_hops, 6), max(need, 2 * self.a_start.shape[1]))
+        return self._scratch
+
     def search(self, triggers: np.ndarray, options, in_batch: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Rings each trigger edge closes (see `kernel.search`); with `in_batch`, only those through it."""
         o = options
-        return kernel.search(
+        *found, self._stamp = kernel.search(
             np.asarray(triggers, np.int64), in_batch if in_batch is not None else np.zeros(1, np.bool_),
             in_batch is not None, o.window_ms, o.max_hops, o.order == "strict", o.flow_rule,
             float(o.min_ratio or 0.0), float(o.max_ratio or 0.0), o.min_amount_units,
             -1 if o.max_rings_per_tx is None else o.max_rings_per_tx, -1 if o.max_degree is None else o.max_degree,
             self.e_src, self.e_dst, self.e_ts, self.e_amt, self.tx_buf, self.tx_off, self.a_start, self.a_head,
-            self.a_len, self.a_hub, self.p_eid, self.p_ts, len(self.names))
+            self.a_len, self.a_hub, self.p_eid, self.p_ts, len(self.names), self.scratch(o.max_hops), self._stamp)
+        return tuple(found)
 
     def late_candidates(self, late: np.ndarray, in_batch: np.ndarray, options) -> np.ndarray:
         """Stored triggers outside the batch whose rings may run through the `late` edges."""
@@ -343,7 +360,7 @@ class EdgeStore:
         found = kernel.late_candidates(
             np.asarray(late, np.int64), in_batch, o.window_ms, o.max_hops, o.order == "strict", o.min_amount_units,
             self.e_src, self.e_dst, self.e_ts, self.e_amt, self.tx_buf, self.tx_off, self.a_start, self.a_head,
-            self.a_len, np.zeros_like(self.a_hub), self.p_eid, self.p_ts, len(self.names))
+            self.a_len, np.zeros_like(self.a_hub), self.p_eid, self.p_ts, len(self.names), self.scratch(o.max_hops))
         return np.unique(found)
 
     def newest(self, upto: int) -> int:

@@ -139,6 +139,7 @@ class EngineConfig:
                             "Ray cluster); empty = RINGWATCH_BACKEND, else ringwatch")
     address: str = _setting("", "cluster to join: redis://HOST:PORT (ringwatch), auto or ray://HOST:10001 (ray); "
                             "empty = start a local runtime")
+    namespace: str = _setting("default", "the cluster's GCS namespace (several clusters can share one Redis)")
     batch_max_size: int = _setting(256, "a micro-batch closes at this many payments", kind="int")
     batch_max_delay_ms: int = _setting(5, "... or this many milliseconds after its first payment", kind="int")
     checkpoint_interval: int = _setting(5_000, "time between aligned checkpoints", kind="duration")

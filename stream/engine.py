@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -63,6 +64,7 @@ from ringwatch.connectors import (
     next_positions,
 )
 from ringwatch.graph import Alert, RingGraph, SearchOptions
+from ringwatch.runtime.backend import backend_name
 from ringwatch.runtime.checkpoints import default_uri
 from ringwatch.runtime.cli import read_query_token
 from ringwatch.runtime.errors import TokenMissingError
@@ -118,7 +120,9 @@ class Engine:
         self.config = config.validate()
         # Stable across restarts (one engine per state directory): a restarted engine owns its alert claims.
         self.engine_id = f"{socket.gethostname()}:{Path(config.engine.state_dir).resolve()}"
-        self.shared = bool(config.engine.address)  # on a cluster the group's engines share one set of shards
+        # On a ringwatch cluster the group's engines share one set of shards (on Ray each engine keeps its own).
+        self.shared = bool(config.engine.address) and backend_name(config.engine.backend or None,
+                                                                   os.environ) == "ringwatch"
         self._query_token = self._resolve_query_token() if config.service.query_port else ""
         self._query_tls = self._resolve_query_tls() if config.service.query_port else None
         self._source_factory = source_factory
@@ -168,7 +172,8 @@ class Engine:
         self.started_at = time.time()
         started_runtime = not rt.is_initialized()
         if started_runtime:
-            rt.init(address=config.engine.address or None, backend=config.engine.backend or None)
+            rt.init(address=config.engine.address or None, backend=config.engine.backend or None,
+                    namespace=config.engine.namespace)
         metrics_server = None
         query_service = None
         try:
@@ -278,7 +283,8 @@ class Engine:
                            checkpoint_uri=self._shard_checkpoint_uri(),
                            restore=(checkpoint.shards, checkpoint.graph), shared_as=shared_as)
         self._take_positions(checkpoint)
-        self.transactions = checkpoint.transactions
+        mine = checkpoint.engines.get(self.engine_id)
+        self.transactions = mine.transactions if mine else 0 if self.shared else checkpoint.transactions
         self.last_checkpoint = checkpoint
         logger.info("restored checkpoint epoch=%d transactions=%d positions=%s", checkpoint.epoch,
                     checkpoint.transactions, _show(checkpoint.positions))
@@ -511,8 +517,10 @@ class Engine:
         return checkpoint
 
     def _unchanged_since_last_checkpoint(self) -> bool:
+        """Nothing new from this engine since its last record (other engines checkpoint their own progress)."""
         last = self.last_checkpoint
-        return last is not None and last.transactions == self.transactions and last.positions == self._covered
+        mine = last.engines.get(self.engine_id) if last is not None else None
+        return mine is not None and mine.transactions == self.transactions and mine.positions == self._covered
 
     def _sinks_durable(self) -> bool:
         """Every alert handed over so far survives a crash: the webhook outbox is written at `deliver`."""
@@ -575,7 +583,12 @@ class Engine:
                 self._owned.add(partition)
                 logger.info("partition assigned %s[%d] from=%d warm_until=%d", *partition, start,
                             max(committed, start))
-            self._clock.assign(partitions)
+            self._clock.assign(partitions, self._group_watermarks() if self.shared else None)
+
+    def _group_watermarks(self) -> dict[Partition, int | None]:
+        """Each partition's watermark as the group's engines last published it (the newest of them)."""
+        merged = Checkpoint(0, self._store.group_progress(), [])
+        return merged.watermarks
 
     # ---- what the query service reads (from its own threads; never under the loop's lock) ----------
 

@@ -13,7 +13,10 @@ right is when it is safe to forget. The rules (docs/architecture.md, "Time"):
   known to be caught up holds the low watermark back entirely: kafka-python
   drains a backlog one partition after another, and a partition it has not
   fetched yet is the opposite of idle. When no partition is live the low
-  watermark stays where it is. It never moves back;
+  watermark stays where it is. It never moves back, with one exception:
+  partitions newly assigned in a rebalance come with their previous owner's
+  watermarks and count at once (their previous owner's watermark bounded
+  eviction until then, see the engine's shared-shard rule);
 - a payment with `ts` newer than wall clock + `max_clock_skew_ms` is `future`:
   refused, and it moves no watermark (one payment dated 2500 must not make every
   later payment late);
@@ -81,10 +84,23 @@ class EventClock:
 
     # ---- which partitions count ------------------------------------------------------------------
 
-    def assign(self, partitions: Iterable[Partition]) -> None:
-        """Start tracking `partitions`, each from its watermark in the restored checkpoint, if it had one."""
+    def assign(self, partitions: Iterable[Partition], watermarks: Mapping[Partition, int | None] | None = None
+               ) -> None:
+        """Start tracking `partitions`, each from `watermarks` (their previous owner's) or the restored checkpoint.
+
+        The low watermark is recomputed from the partitions now held, so it may
+        move back to a newcomer's watermark: a partition another engine was
+        consuming is judged from where that engine had got to.
+        """
+        known = {**self._remembered, **(watermarks or {})}
+        added = False
         for partition in partitions:
-            self._partitions.setdefault(partition, _PartitionTime(self._remembered.get(partition)))
+            if partition not in self._partitions:
+                self._partitions[partition] = _PartitionTime(known.get(partition))
+                added = True
+        if added:
+            self.low_watermark = None
+            self.advance()
 
     def revoke(self, partitions: Iterable[Partition]) -> None:
         """Stop tracking `partitions` (another consumer owns them now); the low watermark stays."""

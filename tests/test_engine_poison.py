@@ -1,5 +1,6 @@
 """Poison input mixed into the stream: every bad message in the dead-letter topic with its reason, the
-rest processed — including a payment dated in the year 2500 (it must not make later payments late)."""
+rest processed — including a payment dated in 2150 (`future`: it must not make later payments late) and one
+whose `ts` is 1e308 (`invalid:ts`: it must not reach, let alone crash, a shard)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def poison_messages(first_ts: int) -> dict[str, bytes]:
                                 "pad": "x" * (2 * MAX_MESSAGE_BYTES)}).encode(),
         "late": json.dumps({"tx_id": "p5", "src": "a", "dst": "b", "amount": 1, "ts": first_ts - 30 * DAY_MS}).encode(),
         "future": json.dumps({"tx_id": "p6", "src": "a", "dst": "b", "amount": 1, "ts": YEAR_2150_MS}).encode(),
+        "invalid:ts": json.dumps({"tx_id": "p7", "src": "a", "dst": "b", "amount": 1, "ts": 1e308}).encode(),
     }
 
 
@@ -77,7 +79,7 @@ def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, uniq
     metrics = scrape(metrics_port)
     assert engine.terminate() == 0, engine.log()
     assert {labels[0][1]: value for (name, labels), value in metrics.items()
-            if name == "ringwatch_dead_letters_total"} == {"malformed": 1, "invalid": 2, "oversize": 1, "late": 1, "future": 1}
+            if name == "ringwatch_dead_letters_total"} == {"malformed": 1, "invalid": 3, "oversize": 1, "late": 1, "future": 1}
 
     letters = read_topic(kafka_bootstrap, f"{unique_name}.dlq", len(poison))
     assert len(letters) == len(poison)

@@ -1,0 +1,152 @@
+"""Engines on a cluster share one graph: real nodes, real Redis, real Tansu, real SIGKILL.
+
+- Two `ringwatch run --address` engines in one consumer group on a 4-partition
+  topic share the group's named shard actors; every ring reaches a
+  signature-checking webhook once (alert ids are claimed in the GCS), whichever
+  engine's partitions its payments came from. One engine is then SIGKILLed: the
+  other takes its partitions and every ring of the rest still arrives once.
+- The node holding a shard actor is SIGKILLed mid-stream: the runtime restarts
+  the shard on a live node from its checkpoint, the engine rewinds to its
+  aligned checkpoint and replays, without restarting; every ring arrives once.
+
+Both compare against `detect` on the same payments: the ring definition is in
+event time, so the set of alerts does not depend on partitions or engines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from engine_harness import SECRET, EngineProcess, Receiver, create_topic, group_checkpoint, wait_until
+from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
+from ringwatch.connectors.embedded_broker import free_port
+from ringwatch.runtime.auth import ClusterKeys
+from ringwatch.runtime.gcs import RedisGcs
+from ringwatch.stream import detect
+from runtime_cluster import TOKEN, Cluster
+
+DEADLINE_S = 240.0
+FAST_HEARTBEATS = ("--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver(free_port()).start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def cluster(redis_url, unique_name) -> Iterator[Cluster]:
+    cluster = Cluster(redis_url, unique_name, extra_args=FAST_HEARTBEATS)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def engines() -> Iterator[list[EngineProcess]]:
+    started: list[EngineProcess] = []
+    yield started
+    for engine in started:
+        engine.ensure_stopped()
+
+
+def start_engine(name: str, tmp_path, bootstrap: str, topic: str, redis_url: str, namespace: str,
+                 receiver: Receiver) -> EngineProcess:
+    return EngineProcess(["--kafka-bootstrap", bootstrap, "--topic", topic, "--group", f"{topic}-engines",
+                          "--state-dir", str(tmp_path / name), "--webhook-url", receiver.url,
+                          "--checkpoint-interval", "1s", "--address", redis_url],
+                         tmp_path / f"{name}.log",
+                         env={"RINGWATCH_TOKEN": TOKEN, "RINGWATCH_WEBHOOK_SECRET": SECRET,
+                              "RINGWATCH_NAMESPACE": namespace}).start()  # the cluster's GCS namespace
+
+
+def covered(redis_url: str, namespace: str, group: str) -> int:
+    """Records of the topic the group's newest aligned checkpoint covers (all partitions)."""
+    checkpoint = group_checkpoint(redis_url, namespace, group, TOKEN)
+    return sum(checkpoint.positions.values()) if checkpoint else 0
+
+
+def shard_nodes(redis_url: str, namespace: str) -> dict[str, str]:
+    gcs = RedisGcs(redis_url, namespace, keys=ClusterKeys.from_token(TOKEN))
+    try:
+        return {a["name"]: a["node"] for a in gcs.actors()
+                if a.get("class_name") == "GraphShard" and a.get("state") == "alive"}
+    finally:
+        gcs.close()
+
+
+def test_two_engines_share_one_graph_and_deliver_every_ring_once_through_a_sigkill(
+        kafka_bootstrap, redis_url, unique_name, tmp_path, receiver, cluster, engines):
+    stream = generate(SyntheticConfig(n_transactions=8_000, n_accounts=2_000, n_rings=16, days=6, seed=29))
+    payments = stream.transactions
+    expected = {alert.alert_id for alert in detect(payments, use_runtime=False)}
+    half = len(payments) // 2
+    cluster.start_node("node-1", workers=1)
+    cluster.start_node("node-2", workers=1)
+    create_topic(kafka_bootstrap, unique_name, 4)
+    produce_transactions(kafka_bootstrap, unique_name, payments[:half])
+    group = f"{unique_name}-engines"
+
+    first = start_engine("first", tmp_path, kafka_bootstrap, unique_name, redis_url, unique_name, receiver)
+    second = start_engine("second", tmp_path, kafka_bootstrap, unique_name, redis_url, unique_name, receiver)
+    engines += [first, second]
+    wait_until(lambda: "partition assigned" in first.log() and "partition assigned" in second.log()
+               or not (first.alive() and second.alive()), DEADLINE_S, "both engines to own partitions")
+    wait_until(lambda: covered(redis_url, unique_name, group) == half or not (first.alive() and second.alive()),
+               DEADLINE_S, "the group to checkpoint the first half")
+    assert first.alive() and second.alive(), first.log() + second.log()
+    first_half = {a.alert_id for a in detect(payments[:half], use_runtime=False)}
+    wait_until(lambda: set(receiver.accepted) >= first_half, DEADLINE_S, "the first half's rings")
+
+    first.kill()  # SIGKILL; the second engine takes its partitions
+    produce_transactions(kafka_bootstrap, unique_name, payments[half:])
+    wait_until(lambda: covered(redis_url, unique_name, group) == len(payments) or not second.alive(), DEADLINE_S,
+               "the surviving engine to checkpoint every payment")
+    assert second.alive(), second.log()
+    wait_until(lambda: set(receiver.accepted) >= expected, DEADLINE_S, "every ring")
+    assert second.terminate() == 0, second.log()
+
+    assert set(receiver.accepted) == expected
+    assert all(count == 1 for count in receiver.accepted.values()), receiver.accepted.most_common(3)
+    assert receiver.bad_signatures == 0
+    assert receiver.delivered_rings(stream.rings) == len(stream.rings)
+
+
+def test_sigkill_of_the_node_holding_a_shard_replays_without_restarting_the_engine(
+        kafka_bootstrap, redis_url, unique_name, tmp_path, receiver, cluster, engines):
+    stream = generate(SyntheticConfig(n_transactions=6_000, n_accounts=1_500, n_rings=12, days=6, seed=31))
+    payments = stream.transactions
+    expected = {alert.alert_id for alert in detect(payments, use_runtime=False)}
+    for node in ("node-1", "node-2", "node-3"):
+        cluster.start_node(node, workers=1)
+    create_topic(kafka_bootstrap, unique_name, 2)
+    part = len(payments) // 3
+    produce_transactions(kafka_bootstrap, unique_name, payments[:part])
+    group = f"{unique_name}-engines"
+    engine = start_engine("engine", tmp_path, kafka_bootstrap, unique_name, redis_url, unique_name, receiver)
+    engines.append(engine)
+    wait_until(lambda: covered(redis_url, unique_name, group) == part or not engine.alive(), DEADLINE_S,
+               "a checkpoint of the first part (the shards have checkpoints to restart from)")
+    produce_transactions(kafka_bootstrap, unique_name, payments[part:2 * part])
+    wait_until(lambda: covered(redis_url, unique_name, group) > part or not engine.alive(), DEADLINE_S,
+               "the engine to be working on the second part")
+
+    victim = sorted(set(shard_nodes(redis_url, unique_name).values()))[0]
+    cluster.nodes[victim].kill()
+    produce_transactions(kafka_bootstrap, unique_name, payments[2 * part:])
+    wait_until(lambda: covered(redis_url, unique_name, group) == len(payments) or not engine.alive(), DEADLINE_S,
+               "a checkpoint covering every payment after the node died")
+    assert engine.alive(), engine.log()
+    assert victim not in shard_nodes(redis_url, unique_name).values(), "a shard is still placed on the dead node"
+    wait_until(lambda: set(receiver.accepted) >= expected, DEADLINE_S, "every ring")
+    assert engine.terminate() == 0, engine.log()
+
+    assert "replaying from checkpoint" in engine.log(), "the engine never noticed the shard restart"
+    assert set(receiver.accepted) == expected
+    assert all(count == 1 for count in receiver.accepted.values()), receiver.accepted.most_common(3)
+    assert receiver.bad_signatures == 0
