@@ -140,13 +140,6 @@ def intern_names(b_buf, b_off, tab, n_buf, n_off, count):
     return ids, count
 
 
-@njit(cache=True)
-def rebuild_names(tab, n_buf, n_off, count):
-    tab[:] = EMPTY
-    for a in range(count):
-        tab_put(tab, fnv1a(n_buf, n_off[a], n_off[a + 1]), a)
-
-
 # ---- insert ------------------------------------------------------------------------------------------
 
 
@@ -305,10 +298,11 @@ def compact_tx(tx_buf, tx_off, keep):
 
 
 @njit(cache=True)
-def rebuild_table(tx_tab, tx_buf, tx_off, n_edges):
-    tx_tab[:] = EMPTY
-    for e in range(n_edges):
-        tab_put(tx_tab, fnv1a(tx_buf, tx_off[e], tx_off[e + 1]), e)
+def rebuild_index(tab, buf, off, count):
+    """The open-addressing table of the byte strings buf[off[i]:off[i+1]], i < count (tx ids, account names)."""
+    tab[:] = EMPTY
+    for i in range(count):
+        tab_put(tab, fnv1a(buf, off[i], off[i + 1]), i)
 
 
 # ---- search ------------------------------------------------------------------------------------------
@@ -455,6 +449,16 @@ def _clear(lab, touched, n_touched, depth, empty):
 
 
 @njit(cache=True)
+def _meets(touched, nt, lab_f, done_f, lab_b, done_b):
+    """Some account reached both ways, the forward arrival no later than the backward departure."""
+    for i in range(nt):
+        x = touched[i]
+        if lab_f[done_f, x] != INF and lab_b[done_b, x] != NEG and lab_f[done_f, x] <= lab_b[done_b, x]:
+            return True
+    return False
+
+
+@njit(cache=True)
 def _grow(arr, need):
     if need <= arr.shape[0]:
         return arr
@@ -534,19 +538,10 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                 nf_b = nn
             if hub:
                 cut[ti] |= 2
-        meet = False
         if nt_f <= nt_b:
-            for i in range(nt_f):
-                x = touched_f[i]
-                if lab_f[done_f, x] != INF and lab_b[done_b, x] != NEG and lab_f[done_f, x] <= lab_b[done_b, x]:
-                    meet = True
-                    break
+            meet = _meets(touched_f, nt_f, lab_f, done_f, lab_b, done_b)
         else:
-            for i in range(nt_b):
-                x = touched_b[i]
-                if lab_f[done_f, x] != INF and lab_b[done_b, x] != NEG and lab_f[done_f, x] <= lab_b[done_b, x]:
-                    meet = True
-                    break
+            meet = _meets(touched_b, nt_b, lab_f, done_f, lab_b, done_b)
         # the depth-first search prunes with backward labels up to L - 1 hops: finish them
         while meet and done_b < L - 1 and nf_b > 0:
             done_b += 1

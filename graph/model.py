@@ -200,13 +200,11 @@ def _datetime_ms(moment: datetime) -> int:
 
 
 def alert_id(trigger_tx_id: str, accounts: tuple[str, ...] | list[str]) -> str:
-    """Stable id of the ring `accounts` closed by `trigger_tx_id`: a replay raises the same id."""
-    digest = hashlib.sha256()
-    digest.update(trigger_tx_id.encode())
-    for account in accounts:
-        digest.update(b"\x1f")
-        digest.update(account.encode())
-    return digest.hexdigest()[:32]
+    """Stable id of the ring `accounts` closed by `trigger_tx_id`: a replay raises the same id.
+
+    sha256 of the trigger's tx id and each account, each account preceded by 0x1f.
+    """
+    return hashlib.sha256("\x1f".join((trigger_tx_id, *accounts)).encode()).hexdigest()[:32]
 
 
 MIXED = "mixed"  # an alert's `currency` when its payments are in several currencies

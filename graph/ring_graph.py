@@ -106,10 +106,12 @@ class RingGraph(Protocol):
 
 @dataclass
 class Rings:
-    """The rings `find_rings` found: per ring the trigger edge id and the witness edge ids."""
+    """The rings `find_rings` found, as arrays: ring r is closed by edge `triggers[r]`, its witnesses
+    (ring order) are `edges[offsets[r]:offsets[r+1]]`."""
 
-    triggers: list[int]
-    witnesses: list[list[int]]
+    triggers: np.ndarray
+    offsets: np.ndarray
+    edges: np.ndarray
     cut: dict[int, int]  # trigger edge id -> cut bits (1: ring cap, 2: hub guard)
 
 
@@ -117,17 +119,24 @@ def find_rings(store: EdgeStore, new_ids: np.ndarray, newest_before: tuple[int, 
                options: SearchOptions) -> Rings:
     """The rings containing at least one of the batch's edges (ids `new_ids`); see the module doc."""
     new_ids = np.asarray(new_ids, np.int64)
-    rings = Rings([], [], {})
-    if new_ids.size == 0:
-        return rings
-    _collect(store, new_ids, None, options, rings)
-    late = older_than(store, new_ids, newest_before)
-    if late.size:
-        in_batch = store.batch_mask(new_ids)
-        candidates = store.late_candidates(late, in_batch, options)
-        if candidates.size:
-            _collect(store, candidates, in_batch, options, rings)
-    return rings
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    cut: dict[int, int] = {}
+    if new_ids.size:
+        _collect(store, new_ids, None, options, parts, cut)
+        late = older_than(store, new_ids, newest_before)
+        if late.size:
+            in_batch = store.batch_mask(new_ids)
+            candidates = store.late_candidates(late, in_batch, options)
+            if candidates.size:
+                _collect(store, candidates, in_batch, options, parts, cut)
+    if not parts:
+        return Rings(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64), cut)
+    offsets, shift = [np.zeros(1, np.int64)], 0
+    for _, off, _ in parts:
+        offsets.append(off[1:] + shift)
+        shift += int(off[-1])
+    return Rings(np.concatenate([t for t, _, _ in parts]), np.concatenate(offsets),
+                 np.concatenate([e for _, _, e in parts]), cut)
 
 
 def older_than(store: EdgeStore, ids: np.ndarray, key: tuple[int, bytes] | None) -> np.ndarray:
@@ -152,47 +161,77 @@ def newest_key(store: EdgeStore, ids: np.ndarray) -> tuple[int, bytes] | None:
 
 
 def _collect(store: EdgeStore, triggers: np.ndarray, in_batch: np.ndarray | None, options: SearchOptions,
-             rings: Rings) -> None:
-    ring_trigger, ring_off, ring_edges, cut = store.search(triggers, options, in_batch)
-    for r, t in enumerate(ring_trigger.tolist()):
-        rings.triggers.append(int(triggers[t]))
-        rings.witnesses.append(ring_edges[ring_off[r]:ring_off[r + 1]].tolist())
-    for i in np.flatnonzero(cut).tolist():
-        rings.cut[int(triggers[i])] = int(cut[i])
+             parts: list, cut: dict[int, int]) -> None:
+    ring_trigger, ring_off, ring_edges, cuts = store.search(triggers, options, in_batch)
+    if ring_trigger.size:
+        parts.append((triggers[ring_trigger], ring_off, ring_edges))
+    for i in np.flatnonzero(cuts).tolist():
+        cut[int(triggers[i])] = int(cuts[i])
 
 
-def build_alerts(store: EdgeStore, rings: Rings, arrived_at: Callable[[int], float | None],
-                 now: float) -> list[Alert]:
-    """Alerts for the rings; `arrived_at(edge id)` is when a payment of this batch arrived (None: older)."""
+def build_alerts(store: EdgeStore, rings: Rings, arrival: np.ndarray | None, now: float) -> list[Alert]:
+    """Alerts for the rings, in trigger (ts, tx_id) order; `arrival[e]` is when edge e arrived (NaN: unknown).
+
+    Columns first: each ring's chain (witnesses, then the trigger) in one array,
+    tx ids decoded once per distinct edge, totals and times by `reduceat`; the
+    loop only assembles records.
+    """
+    n = rings.triggers.size
+    if n == 0:
+        return []
+    lengths = np.diff(rings.offsets) + 1
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    chains = np.empty(int(starts[-1]), np.int64)
+    is_trigger = np.zeros(chains.size, np.bool_)
+    is_trigger[starts[1:] - 1] = True
+    chains[is_trigger] = rings.triggers
+    chains[~is_trigger] = rings.edges
+    distinct, index = np.unique(chains, return_inverse=True)
+    tx_ids = np.array([store.tx_id(int(e)) for e in distinct], dtype=object)[index]
+    accounts = store.names_array()[store.e_src[chains]]
+    units = store.e_amt[chains]
+    currency = store.e_cur[chains]
+    heads = starts[:-1]
+    totals = np.add.reduceat(units, heads)
+    mixed = np.minimum.reduceat(currency, heads) != np.maximum.reduceat(currency, heads)
+    first_ts = np.minimum.reduceat(store.e_ts[chains], heads)
+    last_ts = store.e_ts[rings.triggers]
+    latest = np.fmax.reduceat(arrival[chains], heads) if arrival is not None else np.full(n, np.nan)
+    detected_at = int(now * 1000)
     alerts = []
-    order = sorted(range(len(rings.triggers)),
-                   key=lambda r: (int(store.e_ts[rings.triggers[r]]), store.tx_id_bytes(rings.triggers[r])))
-    for r in order:
-        trig, witnesses = rings.triggers[r], rings.witnesses[r]
-        edges = witnesses + [trig]
-        tx_ids = tuple(store.tx_id(e) for e in edges)
-        accounts = tuple(store.names[store.e_src[e]] for e in edges)
-        per_currency: dict[str, int] = {}
-        for e in edges:
-            code = store.currencies[store.e_cur[e]] or ""
-            per_currency[code] = per_currency.get(code, 0) + int(store.e_amt[e])
-        total = Decimal(sum(per_currency.values())) / AMOUNT_SCALE
-        if len(per_currency) == 1:
-            currency = next(iter(per_currency)) or None
-            totals = {}
+    for r in sorted(range(n), key=lambda r: (int(last_ts[r]), tx_ids[starts[r + 1] - 1])):
+        a, b = int(starts[r]), int(starts[r + 1])
+        ring_tx, ring_accounts = tuple(tx_ids[a:b]), tuple(accounts[a:b])
+        if mixed[r]:
+            per_currency: dict[str, int] = {}
+            for code, amount in zip(currency[a:b].tolist(), units[a:b].tolist()):
+                name = store.currencies[code] or ""
+                per_currency[name] = per_currency.get(name, 0) + amount
+            ring_currency = MIXED
+            ring_totals = {code: Decimal(v) / AMOUNT_SCALE for code, v in sorted(per_currency.items())}
         else:
-            currency = MIXED
-            totals = {code: Decimal(units) / AMOUNT_SCALE for code, units in sorted(per_currency.items())}
-        arrivals = [t for t in map(arrived_at, edges) if t is not None]
-        bits = rings.cut.get(trig, 0)
-        cut_by = tuple(name for bit, name in CUT_NAMES if bits & bit)
+            ring_currency, ring_totals = store.currencies[currency[a]], {}
+        bits = rings.cut.get(int(rings.triggers[r]), 0) if rings.cut else 0
+        cut_by = tuple(name for bit, name in CUT_NAMES if bits & bit) if bits else ()
+        arrived = latest[r]
         alerts.append(Alert(
-            alert_id=alert_id(tx_ids[-1], accounts), trigger_tx_id=tx_ids[-1], accounts=accounts, tx_ids=tx_ids,
-            hops=len(accounts), total_amount=total, first_ts=int(min(store.e_ts[e] for e in edges)),
-            last_ts=int(store.e_ts[trig]), detected_at=int(now * 1000),
-            latency_ms=round((now - max(arrivals)) * 1000, 3) if arrivals else 0.0,
-            truncated=bool(cut_by), currency=currency, totals=totals, cut_by=cut_by))
+            alert_id=alert_id(ring_tx[-1], ring_accounts), trigger_tx_id=ring_tx[-1], accounts=ring_accounts,
+            tx_ids=ring_tx, hops=b - a, total_amount=Decimal(int(totals[r])) / AMOUNT_SCALE,
+            first_ts=int(first_ts[r]), last_ts=int(last_ts[r]), detected_at=detected_at,
+            latency_ms=0.0 if np.isnan(arrived) else round((now - arrived) * 1000, 3),
+            truncated=bool(cut_by), currency=ring_currency, totals=ring_totals, cut_by=cut_by))
     return alerts
+
+
+def arrival_times(store: EdgeStore, eids: np.ndarray, rows: np.ndarray,
+                  received_at: Sequence[float] | float | None, n_rows: int) -> np.ndarray | None:
+    """Per edge id, when its batch row arrived (NaN for edges not in the batch); None without times."""
+    times = arrivals(received_at, n_rows)
+    if times is None:
+        return None
+    arrival = np.full(max(store.n_edges, 1), np.nan)
+    arrival[eids] = times[rows]
+    return arrival
 
 
 def as_table(batch: Batch) -> pa.Table:
@@ -244,14 +283,8 @@ class LocalRingGraph:
             newest = newest_key(store, new_ids)
             self._newest = newest if newest_before is None else max(newest, newest_before)
             result.late_payments = int(older_than(store, new_ids, newest_before).size)
-        times = arrivals(received_at, table.num_rows)
-        row_of = dict(zip(eids[new_rows].tolist(), new_rows.tolist()))
-
-        def arrived(e: int) -> float | None:
-            row = row_of.get(e)
-            return None if row is None or times is None else float(times[row])
-
-        result.alerts = build_alerts(store, rings, arrived, self.clock())
+        arrival = arrival_times(store, eids[new_rows], new_rows, received_at, table.num_rows)
+        result.alerts = build_alerts(store, rings, arrival, self.clock())
         result.truncated_searches = len(rings.cut)
         return result
 

@@ -46,7 +46,7 @@ from .ring_graph import (
     Batch,
     BatchResult,
     _direction,
-    arrivals,
+    arrival_times,
     as_table,
     build_alerts,
     find_rings,
@@ -257,14 +257,8 @@ class ShardedRingGraph:
         options = self.options if not hubs else _without_degree(self.options)
         rings = find_rings(store, new_ids, newest_before, options)
         result.late_payments = int(_count_late(fresh, newest_before))
-        times = arrivals(received_at, rows)
-        row_of = dict(zip(new_ids.tolist(), new_rows.tolist()))
-
-        def arrived(e: int) -> float | None:
-            row = row_of.get(e)
-            return None if row is None or times is None else float(times[row])
-
-        result.alerts = build_alerts(store, rings, arrived, self.clock())
+        arrival = arrival_times(store, new_ids, new_rows, received_at, rows)
+        result.alerts = build_alerts(store, rings, arrival, self.clock())
         result.truncated_searches = len(rings.cut)
         return result
 

@@ -73,6 +73,7 @@ class EdgeStore:
         self.p_ts = np.empty(8192, np.int64)
         self.pool_used = 0
         self._scratch: tuple = ()
+        self._names_array = np.zeros(0, dtype=object)
         self._stamp = 0
 
     # ---- memory --------------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ class EdgeStore:
             while 10 * need > 7 * size:
                 size *= 2
             self.tx_tab = np.empty(size, np.int32)
-            kernel.rebuild_table(self.tx_tab, self.tx_buf, self.tx_off, self.n_edges)
+            kernel.rebuild_index(self.tx_tab, self.tx_buf, self.tx_off, self.n_edges)
         accounts = len(self.names)
         if accounts > self.a_start.shape[1]:
             capacity = max(accounts, 2 * self.a_start.shape[1])
@@ -163,7 +164,7 @@ class EdgeStore:
             while 2 * (count + rows) > size:
                 size *= 2
             self.n_tab = np.empty(size, np.int32)
-            kernel.rebuild_names(self.n_tab, self.n_buf, self.n_off, count)
+            kernel.rebuild_index(self.n_tab, self.n_buf, self.n_off, count)
         ids, total = kernel.intern_names(buf, off, self.n_tab, self.n_buf, self.n_off, count)
         for a in range(count, total):
             name = bytes(self.n_buf[self.n_off[a]:self.n_off[a + 1]]).decode()
@@ -193,6 +194,12 @@ class EdgeStore:
             extra = [self._owns(n) for n in self.names[self._own_flags.shape[0]:]]
             self._own_flags = np.concatenate([self._own_flags, np.array(extra, np.bool_)])
         return self._own_flags[account_ids]
+
+    def names_array(self) -> np.ndarray:
+        """The account names as a numpy object array (for indexing by id arrays), extended as names arrive."""
+        if self._names_array.shape[0] < len(self.names):
+            self._names_array = np.array(self.names, dtype=object)
+        return self._names_array
 
     def mark_hubs(self, hubs: Iterable[tuple[int, str]]) -> None:
         """Treat these (direction, account) lists as over the hub guard: the search does not expand them."""
@@ -274,7 +281,7 @@ class EdgeStore:
         while 10 * keep.shape[0] > 7 * size:
             size *= 2
         self.tx_tab = np.empty(size, np.int32)
-        kernel.rebuild_table(self.tx_tab, self.tx_buf, self.tx_off, self.n_edges)
+        kernel.rebuild_index(self.tx_tab, self.tx_buf, self.tx_off, self.n_edges)
 
     # ---- reads -----------------------------------------------------------------------------------------
 

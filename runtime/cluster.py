@@ -269,7 +269,9 @@ class ClusterLink:
         self._pool.submit(self._quietly, self.gcs.put_function, function_id, code)
 
     def object_made(self, object_id: str, size: int) -> None:
-        if size > SHARED_THRESHOLD:  # only large objects steer placement; small ones travel inline
+        # Only large objects steer placement (small ones travel inline), and not a driver's: every node is
+        # as far from it as any other.
+        if size > SHARED_THRESHOLD and not self.driver:
             # Synchronous, so the location is known before anyone can hold a ref to the ready value.
             self._quietly(self.gcs.set_object_location, object_id, self.node_id, size)
 
@@ -292,9 +294,9 @@ class ClusterLink:
             logger.warning("GCS unreachable (%s): %s skipped", exc, getattr(method, "__name__", method))
             return None
 
-    def object_freed(self, object_id: str, remote: str | None) -> None:
-        if remote is None:
-            self._pool.submit(self.gcs.remove_object, object_id)
+    def object_freed(self, object_id: str, remote: str | None, size: int) -> None:
+        if remote is None and size > SHARED_THRESHOLD and not self.driver:  # the locations `object_made` recorded
+            self._pool.submit(self._quietly, self.gcs.remove_object, object_id)
 
     def actor_placed(self, spec: TaskSpec) -> None:
         record = self.gcs.actor(spec.actor_id) or {}

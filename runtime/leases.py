@@ -7,7 +7,9 @@ a time; results come back on the channel (a large one stays on the worker's
 node, kept for this one, its lineage recorded). When this node has nothing
 more for that node it gives the lease back (`return_lease`) after `LINGER_S`.
 A node with work of its own queued, or no idle worker, refuses: the tasks then
-go to its queue the usual way (`ClusterLink.forward`).
+go to its queue the usual way (`ClusterLink.forward`). A lease takes no new
+tasks after `TERM_S`: it goes back once its tasks are done and is asked for
+again, so a node's own queue cannot starve behind workers it lent.
 
 Failures: when a leased worker's channel breaks, the task it had started is
 run again while `max_retries` allow (else `TaskError` "WorkerDiedError"), and
@@ -37,6 +39,7 @@ DEPTH = 8  # tasks in flight on one leased worker (up to MAX_DEPTH when many are
 MAX_DEPTH = 64
 MAX_LEASES = 16  # leases held on one node at a time
 LINGER_S = 0.05  # an idle lease goes back after this long without work
+TERM_S = 1.0  # a lease takes no more tasks after this long: the node gets its worker back to choose again
 REFUSED_S = 0.2  # after a refusal, tasks for that node go to its queue for this long
 
 
@@ -59,6 +62,10 @@ class _Lease:
     started: str | None = None  # the task the worker said it started
     code_sent: set[str] = field(default_factory=set)
     idle_since: float | None = None
+    granted_at: float = field(default_factory=time.monotonic)
+
+    def expired(self) -> bool:
+        return time.monotonic() - self.granted_at > TERM_S
 
 
 def leasable(spec: TaskSpec) -> bool:
@@ -110,25 +117,34 @@ class Leases:
         return self._objects.is_here(object_id) or (entry is not None and entry.ready and entry.held_at == node)
 
     def send_ready(self) -> None:
-        """Push waiting tasks to leased workers with room; ask for leases when there is more (each turn)."""
+        """Push waiting tasks to leased workers with room; ask for leases when there is more (each turn).
+
+        Without a lease on a node that refused one a moment ago, its tasks go to
+        its own queue; with one, they wait for room on the leases held.
+        """
         for node, pending in list(self._pending.items()):
-            if not pending:
-                del self._pending[node]
-                continue
-            if time.monotonic() < self._refused_until.get(node, 0.0):
-                while pending:  # refused a moment ago: the node's own queue takes them
-                    self._forward(pending.popleft(), node)
-                continue
             leases = self._leases.get(node, [])
-            depth = max(DEPTH, min(MAX_DEPTH, -(-len(pending) // (2 * max(len(leases), 1)))))
-            for lease in sorted(leases, key=lambda lease: len(lease.in_flight)):
-                self._push(lease, pending, depth)
-            if pending and node not in self._asking and len(self._leases.get(node, [])) < MAX_LEASES:
+            if pending and leases:
+                depth = max(DEPTH, min(MAX_DEPTH, -(-len(pending) // (2 * len(leases)))))
+                for lease in sorted(leases, key=lambda lease: len(lease.in_flight)):
+                    self._push(lease, pending, depth)
+            if pending and not leases and time.monotonic() < self._refused_until.get(node, 0.0):
+                while pending:
+                    self._forward(pending.popleft(), node)
+            elif pending and node not in self._asking and len(leases) < MAX_LEASES \
+                    and time.monotonic() >= self._refused_until.get(node, 0.0):
                 self._asking.add(node)
                 self._link.ask(node, "lease", self._link.address,
                                then=lambda ok, answer, node=node: self._answered(node, ok, answer))
+            if not pending:
+                del self._pending[node]
+                for lease in leases:
+                    self._maybe_idle(lease)
 
     def _push(self, lease: _Lease, pending: deque[TaskSpec], depth: int = DEPTH) -> None:
+        if lease.expired():  # its term is over: it goes back when its tasks are done (see `_maybe_idle`)
+            self._maybe_idle(lease)
+            return
         batch = []
         while pending and len(lease.in_flight) < depth:
             spec = pending.popleft()
@@ -254,7 +270,8 @@ class Leases:
     # ---- giving leases back ------------------------------------------------------------------
 
     def _maybe_idle(self, lease: _Lease) -> None:
-        if lease.in_flight or self._pending.get(lease.node):
+        if lease.in_flight or lease.idle_since is not None or (self._pending.get(lease.node)
+                                                               and not lease.expired()):
             return
         lease.idle_since = time.monotonic()
         if not self._returning:
@@ -268,7 +285,7 @@ class Leases:
             for lease in list(leases):
                 if lease.idle_since is None or lease.in_flight:
                     continue
-                if now - lease.idle_since >= LINGER_S and not self._pending.get(node):
+                if lease.expired() or (now - lease.idle_since >= LINGER_S and not self._pending.get(node)):
                     leases.remove(lease)
                     self._by_worker.pop(lease.worker, None)
                     self._link.send(node, "return_lease", lease.lease_id)

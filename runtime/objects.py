@@ -55,7 +55,7 @@ class Transfers(Protocol):
     def fetch(self, object_id: str, address: str) -> None: ...
     def send(self, address: str, method: str, *args: Any) -> None: ...
     def object_made(self, object_id: str, size: int) -> None: ...
-    def object_freed(self, object_id: str, remote: str | None) -> None: ...
+    def object_freed(self, object_id: str, remote: str | None, size: int) -> None: ...
 
 
 class ObjectTable:
@@ -166,7 +166,7 @@ class ObjectTable:
         if self._transfers is not None:
             if entry.copy_at is not None:
                 self._transfers.send(entry.copy_at, "release_held", object_id)
-            self._transfers.object_freed(object_id, entry.remote)
+            self._transfers.object_freed(object_id, entry.remote, entry.blob.size if entry.blob else 0)
         for inner in entry.contained:
             self.unpin(inner)
 

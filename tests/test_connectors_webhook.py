@@ -22,6 +22,7 @@ import pytest
 from ringwatch.connectors import InvalidWebhookConfigError, WebhookSink
 from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.graph import Alert, alert_id
+from tls_certs import CertificateAuthority
 from webhook_receiver import Receiver, inverted_pairs
 
 SECRET = "whsec_" + base64.b64encode(b"ringwatch-test-secret-0123456789").decode()
@@ -470,3 +471,24 @@ def test_the_proxy_named_by_the_environment_is_used_unless_no_proxy_exempts_the_
         proxy.server_close()
     assert _ForwardProxy.forwarded == ids(proxied)
     assert receiver.accepted_ids() == ids(proxied + direct) and receiver.bad_signatures == 0
+
+
+def test_https_endpoints_are_verified_against_the_system_cas_or_ssl_cert_file(tmp_path, receivers, monkeypatch):
+    ca = CertificateAuthority.create(tmp_path / "pki", "webhook-ca")
+    receiver = Receiver(free_port(), SECRET, tls=ca.issue("receiver"))
+    receivers.append(receiver.start())
+    alerts = make_alerts(5)
+    stranger = CertificateAuthority.create(tmp_path / "other", "someone-else")
+    monkeypatch.setenv("SSL_CERT_FILE", str(stranger.path))  # a CA that did not sign the receiver's certificate
+    sink = fast_sink(receiver.url, tmp_path / "state", max_attempts=3)
+    try:
+        sink.deliver(alerts[:1])
+        wait_until(lambda: sink.endpoint_down, "the unverifiable endpoint to be reported down")
+    finally:
+        sink.close()
+    assert receiver.accepted_ids() == []
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca.path))
+    send(receiver.url, tmp_path / "state", alerts)  # the held alert first, then the rest, over one connection
+    assert receiver.accepted_ids() == ids(alerts) and receiver.bad_signatures == 0
+    assert len(receiver.used_connections()) == 1

@@ -9,6 +9,7 @@ same port.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -33,8 +34,10 @@ class _Server(ThreadingHTTPServer):
 class Receiver:
     """`accepted` lists {"id", "payload", "at", "connection"} in arrival order; `attempts` counts per id."""
 
-    def __init__(self, port: int, secret: str, respond: Responder = accept):
+    def __init__(self, port: int, secret: str, respond: Responder = accept, *, tls=None):
+        """`tls`: a `ringwatch.runtime.tls.TlsFiles` to serve HTTPS with its certificate and key."""
         self.port = port
+        self.tls = tls
         self.secret = secret
         self.respond = respond
         self.attempts: Counter[str] = Counter()
@@ -47,7 +50,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/alerts"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hooks/alerts"
 
     def start(self) -> "Receiver":
         receiver = self
@@ -98,6 +101,10 @@ class Receiver:
                 pass
 
         self._server = _Server(("127.0.0.1", self.port), Handler)
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.tls.cert, self.tls.key)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
