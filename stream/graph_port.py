@@ -1,9 +1,7 @@
 """The engine's one seam to the graph: what it asks of the shards, the search and their checkpoints.
 
 `EngineGraph` is everything the engine calls; `open_graph` is the one place
-that builds it. Today it adapts `RingDetector` over `ActorShards`; the graph
-engine v2 facade (graph/) replaces the adapter here, and nothing else in the
-engine changes.
+that builds it, over the graph's `ShardedRingGraph` (graph/sharded.py).
 
 Shards are runtime actors created with the runtime's actor checkpoints
 (`checkpoint_uri`) and `max_restarts`, so a shard lost with its node restarts on
