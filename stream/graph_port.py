@@ -246,7 +246,7 @@ def open_graph(num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
     the shard actors so the engines of a group share them (found if they exist).
     """
     if restore:
-        trusted_arrow_checkpoints(checkpoint_uri, restore[0])
+        trusted_arrow_checkpoints(checkpoint_uri, restore)
     if in_process:
         return InProcessEngineGraph(options, checkpoint_uri=checkpoint_uri, restore=restore)
     return ShardedEngineGraph(num_shards, options, checkpoint_uri=checkpoint_uri, restore=restore,
