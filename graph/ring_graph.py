@@ -187,8 +187,8 @@ def build_alerts(store: EdgeStore, rings: Rings, arrival: np.ndarray | None, now
     chains[is_trigger] = rings.triggers
     chains[~is_trigger] = rings.edges
     distinct, index = np.unique(chains, return_inverse=True)
-    tx_ids = np.array([store.tx_id(int(e)) for e in distinct], dtype=object)[index]
-    accounts = store.names_array()[store.e_src[chains]]
+    tx_ids = store.tx_ids(distinct).to_numpy(zero_copy_only=False)[index]
+    accounts = store.account_names(store.e_src[chains])
     units = store.e_amt[chains]
     currency = store.e_cur[chains]
     heads = starts[:-1]
@@ -246,15 +246,20 @@ def arrivals(received_at: Sequence[float] | float | None, rows: int) -> np.ndarr
     return np.asarray(received_at, np.float64)
 
 
-def judge(status: np.ndarray, table: pa.Table, result: BatchResult) -> None:
-    """Count duplicates and turn conflicts into rejections with their reason."""
+def judge(status: np.ndarray, table: pa.Table, result: BatchResult, horizon: int | None) -> None:
+    """Count duplicates and turn conflicts and payments older than the horizon into rejections with their reason."""
     result.duplicates += int(np.count_nonzero(status == DUPLICATE))
-    conflicts = np.flatnonzero(status == CONFLICT)
-    if conflicts.size:
+    refused = np.flatnonzero(status >= CONFLICT)
+    if refused.size:
         tx_ids = table.column("tx_id").to_pylist()
-        for i in conflicts.tolist():
-            result.rejected.append(Rejected(i, tx_ids[i], f"conflict: tx_id {tx_ids[i]!r} is already stored with "
-                                                          "other content (src, dst, amount, ts or currency)"))
+        ts = table.column("ts").to_pylist()
+        for i in refused.tolist():
+            if status[i] == CONFLICT:
+                reason = (f"conflict: tx_id {tx_ids[i]!r} is already stored with other content "
+                          "(src, dst, amount, ts or currency)")
+            else:
+                reason = f"late: ts {ts[i]} is older than the graph's eviction horizon {horizon}"
+            result.rejected.append(Rejected(i, tx_ids[i], reason))
 
 
 class LocalRingGraph:
@@ -274,7 +279,7 @@ class LocalRingGraph:
             return result
         store = self.store
         status, eids = store.apply(table)
-        judge(status, table, result)
+        judge(status, table, result, store.horizon)
         new_rows = np.flatnonzero((status == NEW) | (replay & (status == DUPLICATE)))
         new_ids = np.unique(eids[new_rows])
         newest_before = self._newest

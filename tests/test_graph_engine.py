@@ -105,7 +105,7 @@ def test_empty_batches_and_unknown_accounts_are_fine(make):
     assert graph.process(payment_table([])).alerts == []
     assert graph.edges(["nobody"], "out") == {"nobody": []}
     assert graph.evict(10) == 0
-    assert graph.process(triangle()).alerts
+    assert graph.process(triangle(start=10)).alerts
 
 
 def test_edges_older_than_the_horizon_are_evicted(make):
@@ -117,6 +117,10 @@ def test_edges_older_than_the_horizon_are_evicted(make):
     assert graph.edges(["X1", "P"], "out") == {"X1": [], "P": graph.edges(["P"], "out")["P"]}
     assert [e.tx_id for e in graph.edges(["P"], "out")["P"]] == ["new"]
     assert graph.process([tx("back", "Y1", "X1", 5001)]).alerts == []
+    # a payment older than the horizon is not stored silently: it comes back as late, with the reason
+    refused = graph.process([tx("stale", "Y2", "X2", 3999), tx("fresh", "Q", "P", 5002)])
+    assert [(r.index, r.tx_id, r.reason.split(":")[0]) for r in refused.rejected] == [(0, "stale", "late")]
+    assert [a.accounts for a in refused.alerts] == [("P", "Q")]
 
 
 def test_store_compaction_keeps_every_live_edge():
