@@ -10,9 +10,11 @@ Layout (see store.py for the owner):
   (what the search reads per list entry, one cache line), `e_amt` (int64,
   1/10,000 units), `e_cur` (interned currency, 0 = none), the tx id's UTF-8
   bytes in `tx_buf[tx_off[e]:tx_off[e+1]]` (uint32 offsets);
-- byte-string tables (tx ids; account and currency names): open addressing,
-  an int32 id per slot (-1 empty) and a uint8 tag of the hash per slot, so a
-  probe compares bytes only when the tag matches;
+- byte-string tables, open addressing: tx ids with an int32 edge id per slot
+  (-1 empty) and a uint8 tag of the hash per slot, so a probe compares bytes
+  only when the tag matches; account and currency names with two words per
+  slot (hash tag, length, id; the name's first 8 bytes), so a short name is
+  found in one memory access;
 - per account `a` and direction `d` (0 = out, 1 = in) a segment of the pool
   `p_eid` (edge ids, sorted by the event-time key `(ts, tx_id bytes)`):
   `a_seg[a, d]` = (start, head, len, cap), entries `p_eid[start+head:start+len]`.
@@ -121,30 +123,81 @@ def tab_put(tab, tags, h, e):
 
 @njit(cache=True)
 def rebuild_index(tab, tags, buf, off, count):
-    """The open-addressing table of the byte strings buf[off[i]:off[i+1]], i < count (tx ids, names)."""
+    """The tx-id table of the byte strings buf[off[i]:off[i+1]], i < count (a bigger table, or after compaction)."""
     tab[:] = EMPTY
     for i in range(count):
         tab_put(tab, tags, fnv1a(buf, _at(off, i), _at(off, i + 1)), i)
 
 
 @njit(cache=True)
-def find_name(tab, tags, n_buf, n_off, b_buf):
-    """Id of the name whose UTF-8 bytes are b_buf, or -1."""
-    h = fnv1a(b_buf, 0, b_buf.shape[0])
+def _name_key(buf, s, t):
+    """A name's hash, its slot word (hash tag, length; the id goes in the low 32 bits) and its first 8 bytes."""
+    h = fnv1a(buf, s, t)
+    word = ((h >> np.uint64(40)) << np.uint64(40)) | (np.uint64(min(t - s, 255)) << np.uint64(32))
+    prefix = np.uint64(0)
+    for i in range(min(t - s, 8)):
+        prefix |= np.uint64(buf[s + i]) << np.uint64(8 * i)
+    return h, word, prefix
+
+
+@njit(cache=True)
+def _name_slot(tab, n_buf, n_off, b_buf, s, t):
+    """(slot, id) of the name b_buf[s:t] in a name table, or (the empty slot where it goes, -1).
+
+    A slot is two words: tag | length | id + 1 (0: empty), and the name's first
+    8 bytes, so a name of up to 8 bytes is found without reading the names' buffer.
+    """
+    h, word, prefix = _name_key(b_buf, s, t)
     mask = np.uint64(tab.shape[0] - 1)
     slot = h & mask
-    tag = _tag(h)
     while True:
-        a = tab[slot]
-        if a == EMPTY:
-            return -1
-        if tags[slot] == tag and same_bytes(n_buf, n_off, a, b_buf, 0, b_buf.shape[0]):
-            return a
+        w = tab[slot, 0]
+        if w == 0:
+            return slot, np.int64(-1)
+        if (w >> np.uint64(32)) == (word >> np.uint64(32)) and tab[slot, 1] == prefix:
+            a = np.int64(w & np.uint64(0xFFFFFFFF)) - 1
+            if t - s <= 8 or same_bytes(n_buf, n_off, a, b_buf, s, t):
+                return slot, a
         slot = (slot + np.uint64(1)) & mask
 
 
 @njit(cache=True)
-def intern_names(b_buf, b_off, valid, v_offset, tab, tags, n_buf, n_off, count):
+def _name_put(tab, slot, n_buf, n_off, a):
+    h, word, prefix = _name_key(n_buf, n_off[a], n_off[a + 1])
+    tab[slot, 0] = word | np.uint64(a + 1)
+    tab[slot, 1] = prefix
+
+
+@njit(cache=True)
+def rebuild_names(tab, n_buf, n_off, count):
+    """The name table of names 0..count-1 (a bigger table)."""
+    tab[:] = 0
+    mask = np.uint64(tab.shape[0] - 1)
+    for a in range(count):
+        slot = fnv1a(n_buf, n_off[a], n_off[a + 1]) & mask
+        while tab[slot, 0] != 0:
+            slot = (slot + np.uint64(1)) & mask
+        _name_put(tab, slot, n_buf, n_off, a)
+
+
+@njit(cache=True)
+def find_name(tab, n_buf, n_off, b_buf):
+    """Id of the name whose UTF-8 bytes are b_buf, or -1."""
+    return _name_slot(tab, n_buf, n_off, b_buf, 0, b_buf.shape[0])[1]
+
+
+@njit(cache=True)
+def _same_run(buf, s0, t0, s, t):
+    if t - s != t0 - s0:
+        return False
+    for j in range(t - s):
+        if buf[s0 + j] != buf[s + j]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def intern_names(b_buf, b_off, valid, v_offset, tab, n_buf, n_off, count):
     """Id of each name (UTF-8 in b_buf[b_off[i]:b_off[i+1]]), adding new names at the end; -1 for a null row.
 
     `valid` is the column's Arrow validity bitmap (empty: no nulls), bit `v_offset + i` for row i.
@@ -152,31 +205,27 @@ def intern_names(b_buf, b_off, valid, v_offset, tab, tags, n_buf, n_off, count):
     """
     rows = b_off.shape[0] - 1
     ids = np.empty(rows, np.int32)
-    mask = np.uint64(tab.shape[0] - 1)
+    last = -1  # the previous non-null row: a run of one value (a currency) is looked up once
     for i in range(rows):
         if valid.shape[0] > 0 and not (valid[(v_offset + i) >> 3] >> ((v_offset + i) & 7)) & 1:
             ids[i] = -1
             continue
         s, t = b_off[i], b_off[i + 1]
-        h = fnv1a(b_buf, s, t)
-        tag = _tag(h)
-        slot = h & mask
-        while True:
-            a = tab[slot]
-            if a == EMPTY:
-                base = n_off[count]
-                for j in range(t - s):
-                    n_buf[base + j] = b_buf[s + j]
-                n_off[count + 1] = base + (t - s)
-                tab[slot] = count
-                tags[slot] = tag
-                ids[i] = count
-                count += 1
-                break
-            if tags[slot] == tag and same_bytes(n_buf, n_off, a, b_buf, s, t):
-                ids[i] = a
-                break
-            slot = (slot + np.uint64(1)) & mask
+        if last >= 0 and _same_run(b_buf, b_off[last], b_off[last + 1], s, t):
+            ids[i] = ids[last]
+            last = i
+            continue
+        last = i
+        slot, a = _name_slot(tab, n_buf, n_off, b_buf, s, t)
+        if a < 0:
+            base = n_off[count]
+            for j in range(t - s):
+                n_buf[base + j] = b_buf[s + j]
+            n_off[count + 1] = base + (t - s)
+            _name_put(tab, slot, n_buf, n_off, count)
+            a = count
+            count += 1
+        ids[i] = a
     return ids, count
 
 
@@ -399,27 +448,30 @@ def compact_edges(e_hot, e_amt, e_cur, tx_off, tx_buf, keep, out_hot, out_amt, o
 
 @njit(cache=True)
 def renumbered_pool(a_seg, p_eid, new_id, n_accounts):
-    """A fresh pool holding each list's live entries (new_id >= 0), renumbered, with 25% room per list."""
+    """A fresh pool holding each list's live entries, renumbered (new_id), with 25% room per list.
+
+    A list is sorted by ts, so its live entries (new_id >= 0: ts >= horizon)
+    are a suffix, found scanning back from the end. The pool is sized from
+    the lists' lengths (an upper bound): what the live counts leave over is
+    room at the pool's end for lists that grow.
+    """
     total = 0
     for a in range(n_accounts):
         for d in range(2):
-            base = np.int64(a_seg[a, d, SEG_START])
-            live = 0
-            for i in range(base + a_seg[a, d, SEG_HEAD], base + a_seg[a, d, SEG_LEN]):
-                if new_id[p_eid[i]] >= 0:
-                    live += 1
-            total += 0 if live == 0 else max(MIN_SEGMENT, live + live // 4)
-    out = np.empty(max(1024, total + total // 8), np.int32)
+            n = a_seg[a, d, SEG_LEN] - a_seg[a, d, SEG_HEAD]
+            total += 0 if n == 0 else max(MIN_SEGMENT, n + n // 4)
+    out = np.empty(max(1024, total), np.int32)
     used = 0
     for a in range(n_accounts):
         for d in range(2):
             base = np.int64(a_seg[a, d, SEG_START])
-            k = 0
-            for i in range(base + a_seg[a, d, SEG_HEAD], base + a_seg[a, d, SEG_LEN]):
-                e = new_id[p_eid[i]]
-                if e >= 0:
-                    out[used + k] = e
-                    k += 1
+            first, stop = base + a_seg[a, d, SEG_HEAD], base + a_seg[a, d, SEG_LEN]
+            i = stop
+            while i > first and new_id[p_eid[i - 1]] >= 0:
+                i -= 1
+            k = stop - i
+            for j in range(k):
+                out[used + j] = new_id[p_eid[i + j]]
             cap = 0 if k == 0 else max(MIN_SEGMENT, k + k // 4)
             a_seg[a, d, SEG_START], a_seg[a, d, SEG_HEAD], a_seg[a, d, SEG_LEN], a_seg[a, d, SEG_CAP] = used, 0, k, cap
             used += cap
@@ -446,8 +498,8 @@ def _flow_ok(earlier, later, min_ratio, max_ratio):
 
 @njit(cache=True)
 def _hub(a_seg, a_hub, p_eid, e_hot, x, d, max_degree, horizon):
-    """Is x's list d over the hub guard (or marked a hub in a gathered store)?"""
-    if a_hub[x, d]:
+    """Is x's list d over the hub guard (or marked a hub in a gathered store: a_hub is empty when none is)?"""
+    if a_hub.shape[0] and a_hub[x, d]:
         return True
     return max_degree >= 0 and live_len(a_seg, p_eid, e_hot, x, d, horizon) > max_degree
 
@@ -609,7 +661,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
     while ti < triggers.shape[0]:
         trig = triggers[ti]
         u, v, ts_t = e_hot[trig].src, e_hot[trig].dst, e_hot[trig].ts
-        if u == v or e_amt[trig] < min_amt or ts_t < horizon:
+        if u == v or ts_t < horizon or (min_amt > 0 and e_amt[trig] < min_amt):
             ti += 1
             continue
         work[0] += 1
@@ -890,14 +942,14 @@ def late_candidates(late, in_batch, window, max_hops, strict, min_amt, horizon, 
     lab_f, lab_b = np.empty((rows, H), np.int64), np.empty((rows, H), np.int64)
     touched_f, touched_b = np.empty(rows, np.int64), np.empty(rows, np.int64)
     front, nxt = np.empty(rows, np.int64), np.empty(rows, np.int64)
-    no_hubs = np.zeros((max(n_accounts, 1), 2), np.bool_)
+    no_hubs = np.zeros((0, 2), np.bool_)
     out = np.empty(16, np.int64)
     n_out = 0
     pi = 0
     while pi < late.shape[0]:
         p = late[pi]
         x, y, ts_p = e_hot[p].src, e_hot[p].dst, e_hot[p].ts
-        if x == y or e_amt[p] < min_amt or ts_p < horizon:
+        if x == y or ts_p < horizon or (min_amt > 0 and e_amt[p] < min_amt):
             pi += 1
             continue
         hi = ts_p + window
@@ -943,7 +995,7 @@ def late_candidates(late, in_batch, window, max_hops, strict, min_amt, horizon, 
                 ts = r.ts
                 if ts > hi:
                     break
-                if in_batch[t] or e_amt[t] < min_amt:
+                if in_batch[t] or (min_amt > 0 and e_amt[t] < min_amt):
                     continue
                 if ts == ts_p and not tx_less(tx_buf, tx_off, p, t):
                     continue

@@ -38,6 +38,7 @@ _NEVER = -(2**62)
 _EDGE_ARRAYS = ("e_hot", "e_amt", "e_cur")
 MAX_CURRENCIES = 32_000  # codes are int16; more distinct values are not currencies
 _NO_BITMAP = np.zeros(0, np.uint8)
+_NO_HUBS = np.zeros((0, 2), np.bool_)  # the search's a_hub when no list is marked
 
 
 class StoreLimitError(ValueError):
@@ -59,7 +60,8 @@ class NameTable:
     """Byte strings (account or currency names) interned to consecutive ids 0, 1, ... in compiled code.
 
     The names' UTF-8 bytes live back to back in `buf` with int64 offsets
-    `off`; `tab`/`tags` index them (open addressing, kept at most half full).
+    `off`; `tab` indexes them (open addressing, two words a slot, kept at most
+    half full; see `kernel.intern_names`).
     """
 
     def __init__(self, what: str):
@@ -67,8 +69,7 @@ class NameTable:
         self.count = 0
         self.buf = np.empty(4096, np.uint8)
         self.off = np.zeros(1025, np.int64)
-        self.tab = np.full(2048, kernel.EMPTY, np.int32)
-        self.tags = np.zeros(2048, np.uint8)
+        self.tab = np.zeros((2048, 2), np.uint64)
 
     def intern(self, column: pa.Array, *, nullable: bool = False) -> np.ndarray:
         """Ids of a string column's values (int32; -1 for a null, only when `nullable`), new names added."""
@@ -86,18 +87,17 @@ class NameTable:
             size = self.tab.shape[0]
             while 2 * (count + rows) > size:
                 size *= 2
-            self.tab, self.tags = np.empty(size, np.int32), np.empty(size, np.uint8)
-            kernel.rebuild_index(self.tab, self.tags, self.buf, self.off, count)
+            self.tab = np.empty((size, 2), np.uint64)
+            kernel.rebuild_names(self.tab, self.buf, self.off, count)
         valid = _NO_BITMAP
         if column.null_count:
             valid = np.frombuffer(column.buffers()[0], np.uint8)
-        ids, self.count = kernel.intern_names(buf, off, valid, column.offset, self.tab, self.tags, self.buf,
-                                              self.off, count)
+        ids, self.count = kernel.intern_names(buf, off, valid, column.offset, self.tab, self.buf, self.off, count)
         return ids
 
     def find(self, name: str) -> int:
         """The id of `name`, or -1."""
-        return int(kernel.find_name(self.tab, self.tags, self.buf, self.off, np.frombuffer(name.encode(), np.uint8)))
+        return int(kernel.find_name(self.tab, self.buf, self.off, np.frombuffer(name.encode(), np.uint8)))
 
     def arrow(self) -> pa.LargeStringArray:
         """Every name, id order, as an Arrow array over the table's own buffers (no copy)."""
@@ -113,7 +113,7 @@ class NameTable:
         return self.arrow().slice(start, stop - start).to_pylist()
 
     def nbytes(self) -> int:
-        return self.buf.nbytes + self.off.nbytes + self.tab.nbytes + self.tags.nbytes
+        return self.buf.nbytes + self.off.nbytes + self.tab.nbytes
 
 
 class EdgeStore:
@@ -125,12 +125,14 @@ class EdgeStore:
     def __init__(self, owns: Callable[[str], bool] | None = None):
         self._owns = owns
         self._known_owners = 0  # accounts whose ownership `_own` holds
+        self._hubs_marked = False
         self.horizon = _NEVER
         self.accounts = NameTable("account")
         self._currency_names = NameTable("currency")
         self.currencies: list[str | None] = [None]  # code 0: none; code c: currency name id c - 1
         self._alloc_accounts(1024)
         self.n_edges = 0
+        self._checked_at = 0  # n_edges when eviction last counted the live edges
         self._alloc_edges(1024)
         self.tx_buf = np.empty(16 * 1024, np.uint8)
         self.tx_tab = np.full(2048, kernel.EMPTY, np.int32)
@@ -249,6 +251,7 @@ class EdgeStore:
             a = self.account_id(name)
             if a is not None:
                 self.a_hub[a, d] = True
+                self._hubs_marked = True
 
     # ---- writes ----------------------------------------------------------------------------------------
 
@@ -288,18 +291,28 @@ class EdgeStore:
             self._grow_pool()
 
     def evict(self, horizon: int) -> int:
-        """Forget payments with `ts < horizon`; returns how many left the window."""
+        """Forget payments with `ts < horizon` (at once for every reader); returns how many payments' storage
+        this call reclaimed.
+
+        Storage is reclaimed by compaction, once evicted payments are a fifth of
+        those stored. Whether they are is counted (a pass over the edges) only
+        after an eighth of the table's size has been stored since the last count,
+        so a call per small batch costs nothing in between.
+        """
         if horizon <= self.horizon:
             return 0
-        before = self.live_count()
         self.horizon = horizon
+        if self.n_edges - self._checked_at < max(1024, self._checked_at // 8):
+            return 0
+        self._checked_at = self.n_edges
         live = self.live_count()
-        if self.n_edges > live + live // 4 + 1024:  # evicted edges are at most a fifth of the table
-            self._compact()
-        return before - live
+        if self.n_edges > live + live // 4 + 1024:
+            return self._compact()
+        return 0
 
-    def _compact(self) -> None:
+    def _compact(self) -> int:
         """Drop evicted edges for good: renumber the rest, rebuild the lists and the tx-id table."""
+        before = self.n_edges
         keep = kernel.live_edges(self.e_hot, self.n_edges, self.horizon)
         n = keep.shape[0]
         new_id = np.full(self.n_edges, -1, np.int32)
@@ -314,10 +327,13 @@ class EdgeStore:
             size *= 2
         self.tx_tab, self.tx_tags = np.empty(size, np.int32), np.empty(size, np.uint8)
         kernel.rebuild_index(self.tx_tab, self.tx_tags, self.tx_buf, self.tx_off, n)
+        self._checked_at = n
+        return before - n
 
     # ---- reads -----------------------------------------------------------------------------------------
 
     def live_count(self) -> int:
+        """Payments in the window (ts >= horizon)."""
         return int(kernel.count_live(self.e_hot, self.n_edges, self.horizon))
 
     def tx_id(self, e: int) -> str:
@@ -389,8 +405,9 @@ class EdgeStore:
             in_batch is not None, o.window_ms, o.max_hops, o.order == "strict", o.flow_rule,
             float(o.min_ratio or 0.0), float(o.max_ratio or 0.0), o.min_amount_units,
             -1 if o.max_rings_per_tx is None else o.max_rings_per_tx, -1 if o.max_degree is None else o.max_degree,
-            self.horizon, self.e_hot, self.e_amt, self.tx_buf, self.tx_off, self.a_seg, self.a_hub, self.p_eid,
-            self.accounts.count, self.slot_f, self.slot_b, self.work)
+            self.horizon, self.e_hot, self.e_amt, self.tx_buf, self.tx_off, self.a_seg,
+            self.a_hub if self._hubs_marked else _NO_HUBS, self.p_eid, self.accounts.count, self.slot_f, self.slot_b,
+            self.work)
 
     def late_candidates(self, late: np.ndarray, in_batch: np.ndarray, options) -> np.ndarray:
         """Stored triggers outside the batch whose rings may run through the `late` edges."""
@@ -409,10 +426,15 @@ def _grown(array: np.ndarray, size: int, keep: int) -> np.ndarray:
     return out
 
 
+_PAYMENT_NAMES = PAYMENT_SCHEMA.names
+
+
 def _column_reader(table: pa.Table) -> Callable[[str], pa.Array]:
     """Columns of a table as single arrays (chunks combined only when there are several)."""
+    columns = table.columns if table.schema.names == _PAYMENT_NAMES else None
+
     def column(name: str) -> pa.Array:
-        chunked = table.column(name)
+        chunked = columns[_PAYMENT_NAMES.index(name)] if columns is not None else table.column(name)
         return chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()
     return column
 
@@ -420,11 +442,12 @@ def _column_reader(table: pa.Table) -> Callable[[str], pa.Array]:
 def string_buffers(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """UTF-8 bytes and int64 offsets of a string column (its non-null rows' bytes), without a Python loop."""
     n = len(column)
+    buffers = column.buffers()
     if column.type == pa.large_string():
-        offsets = np.frombuffer(column.buffers()[1], np.int64)[column.offset:column.offset + n + 1]
+        offsets = np.frombuffer(buffers[1], np.int64)[column.offset:column.offset + n + 1]
     else:
-        offsets = np.frombuffer(column.buffers()[1], np.int32)[column.offset:column.offset + n + 1].astype(np.int64)
-    data = column.buffers()[2]
+        offsets = np.frombuffer(buffers[1], np.int32)[column.offset:column.offset + n + 1].astype(np.int64)
+    data = buffers[2]
     buf = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
     start = int(offsets[0])
     if start:
