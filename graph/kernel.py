@@ -667,7 +667,10 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
         work[0] += 1
         lo = max(ts_t - window, horizon)
         # Bidirectional labels: grow the side whose frontier has fewer list entries to scan, until the
-        # depths add up to L, a side runs out (its labels are then final for any depth) or they meet.
+        # depths add up to L, a side runs out (its labels are then final for any depth) or they meet. A side
+        # that ran out after skipping a hub is not final: the other side may still reach it (the depth-first
+        # search enters u without u's in-list), so the other grows alone; else the answer would hang on which
+        # side happened to grow first.
         slot_f[v] = 0
         touched_f[0] = v
         lab_f[0, 0] = lo
@@ -687,11 +690,15 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
         meet = False
         full = False
         hub_cut = False
-        while not meet and done_f + done_b < L and nf_f > 0 and nf_b > 0:
+        hub_f = False
+        hub_b = False
+        while not meet and done_f + done_b < L and (nf_f > 0 or nf_b > 0):
+            if (nf_f == 0 and not hub_f) or (nf_b == 0 and not hub_b):
+                break
             work[1] += 1
             cost_f = _cost(0, front_f, nf_f, touched_f, a_seg)
             cost_b = _cost(1, front_b, nf_b, touched_b, a_seg)
-            if cost_f <= cost_b:
+            if nf_b == 0 or (nf_f > 0 and cost_f <= cost_b):
                 work[2] += cost_f
                 done_f += 1
                 nt_f, nn, hub, meet = _layer(0, done_f, lab_f, slot_f, touched_f, nt_f, front_f, nf_f, next_f, lab_b,
@@ -699,6 +706,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                                              tx_buf, tx_off, trig, ts_t, min_amt, max_degree, horizon, True)
                 front_f, next_f = next_f, front_f
                 nf_f = nn
+                hub_f = hub_f or hub
             else:
                 work[2] += cost_b
                 done_b += 1
@@ -707,6 +715,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                                              tx_buf, tx_off, trig, ts_t, min_amt, max_degree, horizon, True)
                 front_b, next_b = next_b, front_b
                 nf_b = nn
+                hub_b = hub_b or hub
             hub_cut = hub_cut or hub
             if nt_f < 0 or nt_b < 0:
                 full = True

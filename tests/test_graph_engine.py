@@ -169,6 +169,20 @@ def test_the_hub_guard_is_off_by_default_and_every_cut_is_reported(make):
     assert guarded.alerts == [] and guarded.truncated_searches >= 1
 
 
+@pytest.mark.parametrize("old_payments_of_b", [0, 5])
+def test_a_side_emptied_by_the_hub_guard_is_not_final(make, old_payments_of_b):
+    """Trigger A -> B, witness B -> A, A's in-list a hub: the ring needs no hub list scanned (the search enters
+    A without its in-list), so it is raised whichever side the search grows first. Evicted payments of B still
+    in its list make the forward side look dearer, so the backward side (A's hub in-list) grows first."""
+    graph = make(SearchOptions(window_ms=H, max_degree=2))
+    graph.process([tx(f"old{i}", "B", f"Z{i}", i) for i in range(old_payments_of_b)])
+    graph.evict(100)
+    graph.process([tx(f"x{i}", f"X{i}", "A", 200 + i) for i in range(3)] + [tx("ba", "B", "A", 300)])
+    result = graph.process([tx("ab", "A", "B", 400)])
+    assert [(a.accounts, a.tx_ids) for a in result.alerts] == [(("B", "A"), ("ba", "ab"))]
+    assert all(a.cut_by == ("max_degree",) for a in result.alerts) and result.truncated_searches == 1
+
+
 def test_max_rings_per_tx_caps_and_says_so_on_the_alert(make):
     stream = [tx(f"ab{i}", "A", f"B{i}", i) for i in range(4)] + [tx(f"ba{i}", f"B{i}", "Z", 10 + i) for i in range(4)]
     stream.append(tx("close", "Z", "A", 20))
