@@ -617,6 +617,14 @@ def _grow(arr, need):
 
 
 @njit(cache=True)
+def _label_rows(rows, H):
+    """A search's per-call arrays for `rows` touched accounts a side: labels, touched lists, frontiers, DFS marks."""
+    return (np.empty((rows, H), np.int64), np.empty((rows, H), np.int64), np.empty(rows, np.int64),
+            np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty(rows, np.int64),
+            np.empty(rows, np.int64), np.zeros(rows, np.bool_), np.full(rows, -1, np.int64))
+
+
+@njit(cache=True)
 def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_ratio, max_ratio, min_amt, max_rings,
            max_degree, horizon, e_hot, e_amt, tx_buf, tx_off, a_seg, a_hub, p_eid, n_accounts, slot_f, slot_b, work):
     """The rings each trigger edge closes, with canonical witnesses.
@@ -637,13 +645,8 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
     """
     L = max_hops - 1
     H = max_hops
-    rows = min(FIRST_SLOTS, n_accounts + 1)
-    lab_f, lab_b = np.empty((rows, H), np.int64), np.empty((rows, H), np.int64)
-    touched_f, touched_b = np.empty(rows, np.int64), np.empty(rows, np.int64)
-    fa, fb = np.empty(rows, np.int64), np.empty(rows, np.int64)
-    ba, bb = np.empty(rows, np.int64), np.empty(rows, np.int64)
-    on_path = np.zeros(rows, np.bool_)
-    seen = np.full(rows, -1, np.int64)
+    lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, seen = _label_rows(min(FIRST_SLOTS, n_accounts + 1),
+                                                                                  H)
     stamp = 0
     ring_trigger = np.empty(16, np.int64)
     ring_off = np.zeros(17, np.int64)
@@ -736,13 +739,8 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
             # out of label rows: release what this trigger touched, double the rows and search it again
             _release(slot_f, touched_f, lab_f.shape[0] if nt_f < 0 else nt_f)
             _release(slot_b, touched_b, lab_b.shape[0] if nt_b < 0 else nt_b)
-            rows = min(2 * lab_f.shape[0], n_accounts + 1)
-            lab_f, lab_b = np.empty((rows, H), np.int64), np.empty((rows, H), np.int64)
-            touched_f, touched_b = np.empty(rows, np.int64), np.empty(rows, np.int64)
-            fa, fb = np.empty(rows, np.int64), np.empty(rows, np.int64)
-            ba, bb = np.empty(rows, np.int64), np.empty(rows, np.int64)
-            on_path = np.zeros(rows, np.bool_)
-            seen = np.full(rows, -1, np.int64)
+            lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, seen = _label_rows(
+                min(2 * lab_f.shape[0], n_accounts + 1), H)
             continue
         if hub_cut:
             cut[ti] |= 2
