@@ -19,6 +19,12 @@ group, not to one engine.
 In process, the graph is checkpointed by the engine into the same runtime
 checkpoint store (Arrow IPC), and queries take a lock the loop holds while it
 applies a batch: they wait for at most one batch.
+
+A restore loads only Arrow tables (`trusted_arrow_checkpoints`): graph state is
+never pickled, and with a local runtime the ids come from plain JSON records
+under `state_dir`, which anyone who can write that folder could edit. An id
+binds its file's SHA-256, so checking the bytes here binds what the runtime
+loads next: a planted pickle is refused, never unpickled.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import pyarrow as pa
 
 from ringwatch import runtime as rt
 from ringwatch.graph import (
@@ -41,7 +49,10 @@ from ringwatch.graph import (
     StoredEdge,
     Transaction,
 )
-from ringwatch.runtime.checkpoints import open_store
+from ringwatch.runtime.checkpoints import FileCheckpointStore, encode_state, open_store, verified
+from ringwatch.runtime.errors import CheckpointError as RuntimeCheckpointError
+
+from .checkpoint import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -236,9 +247,42 @@ def open_graph(num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
     `restore` starts it from a record's checkpoints; `shared_as` names the
     shard actors so the engines of a group share them (found if they exist).
     """
+    if restore:
+        trusted_arrow_checkpoints(checkpoint_uri, restore[0])
     if in_process:
         graph = InProcessEngineGraph(options, checkpoint_uri=checkpoint_uri, restore=restore[0] if restore else None)
         graph.next_seq = int(restore[1].get("next_seq", 0)) if restore else 0
         return graph
     return ShardedEngineGraph(num_shards, options, checkpoint_uri=checkpoint_uri, restore=restore,
                               shared_as=shared_as)
+
+
+# What the runtime's `encode_state` writes before an Arrow table (a pickled state has another header).
+_ARROW_HEADER = bytes(encode_state(pa.table({}))[0])
+
+
+def trusted_arrow_checkpoints(checkpoint_uri: str, checkpoint_ids: Sequence[str]) -> None:
+    """Refuse (CheckpointError) a restore naming anything but Arrow checkpoints whose bytes match their ids.
+
+    Checked for file stores (where a local runtime keeps shard checkpoints,
+    `state_dir/shards`); elsewhere the ids come from the cluster's sealed GCS.
+    """
+    store = open_store(checkpoint_uri)
+    if not isinstance(store, FileCheckpointStore):
+        return
+    root = store.root.resolve()
+    for checkpoint_id in checkpoint_ids:
+        path = (root / f"{checkpoint_id}.ckpt").resolve()
+        if not path.is_relative_to(root):
+            raise CheckpointError(f"shard checkpoint {checkpoint_id!r} names a file outside {root}: refused "
+                                  f"(was the checkpoint record under state_dir edited?)")
+        try:
+            data = verified(checkpoint_id, path.read_bytes())
+        except FileNotFoundError:
+            raise CheckpointError(f"shard checkpoint {path} is missing; restore state_dir from a backup or "
+                                  f"start with a fresh one") from None
+        except (OSError, RuntimeCheckpointError) as exc:
+            raise CheckpointError(f"shard checkpoint {path}: {exc}") from None
+        if not data.startswith(_ARROW_HEADER):
+            raise CheckpointError(f"shard checkpoint {path} is not an Arrow table written by ringwatch: refused, "
+                                  f"graph state is never unpickled (was state_dir tampered with?)")
