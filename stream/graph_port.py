@@ -83,8 +83,12 @@ class EngineGraph(Protocol):
         """Forget edges with `ts < horizon` (the event-time clock says when that is safe)."""
         ...
 
-    def checkpoint(self) -> tuple[list[str], dict[str, Any]]:
-        """Checkpoint every shard through the runtime: their checkpoint ids, and the graph's own small state."""
+    def checkpoint(self) -> list[str]:
+        """Checkpoint every shard through the runtime: their checkpoint ids.
+
+        May run on a thread beside `process`: each shard's checkpoint then holds
+        at least every batch `process` had returned before it was called.
+        """
         ...
 
     def restarted(self) -> list[int]:
@@ -108,21 +112,19 @@ class ShardedEngineGraph:
     """
 
     def __init__(self, num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
-                 restore: tuple[list[str], dict[str, Any]] | None = None, shared_as: str | None = None):
+                 restore: list[str] | None = None, shared_as: str | None = None):
         self.num_shards = num_shards
-        shard_ids, state = restore or ([], {})
+        shard_ids = restore or []
         if shard_ids and len(shard_ids) != num_shards:
             raise ValueError(f"the checkpoint holds {len(shard_ids)} shards, the graph is set to {num_shards}")
         handles = [_shard(index, num_shards, checkpoint_uri, shard_ids[index] if shard_ids else None,
                           None if shared_as is None else f"{shared_as}/shard-{index}-of-{num_shards}")
                    for index in range(num_shards)]
         self.graph = ShardedRingGraph(options, handles, owned=shared_as is None)
-        self.next_seq = int(state.get("next_seq", 0))  # payments handed to the graph so far (checkpointed)
         self._restarts = self._restart_counts()
 
     def process(self, transactions: Sequence[Transaction], received_at: Sequence[float]) -> GraphBatch:
         result = self.graph.process(transactions, received_at, replay=True)
-        self.next_seq += len(transactions)
         return GraphBatch(result.alerts, [(transactions[r.index], r.reason) for r in result.rejected],
                           result.truncated_searches)
 
@@ -130,9 +132,8 @@ class ShardedEngineGraph:
         reclaimed = self.graph.evict(horizon)
         logger.debug("evicted payments below %d (%d payments' storage reclaimed)", horizon, reclaimed)
 
-    def checkpoint(self) -> tuple[list[str], dict[str, Any]]:
-        ids = [rt.checkpoint(handle, timeout=CHECKPOINT_TIMEOUT_S) for handle in self.graph.handles]
-        return ids, {"next_seq": self.next_seq}
+    def checkpoint(self) -> list[str]:
+        return [rt.checkpoint(handle, timeout=CHECKPOINT_TIMEOUT_S) for handle in self.graph.handles]
 
     def restarted(self) -> list[int]:
         counts = self._restart_counts()
@@ -163,12 +164,10 @@ class InProcessEngineGraph:
         self._lock = threading.Lock()
         if restore:
             self.graph.restore([self._store.load(checkpoint_id) for checkpoint_id in restore])
-        self.next_seq = 0
 
     def process(self, transactions: Sequence[Transaction], received_at: Sequence[float]) -> GraphBatch:
         with self._lock:
             result = self.graph.process(transactions, received_at, replay=True)
-        self.next_seq += len(transactions)
         return GraphBatch(result.alerts, [(transactions[r.index], r.reason) for r in result.rejected],
                           result.truncated_searches)
 
@@ -176,11 +175,10 @@ class InProcessEngineGraph:
         with self._lock:
             self.graph.evict(horizon)
 
-    def checkpoint(self) -> tuple[list[str], dict[str, Any]]:
+    def checkpoint(self) -> list[str]:
         with self._lock:
             tables = self.graph.checkpoint()
-        ids = [self._store.save(f"{self.CHECKPOINT_NAME}-{i}", table) for i, table in enumerate(tables)]
-        return ids, {"next_seq": self.next_seq}
+        return [self._store.save(f"{self.CHECKPOINT_NAME}-{i}", table) for i, table in enumerate(tables)]
 
     def restarted(self) -> list[int]:
         return []  # it lives and dies with the engine
@@ -240,19 +238,17 @@ def _shard(index: int, num_shards: int, checkpoint_uri: str, restore_from: str |
 
 
 def open_graph(num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
-               restore: tuple[list[str], dict[str, Any]] | None = None, shared_as: str | None = None,
+               restore: list[str] | None = None, shared_as: str | None = None,
                in_process: bool = False) -> EngineGraph:
     """The engine's graph: `num_shards` shard actors (or the graph in process) checkpointing to `checkpoint_uri`.
 
-    `restore` starts it from a record's checkpoints; `shared_as` names the
-    shard actors so the engines of a group share them (found if they exist).
+    `restore` starts it from a record's shard checkpoint ids; `shared_as` names
+    the shard actors so the engines of a group share them (found if they exist).
     """
     if restore:
-        trusted_arrow_checkpoints(checkpoint_uri, restore[0])
+        trusted_arrow_checkpoints(checkpoint_uri, restore)
     if in_process:
-        graph = InProcessEngineGraph(options, checkpoint_uri=checkpoint_uri, restore=restore[0] if restore else None)
-        graph.next_seq = int(restore[1].get("next_seq", 0)) if restore else 0
-        return graph
+        return InProcessEngineGraph(options, checkpoint_uri=checkpoint_uri, restore=restore)
     return ShardedEngineGraph(num_shards, options, checkpoint_uri=checkpoint_uri, restore=restore,
                               shared_as=shared_as)
 
