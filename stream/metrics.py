@@ -44,6 +44,31 @@ class _CountersOf(Collector):
         yield family
 
 
+class OutboxState(Protocol):
+    """A sink with an outbox (`connectors.WebhookSink`): read at each scrape, from the metrics thread."""
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def endpoint_down(self) -> bool: ...
+
+
+class _OutboxCollector(Collector):
+    def __init__(self, sink: str, outbox: OutboxState):
+        self.sink, self.outbox = sink, outbox
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pending = GaugeMetricFamily("ringwatch_sink_pending", "Alerts in a sink's outbox, not yet acknowledged",
+                                    labels=["sink"])
+        pending.add_metric([self.sink], self.outbox.pending)
+        yield pending
+        down = GaugeMetricFamily("ringwatch_sink_endpoint_down", "1 while the sink's endpoint is reported down "
+                                 "(alerts wait in the outbox)", labels=["sink"])
+        down.add_metric([self.sink], 1.0 if self.outbox.endpoint_down else 0.0)
+        yield down
+
+
 class EngineFigures(Protocol):
     """What the engine shows at each scrape; called from the metrics thread, so each must be cheap and safe."""
 
@@ -60,7 +85,7 @@ class EngineFigures(Protocol):
         ...
 
     def partition_lag(self) -> Mapping[Partition, int]:
-        """Records behind the log end per partition held, as of the last check."""
+        """Records behind the log end per partition held, as of the source's last poll (`Source.lag()`)."""
         ...
 
 
@@ -107,6 +132,10 @@ class EngineMetrics:
               read: Callable[[], Mapping[tuple[str, ...], float]]) -> None:
         """Publish counters kept by another object under `name`, read on each scrape."""
         self.registry.register(_CountersOf(name, documentation, labels, read))
+
+    def watch_outbox(self, sink: str, outbox: OutboxState) -> None:
+        """Publish `outbox`'s depth and endpoint state as `ringwatch_sink_pending` / `_endpoint_down{sink=...}`."""
+        self.registry.register(_OutboxCollector(sink, outbox))
 
     def show(self, figures: EngineFigures) -> None:
         """Read `figures` at every scrape."""
