@@ -25,6 +25,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .config import ConfigError
+
 Partition = tuple[str, int]
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -143,5 +145,9 @@ class EngineMetrics:
 
     def serve(self, port: int, address: str = "127.0.0.1"):
         """Serve /metrics on `port`; returns the server so the engine can shut it down."""
-        server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        try:
+            server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(f"service.metrics_port: cannot listen on {address}:{port} ({exc.strerror or exc}); "
+                              f"is another process using the port?") from None
         return server

@@ -50,6 +50,8 @@ from ringwatch.runtime.auth import query_call_key
 from ringwatch.runtime.rpc import SignedServer
 from ringwatch.runtime.tls import TlsFiles
 
+from ..config import ConfigError
+
 logger = logging.getLogger(__name__)
 
 SERVICE = "ringwatch.Query"
@@ -461,8 +463,9 @@ class QueryService:
             self._server = SignedServer(SERVICE, {METHOD: self._call}, query_call_key(token), host=host, port=port,
                                         tls=tls, audience=AUDIENCE, max_workers=max_workers,
                                         thread_name="ringwatch-query")
-        except OSError as exc:
-            raise OSError(f"query service: {exc}") from None
+        except (OSError, RuntimeError):  # grpc raises RuntimeError (older versions: port 0) when it cannot bind
+            raise ConfigError(f"service.query_port: cannot listen on {host}:{port}: the port is in use or the "
+                              f"address is not one of this machine's") from None
         self.port = self._server.port
         self.address = self._server.address
 
