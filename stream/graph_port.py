@@ -129,8 +129,8 @@ class ShardedEngineGraph:
                           result.truncated_searches)
 
     def evict(self, horizon: int) -> None:
-        dropped = self.graph.evict(horizon)
-        logger.debug("evicted %d list entries below %d", dropped, horizon)
+        reclaimed = self.graph.evict(horizon)
+        logger.debug("evicted payments below %d (%d payments' storage reclaimed)", horizon, reclaimed)
 
     def checkpoint(self) -> list[str]:
         return [rt.checkpoint(handle, timeout=CHECKPOINT_TIMEOUT_S) for handle in self.graph.handles]
