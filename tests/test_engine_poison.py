@@ -1,5 +1,5 @@
-"""Poison input mixed into the stream: every bad message in the dead-letter topic with its reason, the
-rest processed — including a payment dated in 2150 (`future`: it must not make later payments late) and one
+"""Poison input mixed into the stream: every bad message in the dead-letter topic with its reason, partition,
+offset and original key and bytes, the rest processed — including a payment dated in 2150 (`future`: it must not make later payments late) and one
 whose `ts` is 1e308 (`invalid:ts`: it must not reach, let alone crash, a shard)."""
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, uniq
     values = [json.dumps(tx.to_dict()).encode() for tx in transactions]
     for index, bad in enumerate(reversed(list(poison.values()))):
         values.insert(len(values) - (index + 1) * step, bad)
-    for value in values:
-        producer.send(unique_name, value=value)
+    keys = [f"key-{offset}".encode() for offset in range(len(values))]
+    for key, value in zip(keys, values):
+        producer.send(unique_name, key=key, value=value)
     producer.flush(30)
     producer.close()
 
@@ -86,8 +87,9 @@ def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, uniq
     by_reason = {}
     for message in letters:
         headers = {name: value.decode() for name, value in message.headers}
-        assert headers["topic"] == unique_name
+        assert headers["topic"] == unique_name and headers["partition"] == "0"
         assert values[int(headers["offset"])] == message.value, "the dead letter is not the original bytes"
+        assert keys[int(headers["offset"])] == message.key, "the dead letter does not carry the original key"
         by_reason[next(r for r in poison if headers["reason"].startswith(r))] = message.value
     assert by_reason == poison
 
