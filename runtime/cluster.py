@@ -27,7 +27,7 @@ import redis
 
 from .auth import ClusterKeys
 from .direct import DirectSettings, direct_key
-from .errors import NodeUnavailableError, ResourceUnavailableError, TokenMissingError
+from .errors import NodesLateError, NodeUnavailableError, ResourceUnavailableError, TokenMissingError
 from .gcs import RedisGcs
 from .node import Node
 from .object_store import SHARED_THRESHOLD, Blob, from_wire, to_wire
@@ -110,6 +110,14 @@ class ClusterLink:
             self._peers_at = now
         return [p for p in self._peers if self._suspects.get(p["address"], 0) < now]
 
+    def _undeclared_peers(self) -> list[dict]:
+        """Nodes that run work and are not declared dead, alive or not: those that may yet take a call.
+
+        Right after a GCS outage every node's heartbeat is overdue until its next beat.
+        """
+        dead = self.gcs.dead_nodes()
+        return [p for p in self.gcs.nodes(self.heartbeat_timeout_s) if not p.get("driver") and p["node_id"] not in dead]
+
     def suspect(self, address: str) -> None:
         """A call to `address` failed: place nothing there until its heartbeats say whether it is dead."""
         self._suspects[address] = time.monotonic() + self.heartbeat_timeout_s
@@ -131,8 +139,16 @@ class ClusterLink:
         node knows inputs are and their sizes (the GCS is asked about the others).
         """
         needs = {"CPU": spec.num_cpus if spec.kind == TASK else 0.0, **spec.resources}
-        feasible = [p for p in self.peers() if all(p["resources"].get(k, 0.0) >= v for k, v in needs.items())]
+        feasible = [p for p in self.peers() if _fits(p, needs)]
         if not feasible:
+            try:
+                late = [p["node_id"] for p in self._undeclared_peers() if _fits(p, needs)]
+            except redis.RedisError as exc:
+                raise NodesLateError(f"{spec.name} needs {needs}: no live node is known and the GCS is "
+                                     f"unreachable ({exc})") from exc
+            if late:
+                raise NodesLateError(f"{spec.name} needs {needs}: only nodes whose heartbeats are late have that "
+                                     f"much ({late}); no live node does")
             raise ResourceUnavailableError(
                 f"{spec.name} needs {needs} but no live node has that much "
                 f"(nodes: {[(p['node_id'], p['resources']) for p in self.peers()]})")
@@ -404,6 +420,7 @@ class ClusterNode:
                         "heartbeat_timeout_s": max(heartbeat_timeout_s, DRIVER_HEARTBEAT_TIMEOUT_S) if driver
                         else heartbeat_timeout_s}
         self.gcs.register_node(self._record)
+        self.link.peers()  # known from the start: a GCS outage right after joining does not leave it blind
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="ringwatch-heartbeat", daemon=True)
         self._heartbeat.start()
@@ -494,6 +511,10 @@ class ClusterNode:
         self.link.close()
         self._events.join(timeout=5)
         self.gcs.close()
+
+
+def _fits(peer: dict, needs: Mapping[str, float]) -> bool:
+    return all(peer["resources"].get(k, 0.0) >= v for k, v in needs.items())
 
 
 def follow_node_deaths(gcs: RedisGcs, stop: threading.Event, on_node_dead: Any, retry_s: float) -> None:

@@ -65,6 +65,15 @@ class ResourceUnavailableError(RuntimeErrorBase):
     """No node of the cluster has the resources the task or actor asks for."""
 
 
+class NodesLateError(ResourceUnavailableError):
+    """No live node could run the call, but some may soon: nodes whose heartbeats are late (the GCS was
+    away, or they are dying), or the GCS is unreachable and no node is known yet.
+
+    Placement waits for them to beat again or be declared dead (or for the GCS
+    to come back); this is raised when that took too long.
+    """
+
+
 class NotInitializedError(RuntimeErrorBase):
     """The runtime is not started: call `ringwatch.runtime.init()` first."""
 
