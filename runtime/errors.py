@@ -57,6 +57,14 @@ class AuthError(RuntimeErrorBase):
     """A node refused the call: the cluster token is missing or wrong."""
 
 
+class ForgedRecordError(AuthError):
+    """A GCS value is unsealed, or sealed with another key or for another place: it is not used."""
+
+
+class CallRefusedError(AuthError):
+    """A call's signature is missing, wrong, stale or replayed; the message says which."""
+
+
 class SerializationError(RuntimeErrorBase):
     """An argument or a return value could not be pickled; the message names it."""
 
@@ -92,3 +100,7 @@ class NodeUnavailableError(RuntimeErrorBase, ConnectionError):
 
 class TokenMissingError(RuntimeErrorBase, ValueError):
     """A node or client was started without the cluster token."""
+
+
+class TlsConfigError(RuntimeErrorBase, ValueError):
+    """The TLS options are incomplete or a file cannot be read; the message names the option."""
