@@ -125,6 +125,11 @@ class KafkaSource:
     themselves. Partitions lost without a clean rebalance (the session expired)
     are reported through `on_revoke` too; committing them then fails with
     `KafkaConnectorError`.
+
+    `fetch_max_wait_ms` bounds how long the broker may hold a fetch that has
+    found less than a batch: payments newly produced wait at most that long
+    there (kafka-python's default, 500 ms, is what a broker like Tansu then
+    waits each time; the engine passes its `batch_max_delay_ms`).
     """
 
     def __init__(
@@ -142,6 +147,7 @@ class KafkaSource:
         max_poll_interval_ms: int = 10_000,
         request_timeout_ms: int = 30_000,
         bootstrap_timeout_ms: int = 30_000,
+        fetch_max_wait_ms: int = 500,
         client_id: str = "ringwatch",
         settings: KafkaSettings = PLAINTEXT,
         mapping: FieldMapping = IDENTITY,
@@ -155,13 +161,14 @@ class KafkaSource:
         self.mapping = mapping
         self.listener: RebalanceListener = listener or NoListener()
         self._pending_seeks: dict[Partition, int] = {}
+        self._lag: dict[Partition, int] = {}  # as of the last poll (lag())
         with _naming_unreachable(bootstrap):
             self._consumer = KafkaConsumer(**settings.consumer(dict(
                 bootstrap_servers=bootstrap, group_id=group, client_id=client_id,
                 enable_auto_commit=False, auto_offset_reset=auto_offset_reset,
                 session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms,
                 max_poll_interval_ms=max_poll_interval_ms, request_timeout_ms=request_timeout_ms,
-                bootstrap_timeout_ms=bootstrap_timeout_ms,
+                bootstrap_timeout_ms=bootstrap_timeout_ms, fetch_max_wait_ms=fetch_max_wait_ms,
             )))
             self._dlq = KafkaProducer(**settings.producer(dict(
                 bootstrap_servers=bootstrap, client_id=client_id, acks="all",
@@ -177,6 +184,7 @@ class KafkaSource:
     def poll(self, max_records: int = 500, timeout_ms: int = 100) -> list[SourceRecord]:
         """Up to `max_records` records in partition order, bad ones as error records."""
         fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        self._lag = {partition: max(0, end - position) for partition, position, end in self._log_ends()}
         return [self._to_record(message) for messages in fetched.values() for message in messages]
 
     def _to_record(self, message) -> SourceRecord:
@@ -253,8 +261,12 @@ class KafkaSource:
                 yield (tp.topic, tp.partition), position, highwater
 
     def lag(self) -> dict[Partition, int]:
-        """Messages behind the log end per assigned partition whose log end is known."""
-        return {partition: max(0, end - position) for partition, position, end in self._log_ends()}
+        """Messages behind the log end per assigned partition whose log end is known, as of the last poll.
+
+        A snapshot taken on the polling thread, so any thread (a /metrics scrape)
+        may read it without touching the consumer, which is not thread-safe.
+        """
+        return dict(self._lag)
 
     def caught_up(self) -> set[Partition]:
         """Assigned partitions whose position has reached the log end of their latest fetch.

@@ -46,6 +46,8 @@ from .store import CONFLICT, DUPLICATE, NEW, EdgeStore, StoredEdge
 
 Batch = Sequence[Transaction] | pa.Table
 CUT_NAMES = ((1, "max_rings_per_tx"), (2, "max_degree"))
+_NO_IDS = np.zeros(0, np.int64)
+_NO_OFFSETS = np.zeros(1, np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,8 @@ class RingGraph(Protocol):
         """
 
     def evict(self, horizon_ts: int) -> int:
-        """Forget payments with `ts < horizon_ts`; returns list entries dropped."""
+        """Forget payments with `ts < horizon_ts`; returns how many payments' storage was reclaimed
+        (compaction runs once evicted payments pile up, so mostly 0)."""
 
     def edges(self, accounts: Sequence[str], direction: str, since: int | None = None
               ) -> dict[str, list[StoredEdge]]:
@@ -113,6 +116,7 @@ class Rings:
     offsets: np.ndarray
     edges: np.ndarray
     cut: dict[int, int]  # trigger edge id -> cut bits (1: ring cap, 2: hub guard)
+    late: int = 0  # the batch's edges older than the newest stored before it (searched as witnesses too)
 
 
 def find_rings(store: EdgeStore, new_ids: np.ndarray, newest_before: tuple[int, bytes] | None,
@@ -121,6 +125,7 @@ def find_rings(store: EdgeStore, new_ids: np.ndarray, newest_before: tuple[int, 
     new_ids = np.asarray(new_ids, np.int64)
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     cut: dict[int, int] = {}
+    late = new_ids[:0]
     if new_ids.size:
         _collect(store, new_ids, None, options, parts, cut)
         late = older_than(store, new_ids, newest_before)
@@ -130,13 +135,15 @@ def find_rings(store: EdgeStore, new_ids: np.ndarray, newest_before: tuple[int, 
             if candidates.size:
                 _collect(store, candidates, in_batch, options, parts, cut)
     if not parts:
-        return Rings(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64), cut)
+        return Rings(_NO_IDS, _NO_OFFSETS, _NO_IDS, cut, late.size)
+    if len(parts) == 1:
+        return Rings(*parts[0], cut, late.size)
     offsets, shift = [np.zeros(1, np.int64)], 0
     for _, off, _ in parts:
         offsets.append(off[1:] + shift)
         shift += int(off[-1])
     return Rings(np.concatenate([t for t, _, _ in parts]), np.concatenate(offsets),
-                 np.concatenate([e for _, _, e in parts]), cut)
+                 np.concatenate([e for _, _, e in parts]), cut, late.size)
 
 
 def older_than(store: EdgeStore, ids: np.ndarray, key: tuple[int, bytes] | None) -> np.ndarray:
@@ -169,8 +176,8 @@ def _collect(store: EdgeStore, triggers: np.ndarray, in_batch: np.ndarray | None
         cut[int(triggers[i])] = int(cuts[i])
 
 
-def build_alerts(store: EdgeStore, rings: Rings, arrival: np.ndarray | None, now: float) -> list[Alert]:
-    """Alerts for the rings, in trigger (ts, tx_id) order; `arrival[e]` is when edge e arrived (NaN: unknown).
+def build_alerts(store: EdgeStore, rings: Rings, arrival: Arrivals | None, now: float) -> list[Alert]:
+    """Alerts for the rings, in trigger (ts, tx_id) order; `arrival` says when the batch's edges arrived.
 
     Columns first: each ring's chain (witnesses, then the trigger) in one array,
     tx ids decoded once per distinct edge, totals and times by `reduceat`; the
@@ -187,8 +194,8 @@ def build_alerts(store: EdgeStore, rings: Rings, arrival: np.ndarray | None, now
     chains[is_trigger] = rings.triggers
     chains[~is_trigger] = rings.edges
     distinct, index = np.unique(chains, return_inverse=True)
-    tx_ids = np.array([store.tx_id(int(e)) for e in distinct], dtype=object)[index]
-    accounts = store.names_array()[store.e_src[chains]]
+    tx_ids = store.tx_ids(distinct).to_numpy(zero_copy_only=False)[index]
+    accounts = store.account_names(store.e_src[chains])
     units = store.e_amt[chains]
     currency = store.e_cur[chains]
     heads = starts[:-1]
@@ -196,7 +203,7 @@ def build_alerts(store: EdgeStore, rings: Rings, arrival: np.ndarray | None, now
     mixed = np.minimum.reduceat(currency, heads) != np.maximum.reduceat(currency, heads)
     first_ts = np.minimum.reduceat(store.e_ts[chains], heads)
     last_ts = store.e_ts[rings.triggers]
-    latest = np.fmax.reduceat(arrival[chains], heads) if arrival is not None else np.full(n, np.nan)
+    latest = np.fmax.reduceat(arrival.of(chains), heads) if arrival is not None else np.full(n, np.nan)
     detected_at = int(now * 1000)
     alerts = []
     for r in sorted(range(n), key=lambda r: (int(last_ts[r]), tx_ids[starts[r + 1] - 1])):
@@ -223,15 +230,33 @@ def build_alerts(store: EdgeStore, rings: Rings, arrival: np.ndarray | None, now
     return alerts
 
 
+@dataclass(frozen=True, slots=True)
+class Arrivals:
+    """When the batch's edges arrived: `of(edges)` looks them up (NaN for an edge not in the batch).
+
+    Kept as the batch's (edge id, time) pairs, sorted only when alerts ask, so
+    a batch costs what it holds, not what the store holds.
+    """
+
+    eids: np.ndarray
+    times: np.ndarray
+
+    def of(self, edges: np.ndarray) -> np.ndarray:
+        if self.eids.size == 0:
+            return np.full(edges.shape, np.nan)
+        order = np.argsort(self.eids, kind="stable")
+        ids, times = self.eids[order], self.times[order]
+        at = np.minimum(np.searchsorted(ids, edges), ids.size - 1)
+        return np.where(ids[at] == edges, times[at], np.nan)
+
+
 def arrival_times(store: EdgeStore, eids: np.ndarray, rows: np.ndarray,
-                  received_at: Sequence[float] | float | None, n_rows: int) -> np.ndarray | None:
-    """Per edge id, when its batch row arrived (NaN for edges not in the batch); None without times."""
+                  received_at: Sequence[float] | float | None, n_rows: int) -> Arrivals | None:
+    """When each batch edge (`eids`, from batch `rows`) arrived; None without times."""
     times = arrivals(received_at, n_rows)
     if times is None:
         return None
-    arrival = np.full(max(store.n_edges, 1), np.nan)
-    arrival[eids] = times[rows]
-    return arrival
+    return Arrivals(np.asarray(eids, np.int64), times[rows])
 
 
 def as_table(batch: Batch) -> pa.Table:
@@ -246,15 +271,30 @@ def arrivals(received_at: Sequence[float] | float | None, rows: int) -> np.ndarr
     return np.asarray(received_at, np.float64)
 
 
-def judge(status: np.ndarray, table: pa.Table, result: BatchResult) -> None:
-    """Count duplicates and turn conflicts into rejections with their reason."""
+def batch_edges(status: np.ndarray, eids: np.ndarray, replay: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The batch rows whose rings to raise (new, and with `replay` duplicates too) and their distinct edge ids."""
+    if not status.any():  # all new (the usual batch): one edge each, ascending
+        return np.arange(status.shape[0]), eids
+    new_rows = np.flatnonzero((status == NEW) | (replay & (status == DUPLICATE)))
+    return new_rows, np.unique(eids[new_rows])
+
+
+def judge(status: np.ndarray, table: pa.Table, result: BatchResult, horizon: int | None) -> None:
+    """Count duplicates and turn conflicts and payments older than the horizon into rejections with their reason."""
+    if not status.any():
+        return
     result.duplicates += int(np.count_nonzero(status == DUPLICATE))
-    conflicts = np.flatnonzero(status == CONFLICT)
-    if conflicts.size:
+    refused = np.flatnonzero(status >= CONFLICT)
+    if refused.size:
         tx_ids = table.column("tx_id").to_pylist()
-        for i in conflicts.tolist():
-            result.rejected.append(Rejected(i, tx_ids[i], f"conflict: tx_id {tx_ids[i]!r} is already stored with "
-                                                          "other content (src, dst, amount, ts or currency)"))
+        ts = table.column("ts").to_pylist()
+        for i in refused.tolist():
+            if status[i] == CONFLICT:
+                reason = (f"conflict: tx_id {tx_ids[i]!r} is already stored with other content "
+                          "(src, dst, amount, ts or currency)")
+            else:
+                reason = f"late: ts {ts[i]} is older than the graph's eviction horizon {horizon}"
+            result.rejected.append(Rejected(i, tx_ids[i], reason))
 
 
 class LocalRingGraph:
@@ -274,15 +314,14 @@ class LocalRingGraph:
             return result
         store = self.store
         status, eids = store.apply(table)
-        judge(status, table, result)
-        new_rows = np.flatnonzero((status == NEW) | (replay & (status == DUPLICATE)))
-        new_ids = np.unique(eids[new_rows])
+        new_rows, new_ids = batch_edges(status, eids, replay)
+        judge(status, table, result, store.horizon)
         newest_before = self._newest
         rings = find_rings(store, new_ids, newest_before, self.options)
         if new_ids.size:
             newest = newest_key(store, new_ids)
             self._newest = newest if newest_before is None else max(newest, newest_before)
-            result.late_payments = int(older_than(store, new_ids, newest_before).size)
+        result.late_payments = rings.late
         arrival = arrival_times(store, eids[new_rows], new_rows, received_at, table.num_rows)
         result.alerts = build_alerts(store, rings, arrival, self.clock())
         result.truncated_searches = len(rings.cut)

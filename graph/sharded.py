@@ -108,21 +108,16 @@ class GraphShard:
                 hubs.append((d, account))
                 continue
             a = store.account_id(account)
-            if a is None or a >= store.a_start.shape[1]:
-                continue
-            base, head, n = int(store.a_start[d, a]), int(store.a_head[d, a]), int(store.a_len[d, a])
-            stamps = store.p_ts[base + head:base + n]
-            i, j = np.searchsorted(stamps, lo, "left"), np.searchsorted(stamps, hi, "right")
-            if j > i:
-                picked.append(store.p_eid[base + head + i:base + head + j])
+            if a is not None:
+                picked.append(store.entries(a, d, lo, hi))
         ids = np.unique(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
-        return _edge_table(store, ids), hubs
+        return store.edge_table(ids), hubs
 
     def evict(self, horizon_ts: int) -> int:
         return self.store.evict(horizon_ts)
 
     def edges_of(self, accounts: list[str], direction: int, since: int | None) -> dict[str, pa.Table]:
-        return {a: _edge_table(self.store, self.store.list_of(a, direction, since)) for a in accounts}
+        return {a: self.store.edge_table(self.store.list_of(a, direction, since)) for a in accounts}
 
     def degrees(self, accounts: list[str], direction: int) -> dict[str, int]:
         return {a: self.store.degree(a, direction) for a in accounts}
@@ -148,18 +143,6 @@ class GraphShard:
         self._newest = newest_key(self.store, np.arange(self.store.n_edges))
 
 
-def _edge_table(store: EdgeStore, ids: np.ndarray) -> pa.Table:
-    ids = np.asarray(ids, np.int64)
-    names = np.array(store.names, dtype=object)
-    currencies = np.array(store.currencies, dtype=object)
-    tx = [store.tx_id(e) for e in ids.tolist()]
-    return pa.table([
-        pa.array(tx, pa.string()), pa.array(names[store.e_src[ids]], pa.string()),
-        pa.array(names[store.e_dst[ids]], pa.string()), pa.array(store.e_ts[ids]), pa.array(store.e_amt[ids]),
-        pa.array(currencies[store.e_cur[ids]], pa.string()),
-    ], schema=PAYMENT_SCHEMA)
-
-
 class ShardedRingGraph:
     """`RingGraph` over `GraphShard`s: actor handles, or `GraphShard` objects for an in-process run."""
 
@@ -171,6 +154,7 @@ class ShardedRingGraph:
         self.num_shards = len(self.shards)
         self._local = all(isinstance(s, GraphShard) for s in self.shards)
         self._owned = owned
+        self._horizon: int | None = None  # the last eviction horizon sent to the shards (for rejection reasons)
 
     @classmethod
     def in_process(cls, options: SearchOptions, num_shards: int) -> "ShardedRingGraph":
@@ -243,7 +227,7 @@ class ShardedRingGraph:
             status[picked[from_src]] = shard_status[from_src]
             if before is not None and (newest_before is None or before > newest_before):
                 newest_before = before
-        judge(status, table, result)
+        judge(status, table, result, self._horizon)
         new_rows = np.flatnonzero((status == NEW) | (replay & (status == DUPLICATE)))
         if new_rows.size == 0:
             return result
@@ -333,6 +317,7 @@ class ShardedRingGraph:
     # ---- upkeep and reads -------------------------------------------------------------------------------
 
     def evict(self, horizon_ts: int) -> int:
+        self._horizon = max(horizon_ts, self._horizon if self._horizon is not None else horizon_ts)
         return sum(self._call("evict", {s: (horizon_ts,) for s in range(self.num_shards)}).values())
 
     def _by_owner(self, accounts: Sequence[str]) -> dict[int, list[str]]:

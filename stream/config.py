@@ -26,10 +26,13 @@ from ringwatch.connectors.webhook_client import InvalidWebhookConfigError, check
 from ringwatch.graph import (
     InvalidDurationError,
     InvalidSearchOptionError,
+    InvalidTransactionError,
     SearchOptions,
     format_duration,
+    parse_amount,
     parse_duration,
 )
+from ringwatch.graph.model import DEFAULT_MAX_AMOUNT
 from ringwatch.runtime.backend import BACKENDS
 
 from . import logs
@@ -90,6 +93,8 @@ class SourceConfig:
                             "mapping below)", kind="fields", flag="field")
     schema_file: str = _setting("", "JSON Schema every message must pass (before mapping); failures are "
                                 "dead-lettered as invalid:schema")
+    max_amount: str = _setting(str(DEFAULT_MAX_AMOUNT), "ceiling on one payment's amount (exact decimal, at "
+                               "most the default); a payment above it is dead-lettered as invalid:amount")
 
 
 @dataclass
@@ -273,8 +278,13 @@ class Config:
     def field_mapping(self) -> FieldMapping:
         """How input messages map onto the transaction contract (connectors/mapping.py)."""
         try:
+            ceiling = parse_amount(self.source.max_amount, max_amount=DEFAULT_MAX_AMOUNT)
+        except InvalidTransactionError as exc:
+            raise ConfigError(f"source.max_amount: {exc.reason} (it may lower the default ceiling, "
+                              f"{DEFAULT_MAX_AMOUNT}, not raise it)") from None
+        try:
             schema = load_schema(self.source.schema_file) if self.source.schema_file else None
-            return FieldMapping(self.source.fields, schema)
+            return FieldMapping(self.source.fields, schema, max_amount=ceiling)
         except InvalidMappingError as exc:
             raise ConfigError(str(exc)) from None
 
@@ -454,8 +464,12 @@ def _apply_env(config: Config, environ: Mapping[str, str]) -> None:
 
 
 def load(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None,
-         overrides: Mapping[str, Any] | None = None) -> Config:
-    """The config from `path` (TOML), then the environment, then `overrides` (dotted key -> value)."""
+         overrides: Mapping[str, Any] | None = None, validate: bool = True) -> Config:
+    """The config from `path` (TOML), then the environment, then `overrides` (dotted key -> value).
+
+    `validate=False` skips the checks a whole engine needs (topics, sinks...) for
+    commands that use one part of the config, e.g. `generate` its `[kafka]` table.
+    """
     config = Config()
     if path is not None:
         path = Path(path)
@@ -473,7 +487,7 @@ def load(path: str | Path | None = None, *, environ: Mapping[str, str] | None = 
             raise ConfigError(f"{dotted}: unknown setting")
         _apply(config, by_dotted[dotted], value, f"flag --{by_dotted[dotted].flag}")
     _read_secret_files(config)
-    return config.validate()
+    return config.validate() if validate else config
 
 
 def _read_secret_files(config: Config) -> None:
@@ -509,9 +523,12 @@ class _RefusedSecret(argparse.Action):
                      f"{option_string}-file FILE")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting; unset flags stay None so they do not override the file or environment."""
+def add_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None) -> None:
+    """One flag per setting (of `sections`, default all); unset flags stay None so they do not override the
+    file or environment."""
     for spec in settings():
+        if sections is not None and spec.section not in sections:
+            continue
         default = spec.default if spec.kind != "duration" else format_duration(spec.default)
         if spec.kind == "secret":
             parser.add_argument(f"--{spec.flag}", dest=spec.dotted, default=None,
