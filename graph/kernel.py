@@ -521,14 +521,22 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
         nf_b = 1
         done_f = 0
         done_b = 0
-        while done_f + done_b < L and nf_f > 0 and nf_b > 0:
-            if _cost(0, front_f, nf_f, a_head, a_len) <= _cost(1, front_b, nf_b, a_head, a_len):
+        # A side that ran out is final only if it skipped no hub; one emptied by skipping a hub leaves the
+        # other side to grow alone (else the answer would hang on which side happened to grow first).
+        hub_f = False
+        hub_b = False
+        while done_f + done_b < L and (nf_f > 0 or nf_b > 0):
+            if (nf_f == 0 and not hub_f) or (nf_b == 0 and not hub_b):
+                break
+            if nf_b == 0 or (nf_f > 0 and _cost(0, front_f, nf_f, a_head, a_len) <= _cost(1, front_b, nf_b, a_head,
+                                                                                          a_len)):
                 done_f += 1
                 nt_f, nn, hub = _layer(0, done_f, lab_f, touched_f, nt_f, front_f, nf_f, next_f, lo, ts_t, strict,
                                        a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf,
                                        tx_off, trig, ts_t, min_amt, max_degree, True)
                 front_f, next_f = next_f, front_f
                 nf_f = nn
+                hub_f = hub_f or hub
             else:
                 done_b += 1
                 nt_b, nn, hub = _layer(1, done_b, lab_b, touched_b, nt_b, front_b, nf_b, next_b, lo, ts_t, strict,
@@ -536,6 +544,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                                        tx_off, trig, ts_t, min_amt, max_degree, True)
                 front_b, next_b = next_b, front_b
                 nf_b = nn
+                hub_b = hub_b or hub
             if hub:
                 cut[ti] |= 2
         if nt_f <= nt_b:

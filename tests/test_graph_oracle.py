@@ -2,7 +2,8 @@
 
 Random multigraphs among few accounts (parallel edges, self-loops, equal
 timestamps, payments exactly a window apart), fed in batches of random sizes
-to the in-process graph and to in-process shards (1 to 3).
+to the in-process graph, to in-process shards (1 to 3) and to `GraphShard`
+actors on a local runtime (1 and 3).
 
 - Arrival in event-time order: the alerts are exactly the oracle's, witnesses
   included, each raised once.
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from graph_oracle import key, oracle, valid
-from ringwatch.graph import LocalRingGraph, SearchOptions, ShardedRingGraph, Transaction
+from ringwatch import runtime as rt
+from ringwatch.graph import PAYMENT_SCHEMA, LocalRingGraph, SearchOptions, ShardedRingGraph, Transaction
 
 WINDOW = 20
 UNBOUNDED = {"max_degree": None, "max_rings_per_tx": None}  # the oracle knows no work bounds
@@ -42,8 +45,18 @@ def payments(draw):
     return stream
 
 
+ACTORS: dict[int, list] = {}  # shard count -> GraphShard actor handles, for the actor-backed runs (fixture below)
+
+
 def make_graph(options, shards):
-    return LocalRingGraph(options) if shards == 0 else ShardedRingGraph.in_process(options, shards)
+    """0: the in-process graph; n > 0: n in-process shards; -n: the n GraphShard actors, emptied."""
+    if shards == 0:
+        return LocalRingGraph(options)
+    if shards > 0:
+        return ShardedRingGraph.in_process(options, shards)
+    graph = ShardedRingGraph(options, ACTORS[-shards])
+    graph.restore([PAYMENT_SCHEMA.empty_table()] * -shards)
+    return graph
 
 
 def run(stream, options, shards, sizes):
@@ -81,6 +94,18 @@ def assert_same_rings(stream, options, shards, sizes, seed):
         assert [(w.src, w.dst) for w in witnesses] == list(zip(ring, ring[1:]))[:-1]
         assert (trigger.src, trigger.dst) == (ring[-2], ring[-1])
         assert valid(witnesses, trigger, options)
+
+
+@pytest.fixture(scope="module")
+def actors():
+    rt.init()
+    try:
+        for n in (1, 3):
+            ACTORS[n] = ShardedRingGraph.create(SearchOptions(), n).handles
+        yield
+    finally:
+        ACTORS.clear()
+        rt.shutdown()
 
 
 common = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -136,3 +161,27 @@ def test_batching_and_sharding_never_change_the_alerts(stream, sizes):
     one_by_one = run(ordered, options, 0, [1] * len(ordered))
     batched = run(ordered, options, 3, sizes)
     assert sorted((a.alert_id, a.tx_ids) for a in batched) == sorted((a.alert_id, a.tx_ids) for a in one_by_one)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(stream=payments(), shards=st.sampled_from([-1, -3]), sizes=sizes, max_hops=st.integers(2, 6),
+       seed=st.integers(0, 99))
+def test_graph_shard_actors_match_the_oracle(actors, stream, shards, sizes, max_hops, seed):
+    options = SearchOptions(max_hops=max_hops, window_ms=WINDOW, **UNBOUNDED)
+    assert_exact(stream, options, shards, sizes)
+    assert_same_rings(stream, options, shards, sizes, seed)
+
+
+@common
+@given(stream=payments(), shards=st.integers(1, 3), sizes=sizes, seed=st.integers(0, 99),
+       max_degree=st.integers(1, 4), max_rings=st.sampled_from([None, 1, 2]))
+def test_shards_raise_what_the_in_process_graph_raises_under_the_hub_guard_and_ring_cap(
+        stream, shards, sizes, seed, max_degree, max_rings):
+    """The cuts are opt-in work bounds; with them on, the rings raised still do not depend on sharding."""
+    options = SearchOptions(max_hops=5, window_ms=WINDOW, max_degree=max_degree, max_rings_per_tx=max_rings)
+    shuffled = list(stream)
+    random.Random(seed).shuffle(shuffled)
+    local = run(shuffled, options, 0, sizes)
+    sharded = run(shuffled, options, shards, sizes)
+    assert sorted((a.alert_id, a.tx_ids) for a in sharded) == sorted((a.alert_id, a.tx_ids) for a in local)
