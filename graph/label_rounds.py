@@ -91,6 +91,23 @@ _ARRAYS_IN = ("job", "tag", "gid", "label", "bound", "scan_job", "scan_gid", "sc
 
 
 @dataclass
+class Candidates:
+    """Older payments a late one may complete (`shard_kernel.late_scan`): their rows, the late job each is
+    for, and the gid and owner of each one's src and dst."""
+
+    rows: pa.Table
+    job: np.ndarray
+    src: np.ndarray
+    src_owner: np.ndarray
+    dst: np.ndarray
+    dst_owner: np.ndarray
+
+    def nbytes(self) -> int:
+        return self.rows.nbytes + sum(a.nbytes for a in (self.job, self.src, self.src_owner, self.dst,
+                                                          self.dst_owner))
+
+
+@dataclass
 class LabelReply:
     """A shard's answer: best new labels per (job, direction, peer), hub hits, gathered payments, late candidates."""
 
@@ -101,19 +118,31 @@ class LabelReply:
     value: np.ndarray
     degree: np.ndarray
     hubs: np.ndarray
-    edges: pa.Table | None
-    candidates: pa.Table | None
-    cand_job: np.ndarray
-    cand_src: np.ndarray  # gid, owner of each candidate's src and dst
-    cand_src_owner: np.ndarray
-    cand_dst: np.ndarray
-    cand_dst_owner: np.ndarray
+    edges: pa.Table | None = None
+    candidates: Candidates | None = None
+    seconds: float = 0.0  # the shard's compute time for this call
 
     def nbytes(self) -> int:
-        arrays = (self.job, self.dir, self.gid, self.owner, self.value, self.degree, self.hubs, self.cand_job,
-                  self.cand_src, self.cand_src_owner, self.cand_dst, self.cand_dst_owner)
-        tables = (t for t in (self.edges, self.candidates) if t is not None)
-        return sum(a.nbytes for a in arrays) + sum(t.nbytes for t in tables)
+        arrays = (self.job, self.dir, self.gid, self.owner, self.value, self.degree, self.hubs)
+        return (sum(a.nbytes for a in arrays) + (self.edges.nbytes if self.edges is not None else 0)
+                + (self.candidates.nbytes() if self.candidates is not None else 0))
+
+
+@dataclass(frozen=True)
+class FirstLayer:
+    """What a shard needs to grow the first layer of each new payment's search while it stores the batch.
+
+    A side whose root list has at most `cheap` entries is grown right there (the
+    driver's `plan` would grow it too: it grows both sides when the dearer is
+    that cheap); dearer roots wait for the driver's side choice.
+    """
+
+    replay: bool
+    strict: bool
+    window: int
+    min_amount: int
+    max_degree: int
+    cheap: int = 16
 
 
 class DegreeCache:
@@ -185,12 +214,14 @@ class RoundFigures:
     gathers: int = 0
     gathered_edges: int = 0
     round_bytes: list[int] = field(default_factory=list)
+    call_s: float = 0.0  # wall time of the shard calls (store call and rounds), as the driver waited for them
+    shard_s: float = 0.0  # of which the shards computed (per round, the slowest shard)
 
 
 class LabelRounds:
     """The jobs of one batch and their labels; `plan` the next round, `absorb` its replies, until `plan` is empty."""
 
-    def __init__(self, options, num_shards: int, cache: DegreeCache):
+    def __init__(self, options, num_shards: int, cache: DegreeCache, expected: int = 1024):
         self.options = options
         self.num_shards = num_shards
         self.cache = cache
@@ -201,12 +232,12 @@ class LabelRounds:
         self.figures = RoundFigures()
         # jobs
         self.n_jobs = 0
-        self._jobs(1024)
+        self._jobs(expected + 64)
         # labels: a (gid, job * 2 + direction) map onto dense entries
-        self.m1, self.m2 = new_map(4096)
+        self.m1, self.m2 = new_map(4 * expected)
         self.midx = np.empty(self.m2.shape[0], np.int64)
         self.n_entries = 0
-        self._entries(4096)
+        self._entries(4 * expected)
         self.pending = np.empty(0, np.int64)
         self.round = 0
         self.survivors: list[int] = []  # SEARCH jobs that met, in order
@@ -252,11 +283,15 @@ class LabelRounds:
     # ---- jobs in --------------------------------------------------------------------------------------
 
     def add(self, kind: int, ref: np.ndarray, ts: np.ndarray, u: np.ndarray, u_owner: np.ndarray, u_deg: np.ndarray,
-            v: np.ndarray, v_owner: np.ndarray, v_deg: np.ndarray) -> np.ndarray:
+            v: np.ndarray, v_owner: np.ndarray, v_deg: np.ndarray, *, active: np.ndarray | None = None,
+            first: np.ndarray | None = None, replies: list[LabelReply] = (), seed: bool = True) -> np.ndarray:
         """New jobs for payments `u -> v` at `ts` (`ref`: what the job belongs to); returns their job ids.
 
         `u_deg`/`v_deg`: u's in-list and v's out-list lengths where known (-1: ask the cache).
-        For LATE, u is the late payment's src x and v its dst y.
+        For LATE, u is the late payment's src x and v its dst y. `active`: jobs to
+        run (the others are born done); `first[i]` bit 0/1: job i's forward/backward
+        first layer was grown when the batch was stored, its labels are in `replies`.
+        Without `seed` the jobs get no root labels (the caller gives them labels).
         """
         n = ref.shape[0]
         if n == 0:
@@ -265,7 +300,12 @@ class LabelRounds:
         ids = np.arange(self.n_jobs, self.n_jobs + n)
         w = self.window
         self.kind[ids], self.state[ids], self.ref[ids], self.ts[ids] = kind, ACTIVE, ref, ts
-        self.done[:, ids], self.hub[:, ids] = 0, False
+        if active is not None:
+            self.state[ids[~active]] = DONE
+        self.hub[:, ids] = False
+        self.done[:, ids] = 0
+        if first is not None:
+            self.done[0, ids], self.done[1, ids] = first & 1, (first >> 1) & 1
         self.root[0, ids], self.root_owner[0, ids], self.root_deg[0, ids] = v, v_owner, v_deg
         self.root[1, ids], self.root_owner[1, ids], self.root_deg[1, ids] = u, u_owner, u_deg
         if kind == LATE:
@@ -283,18 +323,23 @@ class LabelRounds:
         self.n_jobs += n
         f_root = np.broadcast_to(np.asarray(f_root, np.int64), (n,))
         b_root = np.broadcast_to(np.asarray(b_root, np.int64), (n,))
-        pend = np.empty(2 * n, np.int64)
-        self.n_entries = _seed(ids, u, u_owner, u_deg, v, v_owner, v_deg, f_root, b_root, kind == SEARCH,
-                               self.m1, self.m2, self.midx, self.e_gid, self.e_key, self.e_val, self.e_hop,
-                               self.e_owner, self.e_deg, self.e_stamp, self.n_entries, pend, self.state,
-                               self.cache.k1, self.cache.k2, self.cache.deg, DEFAULT_DEGREE)
-        self.pending = np.concatenate([self.pending, pend])
-        if kind == SEARCH:
-            self.figures.searches += n
-        elif kind == LATE:
-            self.figures.late += n
-        else:
+        if not seed:
             self.figures.gathers += n
+            return ids
+        pend = np.empty(2 * n, np.int64)
+        self.n_entries, n_pend = _seed(ids, u, u_owner, u_deg, v, v_owner, v_deg, f_root, b_root, kind == SEARCH,
+                                       self.m1, self.m2, self.midx, self.e_gid, self.e_key, self.e_val, self.e_hop,
+                                       self.e_owner, self.e_deg, self.e_stamp, self.n_entries, pend, self.state,
+                                       self.done, self.cache.k1, self.cache.k2, self.cache.deg, DEFAULT_DEGREE)
+        self.pending = np.concatenate([self.pending, pend[:n_pend]])
+        running = n if active is None else int(np.count_nonzero(active))
+        if kind == SEARCH:
+            self.figures.searches += running
+        elif kind == LATE:
+            self.figures.late += running
+        else:
+            self.figures.gathers += running
+        self._take(list(replies))
         self._settle()
         return ids
 
@@ -340,6 +385,11 @@ class LabelRounds:
         got = sum(r.nbytes() for r in replies)
         self.figures.bytes_in += got
         self.figures.round_bytes[-1] += got
+        self.figures.shard_s += max((r.seconds for r in replies), default=0.0)
+        self._take(replies)
+        self._settle()
+
+    def _take(self, replies: list[LabelReply]) -> None:
         job = np.concatenate([r.job for r in replies]) if replies else np.zeros(0, np.int32)
         if job.size:
             d = np.concatenate([r.dir for r in replies])
@@ -362,23 +412,42 @@ class LabelRounds:
             if reply.edges is not None and reply.edges.num_rows:
                 self.gathered.append(reply.edges)
                 self.figures.gathered_edges += reply.edges.num_rows
-            if reply.candidates is not None and reply.candidates.num_rows:
-                self._candidates(reply)
-        self._settle()
+            if reply.candidates is not None:
+                self._candidates(reply.candidates)
 
     def _settle(self) -> None:
         _settle(self.pending, self.e_key, self.kind, self.state, self.done, self.limit, self.hub, self.hops,
                 self.n_jobs)
 
     def _spawn_gathers(self) -> None:
+        """Gather jobs for the searches that met. Without the hub guard a gather starts from the search's
+        own labels (the best arrival over at most as many hops as it grew, so every account it reached is
+        scanned from a label no later than the gather's own would be): one round when the search grew far
+        enough, more otherwise. Under the guard the labels skipped hubs that a gather must not skip, so it
+        starts from the roots."""
         met = np.flatnonzero(self.state[:self.n_jobs] == MET)
         if met.size == 0:
             return
         self.state[met] = DONE
         self.survivors.extend(met.tolist())
         self.figures.survivors += met.size
-        self.add(GATHER, np.full(met.size, -1, np.int64), self.ts[met], self.root[1, met], self.root_owner[1, met],
-                 self.root_deg[1, met], self.root[0, met], self.root_owner[0, met], self.root_deg[0, met])
+        roots = (self.root[1, met], self.root_owner[1, met], self.root_deg[1, met], self.root[0, met],
+                 self.root_owner[0, met], self.root_deg[0, met])
+        if self.guard:
+            self.add(GATHER, np.full(met.size, -1, np.int64), self.ts[met], *roots)
+            return
+        ids = self.add(GATHER, np.full(met.size, -1, np.int64), self.ts[met], *roots, seed=False)
+        self.done[:, ids] = np.minimum(self.done[:, met], self.limit[:, ids] - 1)
+        target = np.full(self.n_jobs, -1, np.int64)
+        target[met] = ids
+        copies = int(np.count_nonzero(target[self.e_key[:self.n_entries] >> 1] >= 0))
+        self._room(0, copies)
+        pend = np.empty(copies, np.int64)
+        self.n_entries, n_pend = _copy_labels(target, self.n_entries, self.m1, self.m2, self.midx, self.e_gid,
+                                              self.e_key, self.e_val, self.e_hop, self.e_owner, self.e_deg,
+                                              self.e_stamp, self.done, pend)
+        self.pending = np.concatenate([self.pending, pend[:n_pend]])
+        self._settle()
 
     def _scans(self) -> tuple | None:
         """Scan entries for LATE jobs whose labels are complete (they are then done)."""
@@ -395,21 +464,26 @@ class LabelRounds:
                 self.e_hop[fwd], self.e_owner[fwd], self.e_gid[bwd], self.e_key[bwd] >> 1, self.e_val[bwd],
                 self.e_hop[bwd])
 
-    def _candidates(self, reply: LabelReply) -> None:
+    def _candidates(self, found: Candidates) -> None:
         """Older payments that may close a ring through a late one: keep their rows, gather their neighbourhoods."""
-        rows = reply.candidates
-        tx = rows.column("tx_id").to_pylist()
-        keep = [i for i, t in enumerate(tx) if t not in self._seen_candidates]
-        if not keep:
+        tx = found.rows.column("tx_id").to_pylist()
+        keep = np.array([i for i, t in enumerate(tx) if t not in self._seen_candidates], np.int64)
+        if keep.size == 0:
             return
-        self._seen_candidates.update(tx[i] for i in keep)
-        keep_idx = np.array(keep, np.int64)
-        rows = rows.take(keep_idx)
+        self._seen_candidates.update(tx[i] for i in keep.tolist())
+        rows = found.rows.take(keep)
         self.gathered.append(rows)
-        ts = rows.column("ts").to_numpy()
-        none = np.full(keep_idx.size, -1, np.int32)
-        self.add(GATHER, np.full(keep_idx.size, -1, np.int64), ts, reply.cand_src[keep_idx],
-                 reply.cand_src_owner[keep_idx], none, reply.cand_dst[keep_idx], reply.cand_dst_owner[keep_idx], none)
+        none = np.full(keep.size, -1, np.int32)
+        self.add(GATHER, np.full(keep.size, -1, np.int64), rows.column("ts").to_numpy(), found.src[keep],
+                 found.src_owner[keep], none, found.dst[keep], found.dst_owner[keep], none)
+
+    def count_store_call(self, sent: int, got: int, seconds: float) -> None:
+        """The batch's store call (which grew the first layers) is a round too; `seconds`: the slowest shard's."""
+        self.figures.rounds += 1
+        self.figures.shard_s += seconds
+        self.figures.bytes_out += sent
+        self.figures.bytes_in += got
+        self.figures.round_bytes.insert(0, sent + got)
 
     # ---- results ----------------------------------------------------------------------------------------
 
@@ -476,20 +550,28 @@ def _meets(m1, m2, midx, e_val, g, job, d, value):
 
 @njit(cache=True)
 def _seed(ids, u, u_owner, u_deg, v, v_owner, v_deg, f_root, b_root, search, m1, m2, midx, e_gid, e_key, e_val, e_hop,
-          e_owner, e_deg, e_stamp, n, pend, state, c1, c2, cdeg, default):
+          e_owner, e_deg, e_stamp, n, pend, state, done, c1, c2, cdeg, default):
+    """Root labels of new jobs (pending unless that side's first layer is already grown); returns (n, pending)."""
+    n_pend = 0
     for i in range(ids.shape[0]):
         j = ids[i]
+        if state[j] != ACTIVE:
+            continue
         dv = v_deg[i] if v_deg[i] >= 0 else _cache_get(c1, c2, cdeg, v[i], 0, default)
         du = u_deg[i] if u_deg[i] >= 0 else _cache_get(c1, c2, cdeg, u[i], 1, default)
         e, n, _ = _put(m1, m2, midx, e_gid, e_key, e_val, e_hop, e_owner, e_deg, e_stamp, n, v[i], j * 2, f_root[i],
                        0, v_owner[i], dv, True)
-        pend[2 * i] = e
+        if done[0, j] == 0:
+            pend[n_pend] = e
+            n_pend += 1
         e, n, _ = _put(m1, m2, midx, e_gid, e_key, e_val, e_hop, e_owner, e_deg, e_stamp, n, u[i], j * 2 + 1,
                        b_root[i], 0, u_owner[i], du, False)
-        pend[2 * i + 1] = e
+        if done[1, j] == 0:
+            pend[n_pend] = e
+            n_pend += 1
         if search and _meets(m1, m2, midx, e_val, u[i], j, 1, b_root[i]):
             state[j] = MET
-    return n
+    return n, n_pend
 
 
 @njit(cache=True)
@@ -555,7 +637,7 @@ def _absorb(job, dirs, gid, owner, value, degree, kind, state, done, m1, m2, mid
     n_new = 0
     for i in range(job.shape[0]):
         j, d = np.int64(job[i]), np.int64(dirs[i])
-        if state[j] != ACTIVE:
+        if state[j] != ACTIVE and state[j] != MET:  # a search that met this round still records its layer
             continue
         deg = degree[i] if degree[i] >= 0 else _cache_get(c1, c2, cdeg, gid[i], d, default)
         e, n, better = _put(m1, m2, midx, e_gid, e_key, e_val, e_hop, e_owner, e_deg, e_stamp, n, gid[i], j * 2 + d,
@@ -594,6 +676,24 @@ def _settle(pending, e_key, kind, state, done, limit, hub, hops, J):
                     idle = False
             if idle:
                 state[j] = SCAN if kind[j] == LATE else DONE
+
+
+@njit(cache=True)
+def _copy_labels(target, n_old, m1, m2, midx, e_gid, e_key, e_val, e_hop, e_owner, e_deg, e_stamp, done, pend):
+    """Copy the labels of each job j with target[j] >= 0 to job target[j]; queue those within its depth."""
+    n = n_old
+    n_pend = 0
+    for e in range(n_old):
+        j, d = e_key[e] >> 1, e_key[e] & 1
+        g = target[j]
+        if g < 0:
+            continue
+        f, n, _ = _put(m1, m2, midx, e_gid, e_key, e_val, e_hop, e_owner, e_deg, e_stamp, n, e_gid[e], g * 2 + d,
+                       e_val[e], e_hop[e], e_owner[e], e_deg[e], d == 0)
+        if e_hop[e] <= done[d, g]:
+            pend[n_pend] = f
+            n_pend += 1
+    return n, n_pend
 
 
 @njit(cache=True)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .kernel import EMPTY, _first_at, _grow, fnv1a
+from .kernel import DUPLICATE, EMPTY, NEW, _first_at, _grow, fnv1a
 
 GUARD_TAG = 4
 COLLECT_TAG = 2
@@ -146,6 +146,42 @@ def owned_account(g_tab, gid_of, g):
 
 
 # ---- one round on a shard ----------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def first_layer(rows, status, eids, replay, window, min_amt, cheap, guard, me, owner_of, gid_of, e_src, e_dst, e_ts,
+                e_amt, a_head, a_len):
+    """Entries for the first layer of each new payment's search whose root list this shard owns and that has
+    at most `cheap` entries (`label_rounds.FirstLayer`): forward from the payment's dst, backward from its src.
+
+    Returns the entries (job = batch row) and, per row, bit 0/1: forward/backward entry made.
+    """
+    n = rows.shape[0]
+    job = np.empty(2 * n, np.int32)
+    tag = np.empty(2 * n, np.int8)
+    gid = np.empty(2 * n, np.uint64)
+    label = np.empty(2 * n, np.int64)
+    bound = np.empty(2 * n, np.int64)
+    flags = np.zeros(n, np.int8)
+    extra = GUARD_TAG if guard else 0
+    k = 0
+    for i in range(n):
+        if not (status[i] == NEW or (replay and status[i] == DUPLICATE)):
+            continue
+        e = eids[i]
+        x, y = e_src[e], e_dst[e]
+        if x == y or e_amt[e] < min_amt:
+            continue
+        ts = e_ts[e]
+        if owner_of[y] == me and a_len[0, y] - a_head[0, y] <= cheap:
+            job[k], tag[k], gid[k], label[k], bound[k] = rows[i], extra, gid_of[y], ts - window, ts
+            flags[i] |= 1
+            k += 1
+        if owner_of[x] == me and a_len[1, x] - a_head[1, x] <= cheap:
+            job[k], tag[k], gid[k], label[k], bound[k] = rows[i], extra | BACKWARD_TAG, gid_of[x], ts, ts - window
+            flags[i] |= 2
+            k += 1
+    return job[:k], tag[:k], gid[:k], label[:k], bound[:k], flags
 
 
 @njit(cache=True)

@@ -29,6 +29,7 @@ import dataclasses
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -40,7 +41,17 @@ from . import shard_kernel as sk
 from .batch import PAYMENT_SCHEMA
 from . import kernel
 from .kernel import EMPTY
-from .label_rounds import LATE, SEARCH, DegreeCache, LabelReply, LabelRequest, LabelRounds, RoundFigures
+from .label_rounds import (
+    LATE,
+    SEARCH,
+    Candidates,
+    DegreeCache,
+    FirstLayer,
+    LabelReply,
+    LabelRequest,
+    LabelRounds,
+    RoundFigures,
+)
 from .model import AMOUNT_SCALE
 from .options import SearchOptions
 from .ring_graph import (
@@ -67,6 +78,29 @@ def owners_of_column(column: pa.Array | pa.ChunkedArray, num_shards: int) -> tup
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     buf, off = _string_buffers(column, "account")
     return sk.owners(buf, off, num_shards, sk.CRC_TABLE)
+
+
+@dataclass
+class Stored:
+    """A shard's answer to storing its part of a batch.
+
+    `status` per row (NEW / DUPLICATE / CONFLICT), `newest_before` (the newest
+    (ts, tx_id) it held before), `lengths` (rows x [src out, src in, dst out,
+    dst in] list lengths, -1 where it does not own the account: the search's
+    cost model), `first` per row (bit 0/1: it grew the forward/backward first
+    layer; bit 2/3: and that side ran out there) and those layers' labels.
+    """
+
+    status: np.ndarray
+    newest_before: tuple[int, bytes] | None
+    lengths: np.ndarray
+    first: np.ndarray
+    labels: LabelReply | None
+    seconds: float = 0.0  # the shard's compute time for this call
+
+    def nbytes(self) -> int:
+        return self.status.nbytes + self.lengths.nbytes + self.first.nbytes + (self.labels.nbytes() if self.labels
+                                                                              else 0)
 
 
 class GraphShard:
@@ -120,12 +154,15 @@ class GraphShard:
             sk.index_accounts(start, stop, owned, self._gid_of, self._g_tab, self._g_next)
         self._indexed = stop
 
-    def apply(self, table: pa.Table) -> tuple[np.ndarray, tuple[int, bytes] | None, np.ndarray]:
-        """Store rows; returns their status, the newest (ts, tx_id) stored before them, and list lengths.
+    def apply(self, table: pa.Table, rows: np.ndarray | None = None, first: FirstLayer | None = None,
+              horizon: int | None = None) -> Stored:
+        """Store rows (batch rows `rows`) and, with `first`, grow the first layer of their searches (see `Stored`).
 
-        The lengths (rows x [src out, src in, dst out, dst in], -1 where this
-        shard does not own the account) seed the search's cost model.
+        `horizon`: evict below it first (the driver's `evict`, sent along with the next batch).
         """
+        started = time.perf_counter()
+        if horizon is not None:
+            self.store.evict(horizon)
         before = self._newest
         store = self.store
         old_end = store.n_edges
@@ -134,7 +171,16 @@ class GraphShard:
         newest = newest_key(store, np.arange(old_end, store.n_edges))
         if newest is not None and (before is None or newest > before):
             self._newest = newest
-        return status, before, self._lengths(eids)
+        flags, labels = np.zeros(len(status), np.int8), None
+        if first is not None:
+            *entries, flags = sk.first_layer(
+                rows, status, eids, first.replay, first.window, first.min_amount, first.cheap, first.max_degree >= 0,
+                self.index, self._owner_of, self._gid_of, store.e_src, store.e_dst, store.e_ts, store.e_amt,
+                store.a_head, store.a_len)
+            labels = self._expand(*entries, strict=first.strict, min_amount=first.min_amount,
+                                  max_degree=first.max_degree)
+            flags |= _ran_out(rows, flags, labels)
+        return Stored(status, before, self._lengths(eids), flags, labels, time.perf_counter() - started)
 
     def _lengths(self, eids: np.ndarray) -> np.ndarray:
         store = self.store
@@ -146,15 +192,23 @@ class GraphShard:
                 out[2 * i + d, mine] = store.a_len[d, accounts[mine]] - store.a_head[d, accounts[mine]]
         return out
 
+    def _expand(self, job: np.ndarray, tag: np.ndarray, gid: np.ndarray, label: np.ndarray, bound: np.ndarray, *,
+                strict: bool, min_amount: int, max_degree: int) -> LabelReply:
+        """`shard_kernel.expand` over this shard's lists; the labels as a reply (gathered rows included)."""
+        store = self.store
+        job, d, gid, owner, value, degree, hubs, scanned = sk.expand(
+            job, tag, gid, label, bound, strict, min_amount, max_degree, self.index, self._g_tab, self._g_next,
+            self._gid_of, self._owner_of, store.a_start, store.a_head, store.a_len, store.p_eid, store.p_ts,
+            store.e_src, store.e_dst, store.e_amt)
+        edges = _edge_table(store, np.unique(scanned)) if scanned.size else None
+        return LabelReply(job, d, gid, owner, value, degree, hubs, edges)
+
     def search_round(self, request: LabelRequest) -> LabelReply:
         """One round of label_rounds' search over the lists this shard owns."""
+        started = time.perf_counter()
         r, store = request, self.store
-        job, d, gid, owner, value, degree, hubs, scanned = sk.expand(
-            r.job, r.tag, r.gid, r.label, r.bound, r.strict, r.min_amount, r.max_degree, self.index, self._g_tab,
-            self._g_next, self._gid_of, self._owner_of, store.a_start, store.a_head, store.a_len, store.p_eid,
-            store.p_ts, store.e_src, store.e_dst, store.e_amt)
-        edges = _edge_table(store, np.unique(scanned)) if scanned.size else None
-        candidates, cand_job, found = None, np.zeros(0, np.int64), np.zeros(0, np.int64)
+        reply = self._expand(r.job, r.tag, r.gid, r.label, r.bound, strict=r.strict, min_amount=r.min_amount,
+                             max_degree=r.max_degree)
         if r.scan_job.size:
             join = sk.fill_map(r.join_gid, r.join_job, r.join_val, r.join_hop, _map_size(r.join_gid.size))
             cand_job, found = sk.late_scan(
@@ -162,10 +216,11 @@ class GraphShard:
                 r.min_amount, *join, self._g_tab, self._g_next, self._gid_of, store.a_start, store.a_head,
                 store.a_len, store.p_eid, store.p_ts, store.e_dst, store.e_amt)
             if found.size:
-                candidates = _edge_table(store, found)
-        src, dst = store.e_src[found], store.e_dst[found]
-        return LabelReply(job, d, gid, owner, value, degree, hubs, edges, candidates, cand_job,
-                          self._gid_of[src], self._owner_of[src], self._gid_of[dst], self._owner_of[dst])
+                src, dst = store.e_src[found], store.e_dst[found]
+                reply.candidates = Candidates(_edge_table(store, found), cand_job, self._gid_of[src],
+                                              self._owner_of[src], self._gid_of[dst], self._owner_of[dst])
+        reply.seconds = time.perf_counter() - started
+        return reply
 
     def hubs(self, accounts: list[str], max_degree: int) -> list[tuple[int, str]]:
         """The (direction, account) lists over the hub guard among these (owned) accounts."""
@@ -216,6 +271,18 @@ def _edge_table(store: EdgeStore, ids: np.ndarray) -> pa.Table:
     ], schema=PAYMENT_SCHEMA)
 
 
+def _ran_out(rows: np.ndarray, flags: np.ndarray, labels: LabelReply) -> np.ndarray:
+    """Bits 2/3 (4, 8) for rows whose first forward/backward layer was grown and found nothing (no label, no
+    hub skipped): that side's labels are final and hold only its root, so the search is over, ring-free."""
+    found = np.zeros((2, rows.shape[0]), np.bool_)
+    found[labels.dir, np.searchsorted(rows, labels.job)] = True
+    found[labels.hubs % 2, np.searchsorted(rows, labels.hubs // 2)] = True
+    out = np.zeros(rows.shape[0], np.int8)
+    out[((flags & 1) != 0) & ~found[0]] |= 4
+    out[((flags & 2) != 0) & ~found[1]] |= 8
+    return out
+
+
 def _map_size(n: int) -> int:
     size = 64
     while size < 2 * n:
@@ -239,6 +306,7 @@ class ShardedRingGraph:
         self._owned = owned
         self._degrees = DegreeCache()
         self.figures = RoundFigures()
+        self._horizon: int | None = None  # an eviction the shards have not been sent yet
 
     @classmethod
     def in_process(cls, options: SearchOptions, num_shards: int) -> "ShardedRingGraph":
@@ -296,78 +364,116 @@ class ShardedRingGraph:
         self.figures = RoundFigures()
         if rows == 0:
             return result
+        o = self.options
         src_shard, src_gid = owners_of_column(table.column("src"), self.num_shards)
         dst_shard, dst_gid = owners_of_column(table.column("dst"), self.num_shards)
-        status, newest_before, lengths = self._apply(table, src_shard, dst_shard)
+        search = LabelRounds(o, self.num_shards, self._degrees, rows)
+        first = FirstLayer(replay, o.order == "strict", o.window_ms, o.min_amount_units,
+                           -1 if o.max_degree is None else o.max_degree)
+        status, newest_before, lengths, grown, labels = self._apply(table, src_shard, dst_shard, first, search)
         judge(status, table, result)
-        new_rows = np.flatnonzero((status == NEW) | (replay & (status == DUPLICATE)))
+        fresh = (status == NEW) | (replay & (status == DUPLICATE))
+        new_rows = np.flatnonzero(fresh)
         if new_rows.size == 0:
             return result
-        fresh = table.take(new_rows)
-        ts = fresh.column("ts").to_numpy()
-        late = _older(fresh, ts, newest_before)
+        ts = table.column("ts").to_numpy()
+        late = _older(table, new_rows, ts, newest_before)
         result.late_payments = int(late.size)
-        search = LabelRounds(self.options, self.num_shards, self._degrees)
-        ends = (src_gid[new_rows], src_shard[new_rows], lengths[1, new_rows],
-                dst_gid[new_rows], dst_shard[new_rows], lengths[2, new_rows])
-        loop = pc.equal(fresh.column("src"), fresh.column("dst")).to_numpy(zero_copy_only=False)
-        small = fresh.column("amount").to_numpy() < self.options.min_amount_units
-        triggers = np.flatnonzero(~loop & ~small)
-        search.add(SEARCH, triggers, ts[triggers], *(column[triggers] for column in ends))
+        loop = pc.equal(table.column("src"), table.column("dst")).to_numpy(zero_copy_only=False)
+        small = table.column("amount").to_numpy() < o.min_amount_units
+        ends = (src_gid, src_shard, lengths[1], dst_gid, dst_shard, lengths[2])
+        # job i is batch row i: the shards grew first layers under that number; a side that ran out there
+        # leaves nothing to search
+        triggers = fresh & ~loop & ~small
+        search.add(SEARCH, np.arange(rows), ts, *ends, active=triggers & ((grown & 12) == 0), first=grown & 3,
+                   replies=labels)
+        search.figures.searches = int(np.count_nonzero(triggers))
         if late.size:
             search.add(LATE, late, ts[late], *(column[late] for column in ends))
         while True:
             requests = search.plan()
             if not requests:
                 break
+            started = time.perf_counter()
             answers = self._call("search_round", {s: (request,) for s, request in requests.items()})
+            search.figures.call_s += time.perf_counter() - started
             search.absorb(list(answers.values()))
         self.figures = search.figures
         cut_rows = search.cut_refs()
-        if not search.survivors and not search.gathered:
+        targets = np.union1d(search.survivor_refs(), late)
+        if targets.size == 0 and not search.gathered:
             result.truncated_searches = int(np.unique(cut_rows).size)
             return result
+        rings, store, arrival = self._search_gathered(table, targets, new_rows, search, newest_before, cut_rows,
+                                                      received_at)
+        result.alerts = build_alerts(store, rings, arrival, self.clock())
+        # searches cut on the shards that had no ring to raise count too
+        result.truncated_searches = len(rings.cut) + int(np.setdiff1d(cut_rows, targets).size)
+        return result
+
+    def _search_gathered(self, table: pa.Table, targets: np.ndarray, new_rows: np.ndarray, search: LabelRounds,
+                         newest_before: tuple[int, bytes] | None, cut_rows: np.ndarray,
+                         received_at: Sequence[float] | float | None) -> tuple:
+        """`find_rings` over the batch rows it must search (`targets`) and the gathered edges, in a small store."""
         store = EdgeStore()
-        _, fresh_ids = store.apply(fresh)
-        for edges in search.gathered:
-            store.apply(edges)
+        _, target_ids = store.apply(table.take(targets))
+        eids, rows = [target_ids], [targets]
+        if search.gathered:
+            gathered = pa.concat_tables(search.gathered)
+            _, gathered_ids = store.apply(gathered)
+            # gathered copies of this batch's payments arrived with it (alert latency)
+            fresh_tx = table.column("tx_id").take(pa.array(new_rows))
+            at = pc.index_in(gathered.column("tx_id"), value_set=fresh_tx).to_numpy(zero_copy_only=False)
+            known = ~np.isnan(at) if at.dtype.kind == "f" else at >= 0
+            eids.append(gathered_ids[known])
+            rows.append(new_rows[at[known].astype(np.int64)])
         options = self.options
         if options.max_degree is not None:
             store.mark_hubs(self._hubs(store.names, options.max_degree))
             options = dataclasses.replace(options, max_degree=None)  # the marks stand for the shards' degrees
-        targets = np.unique(fresh_ids[np.concatenate([search.survivor_refs(), late]).astype(np.int64)])
-        rings = find_rings(store, targets, newest_before, options)
-        for e in np.unique(fresh_ids[cut_rows]).tolist():
+        rings = find_rings(store, target_ids, newest_before, options)
+        cut = np.intersect1d(cut_rows, targets)
+        for e in target_ids[np.searchsorted(targets, cut)].tolist():
             rings.cut[e] = rings.cut.get(e, 0) | 2
-        arrival = arrival_times(store, fresh_ids, new_rows, received_at, rows)
-        result.alerts = build_alerts(store, rings, arrival, self.clock())
-        result.truncated_searches = len(rings.cut)
-        return result
+        arrival = arrival_times(store, np.concatenate(eids), np.concatenate(rows), received_at, table.num_rows)
+        return rings, store, arrival
 
-    def _apply(self, table: pa.Table, src_shard: np.ndarray, dst_shard: np.ndarray
-               ) -> tuple[np.ndarray, tuple[int, bytes] | None, np.ndarray]:
-        """Store the batch on its shards: each row's status (its src shard's word), the newest key stored
-        before it, and the ends' list lengths (src out, src in, dst out, dst in)."""
+    def _apply(self, table: pa.Table, src_shard: np.ndarray, dst_shard: np.ndarray, first: FirstLayer,
+               search: LabelRounds) -> tuple:
+        """Store the batch on its shards, growing first layers there: each row's status (its src shard's
+        word), the newest key stored before it, the ends' list lengths (src out, src in, dst out, dst in),
+        which first layers were grown (bits per row) and their labels."""
         parts = {}
         for shard in range(self.num_shards):
             picked = np.flatnonzero((src_shard == shard) | (dst_shard == shard))
-            if picked.size:
+            if picked.size or self._horizon is not None:
                 parts[shard] = picked
-        answers = self._call("apply", {s: (table.take(picked),) for s, picked in parts.items()})
+        requests = {s: (table.take(picked), picked.astype(np.int32), first, self._horizon)
+                    for s, picked in parts.items()}
+        self._horizon = None
+        started = time.perf_counter()
+        answers = self._call("apply", requests)
+        search.figures.call_s += time.perf_counter() - started
         rows = table.num_rows
         status = np.empty(rows, np.int8)
         lengths = np.full((4, rows), -1, np.int32)
+        grown = np.zeros(rows, np.int8)
         newest_before = None
         for shard, picked in parts.items():
-            shard_status, before, shard_lengths = answers[shard]
+            stored = answers[shard]
             from_src = src_shard[picked] == shard
-            status[picked[from_src]] = shard_status[from_src]
-            lengths[:2, picked[from_src]] = shard_lengths[:2, from_src]
+            status[picked[from_src]] = stored.status[from_src]
+            lengths[:2, picked[from_src]] = stored.lengths[:2, from_src]
             from_dst = dst_shard[picked] == shard
-            lengths[2:, picked[from_dst]] = shard_lengths[2:, from_dst]
+            lengths[2:, picked[from_dst]] = stored.lengths[2:, from_dst]
+            grown[picked] |= stored.first
+            before = stored.newest_before
             if before is not None and (newest_before is None or before > newest_before):
                 newest_before = before
-        return status, newest_before, lengths
+        search.count_store_call(sum(r[0].nbytes + r[1].nbytes for r in requests.values()),
+                                sum(a.nbytes() for a in answers.values()), max(a.seconds for a in answers.values()))
+        labels = [a.labels for a in answers.values() if a.labels is not None]
+        return status, newest_before, lengths, grown, labels
 
     def _hubs(self, accounts: Sequence[str], max_degree: int) -> list[tuple[int, str]]:
         """The lists over the hub guard among `accounts`, each judged by the shard that owns it."""
@@ -377,7 +483,16 @@ class ShardedRingGraph:
     # ---- upkeep and reads -------------------------------------------------------------------------------
 
     def evict(self, horizon_ts: int) -> int:
-        return sum(self._call("evict", {s: (horizon_ts,) for s in range(self.num_shards)}).values())
+        """Forget payments older than `horizon_ts`. The horizon travels with the next batch (or read), saving
+        a round of calls per batch; so this returns 0, not the entries dropped."""
+        self._horizon = horizon_ts if self._horizon is None else max(self._horizon, horizon_ts)
+        return 0
+
+    def _flush(self) -> None:
+        """Send a pending eviction before a read."""
+        if self._horizon is not None:
+            horizon, self._horizon = self._horizon, None
+            self._call("evict", {s: (horizon,) for s in range(self.num_shards)})
 
     def _by_owner(self, accounts: Sequence[str]) -> dict[int, list[str]]:
         owners: dict[int, list[str]] = {}
@@ -388,6 +503,7 @@ class ShardedRingGraph:
     def edges(self, accounts: Sequence[str], direction: str, since: int | None = None
               ) -> dict[str, list[StoredEdge]]:
         d = direction_of(direction)
+        self._flush()
         answers = self._call("edges_of", {s: (names, d, since) for s, names in self._by_owner(accounts).items()})
         found: dict[str, list[StoredEdge]] = {}
         for tables in answers.values():
@@ -397,23 +513,28 @@ class ShardedRingGraph:
 
     def degrees(self, accounts: Sequence[str], direction: str) -> dict[str, int]:
         d = direction_of(direction)
+        self._flush()
         answers = self._call("degrees", {s: (names, d) for s, names in self._by_owner(accounts).items()})
         return {a: n for part in answers.values() for a, n in part.items()}
 
     def edge_count(self) -> int:
         """Payments stored, counted once per shard that holds them (twice when src and dst part ways)."""
+        self._flush()
         return sum(self._call("edge_count", {s: () for s in range(self.num_shards)}).values())
 
     def nbytes(self) -> int:
+        self._flush()
         return sum(self._call("nbytes", {s: () for s in range(self.num_shards)}).values())
 
     def checkpoint(self) -> list[pa.Table]:
+        self._flush()
         answers = self._call("snapshot", {s: () for s in range(self.num_shards)})
         return [answers[s] for s in range(self.num_shards)]
 
     def restore(self, tables: Sequence[pa.Table]) -> None:
         if len(tables) != self.num_shards:
             raise ValueError(f"a checkpoint of {len(tables)} shards cannot restore {self.num_shards} shards")
+        self._horizon = None
         self._call("restore", {s: (tables[s],) for s in range(self.num_shards)})
 
     def close(self) -> None:
@@ -429,12 +550,12 @@ def stored_edges(table: pa.Table) -> list[StoredEdge]:
         *(table.column(n).to_pylist() for n in PAYMENT_SCHEMA.names))]
 
 
-def _older(fresh: pa.Table, ts: np.ndarray, key: tuple[int, bytes] | None) -> np.ndarray:
-    """Rows of `fresh` whose (ts, tx_id) is below `key`: the batch's late payments."""
+def _older(table: pa.Table, rows: np.ndarray, ts: np.ndarray, key: tuple[int, bytes] | None) -> np.ndarray:
+    """The `rows` whose (ts, tx_id) is below `key`: the batch's late payments."""
     if key is None:
         return np.zeros(0, np.int64)
-    tied = np.flatnonzero(ts == key[0])
+    tied = rows[ts[rows] == key[0]]
     if tied.size:
-        tx = fresh.column("tx_id").take(pa.array(tied)).to_pylist()
+        tx = table.column("tx_id").take(pa.array(tied)).to_pylist()
         tied = tied[[t.encode() < key[1] for t in tx]]
-    return np.sort(np.concatenate([np.flatnonzero(ts < key[0]), tied])).astype(np.int64)
+    return np.sort(np.concatenate([rows[ts[rows] < key[0]], tied])).astype(np.int64)
