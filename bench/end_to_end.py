@@ -1,18 +1,27 @@
 """End-to-end benchmark: `ringwatch run` against raw kafka-python consumption of the same topic.
 
 In one run, on one embedded Tansu broker (or --bootstrap for Apache Kafka):
-(a) a plain kafka-python consumer group reads the topic and decodes each JSON
-    message, nothing else: the baseline;
-(b) `ringwatch run` consumes the same topic in a fresh group until every
-    message is processed (its own counter on /metrics), delivering alerts to a
-    file; throughput and its ratio to (a);
+(a) a plain kafka-python consumer group reads the topic (4 partitions) and
+    decodes each JSON message, nothing else: the baseline;
+(b) `ringwatch run` consumes the same topic in a fresh group, once per graph
+    placement (`actors`: shard actors on a local runtime; `in-process`: the
+    graph in the engine's process), until every message is processed or
+    --budget seconds pass (its own counter on /metrics); tx/s from its first
+    consumed message, and the ratio to (a);
 (c) latency at a fixed offered rate: the engine is started first, payments are
     produced at --rate tx/s, and each alert's latency is its `detected_at` minus
-    the time its closing payment was produced (p50/p99).
+    the time its closing payment was handed to the producer (p50/p99); the rate
+    the producer really achieved is printed too;
+(d) scale-out: on a ringwatch cluster (redis-server and one node on this
+    machine, --address), one engine and then two engines in one group consume
+    the topic (shared shard actors); tx/s of the group from its first consumed
+    message. On a 2-core machine two engines share the same two cores with the
+    node, the broker and the producer: the figure says what it costs, not what
+    more machines would give.
 
-    python bench/end_to_end.py                      # 500k transactions, 5,000 tx/s
-    python bench/end_to_end.py --transactions 100000 --latency-seconds 20
-    python bench/end_to_end.py --backends ringwatch,ray   # the same run on ringwatch's runtime and on Ray
+    python bench/end_to_end.py                                   # 200k transactions, 20,000 tx/s offered
+    python bench/end_to_end.py --transactions 100000 --latency-seconds 10 --placements in-process
+    python bench/end_to_end.py --backends ringwatch,ray          # (b) and (c) on ringwatch's runtime and on Ray
 """
 
 from __future__ import annotations
@@ -34,19 +43,28 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from ringwatch.connectors import EmbeddedBroker, SyntheticConfig, generate, produce_transactions
 from ringwatch.connectors.embedded_broker import free_port
 
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from runtime_cluster import TOKEN, Cluster  # noqa: E402
+from services import RedisServer  # noqa: E402
+
 PARTITIONS = 4
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--transactions", type=int, default=500_000)
+    parser.add_argument("--transactions", type=int, default=200_000)
     parser.add_argument("--accounts", type=int, default=50_000)
-    parser.add_argument("--rate", type=int, default=5_000, help="offered rate for the latency run, tx/s")
-    parser.add_argument("--latency-seconds", type=float, default=30.0, help="length of the latency run")
+    parser.add_argument("--rate", type=int, default=20_000, help="offered rate for the latency run, tx/s")
+    parser.add_argument("--latency-seconds", type=float, default=15.0, help="length of the latency run")
+    parser.add_argument("--budget", type=float, default=60.0, help="longest a throughput run may take, s")
     parser.add_argument("--bootstrap", help="an existing Kafka (default: start an embedded Tansu broker)")
     parser.add_argument("--window", default="48h")
+    parser.add_argument("--placements", default="actors,in-process", help="graph placements to measure")
+    parser.add_argument("--latency-placement", default="in-process", help="graph placement of the latency run")
     parser.add_argument("--backends", default="ringwatch",
-                        help="runtimes to run the engine on, side by side: ringwatch, ray (a local Ray per engine)")
+                        help="runtimes to run (b) and (c) on, side by side: ringwatch, ray (a local Ray per engine)")
+    parser.add_argument("--no-scale-out", action="store_true", help="skip (d), 1 vs 2 engines on a cluster")
     return parser.parse_args()
 
 
@@ -90,91 +108,113 @@ def consumed(metrics_port: int) -> float:
     return 0.0
 
 
-def start_engine(bootstrap: str, topic: str, workdir: Path, metrics_port: int, window: str,
-                 backend: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "ringwatch.stream.cli", "run", "--kafka-bootstrap", bootstrap, "--topic", topic,
-            "--group", f"bench-{time.time_ns()}", "--state-dir", str(workdir / "state"),
-            "--alerts-file", str(workdir / "alerts.jsonl"), "--metrics-port", str(metrics_port),
-            "--window", window, "--checkpoint-interval", "10s", "--backend", backend]
-    log = open(workdir / "engine.log", "wb")
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+class Engine:
+    """`ringwatch run` in a subprocess, with its metrics port."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str, window: str, *extra: str, env: dict | None = None):
+        self.workdir = Path(tempfile.mkdtemp(prefix="ringwatch-bench-"))
+        self.port = free_port()
+        args = [sys.executable, "-m", "ringwatch.stream.cli", "run", "--kafka-bootstrap", bootstrap, "--topic", topic,
+                "--group", group, "--state-dir", str(self.workdir / "state"),
+                "--alerts-file", str(self.workdir / "alerts.jsonl"), "--metrics-port", str(self.port),
+                "--window", window, "--checkpoint-interval", "10s", *extra]
+        log = open(self.workdir / "engine.log", "wb")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        env={**os.environ, **(env or {})})
+
+    def consumed(self) -> float:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the engine exited; see {self.workdir / 'engine.log'}")
+        return consumed(self.port)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
-def stop_engine(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
+def group_throughput(engines: list[Engine], expected: int, budget_s: float) -> float:
+    """tx/s of `engines` together, from the first consumed message to all `expected` (or the budget's end)."""
+    first = None
     try:
-        process.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def engine_throughput(bootstrap: str, topic: str, expected: int, window: str, backend: str) -> tuple[float, float]:
-    """(tx/s from the first message consumed, tx/s including start-up) of `ringwatch run`."""
-    workdir = Path(tempfile.mkdtemp(prefix="ringwatch-bench-"))
-    port = free_port()
-    launched = time.perf_counter()
-    engine = start_engine(bootstrap, topic, workdir, port, window, backend)
-    try:
-        first = None
         while True:
-            count = consumed(port)
+            count = sum(max(0.0, e.consumed()) for e in engines)
+            now = time.perf_counter()
             if count > 0 and first is None:
-                first = (time.perf_counter(), count)
-            if count >= expected:
-                done = time.perf_counter()
-                break
-            if engine.poll() is not None:
-                raise RuntimeError(f"the engine exited; see {workdir / 'engine.log'}")
+                first = (now, count)
+            if first is not None and (count >= expected or now - first[0] > budget_s):
+                return (count - first[1]) / (now - first[0])
             time.sleep(0.2)
     finally:
-        stop_engine(engine)
-    return (expected - first[1]) / (done - first[0]), expected / (done - launched)
+        for engine in engines:
+            engine.stop()
 
 
-def latency_run(bootstrap: str, rate: int, seconds: float, accounts: int, window: str, backend: str) -> list[float]:
-    """Alert latencies (ms) from the closing payment's production to the alert, at `rate` tx/s."""
+def latency_run(bootstrap: str, rate: int, seconds: float, accounts: int, window: str,
+                *extra: str) -> tuple[list[float], float]:
+    """Alert latencies (ms) from the closing payment's hand-over to the producer, and the rate really offered."""
     topic = f"latency-{time.time_ns()}"
     create_topic(bootstrap, topic)
     total = int(rate * seconds)
     stream = generate(SyntheticConfig(n_transactions=total, n_accounts=accounts, days=max(2.0, seconds / 8640),
                                       n_rings=max(20, total // 2000), seed=11))
-    workdir = Path(tempfile.mkdtemp(prefix="ringwatch-latency-"))
-    port = free_port()
-    engine = start_engine(bootstrap, topic, workdir, port, window, backend)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
-    warm_up = stream.transactions[0]  # timed from the moment the engine has joined its group and consumed it
-    producer.send(topic, key=warm_up.src.encode(), value=json.dumps(warm_up.to_dict()).encode()).get(timeout=60)
-    while consumed(port) < 1:
-        if engine.poll() is not None:
-            raise RuntimeError(f"the engine exited; see {workdir / 'engine.log'}")
+    values = [(tx.tx_id, tx.src.encode(), json.dumps(tx.to_dict()).encode()) for tx in stream.transactions]
+    engine = Engine(bootstrap, topic, f"bench-{time.time_ns()}", window, *extra)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
+    _, key, value = values[0]  # timed from the moment the engine has joined its group and consumed it
+    producer.send(topic, key=key, value=value).get(timeout=60)
+    while engine.consumed() < 1:
         time.sleep(0.2)
     produced_at: dict[str, float] = {}
     started = time.perf_counter()
-    for i, tx in enumerate(stream.transactions[1:]):
-        target = started + i / rate
-        pause = target - time.perf_counter()
+    for i, (tx_id, key, value) in enumerate(values[1:]):
+        pause = started + i / rate - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
-        produced_at[tx.tx_id] = time.time() * 1000
-        producer.send(topic, key=tx.src.encode(), value=json.dumps(tx.to_dict()).encode())
+        produced_at[tx_id] = time.time() * 1000
+        producer.send(topic, key=key, value=value)
+    offered = (len(values) - 1) / (time.perf_counter() - started)
     producer.flush()
     producer.close()
     try:
         deadline = time.monotonic() + 600
-        while consumed(port) < total:
-            if engine.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the engine stopped or stalled short of {total:,} payments; "
-                                   f"see {workdir / 'engine.log'}")
+        while engine.consumed() < total:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the engine stalled short of {total:,} payments; see {engine.workdir}")
             time.sleep(0.2)
     finally:
-        stop_engine(engine)
+        engine.stop()
     latencies = []
-    alerts_path = workdir / "alerts.jsonl"
+    alerts_path = engine.workdir / "alerts.jsonl"
     for line in alerts_path.read_text().splitlines() if alerts_path.exists() else []:
         alert = json.loads(line)
         if alert["trigger_tx_id"] in produced_at:
             latencies.append(alert["detected_at"] - produced_at[alert["trigger_tx_id"]])
-    return sorted(latencies)
+    return sorted(latencies), offered
+
+
+def scale_out(bootstrap: str, topic: str, expected: int, window: str, budget_s: float) -> dict[str, float]:
+    """Group tx/s of 1 and of 2 engines sharing one graph on a one-node ringwatch cluster."""
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="ringwatch-scale-") as work:
+        redis_server = RedisServer(Path(work) / "redis").start()
+        cluster = Cluster(redis_server.url, f"bench-{time.time_ns()}")
+        try:
+            cluster.start_node("node-1", workers=2)
+            env = {"RINGWATCH_TOKEN": TOKEN}
+            for count in (1, 2):
+                group = f"scale-{count}-{time.time_ns()}"
+                engines = [Engine(bootstrap, topic, group, window, "--address", redis_server.url,
+                                  "--namespace", cluster.namespace, env=env) for _ in range(count)]
+                results[f"{count} engine{'s' if count > 1 else ''}, group tx/s"] = group_throughput(
+                    engines, expected, budget_s)
+        finally:
+            cluster.stop()
+            redis_server.stop()
+    results["2 engines / 1 engine"] = results["2 engines, group tx/s"] / results["1 engine, group tx/s"]
+    return results
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -184,9 +224,11 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     args = parse_args()
     backends = args.backends.split(",")
+    placements = args.placements.split(",")
     broker = None if args.bootstrap else EmbeddedBroker().start()
     bootstrap = args.bootstrap or broker.bootstrap
     results: dict[str, dict[str, float]] = {}
+    scaled: dict[str, float] = {}
     try:
         topic = f"payments-{time.time_ns()}"
         create_topic(bootstrap, topic)
@@ -196,23 +238,32 @@ def main() -> None:
         produce_transactions(bootstrap, topic, stream.transactions, timeout_s=600)
         raw = raw_consume(bootstrap, topic, args.transactions)
         for backend in backends:
-            engine, engine_with_startup = engine_throughput(bootstrap, topic, args.transactions, args.window, backend)
-            latencies = latency_run(bootstrap, args.rate, args.latency_seconds, args.accounts, args.window, backend)
-            results[backend] = {
-                "ringwatch run, tx/s (steady)": engine,
-                "ringwatch run, tx/s (incl. start-up)": engine_with_startup,
-                "ratio engine / raw (steady)": engine / raw,
-                f"alert latency p50 at {args.rate:,} tx/s, ms": percentile(latencies, 0.50),
-                f"alert latency p99 at {args.rate:,} tx/s, ms": percentile(latencies, 0.99),
-                "alerts in the latency run": len(latencies),
-            }
+            row = results[backend] = {}
+            for placement in placements:
+                engine = Engine(bootstrap, topic, f"bench-{time.time_ns()}", args.window, "--backend", backend,
+                                "--placement", placement)
+                rate = group_throughput([engine], args.transactions, args.budget)
+                row[f"ringwatch run ({placement}), tx/s"] = rate
+                row[f"ratio engine ({placement}) / raw"] = rate / raw
+            latencies, offered = latency_run(bootstrap, args.rate, args.latency_seconds, args.accounts, args.window,
+                                             "--backend", backend, "--placement", args.latency_placement)
+            row[f"offered rate really achieved, tx/s (asked {args.rate:,})"] = offered
+            row[f"alert latency p50 ({args.latency_placement}), ms"] = percentile(latencies, 0.50)
+            row[f"alert latency p99 ({args.latency_placement}), ms"] = percentile(latencies, 0.99)
+            row["alerts in the latency run"] = len(latencies)
+        if not args.no_scale_out:
+            scaled = scale_out(bootstrap, topic, args.transactions, args.window, args.budget)
     finally:
         if broker is not None:
             broker.stop()
-    print(f"\n{'measure':<44}" + "".join(f" {backend:>12}" for backend in backends))
-    print(f"{'raw kafka-python consume + JSON decode, tx/s':<44}" + f" {raw:>12,.0f}" * len(backends))
+    print(f"\n{'measure':<52}" + "".join(f" {backend:>12}" for backend in backends))
+    print(f"{'raw kafka-python consume + JSON decode, tx/s':<52}" + f" {raw:>12,.0f}" * len(backends))
     for measure in results[backends[0]]:
-        print(f"{measure:<44}" + "".join(f" {results[b][measure]:>12,.2f}" for b in backends))
+        print(f"{measure:<52}" + "".join(f" {results[b][measure]:>12,.2f}" for b in backends))
+    if scaled:
+        print(f"\nscale-out on a one-node ringwatch cluster, {os.cpu_count()} cores (shard actors shared by the group)")
+        for measure, value in scaled.items():
+            print(f"{measure:<52} {value:>12,.2f}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ interning is shown apart.
 
 Full size (issue 10):
     python bench/ring_search.py --transactions 1000000 --accounts 100000 --days 10
+The actor runs on ringwatch's runtime and on Ray, side by side (issue 14):
+    python bench/ring_search.py --backends ringwatch,ray
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--actor-shards", default="2", help="shard counts to run through GraphShard actors ('' = none)")
     parser.add_argument("--actor-batch-size", type=int, default=4096)
-    parser.add_argument("--backend", choices=("ringwatch", "ray"), default="ringwatch",
-                        help="runtime of the actor runs: ringwatch's own, or Ray (started locally)")
+    parser.add_argument("--backends", default="ringwatch",
+                        help="runtimes of the actor runs, side by side: ringwatch (its own), ray (started locally)")
     parser.add_argument("--actor-budget", type=float, default=300.0, help="seconds an actor run may take")
     parser.add_argument("--latency-tx", type=int, default=50_000, help="payments timed one at a time")
     parser.add_argument("--budget", type=float, default=600.0,
@@ -92,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'  one payment per call':<24} {'':>9} {'':>10} {'':>9} {'':>9} {latency[0]:>8.3f} "
               f"{latency[1]:>8.3f} {latency[2]:>9.3f}")
         for shards in [int(s) for s in args.actor_shards.split(",") if s]:
-            actors = run_actors(table, options, shards, args.actor_batch_size, args.actor_budget, args.backend)
-            _row(f"{shards} GraphShard actors", actors, stream)
+            for backend in args.backends.split(","):
+                actors = run_actors(table, options, shards, args.actor_batch_size, args.actor_budget, backend)
+                _row(f"{shards} actors on {backend}", actors, stream)
         baseline(table, options, args, local)
         if mode == "dense":
             print(f"dense: {local['rate'] / ISSUE_DENSE_BASELINE_TX_S:,.0f}x the {ISSUE_DENSE_BASELINE_TX_S} tx/s "

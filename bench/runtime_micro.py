@@ -15,6 +15,9 @@ Both runtimes run in local mode with the same number of worker processes
 (Ray: `num_cpus=N`). The ideal column is what N workers that did nothing but
 the 1 ms of work would reach; "% ideal" is ringwatch's rate against it (the
 machine's load average is printed: other processes take cores from the ideal).
+For the 1 ms rows it also prints the CPU each runtime spends per call beyond
+the work itself (all its processes and threads, from /proc), which other load
+does not change, and the share of ideal that leaves within reach.
 `--cluster` adds a column: the same rows from a driver that joined a loopback
 cluster of two nodes with N/2 workers each (GCS in a local redis-server), so
 every call crosses processes the way it does across machines; its ratio is
@@ -40,6 +43,33 @@ def _rate(count: int, run: Callable[[], None], repeats: int = 3) -> float:
         run()
         best = min(best, time.perf_counter() - start)
     return count / best
+
+
+def tree_cpu_s(pid: int | None = None) -> float:
+    """CPU seconds used so far by a process, its threads and all its descendants (Linux /proc, ns precision)."""
+    total, stack = 0, [pid or os.getpid()]
+    while stack:
+        current = stack.pop()
+        try:
+            for tid in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{tid}/schedstat") as stat:
+                    total += int(stat.read().split()[0])
+                with open(f"/proc/{current}/task/{tid}/children") as children:
+                    stack.extend(int(child) for child in children.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total / 1e9
+
+
+def overhead_us(count: int, run: Callable[[], None]) -> float:
+    """CPU the whole runtime (driver, its threads, workers, daemons) spends per call beyond the 1 ms of work.
+
+    Unlike the rate, this does not depend on what else the machine runs: with
+    every core free, a rate of 1 ms / (1 ms + overhead) of ideal is within reach.
+    """
+    before = tree_cpu_s()
+    run()
+    return max(0.0, (tree_cpu_s() - before) / count - BURN_S) * 1e6
 
 
 BURN_S = 0.001
@@ -94,7 +124,7 @@ def measure(rt: Any, n: int, sync_n: int, workers: int) -> dict[str, float]:
     rt.get([actor.echo.remote(i) for i in range(200)])
     rt.get([busy.remote(i) for i in range(20)])
     rt.get([a.echo.remote(0) for a in crew])
-    busy_n = max(200, 2 * workers * 100)  # about 0.2 s of ideal work per repeat
+    busy_n = max(400, workers * 200)  # about 0.2 s of ideal work per repeat
     array = np.random.default_rng(0).random(10 * 1024 * 1024 // 8)
     put_n = 20
 
@@ -134,6 +164,8 @@ def measure(rt: Any, n: int, sync_n: int, workers: int) -> dict[str, float]:
         "tasks 1 ms": _rate(busy_n, busy_tasks),
         f"{ACTORS} actors empty calls": _rate(n, crew_empty),
         f"{ACTORS} actors 1 ms calls": _rate(busy_n, crew_busy),
+        "overhead tasks 1 ms": overhead_us(busy_n, busy_tasks),
+        f"overhead {ACTORS} actors 1 ms calls": overhead_us(busy_n, crew_busy),
     }
 
 
@@ -204,6 +236,9 @@ def main() -> None:
     ideal = ideal_rates(args.workers)
     header = f"{'row':<24} {'ringwatch':>10} {'ray':>10} {'ratio':>7} {'ideal':>8} {'% ideal':>8}"
     print(header + (f" {'2-node':>10} {'/local':>7}" if cluster else ""))
+    overheads = {row: ours.pop(f"overhead {row}") for row in ideal}
+    their_overheads = {row: theirs.pop(f"overhead {row}") for row in ideal} if theirs else {}
+    cluster_overheads = {row: cluster.pop(f"overhead {row}") for row in ideal} if cluster else {}
     for row, value in ours.items():
         ray_rate = f"{theirs[row]:,.0f}" if theirs else "-"
         ratio = f"{value / theirs[row]:.2f}x" if theirs else "-"
@@ -212,6 +247,15 @@ def main() -> None:
         line = f"{row:<24} {value:>10,.0f} {ray_rate:>10} {ratio:>7} {best:>8} {share:>8}"
         if cluster:
             line += f" {cluster[row]:>10,.0f} {cluster[row] / value:>6.2f}x"
+        print(line)
+    print("\nCPU spent per call beyond the 1 ms of work (driver, workers and daemons; independent of other load),")
+    print("and the share of ideal it leaves reachable with every core free:")
+    for row, value in overheads.items():
+        line = f"{row:<24} ringwatch {value:>6.0f} us ({BURN_S / (BURN_S + value / 1e6):.0%})"
+        if their_overheads:
+            line += f"   ray {their_overheads[row]:>6.0f} us ({BURN_S / (BURN_S + their_overheads[row] / 1e6):.0%})"
+        if cluster_overheads:
+            line += f"   2-node {cluster_overheads[row]:>6.0f} us"
         print(line)
 
 

@@ -137,9 +137,14 @@ def decimal_text(amount: Decimal) -> str:
     return text
 
 
+_DECODER = json.JSONDecoder(parse_float=Decimal)  # one decoder: json.loads(..., parse_float=) builds one per call
+
+
 def loads(data: str | bytes) -> Any:
     """JSON with exact amounts: numbers with a fraction become `Decimal`, never float."""
-    return json.loads(data, parse_float=Decimal)
+    if isinstance(data, (bytes, bytearray)):
+        data = data.decode(json.detect_encoding(data), "surrogatepass")
+    return _DECODER.decode(data)
 
 
 def parse_timestamp(value: Any, *, required: bool = False, name: str = "ts") -> int:

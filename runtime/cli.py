@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 from .auth import ClusterKeys, query_token_for
 from .cluster import HEARTBEAT_S, HEARTBEAT_TIMEOUT_S, ClusterNode
@@ -104,7 +107,22 @@ def start_node(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_status(subparsers: argparse._SubParsersAction) -> None:
+class StatusSection(Protocol):
+    """More to show in `ringwatch status`, read from the cluster's GCS by whoever knows what it means."""
+
+    name: str
+
+    def collect(self, gcs: RedisGcs) -> Any:
+        """What to show, as JSON-ready data (read with the token-checked GCS client)."""
+        ...
+
+    def render(self, data: Any) -> list[str]:
+        """`data` as lines for people."""
+        ...
+
+
+def register_status(subparsers: argparse._SubParsersAction, sections: Sequence[StatusSection] = ()) -> None:
+    """`ringwatch status`; `sections` add what layers above the runtime keep in the GCS (the engines' checkpoints)."""
     status = subparsers.add_parser("status", help="show the nodes and actors of a cluster",
                                    description="Show every node (alive or dead, resources, load) and actor.")
     status.add_argument("--address", required=True, help="the GCS: redis://HOST:PORT")
@@ -112,10 +130,10 @@ def register_status(subparsers: argparse._SubParsersAction) -> None:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--token-file", help="file holding the cluster token (else RINGWATCH_TOKEN); records "
                                              "are shown only once their seal proves the cluster wrote them")
-    status.set_defaults(handler=show_status)
+    status.set_defaults(handler=functools.partial(show_status, sections=tuple(sections)))
 
 
-def show_status(args: argparse.Namespace) -> int:
+def show_status(args: argparse.Namespace, sections: Sequence[StatusSection] = ()) -> int:
     try:
         token = read_token(args.token_file)
     except (TokenMissingError, OSError) as exc:
@@ -127,10 +145,11 @@ def show_status(args: argparse.Namespace) -> int:
         now = time.time()
         actors = [{**a, "checkpoint_age_s": now - a["checkpoint_at"] if a.get("checkpoint_at") else None}
                   for a in gcs.actors()]
+        extra = {section.name: section.collect(gcs) for section in sections}
     finally:
         gcs.close()
     if args.json:
-        print(json.dumps({"nodes": nodes, "actors": actors}, indent=2))
+        print(json.dumps({"nodes": nodes, "actors": actors, **extra}, indent=2))
         return 0
     print(f"{'node':<28} {'state':<6} {'address':<22} {'queued':>6} {'objects':>8} {'shared MB':>10}  resources")
     for n in sorted(nodes, key=lambda n: n["node_id"]):
@@ -142,4 +161,8 @@ def show_status(args: argparse.Namespace) -> int:
         age = "never" if a["checkpoint_age_s"] is None else f"{a['checkpoint_age_s']:.1f} s ago"
         print(f"  {a.get('class_name', '?'):<20} {a.get('name') or a['actor_id'][:12]:<24} {a.get('state'):<10} "
               f"on {a.get('node')}  restarts {a.get('restarts', 0)}/{a.get('max_restarts', 0)}  checkpoint {age}")
+    for section in sections:
+        print()
+        for line in section.render(extra[section.name]):
+            print(line)
     return 0

@@ -69,6 +69,7 @@ class Node:
         self._selector = selectors.DefaultSelector()  # the wake-up pipe and every worker's pipe
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._watched: dict[int, Worker] = {}
+        self._watched_version = -1
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_order = itertools.count()
         self._running = True
@@ -215,9 +216,10 @@ class Node:
 
     def _watch_workers(self) -> None:
         """Keep the selector's set of worker pipes equal to the pool's connected workers."""
-        connected = {w.conn.fileno(): w for w in self._pool.workers if w.conn is not None and not w.conn.closed}
-        if connected.keys() == self._watched.keys() and all(self._watched[f] is w for f, w in connected.items()):
+        if self._pool.version == self._watched_version:
             return
+        self._watched_version = self._pool.version
+        connected = {w.conn.fileno(): w for w in self._pool.workers if w.conn is not None and not w.conn.closed}
         for fd in list(self._watched):
             self._selector.unregister(fd)
         self._watched = connected

@@ -151,6 +151,7 @@ class WorkerPool:
         self._connecting: dict[str, Worker] = {}
         self._closing = False
         self.workers: list[Worker] = []
+        self.version = 0  # changes whenever a worker's pipe comes or goes
         self.started = 0
         self._acceptor = threading.Thread(target=self._accept, name="ringwatch-node-accept", daemon=True)
         self._acceptor.start()
@@ -198,6 +199,7 @@ class WorkerPool:
             return
         worker.conn = conn
         worker.direct = direct
+        self.version += 1
         worker.inbox = FrameReader(conn.fileno())
 
     def exited_before_connecting(self) -> list[Worker]:
@@ -214,6 +216,7 @@ class WorkerPool:
             return False
         self.workers.remove(worker)
         worker.stop()
+        self.version += 1
         return True
 
     def shutdown(self) -> None:

@@ -61,6 +61,7 @@ class EngineProgress:
     watermarks: dict[Partition, int | None] = field(default_factory=dict)
     low_watermark: int | None = None
     transactions: int = 0
+    published_at: float = 0.0  # when the engine published it (epoch seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +69,7 @@ class EngineProgress:
             "watermarks": [[t, p, mark] for (t, p), mark in sorted(self.watermarks.items())],
             "low_watermark": self.low_watermark,
             "transactions": self.transactions,
+            "published_at": self.published_at,
         }
 
     @classmethod
@@ -77,6 +79,7 @@ class EngineProgress:
             watermarks={(t, int(p)): None if mark is None else int(mark) for t, p, mark in data["watermarks"]},
             low_watermark=None if data["low_watermark"] is None else int(data["low_watermark"]),
             transactions=int(data["transactions"]),
+            published_at=float(data.get("published_at", 0.0)),
         )
 
 
@@ -282,6 +285,7 @@ class GcsCheckpointStore:
         return checkpoint
 
     def publish(self, engine_id: str, progress: EngineProgress) -> None:
+        progress.published_at = progress.published_at or time.time()
         self._rt.kv_put(f"{self._prefix}progress/{engine_id}", json.dumps(progress.to_dict()).encode(),
                         ttl_s=self.progress_ttl_s)
 
@@ -292,3 +296,10 @@ class GcsCheckpointStore:
             if raw is not None:
                 found[key[len(f"{self._prefix}progress/"):]] = EngineProgress.from_dict(json.loads(raw))
         return found
+
+
+def groups(kv: KeyValue) -> list[str]:
+    """The consumer groups with checkpoint records in this cluster's GCS."""
+    prefix = "ringwatch/engines/"
+    return sorted({key[len(prefix):].split("/checkpoints/", 1)[0] for key in kv.kv_keys(prefix)
+                   if "/checkpoints/" in key})

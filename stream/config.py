@@ -97,6 +97,9 @@ class GraphConfig:
     """What counts as a ring, and how the graph is split."""
 
     shards: int = _setting(2, "number of GraphShard actors", kind="int")
+    placement: str = _setting("actors", "actors: the shards are runtime actors (checkpointed by the runtime, "
+                              "shared by the engines of a group on a cluster); in-process: the whole graph in the "
+                              "engine's process, one compiled search per batch (fastest; one engine, no cluster)")
     max_hops: int = _setting(SearchOptions.max_hops, "longest ring, in payments", kind="int")
     window: int = _setting(SearchOptions.window_ms, "time window of a ring (500ms, 90s, 48h, 7d)", kind="duration")
     order: str = _setting("strict", "strict: payments of a ring in time order; none: only inside the window")
@@ -244,6 +247,11 @@ class Config:
             raise ConfigError(f"engine.backend: must be one of {', '.join(BACKENDS)}, got {self.engine.backend!r}")
         if self.graph.shards < 1:
             raise ConfigError("graph.shards: must be at least 1")
+        if self.graph.placement not in PLACEMENTS:
+            raise ConfigError(f"graph.placement: expected one of {PLACEMENTS}, got {self.graph.placement!r}")
+        if self.graph.placement == "in-process" and self.engine.address:
+            raise ConfigError("graph.placement: in-process keeps the graph in one engine's process; on a cluster "
+                              "(engine.address) the shards must be actors")
         self.search_options()
         if self.engine.batch_max_size < 1 or self.engine.keep_checkpoints < 1:
             raise ConfigError("engine.batch_max_size and engine.keep_checkpoints: must be at least 1")
@@ -285,6 +293,8 @@ class Config:
         return TimeRules(window_ms=self.graph.window, allowed_lateness_ms=self.time.allowed_lateness,
                          max_clock_skew_ms=self.time.max_clock_skew, idle_timeout_ms=self.time.idle_timeout)
 
+
+PLACEMENTS = ("actors", "in-process")
 
 # What a ring is, by the names users give it (`[graph]` keys, `detect()` keywords, CLI flags).
 SEARCH_OPTION_NAMES = ("max_hops", "window", "order", "min_amount", "min_ratio", "max_ratio",

@@ -271,17 +271,25 @@ class Engine:
         checkpoint = self._store.latest()
         graph_config = self.config.graph
         shared_as = f"ringwatch/{self.config.source.group}" if self.shared else None
+        in_process = graph_config.placement == "in-process"
         if checkpoint is None:
             logger.info("no checkpoint: starting from the group's committed offsets")
             return open_graph(graph_config.shards, self.config.search_options(),
-                              checkpoint_uri=self._shard_checkpoint_uri(), shared_as=shared_as)
-        if len(checkpoint.shards) != graph_config.shards:
+                              checkpoint_uri=self._shard_checkpoint_uri(), shared_as=shared_as,
+                              in_process=in_process)
+        placement = checkpoint.graph.get("placement", "actors")
+        if placement != graph_config.placement:
+            raise CheckpointError(
+                f"checkpoint epoch {checkpoint.epoch} was taken with graph.placement {placement!r}, the engine is "
+                f"set to {graph_config.placement!r}; run with the same placement or a fresh state_dir")
+        if not in_process and len(checkpoint.shards) != graph_config.shards:
             raise CheckpointError(
                 f"checkpoint epoch {checkpoint.epoch} holds {len(checkpoint.shards)} shards but graph.shards is "
                 f"{graph_config.shards}; run with the same shard count or a fresh state_dir")
         graph = open_graph(graph_config.shards, self.config.search_options(),
                            checkpoint_uri=self._shard_checkpoint_uri(),
-                           restore=(checkpoint.shards, checkpoint.graph), shared_as=shared_as)
+                           restore=(checkpoint.shards, checkpoint.graph), shared_as=shared_as,
+                           in_process=in_process)
         self._take_positions(checkpoint)
         mine = checkpoint.engines.get(self.engine_id)
         self.transactions = mine.transactions if mine else 0 if self.shared else checkpoint.transactions
@@ -390,8 +398,10 @@ class Engine:
         self._advance_time()
 
     def _count(self, records: list[SourceRecord]) -> None:
-        fresh = sum(1 for r in records if not self._seen_before(r))
-        self.warmed += sum(1 for r in records if self._is_warm_up(r))
+        fresh = len(records)
+        if self._warm_until or self._replay_until:  # only after a rebalance or a rewind
+            fresh = sum(1 for r in records if not self._seen_before(r))
+            self.warmed += sum(1 for r in records if self._is_warm_up(r))
         self.transactions += fresh
         self.batches += 1
         self.metrics.transactions.inc(fresh)
@@ -414,8 +424,10 @@ class Engine:
             by_tx = {r.transaction.tx_id: r for r in accepted}
             for tx, reason in batch.refused:
                 self._dead_letter(by_tx[tx.tx_id], reason)
-        warming = {r.transaction.tx_id for r in accepted if self._is_warm_up(r)}
-        alerts = [alert for alert in batch.alerts if alert.trigger_tx_id not in warming]
+        alerts = batch.alerts
+        if self._warm_until:
+            warming = {r.transaction.tx_id for r in accepted if self._is_warm_up(r)}
+            alerts = [alert for alert in alerts if alert.trigger_tx_id not in warming]
         if alerts:
             self._note_raised(alerts)  # counted first: what the sinks hold never runs ahead of `alerts_raised`
             self._delivery.put(alerts)
@@ -460,7 +472,7 @@ class Engine:
         return self._is_warm_up(record) or record.offset < self._replay_until.get(record.partition, 0)
 
     def _dead_letter(self, record: SourceRecord, reason: str) -> None:
-        if self._seen_before(record):
+        if (self._warm_until or self._replay_until) and self._seen_before(record):
             return
         self._source.dead_letter(record, reason)
         self.dead_lettered[reason_category(reason)] += 1
@@ -483,10 +495,7 @@ class Engine:
         started = time.monotonic()
         self._process_pending()
         self._delivery.drain()
-        restarted = self._graph.restarted()
-        if restarted:  # their state went back in time: what they lost must be replayed before a checkpoint
-            logger.warning("shards %s restarted from their checkpoints", restarted)
-            self._rewind()
+        if self._rewound_for_restarts():
             return None
         if self._unchanged_since_last_checkpoint():
             return self.last_checkpoint
@@ -500,7 +509,16 @@ class Engine:
         group = self._store.group_progress()  # everything it says is in the shards now: checkpoint them next
         lows = [p.low_watermark for p in group.values()]
         self._group_low = None if not lows or None in lows else min(lows)
-        shard_ids, graph_state = self._graph.checkpoint()
+        try:
+            shard_ids, graph_state = self._graph.checkpoint()
+        except (rt.ActorDiedError, rt.TaskError) as exc:
+            if not self._shard_restart_behind(exc):
+                raise
+            self._rewind()
+            return None
+        if self._rewound_for_restarts():  # a shard restarted meanwhile: the id it gave holds older state
+            return None
+        graph_state["placement"] = self.config.graph.placement
         checkpoint = self._store.save(Checkpoint(0, group, shard_ids, graph=graph_state))
         try:
             self._source.commit({p: offset for p, offset in self._covered.items() if p in self._owned})
@@ -515,6 +533,14 @@ class Engine:
                     "positions=%s", checkpoint.epoch, reason, self.transactions, self.alerts_raised,
                     elapsed * 1000, self._clock.low_watermark, _show(self._covered))
         return checkpoint
+
+    def _rewound_for_restarts(self) -> bool:
+        """Shards restarted from their checkpoints (their state went back in time): rewind to replay what they lost."""
+        restarted = self._graph.restarted()
+        if restarted:
+            logger.warning("shards %s restarted from their checkpoints", restarted)
+            self._rewind()
+        return bool(restarted)
 
     def _unchanged_since_last_checkpoint(self) -> bool:
         """Nothing new from this engine since its last record (other engines checkpoint their own progress)."""
@@ -649,7 +675,8 @@ class Engine:
             latency_ms={name: percentile(latencies, q) for name, q in
                         (("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))} if latencies else {},
             lag={f"{topic}[{partition}]": lag for (topic, partition), lag in sorted(self.lag.items())},
-            shards=self.config.graph.shards, edges_stored=shards.edge_count() if shards is not None else 0,
+            shards=self._graph.num_shards if self._graph is not None else self.config.graph.shards,
+            edges_stored=shards.edge_count() if shards is not None else 0,
             checkpoint_id=checkpoint.epoch if checkpoint else None,
             checkpoint_age_s=round(time.time() - checkpoint.created_at, 3) if checkpoint else None,
             newest_ts=self.newest_ts(),

@@ -1,7 +1,9 @@
 """The engine's one seam to the graph: what it asks of the shards, the search and their checkpoints.
 
 `EngineGraph` is everything the engine calls; `open_graph` is the one place
-that builds it, over the graph's `ShardedRingGraph` (graph/sharded.py).
+that builds it, over the graph's facades: `ShardedRingGraph` (shard actors)
+or, with `graph.placement = "in-process"`, `LocalRingGraph` (the whole graph in
+the engine's process, one compiled search per batch).
 
 Shards are runtime actors created with the runtime's actor checkpoints
 (`checkpoint_uri`) and `max_restarts`, so a shard lost with its node restarts on
@@ -13,18 +15,33 @@ On a cluster the shards are named (`shared_as`): every engine of a consumer
 group finds the same shards by name (`ringwatch.runtime.get_actor`), the first
 one creates them, and none kills them when it stops — they belong to the
 group, not to one engine.
+
+In process, the graph is checkpointed by the engine into the same runtime
+checkpoint store (Arrow IPC), and queries take a lock the loop holds while it
+applies a batch: they wait for at most one batch.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ringwatch import runtime as rt
-from ringwatch.graph import Alert, GraphShard, RingGraph, SearchOptions, ShardedRingGraph, Transaction
+from ringwatch.graph import (
+    Alert,
+    GraphShard,
+    LocalRingGraph,
+    RingGraph,
+    SearchOptions,
+    ShardedRingGraph,
+    StoredEdge,
+    Transaction,
+)
+from ringwatch.runtime.checkpoints import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +140,72 @@ class ShardedEngineGraph:
         self.graph.close()
 
 
+class InProcessEngineGraph:
+    """`LocalRingGraph` in the engine's process, checkpointed into the runtime's checkpoint store."""
+
+    num_shards = 1
+    CHECKPOINT_NAME = "engine-graph"  # the checkpoint store's folder (actor id) for this graph
+
+    def __init__(self, options: SearchOptions, *, checkpoint_uri: str, restore: list[str] | None = None):
+        self.graph = LocalRingGraph(options)
+        self._store = open_store(checkpoint_uri)
+        self._lock = threading.Lock()
+        if restore:
+            self.graph.restore([self._store.load(checkpoint_id) for checkpoint_id in restore])
+        self.next_seq = 0
+
+    def process(self, transactions: Sequence[Transaction], received_at: Sequence[float]) -> GraphBatch:
+        with self._lock:
+            result = self.graph.process(transactions, received_at, replay=True)
+        self.next_seq += len(transactions)
+        return GraphBatch(result.alerts, [(transactions[r.index], r.reason) for r in result.rejected],
+                          result.truncated_searches)
+
+    def evict(self, horizon: int) -> None:
+        with self._lock:
+            self.graph.evict(horizon)
+
+    def checkpoint(self) -> tuple[list[str], dict[str, Any]]:
+        with self._lock:
+            tables = self.graph.checkpoint()
+        ids = [self._store.save(f"{self.CHECKPOINT_NAME}-{i}", table) for i, table in enumerate(tables)]
+        return ids, {"next_seq": self.next_seq}
+
+    def restarted(self) -> list[int]:
+        return []  # it lives and dies with the engine
+
+    def query_graph(self) -> RingGraph:
+        return _Locked(self.graph, self._lock)
+
+    def close(self) -> None:
+        self.graph.close()
+
+
+class _Locked:
+    """The read side of a `RingGraph` the engine's loop writes to: each read waits for the batch in progress."""
+
+    def __init__(self, graph: RingGraph, lock: threading.Lock):
+        self._graph = graph
+        self._lock = lock
+
+    def edges(self, accounts: Sequence[str], direction: str, since: int | None = None
+              ) -> dict[str, list[StoredEdge]]:
+        with self._lock:
+            return self._graph.edges(accounts, direction, since)
+
+    def degrees(self, accounts: Sequence[str], direction: str) -> dict[str, int]:
+        with self._lock:
+            return self._graph.degrees(accounts, direction)
+
+    def edge_count(self) -> int:
+        with self._lock:
+            return self._graph.edge_count()
+
+    def nbytes(self) -> int:
+        with self._lock:
+            return self._graph.nbytes()
+
+
 def _shard(index: int, num_shards: int, checkpoint_uri: str, restore_from: str | None, name: str | None) -> Any:
     """A `GraphShard` actor: created (from `restore_from`, if given), or found by `name` if it exists."""
     if name is not None:
@@ -146,12 +229,16 @@ def _shard(index: int, num_shards: int, checkpoint_uri: str, restore_from: str |
 
 
 def open_graph(num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
-               restore: tuple[list[str], dict[str, Any]] | None = None, shared_as: str | None = None
-               ) -> EngineGraph:
-    """The engine's graph: `num_shards` shard actors checkpointing to `checkpoint_uri`.
+               restore: tuple[list[str], dict[str, Any]] | None = None, shared_as: str | None = None,
+               in_process: bool = False) -> EngineGraph:
+    """The engine's graph: `num_shards` shard actors (or the graph in process) checkpointing to `checkpoint_uri`.
 
-    `restore` creates them from a record's shard checkpoints; `shared_as` names
-    them so the engines of a group share them (found if they exist already).
+    `restore` starts it from a record's checkpoints; `shared_as` names the
+    shard actors so the engines of a group share them (found if they exist).
     """
+    if in_process:
+        graph = InProcessEngineGraph(options, checkpoint_uri=checkpoint_uri, restore=restore[0] if restore else None)
+        graph.next_seq = int(restore[1].get("next_seq", 0)) if restore else 0
+        return graph
     return ShardedEngineGraph(num_shards, options, checkpoint_uri=checkpoint_uri, restore=restore,
                               shared_as=shared_as)

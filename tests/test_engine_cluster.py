@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
 from ringwatch.runtime.auth import ClusterKeys
@@ -42,6 +45,13 @@ def test_the_engine_runs_its_shards_on_cluster_nodes(kafka_bootstrap, unique_nam
         wait_until(lambda: checkpointed() == N_TRANSACTIONS or not engine.alive(), 180,
                    "a checkpoint (in the GCS) covering every produced transaction")
         assert engine.alive(), engine.log()
+        status = ringwatch_status(redis_server.url, "--json")
+        (listed,) = [g for g in json.loads(status)["engines"] if g["group"] == group]
+        assert listed["checkpoints"] and all(c["age_s"] >= 0 and c["shards"] == 2 for c in listed["checkpoints"])
+        assert [e["transactions"] for e in listed["engines"]] == [N_TRANSACTIONS]
+        assert listed["engines"][0]["live"] and listed["engines"][0]["low_watermark"] is not None
+        assert f"consumer group {group}: epoch {listed['checkpoints'][-1]['epoch']}" in ringwatch_status(
+            redis_server.url)
         gcs = RedisGcs(redis_server.url, "default", keys=ClusterKeys.from_token(TOKEN))
         shards = [a for a in gcs.actors() if a.get("class_name") == "GraphShard" and a.get("state") == "alive"]
         gcs.close()
@@ -59,3 +69,9 @@ def test_the_engine_runs_its_shards_on_cluster_nodes(kafka_bootstrap, unique_nam
         cluster.stop()
         redis_server.stop()
 
+
+def ringwatch_status(address: str, *extra: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "ringwatch.stream.cli", "status", "--address", address, *extra],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "RINGWATCH_TOKEN": TOKEN})
+    assert done.returncode == 0, done.stderr
+    return done.stdout

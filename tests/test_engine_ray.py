@@ -1,25 +1,41 @@
-"""The engine on a real Ray head (`--backend ray`): same alerts as on ringwatch's runtime; Kafka in,
-signed webhook out."""
+"""The engine on a real Ray head (`--backend ray`).
+
+- `detect` raises the same alerts on Ray as on ringwatch's runtime.
+- Kafka in (two partitions: the rings must not depend on arrival order), signed
+  webhook out; the Ray worker holding one of the shards is SIGKILLed between two
+  halves of the stream. Ray restarts the actor (`max_restarts`) and ringwatch's
+  host restores it from the shard's latest checkpoint; the engine sees the
+  restart in the actor records, rewinds to its aligned checkpoint and replays.
+  The test checks the runtime's actor records (one restart, a new worker), the
+  graph's size (the restarted shard holds the first half again: one restarted
+  empty would hold fewer payments) and the receiver (exactly the alerts
+  `detect` raises, each delivered once, every signature valid).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from engine_harness import SECRET, EngineProcess, Receiver, checkpointed_transactions, create_topic, wait_until
+import ringwatch.runtime as rt
+from engine_harness import SECRET, EngineProcess, Receiver, checkpointed_transactions, create_topic, scrape, wait_until
 from ringwatch.connectors import SyntheticConfig, generate, produce_transactions, write_stream
 from ringwatch.connectors.embedded_broker import free_port
+from ringwatch.graph import shard_of
+from ringwatch.stream import detect
 
-N_RINGS = 8
+SHARDS = 2
 DEADLINE_S = 240.0
 VOLATILE = ("detected_at", "latency_ms")  # when the alert was raised, not what it is
 
 
 def detect_cli(path: Path, out: Path, *extra: str) -> list[dict]:
     done = subprocess.run([sys.executable, "-m", "ringwatch.stream.cli", "detect", str(path), "--out", str(out),
-                           "--shards", "2", "--batch-size", "200", *extra],
+                           "--shards", str(SHARDS), "--batch-size", "200", *extra],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     alerts = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
@@ -38,27 +54,59 @@ def test_detect_gives_identical_alerts_on_both_backends(ray_head, tmp_path):
     assert on_ray == own
 
 
-def test_engine_on_ray_from_kafka_to_a_signed_webhook(ray_head, kafka_bootstrap, unique_name, tmp_path):
-    stream = generate(SyntheticConfig(n_transactions=6_000, n_accounts=1_200, n_rings=N_RINGS, days=3, seed=9))
-    create_topic(kafka_bootstrap, unique_name, 1)  # one partition: engine v1 search depends on arrival order
-    produce_transactions(kafka_bootstrap, unique_name, stream.transactions)
+def shard_records() -> list[dict]:
+    """The GraphShard actors' records in this process's Ray namespace (written by their hosts, no call made)."""
+    return sorted((r for r in rt.actors() if r["class_name"] == "GraphShard"), key=lambda r: r["actor_id"])
+
+
+def test_a_shard_worker_sigkilled_on_ray_restarts_from_its_checkpoint_and_every_ring_arrives_once(
+        ray_head, kafka_bootstrap, unique_name, tmp_path):
+    stream = generate(SyntheticConfig(n_transactions=6_000, n_accounts=1_200, n_rings=8, days=3, seed=9))
+    offline = detect(stream.transactions, use_runtime=False)
+    expected = {alert.alert_id for alert in offline}
+    assert {ring.tx_ids[-1] for ring in stream.rings} <= {alert.trigger_tx_id for alert in offline}
+    # Payments stored per holding shard (twice when payer and payee live on different shards); nothing is evicted.
+    stored = sum(len({shard_of(tx.src, SHARDS), shard_of(tx.dst, SHARDS)}) for tx in stream.transactions)
+    half = len(stream.transactions) // 2
+    create_topic(kafka_bootstrap, unique_name, 2)
+    produce_transactions(kafka_bootstrap, unique_name, stream.transactions[:half])
     receiver = Receiver(free_port()).start()
-    state_dir = tmp_path / "state"
+    state_dir, metrics_port = tmp_path / "state", free_port()
     engine = EngineProcess(["--kafka-bootstrap", kafka_bootstrap, "--topic", unique_name,
                             "--group", f"{unique_name}-engine", "--state-dir", str(state_dir),
                             "--webhook-url", receiver.url, "--checkpoint-interval", "1s", "--window", "7d",
-                            "--backend", "ray", "--address", ray_head.address],
+                            "--shards", str(SHARDS), "--metrics-port", str(metrics_port),
+                            "--backend", "ray", "--address", ray_head.address, "--namespace", unique_name],
                            tmp_path / "engine.log", {"RINGWATCH_WEBHOOK_SECRET": SECRET}).start()
+    rt.init(backend="ray", address=ray_head.address, namespace=unique_name)  # reads the engine's actor records
     try:
-        wait_until(lambda: checkpointed_transactions(state_dir) == len(stream.transactions) or not engine.alive(),
-                   DEADLINE_S, "a checkpoint covering every payment")
+        wait_until(lambda: checkpointed_transactions(state_dir) == half or not engine.alive(), DEADLINE_S,
+                   "a checkpoint covering the first half")
         assert engine.alive(), engine.log()
-        assert len(ray_head.worker_pids("GraphShard")) == 2  # the engine's two shards are Ray actors
-        wait_until(lambda: receiver.delivered_rings(stream.rings) == N_RINGS, DEADLINE_S, "every injected ring")
+        before = shard_records()
+        assert len(before) == SHARDS and all(r["restarts"] == 0 and r["checkpoint"] for r in before), before
+        victim = before[0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        produce_transactions(kafka_bootstrap, unique_name, stream.transactions[half:])
+
+        wait_until(lambda: checkpointed_transactions(state_dir) == len(stream.transactions) or not engine.alive(),
+                   DEADLINE_S, "a checkpoint covering every payment after the shard restarted")
+        wait_until(lambda: set(receiver.accepted) >= expected or not engine.alive(), DEADLINE_S, "every alert")
+        assert engine.alive(), engine.log()
+        edges = scrape(metrics_port)[("ringwatch_graph_edges", ())]
+        after = {r["actor_id"]: r for r in shard_records()}
         assert engine.terminate() == 0, engine.log()
     finally:
+        rt.shutdown()
         engine.ensure_stopped()
         receiver.stop()
 
+    assert "replaying from checkpoint" in engine.log(), "the engine never noticed the shard restart"
+    restarted = after[victim["actor_id"]]
+    assert restarted["restarts"] == 1 and restarted["pid"] != victim["pid"], restarted  # Ray restarted that actor
+    assert all(r["restarts"] == 0 for r in after.values() if r is not restarted), after
+    assert edges == stored  # the restarted shard holds the first half again: it came back from its checkpoint
     assert receiver.bad_signatures == 0
+    assert set(receiver.accepted) == expected, (f"{len(set(receiver.accepted) - expected)} alerts detect does not "
+                                                f"raise, {len(expected - set(receiver.accepted))} missing")
     assert all(count == 1 for count in receiver.accepted.values()), receiver.accepted.most_common(3)

@@ -72,8 +72,8 @@ def deployment(kafka_bootstrap, tmp_path_factory) -> Iterator[Deployment]:
                    "the engine to consume every payment")
         assert engine.alive(), engine.log()
         # Alerts reach the sinks (the history among them) while the next batch runs: wait for the last ones.
-        wait_until(lambda: len(client.alerts(limit=100_000)) == client.stats().alerts, DEADLINE_S,
-                   "every alert raised to be delivered")
+        wait_until(lambda: len(client.alerts(limit=100_000)) == len(jsonl_ids(alerts_file)) == client.stats().alerts,
+                   DEADLINE_S, "every alert raised to be delivered (history and file)")
         yield Deployment(stream, client, f"127.0.0.1:{port}", token, alerts_file, engine, topic, kafka_bootstrap,
                          payments)
     finally:

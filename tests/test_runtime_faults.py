@@ -262,6 +262,17 @@ class Sequencer:
         return os.getpid()
 
 
+def kill_while_running(sequencer, behind: int, tmp_path: Path) -> tuple[int, object, list]:
+    """SIGKILL the actor's worker while one call runs and `behind` more have been sent after it."""
+    pid = rt.get(sequencer.pid.remote(), timeout=60)
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    running = sequencer.take.remote(-1, str(started), str(gate))
+    queued = [sequencer.take.remote(i) for i in range(behind)]
+    until(started.exists, "the first call to start")
+    os.kill(pid, signal.SIGKILL)
+    return pid, running, queued
+
+
 def test_direct_calls_survive_the_callee_worker_dying(cluster, tmp_path):
     """The actor's worker is SIGKILLed with one call running and fifty sent behind it.
 
@@ -269,13 +280,7 @@ def test_direct_calls_survive_the_callee_worker_dying(cluster, tmp_path):
     it had not started run on the restarted actor, in the order they were made;
     nothing hangs.
     """
-    sequencer = Sequencer.remote()
-    pid = rt.get(sequencer.pid.remote(), timeout=60)
-    started, gate = tmp_path / "started", tmp_path / "gate"
-    running = sequencer.take.remote(-1, str(started), str(gate))
-    behind = [sequencer.take.remote(i) for i in range(50)]
-    until(started.exists, "the first call to start")
-    os.kill(pid, signal.SIGKILL)
+    pid, running, behind = kill_while_running(Sequencer.remote(), 50, tmp_path)
 
     with pytest.raises(rt.ActorDiedError, match="while the call was running"):
         rt.get(running, timeout=60)
@@ -287,12 +292,7 @@ def test_direct_calls_survive_the_callee_worker_dying(cluster, tmp_path):
 
 def test_direct_calls_to_an_actor_out_of_restarts_fail_and_never_hang(cluster, tmp_path):
     sequencer = Sequencer.options(max_restarts=0).remote()
-    pid = rt.get(sequencer.pid.remote(), timeout=60)
-    started, gate = tmp_path / "started", tmp_path / "gate"
-    running = sequencer.take.remote(-1, str(started), str(gate))
-    behind = [sequencer.take.remote(i) for i in range(20)]
-    until(started.exists, "the first call to start")
-    os.kill(pid, signal.SIGKILL)
+    _, running, behind = kill_while_running(sequencer, 20, tmp_path)
 
     for ref in [running, *behind]:
         with pytest.raises(rt.ActorDiedError):

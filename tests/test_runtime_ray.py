@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -68,6 +69,28 @@ class Counter:
 
     def fail(self) -> None:
         raise ValueError("bad input")
+
+
+@rt.remote(max_restarts=1)
+class Gated:
+    """A counter whose construction waits while the file `gate` exists (touching `waiting`): a restart held open."""
+
+    def __init__(self, gate: str, waiting: str):
+        while Path(gate).exists():
+            Path(waiting).touch()
+            time.sleep(0.05)
+        self.count = 0
+
+    def incr(self) -> int:
+        self.count += 1
+        return self.count
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def hold(self, marker: str) -> None:
+        Path(marker).touch()
+        time.sleep(600)  # running until the test kills this worker
 
 
 def test_tasks_and_objects(on_ray):
@@ -150,6 +173,28 @@ def test_a_killed_actor_worker_restarts_from_its_checkpoint(on_ray, tmp_path):
     saved = rt.checkpoint(counter, timeout=60)  # holds 6
     copy = Counter.options(checkpoint_uri=f"file://{tmp_path}", restore_from=saved).remote()
     assert rt.get(copy.where.remote())[0] == 6  # a new actor can start from a given checkpoint
+
+
+def test_calls_made_while_a_killed_actor_restarts_wait_for_it(on_ray, tmp_path):
+    """As on ringwatch's runtime: the call the dead worker was running fails (its effect is unknown); calls made
+    while the actor restarts wait and run on the restarted actor (Ray alone fails them)."""
+    gate, waiting, running = tmp_path / "gate", tmp_path / "waiting", tmp_path / "running"
+    counter = Gated.options(checkpoint_uri=f"file://{tmp_path}").remote(str(gate), str(waiting))
+    assert rt.get(counter.incr.remote()) == 1 and rt.checkpoint(counter, timeout=60)
+    pid = rt.get(counter.pid.remote())
+    held = counter.hold.remote(str(running))
+    until(running.exists, "the call to be running")
+    gate.touch()
+    os.kill(pid, signal.SIGKILL)
+    until(waiting.exists, "the restarted actor's construction")  # Ray knows: the actor is restarting
+
+    made_meanwhile = [counter.incr.remote() for _ in range(3)]
+    gate.unlink()
+    assert rt.get(made_meanwhile, timeout=120) == [2, 3, 4]  # on the restarted actor, from the checkpoint (1)
+    with pytest.raises(rt.ActorDiedError):
+        rt.get(held, timeout=120)
+    record = next(r for r in rt.actors() if r["actor_id"] == counter.actor_id)
+    assert record["restarts"] == 1
 
 
 def test_backend_is_chosen_by_environment_and_named_errors(ray_head, monkeypatch):

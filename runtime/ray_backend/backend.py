@@ -5,7 +5,8 @@
 | `@remote` function, `.remote()`   | a Ray task (num_cpus, resources, max_retries, retry_exceptions) |
 | `@remote` class, `.remote()`      | a Ray actor hosting the instance (`ActorHost`), 0 CPUs, SPREAD |
 | `.options(name=...)`              | a detached named actor in the namespace `ringwatch-<namespace>` |
-| `max_restarts`, `max_task_retries`| Ray's, plus a restore from the latest ringwatch checkpoint |
+| `max_restarts`                    | Ray's, plus a restore from the latest ringwatch checkpoint  |
+| `max_task_retries`                | calls wait through a restart; the host refuses re-sent ones beyond it |
 | `get`, `put`, `wait`, `cancel`    | `ray.get`, `ray.put`, `ray.wait`, `ray.cancel`             |
 | `kill`, `get_actor`, `nodes`      | `ray.kill(no_restart=True)`, `ray.get_actor`, `ray.nodes`  |
 """
@@ -122,13 +123,16 @@ class RayBackend:
         checkpoint_uri = options.checkpoint_uri or default_uri()
         ray_options: dict[str, Any] = {
             "num_cpus": 0, "resources": dict(options.resources) or None, "max_restarts": options.max_restarts,
-            "max_task_retries": options.max_task_retries, "scheduling_strategy": "SPREAD"}
+            # Ray holds calls through a restart only when it may re-send them; the host applies ours (hosting.py).
+            "max_task_retries": -1 if options.max_restarts else options.max_task_retries,
+            "scheduling_strategy": "SPREAD"}
         if options.name:  # shared by name, so it outlives the process that made it (as on ringwatch's runtime)
             ray_options.update(name=options.name, namespace=self.namespace, lifetime="detached")
 
         def create(*args: Any, **kwargs: Any) -> RayActorHandle:
             spec = ActorSpec(new_id(), cls.__name__, methods, options.name, checkpoint_uri,
-                             options.checkpoint_every, options.checkpoint_interval_s, options.restore_from)
+                             options.checkpoint_every, options.checkpoint_interval_s, options.restore_from,
+                             options.max_task_retries)
             with translated():
                 actor = host.options(**ray_options).remote(cls, spec, args, kwargs)
             handle = RayActorHandle(actor, spec.actor_id, spec.class_name, methods, spec.name)

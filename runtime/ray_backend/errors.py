@@ -21,7 +21,7 @@ def translate(exc: BaseException) -> BaseException:
     """The ringwatch error that stands for `exc` (`exc` itself when it is not Ray's)."""
     if isinstance(exc, rex.RayTaskError):
         cause = exc.cause
-        if isinstance(cause, TaskError):  # raised by ringwatch's task or actor wrapper, with its name
+        if isinstance(cause, (TaskError, ActorDiedError)):  # raised by ringwatch's task or actor host
             return cause
         if isinstance(cause, rex.RayError):
             return translate(cause)

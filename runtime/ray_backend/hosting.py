@@ -8,11 +8,20 @@ task calling shard actors) go to Ray too. Errors leave as ringwatch's
 An actor is hosted by an `ActorHost`: the host constructs it, gives it the
 latest checkpoint when Ray restarts it (`max_restarts`), and checkpoints it
 after calls as `checkpoint_every` / `checkpoint_interval_s` ask, before the
-result of the call a checkpoint covers goes back. The latest checkpoint id
-lives in Ray's GCS (`ActorRecords`), as it lives in ringwatch's sealed GCS on
-ringwatch's runtime, never only in the store: a restart loads only an id a
-cluster member wrote, and the store's bytes must match the SHA-256 in that id. Its Ray class carries the
-hosted class's name, so Ray's dashboard and `ray list actors` show `GraphShard`.
+result of the call a checkpoint covers goes back.
+
+Calls keep ringwatch's semantics through a restart. Ray fails every call made
+while an actor restarts unless it may re-send calls (at most once), so hosts run
+with Ray's `max_task_retries=-1`: calls made meanwhile wait for the restarted
+actor, as on ringwatch's runtime, and a call the dead worker held comes again,
+which the host refuses with `ActorDiedError` (its effect on the state is
+unknown) beyond the actor's own `max_task_retries`, without running it.
+
+The latest checkpoint id lives in Ray's GCS (`ActorRecords`), as it lives in
+ringwatch's sealed GCS on ringwatch's runtime, never only in the store: a
+restart loads only an id a cluster member wrote, and the store's bytes must
+match the SHA-256 in that id. Its Ray class carries the hosted class's name,
+so Ray's dashboard and `ray list actors` show `GraphShard`.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from ray.experimental import internal_kv
 
 from .. import api
 from ..checkpoints import ActorCheckpoints, open_store
-from ..errors import TaskError
+from ..errors import ActorDiedError, TaskError
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +108,7 @@ class ActorSpec:
     checkpoint_every: int | None
     checkpoint_interval_s: float | None
     restore_from: str | None = None  # a new actor starts with this checkpoint's state
+    max_task_retries: int = 0  # deliveries of a call beyond the first that may run (see the module docstring)
 
 
 class ActorHost:
@@ -129,6 +139,7 @@ class ActorHost:
         ActorRecords.write(self._namespace, self._record)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self._refuse_redelivery(method)
         try:
             return getattr(self._instance, method)(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - everything a method raises goes back to the caller
@@ -145,7 +156,14 @@ class ActorHost:
         if self._checkpoints is None:
             raise TaskError.from_exception(ValueError("this actor has no checkpoint store"),
                                            f"{self._spec.class_name}.checkpoint()")
+        self._refuse_redelivery("checkpoint")
         return self._take()
+
+    def _refuse_redelivery(self, method: str) -> None:
+        """A call the dead worker held, re-sent by Ray, runs only if `max_task_retries` allows it."""
+        if _delivery() > self._spec.max_task_retries:
+            raise ActorDiedError(f"{self._spec.class_name}.{method}(): the actor's worker died holding this call; "
+                                 "the actor restarted from its latest checkpoint")
 
     def _take(self) -> str:
         checkpoint_id = self._checkpoints.take(self._instance)
@@ -163,6 +181,15 @@ def _reconstructed() -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return ray.get_runtime_context().was_current_actor_reconstructed
+
+
+def _delivery() -> int:
+    """How many times Ray sent the running call before (0: first delivery).
+
+    Ray has no public API for it; its core worker's is what its task events use,
+    and the `ray` extra pins the versions it was tested with.
+    """
+    return ray._private.worker.global_worker.core_worker.get_current_task_attempt_number()
 
 
 def host_class(cls: type) -> type:

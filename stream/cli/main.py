@@ -18,10 +18,10 @@ def _registrars() -> list[Registrar]:
     """Subcommand registrars, in the order `ringwatch --help` lists them."""
     from ringwatch.runtime import cli as runtime_cli
 
-    from . import demo, detect, generate, query, run, webhook
+    from . import demo, detect, generate, query, run, status, webhook
 
     return [demo.register, detect.register, run.register, runtime_cli.register_node,
-            runtime_cli.register_status, query.register, webhook.register, generate.register]
+            status.register, query.register, webhook.register, generate.register]
 
 
 def ringwatch_version() -> str:
