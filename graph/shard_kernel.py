@@ -45,9 +45,12 @@ def mix(k1, k2):
     return z ^ (z >> np.uint64(31))
 
 
+GID_MASK = np.uint64(2**64 - 1)  # every bit of the hash; a narrower mask forces collisions (tests)
+
+
 @njit(cache=True)
-def gid_of_bytes(buf, start, stop):
-    h = fnv1a(buf, start, stop)
+def gid_of_bytes(buf, start, stop, mask):
+    h = fnv1a(buf, start, stop) & mask
     return h if h != np.uint64(0) else np.uint64(1)
 
 
@@ -357,7 +360,7 @@ CRC_TABLE = _crc_table()
 
 
 @njit(cache=True)
-def owners(buf, off, num_shards, table):
+def owners(buf, off, num_shards, table, gid_mask):
     """`zlib.crc32(name) % num_shards` and the gid of every string of an Arrow string column."""
     n = off.shape[0] - 1
     shard = np.empty(n, np.int16)
@@ -367,5 +370,5 @@ def owners(buf, off, num_shards, table):
         for k in range(off[i], off[i + 1]):
             c = table[(c ^ np.uint32(buf[k])) & np.uint32(0xFF)] ^ (c >> np.uint32(8))
         shard[i] = (c ^ np.uint32(0xFFFFFFFF)) % np.uint32(num_shards)
-        gid[i] = gid_of_bytes(buf, off[i], off[i + 1])
+        gid[i] = gid_of_bytes(buf, off[i], off[i + 1], gid_mask)
     return shard, gid

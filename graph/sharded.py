@@ -73,11 +73,12 @@ def shard_of(account: str, num_shards: int) -> int:
     return zlib.crc32(account.encode()) % num_shards
 
 
-def owners_of_column(column: pa.Array | pa.ChunkedArray, num_shards: int) -> tuple[np.ndarray, np.ndarray]:
+def owners_of_column(column: pa.Array | pa.ChunkedArray, num_shards: int, gid_mask: int = int(sk.GID_MASK)
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """`shard_of` and the gid of every value of a string column, in compiled code."""
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     buf, off = _string_buffers(column, "account")
-    return sk.owners(buf, off, num_shards, sk.CRC_TABLE)
+    return sk.owners(buf, off, num_shards, sk.CRC_TABLE, np.uint64(gid_mask))
 
 
 @dataclass
@@ -113,9 +114,10 @@ class GraphShard:
     name accounts by gid).
     """
 
-    def __init__(self, index: int, num_shards: int):
+    def __init__(self, index: int, num_shards: int, gid_mask: int = int(sk.GID_MASK)):
         self.index = index
         self.num_shards = num_shards
+        self.gid_mask = gid_mask  # the driver's (`ShardedRingGraph`): narrower only where tests force collisions
         self._reset()
 
     def _reset(self) -> None:
@@ -140,7 +142,8 @@ class GraphShard:
                 grown = np.empty(size, old.dtype)
                 grown[:start] = old[:start]
                 setattr(self, name, grown)
-        owner, gid = sk.owners(store.n_buf, store.n_off[start:stop + 1], self.num_shards, sk.CRC_TABLE)
+        owner, gid = sk.owners(store.n_buf, store.n_off[start:stop + 1], self.num_shards, sk.CRC_TABLE,
+                               np.uint64(self.gid_mask))
         self._owner_of[start:stop], self._gid_of[start:stop] = owner, gid
         owned = self._owner_of[:stop] == self.index
         self._owned += int(np.count_nonzero(owned[start:stop]))
@@ -297,8 +300,9 @@ class ShardedRingGraph:
     """
 
     def __init__(self, options: SearchOptions, shards: Sequence[Any], *, clock: Callable[[], float] = time.time,
-                 owned: bool = False):
+                 owned: bool = False, gid_mask: int = int(sk.GID_MASK)):
         self.options = options
+        self.gid_mask = gid_mask  # must be the shards' own
         self.clock = clock
         self.shards = list(shards)
         self.num_shards = len(self.shards)
@@ -309,8 +313,10 @@ class ShardedRingGraph:
         self._horizon: int | None = None  # an eviction the shards have not been sent yet
 
     @classmethod
-    def in_process(cls, options: SearchOptions, num_shards: int) -> "ShardedRingGraph":
-        return cls(options, [GraphShard(i, num_shards) for i in range(num_shards)])
+    def in_process(cls, options: SearchOptions, num_shards: int, *, gid_mask: int = int(sk.GID_MASK)
+                   ) -> "ShardedRingGraph":
+        """`num_shards` GraphShards in this process. `gid_mask` narrows account gids (tests force collisions)."""
+        return cls(options, [GraphShard(i, num_shards, gid_mask) for i in range(num_shards)], gid_mask=gid_mask)
 
     @classmethod
     def create(cls, options: SearchOptions, num_shards: int, *, name: str | None = None,
@@ -365,8 +371,8 @@ class ShardedRingGraph:
         if rows == 0:
             return result
         o = self.options
-        src_shard, src_gid = owners_of_column(table.column("src"), self.num_shards)
-        dst_shard, dst_gid = owners_of_column(table.column("dst"), self.num_shards)
+        src_shard, src_gid = owners_of_column(table.column("src"), self.num_shards, self.gid_mask)
+        dst_shard, dst_gid = owners_of_column(table.column("dst"), self.num_shards, self.gid_mask)
         search = LabelRounds(o, self.num_shards, self._degrees, rows)
         first = FirstLayer(replay, o.order == "strict", o.window_ms, o.min_amount_units,
                            -1 if o.max_degree is None else o.max_degree)

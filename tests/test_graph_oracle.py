@@ -16,7 +16,10 @@ actors on a local runtime (1 and 3).
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,7 +27,7 @@ from hypothesis import strategies as st
 
 from graph_oracle import key, oracle, valid
 from ringwatch import runtime as rt
-from ringwatch.graph import PAYMENT_SCHEMA, LocalRingGraph, SearchOptions, ShardedRingGraph, Transaction
+from ringwatch.graph import PAYMENT_SCHEMA, GraphShard, LocalRingGraph, SearchOptions, ShardedRingGraph, Transaction
 
 WINDOW = 20
 UNBOUNDED = {"max_degree": None, "max_rings_per_tx": None}  # the oracle knows no work bounds
@@ -60,7 +63,10 @@ def make_graph(options, shards):
 
 
 def run(stream, options, shards, sizes):
-    graph = make_graph(options, shards)
+    return feed(make_graph(options, shards), stream, sizes)
+
+
+def feed(graph, stream, sizes):
     alerts, start = [], 0
     sizes = iter(sizes)
     while start < len(stream):
@@ -184,4 +190,95 @@ def test_shards_raise_what_the_in_process_graph_raises_under_the_hub_guard_and_r
     random.Random(seed).shuffle(shuffled)
     local = run(shuffled, options, 0, sizes)
     sharded = run(shuffled, options, shards, sizes)
-    assert sorted((a.alert_id, a.tx_ids) for a in sharded) == sorted((a.alert_id, a.tx_ids) for a in local)
+    assert sorted((a.alert_id, a.tx_ids, a.cut_by) for a in sharded) == \
+        sorted((a.alert_id, a.tx_ids, a.cut_by) for a in local)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(stream=payments(), shards=st.sampled_from([-1, -3]), sizes=sizes, seed=st.integers(0, 99),
+       max_degree=st.sampled_from([None, 1, 2, 3]), max_rings=st.sampled_from([None, 1, 2]))
+def test_graph_shard_actors_raise_what_the_in_process_graph_raises_under_the_hub_guard_and_ring_cap(
+        actors, stream, shards, sizes, seed, max_degree, max_rings):
+    options = SearchOptions(max_hops=5, window_ms=WINDOW, max_degree=max_degree, max_rings_per_tx=max_rings)
+    shuffled = list(stream)
+    random.Random(seed).shuffle(shuffled)
+    local = run(shuffled, options, 0, sizes)
+    sharded = run(shuffled, options, shards, sizes)
+    assert sorted((a.alert_id, a.tx_ids, a.cut_by) for a in sharded) == \
+        sorted((a.alert_id, a.tx_ids, a.cut_by) for a in local)
+
+
+@common
+@given(stream=payments(), shards=st.integers(1, 3), sizes=sizes, max_hops=st.integers(2, 6), seed=st.integers(0, 99),
+       gid_bits=st.integers(0, 2))
+def test_accounts_sharing_a_gid_cost_work_never_a_ring(stream, shards, sizes, max_hops, seed, gid_bits):
+    """Shards name accounts to each other by a 64-bit hash; narrowed to at most 2 bits, most accounts share one."""
+    options = SearchOptions(max_hops=max_hops, window_ms=WINDOW, **UNBOUNDED)
+    ordered = sorted(stream, key=key)
+    alerts = feed(ShardedRingGraph.in_process(options, shards, gid_mask=(1 << gid_bits) - 1), ordered, sizes)
+    expected = oracle(stream, options)
+    assert {a.alert_id: (a.trigger_tx_id, a.accounts, a.tx_ids) for a in alerts} == \
+        {i: (r.trigger, r.accounts, r.tx_ids) for i, r in expected.items()}
+    shuffled = list(stream)
+    random.Random(seed).shuffle(shuffled)
+    alerts = feed(ShardedRingGraph.in_process(options, shards, gid_mask=(1 << gid_bits) - 1), shuffled, sizes)
+    assert {(a.alert_id, a.trigger_tx_id, a.accounts) for a in alerts} == \
+        {(i, r.trigger, r.accounts) for i, r in expected.items()}
+
+
+class WhereShard(GraphShard):
+    """A GraphShard that says which process it runs in, so a test can SIGKILL it."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def until(condition, what: str, timeout_s: float = 60.0):
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+def test_a_shard_actor_killed_mid_stream_comes_back_from_its_checkpoint_and_a_replay_raises_every_ring(
+        actors, tmp_path):
+    """What the engine does after a shard restart (stream/graph_port.py): rewind to the checkpoint, replay with
+    `replay=True`. The restarted shard holds the checkpointed payments only; the other still holds the rest."""
+    rng = random.Random(11)
+    stream, ts = [], 0
+    for i in range(300):
+        ts += rng.choice([0, 1, 2])
+        src, dst = rng.sample(range(10), 2)
+        stream.append(Transaction(f"t{i:03d}", f"a{src}", f"a{dst}", "100", ts))
+    options = SearchOptions(max_hops=4, window_ms=40, **UNBOUNDED)
+    handles = [rt.remote(WhereShard).options(checkpoint_uri=f"file://{tmp_path}", max_restarts=1).remote(i, 2)
+               for i in range(2)]
+    graph = ShardedRingGraph(options, handles)
+    raised = {}
+
+    def process(start, stop, replay=False):
+        for at in range(start, stop, 25):
+            for alert in graph.process(stream[at:min(at + 25, stop)], replay=replay).alerts:
+                raised[alert.alert_id] = (alert.trigger_tx_id, alert.accounts, alert.tx_ids)
+
+    process(0, 150)
+    checkpoints = [rt.checkpoint(handle, timeout=60) for handle in handles]
+    held = rt.get(handles[0].edge_count.remote())
+    kept = dict(raised)
+    process(150, 250)  # what these raise counts as lost with the engine's rewind
+    assert all(checkpoints) and rt.get(handles[0].edge_count.remote()) > held
+    raised.clear()
+    raised.update(kept)
+    os.kill(rt.get(handles[0].pid.remote()), signal.SIGKILL)
+    until(lambda: next(a for a in rt.actors() if a["actor_id"] == handles[0].actor_id)["restarts"] == 1,
+          "the shard to restart")
+    assert rt.get(handles[0].edge_count.remote(), timeout=60) == held  # back at its checkpoint
+
+    process(150, 250, replay=True)  # the engine rewinds to the checkpoint and replays
+    process(250, 300, replay=True)
+
+    expected = oracle(stream, options)
+    assert len(expected) > 20
+    assert raised == {i: (r.trigger, r.accounts, r.tx_ids) for i, r in expected.items()}
