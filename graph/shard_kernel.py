@@ -1,14 +1,16 @@
 """The compiled half of the sharded search that runs on a `GraphShard`: label rounds over its own lists.
 
-Across shards an account is named by a 64-bit id, `gid` = FNV-1a of its
-name's UTF-8 bytes (0 mapped to 1), computed the same way by the driver (from
-Arrow string buffers) and by each shard (from its interned names), so label
-entries carry 8 bytes per account and never a string. Two names may share a
-gid: a shard chains every account it owns under its gid, and an entry for
-that gid expands all of them. That merges their labels, which only makes
-labels more permissive (they are necessary conditions: a merged label can
-never prove "no ring" where a ring exists), so a collision costs work, never
-a ring.
+Across shards an account is named by a 64-bit id, `gid`: its owning shard in
+the top 16 bits, the low 48 bits of the FNV-1a hash of its name's UTF-8 bytes
+below (0 mapped to 1), computed the same way by the driver (from Arrow string
+buffers) and by each shard (from its interned names), so label entries carry 8
+bytes per account and never a string. Two names may share a gid, but only
+names owned by the same shard (the owner is part of it, so the entry for a gid
+always goes to the shard holding every account under it): that shard chains
+every account it owns under the gid, and an entry for it expands all of them.
+That merges their labels, which only makes labels more permissive (they are
+necessary conditions: a merged label can never prove "no ring" where a ring
+exists), so a collision costs work, never a ring.
 
 A round's request is arrays of entries `(job, tag, gid, label, bound)`; the
 tag says the direction (bit 0: 0 = forward over the out-list, 1 = backward
@@ -45,13 +47,13 @@ def mix(k1, k2):
     return z ^ (z >> np.uint64(31))
 
 
-GID_MASK = np.uint64(2**64 - 1)  # every bit of the hash; a narrower mask forces collisions (tests)
+GID_MASK = np.uint64(2**48 - 1)  # the hash bits a gid keeps; a narrower mask forces collisions (tests)
 
 
 @njit(cache=True)
-def gid_of_bytes(buf, start, stop, mask):
-    h = fnv1a(buf, start, stop) & mask
-    return h if h != np.uint64(0) else np.uint64(1)
+def gid_of_bytes(buf, start, stop, mask, owner):
+    g = (fnv1a(buf, start, stop) & mask & GID_MASK) | (np.uint64(owner) << np.uint64(48))
+    return g if g != np.uint64(0) else np.uint64(1)
 
 
 # ---- a (uint64, int64) -> slot map with linear probing --------------------------------------------------
@@ -370,5 +372,5 @@ def owners(buf, off, num_shards, table, gid_mask):
         for k in range(off[i], off[i + 1]):
             c = table[(c ^ np.uint32(buf[k])) & np.uint32(0xFF)] ^ (c >> np.uint32(8))
         shard[i] = (c ^ np.uint32(0xFFFFFFFF)) % np.uint32(num_shards)
-        gid[i] = gid_of_bytes(buf, off[i], off[i + 1], gid_mask)
+        gid[i] = gid_of_bytes(buf, off[i], off[i + 1], gid_mask, shard[i])
     return shard, gid

@@ -179,6 +179,17 @@ def test_graph_shard_actors_match_the_oracle(actors, stream, shards, sizes, max_
     assert_same_rings(stream, options, shards, sizes, seed)
 
 
+def assert_same_alerts_and_no_fewer_cuts(sharded, local):
+    """The rings raised are the same; a cut the in-process search reports is reported by the shards too. (Which
+    hub lists a search meets depends on the side it grows first, so the shards may report a cut more.)"""
+    assert sorted((a.alert_id, a.tx_ids) for a in sharded) == sorted((a.alert_id, a.tx_ids) for a in local)
+    cuts = {}
+    for a in sharded:
+        cuts.setdefault(a.alert_id, set()).update(a.cut_by)
+    for a in local:
+        assert set(a.cut_by) <= cuts[a.alert_id], (a.alert_id, a.cut_by)
+
+
 @common
 @given(stream=payments(), shards=st.integers(1, 3), sizes=sizes, seed=st.integers(0, 99),
        max_degree=st.integers(1, 4), max_rings=st.sampled_from([None, 1, 2]))
@@ -190,8 +201,7 @@ def test_shards_raise_what_the_in_process_graph_raises_under_the_hub_guard_and_r
     random.Random(seed).shuffle(shuffled)
     local = run(shuffled, options, 0, sizes)
     sharded = run(shuffled, options, shards, sizes)
-    assert sorted((a.alert_id, a.tx_ids, a.cut_by) for a in sharded) == \
-        sorted((a.alert_id, a.tx_ids, a.cut_by) for a in local)
+    assert_same_alerts_and_no_fewer_cuts(sharded, local)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -205,8 +215,7 @@ def test_graph_shard_actors_raise_what_the_in_process_graph_raises_under_the_hub
     random.Random(seed).shuffle(shuffled)
     local = run(shuffled, options, 0, sizes)
     sharded = run(shuffled, options, shards, sizes)
-    assert sorted((a.alert_id, a.tx_ids, a.cut_by) for a in sharded) == \
-        sorted((a.alert_id, a.tx_ids, a.cut_by) for a in local)
+    assert_same_alerts_and_no_fewer_cuts(sharded, local)
 
 
 @common
