@@ -1,17 +1,19 @@
 """End-to-end benchmark: `ringwatch run` against raw kafka-python consumption of the same topic.
 
 In one run, on one embedded Tansu broker (or --bootstrap for Apache Kafka):
-(a) a plain kafka-python consumer group reads the topic (4 partitions) and
-    decodes each JSON message, nothing else: the baseline;
+(a) two baselines over the same payments: a plain kafka-python consumer group
+    reads the topic (4 partitions) and decodes each JSON message, nothing else;
+    and the raw graph: `LocalRingGraph.process` over the payments in memory,
+    in batches of the engine's `batch_max_size`, in this process;
 (b) `ringwatch run` consumes the same topic in a fresh group, once per graph
     placement (`actors`: shard actors on a local runtime; `in-process`: the
     graph in the engine's process), until every message is processed or
     --budget seconds pass (its own counter on /metrics); tx/s from its first
-    consumed message, and the ratio to (a);
-(c) latency at a fixed offered rate: the engine is started first, payments are
-    produced at --rate tx/s, and each alert's latency is its `detected_at` minus
-    the time its closing payment was handed to the producer (p50/p99); the rate
-    the producer really achieved is printed too;
+    consumed message, and the ratios to both baselines;
+(c) latency at a fixed offered rate, once per placement: the engine is started
+    first, payments are produced at --rate tx/s, and each alert's latency is
+    its `detected_at` minus the time its closing payment was handed to the
+    producer (p50/p99); the rate the producer really achieved is printed too;
 (d) scale-out: on a ringwatch cluster (redis-server and one node on this
     machine, --address), one engine and then two engines in one group consume
     the topic (shared shard actors); tx/s of the group from its first consumed
@@ -21,6 +23,8 @@ In one run, on one embedded Tansu broker (or --bootstrap for Apache Kafka):
 
     python bench/end_to_end.py                                   # 200k transactions, 20,000 tx/s offered
     python bench/end_to_end.py --transactions 100000 --latency-seconds 10 --placements in-process
+The machine's load average is printed at the start and the end: other
+processes take cores from every figure.
     python bench/end_to_end.py --backends ringwatch,ray          # (b) and (c) on ringwatch's runtime and on Ray
 """
 
@@ -42,6 +46,9 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from ringwatch.connectors import EmbeddedBroker, SyntheticConfig, generate, produce_transactions
 from ringwatch.connectors.embedded_broker import free_port
+from ringwatch.graph import LocalRingGraph, Transaction
+from ringwatch.stream import Config
+from ringwatch.stream.config import search_options
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -61,7 +68,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bootstrap", help="an existing Kafka (default: start an embedded Tansu broker)")
     parser.add_argument("--window", default="48h")
     parser.add_argument("--placements", default="actors,in-process", help="graph placements to measure")
-    parser.add_argument("--latency-placement", default="in-process", help="graph placement of the latency run")
     parser.add_argument("--backends", default="ringwatch",
                         help="runtimes to run (b) and (c) on, side by side: ringwatch, ray (a local Ray per engine)")
     parser.add_argument("--no-scale-out", action="store_true", help="skip (d), 1 vs 2 engines on a cluster")
@@ -94,6 +100,22 @@ def raw_consume(bootstrap: str, topic: str, expected: int) -> float:
         return seen / (time.perf_counter() - started)
     finally:
         consumer.close()
+
+
+def raw_graph(transactions: list[Transaction], window: str) -> float:
+    """tx/s of the in-process graph alone (apply + search), in the engine's default micro-batches."""
+    graph = LocalRingGraph(search_options(window=window))
+    batch = Config().engine.batch_max_size
+    started = time.perf_counter()
+    for start in range(0, len(transactions), batch):
+        graph.process(transactions[start:start + batch])
+    elapsed = time.perf_counter() - started
+    graph.close()
+    return len(transactions) / elapsed
+
+
+def load_average() -> str:
+    return "/".join(f"{load:.2f}" for load in os.getloadavg())
 
 
 def consumed(metrics_port: int) -> float:
@@ -229,6 +251,7 @@ def main() -> None:
     bootstrap = args.bootstrap or broker.bootstrap
     results: dict[str, dict[str, float]] = {}
     scaled: dict[str, float] = {}
+    load_at_start = load_average()
     try:
         topic = f"payments-{time.time_ns()}"
         create_topic(bootstrap, topic)
@@ -237,6 +260,7 @@ def main() -> None:
         print(f"producing {args.transactions:,} transactions to {topic} ...", flush=True)
         produce_transactions(bootstrap, topic, stream.transactions, timeout_s=600)
         raw = raw_consume(bootstrap, topic, args.transactions)
+        graph_rate = raw_graph(stream.transactions, args.window)
         for backend in backends:
             row = results[backend] = {}
             for placement in placements:
@@ -244,20 +268,25 @@ def main() -> None:
                                 "--placement", placement)
                 rate = group_throughput([engine], args.transactions, args.budget)
                 row[f"ringwatch run ({placement}), tx/s"] = rate
-                row[f"ratio engine ({placement}) / raw"] = rate / raw
-            latencies, offered = latency_run(bootstrap, args.rate, args.latency_seconds, args.accounts, args.window,
-                                             "--backend", backend, "--placement", args.latency_placement)
-            row[f"offered rate really achieved, tx/s (asked {args.rate:,})"] = offered
-            row[f"alert latency p50 ({args.latency_placement}), ms"] = percentile(latencies, 0.50)
-            row[f"alert latency p99 ({args.latency_placement}), ms"] = percentile(latencies, 0.99)
-            row["alerts in the latency run"] = len(latencies)
+                row[f"ratio engine ({placement}) / raw consume"] = rate / raw
+                row[f"ratio engine ({placement}) / raw graph"] = rate / graph_rate
+            for placement in placements:
+                latencies, offered = latency_run(bootstrap, args.rate, args.latency_seconds, args.accounts,
+                                                 args.window, "--backend", backend, "--placement", placement)
+                row[f"offered rate really achieved ({placement}), tx/s"] = offered
+                row[f"alert latency p50 ({placement}), ms"] = percentile(latencies, 0.50)
+                row[f"alert latency p99 ({placement}), ms"] = percentile(latencies, 0.99)
+                row[f"alerts in the latency run ({placement})"] = len(latencies)
         if not args.no_scale_out:
             scaled = scale_out(bootstrap, topic, args.transactions, args.window, args.budget)
     finally:
         if broker is not None:
             broker.stop()
+    print(f"\n{os.cpu_count()} cores, load average (1/5/15 min) {load_at_start} at the start, {load_average()} at the end;"
+          f" latency runs offered {args.rate:,} tx/s")
     print(f"\n{'measure':<52}" + "".join(f" {backend:>12}" for backend in backends))
     print(f"{'raw kafka-python consume + JSON decode, tx/s':<52}" + f" {raw:>12,.0f}" * len(backends))
+    print(f"{'raw graph: LocalRingGraph.process in memory, tx/s':<52}" + f" {graph_rate:>12,.0f}" * len(backends))
     for measure in results[backends[0]]:
         print(f"{measure:<52}" + "".join(f" {results[b][measure]:>12,.2f}" for b in backends))
     if scaled:

@@ -1,4 +1,4 @@
-"""The compiled hot path: the edge store's insert/evict/compact and the exact ring search, in numba.
+"""The compiled hot path: the edge store's interning, insert and compaction, and the exact ring search, in numba.
 
 Everything here works on plain numpy arrays that `EdgeStore` (store.py) owns;
 Python hands whole batches over, never one payment at a time. The functions
@@ -6,21 +6,32 @@ are `@njit(cache=True)`: compiled once per machine into numba's cache next to
 this file (or `NUMBA_CACHE_DIR`), loaded from there by every later process.
 
 Layout (see store.py for the owner):
-- edges, by edge id `e`: `e_src`, `e_dst` (account ids), `e_ts` (epoch ms),
-  `e_amt` (int64, 1/10,000 units), `e_cur` (interned currency, 0 = none),
-  the tx id's UTF-8 bytes in `tx_buf[tx_off[e]:tx_off[e+1]]`;
-- a tx-id hash table `tx_tab` (open addressing, -1 empty, -2 deleted);
-- per account and direction (0 = out, 1 = in) a segment of the pools `p_eid`,
-  `p_ts` (peer read from the edge): `a_start`, `a_head` (first live entry,
-  advanced by eviction), `a_len`, `a_cap`; entries sorted by the event-time
-  key `(ts, tx_id bytes)`; a full segment moves to the pool's end at twice
-  its size (the pool itself grows by doubling in Python, on demand).
+- edges, by edge id `e`: `e_hot[e]` = (ts, src, dst) in one 16-byte record
+  (what the search reads per list entry, one cache line), `e_amt` (int64,
+  1/10,000 units), `e_cur` (interned currency, 0 = none), the tx id's UTF-8
+  bytes in `tx_buf[tx_off[e]:tx_off[e+1]]` (uint32 offsets);
+- byte-string tables, open addressing: tx ids with an int32 edge id per slot
+  (-1 empty) and a uint8 tag of the hash per slot, so a probe compares bytes
+  only when the tag matches; account and currency names with two words per
+  slot (hash tag, length, id; the name's first 8 bytes), so a short name is
+  found in one memory access;
+- per account `a` and direction `d` (0 = out, 1 = in) a segment of the pool
+  `p_eid` (edge ids, sorted by the event-time key `(ts, tx_id bytes)`):
+  `a_seg[a, d]` = (start, head, len, cap), entries `p_eid[start+head:start+len]`.
+  A full segment first drops its evicted head; when at least half of it is
+  free then, it shifts in place, else it moves to the pool's end at twice its
+  live size (the pool grows in Python, on demand).
+- Eviction is lazy: the store only raises `horizon`; every reader bounds its
+  time range below by it, and list heads are advanced when a segment fills.
 
 The ring search for a trigger `T = u -> v` (witnesses: edges with key < key(T)
-and ts >= ts(T) - window; see `search`) is bidirectional: forward labels
-(earliest arrival from v) and backward labels (latest departure that still
-reaches u), one array per hop count. If no account carries a forward label
-at most its backward label within the hop budget, no time-respecting walk of
+and ts >= max(ts(T) - window, horizon); see `search`) is bidirectional:
+forward labels (earliest arrival from v) and backward labels (latest
+departure that still reaches u), one value per hop count, kept for the
+accounts a search touches only (`slot_f`/`slot_b` map an account to its row
+of small per-call arrays, -1 when untouched). Each label write checks the
+other side: an account whose forward label is at most its backward label
+within the hop budget is a meet. Without a meet, no time-respecting walk of
 at most max_hops - 1 witnesses joins v to u, so there is no ring: that test
 settles almost every payment. The rest run a depth-first search over
 accounts, pruned by the backward labels, that lists every ring with its
@@ -35,35 +46,43 @@ from numba import njit
 INF = np.int64(2**62)
 NEG = np.int64(-(2**62))
 EMPTY = np.int32(-1)
-DELETED = np.int32(-2)
 
-NEW, DUPLICATE, CONFLICT, NEED_ROOM = 0, 1, 2, 3
+NEW, DUPLICATE, CONFLICT, LATE = 0, 1, 2, 3
 MIN_SEGMENT = 2  # smallest list segment: most accounts hold one or two payments per window
+SEG_START, SEG_HEAD, SEG_LEN, SEG_CAP = 0, 1, 2, 3
+HOT = np.dtype([("ts", np.int64), ("src", np.int32), ("dst", np.int32)])
+FIRST_SLOTS = 256  # rows of the per-call label arrays to begin with; they double when a search needs more
 
 
 # ---- keys and hashes ---------------------------------------------------------------------------------
 
 
 @njit(cache=True)
+def _at(off, i):
+    """An offset as int64 (offsets may be stored as uint32)."""
+    return np.int64(off[i])
+
+
+@njit(cache=True)
 def tx_less(tx_buf, tx_off, a, b):
     """tx id of edge a < tx id of edge b, as UTF-8 bytes."""
-    i, ia, ja = 0, tx_off[a], tx_off[a + 1]
-    ib, jb = tx_off[b], tx_off[b + 1]
+    ia, ja = _at(tx_off, a), _at(tx_off, a + 1)
+    ib, jb = _at(tx_off, b), _at(tx_off, b + 1)
     na, nb = ja - ia, jb - ib
     n = na if na < nb else nb
-    while i < n:
+    for i in range(n):
         x, y = tx_buf[ia + i], tx_buf[ib + i]
         if x != y:
             return x < y
-        i += 1
     return na < nb
 
 
 @njit(cache=True)
-def key_less(e_ts, tx_buf, tx_off, a, b):
+def key_less(e_hot, tx_buf, tx_off, a, b):
     """Event-time order: (ts, tx_id) of edge a < that of edge b."""
-    if e_ts[a] != e_ts[b]:
-        return e_ts[a] < e_ts[b]
+    ta, tb = e_hot[a].ts, e_hot[b].ts
+    if ta != tb:
+        return ta < tb
     return tx_less(tx_buf, tx_off, a, b)
 
 
@@ -76,245 +95,182 @@ def fnv1a(buf, start, stop):
 
 
 @njit(cache=True)
-def same_tx(tx_buf, tx_off, e, b_buf, b_start, b_stop):
-    n = tx_off[e + 1] - tx_off[e]
+def _tag(h):
+    return np.uint8(h >> np.uint64(56))
+
+
+@njit(cache=True)
+def same_bytes(buf, off, e, b_buf, b_start, b_stop):
+    base = _at(off, e)
+    n = _at(off, e + 1) - base
     if n != b_stop - b_start:
         return False
-    base = tx_off[e]
     for i in range(n):
-        if tx_buf[base + i] != b_buf[b_start + i]:
+        if buf[base + i] != b_buf[b_start + i]:
             return False
     return True
 
 
 @njit(cache=True)
-def lookup(tx_tab, tx_buf, tx_off, e_ts, horizon, b_buf, b_start, b_stop, h):
+def tab_put(tab, tags, h, e):
+    mask = np.uint64(tab.shape[0] - 1)
+    slot = h & mask
+    while tab[slot] >= 0:
+        slot = (slot + np.uint64(1)) & mask
+    tab[slot] = e
+    tags[slot] = _tag(h)
+
+
+@njit(cache=True)
+def rebuild_index(tab, tags, buf, off, count):
+    """The tx-id table of the byte strings buf[off[i]:off[i+1]], i < count (a bigger table, or after compaction)."""
+    tab[:] = EMPTY
+    for i in range(count):
+        tab_put(tab, tags, fnv1a(buf, _at(off, i), _at(off, i + 1)), i)
+
+
+@njit(cache=True)
+def _name_key(buf, s, t):
+    """A name's hash, its slot word (hash tag, length; the id goes in the low 32 bits) and its first 8 bytes."""
+    h = fnv1a(buf, s, t)
+    word = ((h >> np.uint64(40)) << np.uint64(40)) | (np.uint64(min(t - s, 255)) << np.uint64(32))
+    prefix = np.uint64(0)
+    for i in range(min(t - s, 8)):
+        prefix |= np.uint64(buf[s + i]) << np.uint64(8 * i)
+    return h, word, prefix
+
+
+@njit(cache=True)
+def _name_slot(tab, n_buf, n_off, b_buf, s, t):
+    """(slot, id) of the name b_buf[s:t] in a name table, or (the empty slot where it goes, -1).
+
+    A slot is two words: tag | length | id + 1 (0: empty), and the name's first
+    8 bytes, so a name of up to 8 bytes is found without reading the names' buffer.
+    """
+    h, word, prefix = _name_key(b_buf, s, t)
+    mask = np.uint64(tab.shape[0] - 1)
+    slot = h & mask
+    while True:
+        w = tab[slot, 0]
+        if w == 0:
+            return slot, np.int64(-1)
+        if (w >> np.uint64(32)) == (word >> np.uint64(32)) and tab[slot, 1] == prefix:
+            a = np.int64(w & np.uint64(0xFFFFFFFF)) - 1
+            if t - s <= 8 or same_bytes(n_buf, n_off, a, b_buf, s, t):
+                return slot, a
+        slot = (slot + np.uint64(1)) & mask
+
+
+@njit(cache=True)
+def _name_put(tab, slot, n_buf, n_off, a):
+    h, word, prefix = _name_key(n_buf, n_off[a], n_off[a + 1])
+    tab[slot, 0] = word | np.uint64(a + 1)
+    tab[slot, 1] = prefix
+
+
+@njit(cache=True)
+def rebuild_names(tab, n_buf, n_off, count):
+    """The name table of names 0..count-1 (a bigger table)."""
+    tab[:] = 0
+    mask = np.uint64(tab.shape[0] - 1)
+    for a in range(count):
+        slot = fnv1a(n_buf, n_off[a], n_off[a + 1]) & mask
+        while tab[slot, 0] != 0:
+            slot = (slot + np.uint64(1)) & mask
+        _name_put(tab, slot, n_buf, n_off, a)
+
+
+@njit(cache=True)
+def find_name(tab, n_buf, n_off, b_buf):
+    """Id of the name whose UTF-8 bytes are b_buf, or -1."""
+    return _name_slot(tab, n_buf, n_off, b_buf, 0, b_buf.shape[0])[1]
+
+
+@njit(cache=True)
+def _same_run(buf, s0, t0, s, t):
+    if t - s != t0 - s0:
+        return False
+    for j in range(t - s):
+        if buf[s0 + j] != buf[s + j]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def intern_names(b_buf, b_off, valid, v_offset, tab, n_buf, n_off, count):
+    """Id of each name (UTF-8 in b_buf[b_off[i]:b_off[i+1]]), adding new names at the end; -1 for a null row.
+
+    `valid` is the column's Arrow validity bitmap (empty: no nulls), bit `v_offset + i` for row i.
+    The caller leaves room for every name to be new. Returns (ids, count).
+    """
+    rows = b_off.shape[0] - 1
+    ids = np.empty(rows, np.int32)
+    last = -1  # the previous non-null row: a run of one value (a currency) is looked up once
+    for i in range(rows):
+        if valid.shape[0] > 0 and not (valid[(v_offset + i) >> 3] >> ((v_offset + i) & 7)) & 1:
+            ids[i] = -1
+            continue
+        s, t = b_off[i], b_off[i + 1]
+        if last >= 0 and _same_run(b_buf, b_off[last], b_off[last + 1], s, t):
+            ids[i] = ids[last]
+            last = i
+            continue
+        last = i
+        slot, a = _name_slot(tab, n_buf, n_off, b_buf, s, t)
+        if a < 0:
+            base = n_off[count]
+            for j in range(t - s):
+                n_buf[base + j] = b_buf[s + j]
+            n_off[count + 1] = base + (t - s)
+            _name_put(tab, slot, n_buf, n_off, count)
+            a = count
+            count += 1
+        ids[i] = a
+    return ids, count
+
+
+@njit(cache=True)
+def lookup(tx_tab, tx_tags, tx_buf, tx_off, e_hot, horizon, b_buf, b_start, b_stop, h):
     """Edge id holding this tx id (and not evicted), or -1."""
     mask = np.uint64(tx_tab.shape[0] - 1)
     slot = h & mask
+    tag = _tag(h)
     while True:
         e = tx_tab[slot]
         if e == EMPTY:
             return -1
-        if e >= 0 and e_ts[e] >= horizon and same_tx(tx_buf, tx_off, e, b_buf, b_start, b_stop):
+        if tx_tags[slot] == tag and same_bytes(tx_buf, tx_off, e, b_buf, b_start, b_stop) \
+                and e_hot[e].ts >= horizon:
             return e
         slot = (slot + np.uint64(1)) & mask
 
 
 @njit(cache=True)
-def tab_put(tx_tab, h, e):
-    mask = np.uint64(tx_tab.shape[0] - 1)
-    slot = h & mask
-    while tx_tab[slot] >= 0:
-        slot = (slot + np.uint64(1)) & mask
-    tx_tab[slot] = e
-
-
-@njit(cache=True)
-def intern_names(b_buf, b_off, tab, n_buf, n_off, count):
-    """Account id of each name (UTF-8 in b_buf[b_off[i]:b_off[i+1]]), adding new names at the end.
-
-    The caller leaves room for every name to be new. Returns (ids, count).
-    """
-    rows = b_off.shape[0] - 1
-    ids = np.empty(rows, np.int32)
-    mask = np.uint64(tab.shape[0] - 1)
-    for i in range(rows):
-        s, t = b_off[i], b_off[i + 1]
-        slot = fnv1a(b_buf, s, t) & mask
-        while True:
-            a = tab[slot]
-            if a == EMPTY:
-                base = n_off[count]
-                for j in range(t - s):
-                    n_buf[base + j] = b_buf[s + j]
-                n_off[count + 1] = base + (t - s)
-                tab[slot] = count
-                ids[i] = count
-                count += 1
-                break
-            if same_tx(n_buf, n_off, a, b_buf, s, t):
-                ids[i] = a
-                break
-            slot = (slot + np.uint64(1)) & mask
-    return ids, count
-
-
-# ---- insert ------------------------------------------------------------------------------------------
-
-
-@njit(cache=True)
-def _place(a_start, a_head, a_len, a_cap, p_eid, p_ts, pool_used, e_ts, tx_buf, tx_off, d, acct, e):
-    """Insert edge e into account acct's list d in key order; returns the new pool_used or -1 if no room."""
-    if a_len[d, acct] == a_cap[d, acct]:
-        live = a_len[d, acct] - a_head[d, acct]
-        cap = max(MIN_SEGMENT, 2 * live)
-        if pool_used + cap > p_eid.shape[0]:
-            return -1
-        old, head = a_start[d, acct], a_head[d, acct]
-        for i in range(live):
-            p_eid[pool_used + i] = p_eid[old + head + i]
-            p_ts[pool_used + i] = p_ts[old + head + i]
-        a_start[d, acct] = pool_used
-        a_head[d, acct] = 0
-        a_len[d, acct] = live
-        a_cap[d, acct] = cap
-        pool_used += cap
-    base = a_start[d, acct]
-    pos = a_len[d, acct]
-    head = a_head[d, acct]
-    # Late edges go to their sorted place; in-order ones stay at the end.
-    while pos > head and key_less(e_ts, tx_buf, tx_off, e, p_eid[base + pos - 1]):
-        p_eid[base + pos] = p_eid[base + pos - 1]
-        p_ts[base + pos] = p_ts[base + pos - 1]
-        pos -= 1
-    p_eid[base + pos] = e
-    p_ts[base + pos] = e_ts[e]
-    a_len[d, acct] += 1
-    return pool_used
-
-
-@njit(cache=True)
-def insert(b_src, b_dst, b_ts, b_amt, b_cur, b_buf, b_off, own_src, own_dst, start_row, status, b_eid,
-           e_src, e_dst, e_ts, e_amt, e_cur, tx_off, tx_buf, n_edges, tx_tab, horizon,
-           a_start, a_head, a_len, a_cap, p_eid, p_ts, pool_used):
-    """Store batch rows from `start_row` on; `status[row]` = NEW / DUPLICATE / CONFLICT, `b_eid[row]` its edge.
-
-    Returns (next row, n_edges, pool_used); next row < rows when
-    the pool is full: the caller grows it and calls again from there. Edge arrays, tx_buf and
-    tx_tab must have room for the whole batch (the caller sees to it).
-    `own_src[row]`/`own_dst[row]` say whether this store keeps the out/in entry (a shard keeps
-    the sides of the accounts it owns).
-    """
-    rows = b_src.shape[0]
-    row = start_row
-    while row < rows:
-        s, t = b_off[row], b_off[row + 1]
-        h = fnv1a(b_buf, s, t)
-        found = lookup(tx_tab, tx_buf, tx_off, e_ts, horizon, b_buf, s, t, h)
-        if found >= 0:
-            same = (e_src[found] == b_src[row] and e_dst[found] == b_dst[row] and e_ts[found] == b_ts[row]
-                    and e_amt[found] == b_amt[row] and e_cur[found] == b_cur[row])
-            status[row] = DUPLICATE if same else CONFLICT
-            b_eid[row] = found
-            row += 1
-            continue
-        # Room in the pool for both sides, even if each segment must move.
-        need = 0
-        if own_src[row]:
-            need += max(MIN_SEGMENT, 2 * (a_len[0, b_src[row]] - a_head[0, b_src[row]]))
-        if own_dst[row]:
-            need += max(MIN_SEGMENT, 2 * (a_len[1, b_dst[row]] - a_head[1, b_dst[row]]))
-        if pool_used + need > p_eid.shape[0]:
-            return row, n_edges, pool_used
-        e = n_edges
-        e_src[e], e_dst[e], e_ts[e], e_amt[e], e_cur[e] = b_src[row], b_dst[row], b_ts[row], b_amt[row], b_cur[row]
-        b_eid[row] = e
-        base = tx_off[e]
-        for i in range(t - s):
-            tx_buf[base + i] = b_buf[s + i]
-        tx_off[e + 1] = base + (t - s)
-        n_edges += 1
-        tab_put(tx_tab, h, e)
-        if own_src[row]:
-            pool_used = _place(a_start, a_head, a_len, a_cap, p_eid, p_ts, pool_used, e_ts, tx_buf, tx_off,
-                               0, b_src[row], e)
-        if own_dst[row]:
-            pool_used = _place(a_start, a_head, a_len, a_cap, p_eid, p_ts, pool_used, e_ts, tx_buf, tx_off,
-                               1, b_dst[row], e)
-        status[row] = NEW
-        row += 1
-    return row, n_edges, pool_used
-
-
-# ---- evict and compact -------------------------------------------------------------------------------
-
-
-@njit(cache=True)
-def evict(a_head, a_len, a_start, p_ts, n_accounts, horizon):
-    """Advance every list's start past entries older than `horizon`; returns entries dropped."""
-    dropped = 0
-    for d in range(2):
-        for a in range(n_accounts):
-            base, head, n = a_start[d, a], a_head[d, a], a_len[d, a]
-            while head < n and p_ts[base + head] < horizon:
-                head += 1
-                dropped += 1
-            a_head[d, a] = head
-    return dropped
-
-
-@njit(cache=True)
-def live_edges(e_ts, n_edges, horizon):
-    keep = np.empty(n_edges, np.int64)
-    k = 0
-    for e in range(n_edges):
-        if e_ts[e] >= horizon:
-            keep[k] = e
-            k += 1
-    return keep[:k]
-
-
-@njit(cache=True)
-def renumber_pools(a_start, a_head, a_len, a_cap, p_eid, p_ts, new_id, n_accounts, out_eid, out_ts):
-    """Copy every list's live entries, renumbered, into fresh pools with 25% room; returns pool_used."""
-    used = 0
-    for d in range(2):
-        for a in range(n_accounts):
-            base, head, n = a_start[d, a], a_head[d, a], a_len[d, a]
-            live = 0
-            for i in range(head, n):
-                if new_id[p_eid[base + i]] >= 0:
-                    live += 1
-            cap = 0 if live == 0 else max(MIN_SEGMENT, live + live // 4)
-            k = 0
-            for i in range(head, n):
-                e = new_id[p_eid[base + i]]
-                if e >= 0:
-                    out_eid[used + k] = e
-                    out_ts[used + k] = p_ts[base + i]
-                    k += 1
-            a_start[d, a], a_head[d, a], a_len[d, a], a_cap[d, a] = used, 0, live, cap
-            used += cap
-    return used
-
-
-@njit(cache=True)
-def compact_tx(tx_buf, tx_off, keep):
-    """The tx-id bytes of the kept edges, back to back, and their offsets."""
+def gather_bytes(buf, off, ids):
+    """The byte strings of `ids`, back to back, and their int64 offsets (tx ids or names to decode)."""
     total = 0
-    for i in range(keep.shape[0]):
-        total += tx_off[keep[i] + 1] - tx_off[keep[i]]
-    buf = np.empty(max(total + total // 4, 64), np.uint8)
-    off = np.zeros(keep.shape[0] + 1, np.int64)
+    for i in range(ids.shape[0]):
+        total += _at(off, ids[i] + 1) - _at(off, ids[i])
+    out = np.empty(total, np.uint8)
+    out_off = np.zeros(ids.shape[0] + 1, np.int64)
     at = 0
-    for i in range(keep.shape[0]):
-        e = keep[i]
-        for j in range(tx_off[e], tx_off[e + 1]):
-            buf[at] = tx_buf[j]
+    for i in range(ids.shape[0]):
+        for j in range(_at(off, ids[i]), _at(off, ids[i] + 1)):
+            out[at] = buf[j]
             at += 1
-        off[i + 1] = at
-    return buf, off
+        out_off[i + 1] = at
+    return out, out_off
+
+
+# ---- lists -------------------------------------------------------------------------------------------
 
 
 @njit(cache=True)
-def rebuild_index(tab, buf, off, count):
-    """The open-addressing table of the byte strings buf[off[i]:off[i+1]], i < count (tx ids, account names)."""
-    tab[:] = EMPTY
-    for i in range(count):
-        tab_put(tab, fnv1a(buf, off[i], off[i + 1]), i)
-
-
-# ---- search ------------------------------------------------------------------------------------------
-
-
-@njit(cache=True)
-def _first_at(p_ts, base, head, n, t):
-    """First position in [head, n) with p_ts >= t (lists are sorted by ts)."""
-    lo, hi = head, n
+def _first_at(p_eid, e_hot, lo, hi, t):
+    """First pool position in [lo, hi) whose edge has ts >= t (a list is sorted by ts)."""
     while lo < hi:
         mid = (lo + hi) >> 1
-        if p_ts[base + mid] < t:
+        if e_hot[p_eid[mid]].ts < t:
             lo = mid + 1
         else:
             hi = mid
@@ -322,11 +278,216 @@ def _first_at(p_ts, base, head, n, t):
 
 
 @njit(cache=True)
-def _witness_ok(e_ts, tx_buf, tx_off, e, trig, ts_t):
+def list_range(a_seg, p_eid, e_hot, a, d, lo, hi):
+    """Pool positions [i, j) of account a's list d with lo <= ts <= hi."""
+    base = np.int64(a_seg[a, d, SEG_START])
+    first, stop = base + a_seg[a, d, SEG_HEAD], base + a_seg[a, d, SEG_LEN]
+    return _first_at(p_eid, e_hot, first, stop, lo), _first_at(p_eid, e_hot, first, stop, hi + 1)
+
+
+@njit(cache=True)
+def live_len(a_seg, p_eid, e_hot, a, d, horizon):
+    """Entries of account a's list d not evicted (ts >= horizon): its degree in the window."""
+    base = np.int64(a_seg[a, d, SEG_START])
+    stop = base + a_seg[a, d, SEG_LEN]
+    return stop - _first_at(p_eid, e_hot, base + a_seg[a, d, SEG_HEAD], stop, horizon)
+
+
+@njit(cache=True)
+def live_degrees(ids, d, a_seg, p_eid, e_hot, n_accounts, horizon):
+    """`live_len` of each account id (0 for ids never seen: -1 or beyond the store's accounts)."""
+    out = np.zeros(ids.shape[0], np.int64)
+    for i in range(ids.shape[0]):
+        a = ids[i]
+        if 0 <= a < n_accounts:
+            out[i] = live_len(a_seg, p_eid, e_hot, a, d, horizon)
+    return out
+
+
+# ---- insert ------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _place(a_seg, p_eid, pool_used, e_hot, tx_buf, tx_off, d, acct, e, horizon):
+    """Insert edge e into account acct's list d in key order; returns the new pool_used or -1 if no room."""
+    start, head, ln, cap = (np.int64(a_seg[acct, d, SEG_START]), np.int64(a_seg[acct, d, SEG_HEAD]),
+                            np.int64(a_seg[acct, d, SEG_LEN]), np.int64(a_seg[acct, d, SEG_CAP]))
+    if ln == cap:
+        head = _first_at(p_eid, e_hot, start + head, start + ln, horizon) - start
+        live = ln - head
+        if 2 * live <= cap and live < cap:  # at least half free once the evicted head is dropped: shift
+            for i in range(live):
+                p_eid[start + i] = p_eid[start + head + i]
+        else:
+            cap = max(MIN_SEGMENT, 2 * live)
+            if pool_used + cap > p_eid.shape[0]:
+                return -1
+            for i in range(live):
+                p_eid[pool_used + i] = p_eid[start + head + i]
+            start = pool_used
+            pool_used += cap
+            a_seg[acct, d, SEG_START] = start
+            a_seg[acct, d, SEG_CAP] = cap
+        head, ln = 0, live
+        a_seg[acct, d, SEG_HEAD] = 0
+    # Late edges go to their sorted place; in-order ones stay at the end.
+    pos = start + ln
+    first = start + head
+    while pos > first and key_less(e_hot, tx_buf, tx_off, e, p_eid[pos - 1]):
+        p_eid[pos] = p_eid[pos - 1]
+        pos -= 1
+    p_eid[pos] = e
+    a_seg[acct, d, SEG_LEN] = ln + 1
+    return pool_used
+
+
+@njit(cache=True)
+def insert(b_src, b_dst, b_ts, b_amt, b_cur, b_buf, b_off, own, own_all, start_row, status, b_eid,
+           e_hot, e_amt, e_cur, tx_off, tx_buf, n_edges, tx_tab, tx_tags, horizon, a_seg, p_eid, pool_used):
+    """Store batch rows from `start_row` on; `status[row]` = NEW / DUPLICATE / CONFLICT / LATE, `b_eid[row]` its edge.
+
+    Returns (next row, n_edges, pool_used); next row < rows when the pool is
+    full: the caller grows it and calls again from there. Edge arrays, tx_buf
+    and tx_tab must have room for the whole batch (the caller sees to it).
+    The store keeps the out entry of an owned src and the in entry of an owned
+    dst (`own[account]`, or every account with `own_all`: sharding).
+    """
+    rows = b_src.shape[0]
+    row = start_row
+    while row < rows:
+        if b_ts[row] < horizon:  # older than what the store has evicted: the caller should have refused it
+            status[row] = LATE
+            row += 1
+            continue
+        s, t = b_off[row], b_off[row + 1]
+        h = fnv1a(b_buf, s, t)
+        src, dst = b_src[row], b_dst[row]
+        found = lookup(tx_tab, tx_tags, tx_buf, tx_off, e_hot, horizon, b_buf, s, t, h)
+        if found >= 0:
+            r = e_hot[found]
+            same = (r.src == src and r.dst == dst and r.ts == b_ts[row] and e_amt[found] == b_amt[row]
+                    and e_cur[found] == b_cur[row])
+            status[row] = DUPLICATE if same else CONFLICT
+            b_eid[row] = found
+            row += 1
+            continue
+        keep_out = own_all or own[src]
+        keep_in = own_all or own[dst]
+        # Room in the pool for both sides, even if each segment must move.
+        need = 0
+        if keep_out:
+            need += max(MIN_SEGMENT, 2 * (a_seg[src, 0, SEG_LEN] - a_seg[src, 0, SEG_HEAD]))
+        if keep_in:
+            need += max(MIN_SEGMENT, 2 * (a_seg[dst, 1, SEG_LEN] - a_seg[dst, 1, SEG_HEAD]))
+        if pool_used + need > p_eid.shape[0]:
+            return row, n_edges, pool_used
+        e = n_edges
+        e_hot[e].ts = b_ts[row]
+        e_hot[e].src = src
+        e_hot[e].dst = dst
+        e_amt[e], e_cur[e] = b_amt[row], b_cur[row]
+        b_eid[row] = e
+        base = _at(tx_off, e)
+        for i in range(t - s):
+            tx_buf[base + i] = b_buf[s + i]
+        tx_off[e + 1] = base + (t - s)
+        n_edges += 1
+        tab_put(tx_tab, tx_tags, h, e)
+        if keep_out:
+            pool_used = _place(a_seg, p_eid, pool_used, e_hot, tx_buf, tx_off, 0, src, e, horizon)
+        if keep_in:
+            pool_used = _place(a_seg, p_eid, pool_used, e_hot, tx_buf, tx_off, 1, dst, e, horizon)
+        status[row] = NEW
+        row += 1
+    return row, n_edges, pool_used
+
+
+# ---- eviction and compaction -------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def count_live(e_hot, n_edges, horizon):
+    live = 0
+    for e in range(n_edges):
+        if e_hot[e].ts >= horizon:
+            live += 1
+    return live
+
+
+@njit(cache=True)
+def live_edges(e_hot, n_edges, horizon):
+    keep = np.empty(n_edges, np.int64)
+    k = 0
+    for e in range(n_edges):
+        if e_hot[e].ts >= horizon:
+            keep[k] = e
+            k += 1
+    return keep[:k]
+
+
+@njit(cache=True)
+def compact_edges(e_hot, e_amt, e_cur, tx_off, tx_buf, keep, out_hot, out_amt, out_cur, out_off):
+    """Copy the kept edges (ids `keep`, ascending) into the out arrays; returns the tx-id bytes, back to back."""
+    total = 0
+    for i in range(keep.shape[0]):
+        total += _at(tx_off, keep[i] + 1) - _at(tx_off, keep[i])
+    buf = np.empty(max(total + total // 4, 64), np.uint8)
+    at = 0
+    out_off[0] = 0
+    for i in range(keep.shape[0]):
+        e = keep[i]
+        out_hot[i] = e_hot[e]
+        out_amt[i] = e_amt[e]
+        out_cur[i] = e_cur[e]
+        for j in range(_at(tx_off, e), _at(tx_off, e + 1)):
+            buf[at] = tx_buf[j]
+            at += 1
+        out_off[i + 1] = at
+    return buf
+
+
+@njit(cache=True)
+def renumbered_pool(a_seg, p_eid, new_id, n_accounts):
+    """A fresh pool holding each list's live entries, renumbered (new_id), with 25% room per list.
+
+    A list is sorted by ts, so its live entries (new_id >= 0: ts >= horizon)
+    are a suffix, found scanning back from the end. The pool is sized from
+    the lists' lengths (an upper bound): what the live counts leave over is
+    room at the pool's end for lists that grow.
+    """
+    total = 0
+    for a in range(n_accounts):
+        for d in range(2):
+            n = a_seg[a, d, SEG_LEN] - a_seg[a, d, SEG_HEAD]
+            total += 0 if n == 0 else max(MIN_SEGMENT, n + n // 4)
+    out = np.empty(max(1024, total), np.int32)
+    used = 0
+    for a in range(n_accounts):
+        for d in range(2):
+            base = np.int64(a_seg[a, d, SEG_START])
+            first, stop = base + a_seg[a, d, SEG_HEAD], base + a_seg[a, d, SEG_LEN]
+            i = stop
+            while i > first and new_id[p_eid[i - 1]] >= 0:
+                i -= 1
+            k = stop - i
+            for j in range(k):
+                out[used + j] = new_id[p_eid[i + j]]
+            cap = 0 if k == 0 else max(MIN_SEGMENT, k + k // 4)
+            a_seg[a, d, SEG_START], a_seg[a, d, SEG_HEAD], a_seg[a, d, SEG_LEN], a_seg[a, d, SEG_CAP] = used, 0, k, cap
+            used += cap
+    return out, used
+
+
+# ---- search ------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _witness_ok(e_hot, tx_buf, tx_off, e, trig, ts_t):
     """Edge e may witness trigger trig: strictly before it in (ts, tx_id) order."""
-    if e_ts[e] < ts_t:
+    ts = e_hot[e].ts
+    if ts < ts_t:
         return True
-    return e_ts[e] == ts_t and e != trig and tx_less(tx_buf, tx_off, e, trig)
+    return ts == ts_t and e != trig and tx_less(tx_buf, tx_off, e, trig)
 
 
 @njit(cache=True)
@@ -336,126 +497,114 @@ def _flow_ok(earlier, later, min_ratio, max_ratio):
 
 
 @njit(cache=True)
-def _layer(d, k, lab, touched, nt, frontier, nf, nxt, lo, hi, strict, a_start, a_head, a_len, a_hub, p_eid, p_ts,
-           e_src, e_dst, e_ts, e_amt, tx_buf, tx_off, trig, ts_t, min_amt, max_degree, check_key):
-    """Labels over walks of at most k edges (lab[k]) from those of at most k - 1, expanding `frontier`.
-
-    d = 0: forward over out-edges, the earliest arrival (min); d = 1: backward over
-    in-edges, the latest departure that still reaches the root (max). Times stay
-    in [lo, hi]; strict order relaxes an edge only when it keeps time order
-    (order "none": every label is lo / hi, only reachability counts). Every
-    entry of an account not in `touched` is empty (INF forward, NEG backward);
-    `_clear` restores that. The accounts improved in this layer go to `nxt`.
-    Returns (n_touched, n_next, hub_met).
-    """
-    forward = d == 0
-    empty = INF if forward else NEG
-    for i in range(nt):
-        x = touched[i]
-        lab[k, x] = lab[k - 1, x]
-    nn = 0
-    hub = False
-    for fi in range(nf):
-        x = frontier[fi]
-        at = lab[k - 1, x]
-        base, head, n = a_start[d, x], a_head[d, x], a_len[d, x]
-        if a_hub[d, x] or (max_degree >= 0 and n - head > max_degree):
-            hub = True
-            continue
-        if forward:
-            start = _first_at(p_ts, base, head, n, at if strict else lo)
-            stop = n
-        else:
-            start = _first_at(p_ts, base, head, n, lo)
-            stop = _first_at(p_ts, base, head, n, (at if strict else hi) + 1)
-        for i in range(start, stop):
-            ts = p_ts[base + i]
-            if ts > hi:
-                break
-            e = p_eid[base + i]
-            if check_key and ts == ts_t and not _witness_ok(e_ts, tx_buf, tx_off, e, trig, ts_t):
-                continue
-            if e_amt[e] < min_amt:
-                continue
-            y = e_dst[e] if forward else e_src[e]
-            old = lab[k, y]
-            if forward:
-                value = ts if strict else lo
-                better = value < old
-            else:
-                value = ts if strict else hi
-                better = value > old
-            if better:
-                if old == empty and lab[k - 1, y] == empty:
-                    touched[nt] = y
-                    nt += 1
-                if old == lab[k - 1, y]:  # first improvement of y in this layer
-                    nxt[nn] = y
-                    nn += 1
-                lab[k, y] = value
-    return nt, nn, hub
+def _hub(a_seg, a_hub, p_eid, e_hot, x, d, max_degree, horizon):
+    """Is x's list d over the hub guard (or marked a hub in a gathered store: a_hub is empty when none is)?"""
+    if a_hub.shape[0] and a_hub[x, d]:
+        return True
+    return max_degree >= 0 and live_len(a_seg, p_eid, e_hot, x, d, horizon) > max_degree
 
 
 @njit(cache=True)
-def _cost(d, frontier, nf, a_head, a_len):
+def _new_slot(lab, slot, touched, nt, y, k, empty):
+    """Give account y the next label row (labels below depth k empty); returns the row or -1 when full."""
+    if nt == lab.shape[0]:
+        return -1
+    slot[y] = nt
+    touched[nt] = y
+    for j in range(k):
+        lab[nt, j] = empty
+    return nt
+
+
+@njit(cache=True)
+def _layer(d, k, lab, slot, touched, nt, frontier, nf, nxt, o_lab, o_slot, o_done, lo, hi, strict,
+           a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off, trig, ts_t, min_amt, max_degree, horizon, check_key):
+    """Labels over walks of at most k edges (lab[:, k]) from those of at most k - 1, expanding `frontier` (rows).
+
+    d = 0: forward over out-edges, the earliest arrival (min); d = 1: backward
+    over in-edges, the latest departure that still reaches the root (max).
+    Times stay in [lo, hi]; strict order relaxes an edge only when it keeps
+    time order (order "none": every label is lo / hi, only reachability
+    counts). Accounts reached for the first time get a row. The rows improved
+    in this layer go to `nxt`. Each write is checked against the other side's
+    labels at depth o_done (o_lab, o_slot): a meet.
+    Returns (n_touched, n_next, hub_met, meet); n_touched -1: out of rows.
+    """
+    forward = d == 0
+    empty = INF if forward else NEG
+    for s in range(nt):
+        lab[s, k] = lab[s, k - 1]
+    nn = 0
+    hub = False
+    meet = False
+    for fi in range(nf):
+        sx = frontier[fi]
+        x = touched[sx]
+        at = lab[sx, k - 1]
+        if _hub(a_seg, a_hub, p_eid, e_hot, x, d, max_degree, horizon):
+            hub = True
+            continue
+        base = np.int64(a_seg[x, d, SEG_START])
+        first, stop = base + a_seg[x, d, SEG_HEAD], base + a_seg[x, d, SEG_LEN]
+        if forward:
+            i = _first_at(p_eid, e_hot, first, stop, at if strict else lo)
+            bound = hi
+        else:
+            i = _first_at(p_eid, e_hot, first, stop, lo)
+            bound = at if strict else hi
+        value = lo if forward else hi
+        while i < stop:
+            e = p_eid[i]
+            i += 1
+            r = e_hot[e]
+            ts = r.ts
+            if ts > bound:
+                break
+            if check_key and ts == ts_t and not _witness_ok(e_hot, tx_buf, tx_off, e, trig, ts_t):
+                continue
+            if min_amt > 0 and e_amt[e] < min_amt:
+                continue
+            y = r.dst if forward else r.src
+            if strict:
+                value = ts
+            sy = slot[y]
+            if sy < 0:
+                sy = _new_slot(lab, slot, touched, nt, y, k, empty)
+                if sy < 0:
+                    return -1, 0, hub, meet
+                nt += 1
+                lab[sy, k] = value
+                nxt[nn] = sy
+                nn += 1
+            else:
+                old = lab[sy, k]
+                if (value >= old) if forward else (value <= old):
+                    continue
+                if old == lab[sy, k - 1]:  # first improvement of y in this layer
+                    nxt[nn] = sy
+                    nn += 1
+                lab[sy, k] = value
+            so = o_slot[y]
+            if so >= 0 and ((value <= o_lab[so, o_done]) if forward else (o_lab[so, o_done] <= value)):
+                meet = True
+    return nt, nn, hub, meet
+
+
+@njit(cache=True)
+def _cost(d, frontier, nf, touched, a_seg):
     """List entries the next layer from `frontier` may scan: the bidirectional search grows the cheaper side."""
     total = 0
     for i in range(nf):
-        x = frontier[i]
-        total += a_len[d, x] - a_head[d, x]
+        x = touched[frontier[i]]
+        total += a_seg[x, d, SEG_LEN] - a_seg[x, d, SEG_HEAD]
     return total
 
 
 @njit(cache=True)
-def _labels(d, root, root_label, depth, lab, touched, frontier, nxt, lo, hi, strict,
-            a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off, trig, ts_t,
-            min_amt, max_degree, check_key):
-    """All layers from `root` up to `depth` (or until one changes nothing). Returns (done, n_touched, hub_met)."""
-    lab[0, root] = root_label
-    touched[0] = root
-    nt = 1
-    frontier[0] = root
-    nf = 1
-    hub = False
-    done = 0
-    for k in range(1, depth + 1):
-        nt, nn, h = _layer(d, k, lab, touched, nt, frontier, nf, nxt, lo, hi, strict, a_start, a_head, a_len,
-                           a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off, trig, ts_t, min_amt,
-                           max_degree, check_key)
-        hub = hub or h
-        done = k
-        if nn == 0:
-            break
-        for i in range(nn):
-            frontier[i] = nxt[i]
-        nf = nn
-    return done, nt, hub
-
-
-def new_scratch(max_hops: int, n_accounts: int) -> tuple:
-    """The arrays `search` and `late_candidates` work in, for up to `n_accounts` accounts."""
-    n = n_accounts + 1
-    return (np.full((max_hops, n), INF, np.int64), np.full((max_hops, n), NEG, np.int64),
-            np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64),
-            np.empty(n, np.int64), np.empty(n, np.int64), np.zeros(n, np.bool_), np.full(n, -1, np.int64))
-
-
-@njit(cache=True)
-def _clear(lab, touched, n_touched, depth, empty):
-    for i in range(n_touched):
-        x = touched[i]
-        for k in range(depth + 1):
-            lab[k, x] = empty
-
-
-@njit(cache=True)
-def _meets(touched, nt, lab_f, done_f, lab_b, done_b):
-    """Some account reached both ways, the forward arrival no later than the backward departure."""
-    for i in range(nt):
-        x = touched[i]
-        if lab_f[done_f, x] != INF and lab_b[done_b, x] != NEG and lab_f[done_f, x] <= lab_b[done_b, x]:
-            return True
-    return False
+def _release(slot, touched, nt):
+    """Mark the touched accounts untouched again (the slot arrays persist across calls)."""
+    for s in range(nt):
+        slot[touched[s]] = -1
 
 
 @njit(cache=True)
@@ -468,16 +617,23 @@ def _grow(arr, need):
 
 
 @njit(cache=True)
+def _label_rows(rows, H):
+    """A search's per-call arrays for `rows` touched accounts a side: labels, touched lists, frontiers, DFS marks."""
+    return (np.empty((rows, H), np.int64), np.empty((rows, H), np.int64), np.empty(rows, np.int64),
+            np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty(rows, np.int64),
+            np.empty(rows, np.int64), np.zeros(rows, np.bool_), np.full(rows, -1, np.int64))
+
+
+@njit(cache=True)
 def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_ratio, max_ratio, min_amt, max_rings,
-           max_degree, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off, a_start, a_head, a_len, a_hub, p_eid, p_ts,
-           n_accounts, scratch, stamp):
+           max_degree, horizon, e_hot, e_amt, tx_buf, tx_off, a_seg, a_hub, p_eid, n_accounts, slot_f, slot_b, work):
     """The rings each trigger edge closes, with canonical witnesses.
 
-    `scratch` (see `new_scratch`) holds the per-account label and DFS arrays,
-    reused across calls so a call costs what it touches, not the accounts'
-    number; labels are left empty and `on_path` clear on return. `stamp`
-    numbers the DFS frames across calls (returned advanced), so `seen` never
-    needs a reset.
+    `slot_f`/`slot_b` (one int32 per account, -1) map the accounts a search
+    touches to rows of per-call label arrays; they are -1 again on return.
+    `work` accumulates counters: [0] triggers, [1] label layers, [2] list
+    entries the layers scanned, [3] triggers that met (ran the depth-first
+    search), [4] depth-first frames, [5] rings.
 
     Returns (ring_trigger, ring_off, ring_edges, cut): ring r belongs to
     triggers[ring_trigger[r]], its witnesses in ring order (from the trigger's
@@ -488,111 +644,145 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
     before that filter, so it cuts the same rings either way.
     """
     L = max_hops - 1
-    lab_f, lab_b, touched_f, touched_b, front_f, next_f, front_b, next_b, on_path, seen = scratch
+    H = max_hops
+    lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, seen = _label_rows(min(FIRST_SLOTS, n_accounts + 1),
+                                                                                  H)
+    stamp = 0
     ring_trigger = np.empty(16, np.int64)
     ring_off = np.zeros(17, np.int64)
     ring_edges = np.empty(64, np.int64)
     n_rings = 0
     cut = np.zeros(triggers.shape[0], np.int64)
-    # DFS stacks: per frame the account, the edge chosen, the range of candidate edges
+    # DFS stacks: per frame the account, its label row, the edge chosen, the range of candidate edges
     f_acct = np.empty(L + 1, np.int64)
+    f_slot = np.empty(L + 1, np.int64)
     f_edge = np.empty(L + 1, np.int64)
     f_pos = np.empty(L + 1, np.int64)
     f_end = np.empty(L + 1, np.int64)
     kids = np.empty(64, np.int64)
-    for ti in range(triggers.shape[0]):
+    ti = 0
+    while ti < triggers.shape[0]:
         trig = triggers[ti]
-        u, v = e_src[trig], e_dst[trig]
-        ts_t = e_ts[trig]
-        if u == v or e_amt[trig] < min_amt:
+        u, v, ts_t = e_hot[trig].src, e_hot[trig].dst, e_hot[trig].ts
+        if u == v or ts_t < horizon or (min_amt > 0 and e_amt[trig] < min_amt):
+            ti += 1
             continue
-        lo = ts_t - window
+        work[0] += 1
+        lo = max(ts_t - window, horizon)
         # Bidirectional labels: grow the side whose frontier has fewer list entries to scan, until the
-        # depths add up to L or a side runs out (then its labels are final for any depth).
-        lab_f[0, v] = lo
+        # depths add up to L, a side runs out (its labels are then final for any depth) or they meet. A side
+        # that ran out after skipping a hub is not final: the other side may still reach it (the depth-first
+        # search enters u without u's in-list), so the other grows alone; else the answer would hang on which
+        # side happened to grow first.
+        slot_f[v] = 0
         touched_f[0] = v
+        lab_f[0, 0] = lo
         nt_f = 1
-        front_f[0] = v
+        front_f, next_f = fa, fb
+        front_f[0] = 0
         nf_f = 1
-        lab_b[0, u] = ts_t
+        slot_b[u] = 0
         touched_b[0] = u
+        lab_b[0, 0] = ts_t
         nt_b = 1
-        front_b[0] = u
+        front_b, next_b = ba, bb
+        front_b[0] = 0
         nf_b = 1
         done_f = 0
         done_b = 0
-        # A side that ran out is final only if it skipped no hub; one emptied by skipping a hub leaves the
-        # other side to grow alone (else the answer would hang on which side happened to grow first).
+        meet = False
+        full = False
+        hub_cut = False
         hub_f = False
         hub_b = False
-        while done_f + done_b < L and (nf_f > 0 or nf_b > 0):
+        while not meet and done_f + done_b < L and (nf_f > 0 or nf_b > 0):
             if (nf_f == 0 and not hub_f) or (nf_b == 0 and not hub_b):
                 break
-            if nf_b == 0 or (nf_f > 0 and _cost(0, front_f, nf_f, a_head, a_len) <= _cost(1, front_b, nf_b, a_head,
-                                                                                          a_len)):
+            work[1] += 1
+            cost_f = _cost(0, front_f, nf_f, touched_f, a_seg)
+            cost_b = _cost(1, front_b, nf_b, touched_b, a_seg)
+            if nf_b == 0 or (nf_f > 0 and cost_f <= cost_b):
+                work[2] += cost_f
                 done_f += 1
-                nt_f, nn, hub = _layer(0, done_f, lab_f, touched_f, nt_f, front_f, nf_f, next_f, lo, ts_t, strict,
-                                       a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf,
-                                       tx_off, trig, ts_t, min_amt, max_degree, True)
+                nt_f, nn, hub, meet = _layer(0, done_f, lab_f, slot_f, touched_f, nt_f, front_f, nf_f, next_f, lab_b,
+                                             slot_b, done_b, lo, ts_t, strict, a_seg, a_hub, p_eid, e_hot, e_amt,
+                                             tx_buf, tx_off, trig, ts_t, min_amt, max_degree, horizon, True)
                 front_f, next_f = next_f, front_f
                 nf_f = nn
                 hub_f = hub_f or hub
             else:
+                work[2] += cost_b
                 done_b += 1
-                nt_b, nn, hub = _layer(1, done_b, lab_b, touched_b, nt_b, front_b, nf_b, next_b, lo, ts_t, strict,
-                                       a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf,
-                                       tx_off, trig, ts_t, min_amt, max_degree, True)
+                nt_b, nn, hub, meet = _layer(1, done_b, lab_b, slot_b, touched_b, nt_b, front_b, nf_b, next_b, lab_f,
+                                             slot_f, done_f, lo, ts_t, strict, a_seg, a_hub, p_eid, e_hot, e_amt,
+                                             tx_buf, tx_off, trig, ts_t, min_amt, max_degree, horizon, True)
                 front_b, next_b = next_b, front_b
                 nf_b = nn
                 hub_b = hub_b or hub
-            if hub:
-                cut[ti] |= 2
-        if nt_f <= nt_b:
-            meet = _meets(touched_f, nt_f, lab_f, done_f, lab_b, done_b)
-        else:
-            meet = _meets(touched_b, nt_b, lab_f, done_f, lab_b, done_b)
+            hub_cut = hub_cut or hub
+            if nt_f < 0 or nt_b < 0:
+                full = True
+                break
         # the depth-first search prunes with backward labels up to L - 1 hops: finish them
-        while meet and done_b < L - 1 and nf_b > 0:
+        while not full and meet and done_b < L - 1 and nf_b > 0:
+            work[1] += 1
+            work[2] += _cost(1, front_b, nf_b, touched_b, a_seg)
             done_b += 1
-            nt_b, nn, hub = _layer(1, done_b, lab_b, touched_b, nt_b, front_b, nf_b, next_b, lo, ts_t, strict,
-                                   a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf,
-                                   tx_off, trig, ts_t, min_amt, max_degree, True)
+            nt_b, nn, hub, _ = _layer(1, done_b, lab_b, slot_b, touched_b, nt_b, front_b, nf_b, next_b, lab_f, slot_f,
+                                      done_f, lo, ts_t, strict, a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off,
+                                      trig, ts_t, min_amt, max_degree, horizon, True)
             front_b, next_b = next_b, front_b
             nf_b = nn
-            if hub:
-                cut[ti] |= 2
+            hub_cut = hub_cut or hub
+            full = nt_b < 0
+        if full:
+            # out of label rows: release what this trigger touched, double the rows and search it again
+            _release(slot_f, touched_f, lab_f.shape[0] if nt_f < 0 else nt_f)
+            _release(slot_b, touched_b, lab_b.shape[0] if nt_b < 0 else nt_b)
+            lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, seen = _label_rows(
+                min(2 * lab_f.shape[0], n_accounts + 1), H)
+            continue
+        if hub_cut:
+            cut[ti] |= 2
         if meet:
-            # Depth-first over accounts from v. Frame k sits at account f_acct[k] after k witnesses;
-            # its candidate edges are kids[f_pos[k]:f_end[k]] (deeper frames append after them).
+            work[3] += 1
+            # Depth-first over accounts from v. Frame k sits at account f_acct[k] (label row f_slot[k], -1 for
+            # v when it has none) after k witnesses; its candidate edges are kids[f_pos[k]:f_end[k]] (deeper
+            # frames append after them).
             found_here = 0
             first_ring = n_rings
             f_acct[0] = v
-            on_path[v] = True
+            f_slot[0] = slot_b[v]
+            if f_slot[0] >= 0:
+                on_path[f_slot[0]] = True
             stamp += 1
             n_kids, kids = _children(kids, 0, v, lo, -1, stamp, seen, on_path, u, 0, L, strict, flow, min_ratio,
-                                     max_ratio, min_amt, max_degree, lo, ts_t, trig, lab_b, done_b, a_start,
-                                     a_head, a_len, a_hub, p_eid, p_ts, e_dst, e_ts, e_amt, tx_buf, tx_off, cut, ti)
+                                     max_ratio, min_amt, max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b,
+                                     a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off, cut, ti)
             f_pos[0] = 0
             f_end[0] = n_kids
             depth = 0
             while depth >= 0:
                 if f_pos[depth] == f_end[depth]:
-                    on_path[f_acct[depth]] = False
+                    if f_slot[depth] >= 0:
+                        on_path[f_slot[depth]] = False
                     depth -= 1
                     continue
                 e = kids[f_pos[depth]]
                 f_pos[depth] += 1
                 f_edge[depth] = e
-                y = e_dst[e]
+                y = e_hot[e].dst
                 if y != u:
+                    work[4] += 1
                     nd = depth + 1
                     f_acct[nd] = y
-                    on_path[y] = True
+                    f_slot[nd] = slot_b[y]
+                    on_path[f_slot[nd]] = True
                     stamp += 1
-                    n_kids, kids = _children(kids, f_end[depth], y, e_ts[e], e, stamp, seen, on_path, u, nd, L,
-                                             strict, flow, min_ratio, max_ratio, min_amt, max_degree, lo, ts_t,
-                                             trig, lab_b, done_b, a_start, a_head, a_len, a_hub, p_eid, p_ts, e_dst,
-                                             e_ts, e_amt, tx_buf, tx_off, cut, ti)
+                    n_kids, kids = _children(kids, f_end[depth], y, e_hot[e].ts, e, stamp, seen, on_path, u, nd, L,
+                                             strict, flow, min_ratio, max_ratio, min_amt, max_degree, horizon, lo,
+                                             ts_t, trig, lab_b, slot_b, done_b, a_seg, a_hub, p_eid, e_hot, e_amt,
+                                             tx_buf, tx_off, cut, ti)
                     f_pos[nd] = f_end[depth]
                     f_end[nd] = n_kids
                     depth = nd
@@ -600,12 +790,13 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                 # a ring of depth+1 witnesses; with a flow rule the trigger must follow the last hop
                 if flow and not _flow_ok(e_amt[e], e_amt[trig], min_ratio, max_ratio):
                     continue
-                if flow and _known(ring_off, ring_edges, first_ring, n_rings, f_edge, depth, e_src):
+                if flow and _known(ring_off, ring_edges, first_ring, n_rings, f_edge, depth, e_hot):
                     continue
                 if max_rings >= 0 and found_here == max_rings:
                     cut[ti] |= 1
                     for k in range(depth + 1):
-                        on_path[f_acct[k]] = False
+                        if f_slot[k] >= 0:
+                            on_path[f_slot[k]] = False
                     break
                 found_here += 1
                 ring_trigger = _grow(ring_trigger, n_rings + 1)
@@ -617,39 +808,45 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                 ring_trigger[n_rings] = ti
                 ring_off[n_rings + 1] = base + depth + 1
                 n_rings += 1
+            work[5] += found_here
             if only_batch:
-                # keep only rings through an edge of this batch; compact in place
-                w = first_ring
-                for r in range(first_ring, n_rings):
-                    keep = False
-                    for k in range(ring_off[r], ring_off[r + 1]):
-                        if in_batch[ring_edges[k]]:
-                            keep = True
-                    if keep:
-                        length = ring_off[r + 1] - ring_off[r]
-                        src_at = ring_off[r]
-                        dst_at = ring_off[w]
-                        for k in range(length):
-                            ring_edges[dst_at + k] = ring_edges[src_at + k]
-                        ring_trigger[w] = ring_trigger[r]
-                        ring_off[w + 1] = dst_at + length
-                        w += 1
-                n_rings = w
-        _clear(lab_f, touched_f, nt_f, L, INF)
-        _clear(lab_b, touched_b, nt_b, L, NEG)
-    return (ring_trigger[:n_rings].copy(), ring_off[:n_rings + 1].copy(), ring_edges[:ring_off[n_rings]].copy(), cut,
-            stamp)
+                n_rings = _keep_batch_rings(ring_trigger, ring_off, ring_edges, first_ring, n_rings, in_batch)
+        _release(slot_f, touched_f, nt_f)
+        _release(slot_b, touched_b, nt_b)
+        ti += 1
+    return ring_trigger[:n_rings].copy(), ring_off[:n_rings + 1].copy(), ring_edges[:ring_off[n_rings]].copy(), cut
 
 
 @njit(cache=True)
-def _known(ring_off, ring_edges, first, n_rings, f_edge, depth, e_src):
+def _keep_batch_rings(ring_trigger, ring_off, ring_edges, first_ring, n_rings, in_batch):
+    """Keep, of the rings from first_ring on, those through an edge of this batch; compacted in place."""
+    w = first_ring
+    for r in range(first_ring, n_rings):
+        keep = False
+        for k in range(ring_off[r], ring_off[r + 1]):
+            if in_batch[ring_edges[k]]:
+                keep = True
+        if keep:
+            length = ring_off[r + 1] - ring_off[r]
+            src_at = ring_off[r]
+            dst_at = ring_off[w]
+            for k in range(length):
+                ring_edges[dst_at + k] = ring_edges[src_at + k]
+            ring_trigger[w] = ring_trigger[r]
+            ring_off[w + 1] = dst_at + length
+            w += 1
+    return w
+
+
+@njit(cache=True)
+def _known(ring_off, ring_edges, first, n_rings, f_edge, depth, e_hot):
     """Has this trigger already a ring over the same accounts (flow rule: only the first, canonical, counts)?"""
     for r in range(first, n_rings):
         if ring_off[r + 1] - ring_off[r] != depth + 1:
             continue
         same = True
         for k in range(depth + 1):
-            if e_src[ring_edges[ring_off[r] + k]] != e_src[f_edge[k]]:
+            if e_hot[ring_edges[ring_off[r] + k]].src != e_hot[f_edge[k]].src:
                 same = False
                 break
         if same:
@@ -659,44 +856,49 @@ def _known(ring_off, ring_edges, first, n_rings, f_edge, depth, e_src):
 
 @njit(cache=True)
 def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L, strict, flow, min_ratio,
-              max_ratio, min_amt, max_degree, lo, ts_t, trig, lab_b, done_b, a_start, a_head, a_len, a_hub, p_eid,
-              p_ts, e_dst, e_ts, e_amt, tx_buf, tx_off, cut, ti):
+              max_ratio, min_amt, max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b, a_seg, a_hub, p_eid,
+              e_hot, e_amt, tx_buf, tx_off, cut, ti):
     """The edges the DFS tries next from account x after `depth` witnesses, in key order.
 
     Without a flow rule only the first usable edge to each peer (its canonical
     witness: earliest in key order, and under strict order the earliest that
     keeps time order); with one, every usable edge. An edge is usable when it
     may witness the trigger, keeps time order, leads to u or to an account
-    off the path from which u is still reachable in the remaining hops.
+    off the path from which u is still reachable in the remaining hops (it
+    has a backward label: every account the DFS enters has a label row).
     """
-    base, head, n = a_start[0, x], a_head[0, x], a_len[0, x]
-    if a_hub[0, x] or (max_degree >= 0 and n - head > max_degree):
+    if _hub(a_seg, a_hub, p_eid, e_hot, x, 0, max_degree, horizon):
         cut[ti] |= 2
         return n_kids, kids
+    base = np.int64(a_seg[x, 0, SEG_START])
+    first, stop = base + a_seg[x, 0, SEG_HEAD], base + a_seg[x, 0, SEG_LEN]
     left = L - depth - 1  # witnesses still allowed after this one
-    start = _first_at(p_ts, base, head, n, arrival if strict else lo)
-    for i in range(start, n):
-        ts = p_ts[base + i]
+    k = left if left < done_b else done_b
+    for i in range(_first_at(p_eid, e_hot, first, stop, arrival if strict else lo), stop):
+        e = p_eid[i]
+        r = e_hot[e]
+        ts = r.ts
         if ts > ts_t:
             break
-        e = p_eid[base + i]
-        if ts == ts_t and not _witness_ok(e_ts, tx_buf, tx_off, e, trig, ts_t):
+        if ts == ts_t and not _witness_ok(e_hot, tx_buf, tx_off, e, trig, ts_t):
             continue
-        if e_amt[e] < min_amt:
+        if min_amt > 0 and e_amt[e] < min_amt:
             continue
-        y = e_dst[e]
-        if not flow and seen[y] == stamp:
+        y = r.dst
+        sy = slot_b[y]
+        if sy < 0:  # u is not reachable from y in time
+            continue
+        if not flow and seen[sy] == stamp:
             continue
         if y != u:
-            if on_path[y] or left <= 0:
+            if on_path[sy] or left <= 0:
                 continue
-            k = left if left < done_b else done_b
-            reach = lab_b[k, y]
+            reach = lab_b[sy, k]
             if reach == NEG or (strict and reach < ts):
                 continue
         if flow and prev >= 0 and not _flow_ok(e_amt[prev], e_amt[e], min_ratio, max_ratio):
             continue
-        seen[y] = stamp
+        seen[sy] = stamp
         kids = _grow(kids, n_kids + 1)
         kids[n_kids] = e
         n_kids += 1
@@ -704,8 +906,34 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
 
 
 @njit(cache=True)
-def late_candidates(late, in_batch, window, max_hops, strict, min_amt, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off,
-                    a_start, a_head, a_len, a_hub, p_eid, p_ts, n_accounts, scratch):
+def _labels(d, root, root_label, depth, lab, slot, touched, front, nxt, o_lab, o_slot, lo, hi, strict,
+            a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off, trig, ts_t, min_amt, horizon):
+    """All layers from `root` up to `depth` (or until one changes nothing). Returns (done, n_touched); -1: full."""
+    slot[root] = 0
+    touched[0] = root
+    lab[0, 0] = root_label
+    nt = 1
+    front[0] = 0
+    nf = 1
+    done = 0
+    for k in range(1, depth + 1):
+        nt, nn, _, _ = _layer(d, k, lab, slot, touched, nt, front, nf, nxt, o_lab, o_slot, 0, lo, hi, strict,
+                              a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off, trig, ts_t, min_amt, -1, horizon,
+                              False)
+        if nt < 0:
+            return done, -1
+        done = k
+        if nn == 0:
+            break
+        for i in range(nn):
+            front[i] = nxt[i]
+        nf = nn
+    return done, nt
+
+
+@njit(cache=True)
+def late_candidates(late, in_batch, window, max_hops, strict, min_amt, horizon, e_hot, e_amt, tx_buf, tx_off,
+                    a_seg, p_eid, n_accounts, slot_f, slot_b):
     """Older triggers whose rings may run through a late edge: a superset, to be searched exactly.
 
     For a late payment p (x -> y at ts), a ring of an older trigger T = a -> b
@@ -713,63 +941,84 @@ def late_candidates(late, in_batch, window, max_hops, strict, min_amt, e_src, e_
     in i hops, backward from x (times <= ts(p)) to b in j hops, i + j <= max_hops - 2,
     T not in this batch (in_batch[T] false: the batch's own payments are
     searched as triggers), after p in (ts, tx_id) order and at most a window
-    after it.
+    after it. Hubs are not skipped here: the exact search applies the guard.
     """
     L = max_hops - 1
-    lab_f, lab_b, touched_f, touched_b, frontier, nxt = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4], \
-        scratch[5]
+    H = max_hops
+    rows = min(FIRST_SLOTS, n_accounts + 1)
+    lab_f, lab_b = np.empty((rows, H), np.int64), np.empty((rows, H), np.int64)
+    touched_f, touched_b = np.empty(rows, np.int64), np.empty(rows, np.int64)
+    front, nxt = np.empty(rows, np.int64), np.empty(rows, np.int64)
+    no_hubs = np.zeros((0, 2), np.bool_)
     out = np.empty(16, np.int64)
     n_out = 0
-    for pi in range(late.shape[0]):
+    pi = 0
+    while pi < late.shape[0]:
         p = late[pi]
-        x, y, ts_p = e_src[p], e_dst[p], e_ts[p]
-        if x == y or e_amt[p] < min_amt:
+        x, y, ts_p = e_hot[p].src, e_hot[p].dst, e_hot[p].ts
+        if x == y or ts_p < horizon or (min_amt > 0 and e_amt[p] < min_amt):
+            pi += 1
             continue
         hi = ts_p + window
-        lo = ts_p - window
-        done_f, nt_f, _ = _labels(0, y, ts_p, L - 1, lab_f, touched_f, frontier, nxt, ts_p if strict else lo, hi,
-                                  strict,
-                                  a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off,
-                                  p, hi, min_amt, -1, False)
-        done_b, nt_b, _ = _labels(1, x, ts_p, L - 1, lab_b, touched_b, frontier, nxt, lo, ts_p if strict else hi,
-                                  strict,
-                                  a_start, a_head, a_len, a_hub, p_eid, p_ts, e_src, e_dst, e_ts, e_amt, tx_buf, tx_off,
-                                  p, ts_p, min_amt, -1, False)
-        for i in range(nt_f):
-            a = touched_f[i]
+        lo = max(ts_p - window, horizon)
+        done_f, nt_f = _labels(0, y, ts_p, L - 1, lab_f, slot_f, touched_f, front, nxt, lab_b, slot_b,
+                               ts_p if strict else lo, hi, strict, a_seg, no_hubs, p_eid, e_hot, e_amt, tx_buf,
+                               tx_off, p, hi, min_amt, horizon)
+        done_b, nt_b = 0, 0
+        if nt_f >= 0:
+            done_b, nt_b = _labels(1, x, ts_p, L - 1, lab_b, slot_b, touched_b, front, nxt, lab_f, slot_f, lo,
+                                   ts_p if strict else hi, strict, a_seg, no_hubs, p_eid, e_hot, e_amt, tx_buf,
+                                   tx_off, p, ts_p, min_amt, horizon)
+        if nt_f < 0 or nt_b < 0:
+            # out of label rows: release what this payment touched, double the rows and look again
+            _release(slot_f, touched_f, lab_f.shape[0] if nt_f < 0 else nt_f)
+            if nt_f >= 0:
+                _release(slot_b, touched_b, lab_b.shape[0])
+            rows = min(2 * lab_f.shape[0], n_accounts + 1)
+            lab_f, lab_b = np.empty((rows, H), np.int64), np.empty((rows, H), np.int64)
+            touched_f, touched_b = np.empty(rows, np.int64), np.empty(rows, np.int64)
+            front, nxt = np.empty(rows, np.int64), np.empty(rows, np.int64)
+            continue
+        for s in range(nt_f):
+            a = touched_f[s]
             # fewest hops that reach a (labels only improve with depth)
             fd = -1
             for k in range(done_f + 1):
-                if lab_f[k, a] != INF:
+                if lab_f[s, k] != INF:
                     fd = k
                     break
             if fd < 0 or a == x:
                 continue
-            arrival = lab_f[done_f, a]
-            base, head, n = a_start[0, a], a_head[0, a], a_len[0, a]
-            start = _first_at(p_ts, base, head, n, arrival if strict else ts_p)
-            for j in range(start, n):
-                ts = p_ts[base + j]
+            budget = L - 1 - fd
+            if budget < 0:
+                continue
+            kb = budget if budget < done_b else done_b
+            arrival = lab_f[s, done_f]
+            base = np.int64(a_seg[a, 0, SEG_START])
+            first, stop = base + a_seg[a, 0, SEG_HEAD], base + a_seg[a, 0, SEG_LEN]
+            for j in range(_first_at(p_eid, e_hot, first, stop, max(arrival if strict else ts_p, horizon)), stop):
+                t = p_eid[j]
+                r = e_hot[t]
+                ts = r.ts
                 if ts > hi:
                     break
-                t = p_eid[base + j]
-                if in_batch[t] or e_amt[t] < min_amt:
+                if in_batch[t] or (min_amt > 0 and e_amt[t] < min_amt):
                     continue
                 if ts == ts_p and not tx_less(tx_buf, tx_off, p, t):
                     continue
-                b = e_dst[t]
+                b = r.dst
                 if b == a:
                     continue
-                budget = L - 1 - fd
-                if budget < 0:
+                sb = slot_b[b]
+                if sb < 0:
                     continue
-                kb = budget if budget < done_b else done_b
-                reach = lab_b[kb, b]
+                reach = lab_b[sb, kb]
                 if reach == NEG or (strict and reach < ts - window):
                     continue
                 out = _grow(out, n_out + 1)
                 out[n_out] = t
                 n_out += 1
-        _clear(lab_f, touched_f, nt_f, L - 1, INF)
-        _clear(lab_b, touched_b, nt_b, L - 1, NEG)
+        _release(slot_f, touched_f, nt_f)
+        _release(slot_b, touched_b, nt_b)
+        pi += 1
     return out[:n_out].copy()

@@ -46,6 +46,8 @@ from .store import CONFLICT, DUPLICATE, NEW, EdgeStore, StoredEdge
 
 Batch = Sequence[Transaction] | pa.Table
 CUT_NAMES = ((1, "max_rings_per_tx"), (2, "max_degree"))
+_NO_IDS = np.zeros(0, np.int64)
+_NO_OFFSETS = np.zeros(1, np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,8 @@ class RingGraph(Protocol):
         """
 
     def evict(self, horizon_ts: int) -> int:
-        """Forget payments with `ts < horizon_ts`; returns list entries dropped."""
+        """Forget payments with `ts < horizon_ts`; returns how many payments' storage was reclaimed
+        (compaction runs once evicted payments pile up, so mostly 0)."""
 
     def edges(self, accounts: Sequence[str], direction: str, since: int | None = None
               ) -> dict[str, list[StoredEdge]]:
@@ -113,6 +116,7 @@ class Rings:
     offsets: np.ndarray
     edges: np.ndarray
     cut: dict[int, int]  # trigger edge id -> cut bits (1: ring cap, 2: hub guard)
+    late: int = 0  # the batch's edges older than the newest stored before it (searched as witnesses too)
 
 
 def find_rings(store: EdgeStore, new_ids: np.ndarray, newest_before: tuple[int, bytes] | None,
@@ -121,6 +125,7 @@ def find_rings(store: EdgeStore, new_ids: np.ndarray, newest_before: tuple[int, 
     new_ids = np.asarray(new_ids, np.int64)
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     cut: dict[int, int] = {}
+    late = new_ids[:0]
     if new_ids.size:
         _collect(store, new_ids, None, options, parts, cut)
         late = older_than(store, new_ids, newest_before)
@@ -130,13 +135,15 @@ def find_rings(store: EdgeStore, new_ids: np.ndarray, newest_before: tuple[int, 
             if candidates.size:
                 _collect(store, candidates, in_batch, options, parts, cut)
     if not parts:
-        return Rings(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64), cut)
+        return Rings(_NO_IDS, _NO_OFFSETS, _NO_IDS, cut, late.size)
+    if len(parts) == 1:
+        return Rings(*parts[0], cut, late.size)
     offsets, shift = [np.zeros(1, np.int64)], 0
     for _, off, _ in parts:
         offsets.append(off[1:] + shift)
         shift += int(off[-1])
     return Rings(np.concatenate([t for t, _, _ in parts]), np.concatenate(offsets),
-                 np.concatenate([e for _, _, e in parts]), cut)
+                 np.concatenate([e for _, _, e in parts]), cut, late.size)
 
 
 def older_than(store: EdgeStore, ids: np.ndarray, key: tuple[int, bytes] | None) -> np.ndarray:
@@ -187,8 +194,8 @@ def build_alerts(store: EdgeStore, rings: Rings, arrival: np.ndarray | None, now
     chains[is_trigger] = rings.triggers
     chains[~is_trigger] = rings.edges
     distinct, index = np.unique(chains, return_inverse=True)
-    tx_ids = np.array([store.tx_id(int(e)) for e in distinct], dtype=object)[index]
-    accounts = store.names_array()[store.e_src[chains]]
+    tx_ids = store.tx_ids(distinct).to_numpy(zero_copy_only=False)[index]
+    accounts = store.account_names(store.e_src[chains])
     units = store.e_amt[chains]
     currency = store.e_cur[chains]
     heads = starts[:-1]
@@ -246,15 +253,30 @@ def arrivals(received_at: Sequence[float] | float | None, rows: int) -> np.ndarr
     return np.asarray(received_at, np.float64)
 
 
-def judge(status: np.ndarray, table: pa.Table, result: BatchResult) -> None:
-    """Count duplicates and turn conflicts into rejections with their reason."""
+def batch_edges(status: np.ndarray, eids: np.ndarray, replay: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The batch rows whose rings to raise (new, and with `replay` duplicates too) and their distinct edge ids."""
+    if not status.any():  # all new (the usual batch): one edge each, ascending
+        return np.arange(status.shape[0]), eids
+    new_rows = np.flatnonzero((status == NEW) | (replay & (status == DUPLICATE)))
+    return new_rows, np.unique(eids[new_rows])
+
+
+def judge(status: np.ndarray, table: pa.Table, result: BatchResult, horizon: int | None) -> None:
+    """Count duplicates and turn conflicts and payments older than the horizon into rejections with their reason."""
+    if not status.any():
+        return
     result.duplicates += int(np.count_nonzero(status == DUPLICATE))
-    conflicts = np.flatnonzero(status == CONFLICT)
-    if conflicts.size:
+    refused = np.flatnonzero(status >= CONFLICT)
+    if refused.size:
         tx_ids = table.column("tx_id").to_pylist()
-        for i in conflicts.tolist():
-            result.rejected.append(Rejected(i, tx_ids[i], f"conflict: tx_id {tx_ids[i]!r} is already stored with "
-                                                          "other content (src, dst, amount, ts or currency)"))
+        ts = table.column("ts").to_pylist()
+        for i in refused.tolist():
+            if status[i] == CONFLICT:
+                reason = (f"conflict: tx_id {tx_ids[i]!r} is already stored with other content "
+                          "(src, dst, amount, ts or currency)")
+            else:
+                reason = f"late: ts {ts[i]} is older than the graph's eviction horizon {horizon}"
+            result.rejected.append(Rejected(i, tx_ids[i], reason))
 
 
 class LocalRingGraph:
@@ -274,15 +296,14 @@ class LocalRingGraph:
             return result
         store = self.store
         status, eids = store.apply(table)
-        judge(status, table, result)
-        new_rows = np.flatnonzero((status == NEW) | (replay & (status == DUPLICATE)))
-        new_ids = np.unique(eids[new_rows])
+        new_rows, new_ids = batch_edges(status, eids, replay)
+        judge(status, table, result, store.horizon)
         newest_before = self._newest
         rings = find_rings(store, new_ids, newest_before, self.options)
         if new_ids.size:
             newest = newest_key(store, new_ids)
             self._newest = newest if newest_before is None else max(newest, newest_before)
-            result.late_payments = int(older_than(store, new_ids, newest_before).size)
+        result.late_payments = rings.late
         arrival = arrival_times(store, eids[new_rows], new_rows, received_at, table.num_rows)
         result.alerts = build_alerts(store, rings, arrival, self.clock())
         result.truncated_searches = len(rings.cut)

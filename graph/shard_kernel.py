@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .kernel import DUPLICATE, EMPTY, NEW, _first_at, _grow, fnv1a
+from .kernel import DUPLICATE, EMPTY, NEW, SEG_HEAD, SEG_LEN, _grow, fnv1a, list_range, live_len
 
 GUARD_TAG = 4
 COLLECT_TAG = 2
@@ -154,8 +154,8 @@ def owned_account(g_tab, gid_of, g):
 
 
 @njit(cache=True)
-def first_layer(rows, status, eids, replay, window, min_amt, cheap, guard, me, owner_of, gid_of, e_src, e_dst, e_ts,
-                e_amt, a_head, a_len):
+def first_layer(rows, status, eids, replay, window, min_amt, cheap, guard, me, owner_of, gid_of, e_hot, e_amt,
+                a_seg):
     """Entries for the first layer of each new payment's search whose root list this shard owns and that has
     at most `cheap` entries (`label_rounds.FirstLayer`): forward from the payment's dst, backward from its src.
 
@@ -174,15 +174,17 @@ def first_layer(rows, status, eids, replay, window, min_amt, cheap, guard, me, o
         if not (status[i] == NEW or (replay and status[i] == DUPLICATE)):
             continue
         e = eids[i]
-        x, y = e_src[e], e_dst[e]
+        r = e_hot[e]
+        x, y = r.src, r.dst
         if x == y or e_amt[e] < min_amt:
             continue
-        ts = e_ts[e]
-        if owner_of[y] == me and a_len[0, y] - a_head[0, y] <= cheap:
+        ts = r.ts
+        # list lengths here count evicted entries not yet dropped: a cost hint, no more
+        if owner_of[y] == me and a_seg[y, 0, SEG_LEN] - a_seg[y, 0, SEG_HEAD] <= cheap:
             job[k], tag[k], gid[k], label[k], bound[k] = rows[i], extra, gid_of[y], ts - window, ts
             flags[i] |= 1
             k += 1
-        if owner_of[x] == me and a_len[1, x] - a_head[1, x] <= cheap:
+        if owner_of[x] == me and a_seg[x, 1, SEG_LEN] - a_seg[x, 1, SEG_HEAD] <= cheap:
             job[k], tag[k], gid[k], label[k], bound[k] = rows[i], extra | BACKWARD_TAG, gid_of[x], ts, ts - window
             flags[i] |= 2
             k += 1
@@ -191,14 +193,15 @@ def first_layer(rows, status, eids, replay, window, min_amt, cheap, guard, me, o
 
 @njit(cache=True)
 def expand(job, tag, gid, label, bound, strict, min_amt, max_degree, me, g_tab, g_next, gid_of, owner_of,
-           a_start, a_head, a_len, p_eid, p_ts, e_src, e_dst, e_amt):
+           a_seg, p_eid, e_hot, e_amt, horizon):
     """Expand each entry over the lists of the accounts this shard owns under its gid.
 
     Returns (job, direction, gid, owner, value, degree) of the best new label per
     (job, direction, peer) — `degree` is the peer's list length in that direction
     when this shard owns the peer (-1 otherwise: the driver estimates) — the
     (job * 2 + direction) codes that met a hub under the guard, and the edge ids
-    scanned by collecting entries (repeats possible).
+    scanned by collecting entries (repeats possible). Edges older than `horizon`
+    are evicted: no scan sees them (`kernel.list_range` below it would).
     """
     n = job.shape[0]
     k1s, k2s = np.zeros(1024, np.uint64), np.full(1024, -1, np.int64)
@@ -215,33 +218,27 @@ def expand(job, tag, gid, label, bound, strict, min_amt, max_degree, me, g_tab, 
         guard = (tag[i] & GUARD_TAG) != 0 and max_degree >= 0
         x = owned_account(g_tab, gid_of, gid[i])
         while x >= 0:
-            base, head, length = a_start[d, x], a_head[d, x], a_len[d, x]
-            if guard and length - head > max_degree:
+            if guard and live_len(a_seg, p_eid, e_hot, x, d, horizon) > max_degree:
                 hubs = _grow(hubs, n_hubs + 1)
                 hubs[n_hubs] = job[i] * 2 + d
                 n_hubs += 1
                 x = g_next[x]
                 continue
             if d == 0:
-                start = _first_at(p_ts, base, head, length, label[i])
-                stop = length
-                hi = bound[i]
+                start, stop = list_range(a_seg, p_eid, e_hot, x, 0, max(label[i], horizon), bound[i])
             else:
-                start = _first_at(p_ts, base, head, length, bound[i])
-                stop = _first_at(p_ts, base, head, length, label[i] + 1)
-                hi = label[i]
+                start, stop = list_range(a_seg, p_eid, e_hot, x, 1, max(bound[i], horizon), label[i])
             for k in range(start, stop):
-                ts = p_ts[base + k]
-                if ts > hi:
-                    break
-                e = p_eid[base + k]
+                e = p_eid[k]
+                r = e_hot[e]
+                ts = r.ts
                 if e_amt[e] < min_amt:
                     continue
                 if collect:
                     edges = _grow(edges, n_edges + 1)
                     edges[n_edges] = e
                     n_edges += 1
-                y = e_dst[e] if d == 0 else e_src[e]
+                y = r.dst if d == 0 else r.src
                 value = ts if strict else label[i]
                 if 2 * (used + 1) > k2s.shape[0]:
                     k1s, k2s, vals, peers = _rehash(k1s, k2s, vals, peers)
@@ -270,7 +267,7 @@ def expand(job, tag, gid, label, bound, strict, min_amt, max_degree, me, g_tab, 
         out_gid[j] = gid_of[y]
         out_owner[j] = owner_of[y]
         out_val[j] = vals[slot]
-        out_deg[j] = a_len[d, y] - a_head[d, y] if owner_of[y] == me else -1
+        out_deg[j] = a_seg[y, d, SEG_LEN] - a_seg[y, d, SEG_HEAD] if owner_of[y] == me else -1  # a cost hint
     return out_job, out_dir, out_gid, out_owner, out_val, out_deg, hubs[:n_hubs].copy(), edges[:n_edges].copy()
 
 
@@ -289,7 +286,7 @@ def _rehash(k1s, k2s, vals, peers):
 
 @njit(cache=True)
 def late_scan(job, gid, start, stop, fd, strict, window, max_hops, min_amt, join_k1, join_k2, join_val, join_hop,
-              g_tab, g_next, gid_of, a_start, a_head, a_len, p_eid, p_ts, e_dst, e_amt):
+              g_tab, g_next, gid_of, a_seg, p_eid, e_hot, e_amt, horizon):
     """Older payments T = a -> b that may close a ring through a late payment p (`kernel.late_candidates`).
 
     Entry i: a forward label of p's job at account `gid` (a), first reached in
@@ -308,15 +305,13 @@ def late_scan(job, gid, start, stop, fd, strict, window, max_hops, min_amt, join
             continue
         a = owned_account(g_tab, gid_of, gid[i])
         while a >= 0:
-            base, head, length = a_start[0, a], a_head[0, a], a_len[0, a]
-            for k in range(_first_at(p_ts, base, head, length, start[i]), length):
-                ts = p_ts[base + k]
-                if ts > stop[i]:
-                    break
-                t = p_eid[base + k]
+            first, last = list_range(a_seg, p_eid, e_hot, a, 0, max(start[i], horizon), stop[i])
+            for k in range(first, last):
+                t = p_eid[k]
+                ts = e_hot[t].ts
                 if e_amt[t] < min_amt:
                     continue
-                b = e_dst[t]
+                b = e_hot[t].dst
                 if b == a:
                     continue
                 slot = map_find(join_k1, join_k2, gid_of[b], job[i])

@@ -65,7 +65,7 @@ from .ring_graph import (
     judge,
     newest_key,
 )
-from .store import DUPLICATE, NEW, EdgeStore, StoredEdge, _string_buffers
+from .store import DUPLICATE, NEW, EdgeStore, StoredEdge, string_buffers
 
 
 def shard_of(account: str, num_shards: int) -> int:
@@ -77,7 +77,9 @@ def owners_of_column(column: pa.Array | pa.ChunkedArray, num_shards: int, gid_ma
                      ) -> tuple[np.ndarray, np.ndarray]:
     """`shard_of` and the gid of every value of a string column, in compiled code."""
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    buf, off = _string_buffers(column, "account")
+    if column.null_count:
+        raise ValueError("account: a payment without one cannot be stored")
+    buf, off = string_buffers(column)
     return sk.owners(buf, off, num_shards, sk.CRC_TABLE, np.uint64(gid_mask))
 
 
@@ -132,7 +134,7 @@ class GraphShard:
 
     def _index(self) -> None:
         """Give the accounts new to the store their gid and owner; file the owned ones by gid."""
-        store, start, stop = self.store, self._indexed, len(self.store.names)
+        store, start, stop = self.store, self._indexed, self.store.accounts.count
         if stop == start:
             return
         if stop > self._gid_of.shape[0]:
@@ -142,7 +144,7 @@ class GraphShard:
                 grown = np.empty(size, old.dtype)
                 grown[:start] = old[:start]
                 setattr(self, name, grown)
-        owner, gid = sk.owners(store.n_buf, store.n_off[start:stop + 1], self.num_shards, sk.CRC_TABLE,
+        owner, gid = sk.owners(store.accounts.buf, store.accounts.off[start:stop + 1], self.num_shards, sk.CRC_TABLE,
                                np.uint64(self.gid_mask))
         self._owner_of[start:stop], self._gid_of[start:stop] = owner, gid
         owned = self._owner_of[:stop] == self.index
@@ -178,21 +180,24 @@ class GraphShard:
         if first is not None:
             *entries, flags = sk.first_layer(
                 rows, status, eids, first.replay, first.window, first.min_amount, first.cheap, first.max_degree >= 0,
-                self.index, self._owner_of, self._gid_of, store.e_src, store.e_dst, store.e_ts, store.e_amt,
-                store.a_head, store.a_len)
+                self.index, self._owner_of, self._gid_of, store.e_hot, store.e_amt, store.a_seg)
             labels = self._expand(*entries, strict=first.strict, min_amount=first.min_amount,
                                   max_degree=first.max_degree)
             flags |= _ran_out(rows, flags, labels)
         return Stored(status, before, self._lengths(eids), flags, labels, time.perf_counter() - started)
 
     def _lengths(self, eids: np.ndarray) -> np.ndarray:
+        """Rows x [src out, src in, dst out, dst in] live list lengths (-1: not owned here, or not stored)."""
         store = self.store
         out = np.full((4, eids.shape[0]), -1, np.int32)
-        for i, ends in enumerate((store.e_src, store.e_dst)):
-            accounts = ends[eids]
+        stored = eids >= 0
+        hot = store.e_hot[eids[stored]]
+        for i, end in enumerate(("src", "dst")):
+            accounts = hot[end]
             mine = self._owner_of[accounts] == self.index
+            rows = np.flatnonzero(stored)[mine]
             for d in range(2):
-                out[2 * i + d, mine] = store.a_len[d, accounts[mine]] - store.a_head[d, accounts[mine]]
+                out[2 * i + d, rows] = store.degrees(accounts[mine], d)
         return out
 
     def _expand(self, job: np.ndarray, tag: np.ndarray, gid: np.ndarray, label: np.ndarray, bound: np.ndarray, *,
@@ -201,9 +206,8 @@ class GraphShard:
         store = self.store
         job, d, gid, owner, value, degree, hubs, scanned = sk.expand(
             job, tag, gid, label, bound, strict, min_amount, max_degree, self.index, self._g_tab, self._g_next,
-            self._gid_of, self._owner_of, store.a_start, store.a_head, store.a_len, store.p_eid, store.p_ts,
-            store.e_src, store.e_dst, store.e_amt)
-        edges = _edge_table(store, np.unique(scanned)) if scanned.size else None
+            self._gid_of, self._owner_of, store.a_seg, store.p_eid, store.e_hot, store.e_amt, store.horizon)
+        edges = store.edge_table(np.unique(scanned)) if scanned.size else None
         return LabelReply(job, d, gid, owner, value, degree, hubs, edges)
 
     def search_round(self, request: LabelRequest) -> LabelReply:
@@ -216,11 +220,11 @@ class GraphShard:
             join = sk.fill_map(r.join_gid, r.join_job, r.join_val, r.join_hop, _map_size(r.join_gid.size))
             cand_job, found = sk.late_scan(
                 r.scan_job, r.scan_gid, r.scan_start, r.scan_stop, r.scan_fd, r.strict, r.window, r.max_hops,
-                r.min_amount, *join, self._g_tab, self._g_next, self._gid_of, store.a_start, store.a_head,
-                store.a_len, store.p_eid, store.p_ts, store.e_dst, store.e_amt)
+                r.min_amount, *join, self._g_tab, self._g_next, self._gid_of, store.a_seg, store.p_eid,
+                store.e_hot, store.e_amt, store.horizon)
             if found.size:
                 src, dst = store.e_src[found], store.e_dst[found]
-                reply.candidates = Candidates(_edge_table(store, found), cand_job, self._gid_of[src],
+                reply.candidates = Candidates(store.edge_table(found), cand_job, self._gid_of[src],
                                               self._owner_of[src], self._gid_of[dst], self._owner_of[dst])
         reply.seconds = time.perf_counter() - started
         return reply
@@ -233,7 +237,7 @@ class GraphShard:
         return self.store.evict(horizon_ts)
 
     def edges_of(self, accounts: list[str], direction: int, since: int | None) -> dict[str, pa.Table]:
-        return {a: _edge_table(self.store, self.store.list_of(a, direction, since)) for a in accounts}
+        return {a: self.store.edge_table(self.store.list_of(a, direction, since)) for a in accounts}
 
     def degrees(self, accounts: list[str], direction: int) -> dict[str, int]:
         return {a: self.store.degree(a, direction) for a in accounts}
@@ -258,20 +262,6 @@ class GraphShard:
         self.store.apply(table)
         self._index()
         self._newest = newest_key(self.store, np.arange(self.store.n_edges))
-
-
-def _edge_table(store: EdgeStore, ids: np.ndarray) -> pa.Table:
-    """These edges as a `PAYMENT_SCHEMA` table (tx ids copied as bytes, names by index)."""
-    ids = np.asarray(ids, np.int64)
-    tx_buf, tx_off = kernel.compact_tx(store.tx_buf, store.tx_off, ids)
-    tx = pa.StringArray.from_buffers(ids.shape[0], pa.py_buffer(tx_off.astype(np.int32)),
-                                     pa.py_buffer(tx_buf[:int(tx_off[-1])].tobytes()))
-    currencies = np.array(store.currencies, dtype=object)
-    return pa.table([
-        tx, pa.array(store.names_array()[store.e_src[ids]], pa.string()),
-        pa.array(store.names_array()[store.e_dst[ids]], pa.string()), pa.array(store.e_ts[ids]),
-        pa.array(store.e_amt[ids]), pa.array(currencies[store.e_cur[ids]], pa.string()),
-    ], schema=PAYMENT_SCHEMA)
 
 
 def _ran_out(rows: np.ndarray, flags: np.ndarray, labels: LabelReply) -> np.ndarray:
@@ -311,6 +301,7 @@ class ShardedRingGraph:
         self._degrees = DegreeCache()
         self.figures = RoundFigures()
         self._horizon: int | None = None  # an eviction the shards have not been sent yet
+        self._sent_horizon: int | None = None  # the last one sent (rejection reasons)
 
     @classmethod
     def in_process(cls, options: SearchOptions, num_shards: int, *, gid_mask: int = int(sk.GID_MASK)
@@ -377,7 +368,7 @@ class ShardedRingGraph:
         first = FirstLayer(replay, o.order == "strict", o.window_ms, o.min_amount_units,
                            -1 if o.max_degree is None else o.max_degree)
         status, newest_before, lengths, grown, labels = self._apply(table, src_shard, dst_shard, first, search)
-        judge(status, table, result)
+        judge(status, table, result, self._sent_horizon)
         fresh = (status == NEW) | (replay & (status == DUPLICATE))
         new_rows = np.flatnonzero(fresh)
         if new_rows.size == 0:
@@ -435,7 +426,7 @@ class ShardedRingGraph:
             rows.append(new_rows[at[known].astype(np.int64)])
         options = self.options
         if options.max_degree is not None:
-            store.mark_hubs(self._hubs(store.names, options.max_degree))
+            store.mark_hubs(self._hubs(store.accounts.decode(0, store.accounts.count), options.max_degree))
             options = dataclasses.replace(options, max_degree=None)  # the marks stand for the shards' degrees
         rings = find_rings(store, target_ids, newest_before, options)
         cut = np.intersect1d(cut_rows, targets)
@@ -456,7 +447,8 @@ class ShardedRingGraph:
                 parts[shard] = picked
         requests = {s: (table.take(picked), picked.astype(np.int32), first, self._horizon)
                     for s, picked in parts.items()}
-        self._horizon = None
+        if self._horizon is not None:
+            self._sent_horizon, self._horizon = self._horizon, None
         started = time.perf_counter()
         answers = self._call("apply", requests)
         search.figures.call_s += time.perf_counter() - started
@@ -497,7 +489,8 @@ class ShardedRingGraph:
     def _flush(self) -> None:
         """Send a pending eviction before a read."""
         if self._horizon is not None:
-            horizon, self._horizon = self._horizon, None
+            horizon = self._sent_horizon = self._horizon
+            self._horizon = None
             self._call("evict", {s: (horizon,) for s in range(self.num_shards)})
 
     def _by_owner(self, accounts: Sequence[str]) -> dict[int, list[str]]:
@@ -540,7 +533,7 @@ class ShardedRingGraph:
     def restore(self, tables: Sequence[pa.Table]) -> None:
         if len(tables) != self.num_shards:
             raise ValueError(f"a checkpoint of {len(tables)} shards cannot restore {self.num_shards} shards")
-        self._horizon = None
+        self._horizon = self._sent_horizon = None
         self._call("restore", {s: (tables[s],) for s in range(self.num_shards)})
 
     def close(self) -> None:

@@ -454,8 +454,12 @@ def _apply_env(config: Config, environ: Mapping[str, str]) -> None:
 
 
 def load(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None,
-         overrides: Mapping[str, Any] | None = None) -> Config:
-    """The config from `path` (TOML), then the environment, then `overrides` (dotted key -> value)."""
+         overrides: Mapping[str, Any] | None = None, validate: bool = True) -> Config:
+    """The config from `path` (TOML), then the environment, then `overrides` (dotted key -> value).
+
+    `validate=False` skips the checks a whole engine needs (topics, sinks...) for
+    commands that use one part of the config, e.g. `generate` its `[kafka]` table.
+    """
     config = Config()
     if path is not None:
         path = Path(path)
@@ -473,7 +477,7 @@ def load(path: str | Path | None = None, *, environ: Mapping[str, str] | None = 
             raise ConfigError(f"{dotted}: unknown setting")
         _apply(config, by_dotted[dotted], value, f"flag --{by_dotted[dotted].flag}")
     _read_secret_files(config)
-    return config.validate()
+    return config.validate() if validate else config
 
 
 def _read_secret_files(config: Config) -> None:
@@ -509,9 +513,12 @@ class _RefusedSecret(argparse.Action):
                      f"{option_string}-file FILE")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting; unset flags stay None so they do not override the file or environment."""
+def add_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None) -> None:
+    """One flag per setting (of `sections`, default all); unset flags stay None so they do not override the
+    file or environment."""
     for spec in settings():
+        if sections is not None and spec.section not in sections:
+            continue
         default = spec.default if spec.kind != "duration" else format_duration(spec.default)
         if spec.kind == "secret":
             parser.add_argument(f"--{spec.flag}", dest=spec.dotted, default=None,

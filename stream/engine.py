@@ -20,8 +20,9 @@ Exactly once per alert id, through crashes:
 1. An aligned checkpoint is taken between batches, after every alert raised so
    far has been handed to the sinks and the sinks made it durable (file
    fsynced, Kafka acknowledged, webhook outbox on disk). Each shard checkpoints
-   itself through the runtime; one record then ties those checkpoint ids to the
-   source positions and watermarks.
+   itself through the runtime (on a thread beside the loop, see `_checkpoint`);
+   one record then ties those checkpoint ids to the source positions and
+   watermarks.
 2. Kafka offsets are committed only after that record is durable.
 3. After a crash of the engine the newest record is restored and every
    partition replays from its position; after the loss of a shard actor (the
@@ -49,6 +50,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from ringwatch import runtime as rt
 from ringwatch.connectors import (
@@ -161,6 +163,8 @@ class Engine:
         self._store: CheckpointStore | None = None  # opened once the runtime is up (on a cluster it is the GCS)
         self._claims: AlertClaims | None = None
         self._group_low: int | None = None  # lowest low watermark published by the group's engines
+        self._in_flight: _CheckpointJob | None = None  # a checkpoint whose shard checkpoints are being taken
+        self._handed = 0  # payments handed to the graph (in each record: a restart resumes the count)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -288,11 +292,12 @@ class Engine:
                 f"{graph_config.shards}; run with the same shard count or a fresh state_dir")
         graph = open_graph(graph_config.shards, self.config.search_options(),
                            checkpoint_uri=self._shard_checkpoint_uri(),
-                           restore=(checkpoint.shards, checkpoint.graph), shared_as=shared_as,
+                           restore=checkpoint.shards, shared_as=shared_as,
                            in_process=in_process)
         self._take_positions(checkpoint)
         mine = checkpoint.engines.get(self.engine_id)
         self.transactions = mine.transactions if mine else 0 if self.shared else checkpoint.transactions
+        self._handed = int(checkpoint.graph.get("next_seq", 0))
         self.last_checkpoint = checkpoint
         logger.info("restored checkpoint epoch=%d transactions=%d positions=%s", checkpoint.epoch,
                     checkpoint.transactions, _show(checkpoint.positions))
@@ -340,8 +345,9 @@ class Engine:
             self._fill_batch(stop)
             with self._lock:
                 self._process_pending()
+                self._finish_checkpoint(block=False)
                 if time.monotonic() >= next_checkpoint:
-                    self._checkpoint("interval")
+                    self._checkpoint("interval", wait=False)
                     next_checkpoint = time.monotonic() + interval_s
 
     def _fill_batch(self, stop: threading.Event) -> None:
@@ -419,6 +425,7 @@ class Engine:
             if not self._shard_restart_behind(exc):
                 raise
             return False
+        self._handed += len(accepted)
         self.cut_short += batch.truncated_searches
         if batch.refused:
             by_tx = {r.transaction.tx_id: r for r in accepted}
@@ -460,6 +467,8 @@ class Engine:
                 return
             horizon = min(horizon, self._group_low - self.config.graph.window - self.config.time.allowed_lateness)
         step = max(self.config.graph.window // EVICT_SLICES, 1)
+        if self._in_flight is not None:
+            return  # the shard checkpoints being taken must keep what a replay from their record needs
         if self._evicted_to is None or horizon - self._evicted_to >= step:
             self._graph.evict(horizon)
             self._evicted_to = horizon
@@ -488,10 +497,29 @@ class Engine:
 
     # ---- checkpoints, shard restarts and rebalances ------------------------------------------------
 
-    def _checkpoint(self, reason: str) -> Checkpoint | None:
-        """Aligned checkpoint between batches; returns None (and keeps running) if a sink could not keep up."""
+    def _checkpoint(self, reason: str, *, wait: bool = True) -> Checkpoint | None:
+        """Aligned checkpoint between batches; None (and the engine keeps running) when none was written now.
+
+        The aligned part runs here, on the loop: finish the batch, hand every
+        alert to the sinks and make it durable, note positions and watermarks.
+        The shard checkpoints (the slow part) are then taken by a `_CheckpointJob`;
+        with `wait=False` (the periodic checkpoint) on a thread of its own while
+        the loop goes on. Each shard checkpoint is taken after every batch below
+        the noted positions was applied, so it holds them all; it may hold later
+        payments too, which is harmless (a replay raises their rings again with
+        the same ids). Eviction waits while a job runs: what replaying from the
+        noted positions needs is still in the shards' checkpoints. Back on the
+        loop (`_finish_checkpoint`) the record is written only if no shard
+        restarted meanwhile, then the offsets are committed. Rebalances and the
+        final checkpoint wait for all of it. A failure leaves the previous record
+        standing: a shard lost meanwhile rewinds, anything else stops the engine
+        (raised on the loop, as if it had happened there).
+        """
         if self._failed:
             return None
+        self._finish_checkpoint(block=wait)
+        if self._in_flight is not None:
+            return None  # the previous one is still being taken
         started = time.monotonic()
         self._process_pending()
         self._delivery.drain()
@@ -505,33 +533,47 @@ class Engine:
             return None
         progress = EngineProgress(dict(self._covered), self._clock.watermarks(), self._clock.low_watermark,
                                   self.transactions)
-        self._store.publish(self.engine_id, progress)
-        group = self._store.group_progress()  # everything it says is in the shards now: checkpoint them next
-        lows = [p.low_watermark for p in group.values()]
-        self._group_low = None if not lows or None in lows else min(lows)
-        try:
-            shard_ids, graph_state = self._graph.checkpoint()
-        except (rt.ActorDiedError, rt.TaskError) as exc:
-            if not self._shard_restart_behind(exc):
-                raise
-            self._rewind()
+        job = _CheckpointJob(self._store, self._graph, self.engine_id, progress, reason, started, self.recoveries,
+                             {"placement": self.config.graph.placement, "next_seq": self._handed})
+        self._in_flight = job
+        if not wait:
+            threading.Thread(target=job.run, name="ringwatch-checkpoint", daemon=True).start()
             return None
-        if self._rewound_for_restarts():  # a shard restarted meanwhile: the id it gave holds older state
+        job.run()
+        return self._finish_checkpoint(block=True)
+
+    def _finish_checkpoint(self, *, block: bool) -> Checkpoint | None:
+        """Write the record of a job whose shard checkpoints are taken, then commit (waits for it if `block`)."""
+        job = self._in_flight
+        if job is None or not (block or job.done.is_set()):
             return None
-        graph_state["placement"] = self.config.graph.placement
-        checkpoint = self._store.save(Checkpoint(0, group, shard_ids, graph=graph_state))
+        job.done.wait()
+        self._in_flight = None
+        if self.recoveries != job.recoveries:  # the engine rewound meanwhile: a shard went back in time
+            logger.warning("checkpoint reason=%s dropped: shards restarted while it was taken", job.reason)
+            return None
+        if job.error is not None:
+            if isinstance(job.error, (rt.ActorDiedError, rt.TaskError)) and self._shard_restart_behind(job.error):
+                self._rewind()  # a shard lost while it checkpointed: replay what it lost
+                return None
+            raise job.error  # the previous record stands; a restart resumes from it
+        if self._rewound_for_restarts():  # a call parked through a restart gives an id of older state
+            return None
+        checkpoint = self._store.save(Checkpoint(0, job.group, job.shard_ids, graph=job.graph_state))
+        self._group_low = job.group_low
+        positions = job.progress.positions
         try:
-            self._source.commit({p: offset for p, offset in self._covered.items() if p in self._owned})
+            self._source.commit({p: offset for p, offset in positions.items() if p in self._owned})
         except KafkaConnectorError as exc:  # the checkpoint stands; the next one commits again
             logger.error("checkpoint epoch=%d written but offsets not committed: %s", checkpoint.epoch, exc)
         self.last_checkpoint = checkpoint
-        elapsed = time.monotonic() - started
+        elapsed = time.monotonic() - job.started
         self.metrics.checkpoint_duration.observe(elapsed)
         self.metrics.checkpoints.inc()
         self.lag = self._source.lag()
-        logger.info("checkpoint epoch=%d reason=%s transactions=%d alerts=%d duration_ms=%.1f low_watermark=%s "
-                    "positions=%s", checkpoint.epoch, reason, self.transactions, self.alerts_raised,
-                    elapsed * 1000, self._clock.low_watermark, _show(self._covered))
+        logger.info("checkpoint epoch=%d reason=%s transactions=%d duration_ms=%.1f low_watermark=%s positions=%s",
+                    checkpoint.epoch, job.reason, job.progress.transactions, elapsed * 1000,
+                    job.progress.low_watermark, _show(positions))
         return checkpoint
 
     def _rewound_for_restarts(self) -> bool:
@@ -681,6 +723,40 @@ class Engine:
             checkpoint_age_s=round(time.time() - checkpoint.created_at, 3) if checkpoint else None,
             newest_ts=self.newest_ts(),
             dead_letters=dict(self.dead_lettered))
+
+
+class _CheckpointJob:
+    """The part of an aligned checkpoint that may run beside the loop: publish the progress, checkpoint the shards.
+
+    The loop writes the record afterwards (`Engine._finish_checkpoint`): only the
+    loop can tell whether a shard restarted while its checkpoint was taken.
+    """
+
+    def __init__(self, store: CheckpointStore, graph: EngineGraph, engine_id: str, progress: EngineProgress,
+                 reason: str, started: float, recoveries: int, graph_state: dict[str, Any]):
+        self.store, self.graph, self.engine_id = store, graph, engine_id
+        self.progress = progress
+        self.reason = reason
+        self.started = started
+        self.recoveries = recoveries  # the engine's rewinds when it began: one more means a shard went back
+        self.graph_state = graph_state
+        self.group: dict[str, EngineProgress] = {}
+        self.group_low: int | None = None  # the lowest low watermark the group published
+        self.shard_ids: list[str] = []
+        self.error: Exception | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.store.publish(self.engine_id, self.progress)
+            self.group = self.store.group_progress()  # everything it says is in the shards now: checkpoint them
+            lows = [p.low_watermark for p in self.group.values()]
+            self.group_low = None if not lows or None in lows else min(lows)
+            self.shard_ids = self.graph.checkpoint()
+        except Exception as exc:  # raised on the loop by `Engine._finish_checkpoint`
+            self.error = exc
+        finally:
+            self.done.set()
 
 
 def percentile(ordered: list[float], q: float) -> float:

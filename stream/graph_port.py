@@ -19,6 +19,12 @@ group, not to one engine.
 In process, the graph is checkpointed by the engine into the same runtime
 checkpoint store (Arrow IPC), and queries take a lock the loop holds while it
 applies a batch: they wait for at most one batch.
+
+A restore loads only Arrow tables (`trusted_arrow_checkpoints`): graph state is
+never pickled, and with a local runtime the ids come from plain JSON records
+under `state_dir`, which anyone who can write that folder could edit. An id
+binds its file's SHA-256, so checking the bytes here binds what the runtime
+loads next: a planted pickle is refused, never unpickled.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import pyarrow as pa
 
 from ringwatch import runtime as rt
 from ringwatch.graph import (
@@ -41,7 +49,10 @@ from ringwatch.graph import (
     StoredEdge,
     Transaction,
 )
-from ringwatch.runtime.checkpoints import open_store
+from ringwatch.runtime.checkpoints import FileCheckpointStore, encode_state, open_store, verified
+from ringwatch.runtime.errors import CheckpointError as RuntimeCheckpointError
+
+from .checkpoint import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +83,12 @@ class EngineGraph(Protocol):
         """Forget edges with `ts < horizon` (the event-time clock says when that is safe)."""
         ...
 
-    def checkpoint(self) -> tuple[list[str], dict[str, Any]]:
-        """Checkpoint every shard through the runtime: their checkpoint ids, and the graph's own small state."""
+    def checkpoint(self) -> list[str]:
+        """Checkpoint every shard through the runtime: their checkpoint ids.
+
+        May run on a thread beside `process`: each shard's checkpoint then holds
+        at least every batch `process` had returned before it was called.
+        """
         ...
 
     def restarted(self) -> list[int]:
@@ -97,31 +112,28 @@ class ShardedEngineGraph:
     """
 
     def __init__(self, num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
-                 restore: tuple[list[str], dict[str, Any]] | None = None, shared_as: str | None = None):
+                 restore: list[str] | None = None, shared_as: str | None = None):
         self.num_shards = num_shards
-        shard_ids, state = restore or ([], {})
+        shard_ids = restore or []
         if shard_ids and len(shard_ids) != num_shards:
             raise ValueError(f"the checkpoint holds {len(shard_ids)} shards, the graph is set to {num_shards}")
         handles = [_shard(index, num_shards, checkpoint_uri, shard_ids[index] if shard_ids else None,
                           None if shared_as is None else f"{shared_as}/shard-{index}-of-{num_shards}")
                    for index in range(num_shards)]
         self.graph = ShardedRingGraph(options, handles, owned=shared_as is None)
-        self.next_seq = int(state.get("next_seq", 0))  # payments handed to the graph so far (checkpointed)
         self._restarts = self._restart_counts()
 
     def process(self, transactions: Sequence[Transaction], received_at: Sequence[float]) -> GraphBatch:
         result = self.graph.process(transactions, received_at, replay=True)
-        self.next_seq += len(transactions)
         return GraphBatch(result.alerts, [(transactions[r.index], r.reason) for r in result.rejected],
                           result.truncated_searches)
 
     def evict(self, horizon: int) -> None:
-        dropped = self.graph.evict(horizon)
-        logger.debug("evicted %d list entries below %d", dropped, horizon)
+        reclaimed = self.graph.evict(horizon)
+        logger.debug("evicted payments below %d (%d payments' storage reclaimed)", horizon, reclaimed)
 
-    def checkpoint(self) -> tuple[list[str], dict[str, Any]]:
-        ids = [rt.checkpoint(handle, timeout=CHECKPOINT_TIMEOUT_S) for handle in self.graph.handles]
-        return ids, {"next_seq": self.next_seq}
+    def checkpoint(self) -> list[str]:
+        return [rt.checkpoint(handle, timeout=CHECKPOINT_TIMEOUT_S) for handle in self.graph.handles]
 
     def restarted(self) -> list[int]:
         counts = self._restart_counts()
@@ -152,12 +164,10 @@ class InProcessEngineGraph:
         self._lock = threading.Lock()
         if restore:
             self.graph.restore([self._store.load(checkpoint_id) for checkpoint_id in restore])
-        self.next_seq = 0
 
     def process(self, transactions: Sequence[Transaction], received_at: Sequence[float]) -> GraphBatch:
         with self._lock:
             result = self.graph.process(transactions, received_at, replay=True)
-        self.next_seq += len(transactions)
         return GraphBatch(result.alerts, [(transactions[r.index], r.reason) for r in result.rejected],
                           result.truncated_searches)
 
@@ -165,11 +175,10 @@ class InProcessEngineGraph:
         with self._lock:
             self.graph.evict(horizon)
 
-    def checkpoint(self) -> tuple[list[str], dict[str, Any]]:
+    def checkpoint(self) -> list[str]:
         with self._lock:
             tables = self.graph.checkpoint()
-        ids = [self._store.save(f"{self.CHECKPOINT_NAME}-{i}", table) for i, table in enumerate(tables)]
-        return ids, {"next_seq": self.next_seq}
+        return [self._store.save(f"{self.CHECKPOINT_NAME}-{i}", table) for i, table in enumerate(tables)]
 
     def restarted(self) -> list[int]:
         return []  # it lives and dies with the engine
@@ -229,16 +238,47 @@ def _shard(index: int, num_shards: int, checkpoint_uri: str, restore_from: str |
 
 
 def open_graph(num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
-               restore: tuple[list[str], dict[str, Any]] | None = None, shared_as: str | None = None,
+               restore: list[str] | None = None, shared_as: str | None = None,
                in_process: bool = False) -> EngineGraph:
     """The engine's graph: `num_shards` shard actors (or the graph in process) checkpointing to `checkpoint_uri`.
 
-    `restore` starts it from a record's checkpoints; `shared_as` names the
-    shard actors so the engines of a group share them (found if they exist).
+    `restore` starts it from a record's shard checkpoint ids; `shared_as` names
+    the shard actors so the engines of a group share them (found if they exist).
     """
+    if restore:
+        trusted_arrow_checkpoints(checkpoint_uri, restore)
     if in_process:
-        graph = InProcessEngineGraph(options, checkpoint_uri=checkpoint_uri, restore=restore[0] if restore else None)
-        graph.next_seq = int(restore[1].get("next_seq", 0)) if restore else 0
-        return graph
+        return InProcessEngineGraph(options, checkpoint_uri=checkpoint_uri, restore=restore)
     return ShardedEngineGraph(num_shards, options, checkpoint_uri=checkpoint_uri, restore=restore,
                               shared_as=shared_as)
+
+
+# What the runtime's `encode_state` writes before an Arrow table (a pickled state has another header).
+_ARROW_HEADER = bytes(encode_state(pa.table({}))[0])
+
+
+def trusted_arrow_checkpoints(checkpoint_uri: str, checkpoint_ids: Sequence[str]) -> None:
+    """Refuse (CheckpointError) a restore naming anything but Arrow checkpoints whose bytes match their ids.
+
+    Checked for file stores (where a local runtime keeps shard checkpoints,
+    `state_dir/shards`); elsewhere the ids come from the cluster's sealed GCS.
+    """
+    store = open_store(checkpoint_uri)
+    if not isinstance(store, FileCheckpointStore):
+        return
+    root = store.root.resolve()
+    for checkpoint_id in checkpoint_ids:
+        path = (root / f"{checkpoint_id}.ckpt").resolve()
+        if not path.is_relative_to(root):
+            raise CheckpointError(f"shard checkpoint {checkpoint_id!r} names a file outside {root}: refused "
+                                  f"(was the checkpoint record under state_dir edited?)")
+        try:
+            data = verified(checkpoint_id, path.read_bytes())
+        except FileNotFoundError:
+            raise CheckpointError(f"shard checkpoint {path} is missing; restore state_dir from a backup or "
+                                  f"start with a fresh one") from None
+        except (OSError, RuntimeCheckpointError) as exc:
+            raise CheckpointError(f"shard checkpoint {path}: {exc}") from None
+        if not data.startswith(_ARROW_HEADER):
+            raise CheckpointError(f"shard checkpoint {path} is not an Arrow table written by ringwatch: refused, "
+                                  f"graph state is never unpickled (was state_dir tampered with?)")

@@ -1,4 +1,11 @@
-"""The engine SIGKILLed mid-stream and started again: every ring delivered once, no transaction lost."""
+"""The engine SIGKILLed mid-stream and started again: every ring delivered, no transaction lost.
+
+Delivery is checked against what the sinks document: the JSONL file holds each
+alert once; the webhook delivers each alert once except for the one window it
+documents (an alert the receiver acknowledged just before the crash, not yet
+recorded as settled, is sent again with the same `webhook-id`). The sender
+posts one alert at a time, so one SIGKILL can repeat at most one alert.
+"""
 
 from __future__ import annotations
 
@@ -64,10 +71,6 @@ def test_sigkill_mid_stream_then_restart_delivers_every_ring_once(kafka_bootstra
     wait_until(lambda: len(jsonl_ids(alerts_file)) > 0 and any(
         json.loads(line)["trigger_tx_id"] in second_half for line in alerts_file.read_text().splitlines()),
         DEADLINE_S, "an alert raised by the second half")
-    # SIGKILL between a receiver's 2xx and the sink recording it resends that alert (the documented window);
-    # kill once the webhook has caught up with what was raised, so the test checks the engine, not that window.
-    wait_until(lambda: set(receiver.accepted) >= set(jsonl_ids(alerts_file)), DEADLINE_S,
-               "the webhook to deliver what was raised so far")
     first.kill()
     killed_at = checkpointed_transactions(state_dir)
 
@@ -82,7 +85,9 @@ def test_sigkill_mid_stream_then_restart_delivers_every_ring_once(kafka_bootstra
 
     assert half <= killed_at <= N_TRANSACTIONS
     assert receiver.bad_signatures == 0
-    assert all(count == 1 for count in receiver.accepted.values()), receiver.accepted.most_common(3)
+    repeated = [(alert_id, count) for alert_id, count in receiver.accepted.items() if count > 1]
+    assert len(repeated) <= 1 and all(count == 2 for _, count in repeated), (
+        f"more than the one alert the webhook's documented crash window allows was delivered twice: {repeated}")
     file_ids = jsonl_ids(alerts_file)
     assert len(file_ids) == len(set(file_ids)), "an alert was written to the file twice"
     wait_until(lambda: set(receiver.accepted) == set(file_ids), 30, "the webhook to catch up with the file")

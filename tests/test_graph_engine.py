@@ -105,7 +105,7 @@ def test_empty_batches_and_unknown_accounts_are_fine(make):
     assert graph.process(payment_table([])).alerts == []
     assert graph.edges(["nobody"], "out") == {"nobody": []}
     assert graph.evict(10) == 0
-    assert graph.process(triangle()).alerts
+    assert graph.process(triangle(start=10)).alerts
 
 
 def test_edges_older_than_the_horizon_are_evicted(make):
@@ -117,6 +117,10 @@ def test_edges_older_than_the_horizon_are_evicted(make):
     assert graph.edges(["X1", "P"], "out") == {"X1": [], "P": graph.edges(["P"], "out")["P"]}
     assert [e.tx_id for e in graph.edges(["P"], "out")["P"]] == ["new"]
     assert graph.process([tx("back", "Y1", "X1", 5001)]).alerts == []
+    # a payment older than the horizon is not stored silently: it comes back as late, with the reason
+    refused = graph.process([tx("stale", "Y2", "X2", 3999), tx("fresh", "Q", "P", 5002)])
+    assert [(r.index, r.tx_id, r.reason.split(":")[0]) for r in refused.rejected] == [(0, "stale", "late")]
+    assert [a.accounts for a in refused.alerts] == [("P", "Q")]
 
 
 def test_store_compaction_keeps_every_live_edge():
@@ -163,6 +167,20 @@ def test_the_hub_guard_is_off_by_default_and_every_cut_is_reported(make):
     guarded = make(SearchOptions(window_ms=H, max_degree=3)).process(stream)
     assert [a.accounts for a in exact.alerts] == [("A", "HUB", "C0", "D")] and exact.truncated_searches == 0
     assert guarded.alerts == [] and guarded.truncated_searches >= 1
+
+
+@pytest.mark.parametrize("old_payments_of_b", [0, 5])
+def test_a_side_emptied_by_the_hub_guard_is_not_final(make, old_payments_of_b):
+    """Trigger A -> B, witness B -> A, A's in-list a hub: the ring needs no hub list scanned (the search enters
+    A without its in-list), so it is raised whichever side the search grows first. Evicted payments of B still
+    in its list make the forward side look dearer, so the backward side (A's hub in-list) grows first."""
+    graph = make(SearchOptions(window_ms=H, max_degree=2))
+    graph.process([tx(f"old{i}", "B", f"Z{i}", i) for i in range(old_payments_of_b)])
+    graph.evict(100)
+    graph.process([tx(f"x{i}", f"X{i}", "A", 200 + i) for i in range(3)] + [tx("ba", "B", "A", 300)])
+    result = graph.process([tx("ab", "A", "B", 400)])
+    assert [(a.accounts, a.tx_ids) for a in result.alerts] == [(("B", "A"), ("ba", "ab"))]
+    assert all(a.cut_by == ("max_degree",) for a in result.alerts) and result.truncated_searches == 1
 
 
 def test_max_rings_per_tx_caps_and_says_so_on_the_alert(make):

@@ -215,6 +215,32 @@ def test_graph_shard_actors_raise_what_the_in_process_graph_raises_under_the_hub
 
 
 @common
+@given(stream=payments(), shards=st.integers(1, 3), sizes=sizes, seed=st.integers(0, 99),
+       lag=st.integers(-WINDOW, WINDOW))
+def test_shards_evict_and_refuse_payments_below_the_horizon_as_the_in_process_graph_does(stream, shards, sizes, seed,
+                                                                                          lag):
+    """The engine evicts after each batch, `WINDOW + lag` behind the newest payment seen (lag < 0 cuts into the
+    window): late payments fall below the horizon, and no search may see an evicted payment."""
+    options = SearchOptions(max_hops=5, window_ms=WINDOW, **UNBOUNDED)
+    shuffled = list(stream)
+    random.Random(seed).shuffle(shuffled)
+
+    def batches(graph):
+        out, start, newest, sizes_left = [], 0, None, iter(sizes)
+        while start < len(shuffled):
+            batch = shuffled[start:start + next(sizes_left, 3)]
+            start += len(batch)
+            result = graph.process(batch)
+            out.append((sorted((a.alert_id, a.tx_ids) for a in result.alerts),
+                        [(r.tx_id, r.reason) for r in result.rejected]))
+            newest = max([t.ts for t in batch] + ([] if newest is None else [newest]))
+            graph.evict(newest - WINDOW - lag)
+        return out
+
+    assert batches(ShardedRingGraph.in_process(options, shards)) == batches(LocalRingGraph(options))
+
+
+@common
 @given(stream=payments(), shards=st.integers(1, 3), sizes=sizes, max_hops=st.integers(2, 6), seed=st.integers(0, 99),
        gid_bits=st.integers(0, 2))
 def test_accounts_sharing_a_gid_cost_work_never_a_ring(stream, shards, sizes, max_hops, seed, gid_bits):

@@ -11,8 +11,10 @@ talks SASL to Tansu's own `--authentication` listener as far as it goes.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,3 +172,39 @@ def test_tansu_offers_scram_and_refuses_a_stranger(tmp_path):
         log.close()
     tansu_log = (tmp_path / "tansu.log").read_text(errors="replace")
     assert 'mechanism: "SCRAM-SHA-512"' in tansu_log
+
+
+def test_generate_produces_over_sasl_ssl_with_the_password_from_a_file(secured_kafka, certs, tmp_path, unique_name):
+    """`ringwatch generate` takes the same [kafka] settings as `run`: a secured topic needs no other tool."""
+    kafka = secured_kafka(tls=server_tls(certs), users=SaslUsers({"ringwatch": PASSWORD}))
+    password_file = tmp_path / "sasl-password"
+    password_file.write_text(PASSWORD + "\n")
+    config = tmp_path / "ringwatch.toml"
+    config.write_text(f'[kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_mechanism = "SCRAM-SHA-256"\n'
+                      f'ssl_cafile = "{certs.ca}"\nclient_id = "generator"\n')
+    generate = [sys.executable, "-m", "ringwatch.stream.cli", "generate", "--transactions", "300", "--accounts", "100",
+                "--rings", "2", "--seed", "5", "--kafka-bootstrap", kafka.bootstrap, "--topic", unique_name,
+                "--truth", str(tmp_path / "truth.json"), "--config", str(config)]
+
+    refused = subprocess.run(generate, capture_output=True, text=True, timeout=DEADLINE_S)
+    assert refused.returncode == 2 and "kafka.sasl_username" in refused.stderr, refused.stderr
+
+    done = subprocess.run([*generate, "--sasl-username", "ringwatch", "--sasl-password-file", str(password_file)],
+                          capture_output=True, text=True, timeout=DEADLINE_S * 2)
+    assert done.returncode == 0, done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
+    assert kafka.front.logins and {login for login in kafka.front.logins} == {("SCRAM-SHA-256", "ringwatch")}
+    source = KafkaSource(kafka.bootstrap, unique_name, f"{unique_name}-group", bootstrap_timeout_ms=10_000,
+                         settings=KafkaSettings(KafkaSecurity("SASL_SSL", "SCRAM-SHA-256", "ringwatch", PASSWORD,
+                                                              ssl_cafile=str(certs.ca))))
+    try:
+        assert len({record.transaction.tx_id for record in read_all(source, 300)}) == 300
+    finally:
+        source.close()
+
+    wrong = subprocess.run([*generate, "--sasl-username", "ringwatch"], capture_output=True, text=True,
+                           timeout=DEADLINE_S * 2, env={**os.environ, "RINGWATCH_SASL_PASSWORD": "not it"})
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr and "not it" not in wrong.stderr, wrong.stderr
+    last = wrong.stderr.strip().splitlines()[-1]
+    assert last.startswith("ringwatch generate: ") and kafka.bootstrap in last and "authentication" in last.lower(), \
+        wrong.stderr

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from ringwatch.connectors.kafka import produce_transactions
+from ringwatch.connectors.kafka import KafkaConnectorError, produce_transactions
 from ringwatch.connectors.synthetic import (
     MODES,
     InvalidSyntheticConfigError,
@@ -15,13 +16,19 @@ from ringwatch.connectors.synthetic import (
     write_truth,
 )
 
+from .. import logs
+from ..config import ConfigError, add_arguments, load, overrides_from_args
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "generate",
         help="generate a synthetic payment stream with injected rings (file and/or Kafka topic)",
         description="Generate the synthetic AML-like stream used by tests and benchmarks. "
-                    "The ground truth (injected rings) is written beside --out, or to --truth.",
+                    "The ground truth (injected rings) is written beside --out, or to --truth. "
+                    "To a secured Kafka, the [kafka] settings of `ringwatch run` apply: --config FILE (its "
+                    "[kafka] table), RINGWATCH_* variables or the --security-protocol... flags below; "
+                    "secrets come from their variables or --*-file, never from a flag.",
     )
     defaults = SyntheticConfig()
     parser.add_argument("--transactions", type=int, default=defaults.n_transactions, help="number of transactions")
@@ -35,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--truth", type=Path, help="write the injected rings here (default: <out>.truth.json)")
     parser.add_argument("--kafka-bootstrap", metavar="HOST:PORT", help="produce the transactions to Kafka")
     parser.add_argument("--topic", help="Kafka topic to produce to (with --kafka-bootstrap)")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="TOML config file: its [kafka] table (TLS, SASL, client options) is used")
+    add_arguments(parser, sections=("kafka",))
     parser.set_defaults(handler=run)
 
 
@@ -45,6 +55,14 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("ringwatch generate: --topic and --kafka-bootstrap go together")
     if args.out is None and args.truth is None:
         raise SystemExit("ringwatch generate: give --truth PATH so the injected rings are kept")
+    try:
+        config = load(args.config, overrides=overrides_from_args(args), validate=False)
+        for secret in config.secrets():
+            logs.register_secret(secret)
+        kafka_settings = config.kafka_settings()
+    except ConfigError as exc:
+        print(f"ringwatch generate: bad configuration: {logs.mask(str(exc))}", file=sys.stderr)
+        return 2
     try:
         config = SyntheticConfig(n_transactions=args.transactions, n_accounts=args.accounts, days=args.days,
                                  mode=args.mode, n_rings=args.rings, seed=args.seed)
@@ -58,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
         write_truth(stream, args.truth)
         print(f"wrote {len(stream.rings)} rings to {args.truth}")
     if args.topic is not None:
-        count = produce_transactions(args.kafka_bootstrap, args.topic, stream.iter_transactions())
+        try:
+            count = produce_transactions(args.kafka_bootstrap, args.topic, stream.iter_transactions(),
+                                         settings=kafka_settings)
+        except KafkaConnectorError as exc:
+            print(f"ringwatch generate: {logs.mask(str(exc))}", file=sys.stderr)
+            return 1
         print(f"produced {count} transactions to {args.topic} at {args.kafka_bootstrap}")
     return 0
