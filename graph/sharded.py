@@ -159,15 +159,9 @@ class GraphShard:
             sk.index_accounts(start, stop, owned, self._gid_of, self._g_tab, self._g_next)
         self._indexed = stop
 
-    def apply(self, table: pa.Table, rows: np.ndarray | None = None, first: FirstLayer | None = None,
-              horizon: int | None = None) -> Stored:
-        """Store rows (batch rows `rows`) and, with `first`, grow the first layer of their searches (see `Stored`).
-
-        `horizon`: evict below it first (the driver's `evict`, sent along with the next batch).
-        """
+    def apply(self, table: pa.Table, rows: np.ndarray | None = None, first: FirstLayer | None = None) -> Stored:
+        """Store rows (batch rows `rows`) and, with `first`, grow the first layer of their searches (see `Stored`)."""
         started = time.perf_counter()
-        if horizon is not None:
-            self.store.evict(horizon)
         before = self._newest
         store = self.store
         old_end = store.n_edges
@@ -187,17 +181,17 @@ class GraphShard:
         return Stored(status, before, self._lengths(eids), flags, labels, time.perf_counter() - started)
 
     def _lengths(self, eids: np.ndarray) -> np.ndarray:
-        """Rows x [src out, src in, dst out, dst in] live list lengths (-1: not owned here, or not stored)."""
+        """Rows x [src out, src in, dst out, dst in] list lengths (-1: not owned here, or not stored): the search's
+        cost hints, so evicted entries not yet dropped count too."""
         store = self.store
         out = np.full((4, eids.shape[0]), -1, np.int32)
-        stored = eids >= 0
+        stored = np.flatnonzero(eids >= 0)
         hot = store.e_hot[eids[stored]]
         for i, end in enumerate(("src", "dst")):
             accounts = hot[end]
             mine = self._owner_of[accounts] == self.index
-            rows = np.flatnonzero(stored)[mine]
-            for d in range(2):
-                out[2 * i + d, rows] = store.degrees(accounts[mine], d)
+            seg = store.a_seg[accounts[mine]]
+            out[2 * i:2 * i + 2, stored[mine]] = (seg[:, :, kernel.SEG_LEN] - seg[:, :, kernel.SEG_HEAD]).T
         return out
 
     def _expand(self, job: np.ndarray, tag: np.ndarray, gid: np.ndarray, label: np.ndarray, bound: np.ndarray, *,
@@ -300,8 +294,7 @@ class ShardedRingGraph:
         self._owned = owned
         self._degrees = DegreeCache()
         self.figures = RoundFigures()
-        self._horizon: int | None = None  # an eviction the shards have not been sent yet
-        self._sent_horizon: int | None = None  # the last one sent (rejection reasons)
+        self._horizon: int | None = None  # the shards' eviction horizon (rejection reasons)
 
     @classmethod
     def in_process(cls, options: SearchOptions, num_shards: int, *, gid_mask: int = int(sk.GID_MASK)
@@ -368,7 +361,7 @@ class ShardedRingGraph:
         first = FirstLayer(replay, o.order == "strict", o.window_ms, o.min_amount_units,
                            -1 if o.max_degree is None else o.max_degree)
         status, newest_before, lengths, grown, labels = self._apply(table, src_shard, dst_shard, first, search)
-        judge(status, table, result, self._sent_horizon)
+        judge(status, table, result, self._horizon)
         fresh = (status == NEW) | (replay & (status == DUPLICATE))
         new_rows = np.flatnonzero(fresh)
         if new_rows.size == 0:
@@ -443,12 +436,9 @@ class ShardedRingGraph:
         parts = {}
         for shard in range(self.num_shards):
             picked = np.flatnonzero((src_shard == shard) | (dst_shard == shard))
-            if picked.size or self._horizon is not None:
+            if picked.size:
                 parts[shard] = picked
-        requests = {s: (table.take(picked), picked.astype(np.int32), first, self._horizon)
-                    for s, picked in parts.items()}
-        if self._horizon is not None:
-            self._sent_horizon, self._horizon = self._horizon, None
+        requests = {s: (table.take(picked), picked.astype(np.int32), first) for s, picked in parts.items()}
         started = time.perf_counter()
         answers = self._call("apply", requests)
         search.figures.call_s += time.perf_counter() - started
@@ -481,17 +471,8 @@ class ShardedRingGraph:
     # ---- upkeep and reads -------------------------------------------------------------------------------
 
     def evict(self, horizon_ts: int) -> int:
-        """Forget payments older than `horizon_ts`. The horizon travels with the next batch (or read), saving
-        a round of calls per batch; so this returns 0, not the entries dropped."""
         self._horizon = horizon_ts if self._horizon is None else max(self._horizon, horizon_ts)
-        return 0
-
-    def _flush(self) -> None:
-        """Send a pending eviction before a read."""
-        if self._horizon is not None:
-            horizon = self._sent_horizon = self._horizon
-            self._horizon = None
-            self._call("evict", {s: (horizon,) for s in range(self.num_shards)})
+        return sum(self._call("evict", {s: (horizon_ts,) for s in range(self.num_shards)}).values())
 
     def _by_owner(self, accounts: Sequence[str]) -> dict[int, list[str]]:
         owners: dict[int, list[str]] = {}
@@ -502,7 +483,6 @@ class ShardedRingGraph:
     def edges(self, accounts: Sequence[str], direction: str, since: int | None = None
               ) -> dict[str, list[StoredEdge]]:
         d = direction_of(direction)
-        self._flush()
         answers = self._call("edges_of", {s: (names, d, since) for s, names in self._by_owner(accounts).items()})
         found: dict[str, list[StoredEdge]] = {}
         for tables in answers.values():
@@ -512,28 +492,24 @@ class ShardedRingGraph:
 
     def degrees(self, accounts: Sequence[str], direction: str) -> dict[str, int]:
         d = direction_of(direction)
-        self._flush()
         answers = self._call("degrees", {s: (names, d) for s, names in self._by_owner(accounts).items()})
         return {a: n for part in answers.values() for a, n in part.items()}
 
     def edge_count(self) -> int:
         """Payments stored, counted once per shard that holds them (twice when src and dst part ways)."""
-        self._flush()
         return sum(self._call("edge_count", {s: () for s in range(self.num_shards)}).values())
 
     def nbytes(self) -> int:
-        self._flush()
         return sum(self._call("nbytes", {s: () for s in range(self.num_shards)}).values())
 
     def checkpoint(self) -> list[pa.Table]:
-        self._flush()
         answers = self._call("snapshot", {s: () for s in range(self.num_shards)})
         return [answers[s] for s in range(self.num_shards)]
 
     def restore(self, tables: Sequence[pa.Table]) -> None:
         if len(tables) != self.num_shards:
             raise ValueError(f"a checkpoint of {len(tables)} shards cannot restore {self.num_shards} shards")
-        self._horizon = self._sent_horizon = None
+        self._horizon = None
         self._call("restore", {s: (tables[s],) for s in range(self.num_shards)})
 
     def close(self) -> None:
