@@ -155,6 +155,7 @@ class KafkaSource:
         self.mapping = mapping
         self.listener: RebalanceListener = listener or NoListener()
         self._pending_seeks: dict[Partition, int] = {}
+        self._lag: dict[Partition, int] = {}  # as of the last poll (lag())
         with _naming_unreachable(bootstrap):
             self._consumer = KafkaConsumer(**settings.consumer(dict(
                 bootstrap_servers=bootstrap, group_id=group, client_id=client_id,
@@ -177,6 +178,7 @@ class KafkaSource:
     def poll(self, max_records: int = 500, timeout_ms: int = 100) -> list[SourceRecord]:
         """Up to `max_records` records in partition order, bad ones as error records."""
         fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        self._lag = {partition: max(0, end - position) for partition, position, end in self._log_ends()}
         return [self._to_record(message) for messages in fetched.values() for message in messages]
 
     def _to_record(self, message) -> SourceRecord:
@@ -253,8 +255,12 @@ class KafkaSource:
                 yield (tp.topic, tp.partition), position, highwater
 
     def lag(self) -> dict[Partition, int]:
-        """Messages behind the log end per assigned partition whose log end is known."""
-        return {partition: max(0, end - position) for partition, position, end in self._log_ends()}
+        """Messages behind the log end per assigned partition whose log end is known, as of the last poll.
+
+        A snapshot taken on the polling thread, so any thread (a /metrics scrape)
+        may read it without touching the consumer, which is not thread-safe.
+        """
+        return dict(self._lag)
 
     def caught_up(self) -> set[Partition]:
         """Assigned partitions whose position has reached the log end of their latest fetch.

@@ -71,7 +71,10 @@ class Source(Protocol):
         ...
 
     def lag(self) -> dict[Partition, int]:
-        """Records behind the log end, per assigned partition whose log end is known."""
+        """Records behind the log end, per assigned partition whose log end is known, as of the last poll.
+
+        Safe to call from any thread (the metrics scrape reads it).
+        """
         ...
 
     def assignment(self) -> list[Partition]:

@@ -7,7 +7,7 @@ currency code when it has one. Moments are UTC with the full date.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -22,11 +22,16 @@ def money(amount: Decimal | float | int, currency: str | None = None) -> str:
     return f"{text} {currency}" if currency else text
 
 
+def total(amount: Decimal, currency: str | None, totals: Mapping[str, Decimal] | None = None) -> str:
+    """A total with its currency; per currency ("1.00 EUR + 2.00 USD") when `totals` splits a mixed one."""
+    if totals:
+        return " + ".join(money(part, code or None) for code, part in sorted(totals.items()))
+    return money(amount, currency)
+
+
 def alert_total(alert: Alert) -> str:
     """The ring's total with its currency; per currency when its payments mix currencies."""
-    if alert.totals:
-        return " + ".join(money(amount, currency or None) for currency, amount in sorted(alert.totals.items()))
-    return money(alert.total_amount, alert.currency)
+    return total(alert.total_amount, alert.currency, alert.totals)
 
 
 def moment(ms: int | None, *, seconds: bool = True) -> str:

@@ -25,6 +25,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .config import ConfigError
+
 Partition = tuple[str, int]
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -44,6 +46,31 @@ class _CountersOf(Collector):
         yield family
 
 
+class OutboxState(Protocol):
+    """A sink with an outbox (`connectors.WebhookSink`): read at each scrape, from the metrics thread."""
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def endpoint_down(self) -> bool: ...
+
+
+class _OutboxCollector(Collector):
+    def __init__(self, sink: str, outbox: OutboxState):
+        self.sink, self.outbox = sink, outbox
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pending = GaugeMetricFamily("ringwatch_sink_pending", "Alerts in a sink's outbox, not yet acknowledged",
+                                    labels=["sink"])
+        pending.add_metric([self.sink], self.outbox.pending)
+        yield pending
+        down = GaugeMetricFamily("ringwatch_sink_endpoint_down", "1 while the sink's endpoint is reported down "
+                                 "(alerts wait in the outbox)", labels=["sink"])
+        down.add_metric([self.sink], 1.0 if self.outbox.endpoint_down else 0.0)
+        yield down
+
+
 class EngineFigures(Protocol):
     """What the engine shows at each scrape; called from the metrics thread, so each must be cheap and safe."""
 
@@ -60,7 +87,7 @@ class EngineFigures(Protocol):
         ...
 
     def partition_lag(self) -> Mapping[Partition, int]:
-        """Records behind the log end per partition held, as of the last check."""
+        """Records behind the log end per partition held, as of the source's last poll (`Source.lag()`)."""
         ...
 
 
@@ -108,11 +135,19 @@ class EngineMetrics:
         """Publish counters kept by another object under `name`, read on each scrape."""
         self.registry.register(_CountersOf(name, documentation, labels, read))
 
+    def watch_outbox(self, sink: str, outbox: OutboxState) -> None:
+        """Publish `outbox`'s depth and endpoint state as `ringwatch_sink_pending` / `_endpoint_down{sink=...}`."""
+        self.registry.register(_OutboxCollector(sink, outbox))
+
     def show(self, figures: EngineFigures) -> None:
         """Read `figures` at every scrape."""
         self.registry.register(_FiguresCollector(figures))
 
     def serve(self, port: int, address: str = "127.0.0.1"):
         """Serve /metrics on `port`; returns the server so the engine can shut it down."""
-        server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        try:
+            server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(f"service.metrics_port: cannot listen on {address}:{port} ({exc.strerror or exc}); "
+                              f"is another process using the port?") from None
         return server

@@ -8,7 +8,9 @@ Tansu behind the tests' TLS/SASL front door (tests/kafka_front.py).
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -253,3 +255,44 @@ def test_the_engine_reads_and_writes_kafka_over_sasl_ssl(tmp_path, unique_name):
         front.stop()
         broker.stop()
 
+
+
+@pytest.mark.parametrize("flag", ["--metrics-port", "--query-port"])
+def test_a_port_in_use_is_one_clear_line_naming_the_setting(kafka_bootstrap, unique_name, tmp_path, flag):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = ringwatch("run", "--kafka-bootstrap", kafka_bootstrap, "--topic", unique_name,
+                           "--alerts-file", str(tmp_path / "alerts.jsonl"), "--state-dir", str(tmp_path / "state"),
+                           flag, str(port), env={"RINGWATCH_QUERY_TOKEN": "a-query-token"}, timeout=DEADLINE_S)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("ringwatch run:")]
+    setting = {"--metrics-port": "service.metrics_port", "--query-port": "service.query_port"}[flag]
+    assert line.startswith(f"ringwatch run: bad configuration: {setting}: cannot listen on 127.0.0.1:{port}")
+
+
+def test_metrics_listen_where_metrics_host_says(kafka_bootstrap, unique_name, tmp_path):
+    """127.0.0.1 by default (checked in the production run above); --metrics-host opens it to other machines."""
+    port = free_port()
+    engine = subprocess.Popen([*CLI, "run", "--kafka-bootstrap", kafka_bootstrap, "--topic", unique_name,
+                               "--alerts-file", str(tmp_path / "alerts.jsonl"), "--state-dir", str(tmp_path / "state"),
+                               "--metrics-port", str(port), "--metrics-host", "0.0.0.0"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_clean_environ(),
+                              start_new_session=True)
+    try:
+        wait_until(lambda: engine.poll() is not None or any(n == "ringwatch_batches_total" for n, _ in _scraped(port)),
+                   DEADLINE_S, "/metrics to answer")
+        assert engine.poll() is None
+        assert listening_address(port) == "0.0.0.0"
+    finally:
+        os.killpg(engine.pid, signal.SIGTERM)
+        engine.wait(60)
+
+
+def _scraped(port: int) -> dict:
+    try:
+        return scrape(port)
+    except OSError:
+        return {}

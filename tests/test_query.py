@@ -26,6 +26,7 @@ from ringwatch.graph import SearchOptions, Transaction, parse_duration
 from ringwatch.runtime import AuthError
 from ringwatch.runtime.errors import TokenMissingError
 from ringwatch.stream import Client, EngineUnreachableError, InvalidQueryError
+from ringwatch.stream.query.service import Money, to_plain
 
 DEADLINE_S = 120.0
 WINDOW = "30d"  # longer than the stream: nothing is evicted, so the whole stream is the expected graph
@@ -155,7 +156,8 @@ def test_neighbors_are_the_accounts_payments_reach(deployment):
     for peer, neighbor in first_hop.items():
         paid = [d for d in graph.get_edge_data(account, peer).values()]
         assert neighbor.payments == len(paid)
-        assert neighbor.amount == pytest.approx(float(sum(d["amount"] for d in paid)), abs=0.01)
+        assert neighbor.amount == sum((d["amount"] for d in paid), Decimal(0))  # exact, not a float
+        assert isinstance(neighbor.amount, Decimal) and (neighbor.currency, neighbor.totals) == ("EUR", {})
         assert (neighbor.first_ts, neighbor.last_ts) == (min(d["ts"] for d in paid), max(d["ts"] for d in paid))
     newest = max(tx.ts for tx in deployment.payments)
     recent = deployment.client.neighbors(account, "out", hops=1, since=newest - 86_400_000)
@@ -188,8 +190,9 @@ def test_account_summary_from_the_live_window(deployment):
     summary = deployment.client.account(account)
     assert summary.known
     assert (summary.out_degree, summary.in_degree) == (len(sent), len(received))
-    assert summary.out_amount == pytest.approx(float(sum(tx.amount for tx in sent)), abs=0.01)
-    assert summary.in_amount == pytest.approx(float(sum(tx.amount for tx in received)), abs=0.01)
+    assert summary.out_amount == sum((tx.amount for tx in sent), Decimal(0))  # exact, not a float
+    assert summary.in_amount == sum((tx.amount for tx in received), Decimal(0))
+    assert isinstance(summary.out_amount, Decimal) and (summary.out_currency, summary.in_currency) == ("EUR", "EUR")
     assert summary.first_seen == min(tx.ts for tx in sent + received)
     assert summary.last_seen == max(tx.ts for tx in sent + received)
     assert summary.counterparties == len({tx.dst for tx in sent} | {tx.src for tx in received})
@@ -255,9 +258,13 @@ def test_cli_json_answers_equal_the_client(deployment):
     searched_now = lambda rings: [{**r, "detected_at": None} for r in rings]  # noqa: E731 - each search's moment
     assert searched_now(as_json("rings", account, "--window", WINDOW)) == searched_now(
         [r.to_dict() for r in client.rings_through(account, window=WINDOW)])
-    assert as_json("neighbors", account, "--direction", "both", "--hops", "2") == [
-        dataclasses.asdict(n) for n in client.neighbors(account, direction="both", hops=2)]
-    assert as_json("account", account) == dataclasses.asdict(client.account(account))
+    neighbors = as_json("neighbors", account, "--direction", "both", "--hops", "2")
+    assert neighbors == [to_plain(n) for n in client.neighbors(account, direction="both", hops=2)]
+    summary = as_json("account", account)
+    assert summary == to_plain(client.account(account))
+    # amounts travel as exact decimal strings, never JSON floats
+    assert all(isinstance(n["amount"], str) for n in neighbors)
+    assert isinstance(summary["out_amount"], str) and Decimal(summary["out_amount"]) == client.account(account).out_amount
     assert as_json("stats")["transactions"] == client.stats().transactions
 
 
@@ -350,3 +357,13 @@ def test_queries_read_the_live_graph_while_it_ingests(deployment):
 def _cycle(accounts) -> tuple[str, ...]:
     start = min(range(len(accounts)), key=lambda i: accounts[i])
     return tuple(accounts[start:]) + tuple(accounts[:start])
+
+
+def test_totals_of_payments_in_several_currencies_are_kept_per_currency():
+    """No sum across currencies passes for money: a mixed set reports each currency's exact total."""
+    mixed = Money.of([{"amount": Decimal("0.10"), "currency": "EUR"}, {"amount": Decimal("0.20"), "currency": "EUR"},
+                      {"amount": Decimal("7"), "currency": "USD"}, {"amount": Decimal("1.5"), "currency": None}])
+    assert (mixed.currency, mixed.totals) == ("mixed", {"": Decimal("1.5"), "EUR": Decimal("0.30"),
+                                                        "USD": Decimal("7")})
+    assert Money.of([{"amount": Decimal("0.1"), "currency": "EUR"}] * 3) == Money(Decimal("0.3"), "EUR", {})
+    assert Money.of([]) == Money(Decimal(0), None, {})

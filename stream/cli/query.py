@@ -28,7 +28,7 @@ from ringwatch.runtime.errors import TokenMissingError
 from ringwatch.runtime.tls import TlsConfigError
 
 from ..query import AccountSummary, Client, EngineStats, Health, InvalidQueryError, Neighbor, QueryError, to_plain
-from ..display import alert_total, money, moment, ring_text
+from ..display import alert_total, money, moment, ring_text, total
 from .tables import print_table
 
 DEFAULT_ADDRESS = "127.0.0.1:7070"
@@ -180,7 +180,7 @@ def _neighbor_table(neighbors: list[Neighbor]) -> None:
         print("no neighbours")
         return
     print_table(["hops", "account", "payments", "amount", "first", "last"],
-                [[n.hops, n.account + (" (hub)" if n.hub else ""), n.payments, money(n.amount),
+                [[n.hops, n.account + (" (hub)" if n.hub else ""), n.payments, total(n.amount, n.currency, n.totals),
                   moment(n.first_ts), moment(n.last_ts)] for n in neighbors], right=["amount"])
 
 
@@ -190,7 +190,8 @@ def _account_view(summary: AccountSummary) -> None:
         return
     print_table(["account", "shard", "out", "in", "paid", "received", "counterparties", "first seen", "last seen"],
                 [[summary.account, summary.shard, summary.out_degree, summary.in_degree,
-                  money(summary.out_amount), money(summary.in_amount), summary.counterparties,
+                  total(summary.out_amount, summary.out_currency, summary.out_totals),
+                  total(summary.in_amount, summary.in_currency, summary.in_totals), summary.counterparties,
                   moment(summary.first_seen), moment(summary.last_seen)]])
     print(f"\nin {len(summary.alert_ids)} alerts" + (f": {', '.join(summary.alert_ids[:10])}"
                                                        + (" ..." if len(summary.alert_ids) > 10 else "")
@@ -210,7 +211,8 @@ def _subgraph_table(graph: nx.MultiDiGraph) -> None:
     if payments:
         print()
         print_table(["time", "from", "to", "amount", "payment"],
-                    [[moment(d["ts"]), src, dst, money(d["amount"]), d["tx_id"]] for src, dst, d in payments],
+                    [[moment(d["ts"]), src, dst, money(d["amount"], d.get("currency")), d["tx_id"]]
+                     for src, dst, d in payments],
                     right=["amount"])
 
 

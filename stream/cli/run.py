@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
                          name="ringwatch-progress", daemon=True).start()
     try:
         engine.run(stop)
+    except ConfigError as exc:  # a setting found unusable only when the engine used it (a port in use)
+        print(f"ringwatch run: bad configuration: {logs.mask(str(exc))}", file=sys.stderr)
+        return 2
     except (KafkaConnectorError, InvalidWebhookConfigError, CheckpointError) as exc:
         print(f"ringwatch run: {logs.mask(str(exc))}", file=sys.stderr)
         return 1

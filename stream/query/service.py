@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 import networkx as nx
 
 from ringwatch.graph import (
+    MIXED,
     Alert,
     InvalidDurationError,
     InvalidSearchOptionError,
@@ -48,6 +49,8 @@ from ringwatch.graph.export import DIRECTIONS
 from ringwatch.runtime.auth import query_call_key
 from ringwatch.runtime.rpc import SignedServer
 from ringwatch.runtime.tls import TlsFiles
+
+from ..config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -110,50 +113,103 @@ class EngineStats:
 
 @dataclass(frozen=True)
 class Neighbor:
-    """An account `hops` payments away, with the payments that reached it from the hop before."""
+    """An account `hops` payments away, with the payments that reached it from the hop before.
+
+    Money as on an `Alert`: `amount` is exact (a `Decimal`; a decimal string in
+    JSON), `currency` the payments' currency (None without one, "mixed" when
+    they differ, and then `totals` holds the total per currency).
+    """
 
     account: str
     hops: int
     payments: int
-    amount: float
+    amount: Decimal
     first_ts: int
     last_ts: int
     hub: bool = False
+    currency: str | None = None
+    totals: dict[str, Decimal] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class AccountSummary:
-    """One account as the engine's window holds it; an account it never saw has zeros and `known=False`."""
+    """One account as the engine's window holds it; an account it never saw has zeros and `known=False`.
+
+    `out_amount` and `in_amount` are exact (`Decimal`); `out_currency` and
+    `in_currency` are the currency of the payments it sent and received (None
+    without one, "mixed" when they differ: then `out_totals`/`in_totals` hold
+    the totals per currency).
+    """
 
     account: str
     known: bool
     shard: int
     out_degree: int
     in_degree: int
-    out_amount: float
-    in_amount: float
+    out_amount: Decimal
+    in_amount: Decimal
     counterparties: int
     first_seen: int | None
     last_seen: int | None
     alert_ids: list[str] = field(default_factory=list)
+    out_currency: str | None = None
+    in_currency: str | None = None
+    out_totals: dict[str, Decimal] = field(default_factory=dict)
+    in_totals: dict[str, Decimal] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Money:
+    """Payments' exact total with the `Alert` conventions: one currency, None, or MIXED with `totals`."""
+
+    total: Decimal
+    currency: str | None
+    totals: dict[str, Decimal]
+
+    @classmethod
+    def of(cls, payments: Sequence[Mapping[str, Any]]) -> "Money":
+        by_currency: dict[str, Decimal] = {}
+        for payment in payments:
+            code = payment.get("currency") or ""
+            by_currency[code] = by_currency.get(code, Decimal(0)) + payment["amount"]
+        total = sum(by_currency.values(), Decimal(0))
+        if len(by_currency) > 1:
+            return cls(total, MIXED, dict(sorted(by_currency.items())))
+        return cls(total, next(iter(by_currency), "") or None, {})
 
 
 def record_from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
-    """Rebuild a record sent as JSON; keys the class does not know (a newer server) are ignored."""
+    """Rebuild a record sent as JSON; keys the class does not know (a newer server) are ignored.
+
+    Fields typed `Decimal` (or `dict[str, Decimal]`) arrive as decimal strings and become exact again.
+    """
     if cls is Alert:
         return Alert.from_dict(data)  # type: ignore[return-value]
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        if key not in kinds:
+            continue
+        if kinds[key] == "Decimal" and value is not None:
+            value = Decimal(value)
+        elif kinds[key] == "dict[str, Decimal]":
+            value = {code: Decimal(amount) for code, amount in value.items()}
+        values[key] = value
+    return cls(**values)
 
 
 def to_plain(value: Any) -> Any:
-    """Records (and lists of them) as JSON-ready data."""
+    """Records (and lists of them) as JSON-ready data; every amount as an exact decimal string."""
     if isinstance(value, Alert):
         return value.to_dict()
     if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
+        return to_plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [to_plain(v) for v in value]
+    if isinstance(value, Decimal):
+        return decimal_text(value)
     return value
 
 
@@ -302,10 +358,12 @@ class QueryHandler:
             near, far = (src, dst) if graph.nodes[dst]["hops"] > graph.nodes[src]["hops"] else (dst, src)
             if graph.nodes[far]["hops"] == graph.nodes[near]["hops"] + 1 and far != account:
                 reached.setdefault(far, []).append(data)
-        found = [Neighbor(peer, graph.nodes[peer]["hops"], len(edges), float(sum(e["amount"] for e in edges)),
-                          min(e["ts"] for e in edges), max(e["ts"] for e in edges),
-                          bool(graph.nodes[peer].get("hub")))
-                 for peer, edges in reached.items()]
+        found = []
+        for peer, edges in reached.items():
+            money = Money.of(edges)
+            found.append(Neighbor(peer, graph.nodes[peer]["hops"], len(edges), money.total,
+                                  min(e["ts"] for e in edges), max(e["ts"] for e in edges),
+                                  bool(graph.nodes[peer].get("hub")), money.currency, money.totals))
         return sorted(found, key=lambda n: (n.hops, -n.amount, n.account))
 
     def subgraph(self, accounts: Sequence[str], hops: int = 1, since: dict | None = None) -> dict[str, list]:
@@ -334,14 +392,15 @@ class QueryHandler:
             if account in graph else set()
         history = self.engine.alert_history()
         alert_ids = history.ids_through(account) if history is not None else []
+        paid, received = Money.of(out_edges), Money.of(in_edges)
         return AccountSummary(
             account=account, known=bool(stamps), shard=shard_of(account, num_shards),
             out_degree=len(out_edges), in_degree=len(in_edges),
-            out_amount=float(sum(d["amount"] for d in out_edges)),
-            in_amount=float(sum(d["amount"] for d in in_edges)),
+            out_amount=paid.total, in_amount=received.total,
             counterparties=len(peers - {account}),
             first_seen=min(stamps) if stamps else None, last_seen=max(stamps) if stamps else None,
-            alert_ids=alert_ids)
+            alert_ids=alert_ids, out_currency=paid.currency, in_currency=received.currency,
+            out_totals=paid.totals, in_totals=received.totals)
 
 
 def graph_to_wire(graph: nx.MultiDiGraph) -> dict[str, list]:
@@ -404,8 +463,9 @@ class QueryService:
             self._server = SignedServer(SERVICE, {METHOD: self._call}, query_call_key(token), host=host, port=port,
                                         tls=tls, audience=AUDIENCE, max_workers=max_workers,
                                         thread_name="ringwatch-query")
-        except OSError as exc:
-            raise OSError(f"query service: {exc}") from None
+        except (OSError, RuntimeError):  # grpc raises RuntimeError (older versions: port 0) when it cannot bind
+            raise ConfigError(f"service.query_port: cannot listen on {host}:{port}: the port is in use or the "
+                              f"address is not one of this machine's") from None
         self.port = self._server.port
         self.address = self._server.address
 
