@@ -13,7 +13,9 @@ In one run, on one embedded Tansu broker (or --bootstrap for Apache Kafka):
 (c) latency at a fixed offered rate, once per placement: the engine is started
     first, payments are produced at --rate tx/s, and each alert's latency is
     its `detected_at` minus the time its closing payment was handed to the
-    producer (p50/p99); the rate the producer really achieved is printed too;
+    producer (p50/p99), and the part of it inside the engine (the alert's
+    `latency_ms`: from the poll that returned the payment to the alert); the
+    rate the producer really achieved is printed too;
 (d) scale-out: on a ringwatch cluster (redis-server and one node on this
     machine, --address), one engine and then two engines in one group consume
     the topic (shared shard actors); tx/s of the group from its first consumed
@@ -24,7 +26,9 @@ In one run, on one embedded Tansu broker (or --bootstrap for Apache Kafka):
     python bench/end_to_end.py                                   # 200k transactions, 20,000 tx/s offered
     python bench/end_to_end.py --transactions 100000 --latency-seconds 10 --placements in-process
 The machine's load average is printed at the start and the end: other
-processes take cores from every figure.
+processes take cores from every rate. The CPU each side spends per payment
+(the engine with its runtime's workers, from /proc) depends much less on that
+load; the CPU ratios compare the engine with the baselines by it.
     python bench/end_to_end.py --backends ringwatch,ray          # (b) and (c) on ringwatch's runtime and on Ray
 """
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -53,6 +58,7 @@ from ringwatch.stream.config import search_options
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from runtime_cluster import TOKEN, Cluster  # noqa: E402
+from runtime_micro import tree_cpu_s  # noqa: E402
 from services import RedisServer  # noqa: E402
 
 PARTITIONS = 4
@@ -71,6 +77,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backends", default="ringwatch",
                         help="runtimes to run (b) and (c) on, side by side: ringwatch, ray (a local Ray per engine)")
     parser.add_argument("--no-scale-out", action="store_true", help="skip (d), 1 vs 2 engines on a cluster")
+    parser.add_argument("--engine-args", default="",
+                        help="more `ringwatch run` flags for every engine, e.g. '--batch-max-size 1024'")
     return parser.parse_args()
 
 
@@ -82,8 +90,8 @@ def create_topic(bootstrap: str, topic: str) -> None:
         admin.close()
 
 
-def raw_consume(bootstrap: str, topic: str, expected: int) -> float:
-    """tx/s of a kafka-python group that only decodes JSON."""
+def raw_consume(bootstrap: str, topic: str, expected: int) -> tuple[float, float]:
+    """tx/s of a kafka-python group that only decodes JSON, and its CPU microseconds per message."""
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"raw-{time.time_ns()}",
                              auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=2000,
                              max_poll_interval_ms=10_000, session_timeout_ms=6_000, heartbeat_interval_ms=1_000)
@@ -93,25 +101,25 @@ def raw_consume(bootstrap: str, topic: str, expected: int) -> float:
         while seen < expected and time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=500).values():
                 if started is None:
-                    started = time.perf_counter()
+                    started, cpu, first = time.perf_counter(), time.process_time(), seen
                 for record in records:
                     json.loads(record.value)
                 seen += len(records)
-        return seen / (time.perf_counter() - started)
+        return seen / (time.perf_counter() - started), (time.process_time() - cpu) / (seen - first) * 1e6
     finally:
         consumer.close()
 
 
-def raw_graph(transactions: list[Transaction], window: str) -> float:
-    """tx/s of the in-process graph alone (apply + search), in the engine's default micro-batches."""
+def raw_graph(transactions: list[Transaction], window: str) -> tuple[float, float]:
+    """tx/s of the in-process graph alone (apply + search), in the engine's default micro-batches; CPU us/tx."""
     graph = LocalRingGraph(search_options(window=window))
     batch = Config().engine.batch_max_size
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(transactions), batch):
         graph.process(transactions[start:start + batch])
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     graph.close()
-    return len(transactions) / elapsed
+    return len(transactions) / elapsed, cpu / len(transactions) * 1e6
 
 
 def load_average() -> str:
@@ -133,13 +141,15 @@ def consumed(metrics_port: int) -> float:
 class Engine:
     """`ringwatch run` in a subprocess, with its metrics port."""
 
+    extra_args: list[str] = []  # --engine-args, for every engine
+
     def __init__(self, bootstrap: str, topic: str, group: str, window: str, *extra: str, env: dict | None = None):
         self.workdir = Path(tempfile.mkdtemp(prefix="ringwatch-bench-"))
         self.port = free_port()
         args = [sys.executable, "-m", "ringwatch.stream.cli", "run", "--kafka-bootstrap", bootstrap, "--topic", topic,
                 "--group", group, "--state-dir", str(self.workdir / "state"),
                 "--alerts-file", str(self.workdir / "alerts.jsonl"), "--metrics-port", str(self.port),
-                "--window", window, "--checkpoint-interval", "10s", *extra]
+                "--window", window, "--checkpoint-interval", "10s", *extra, *self.extra_args]
         log = open(self.workdir / "engine.log", "wb")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                         env={**os.environ, **(env or {})})
@@ -157,17 +167,19 @@ class Engine:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
-def group_throughput(engines: list[Engine], expected: int, budget_s: float) -> float:
-    """tx/s of `engines` together, from the first consumed message to all `expected` (or the budget's end)."""
+def group_throughput(engines: list[Engine], expected: int, budget_s: float) -> tuple[float, float]:
+    """tx/s of `engines` together, from the first consumed message to all `expected` (or the budget's end),
+    and the CPU microseconds they (with their runtime's workers) spent per payment meanwhile."""
     first = None
     try:
         while True:
             count = sum(max(0.0, e.consumed()) for e in engines)
             now = time.perf_counter()
             if count > 0 and first is None:
-                first = (now, count)
+                first = (now, count, sum(tree_cpu_s(e.process.pid) for e in engines))
             if first is not None and (count >= expected or now - first[0] > budget_s):
-                return (count - first[1]) / (now - first[0])
+                cpu = sum(tree_cpu_s(e.process.pid) for e in engines) - first[2]
+                return (count - first[1]) / (now - first[0]), cpu / max(1.0, count - first[1]) * 1e6
             time.sleep(0.2)
     finally:
         for engine in engines:
@@ -175,13 +187,14 @@ def group_throughput(engines: list[Engine], expected: int, budget_s: float) -> f
 
 
 def latency_run(bootstrap: str, rate: int, seconds: float, accounts: int, window: str,
-                *extra: str) -> tuple[list[float], float]:
-    """Alert latencies (ms) from the closing payment's hand-over to the producer, and the rate really offered."""
+                *extra: str) -> tuple[list[float], list[float], float]:
+    """Alert latencies (ms) from the closing payment's hand-over to the producer and (inside the engine) from
+    its arrival in a poll, and the rate really offered."""
     topic = f"latency-{time.time_ns()}"
     create_topic(bootstrap, topic)
     total = int(rate * seconds)
     stream = generate(SyntheticConfig(n_transactions=total, n_accounts=accounts, days=max(2.0, seconds / 8640),
-                                      n_rings=max(20, total // 2000), seed=11))
+                                      n_rings=max(50, total // 300), seed=11))
     values = [(tx.tx_id, tx.src.encode(), json.dumps(tx.to_dict()).encode()) for tx in stream.transactions]
     engine = Engine(bootstrap, topic, f"bench-{time.time_ns()}", window, *extra)
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
@@ -208,13 +221,14 @@ def latency_run(bootstrap: str, rate: int, seconds: float, accounts: int, window
             time.sleep(0.2)
     finally:
         engine.stop()
-    latencies = []
+    latencies, inside = [], []
     alerts_path = engine.workdir / "alerts.jsonl"
     for line in alerts_path.read_text().splitlines() if alerts_path.exists() else []:
         alert = json.loads(line)
         if alert["trigger_tx_id"] in produced_at:
             latencies.append(alert["detected_at"] - produced_at[alert["trigger_tx_id"]])
-    return sorted(latencies), offered
+            inside.append(alert["latency_ms"])
+    return sorted(latencies), sorted(inside), offered
 
 
 def scale_out(bootstrap: str, topic: str, expected: int, window: str, budget_s: float) -> dict[str, float]:
@@ -230,7 +244,8 @@ def scale_out(bootstrap: str, topic: str, expected: int, window: str, budget_s: 
                 group = f"scale-{count}-{time.time_ns()}"
                 engines = [Engine(bootstrap, topic, group, window, "--address", redis_server.url,
                                   "--namespace", cluster.namespace, env=env) for _ in range(count)]
-                results[f"{count} engine{'s' if count > 1 else ''}, group tx/s"] = group_throughput(
+                label = f"{count} engine{'s' if count > 1 else ''}"
+                results[f"{label}, group tx/s"], results[f"{label}, CPU us per payment"] = group_throughput(
                     engines, expected, budget_s)
         finally:
             cluster.stop()
@@ -245,6 +260,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     args = parse_args()
+    Engine.extra_args = shlex.split(args.engine_args)
     backends = args.backends.split(",")
     placements = args.placements.split(",")
     broker = None if args.bootstrap else EmbeddedBroker().start()
@@ -259,23 +275,28 @@ def main() -> None:
                                           n_rings=50, seed=7))
         print(f"producing {args.transactions:,} transactions to {topic} ...", flush=True)
         produce_transactions(bootstrap, topic, stream.transactions, timeout_s=600)
-        raw = raw_consume(bootstrap, topic, args.transactions)
-        graph_rate = raw_graph(stream.transactions, args.window)
+        raw, raw_cpu = raw_consume(bootstrap, topic, args.transactions)
+        graph_rate, graph_cpu = raw_graph(stream.transactions, args.window)
         for backend in backends:
             row = results[backend] = {}
             for placement in placements:
                 engine = Engine(bootstrap, topic, f"bench-{time.time_ns()}", args.window, "--backend", backend,
                                 "--placement", placement)
-                rate = group_throughput([engine], args.transactions, args.budget)
+                rate, cpu = group_throughput([engine], args.transactions, args.budget)
                 row[f"ringwatch run ({placement}), tx/s"] = rate
                 row[f"ratio engine ({placement}) / raw consume"] = rate / raw
                 row[f"ratio engine ({placement}) / raw graph"] = rate / graph_rate
+                row[f"ringwatch run ({placement}), CPU us per payment"] = cpu
+                row[f"CPU ratio raw consume / engine ({placement})"] = raw_cpu / cpu
+                row[f"CPU ratio raw graph / engine ({placement})"] = graph_cpu / cpu
             for placement in placements:
-                latencies, offered = latency_run(bootstrap, args.rate, args.latency_seconds, args.accounts,
-                                                 args.window, "--backend", backend, "--placement", placement)
+                latencies, inside, offered = latency_run(bootstrap, args.rate, args.latency_seconds, args.accounts,
+                                                         args.window, "--backend", backend, "--placement", placement)
                 row[f"offered rate really achieved ({placement}), tx/s"] = offered
                 row[f"alert latency p50 ({placement}), ms"] = percentile(latencies, 0.50)
                 row[f"alert latency p99 ({placement}), ms"] = percentile(latencies, 0.99)
+                row[f"  of which in the engine, p50 ({placement}), ms"] = percentile(inside, 0.50)
+                row[f"  of which in the engine, p99 ({placement}), ms"] = percentile(inside, 0.99)
                 row[f"alerts in the latency run ({placement})"] = len(latencies)
         if not args.no_scale_out:
             scaled = scale_out(bootstrap, topic, args.transactions, args.window, args.budget)
@@ -287,6 +308,8 @@ def main() -> None:
     print(f"\n{'measure':<52}" + "".join(f" {backend:>12}" for backend in backends))
     print(f"{'raw kafka-python consume + JSON decode, tx/s':<52}" + f" {raw:>12,.0f}" * len(backends))
     print(f"{'raw graph: LocalRingGraph.process in memory, tx/s':<52}" + f" {graph_rate:>12,.0f}" * len(backends))
+    print(f"{'raw consume, CPU us per message':<52}" + f" {raw_cpu:>12,.1f}" * len(backends))
+    print(f"{'raw graph, CPU us per payment':<52}" + f" {graph_cpu:>12,.1f}" * len(backends))
     for measure in results[backends[0]]:
         print(f"{measure:<52}" + "".join(f" {results[b][measure]:>12,.2f}" for b in backends))
     if scaled:

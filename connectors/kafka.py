@@ -125,6 +125,11 @@ class KafkaSource:
     themselves. Partitions lost without a clean rebalance (the session expired)
     are reported through `on_revoke` too; committing them then fails with
     `KafkaConnectorError`.
+
+    `fetch_max_wait_ms` bounds how long the broker may hold a fetch that has
+    found less than a batch: payments newly produced wait at most that long
+    there (kafka-python's default, 500 ms, is what a broker like Tansu then
+    waits each time; the engine passes its `batch_max_delay_ms`).
     """
 
     def __init__(
@@ -142,6 +147,7 @@ class KafkaSource:
         max_poll_interval_ms: int = 10_000,
         request_timeout_ms: int = 30_000,
         bootstrap_timeout_ms: int = 30_000,
+        fetch_max_wait_ms: int = 500,
         client_id: str = "ringwatch",
         settings: KafkaSettings = PLAINTEXT,
         mapping: FieldMapping = IDENTITY,
@@ -162,7 +168,7 @@ class KafkaSource:
                 enable_auto_commit=False, auto_offset_reset=auto_offset_reset,
                 session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms,
                 max_poll_interval_ms=max_poll_interval_ms, request_timeout_ms=request_timeout_ms,
-                bootstrap_timeout_ms=bootstrap_timeout_ms,
+                bootstrap_timeout_ms=bootstrap_timeout_ms, fetch_max_wait_ms=fetch_max_wait_ms,
             )))
             self._dlq = KafkaProducer(**settings.producer(dict(
                 bootstrap_servers=bootstrap, client_id=client_id, acks="all",

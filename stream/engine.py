@@ -254,6 +254,7 @@ class Engine:
         return KafkaSource(source_config.kafka_bootstrap, source_config.topics, source_config.group,
                            dlq_topic=source_config.dlq_topic or None,
                            max_message_bytes=source_config.max_message_bytes, listener=self,
+                           fetch_max_wait_ms=max(1, self.config.engine.batch_max_delay_ms),
                            settings=self.config.kafka_settings(), mapping=self.config.field_mapping())
 
     def _open_store(self) -> CheckpointStore:
