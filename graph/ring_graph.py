@@ -332,11 +332,11 @@ class LocalRingGraph:
 
     def edges(self, accounts: Sequence[str], direction: str, since: int | None = None
               ) -> dict[str, list[StoredEdge]]:
-        d = _direction(direction)
+        d = direction_of(direction)
         return {a: self.store.edges(self.store.list_of(a, d, since)) for a in accounts}
 
     def degrees(self, accounts: Sequence[str], direction: str) -> dict[str, int]:
-        d = _direction(direction)
+        d = direction_of(direction)
         return {a: self.store.degree(a, d) for a in accounts}
 
     def edge_count(self) -> int:
@@ -362,7 +362,7 @@ class LocalRingGraph:
 DIRECTIONS = {"out": 0, "in": 1}
 
 
-def _direction(direction: str) -> int:
+def direction_of(direction: str) -> int:
     try:
         return DIRECTIONS[direction]
     except KeyError:
