@@ -39,6 +39,7 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
+from . import kernel
 from .batch import payment_table
 from .model import AMOUNT_SCALE, MIXED, Alert, Transaction, alert_id
 from .options import SearchOptions
@@ -162,9 +163,8 @@ def newest_key(store: EdgeStore, ids: np.ndarray) -> tuple[int, bytes] | None:
     """The largest (ts, tx_id) among the edge ids."""
     if ids.size == 0:
         return None
-    ts = store.e_ts[ids]
-    top = int(ts.max())
-    return max((top, store.tx_id_bytes(e)) for e in ids[ts == top].tolist())
+    e = int(kernel.newest_edge(np.asarray(ids, np.int64), store.e_hot, store.tx_buf, store.tx_off))
+    return int(store.e_hot[e]["ts"]), store.tx_id_bytes(e)
 
 
 def _collect(store: EdgeStore, triggers: np.ndarray, in_batch: np.ndarray | None, options: SearchOptions,
@@ -332,11 +332,11 @@ class LocalRingGraph:
 
     def edges(self, accounts: Sequence[str], direction: str, since: int | None = None
               ) -> dict[str, list[StoredEdge]]:
-        d = _direction(direction)
+        d = direction_of(direction)
         return {a: self.store.edges(self.store.list_of(a, d, since)) for a in accounts}
 
     def degrees(self, accounts: Sequence[str], direction: str) -> dict[str, int]:
-        d = _direction(direction)
+        d = direction_of(direction)
         return {a: self.store.degree(a, d) for a in accounts}
 
     def edge_count(self) -> int:
@@ -362,7 +362,7 @@ class LocalRingGraph:
 DIRECTIONS = {"out": 0, "in": 1}
 
 
-def _direction(direction: str) -> int:
+def direction_of(direction: str) -> int:
     try:
         return DIRECTIONS[direction]
     except KeyError:

@@ -234,6 +234,35 @@ def test_large_random_stream_in_shuffled_batches_against_the_oracle():
         assert len(raised) > 20
 
 
+def test_a_long_stream_with_eviction_and_compaction_raises_exactly_the_oracle_s_rings():
+    """Thousands of payments through a small window: lists drop their evicted heads, shift and move, and the
+    store compacts (renumbers every edge); arrival is shuffled within blocks (late payments),
+    eviction never reaches a payment a later one could still need. Each ring is raised once, as the oracle's."""
+    rng = random.Random(11)
+    stream, ts = [], 0
+    for i in range(3000):
+        ts += rng.choice([0, 1, 1, 3])
+        stream.append(tx(f"t{i:04d}", f"a{rng.randrange(30)}", f"a{rng.randrange(30)}", ts))
+    arrival = []
+    for start in range(0, len(stream), 40):
+        block = stream[start:start + 40]
+        rng.shuffle(block)
+        arrival += block
+    options = SearchOptions(max_hops=5, window_ms=40, max_rings_per_tx=None)
+    graph, raised, i = LocalRingGraph(options), [], 0
+    compactions = 0
+    while i < len(arrival):
+        size = rng.randrange(1, 60)
+        batch, i = arrival[i:i + size], i + size
+        raised += [(a.alert_id, a.tx_ids) for a in graph.process(batch).alerts]
+        if i < len(arrival):
+            compactions += graph.evict(min(t.ts for t in arrival[i:i + 40]) - options.window_ms) > 0
+    expected = oracle(stream, options)
+    assert len(raised) == len(set(raised))
+    assert sorted(raised) == sorted((k, r.tx_ids) for k, r in expected.items())
+    assert compactions >= 1 and len(expected) > 100
+
+
 def test_subgraph_exports_payments_with_amounts_and_times(make):
     graph = make(SearchOptions(window_ms=H))
     graph.process(triangle() + [tx("far", "Z", "Q", 3)])
