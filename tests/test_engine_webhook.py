@@ -17,6 +17,7 @@ from engine_harness import (
     checkpointed_transactions,
     create_topic,
     jsonl_ids,
+    scrape,
     wait_until,
 )
 from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
@@ -59,12 +60,13 @@ def start_engine(bootstrap: str, topic: str, tmp_path, receiver: Receiver, *extr
                          tmp_path / "engine.log", env={"RINGWATCH_WEBHOOK_SECRET": SECRET}).start()
 
 
-def run_backlog(kafka_bootstrap, topic, tmp_path, stream, receiver, engines) -> tuple[EngineProcess, list[str]]:
+def run_backlog(kafka_bootstrap, topic, tmp_path, stream, receiver, engines, *extra: str
+                ) -> tuple[EngineProcess, list[str]]:
     """Every payment through the engine; the alerts it raised, in detection order (its JSON-lines file)."""
     create_topic(kafka_bootstrap, topic, 1)
     produce_transactions(kafka_bootstrap, topic, stream.transactions)
     engine = start_engine(kafka_bootstrap, topic, tmp_path, receiver, "--webhook-backoff-initial", "50ms",
-                          "--webhook-backoff-max", "300ms", "--webhook-max-attempts", "3")
+                          "--webhook-backoff-max", "300ms", "--webhook-max-attempts", "3", *extra)
     engines.append(engine)
     wait_until(lambda: checkpointed_transactions(tmp_path / "state") == len(stream) or not engine.alive(),
                DEADLINE_S, "every payment processed")
@@ -75,12 +77,18 @@ def run_backlog(kafka_bootstrap, topic, tmp_path, stream, receiver, engines) -> 
 
 def test_alerts_raised_while_the_receiver_is_down_arrive_once_in_order_when_it_is_up(
         kafka_bootstrap, unique_name, tmp_path, stream, receiver, engines):
-    engine, raised = run_backlog(kafka_bootstrap, unique_name, tmp_path, stream, receiver, engines)
+    metrics_port = free_port()
+    engine, raised = run_backlog(kafka_bootstrap, unique_name, tmp_path, stream, receiver, engines,
+                                 "--metrics-port", str(metrics_port))
     assert receiver.accepted_ids() == []
     wait_until(lambda: "down" in engine.log(), 30, "the endpoint reported down in the log")
+    outbox = lambda: (scrape(metrics_port)[("ringwatch_sink_pending", (("sink", "webhook"),))],  # noqa: E731
+                      scrape(metrics_port)[("ringwatch_sink_endpoint_down", (("sink", "webhook"),))])
+    assert outbox() == (len(raised), 1)  # an operator sees the endpoint down and the alerts waiting
 
     receiver.start()
     wait_until(lambda: len(receiver.accepted_ids()) == len(raised), DEADLINE_S, "every alert after the receiver came back")
+    wait_until(lambda: outbox() == (0, 0), 30, "the outbox emptied and the endpoint up again in /metrics")
     assert engine.terminate() == 0, engine.log()
     assert receiver.accepted_ids() == raised  # each once, in detection order
     assert inverted_pairs(receiver.accepted_ids(), raised) == 0

@@ -92,7 +92,7 @@ class EngineStats:
     `throughput_tx_s` is over the last `THROUGHPUT_WINDOW_S` seconds, `average_tx_s`
     since start; latency percentiles (ms, from a payment's arrival to its alert)
     are over the most recent alerts; `lag` maps "topic[partition]" to messages
-    behind, as of the last checkpoint; `newest_ts` is the newest payment time seen.
+    behind, as of the source's last poll; `newest_ts` is the newest payment time seen.
     """
 
     transactions: int
