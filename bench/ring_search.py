@@ -14,6 +14,10 @@ Latency: `p50/p99/p99.9 per payment` comes from a second in-process pass that
 hands payments over one at a time (after warming with the rest of the stream in
 batches), so it includes the Python call per payment; through actors it is the
 batch's wall time (every payment of a batch waits for the whole batch).
+On a shared machine other processes take the CPU away at random: the run
+prints the load average, and next to wall-clock figures the CPU time this
+process spent (in-process: payments per CPU-second; per payment: the calling
+thread's CPU time per call, which a descheduled process does not inflate).
 Bytes per stored edge: the store's allocated arrays (edge columns, tx-id bytes
 and table, per-account list pools) over the payments in the window; accounts'
 interning is shown apart.
@@ -40,7 +44,8 @@ import numpy as np
 import pyarrow as pa
 
 from ringwatch.connectors.synthetic import SyntheticConfig, SyntheticStream, generate, write_stream
-from ringwatch.graph import PAYMENT_SCHEMA, LocalRingGraph, SearchOptions, ShardedRingGraph, parse_duration
+from ringwatch.graph import (PAYMENT_SCHEMA, LocalRingGraph, SearchOptions, ShardedRingGraph, Transaction,
+                             parse_duration)
 
 ISSUE_DENSE_BASELINE_TX_S = 143  # dense mode, 1 shard, before v2 (issue 10)
 
@@ -78,9 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# ring_search: {args.transactions:,} tx, {args.accounts:,} accounts, {args.days:g} days, "
           f"{args.rings} injected rings, max_hops={args.max_hops}, window={args.window}, no hub guard, "
           f"max_rings_per_tx={options.max_rings_per_tx}, batch={args.batch_size}, seed={args.seed}, "
-          f"cpus={os.cpu_count()}")
+          f"cpus={os.cpu_count()}, load average {_load()}")
     compile_s, load_s = _compile_and_load_times()
     print(f"# numba: compile (fresh cache) {compile_s:.2f} s; second start (cache load) {load_s:.2f} s")
+    warm = LocalRingGraph(options)  # load the compiled code (timed just above) before any clock starts
+    warm.process([Transaction("w1", "x", "y", 1, 0), Transaction("w2", "y", "x", 1, 1)])
+    warm.evict(1)
     for mode in args.modes.split(","):
         stream = generate(SyntheticConfig(n_transactions=args.transactions, n_accounts=args.accounts, days=args.days,
                                           mode=mode, n_rings=args.rings, seed=args.seed))
@@ -90,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{'p99 ms':>8} {'p99.9 ms':>9} {'B/edge':>7} {'recall':>8}")
         local = run_local(table, options, args.batch_size, args.budget)
         _row("in-process, 1 shard", local, stream)
-        latency = per_payment_latency(table.slice(0, local["done"]), options, args.batch_size, args.latency_tx)
-        print(f"{'  one payment per call':<24} {'':>9} {'':>10} {'':>9} {'':>9} {latency[0]:>8.3f} "
-              f"{latency[1]:>8.3f} {latency[2]:>9.3f}")
+        wall, cpu = per_payment_latency(table.slice(0, local["done"]), options, args.batch_size, args.latency_tx)
+        print(f"{'  one payment per call':<24} {'':>9} {'':>10} {'':>9} {'':>9} {wall[0]:>8.3f} "
+              f"{wall[1]:>8.3f} {wall[2]:>9.3f}")
+        print(f"{'    same, CPU time':<24} {'':>9} {'':>10} {'':>9} {'':>9} {cpu[0]:>8.3f} "
+              f"{cpu[1]:>8.3f} {cpu[2]:>9.3f}   (load average {_load()})")
         for shards in [int(s) for s in args.actor_shards.split(",") if s]:
             for backend in args.backends.split(","):
                 actors = run_actors(table, options, shards, args.actor_batch_size, args.actor_budget, backend)
@@ -122,13 +132,16 @@ def _row(name: str, result: dict, stream: SyntheticStream) -> None:
     if "account_bytes" in result:
         print(f"{'':<24} (window: {result['edges']:,} payments, {result['store_mb']:.1f} MB edge store; accounts: "
               f"{result['account_bytes'] / 1e6:.1f} MB for interning and list heads)")
+    if "cpu_s" in result:
+        print(f"{'':<24} (CPU: {result['cpu_s']:.2f} s for {result['elapsed']:.2f} s of wall clock: "
+              f"{result['done'] / result['cpu_s']:,.0f} payments per CPU-second; load average {_load()})")
 
 
 def run_local(table: pa.Table, options: SearchOptions, batch_size: int, budget: float = float("inf")) -> dict:
     graph = LocalRingGraph(options)
     window = options.window_ms
     times, alerts, peak, done = [], {}, (0, 1, 0), 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for start in range(0, table.num_rows, batch_size):
         if time.perf_counter() - started > budget:
             break
@@ -143,23 +156,35 @@ def run_local(table: pa.Table, options: SearchOptions, batch_size: int, budget: 
         if (start // batch_size) % 16 == 0:
             store = graph.store
             peak = max(peak, (store.nbytes(), store.live_count(), store.account_nbytes()))
-    elapsed = time.perf_counter() - started
+    elapsed, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
     return _figures(times, alerts, done, elapsed) | {
         "bytes_per_edge": peak[0] / max(peak[1], 1), "edges": peak[1], "store_mb": peak[0] / 1e6,
-        "account_bytes": peak[2]}
+        "account_bytes": peak[2], "cpu_s": cpu_s}
 
 
-def per_payment_latency(table: pa.Table, options: SearchOptions, batch_size: int, count: int) -> tuple:
+def per_payment_latency(table: pa.Table, options: SearchOptions, batch_size: int, count: int
+                        ) -> tuple[tuple, tuple]:
+    """(p50, p99, p99.9) ms per call of one payment each (process + evict, as run_local): wall clock, thread CPU."""
     graph = LocalRingGraph(options)
     head = max(table.num_rows - count, 0)
     for start in range(0, head, batch_size):
-        graph.process(table.slice(start, min(batch_size, head - start)))
-    samples = []
+        batch = table.slice(start, min(batch_size, head - start))
+        graph.process(batch)
+        graph.evict(batch.column("ts")[-1].as_py() - options.window_ms)
+    ts = table.column("ts").to_numpy()
+    wall, cpu = [], []
     for i in range(head, table.num_rows):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         graph.process(table.slice(i, 1))
-        samples.append(time.perf_counter() - t0)
-    return tuple(np.percentile(np.array(samples) * 1000, [50, 99, 99.9]))
+        graph.evict(int(ts[i]) - options.window_ms)
+        cpu.append(time.thread_time() - c0)
+        wall.append(time.perf_counter() - t0)
+    return (tuple(np.percentile(np.array(wall) * 1000, [50, 99, 99.9])),
+            tuple(np.percentile(np.array(cpu) * 1000, [50, 99, 99.9])))
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def run_actors(table: pa.Table, options: SearchOptions, shards: int, batch_size: int, budget: float,

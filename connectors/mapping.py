@@ -41,8 +41,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from ringwatch.graph.model import DEFAULT_MAX_AMOUNT
 
 CONTRACT_FIELDS = ("tx_id", "src", "dst", "amount", "ts", "currency")
 POSITION_NAMES = ("@source", "@partition", "@offset")
@@ -76,10 +79,12 @@ def _lookup(data: Mapping[str, Any], path: str) -> Any:
 
 @dataclass(frozen=True)
 class FieldMapping:
-    """`fields` maps output names to input paths (see the module doc); `schema` is a JSON Schema or None."""
+    """`fields` maps output names to input paths (see the module doc); `schema` is a JSON Schema or None;
+    `max_amount` the ceiling on one payment (`source.max_amount`), applied when the record is validated."""
 
     fields: Mapping[str, Path_] = field(default_factory=dict)
     schema: Mapping[str, Any] | None = None
+    max_amount: Decimal = DEFAULT_MAX_AMOUNT
 
     def __post_init__(self) -> None:
         for name, path in self.fields.items():
@@ -105,6 +110,7 @@ class FieldMapping:
 
     @property
     def is_identity(self) -> bool:
+        """No field renamed and no schema: records pass as they are (the amount ceiling still applies)."""
         return not self.fields and self.schema is None
 
     def apply(self, data: Mapping[str, Any], position: tuple = ()) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def record_from_mapping(position: tuple[str, int, int], data: Mapping[str, Any],
         mapped = data
         if not mapping.is_identity and isinstance(data, Mapping):
             mapped = mapping.apply(data, origin or position)
-        return SourceRecord(position, Transaction.from_dict(mapped), raw, None, key)
+        return SourceRecord(position, Transaction.from_dict(mapped, max_amount=mapping.max_amount), raw, None, key)
     except (InvalidTransactionError, RecordRejected) as exc:
         if raw is None:
             raw = json.dumps(dict(data), default=str, separators=(",", ":")).encode()

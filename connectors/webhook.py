@@ -25,10 +25,21 @@ Each alert id is settled once (`SettledIds`, fsynced as soon as the endpoint
 answers), so the engine's replay after a crash sends nothing twice; a segment
 is removed once all its alerts are settled. A receiver may see an alert again
 only if it acknowledged it and the engine died before recording that.
+
+Outbox lines are sealed: `<HMAC-SHA256 hex> <alert JSON>`, keyed from the
+webhook secret (which never touches the disk under `state_dir`). Whatever the
+sender posts it signs with that secret, so a line someone else wrote into the
+outbox — an account with write access to a shared state_dir — would reach the
+receiver as a genuine alert; a line whose seal does not verify is set aside
+(`<segment>.unreadable`, an ERROR line), never sent. Lines written before
+sealing existed are set aside the same way: resend them with `ringwatch
+webhook resend` after a look.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import threading
@@ -99,6 +110,7 @@ class WebhookSink:
         self._outbox.mkdir(parents=True, exist_ok=True)
         self.dead_letter_path = Path(dead_letter_path) if dead_letter_path else self.state_dir / "dead-letter.jsonl"
         self._settled = SettledIds(self.state_dir / "settled", remember)
+        self._seal_key = hashlib.sha256(b"ringwatch webhook outbox\x00" + secret.encode()).digest()
         self._changed = threading.Condition()
         self._queue: deque[_Entry] = deque()
         self._queued: set[str] = set()
@@ -122,7 +134,8 @@ class WebhookSink:
             unreadable = []
             for line in file.read_bytes().splitlines():
                 try:
-                    alert_id = json.loads(line)["alert_id"]
+                    body = self._unsealed(line)
+                    alert_id = json.loads(body)["alert_id"]
                     if not isinstance(alert_id, str):
                         raise TypeError(f"alert_id is {type(alert_id).__name__}")
                 except (ValueError, KeyError, TypeError) as exc:
@@ -131,7 +144,7 @@ class WebhookSink:
                 if alert_id in self._settled or alert_id in self._queued:
                     continue
                 segment.unsettled += 1
-                self._queue.append(_Entry(alert_id, line, segment))
+                self._queue.append(_Entry(alert_id, body, segment))
                 self._queued.add(alert_id)
             if unreadable:
                 kept = file.with_name(file.name + ".unreadable")
@@ -143,6 +156,17 @@ class WebhookSink:
         if self._queue:
             logger.info("webhook outbox %s: resending %d unacknowledged alerts in order", self._outbox,
                         len(self._queue))
+
+    def _sealed(self, body: bytes) -> bytes:
+        return hmac.new(self._seal_key, body, hashlib.sha256).hexdigest().encode() + b" " + body
+
+    def _unsealed(self, line: bytes) -> bytes:
+        """The alert JSON of an outbox line this sink sealed; ValueError for any other line."""
+        seal, _, body = line.partition(b" ")
+        if not hmac.compare_digest(seal, hmac.new(self._seal_key, body, hashlib.sha256).hexdigest().encode()):
+            raise ValueError("not sealed with this sink's secret (written by someone else, or by a version "
+                             "before outbox sealing)")
+        return body
 
     def deliver(self, alerts: Iterable[Alert]) -> None:
         """Append alerts to the durable outbox, in order (skipping ids already settled or queued), and return.
@@ -158,7 +182,7 @@ class WebhookSink:
                 return
             self._sequence += 1
             segment = _Segment(self._outbox / f"{self._sequence:012d}.jsonl", len(fresh))
-            write_atomically(segment.file, b"".join(body + b"\n" for body in fresh.values()))
+            write_atomically(segment.file, b"".join(self._sealed(body) + b"\n" for body in fresh.values()))
             for alert_id, body in fresh.items():
                 self._queue.append(_Entry(alert_id, body, segment))
                 self._queued.add(alert_id)

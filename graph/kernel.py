@@ -87,6 +87,16 @@ def key_less(e_hot, tx_buf, tx_off, a, b):
 
 
 @njit(cache=True)
+def newest_edge(ids, e_hot, tx_buf, tx_off):
+    """The edge among `ids` (at least one) with the largest (ts, tx_id)."""
+    best = ids[0]
+    for i in range(1, ids.shape[0]):
+        if key_less(e_hot, tx_buf, tx_off, best, ids[i]):
+            best = ids[i]
+    return best
+
+
+@njit(cache=True)
 def fnv1a(buf, start, stop):
     h = np.uint64(14695981039346656037)
     for i in range(start, stop):

@@ -39,6 +39,7 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
+from . import kernel
 from .batch import payment_table
 from .model import AMOUNT_SCALE, MIXED, Alert, Transaction, alert_id
 from .options import SearchOptions
@@ -162,9 +163,8 @@ def newest_key(store: EdgeStore, ids: np.ndarray) -> tuple[int, bytes] | None:
     """The largest (ts, tx_id) among the edge ids."""
     if ids.size == 0:
         return None
-    ts = store.e_ts[ids]
-    top = int(ts.max())
-    return max((top, store.tx_id_bytes(e)) for e in ids[ts == top].tolist())
+    e = int(kernel.newest_edge(np.asarray(ids, np.int64), store.e_hot, store.tx_buf, store.tx_off))
+    return int(store.e_hot[e]["ts"]), store.tx_id_bytes(e)
 
 
 def _collect(store: EdgeStore, triggers: np.ndarray, in_batch: np.ndarray | None, options: SearchOptions,
@@ -176,8 +176,8 @@ def _collect(store: EdgeStore, triggers: np.ndarray, in_batch: np.ndarray | None
         cut[int(triggers[i])] = int(cuts[i])
 
 
-def build_alerts(store: EdgeStore, rings: Rings, arrival: np.ndarray | None, now: float) -> list[Alert]:
-    """Alerts for the rings, in trigger (ts, tx_id) order; `arrival[e]` is when edge e arrived (NaN: unknown).
+def build_alerts(store: EdgeStore, rings: Rings, arrival: Arrivals | None, now: float) -> list[Alert]:
+    """Alerts for the rings, in trigger (ts, tx_id) order; `arrival` says when the batch's edges arrived.
 
     Columns first: each ring's chain (witnesses, then the trigger) in one array,
     tx ids decoded once per distinct edge, totals and times by `reduceat`; the
@@ -203,7 +203,7 @@ def build_alerts(store: EdgeStore, rings: Rings, arrival: np.ndarray | None, now
     mixed = np.minimum.reduceat(currency, heads) != np.maximum.reduceat(currency, heads)
     first_ts = np.minimum.reduceat(store.e_ts[chains], heads)
     last_ts = store.e_ts[rings.triggers]
-    latest = np.fmax.reduceat(arrival[chains], heads) if arrival is not None else np.full(n, np.nan)
+    latest = np.fmax.reduceat(arrival.of(chains), heads) if arrival is not None else np.full(n, np.nan)
     detected_at = int(now * 1000)
     alerts = []
     for r in sorted(range(n), key=lambda r: (int(last_ts[r]), tx_ids[starts[r + 1] - 1])):
@@ -230,15 +230,33 @@ def build_alerts(store: EdgeStore, rings: Rings, arrival: np.ndarray | None, now
     return alerts
 
 
+@dataclass(frozen=True, slots=True)
+class Arrivals:
+    """When the batch's edges arrived: `of(edges)` looks them up (NaN for an edge not in the batch).
+
+    Kept as the batch's (edge id, time) pairs, sorted only when alerts ask, so
+    a batch costs what it holds, not what the store holds.
+    """
+
+    eids: np.ndarray
+    times: np.ndarray
+
+    def of(self, edges: np.ndarray) -> np.ndarray:
+        if self.eids.size == 0:
+            return np.full(edges.shape, np.nan)
+        order = np.argsort(self.eids, kind="stable")
+        ids, times = self.eids[order], self.times[order]
+        at = np.minimum(np.searchsorted(ids, edges), ids.size - 1)
+        return np.where(ids[at] == edges, times[at], np.nan)
+
+
 def arrival_times(store: EdgeStore, eids: np.ndarray, rows: np.ndarray,
-                  received_at: Sequence[float] | float | None, n_rows: int) -> np.ndarray | None:
-    """Per edge id, when its batch row arrived (NaN for edges not in the batch); None without times."""
+                  received_at: Sequence[float] | float | None, n_rows: int) -> Arrivals | None:
+    """When each batch edge (`eids`, from batch `rows`) arrived; None without times."""
     times = arrivals(received_at, n_rows)
     if times is None:
         return None
-    arrival = np.full(max(store.n_edges, 1), np.nan)
-    arrival[eids] = times[rows]
-    return arrival
+    return Arrivals(np.asarray(eids, np.int64), times[rows])
 
 
 def as_table(batch: Batch) -> pa.Table:
@@ -314,11 +332,11 @@ class LocalRingGraph:
 
     def edges(self, accounts: Sequence[str], direction: str, since: int | None = None
               ) -> dict[str, list[StoredEdge]]:
-        d = _direction(direction)
+        d = direction_of(direction)
         return {a: self.store.edges(self.store.list_of(a, d, since)) for a in accounts}
 
     def degrees(self, accounts: Sequence[str], direction: str) -> dict[str, int]:
-        d = _direction(direction)
+        d = direction_of(direction)
         return {a: self.store.degree(a, d) for a in accounts}
 
     def edge_count(self) -> int:
@@ -344,7 +362,7 @@ class LocalRingGraph:
 DIRECTIONS = {"out": 0, "in": 1}
 
 
-def _direction(direction: str) -> int:
+def direction_of(direction: str) -> int:
     try:
         return DIRECTIONS[direction]
     except KeyError:

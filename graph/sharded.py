@@ -3,35 +3,33 @@
 Each shard keeps an `EdgeStore` of the payments that touch the accounts it
 owns (`shard_of`): the out-list of an owned `src`, the in-list of an owned
 `dst`. A batch goes to the shards of its payments' ends (one `apply` call per
-shard). The search then runs where the batch is — in the engine process (the
-driver), not on the shards — over a small store of the edges it needs:
+shard). The search then runs in rounds (label_rounds.py), each one call per
+shard for the whole batch:
 
-1. gather rounds: forward from each new payment's dst, backward from its src
-   (and, for a late payment, the wider neighbourhood of `find_rings`' late
-   search), each round one `expand` call per shard for the whole batch,
-   asking for the edges of the frontier accounts inside the time bounds the
-   ring definition allows (under strict order: no earlier than the label
-   that reached the account forward, no later than it backward);
-2. the gathered edges and the batch go into a fresh `EdgeStore`, and
-   `find_rings` — the same compiled search as in-process — runs on it.
+1. label rounds: per new payment, forward and backward labels grown on the
+   shards that own the frontier accounts (shard_kernel.py), the meet test in
+   the driver — labels, not edges, cross per round, and almost every payment
+   is proven ring-free here;
+2. the few that meet (and the older payments a late one may complete) get
+   their neighbourhoods gathered, in the same rounds: the edges within reach
+   of either half of a ring, with all parallel edges;
+3. those edges and the batch go into a small `EdgeStore` in the driver, and
+   `find_rings` — the same compiled search as in-process — lists the rings,
+   so there is one implementation of the ring definition.
 
-Why this split: the rounds move arrays of edges, not labels per trigger, so a
-shard's work per round is one vectorised look-up per account; the search
-itself is the in-process kernel, so there is one implementation of the ring
-definition. The gathered set holds every edge of every path of at most
-`max_hops - 1` witnesses that any trigger of the batch can use (forward half
-and backward half), so the rings, and their canonical witnesses, are those
-of the full graph.
-
-Named shards (`ShardedRingGraph.create(name=...)`/`attach`) let several
-engines share one set of actors.
+Accounts cross shards as 64-bit gids (shard_kernel.py), never names, except
+in gathered payments. Named shards (`ShardedRingGraph.create(name=...)`/
+`attach`) let several engines share one set of actors: a round is stateless
+on the shards.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -39,24 +37,35 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import shard_kernel as sk
 from .batch import PAYMENT_SCHEMA
+from . import kernel
+from .kernel import EMPTY
+from .label_rounds import (
+    LATE,
+    SEARCH,
+    Candidates,
+    DegreeCache,
+    FirstLayer,
+    LabelReply,
+    LabelRequest,
+    LabelRounds,
+    RoundFigures,
+)
 from .model import AMOUNT_SCALE
 from .options import SearchOptions
 from .ring_graph import (
     Batch,
     BatchResult,
-    _direction,
     arrival_times,
     as_table,
     build_alerts,
+    direction_of,
     find_rings,
     judge,
     newest_key,
 )
-from .store import DUPLICATE, NEW, EdgeStore, StoredEdge
-
-REQUEST_SCHEMA = pa.schema([("account", pa.string()), ("direction", pa.int8()), ("lo", pa.int64()),
-                            ("hi", pa.int64())])
+from .store import DUPLICATE, NEW, EdgeStore, StoredEdge, string_buffers
 
 
 def shard_of(account: str, num_shards: int) -> int:
@@ -64,13 +73,37 @@ def shard_of(account: str, num_shards: int) -> int:
     return zlib.crc32(account.encode()) % num_shards
 
 
-def shards_of_column(column: pa.Array | pa.ChunkedArray, num_shards: int) -> np.ndarray:
-    """`shard_of` for every value of a string column, hashing each distinct value once."""
-    encoded = (column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column).dictionary_encode()
-    per_name = np.array([shard_of(n, num_shards) for n in encoded.dictionary.to_pylist()], np.int64)
-    if len(encoded) == 0:
-        return np.zeros(0, np.int64)
-    return per_name[encoded.indices.to_numpy(zero_copy_only=False)]
+def owners_of_column(column: pa.Array | pa.ChunkedArray, num_shards: int, gid_mask: int = int(sk.GID_MASK)
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """`shard_of` and the gid of every value of a string column, in compiled code."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if column.null_count:
+        raise ValueError("account: a payment without one cannot be stored")
+    buf, off = string_buffers(column)
+    return sk.owners(buf, off, num_shards, sk.CRC_TABLE, np.uint64(gid_mask))
+
+
+@dataclass
+class Stored:
+    """A shard's answer to storing its part of a batch.
+
+    `status` per row (NEW / DUPLICATE / CONFLICT), `newest_before` (the newest
+    (ts, tx_id) it held before), `lengths` (rows x [src out, src in, dst out,
+    dst in] list lengths, -1 where it does not own the account: the search's
+    cost model), `first` per row (bit 0/1: it grew the forward/backward first
+    layer; bit 2/3: and that side ran out there) and those layers' labels.
+    """
+
+    status: np.ndarray
+    newest_before: tuple[int, bytes] | None
+    lengths: np.ndarray
+    first: np.ndarray
+    labels: LabelReply | None
+    seconds: float = 0.0  # the shard's compute time for this call
+
+    def nbytes(self) -> int:
+        return self.status.nbytes + self.lengths.nbytes + self.first.nbytes + (self.labels.nbytes() if self.labels
+                                                                              else 0)
 
 
 class GraphShard:
@@ -78,40 +111,121 @@ class GraphShard:
 
     Runs as a runtime actor (`ShardedRingGraph.create`), or in process. Its
     actor checkpoint is an Arrow table of its payments (`__checkpoint__`).
+    Besides the store it keeps, per account it has seen, the account's gid and
+    owner, and a table from gid to the accounts it owns (label_rounds' entries
+    name accounts by gid).
     """
 
-    def __init__(self, index: int, num_shards: int):
+    def __init__(self, index: int, num_shards: int, gid_mask: int = int(sk.GID_MASK)):
         self.index = index
         self.num_shards = num_shards
-        self.store = EdgeStore(owns=lambda account: shard_of(account, num_shards) == index)
-        self._newest: tuple[int, bytes] | None = None
+        self.gid_mask = gid_mask  # the driver's (`ShardedRingGraph`): narrower only where tests force collisions
+        self._reset()
 
-    def apply(self, table: pa.Table) -> tuple[np.ndarray, tuple[int, bytes] | None]:
-        """Store rows; returns their status and the newest (ts, tx_id) stored before them."""
+    def _reset(self) -> None:
+        self.store = EdgeStore(owns=lambda account: shard_of(account, self.num_shards) == self.index)
+        self._newest: tuple[int, bytes] | None = None
+        self._gid_of = np.zeros(1024, np.uint64)
+        self._owner_of = np.zeros(1024, np.int16)
+        self._g_next = np.full(1024, -1, np.int32)
+        self._g_tab = np.full(2048, EMPTY, np.int32)
+        self._indexed = 0
+        self._owned = 0
+
+    def _index(self) -> None:
+        """Give the accounts new to the store their gid and owner; file the owned ones by gid."""
+        store, start, stop = self.store, self._indexed, self.store.accounts.count
+        if stop == start:
+            return
+        if stop > self._gid_of.shape[0]:
+            size = max(stop, 2 * self._gid_of.shape[0])
+            for name in ("_gid_of", "_owner_of", "_g_next"):
+                old = getattr(self, name)
+                grown = np.empty(size, old.dtype)
+                grown[:start] = old[:start]
+                setattr(self, name, grown)
+        owner, gid = sk.owners(store.accounts.buf, store.accounts.off[start:stop + 1], self.num_shards, sk.CRC_TABLE,
+                               np.uint64(self.gid_mask))
+        self._owner_of[start:stop], self._gid_of[start:stop] = owner, gid
+        owned = self._owner_of[:stop] == self.index
+        self._owned += int(np.count_nonzero(owned[start:stop]))
+        if 2 * self._owned > self._g_tab.shape[0]:
+            size = self._g_tab.shape[0]
+            while 2 * self._owned > size:
+                size *= 2
+            self._g_tab = np.empty(size, np.int32)
+            sk.rebuild_gid_table(self._g_tab, self._gid_of, self._g_next, owned, stop)
+        else:
+            sk.index_accounts(start, stop, owned, self._gid_of, self._g_tab, self._g_next)
+        self._indexed = stop
+
+    def apply(self, table: pa.Table, rows: np.ndarray | None = None, first: FirstLayer | None = None) -> Stored:
+        """Store rows (batch rows `rows`) and, with `first`, grow the first layer of their searches (see `Stored`)."""
+        started = time.perf_counter()
         before = self._newest
-        old_end = self.store.n_edges
-        status, _ = self.store.apply(table)
-        newest = newest_key(self.store, np.arange(old_end, self.store.n_edges))
+        store = self.store
+        old_end = store.n_edges
+        status, eids = store.apply(table)
+        self._index()
+        newest = newest_key(store, np.arange(old_end, store.n_edges))
         if newest is not None and (before is None or newest > before):
             self._newest = newest
-        return status, before
+        flags, labels = np.zeros(len(status), np.int8), None
+        if first is not None:
+            *entries, flags = sk.first_layer(
+                rows, status, eids, first.replay, first.window, first.min_amount, first.cheap, first.max_degree >= 0,
+                self.index, self._owner_of, self._gid_of, store.e_hot, store.e_amt, store.a_seg)
+            labels = self._expand(*entries, strict=first.strict, min_amount=first.min_amount,
+                                  max_degree=first.max_degree)
+            flags |= _ran_out(rows, flags, labels)
+        return Stored(status, before, self._lengths(eids), flags, labels, time.perf_counter() - started)
 
-    def expand(self, requests: pa.Table, max_degree: int | None) -> tuple[pa.Table, list[tuple[int, str]]]:
-        """The edges each request asks for (`REQUEST_SCHEMA`), and the (direction, account) lists skipped as hubs."""
+    def _lengths(self, eids: np.ndarray) -> np.ndarray:
+        """Rows x [src out, src in, dst out, dst in] list lengths (-1: not owned here, or not stored): the search's
+        cost hints, so evicted entries not yet dropped count too."""
         store = self.store
-        accounts = requests.column("account").to_pylist()
-        directions = requests.column("direction").to_numpy()
-        los, his = requests.column("lo").to_numpy(), requests.column("hi").to_numpy()
-        picked, hubs = [], []
-        for account, d, lo, hi in zip(accounts, directions.tolist(), los.tolist(), his.tolist()):
-            if max_degree is not None and store.degree(account, d) > max_degree:
-                hubs.append((d, account))
-                continue
-            a = store.account_id(account)
-            if a is not None:
-                picked.append(store.entries(a, d, lo, hi))
-        ids = np.unique(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
-        return store.edge_table(ids), hubs
+        out = np.full((4, eids.shape[0]), -1, np.int32)
+        stored = np.flatnonzero(eids >= 0)
+        hot = store.e_hot[eids[stored]]
+        for i, end in enumerate(("src", "dst")):
+            accounts = hot[end]
+            mine = self._owner_of[accounts] == self.index
+            seg = store.a_seg[accounts[mine]]
+            out[2 * i:2 * i + 2, stored[mine]] = (seg[:, :, kernel.SEG_LEN] - seg[:, :, kernel.SEG_HEAD]).T
+        return out
+
+    def _expand(self, job: np.ndarray, tag: np.ndarray, gid: np.ndarray, label: np.ndarray, bound: np.ndarray, *,
+                strict: bool, min_amount: int, max_degree: int) -> LabelReply:
+        """`shard_kernel.expand` over this shard's lists; the labels as a reply (gathered rows included)."""
+        store = self.store
+        job, d, gid, owner, value, degree, hubs, scanned = sk.expand(
+            job, tag, gid, label, bound, strict, min_amount, max_degree, self.index, self._g_tab, self._g_next,
+            self._gid_of, self._owner_of, store.a_seg, store.p_eid, store.e_hot, store.e_amt, store.horizon)
+        edges = store.edge_table(np.unique(scanned)) if scanned.size else None
+        return LabelReply(job, d, gid, owner, value, degree, hubs, edges)
+
+    def search_round(self, request: LabelRequest) -> LabelReply:
+        """One round of label_rounds' search over the lists this shard owns."""
+        started = time.perf_counter()
+        r, store = request, self.store
+        reply = self._expand(r.job, r.tag, r.gid, r.label, r.bound, strict=r.strict, min_amount=r.min_amount,
+                             max_degree=r.max_degree)
+        if r.scan_job.size:
+            join = sk.fill_map(r.join_gid, r.join_job, r.join_val, r.join_hop, _map_size(r.join_gid.size))
+            cand_job, found = sk.late_scan(
+                r.scan_job, r.scan_gid, r.scan_start, r.scan_stop, r.scan_fd, r.strict, r.window, r.max_hops,
+                r.min_amount, *join, self._g_tab, self._g_next, self._gid_of, store.a_seg, store.p_eid,
+                store.e_hot, store.e_amt, store.horizon)
+            if found.size:
+                src, dst = store.e_src[found], store.e_dst[found]
+                reply.candidates = Candidates(store.edge_table(found), cand_job, self._gid_of[src],
+                                              self._owner_of[src], self._gid_of[dst], self._owner_of[dst])
+        reply.seconds = time.perf_counter() - started
+        return reply
+
+    def hubs(self, accounts: list[str], max_degree: int) -> list[tuple[int, str]]:
+        """The (direction, account) lists over the hub guard among these (owned) accounts."""
+        return [(d, a) for a in accounts for d in range(2) if self.store.degree(a, d) > max_degree]
 
     def evict(self, horizon_ts: int) -> int:
         return self.store.evict(horizon_ts)
@@ -138,27 +252,55 @@ class GraphShard:
         return self.store.to_table()
 
     def __restore__(self, table: pa.Table) -> None:
-        self.store = EdgeStore(owns=lambda account: shard_of(account, self.num_shards) == self.index)
+        self._reset()
         self.store.apply(table)
+        self._index()
         self._newest = newest_key(self.store, np.arange(self.store.n_edges))
 
 
+def _ran_out(rows: np.ndarray, flags: np.ndarray, labels: LabelReply) -> np.ndarray:
+    """Bits 2/3 (4, 8) for rows whose first forward/backward layer was grown and found nothing (no label, no
+    hub skipped): that side's labels are final and hold only its root, so the search is over, ring-free."""
+    found = np.zeros((2, rows.shape[0]), np.bool_)
+    found[labels.dir, np.searchsorted(rows, labels.job)] = True
+    found[labels.hubs % 2, np.searchsorted(rows, labels.hubs // 2)] = True
+    out = np.zeros(rows.shape[0], np.int8)
+    out[((flags & 1) != 0) & ~found[0]] |= 4
+    out[((flags & 2) != 0) & ~found[1]] |= 8
+    return out
+
+
+def _map_size(n: int) -> int:
+    size = 64
+    while size < 2 * n:
+        size *= 2
+    return size
+
+
 class ShardedRingGraph:
-    """`RingGraph` over `GraphShard`s: actor handles, or `GraphShard` objects for an in-process run."""
+    """`RingGraph` over `GraphShard`s: actor handles, or `GraphShard` objects for an in-process run.
+
+    `figures` holds the last batch's search figures (rounds, bytes each way).
+    """
 
     def __init__(self, options: SearchOptions, shards: Sequence[Any], *, clock: Callable[[], float] = time.time,
-                 owned: bool = False):
+                 owned: bool = False, gid_mask: int = int(sk.GID_MASK)):
         self.options = options
+        self.gid_mask = gid_mask  # must be the shards' own
         self.clock = clock
         self.shards = list(shards)
         self.num_shards = len(self.shards)
         self._local = all(isinstance(s, GraphShard) for s in self.shards)
         self._owned = owned
-        self._horizon: int | None = None  # the last eviction horizon sent to the shards (for rejection reasons)
+        self._degrees = DegreeCache()
+        self.figures = RoundFigures()
+        self._horizon: int | None = None  # the shards' eviction horizon (rejection reasons)
 
     @classmethod
-    def in_process(cls, options: SearchOptions, num_shards: int) -> "ShardedRingGraph":
-        return cls(options, [GraphShard(i, num_shards) for i in range(num_shards)])
+    def in_process(cls, options: SearchOptions, num_shards: int, *, gid_mask: int = int(sk.GID_MASK)
+                   ) -> "ShardedRingGraph":
+        """`num_shards` GraphShards in this process. `gid_mask` narrows account gids (tests force collisions)."""
+        return cls(options, [GraphShard(i, num_shards, gid_mask) for i in range(num_shards)], gid_mask=gid_mask)
 
     @classmethod
     def create(cls, options: SearchOptions, num_shards: int, *, name: str | None = None,
@@ -209,115 +351,127 @@ class ShardedRingGraph:
         table = as_table(batch).select(PAYMENT_SCHEMA.names).combine_chunks()
         result = BatchResult()
         rows = table.num_rows
+        self.figures = RoundFigures()
         if rows == 0:
             return result
-        src_shard = shards_of_column(table.column("src"), self.num_shards)
-        dst_shard = shards_of_column(table.column("dst"), self.num_shards)
+        o = self.options
+        src_shard, src_gid = owners_of_column(table.column("src"), self.num_shards, self.gid_mask)
+        dst_shard, dst_gid = owners_of_column(table.column("dst"), self.num_shards, self.gid_mask)
+        search = LabelRounds(o, self.num_shards, self._degrees, rows)
+        first = FirstLayer(replay, o.order == "strict", o.window_ms, o.min_amount_units,
+                           -1 if o.max_degree is None else o.max_degree)
+        status, newest_before, lengths, grown, labels = self._apply(table, src_shard, dst_shard, first, search)
+        judge(status, table, result, self._horizon)
+        fresh = (status == NEW) | (replay & (status == DUPLICATE))
+        new_rows = np.flatnonzero(fresh)
+        if new_rows.size == 0:
+            return result
+        ts = table.column("ts").to_numpy()
+        late = _older(table, new_rows, ts, newest_before)
+        result.late_payments = int(late.size)
+        loop = pc.equal(table.column("src"), table.column("dst")).to_numpy(zero_copy_only=False)
+        small = table.column("amount").to_numpy() < o.min_amount_units
+        ends = (src_gid, src_shard, lengths[1], dst_gid, dst_shard, lengths[2])
+        # job i is batch row i: the shards grew first layers under that number; a side that ran out there
+        # leaves nothing to search
+        triggers = fresh & ~loop & ~small
+        search.add(SEARCH, np.arange(rows), ts, *ends, active=triggers & ((grown & 12) == 0), first=grown & 3,
+                   replies=labels)
+        search.figures.searches = int(np.count_nonzero(triggers))
+        if late.size:
+            search.add(LATE, late, ts[late], *(column[late] for column in ends))
+        while True:
+            requests = search.plan()
+            if not requests:
+                break
+            started = time.perf_counter()
+            answers = self._call("search_round", {s: (request,) for s, request in requests.items()})
+            search.figures.call_s += time.perf_counter() - started
+            search.absorb(list(answers.values()))
+        self.figures = search.figures
+        cut_rows = search.cut_refs()
+        targets = np.union1d(search.survivor_refs(), late)
+        if targets.size == 0 and not search.gathered:
+            result.truncated_searches = int(np.unique(cut_rows).size)
+            return result
+        rings, store, arrival = self._search_gathered(table, targets, new_rows, search, newest_before, cut_rows,
+                                                      received_at)
+        result.alerts = build_alerts(store, rings, arrival, self.clock())
+        # searches cut on the shards that had no ring to raise count too
+        result.truncated_searches = len(rings.cut) + int(np.setdiff1d(cut_rows, targets).size)
+        return result
+
+    def _search_gathered(self, table: pa.Table, targets: np.ndarray, new_rows: np.ndarray, search: LabelRounds,
+                         newest_before: tuple[int, bytes] | None, cut_rows: np.ndarray,
+                         received_at: Sequence[float] | float | None) -> tuple:
+        """`find_rings` over the batch rows it must search (`targets`) and the gathered edges, in a small store."""
+        store = EdgeStore()
+        _, target_ids = store.apply(table.take(targets))
+        eids, rows = [target_ids], [targets]
+        if search.gathered:
+            gathered = pa.concat_tables(search.gathered)
+            _, gathered_ids = store.apply(gathered)
+            # gathered copies of this batch's payments arrived with it (alert latency)
+            fresh_tx = table.column("tx_id").take(pa.array(new_rows))
+            at = pc.index_in(gathered.column("tx_id"), value_set=fresh_tx).to_numpy(zero_copy_only=False)
+            known = ~np.isnan(at) if at.dtype.kind == "f" else at >= 0
+            eids.append(gathered_ids[known])
+            rows.append(new_rows[at[known].astype(np.int64)])
+        options = self.options
+        if options.max_degree is not None:
+            store.mark_hubs(self._hubs(store.accounts.decode(0, store.accounts.count), options.max_degree))
+            options = dataclasses.replace(options, max_degree=None)  # the marks stand for the shards' degrees
+        rings = find_rings(store, target_ids, newest_before, options)
+        cut = np.intersect1d(cut_rows, targets)
+        for e in target_ids[np.searchsorted(targets, cut)].tolist():
+            rings.cut[e] = rings.cut.get(e, 0) | 2
+        arrival = arrival_times(store, np.concatenate(eids), np.concatenate(rows), received_at, table.num_rows)
+        return rings, store, arrival
+
+    def _apply(self, table: pa.Table, src_shard: np.ndarray, dst_shard: np.ndarray, first: FirstLayer,
+               search: LabelRounds) -> tuple:
+        """Store the batch on its shards, growing first layers there: each row's status (its src shard's
+        word), the newest key stored before it, the ends' list lengths (src out, src in, dst out, dst in),
+        which first layers were grown (bits per row) and their labels."""
         parts = {}
         for shard in range(self.num_shards):
             picked = np.flatnonzero((src_shard == shard) | (dst_shard == shard))
             if picked.size:
                 parts[shard] = picked
-        answers = self._call("apply", {s: (table.take(picked),) for s, picked in parts.items()})
+        requests = {s: (table.take(picked), picked.astype(np.int32), first) for s, picked in parts.items()}
+        started = time.perf_counter()
+        answers = self._call("apply", requests)
+        search.figures.call_s += time.perf_counter() - started
+        rows = table.num_rows
         status = np.empty(rows, np.int8)
+        lengths = np.full((4, rows), -1, np.int32)
+        grown = np.zeros(rows, np.int8)
         newest_before = None
         for shard, picked in parts.items():
-            shard_status, before = answers[shard]
+            stored = answers[shard]
             from_src = src_shard[picked] == shard
-            status[picked[from_src]] = shard_status[from_src]
+            status[picked[from_src]] = stored.status[from_src]
+            lengths[:2, picked[from_src]] = stored.lengths[:2, from_src]
+            from_dst = dst_shard[picked] == shard
+            lengths[2:, picked[from_dst]] = stored.lengths[2:, from_dst]
+            grown[picked] |= stored.first
+            before = stored.newest_before
             if before is not None and (newest_before is None or before > newest_before):
                 newest_before = before
-        judge(status, table, result, self._horizon)
-        new_rows = np.flatnonzero((status == NEW) | (replay & (status == DUPLICATE)))
-        if new_rows.size == 0:
-            return result
-        fresh = table.take(new_rows)
-        gathered, hubs = self._gather(fresh, newest_before)
-        store = EdgeStore()
-        if gathered.num_rows:
-            store.apply(gathered.filter(pc.invert(pc.is_in(gathered.column("tx_id"), fresh.column("tx_id")))))
-        _, new_ids = store.apply(fresh)
-        store.mark_hubs(hubs)
-        options = self.options if not hubs else _without_degree(self.options)
-        rings = find_rings(store, new_ids, newest_before, options)
-        result.late_payments = int(_count_late(fresh, newest_before))
-        arrival = arrival_times(store, new_ids, new_rows, received_at, rows)
-        result.alerts = build_alerts(store, rings, arrival, self.clock())
-        result.truncated_searches = len(rings.cut)
-        return result
+        search.count_store_call(sum(r[0].nbytes + r[1].nbytes for r in requests.values()),
+                                sum(a.nbytes() for a in answers.values()), max(a.seconds for a in answers.values()))
+        labels = [a.labels for a in answers.values() if a.labels is not None]
+        return status, newest_before, lengths, grown, labels
 
-    def _gather(self, fresh: pa.Table, newest_before: tuple[int, bytes] | None
-                ) -> tuple[pa.Table, list[tuple[int, str]]]:
-        """Rounds of `expand` calls: every edge the batch's searches (trigger and late) may use."""
-        o = self.options
-        strict, w, hops = o.order == "strict", o.window_ms, o.max_hops - 1
-        src, dst = fresh.column("src").to_pylist(), fresh.column("dst").to_pylist()
-        ts = fresh.column("ts").to_numpy().tolist()
-        tx = fresh.column("tx_id").to_pylist()
-        # frontier: (direction, account) -> [lo, hi, hops left]
-        frontier: dict[tuple[int, str], list[int]] = {}
-
-        def want(d: int, account: str, lo: int, hi: int, left: int) -> None:
-            if left <= 0:
-                return
-            now = frontier.get((d, account))
-            if now is None:
-                frontier[(d, account)] = [lo, hi, left]
-            else:
-                now[0], now[1], now[2] = min(now[0], lo), max(now[1], hi), max(now[2], left)
-
-        for s, d_, t, x in zip(src, dst, ts, tx):
-            if s == d_:
-                continue
-            want(0, d_, t - w, t, (hops + 1) // 2)
-            want(1, s, t - w, t, hops // 2)
-            if newest_before is not None and (t, x.encode()) < newest_before:
-                want(0, d_, t if strict else t - w, t + w, hops)  # the older trigger itself is one more hop
-                want(1, s, t - w, t if strict else t + w, hops - 1)
-        asked: dict[tuple[int, str], list[int]] = {}
-        tables, hubs = [], []
-        while frontier:
-            requests = {}
-            for key, (lo, hi, left) in frontier.items():
-                done = asked.get(key)
-                if done is not None and done[0] <= lo and done[1] >= hi and done[2] >= left:
-                    continue
-                if done is not None:
-                    lo, hi, left = min(lo, done[0]), max(hi, done[1]), max(left, done[2])
-                asked[key] = [lo, hi, left]
-                requests[key] = (lo, hi, left)
-            frontier = {}
-            if not requests:
-                break
-            by_shard: dict[int, list] = {}
-            for (d, account), bounds in requests.items():
-                by_shard.setdefault(shard_of(account, self.num_shards), []).append((d, account, *bounds))
-            answers = self._call("expand", {
-                shard: (pa.table([pa.array([r[1] for r in reqs], pa.string()), pa.array([r[0] for r in reqs], pa.int8()),
-                                  pa.array([r[2] for r in reqs], pa.int64()), pa.array([r[3] for r in reqs], pa.int64())],
-                                 schema=REQUEST_SCHEMA), o.max_degree)
-                for shard, reqs in by_shard.items()})
-            for shard, (edges, shard_hubs) in answers.items():
-                hubs.extend((int(d), a) for d, a in shard_hubs)
-                if edges.num_rows == 0:
-                    continue
-                tables.append(edges)
-                e_src, e_dst = edges.column("src").to_pylist(), edges.column("dst").to_pylist()
-                e_ts = edges.column("ts").to_numpy().tolist()
-                for a, b, t in zip(e_src, e_dst, e_ts):
-                    out = requests.get((0, a))
-                    if out is not None and out[0] <= t <= out[1]:
-                        want(0, b, t if strict else out[0], out[1], out[2] - 1)
-                    into = requests.get((1, b))
-                    if into is not None and into[0] <= t <= into[1]:
-                        want(1, a, into[0], t if strict else into[1], into[2] - 1)
-        gathered = pa.concat_tables(tables) if tables else PAYMENT_SCHEMA.empty_table()
-        return gathered, hubs
+    def _hubs(self, accounts: Sequence[str], max_degree: int) -> list[tuple[int, str]]:
+        """The lists over the hub guard among `accounts`, each judged by the shard that owns it."""
+        answers = self._call("hubs", {s: (names, max_degree) for s, names in self._by_owner(accounts).items()})
+        return [hub for part in answers.values() for hub in part]
 
     # ---- upkeep and reads -------------------------------------------------------------------------------
 
     def evict(self, horizon_ts: int) -> int:
-        self._horizon = max(horizon_ts, self._horizon if self._horizon is not None else horizon_ts)
+        self._horizon = horizon_ts if self._horizon is None else max(self._horizon, horizon_ts)
         return sum(self._call("evict", {s: (horizon_ts,) for s in range(self.num_shards)}).values())
 
     def _by_owner(self, accounts: Sequence[str]) -> dict[int, list[str]]:
@@ -328,7 +482,7 @@ class ShardedRingGraph:
 
     def edges(self, accounts: Sequence[str], direction: str, since: int | None = None
               ) -> dict[str, list[StoredEdge]]:
-        d = _direction(direction)
+        d = direction_of(direction)
         answers = self._call("edges_of", {s: (names, d, since) for s, names in self._by_owner(accounts).items()})
         found: dict[str, list[StoredEdge]] = {}
         for tables in answers.values():
@@ -337,7 +491,7 @@ class ShardedRingGraph:
         return {a: found.get(a, []) for a in accounts}
 
     def degrees(self, accounts: Sequence[str], direction: str) -> dict[str, int]:
-        d = _direction(direction)
+        d = direction_of(direction)
         answers = self._call("degrees", {s: (names, d) for s, names in self._by_owner(accounts).items()})
         return {a: n for part in answers.values() for a, n in part.items()}
 
@@ -355,6 +509,7 @@ class ShardedRingGraph:
     def restore(self, tables: Sequence[pa.Table]) -> None:
         if len(tables) != self.num_shards:
             raise ValueError(f"a checkpoint of {len(tables)} shards cannot restore {self.num_shards} shards")
+        self._horizon = None
         self._call("restore", {s: (tables[s],) for s in range(self.num_shards)})
 
     def close(self) -> None:
@@ -370,15 +525,12 @@ def stored_edges(table: pa.Table) -> list[StoredEdge]:
         *(table.column(n).to_pylist() for n in PAYMENT_SCHEMA.names))]
 
 
-def _without_degree(options: SearchOptions) -> SearchOptions:
-    """The options for the gathered store: hubs are marked there (a partial store cannot count degrees)."""
-    import dataclasses
-
-    return dataclasses.replace(options, max_degree=None)
-
-
-def _count_late(fresh: pa.Table, newest_before: tuple[int, bytes] | None) -> int:
-    if newest_before is None:
-        return 0
-    return sum(1 for t, x in zip(fresh.column("ts").to_pylist(), fresh.column("tx_id").to_pylist())
-               if (t, x.encode()) < newest_before)
+def _older(table: pa.Table, rows: np.ndarray, ts: np.ndarray, key: tuple[int, bytes] | None) -> np.ndarray:
+    """The `rows` whose (ts, tx_id) is below `key`: the batch's late payments."""
+    if key is None:
+        return np.zeros(0, np.int64)
+    tied = rows[ts[rows] == key[0]]
+    if tied.size:
+        tx = table.column("tx_id").take(pa.array(tied)).to_pylist()
+        tied = tied[[t.encode() < key[1] for t in tx]]
+    return np.sort(np.concatenate([rows[ts[rows] < key[0]], tied])).astype(np.int64)

@@ -426,15 +426,10 @@ def _grown(array: np.ndarray, size: int, keep: int) -> np.ndarray:
     return out
 
 
-_PAYMENT_NAMES = PAYMENT_SCHEMA.names
-
-
 def _column_reader(table: pa.Table) -> Callable[[str], pa.Array]:
     """Columns of a table as single arrays (chunks combined only when there are several)."""
-    columns = table.columns if table.schema.names == _PAYMENT_NAMES else None
-
     def column(name: str) -> pa.Array:
-        chunked = columns[_PAYMENT_NAMES.index(name)] if columns is not None else table.column(name)
+        chunked = table.column(name)
         return chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()
     return column
 
@@ -443,7 +438,7 @@ def string_buffers(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """UTF-8 bytes and int64 offsets of a string column (its non-null rows' bytes), without a Python loop."""
     n = len(column)
     buffers = column.buffers()
-    if column.type == pa.large_string():
+    if pa.types.is_large_string(column.type):
         offsets = np.frombuffer(buffers[1], np.int64)[column.offset:column.offset + n + 1]
     else:
         offsets = np.frombuffer(buffers[1], np.int32)[column.offset:column.offset + n + 1].astype(np.int64)

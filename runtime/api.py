@@ -1,9 +1,9 @@
 """The public runtime API: `init`, `@remote`, `get`, `put`, `wait`, actors.
 
-Every call goes through a backend: the node living in this process (local
-mode, with its workers; or, for a driver that joined a cluster with
+Every call goes through a node link: to the node living in this process
+(local mode, with its workers; or, for a driver that joined a cluster with
 `init(address=...)`, a light node without workers that owns what the driver
-submits and places it on the cluster), or the node a worker belongs to
+submits and places it on the cluster), or to the node a worker belongs to
 (inside tasks and actors). `init(backend="ray")` sends every public call to a
 `RuntimeBackend` instead (`runtime/backend.py`): the same API on an existing
 Ray cluster.
@@ -41,14 +41,16 @@ logger = logging.getLogger(__name__)
 _NO_THRESHOLD = 2**62
 
 
-class Backend(Protocol):
+class NodeLink(Protocol):
+    """How this process reaches its node: a request without an answer, and one waited for."""
+
     def post(self, method: str, args: tuple) -> None: ...
     def call(self, method: str, *args: Any) -> Any: ...
 
 
 @dataclass
 class _Runtime:
-    backend: Any
+    link: NodeLink
     namespace: str
     node: Any = None  # local mode: the node with this process's workers
     driver: Any = None  # a driver in a cluster: its light ClusterNode
@@ -61,7 +63,7 @@ _external: RuntimeBackend | None = None  # set by init(backend="ray"); then ever
 _init_lock = threading.Lock()
 
 
-class _LocalBackend:
+class _InProcessLink:
     """The driver side of a node that lives in this process."""
 
     # A put stays in this process's heap (one memcpy) until a worker needs it; laying 10 MB into a
@@ -110,12 +112,12 @@ def init(address: str | None = None, *, num_workers: int | None = None, resource
         if address is None:
             from .node import Node
             node = Node(max(1, num_workers or os.cpu_count() or 1), resources, log_level=logging.getLogger().level)
-            _runtime = _Runtime(_LocalBackend(node), namespace, node=node)
+            _runtime = _Runtime(_InProcessLink(node), namespace, node=node)
         else:
             from .cluster import join_as_driver
             driver = join_as_driver(address, token=token, namespace=namespace, host=host, tls=tls)
-            _runtime = _Runtime(_LocalBackend(driver.node), namespace, driver=driver)
-        _listen_for_refs(_runtime.backend)
+            _runtime = _Runtime(_InProcessLink(driver.node), namespace, driver=driver)
+        _listen_for_refs(_runtime.link)
 
 
 def attach_external(backend: RuntimeBackend) -> None:
@@ -124,15 +126,15 @@ def attach_external(backend: RuntimeBackend) -> None:
     _external = backend
 
 
-def attach_worker_backend(backend: Any, info: dict) -> None:
+def attach_worker_link(link: NodeLink, info: dict) -> None:
     """Called in a worker process: runtime calls made by tasks go to the worker's node."""
     global _runtime
-    _runtime = _Runtime(backend, "default", info=info)
+    _runtime = _Runtime(link, "default", info=info)
 
 
-def _listen_for_refs(backend: Any) -> None:
-    set_ref_listeners(lambda object_id: backend.post("hold", (object_id,)),
-                      lambda object_id: backend.post("release", (object_id,)))
+def _listen_for_refs(link: NodeLink) -> None:
+    set_ref_listeners(lambda object_id: link.post("hold", (object_id,)),
+                      lambda object_id: link.post("release", (object_id,)))
 
 
 def is_initialized() -> bool:
@@ -196,7 +198,7 @@ def _register(code: bytes) -> str:
     function_id = hashlib.sha1(code).hexdigest()
     runtime = _current()
     if function_id not in runtime.registered:
-        runtime.backend.post("register_function", (function_id, code))
+        runtime.link.post("register_function", (function_id, code))
         runtime.registered.add(function_id)
     return function_id
 
@@ -235,7 +237,7 @@ def _submit(spec: TaskSpec) -> ObjectRef:
     if runtime.node is not None:
         runtime.node.check_feasible(spec)
     ref = ObjectRef(spec.task_id)  # held before submitted, so the result cannot be freed early
-    runtime.backend.post("submit", (spec,))
+    runtime.link.post("submit", (spec,))
     return ref
 
 
@@ -401,7 +403,7 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
             raise TypeError(f"get() takes ObjectRefs, got {type(ref).__name__}")
     if not ref_list:
         return []
-    blobs = _current().backend.call("get", [r.id for r in ref_list], timeout)
+    blobs = _current().link.call("get", [r.id for r in ref_list], timeout)
     values = []
     for blob in blobs:
         if isinstance(blob, BaseException):
@@ -414,10 +416,10 @@ def put(value: Any) -> ObjectRef:
     """Store `value` in the object store; the ref can be passed to many tasks without re-sending it."""
     if _external is not None:
         return _external.put(value)
-    backend = _current().backend
-    blob = pack(value, what="the value given to put()", threshold=getattr(backend, "pack_threshold", SHARED_THRESHOLD))
+    link = _current().link
+    blob = pack(value, what="the value given to put()", threshold=getattr(link, "pack_threshold", SHARED_THRESHOLD))
     ref = ObjectRef(new_id())
-    backend.post("put", (ref.id, blob))
+    link.post("put", (ref.id, blob))
     return ref
 
 
@@ -429,7 +431,7 @@ def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1,
         raise ValueError(f"num_returns={num_returns} is more than the {len(ref_list)} refs given")
     if _external is not None:
         return _external.wait(ref_list, num_returns, timeout)
-    ready_ids = set(_current().backend.call("wait", [r.id for r in ref_list], num_returns, timeout))
+    ready_ids = set(_current().link.call("wait", [r.id for r in ref_list], num_returns, timeout))
     ready = [r for r in ref_list if r.id in ready_ids][:max(num_returns, 0) or None]
     chosen = {r.id for r in ready}
     return ready, [r for r in ref_list if r.id not in chosen]
@@ -446,28 +448,28 @@ def actors() -> list[dict]:
     """Every actor the cluster knows: state, node, restarts, latest checkpoint and its age."""
     if _external is not None:
         return _external.actors()
-    return _current().backend.call("actors")
+    return _current().link.call("actors")
 
 
 def kill(handle: ActorHandle) -> None:
     """Stop the actor now; calls still queued fail with ActorDiedError."""
     if _external is not None:
         return _external.kill(handle)
-    _current().backend.call("kill", handle.actor_id)
+    _current().link.call("kill", handle.actor_id)
 
 
 def cancel(ref: ObjectRef) -> bool:
     """Cancel the task that makes `ref`: `get` then raises TaskCancelledError. False if already done."""
     if _external is not None:
         return _external.cancel(ref)
-    return bool(_current().backend.call("cancel", ref.id))
+    return bool(_current().link.call("cancel", ref.id))
 
 
 def get_actor(name: str) -> ActorHandle:
     """The handle of the live actor created with `.options(name=name)`."""
     if _external is not None:
         return _external.get_actor(name)
-    actor_id, class_name, methods, actor_name = _current().backend.call("get_actor", name)
+    actor_id, class_name, methods, actor_name = _current().link.call("get_actor", name)
     return ActorHandle(actor_id, class_name, methods, actor_name)
 
 
@@ -484,28 +486,28 @@ def kv_put(key: str, value: bytes, *, overwrite: bool = True, ttl_s: float | Non
         raise TypeError(f"kv_put stores bytes, got {type(value).__name__}")
     if _external is not None:
         return _external.kv_put(key, bytes(value), overwrite, ttl_s)
-    return bool(_current().backend.call("kv", "put", key, bytes(value), overwrite, ttl_s))
+    return bool(_current().link.call("kv", "put", key, bytes(value), overwrite, ttl_s))
 
 
 def kv_get(key: str) -> bytes | None:
     """The value stored under `key`, or None."""
     if _external is not None:
         return _external.kv_get(key)
-    return _current().backend.call("kv", "get", key)
+    return _current().link.call("kv", "get", key)
 
 
 def kv_delete(key: str) -> bool:
     """Remove `key`; True if it was there."""
     if _external is not None:
         return _external.kv_delete(key)
-    return bool(_current().backend.call("kv", "delete", key))
+    return bool(_current().link.call("kv", "delete", key))
 
 
 def kv_keys(prefix: str = "") -> list[str]:
     """The keys that start with `prefix`, sorted."""
     if _external is not None:
         return _external.kv_keys(prefix)
-    return list(_current().backend.call("kv", "keys", prefix))
+    return list(_current().link.call("kv", "keys", prefix))
 
 
 def current_node_id() -> str | None:
@@ -519,11 +521,11 @@ def nodes() -> list[dict]:
     """Every node of the cluster: id, liveness, resources, load."""
     if _external is not None:
         return _external.nodes()
-    return _current().backend.call("nodes")
+    return _current().link.call("nodes")
 
 
 def object_store_stats() -> dict:
     """Counts of the objects and functions the node holds (for operators and memory tests)."""
     if _external is not None:
         return _external.object_store_stats()
-    return _current().backend.call("object_count")
+    return _current().link.call("object_count")

@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .errors import AuthError
+from .errors import AuthError, CallRefusedError, ForgedRecordError
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +48,6 @@ RECORDS_PURPOSE = "ringwatch/gcs-records/v1"
 NODE_CALLS_PURPOSE = "ringwatch/node-calls/v1"
 QUERY_TOKEN_PURPOSE = "ringwatch/query-token/v1"
 QUERY_CALLS_PURPOSE = "ringwatch/query-calls/v1"
-
-
-class ForgedRecordError(AuthError):
-    """A GCS value is unsealed, or sealed with another key or for another place: it is not used."""
-
-
-class CallRefusedError(AuthError):
-    """A call's signature is missing, wrong, stale or replayed; the message says which."""
 
 
 def derive_key(secret: str, purpose: str) -> bytes:

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 from .auth import ClusterKeys, query_token_for
 from .cluster import HEARTBEAT_S, HEARTBEAT_TIMEOUT_S, ClusterNode
-from .errors import TokenMissingError
+from .errors import TlsConfigError, TokenMissingError
 from .gcs import RedisGcs
-from .tls import TlsConfigError, TlsFiles
+from .tls import TlsFiles
 
 logger = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ import redis
 
 from .auth import ClusterKeys
 from .direct import DirectSettings, direct_key
-from .errors import NodeUnavailableError, ResourceUnavailableError, TokenMissingError
+from .errors import NodesLateError, NodeUnavailableError, ResourceUnavailableError, TokenMissingError
 from .gcs import RedisGcs
 from .node import Node
 from .object_store import SHARED_THRESHOLD, Blob, from_wire, to_wire
-from .protocol import ACTOR_CALL, ACTOR_CREATE, TASK, TaskSpec
+from .protocol import TASK, TaskSpec
 from .tls import TlsFiles
 from .transport import NodeClient, serve
 
@@ -43,7 +43,10 @@ DRIVER_HEARTBEAT_TIMEOUT_S = 60.0
 _MEAN_TASK_S = 0.01
 # RINGWATCH_LINEAGE=0 turns lineage recording off (lost objects then cannot be rebuilt); for benchmarks.
 LINEAGE_ENABLED = os.environ.get("RINGWATCH_LINEAGE", "1") != "0"
-_FETCH_BYTES_PER_S = 1e9
+# What moving an object between nodes achieves (gRPC, signed 2 MiB chunks): 30-110 MB/s measured on a loaded
+# 2-core machine. At 1e9 a 16 MB input weighed as much as two queued 10 ms tasks, so a heartbeat-old queue
+# length sent a task away from its data.
+_FETCH_BYTES_PER_S = 1e8
 
 
 class ClusterLink:
@@ -76,8 +79,13 @@ class ClusterLink:
 
     def attach(self, post: Callable[[str, tuple], None], code_of: Callable[[str], bytes],
                resources: dict[str, float]) -> None:
-        """The node this link serves: where to post what arrives, its functions' code, its resources."""
+        """The node this link serves: where to post what arrives, its functions' code, its resources.
+
+        Called before the node's dispatcher starts; the nodes are read now, so a
+        GCS outage right after joining does not leave placement blind.
+        """
         self._post, self._code_of, self._resources = post, code_of, resources
+        self.peers()
 
     def direct_settings(self) -> DirectSettings:
         """How this node's actor workers serve direct calls and how it makes them (key from the token)."""
@@ -110,6 +118,14 @@ class ClusterLink:
             self._peers_at = now
         return [p for p in self._peers if self._suspects.get(p["address"], 0) < now]
 
+    def _undeclared_peers(self) -> list[dict]:
+        """Nodes that run work and are not declared dead, alive or not: those that may yet take a call.
+
+        Right after a GCS outage every node's heartbeat is overdue until its next beat.
+        """
+        dead = self.gcs.dead_nodes()
+        return [p for p in self.gcs.nodes(self.heartbeat_timeout_s) if not p.get("driver") and p["node_id"] not in dead]
+
     def suspect(self, address: str) -> None:
         """A call to `address` failed: place nothing there until its heartbeats say whether it is dead."""
         self._suspects[address] = time.monotonic() + self.heartbeat_timeout_s
@@ -131,8 +147,16 @@ class ClusterLink:
         node knows inputs are and their sizes (the GCS is asked about the others).
         """
         needs = {"CPU": spec.num_cpus if spec.kind == TASK else 0.0, **spec.resources}
-        feasible = [p for p in self.peers() if all(p["resources"].get(k, 0.0) >= v for k, v in needs.items())]
+        feasible = [p for p in self.peers() if _fits(p, needs)]
         if not feasible:
+            try:
+                late = [p["node_id"] for p in self._undeclared_peers() if _fits(p, needs)]
+            except redis.RedisError as exc:
+                raise NodesLateError(f"{spec.name} needs {needs}: no live node is known and the GCS is "
+                                     f"unreachable ({exc})") from exc
+            if late:
+                raise NodesLateError(f"{spec.name} needs {needs}: only nodes whose heartbeats are late have that "
+                                     f"much ({late}); no live node does")
             raise ResourceUnavailableError(
                 f"{spec.name} needs {needs} but no live node has that much "
                 f"(nodes: {[(p['node_id'], p['resources']) for p in self.peers()]})")
@@ -494,6 +518,10 @@ class ClusterNode:
         self.link.close()
         self._events.join(timeout=5)
         self.gcs.close()
+
+
+def _fits(peer: dict, needs: Mapping[str, float]) -> bool:
+    return all(peer["resources"].get(k, 0.0) >= v for k, v in needs.items())
 
 
 def follow_node_deaths(gcs: RedisGcs, stop: threading.Event, on_node_dead: Any, retry_s: float) -> None:

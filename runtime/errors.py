@@ -57,12 +57,29 @@ class AuthError(RuntimeErrorBase):
     """A node refused the call: the cluster token is missing or wrong."""
 
 
+class ForgedRecordError(AuthError):
+    """A GCS value is unsealed, or sealed with another key or for another place: it is not used."""
+
+
+class CallRefusedError(AuthError):
+    """A call's signature is missing, wrong, stale or replayed; the message says which."""
+
+
 class SerializationError(RuntimeErrorBase):
     """An argument or a return value could not be pickled; the message names it."""
 
 
 class ResourceUnavailableError(RuntimeErrorBase):
     """No node of the cluster has the resources the task or actor asks for."""
+
+
+class NodesLateError(ResourceUnavailableError):
+    """No live node could run the call, but some may soon: nodes whose heartbeats are late (the GCS was
+    away, or they are dying), or the GCS is unreachable and no node is known yet.
+
+    Placement waits for them to beat again or be declared dead (or for the GCS
+    to come back); this is raised when that took too long.
+    """
 
 
 class NotInitializedError(RuntimeErrorBase):
@@ -83,3 +100,7 @@ class NodeUnavailableError(RuntimeErrorBase, ConnectionError):
 
 class TokenMissingError(RuntimeErrorBase, ValueError):
     """A node or client was started without the cluster token."""
+
+
+class TlsConfigError(RuntimeErrorBase, ValueError):
+    """The TLS options are incomplete or a file cannot be read; the message names the option."""

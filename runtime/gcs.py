@@ -35,7 +35,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .auth import MAX_SKEW_S, ClusterKeys, ForgedRecordError, RecordSealer
+from .auth import MAX_SKEW_S, ClusterKeys, RecordSealer
+from .errors import ForgedRecordError
 
 logger = logging.getLogger(__name__)
 

@@ -96,7 +96,7 @@ class Node:
                                   lambda spec, address: self._router.send_to(spec, address), self._place_again,
                                   self._after)
             self._router = Router(cluster, self._objects, self._direct, self._leases, self._actors.__contains__,
-                                  self._scheduler.queued, self._dispatch, self._finish)
+                                  self._scheduler.queued, self._dispatch, self._finish, self._after)
             self._recovery = Recovery(cluster, self._objects, self._direct, self._submit, self._dispatch,
                                       self._finish)
         self._ops: dict[str, Callable[..., None]] = {

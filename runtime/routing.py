@@ -4,7 +4,9 @@ Scheduling is bottom-up, as in the Ray paper: a task runs on the node that
 received it when it can and that node's queue is short; otherwise the cluster
 link picks a feasible node — the one with most of the task's large inputs,
 else the one with the lowest estimated wait. A task waits here until its
-inputs are made, so it is placed knowing where they are; a plain task goes
+inputs are made, so it is placed knowing where they are; a task that only
+nodes with late heartbeats could run (the GCS was just away) waits for them to
+beat again or be declared dead, up to `LATE_WAIT_S`; a plain task goes
 straight to a worker that node lends this one (`leases.py`), others to the
 node's queue. Actor calls to an actor on another node go straight to its
 worker (`direct_calls.py`). Used on the node's dispatcher thread only.
@@ -12,15 +14,19 @@ worker (`direct_calls.py`). Used on the node's dispatcher thread only.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from .direct_calls import DirectCalls
 from .leases import Leases, leasable
-from .errors import TaskCancelledError
-from .objects import ObjectTable
+from .errors import NodesLateError, TaskCancelledError
+from .objects import After, ObjectTable
 from .protocol import ACTOR_CALL, TASK, TaskResult, TaskSpec
+
+LATE_RETRY_S = 0.1
+LATE_WAIT_S = 30.0
 
 
 class Placement(Protocol):
@@ -38,7 +44,7 @@ class Router:
 
     def __init__(self, link: Placement, objects: ObjectTable, direct: DirectCalls, leases: Leases,
                  is_local_actor: Callable[[str], bool], queued: Callable[[], int],
-                 run_here: Callable[[TaskSpec], None], finish: Callable[[TaskResult], None]):
+                 run_here: Callable[[TaskSpec], None], finish: Callable[[TaskResult], None], after: After):
         self._link = link
         self._objects = objects
         self._direct = direct
@@ -47,6 +53,8 @@ class Router:
         self._queued = queued
         self._run_here = run_here
         self._finish = finish
+        self._after = after
+        self._late_since: dict[str, float] = {}  # task id -> when it first found only late nodes
         self._sent_to: dict[str, str] = {}  # task id -> address of the node running it
         self._sent: Counter[str] = Counter()  # address -> tasks sent there and not finished
         self._awaiting: dict[str, TaskSpec] = {}  # task id -> a task waiting here for its inputs to be made
@@ -64,9 +72,14 @@ class Router:
             return True
         try:
             target = self._link.place(spec, self._queued(), self._sent, self._input_sizes(spec))
+        except NodesLateError as exc:
+            self._place_later(spec, exc)
+            return True
         except Exception as exc:  # no feasible node, or the GCS is unreachable: the caller's get says why
+            self._late_since.pop(spec.task_id, None)
             self._finish(TaskResult(spec.task_id, None, exc))
             return True
+        self._late_since.pop(spec.task_id, None)
         if target is None:
             return False
         if leasable(spec):  # straight to a worker that node lends this one
@@ -95,10 +108,26 @@ class Router:
             self._objects.on_done(dep, one_done)
         return True
 
+    def _place_later(self, spec: TaskSpec, exc: NodesLateError) -> None:
+        """Place `spec` again in a moment: the nodes that could run it are late, not (yet) dead."""
+        since = self._late_since.setdefault(spec.task_id, time.monotonic())
+        if time.monotonic() - since > LATE_WAIT_S:
+            del self._late_since[spec.task_id]
+            self._finish(TaskResult(spec.task_id, None, exc))
+            return
+        self._awaiting[spec.task_id] = spec
+
+        def again() -> None:
+            if self._awaiting.pop(spec.task_id, None) is spec:
+                self._run_here(spec)
+
+        self._after(LATE_RETRY_S, again)
+
     def cancel(self, spec: TaskSpec) -> bool:
         """Cancel a task still waiting here for its inputs, or an actor call not yet sent."""
         if self._awaiting.get(spec.task_id) is spec:
             del self._awaiting[spec.task_id]
+            self._late_since.pop(spec.task_id, None)
             self._finish(TaskResult(spec.task_id, None, TaskCancelledError(spec.name)))
             return True
         return self._direct.cancel(spec) if spec.kind == ACTOR_CALL else self._leases.cancel(spec)

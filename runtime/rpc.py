@@ -27,8 +27,8 @@ from typing import Any
 
 import grpc
 
-from .auth import CallClaims, CallRefusedError, CallSigner, CallVerifier
-from .errors import AuthError
+from .auth import CallClaims, CallSigner, CallVerifier
+from .errors import AuthError, CallRefusedError
 from .tls import TlsFiles
 
 logger = logging.getLogger(__name__)

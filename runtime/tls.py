@@ -19,13 +19,9 @@ from pathlib import Path
 
 import grpc
 
-from .errors import RuntimeErrorBase
+from .errors import TlsConfigError
 
 ENV = {"cert": "RINGWATCH_TLS_CERT", "key": "RINGWATCH_TLS_KEY", "ca": "RINGWATCH_TLS_CA"}
-
-
-class TlsConfigError(RuntimeErrorBase, ValueError):
-    """The TLS options are incomplete or a file cannot be read; the message names the option."""
 
 
 @dataclass(frozen=True)

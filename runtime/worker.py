@@ -60,7 +60,7 @@ class DirectReply:
     owner: str
 
 
-class WorkerBackend:
+class WorkerLink:
     """The runtime API as seen from inside a worker: every call goes to the node over the pipe.
 
     A reader thread drains the pipe into `inbox` at all times (and each direct
@@ -203,21 +203,21 @@ class _ActorBox:
     spec: TaskSpec
     checkpoints: ActorCheckpoints | None
 
-    def checkpoint(self, backend: WorkerBackend) -> str:
+    def checkpoint(self, link: WorkerLink) -> str:
         """Write the state durably; return once the node has recorded it (before the covered result goes)."""
         checkpoint_id = self.checkpoints.take(self.instance)
-        backend.call("actor_checkpointed", self.spec.actor_id, checkpoint_id)
+        link.call("actor_checkpointed", self.spec.actor_id, checkpoint_id)
         return checkpoint_id
 
 
-def _checkpoint_after(actor: list, spec: TaskSpec, backend: WorkerBackend) -> None:
+def _checkpoint_after(actor: list, spec: TaskSpec, link: WorkerLink) -> None:
     """A periodic checkpoint, when the actor's options call for one now."""
     if not actor or spec.kind != ACTOR_CALL or spec.method == CHECKPOINT_METHOD:
         return
     box = actor[0]
     if box.checkpoints is not None and box.checkpoints.call_done():
         try:
-            box.checkpoint(backend)
+            box.checkpoint(link)
         except Exception:  # the actor keeps serving; its next restart resumes from an older checkpoint
             logger.exception("checkpoint of actor %s failed", spec.name)
 
@@ -226,41 +226,41 @@ def worker_main(conn: Connection, node_info: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=node_info.get("log_level", logging.WARNING))
     queue: deque = deque()
-    backend = WorkerBackend(conn, queue, is_actor=bool(node_info.get("actor_id")))
-    server = _serve_direct_calls(backend, node_info.get("direct"))
+    link = WorkerLink(conn, queue, is_actor=bool(node_info.get("actor_id")))
+    server = _serve_direct_calls(link, node_info.get("direct"))
     conn.send(("hello", node_info["worker_id"], server.address if server else None))
-    api.attach_worker_backend(backend, node_info)
-    set_ref_listeners(backend.hold, backend.release)
+    api.attach_worker_link(link, node_info)
+    set_ref_listeners(link.hold, link.release)
     functions: dict[str, Any] = {}
     actor: list[Any] = []
     try:
         while True:
             if not queue:
-                message = backend.inbox.get()
+                message = link.inbox.get()
                 if message[0] == "exit":
                     return
                 if message[0] in ("run", "direct"):
-                    backend.take(message)
+                    link.take(message)
                 continue
             spec, _, deps, reply = queue.popleft()
-            backend.starting(spec, reply)
+            link.starting(spec, reply)
             kept = [d for d, value in deps.items() if value is None]
             if kept:  # inputs this worker's node keeps for the caller: through shared memory
-                deps = {**deps, **dict(zip(kept, backend.call("get_kept", kept)))}
-            result = _run(spec, backend, functions, deps, actor, node_info)
-            _checkpoint_after(actor, spec, backend)
-            backend.send_result(result, reply)
+                deps = {**deps, **dict(zip(kept, link.call("get_kept", kept)))}
+            result = _run(spec, link, functions, deps, actor, node_info)
+            _checkpoint_after(actor, spec, link)
+            link.send_result(result, reply)
     except (EOFError, OSError, KeyboardInterrupt):
         return
     finally:
         os._exit(0)
 
 
-def _run(spec: TaskSpec, backend: WorkerBackend, functions: dict[str, Any], deps: dict,
+def _run(spec: TaskSpec, link: WorkerLink, functions: dict[str, Any], deps: dict,
          actor: list[_ActorBox], node_info: dict) -> TaskResult:
     try:
         if spec.function_id is not None and spec.function_id not in functions:
-            functions[spec.function_id] = cloudpickle.loads(backend.code[spec.function_id])
+            functions[spec.function_id] = cloudpickle.loads(link.code[spec.function_id])
         args, kwargs = _resolve_args(spec, deps)
         if spec.kind == ACTOR_CREATE:
             actor.append(_create_actor(functions[spec.function_id], spec, args, kwargs))
@@ -272,7 +272,7 @@ def _run(spec: TaskSpec, backend: WorkerBackend, functions: dict[str, Any], deps
             if spec.method == CHECKPOINT_METHOD:
                 if actor[0].checkpoints is None:
                     raise ValueError("this actor has no checkpoint store")
-                value = actor[0].checkpoint(backend)
+                value = actor[0].checkpoint(link)
             else:
                 value = getattr(actor[0].instance, spec.method)(*args, **kwargs)
         else:
@@ -301,13 +301,13 @@ def _create_actor(cls: type, spec: TaskSpec, args: list, kwargs: dict) -> _Actor
     return box
 
 
-def _serve_direct_calls(backend: WorkerBackend, direct: dict | None) -> DirectServer | None:
+def _serve_direct_calls(link: WorkerLink, direct: dict | None) -> DirectServer | None:
     """In a cluster, listen for direct calls: an actor's callers, or the node that leased this worker."""
     if not direct:
         return None
     tls = direct_tls(direct.get("tls"))
     server = DirectServer(direct["host"], bytes.fromhex(os.environ["RINGWATCH_DIRECT_KEY"]),
-                          backend.direct_message, _ignore_closed, tls[0] if tls else None)
+                          link.direct_message, _ignore_closed, tls[0] if tls else None)
     direct["address"] = server.address
     return server
 

@@ -26,10 +26,13 @@ from ringwatch.connectors.webhook_client import InvalidWebhookConfigError, check
 from ringwatch.graph import (
     InvalidDurationError,
     InvalidSearchOptionError,
+    InvalidTransactionError,
     SearchOptions,
     format_duration,
+    parse_amount,
     parse_duration,
 )
+from ringwatch.graph.model import DEFAULT_MAX_AMOUNT
 from ringwatch.runtime.backend import BACKENDS
 
 from . import logs
@@ -90,6 +93,8 @@ class SourceConfig:
                             "mapping below)", kind="fields", flag="field")
     schema_file: str = _setting("", "JSON Schema every message must pass (before mapping); failures are "
                                 "dead-lettered as invalid:schema")
+    max_amount: str = _setting(str(DEFAULT_MAX_AMOUNT), "ceiling on one payment's amount (exact decimal, at "
+                               "most the default); a payment above it is dead-lettered as invalid:amount")
 
 
 @dataclass
@@ -273,8 +278,13 @@ class Config:
     def field_mapping(self) -> FieldMapping:
         """How input messages map onto the transaction contract (connectors/mapping.py)."""
         try:
+            ceiling = parse_amount(self.source.max_amount, max_amount=DEFAULT_MAX_AMOUNT)
+        except InvalidTransactionError as exc:
+            raise ConfigError(f"source.max_amount: {exc.reason} (it may lower the default ceiling, "
+                              f"{DEFAULT_MAX_AMOUNT}, not raise it)") from None
+        try:
             schema = load_schema(self.source.schema_file) if self.source.schema_file else None
-            return FieldMapping(self.source.fields, schema)
+            return FieldMapping(self.source.fields, schema, max_amount=ceiling)
         except InvalidMappingError as exc:
             raise ConfigError(str(exc)) from None
 

@@ -245,7 +245,7 @@ def open_graph(num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
     `restore` starts it from a record's shard checkpoint ids; `shared_as` names
     the shard actors so the engines of a group share them (found if they exist).
     """
-    if restore:
+    if restore and shared_as is None:  # shared shards: the ids come from the sealed GCS (and may be stale)
         trusted_arrow_checkpoints(checkpoint_uri, restore)
     if in_process:
         return InProcessEngineGraph(options, checkpoint_uri=checkpoint_uri, restore=restore)
@@ -261,7 +261,9 @@ def trusted_arrow_checkpoints(checkpoint_uri: str, checkpoint_ids: Sequence[str]
     """Refuse (CheckpointError) a restore naming anything but Arrow checkpoints whose bytes match their ids.
 
     Checked for file stores (where a local runtime keeps shard checkpoints,
-    `state_dir/shards`); elsewhere the ids come from the cluster's sealed GCS.
+    `state_dir/shards`). `open_graph` skips it for a group's shared shards: their
+    ids come from the cluster's sealed GCS, and a running engine may already have
+    replaced the files a record names (the shards are found alive, not loaded).
     """
     store = open_store(checkpoint_uri)
     if not isinstance(store, FileCheckpointStore):

@@ -290,15 +290,27 @@ def test_bad_settings_are_refused_naming_the_setting(tmp_path, url, secret, fiel
         WebhookSink(url, secret, tmp_path)
 
 
-def test_an_unreadable_outbox_entry_is_set_aside_and_the_rest_delivered(tmp_path, receivers):
-    receiver = receiver_on(receivers).start()
-    outbox = tmp_path / "state" / "outbox"
-    outbox.mkdir(parents=True)
-    [good] = make_alerts(1)
-    (outbox / f"000000000001-{good.alert_id}.json").write_text(good.to_json())
-    (outbox / "000000000002-garbage.json").write_text('{"alert_id": "garb')
+def test_outbox_lines_not_sealed_by_this_sink_are_set_aside_never_sent(tmp_path, receivers):
+    """Someone who can write state_dir plants alerts in the outbox: the sender would sign them with the real
+    secret, so only lines sealed with that secret are sent; the rest are set aside with an ERROR line."""
+    receiver = receiver_on(receivers)  # not started yet: the genuine alert stays in the outbox
+    state, outbox = tmp_path / "state", tmp_path / "state" / "outbox"
+    [genuine] = make_alerts(1)
+    sink = fast_sink(receiver.url, state)
+    sink.deliver([genuine])
+    sink.close()
+    [forged] = make_alerts(1, tag="forged")
+    other_secret = "whsec_" + base64.b64encode(b"someone-else-s-secret-0123456789").decode()
+    other = WebhookSink(f"http://127.0.0.1:{free_port()}/x", other_secret, tmp_path / "other", max_attempts=1,
+                        backoff_initial_s=0.01, backoff_max_s=0.05)
+    other.deliver(make_alerts(1, tag="other"))
+    other.close()
+    (outbox / "000000000007.jsonl").write_text(forged.to_json() + "\n")  # plain alert JSON
+    (outbox / "000000000008.jsonl").write_bytes(next((tmp_path / "other" / "outbox").iterdir()).read_bytes())
+    (outbox / "000000000009.jsonl").write_text('{"alert_id": "garb\n')
 
-    sink = fast_sink(receiver.url, tmp_path / "state")
+    receiver.start()
+    sink = fast_sink(receiver.url, state)
     try:
         assert sink.flush(DEADLINE_S)
         sink.deliver(make_alerts(1, tag="next"))
@@ -306,8 +318,9 @@ def test_an_unreadable_outbox_entry_is_set_aside_and_the_rest_delivered(tmp_path
     finally:
         sink.close()
 
-    assert receiver.accepted_ids() == [good.alert_id, make_alerts(1, tag="next")[0].alert_id]
-    assert (outbox / "000000000002-garbage.json.unreadable").exists()
+    assert receiver.accepted_ids() == [genuine.alert_id, make_alerts(1, tag="next")[0].alert_id]
+    for name in ("000000000007.jsonl", "000000000008.jsonl", "000000000009.jsonl"):
+        assert (outbox / f"{name}.unreadable").exists(), name
 
 
 CHILD = """

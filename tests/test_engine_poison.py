@@ -21,6 +21,7 @@ from engine_harness import (
 )
 from ringwatch.connectors import SyntheticConfig, generate
 from ringwatch.connectors.embedded_broker import free_port
+from ringwatch.graph import Transaction
 from ringwatch.stream import FileCheckpointStore
 
 DEADLINE_S = 120.0
@@ -37,8 +38,12 @@ def engines() -> Iterator[list[EngineProcess]]:
         engine.ensure_stopped()
 
 
-def poison_messages(first_ts: int) -> dict[str, bytes]:
-    """Bad messages by the reason category the dead-letter header must carry."""
+def poison_messages(first_ts: int, reused: Transaction) -> dict[str, bytes]:
+    """Bad messages by the reason category the dead-letter header must carry.
+
+    `conflict` reuses `reused`'s tx_id with another amount; it is the last one
+    inserted, right after `reused` (see the test), so it is not late.
+    """
     return {
         "malformed": b'{"tx_id": "p1", "src": "a", ',
         "invalid:dst": json.dumps({"tx_id": "p2", "src": "a", "amount": 5, "ts": first_ts}).encode(),
@@ -48,16 +53,18 @@ def poison_messages(first_ts: int) -> dict[str, bytes]:
         "late": json.dumps({"tx_id": "p5", "src": "a", "dst": "b", "amount": 1, "ts": first_ts - 30 * DAY_MS}).encode(),
         "future": json.dumps({"tx_id": "p6", "src": "a", "dst": "b", "amount": 1, "ts": YEAR_2150_MS}).encode(),
         "invalid:ts": json.dumps({"tx_id": "p7", "src": "a", "dst": "b", "amount": 1, "ts": 1e308}).encode(),
+        "conflict": json.dumps({**reused.to_dict(), "amount": str(reused.amount + 1)}).encode(),
     }
 
 
 def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, unique_name, tmp_path, engines):
     stream = generate(SyntheticConfig(n_transactions=3_000, n_accounts=1_000, n_rings=5, seed=3))
     transactions = stream.transactions
-    poison = poison_messages(transactions[0].ts)
+    step = len(transactions) // (len(poison_messages(0, transactions[0])) + 1)
+    # the last poison message goes in at len(transactions) - step: right after this payment
+    poison = poison_messages(transactions[0].ts, transactions[len(transactions) - step - 1])
     create_topic(kafka_bootstrap, unique_name, 1)
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", max_request_size=4 * MAX_MESSAGE_BYTES)
-    step = len(transactions) // (len(poison) + 1)
     values = [json.dumps(tx.to_dict()).encode() for tx in transactions]
     for index, bad in enumerate(reversed(list(poison.values()))):
         values.insert(len(values) - (index + 1) * step, bad)
@@ -80,7 +87,8 @@ def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, uniq
     metrics = scrape(metrics_port)
     assert engine.terminate() == 0, engine.log()
     assert {labels[0][1]: value for (name, labels), value in metrics.items()
-            if name == "ringwatch_dead_letters_total"} == {"malformed": 1, "invalid": 3, "oversize": 1, "late": 1, "future": 1}
+            if name == "ringwatch_dead_letters_total"} == {"malformed": 1, "invalid": 3, "oversize": 1, "late": 1, "future": 1,
+                                                                 "conflict": 1}
 
     letters = read_topic(kafka_bootstrap, f"{unique_name}.dlq", len(poison))
     assert len(letters) == len(poison)
@@ -94,7 +102,8 @@ def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, uniq
     assert by_reason == poison
 
     final = FileCheckpointStore(state_dir).latest()
-    assert final.graph["next_seq"] == len(transactions), "a valid payment was not processed"
+    # every valid payment, and the conflict (the graph refused it), were handed to the graph
+    assert final.graph["next_seq"] == len(transactions) + 1, "a valid payment was not processed"
     triggers = {json.loads(line)["trigger_tx_id"] for line in alerts_file.read_text().splitlines()}
     assert {ring.tx_ids[-1] for ring in stream.rings} <= triggers
     assert len(jsonl_ids(alerts_file)) == len(set(jsonl_ids(alerts_file)))

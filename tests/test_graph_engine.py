@@ -183,6 +183,22 @@ def test_a_side_emptied_by_the_hub_guard_is_not_final(make, old_payments_of_b):
     assert all(a.cut_by == ("max_degree",) for a in result.alerts) and result.truncated_searches == 1
 
 
+@pytest.mark.parametrize("kind", ["local", "sharded"])
+def test_latency_counts_from_the_latest_arrival_among_the_ring_s_batch_payments(kind):
+    options = SearchOptions(window_ms=H)
+    now = lambda: 100.0  # noqa: E731
+    graph = LocalRingGraph(options, clock=now) if kind == "local" else ShardedRingGraph(
+        options, [GraphShard(i, 2) for i in range(2)], clock=now)
+    graph.process([tx("t1", "A", "B", 0)], received_at=10.0)
+    first = graph.process([tx("x", "Q", "R", 1), tx("t2", "B", "C", 1), tx("t3", "C", "A", 2)],
+                          received_at=[99.0, 98.5, 99.25])
+    replayed = graph.process([tx("z", "R", "S", 3), tx("t3", "C", "A", 2)], received_at=[99.75, 99.5], replay=True)
+    unknown = graph.process([tx("u1", "D", "E", 5), tx("u2", "E", "D", 6)])
+    assert [(a.tx_ids, a.latency_ms) for a in first.alerts] == [(("t1", "t2", "t3"), 750.0)]
+    assert [(a.tx_ids, a.latency_ms) for a in replayed.alerts] == [(("t1", "t2", "t3"), 500.0)]
+    assert [(a.tx_ids, a.latency_ms) for a in unknown.alerts] == [(("u1", "u2"), 0.0)]
+
+
 def test_max_rings_per_tx_caps_and_says_so_on_the_alert(make):
     stream = [tx(f"ab{i}", "A", f"B{i}", i) for i in range(4)] + [tx(f"ba{i}", f"B{i}", "Z", 10 + i) for i in range(4)]
     stream.append(tx("close", "Z", "A", 20))
@@ -216,6 +232,35 @@ def test_large_random_stream_in_shuffled_batches_against_the_oracle():
         expected = oracle(stream, options)
         assert raised == {i: r.accounts for i, r in expected.items()}
         assert len(raised) > 20
+
+
+def test_a_long_stream_with_eviction_and_compaction_raises_exactly_the_oracle_s_rings():
+    """Thousands of payments through a small window: lists drop their evicted heads, shift and move, and the
+    store compacts (renumbers every edge); arrival is shuffled within blocks (late payments),
+    eviction never reaches a payment a later one could still need. Each ring is raised once, as the oracle's."""
+    rng = random.Random(11)
+    stream, ts = [], 0
+    for i in range(3000):
+        ts += rng.choice([0, 1, 1, 3])
+        stream.append(tx(f"t{i:04d}", f"a{rng.randrange(30)}", f"a{rng.randrange(30)}", ts))
+    arrival = []
+    for start in range(0, len(stream), 40):
+        block = stream[start:start + 40]
+        rng.shuffle(block)
+        arrival += block
+    options = SearchOptions(max_hops=5, window_ms=40, max_rings_per_tx=None)
+    graph, raised, i = LocalRingGraph(options), [], 0
+    compactions = 0
+    while i < len(arrival):
+        size = rng.randrange(1, 60)
+        batch, i = arrival[i:i + size], i + size
+        raised += [(a.alert_id, a.tx_ids) for a in graph.process(batch).alerts]
+        if i < len(arrival):
+            compactions += graph.evict(min(t.ts for t in arrival[i:i + 40]) - options.window_ms) > 0
+    expected = oracle(stream, options)
+    assert len(raised) == len(set(raised))
+    assert sorted(raised) == sorted((k, r.tx_ids) for k, r in expected.items())
+    assert compactions >= 1 and len(expected) > 100
 
 
 def test_subgraph_exports_payments_with_amounts_and_times(make):

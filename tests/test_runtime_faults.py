@@ -326,3 +326,47 @@ def test_tasks_pushed_to_a_leased_worker_survive_its_death(cluster, tmp_path):
     runs = runs_logged(log)
     assert [i for i, _ in runs].count("0") == 2 and values[0][1] != int(first)
     assert all([i for i, _ in runs].count(str(k)) == 1 for k in range(1, 30))
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        for task in os.listdir(f"/proc/{current}/task"):
+            with open(f"/proc/{current}/task/{task}/children") as children:
+                stack.extend(int(child) for child in children.read().split())
+    return found
+
+
+@rt.remote(resources=SPARE, max_restarts=1)
+class Sink:
+    def __init__(self):
+        self.taken = 0
+
+    def take(self, payload: bytes) -> tuple[int, str]:
+        self.taken += 1
+        return self.taken, rt.current_node_id()
+
+
+def test_a_node_that_stops_answering_stalls_nothing(cluster):
+    """The node of an actor is frozen (SIGSTOP: a partition, as its peers see it) while the driver sends it
+    more bytes than its sockets hold. The driver keeps working meanwhile; once the node is declared dead,
+    the calls go to the actor restarted on the other node, in order."""
+    sink = Sink.remote()
+    _, victim = rt.get(sink.take.remote(b""), timeout=60)
+    frozen = process_tree(cluster.nodes[victim].process.pid)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        calls = [sink.take.remote(b"x" * 1_000_000) for _ in range(40)]  # 40 MB: far more than a socket buffers
+        assert rt.get(square.remote(6), timeout=60) == (36, ({"node-b", "node-c"} - {victim}).pop())
+
+        values = rt.get(calls, timeout=120)
+
+        assert values == [(i, ({"node-b", "node-c"} - {victim}).pop()) for i in range(1, 41)]
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGCONT)

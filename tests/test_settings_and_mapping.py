@@ -173,6 +173,22 @@ def test_a_schema_failure_is_a_dead_letter_reason_and_a_bad_mapping_is_named():
         FieldMapping({}, {"type": "no-such-type"})
 
 
+def test_the_amount_ceiling_is_a_setting_and_a_payment_above_it_is_a_dead_letter(tmp_path):
+    """`source.max_amount` reaches the records the engine's source makes (KafkaSource gets `field_mapping()`)."""
+    config = load_toml(tmp_path, '[source]\nmax_amount = "1000.00"\n')
+    mapping = config.field_mapping()
+    payment = {"tx_id": "t1", "src": "a", "dst": "b", "amount": "1000.00", "ts": 1_714_564_800_000}
+    assert record_from_json(("p", 0, 0), json.dumps(payment).encode(), mapping=mapping).ok
+    above = record_from_json(("p", 0, 1), json.dumps({**payment, "amount": "1000.01"}).encode(), mapping=mapping)
+    assert above.error == "invalid:amount: '1000.01' is above the ceiling 1000.00"
+    default = load_toml(tmp_path, "").field_mapping()  # 10^12 unless set
+    assert record_from_json(("p", 0, 2), json.dumps({**payment, "amount": "999999999999"}).encode(),
+                            mapping=default).ok
+    for bad in ("-5", "lots", "1e400", "1000000000000.01"):
+        with pytest.raises(ConfigError, match=r"source\.max_amount"):
+            load_toml(tmp_path, f'[source]\nmax_amount = "{bad}"\n').field_mapping()
+
+
 def test_csv_rows_go_through_the_configured_mapping(tmp_path):
     path = tmp_path / "bank-export.csv"
     path.write_text("Ref,Payer,Payee,EUR,Booked\nr1,a,b,10.00,2024-01-01T00:00:00Z\nr2,b,a,oops,2024-01-01T00:00:01Z\n")
