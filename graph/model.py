@@ -61,7 +61,7 @@ class Transaction(CompactPickle):
 
         Parse JSON with `parse_float=Decimal` (see `loads`) so amounts arrive exact.
         """
-        if not isinstance(record, Mapping):
+        if type(record) is not dict and not isinstance(record, Mapping):  # a decoded message is a dict: no ABC check
             raise InvalidTransactionError("message", f"expected a JSON object, got {type(record).__name__}")
         currency = record.get("currency")
         if currency is not None and not isinstance(currency, str):

@@ -12,7 +12,8 @@ cluster token; it never travels): the server sends a nonce, the client answers
 with an HMAC of it and its own nonce, the server answers that with an HMAC
 too. Only then is anything unpickled. With TLS configured the stream is
 wrapped in TLS, certificates checked against the cluster's CA both ways.
-Frames above `MAX_FRAME` close the channel.
+Frames above `MAX_FRAME` close the channel. Writes never block the sender
+(see `Channel`): a peer that stops reading stalls no one else.
 """
 
 from __future__ import annotations
@@ -68,18 +69,72 @@ class DirectSettings:
 
 
 class Channel:
-    """One authenticated stream of pickled messages; `send` is safe from several threads."""
+    """One authenticated stream of pickled messages, written without ever blocking the sender.
+
+    A peer that stops reading (frozen, partitioned) must not stall the thread
+    that sends to it: a node's dispatcher, or an actor's worker answering many
+    callers. So `send` (safe from several threads) pickles the message and
+    writes what the socket takes at once (`MSG_DONTWAIT`); the rest, and every
+    message sent while it waits, goes to an outbox that a writer thread,
+    started the first time it is needed, drains in order. With TLS every
+    message goes through the writer. `send` on a closed channel raises OSError;
+    a write that fails closes the channel, and its reader sees that.
+    """
 
     def __init__(self, sock: socket.socket, peer: str):
         self.peer = peer
         self._sock = sock
-        self._send_lock = threading.Lock()
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._outbox: deque[bytes | memoryview] = deque()  # frames (or their unsent tails) not written yet
+        self._writing = False  # the writer thread owns the socket's writes until the outbox is empty
+        self._writer: threading.Thread | None = None
+        self._closed = False
 
     def send(self, message: Any) -> None:
         frames = _frames(cloudpickle.dumps(message, protocol=5))
-        with self._send_lock:
-            for frame in frames:
-                self._sock.sendall(frame)
+        with self._lock:
+            if self._closed:
+                raise OSError(f"the channel to {self.peer} is closed")
+            if not self._writing and not self._tls:
+                frames = self._write_now(frames)
+            if frames:
+                self._outbox.extend(frames)
+                self._writing = True
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write, name="ringwatch-direct-writer", daemon=True)
+                    self._writer.start()
+                self._wake.notify()
+
+    def _write_now(self, frames: list[bytes | memoryview]) -> list[bytes | memoryview]:
+        """Write what the socket takes without waiting; return what is left, in order."""
+        for i, frame in enumerate(frames):
+            try:
+                sent = self._sock.send(frame, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return []  # the channel broke: its reader sees it
+            if sent < len(frame):
+                return [memoryview(frame)[sent:], *frames[i + 1:]]
+        return []
+
+    def _write(self) -> None:
+        while True:
+            with self._lock:
+                while not self._outbox and not self._closed:
+                    self._writing = False
+                    self._wake.wait()
+                if self._closed:
+                    return
+                frames, self._outbox = list(self._outbox), deque()
+            try:
+                for frame in frames:
+                    self._sock.sendall(frame)
+            except OSError:
+                self._shut()
+                return
 
     def recv(self) -> Any:
         (size,) = _HEADER.unpack(_read_exactly(self._sock, _HEADER.size))
@@ -87,11 +142,19 @@ class Channel:
             raise ConnectionError(f"a frame of {size} bytes from {self.peer} is over the {MAX_FRAME}-byte limit")
         return pickle.loads(_read_exactly(self._sock, size))
 
-    def close(self) -> None:
+    def _shut(self) -> None:
+        """Mark the channel closed and wake whatever thread reads or writes its socket."""
+        with self._lock:
+            self._closed = True
+            self._outbox.clear()
+            self._wake.notify()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def close(self) -> None:
+        self._shut()
         self._sock.close()
 
 
@@ -231,17 +294,7 @@ class DirectClients:
 
 
 class _ClientChannel:
-    """One channel being opened or open, written without ever blocking its sender.
-
-    `send` runs on a node's dispatcher thread, which must never wait on a peer:
-    a frozen or partitioned worker stops reading, its socket buffer fills, and a
-    blocking write would stall every other call of the node. So `send` pickles
-    the message and writes what the socket takes at once (`MSG_DONTWAIT`); the
-    rest, and everything sent while it waits, goes to an outbox that a writer
-    thread drains in order. Messages sent before the channel is up wait there
-    too. A reader thread takes the replies. Closing the channel (its node was
-    declared dead) wakes both threads; the loss is reported once.
-    """
+    """One channel being opened or open: messages queue until it is up; a reader thread takes the replies."""
 
     def __init__(self, address: str, key: bytes, tls: ssl.SSLContext | None, on_reply: Callable[[Any], None],
                  on_lost: Callable[["_ClientChannel", str, bool], None]):
@@ -251,39 +304,23 @@ class _ClientChannel:
         self._on_reply = on_reply
         self._on_lost = on_lost
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._outbox: deque[bytes | memoryview] = deque()  # frames (or their unsent tails) not written yet
-        self._writing = True  # the writer thread owns the socket's writes (until the channel is up: it opens it)
-        self._sock: socket.socket | None = None
+        self._waiting: list[Any] | None = []  # messages sent before the channel was up; None once up
+        self._channel: Channel | None = None
         self._closed = False
         threading.Thread(target=self._run, name="ringwatch-direct-client", daemon=True).start()
 
     def send(self, message: Any) -> None:
-        frames = _frames(cloudpickle.dumps(message, protocol=5))
         with self._lock:
-            if self._closed:
-                return  # the reader reports the loss
-            if not self._writing and self._tls is None:
-                frames = self._write_now(frames)
-            if frames:
-                self._outbox.extend(frames)
-                self._writing = True
-                self._wake.notify()
+            if self._waiting is not None:
+                self._waiting.append(message)
+                return
+            channel = self._channel
+        try:
+            channel.send(message)  # never blocks (see Channel)
+        except OSError:
+            pass  # the reader sees the break and reports the loss
 
-    def _write_now(self, frames: list[bytes | memoryview]) -> list[bytes | memoryview]:
-        """Write what the socket takes without waiting; return what is left, in order."""
-        for i, frame in enumerate(frames):
-            try:
-                sent = self._sock.send(frame, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                return []  # the channel broke: the reader sees it and reports the loss
-            if sent < len(frame):
-                return [memoryview(frame)[sent:], *frames[i + 1:]]
-        return []
-
-    def _open(self) -> socket.socket:
+    def _open(self) -> Channel:
         host, _, port = self.address.rpartition(":")
         sock = socket.create_connection((host, int(port)), timeout=HANDSHAKE_S)
         try:
@@ -295,12 +332,11 @@ class _ClientChannel:
         except BaseException:
             sock.close()
             raise
-        return sock
+        return Channel(sock, self.address)
 
     def _run(self) -> None:
-        """Open the channel, start its reader, then write the outbox whenever it has frames."""
         try:
-            sock = self._open()
+            channel = self._open()
         except (AuthError, ssl.SSLError) as exc:  # SSLError before OSError: it is one
             self._on_lost(self, f"{self.address} refused a direct channel: {exc}", True)
             return
@@ -308,29 +344,15 @@ class _ClientChannel:
             self._on_lost(self, f"cannot open a direct channel to {self.address}: {exc}", False)
             return
         with self._lock:
-            self._sock = sock
-            if self._closed:
-                _shut(sock)
-        threading.Thread(target=self._read, args=(Channel(sock, self.address),), daemon=True,
-                         name="ringwatch-direct-client-reader").start()
-        while True:
-            with self._lock:
-                while not self._outbox and not self._closed:
-                    self._writing = False
-                    self._wake.wait()
-                if self._closed:
-                    return
-                frames, self._outbox = list(self._outbox), deque()
+            self._channel = channel
+            waiting, self._waiting = self._waiting, None
             try:
-                for frame in frames:
-                    sock.sendall(frame)
+                for message in waiting:
+                    channel.send(message)
             except OSError:
-                with self._lock:
-                    self._closed = True
-                _shut(sock)  # the reader sees it and reports the loss
-                return
-
-    def _read(self, channel: Channel) -> None:
+                pass
+            if self._closed:
+                channel.close()
         reason = "closed"
         try:
             while True:
@@ -338,34 +360,21 @@ class _ClientChannel:
         except (OSError, EOFError, ConnectionError) as exc:
             reason = str(exc) or type(exc).__name__
         finally:
-            with self._lock:
-                self._closed = True
-                self._outbox.clear()
-                self._wake.notify()
             channel.close()
             self._on_lost(self, f"the direct channel to {self.address} broke ({reason})", False)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._wake.notify()
-            sock = self._sock
-        if sock is not None:
-            _shut(sock)
+            channel = self._channel
+        if channel is not None:
+            channel.close()
 
 
 def _frames(data: bytes) -> list[bytes | memoryview]:
     """A message's frame: its length, then its bytes (a large one is not copied behind its header)."""
     header = _HEADER.pack(len(data))
     return [header + data] if len(data) < 65536 else [header, data]
-
-
-def _shut(sock: socket.socket) -> None:
-    """Wake whatever thread reads or writes `sock`: they see the channel closed."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def direct_tls(files: list[str] | None) -> tuple[ssl.SSLContext, ssl.SSLContext] | None:
