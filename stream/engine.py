@@ -620,9 +620,13 @@ class Engine:
                        _show(targets))
 
     def on_revoke(self, partitions: list[Partition]) -> None:
-        """Before partitions go: finish the open batch and checkpoint, so the next owner starts where we stop."""
+        """Before partitions go: finish the open batch and checkpoint, so the next owner starts where we stop.
+
+        A revoke of nothing this engine owns (the first join of a group) needs no checkpoint.
+        """
         with self._lock:
-            self._checkpoint("rebalance")
+            if self._owned.intersection(partitions):
+                self._checkpoint("rebalance")
             self._owned.difference_update(partitions)
             self._clock.revoke(partitions)
         logger.info("partitions revoked %s", partitions)
