@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="runtimes of the actor runs, side by side: ringwatch (its own), ray (started locally)")
     parser.add_argument("--actor-budget", type=float, default=300.0, help="seconds an actor run may take")
     parser.add_argument("--latency-tx", type=int, default=50_000, help="payments timed one at a time")
+    parser.add_argument("--shuffle-block", type=int, default=2_000,
+                        help="also run in process with arrival shuffled within blocks of this many payments (late "
+                             "payments, as from several partitions); 0: skip")
     parser.add_argument("--budget", type=float, default=600.0,
                         help="seconds an in-process run may take (dense mode is output-bound); figures cover what it did")
     parser.add_argument("--baseline-tx", type=int, default=20_000)
@@ -103,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{wall[1]:>8.3f} {wall[2]:>9.3f}")
         print(f"{'    same, CPU time':<24} {'':>9} {'':>10} {'':>9} {'':>9} {cpu[0]:>8.3f} "
               f"{cpu[1]:>8.3f} {cpu[2]:>9.3f}   (load average {_load()})")
+        if args.shuffle_block:
+            shuffled = run_local(shuffle_within(table.slice(0, local["done"]), args.shuffle_block, args.seed),
+                                 options, args.batch_size, args.budget, lateness=args.shuffle_block)
+            _row(f"  shuffled by {args.shuffle_block:,}", shuffled, stream)
+            same = "same" if set(shuffled["ids"]) == set(local["ids"]) else "DIFFERENT"
+            print(f"{'':<24} ({same} alert ids as in order; {local['cpu_s'] / shuffled['cpu_s']:.2f}x the in-order "
+                  f"payments per CPU-second)")
         for shards in [int(s) for s in args.actor_shards.split(",") if s]:
             for backend in args.backends.split(","):
                 actors = run_actors(table, options, shards, args.actor_batch_size, args.actor_budget, backend)
@@ -137,9 +147,21 @@ def _row(name: str, result: dict, stream: SyntheticStream) -> None:
               f"{result['done'] / result['cpu_s']:,.0f} payments per CPU-second; load average {_load()})")
 
 
-def run_local(table: pa.Table, options: SearchOptions, batch_size: int, budget: float = float("inf")) -> dict:
+def shuffle_within(table: pa.Table, block: int, seed: int) -> pa.Table:
+    """The payments with arrival order shuffled within consecutive blocks (each block's late payments)."""
+    rng = np.random.default_rng(seed)
+    n = table.num_rows
+    order = np.concatenate([rng.permutation(np.arange(s, min(s + block, n))) for s in range(0, n, block)] or [[]])
+    return table.take(pa.array(order.astype(np.int64)))
+
+
+def run_local(table: pa.Table, options: SearchOptions, batch_size: int, budget: float = float("inf"),
+              lateness: int = 0) -> dict:
+    """In process, batch by batch, evicting behind the newest payment (behind the oldest of the next `lateness`
+    arrivals when arrival is shuffled, so no payment arrives below the horizon)."""
     graph = LocalRingGraph(options)
     window = options.window_ms
+    ts = table.column("ts").to_numpy()
     times, alerts, peak, done = [], {}, (0, 1, 0), 0
     started, cpu_started = time.perf_counter(), time.process_time()
     for start in range(0, table.num_rows, batch_size):
@@ -148,8 +170,8 @@ def run_local(table: pa.Table, options: SearchOptions, batch_size: int, budget: 
         batch = table.slice(start, batch_size)
         t0 = time.perf_counter()
         result = graph.process(batch)
-        newest = batch.column("ts")[-1].as_py()
-        graph.evict(newest - window)
+        end = start + batch.num_rows
+        graph.evict(int(ts[end - 1] if not lateness else ts[end:end + lateness].min(initial=ts[end - 1])) - window)
         times.append((time.perf_counter() - t0, batch.num_rows))
         done += batch.num_rows
         alerts.update((a.alert_id, (a.trigger_tx_id, a.accounts)) for a in result.alerts)

@@ -943,7 +943,7 @@ def _labels(d, root, root_label, depth, lab, slot, touched, front, nxt, o_lab, o
 
 @njit(cache=True)
 def late_candidates(late, in_batch, window, max_hops, strict, min_amt, horizon, e_hot, e_amt, tx_buf, tx_off,
-                    a_seg, p_eid, n_accounts, slot_f, slot_b):
+                    a_seg, p_eid, n_accounts, slot_f, slot_b, max_unfiltered):
     """Older triggers whose rings may run through a late edge: a superset, to be searched exactly.
 
     For a late payment p (x -> y at ts), a ring of an older trigger T = a -> b
@@ -952,6 +952,11 @@ def late_candidates(late, in_batch, window, max_hops, strict, min_amt, horizon, 
     T not in this batch (in_batch[T] false: the batch's own payments are
     searched as triggers), after p in (ts, tx_id) order and at most a window
     after it. Hubs are not skipped here: the exact search applies the guard.
+
+    The forward side runs first: it only sees payments after p, few when p is
+    a little late. When it finds at most `max_unfiltered` triggers they are
+    all returned (the exact search of each is cheap); only more are filtered
+    by backward labels from x, which span the whole window behind p.
     """
     L = max_hops - 1
     H = max_hops
@@ -961,6 +966,7 @@ def late_candidates(late, in_batch, window, max_hops, strict, min_amt, horizon, 
     front, nxt = np.empty(rows, np.int64), np.empty(rows, np.int64)
     no_hubs = np.zeros((0, 2), np.bool_)
     out = np.empty(16, np.int64)
+    found = np.empty(32, np.int64)  # (trigger, backward hops left) pairs of one late payment
     n_out = 0
     pi = 0
     while pi < late.shape[0]:
@@ -974,6 +980,42 @@ def late_candidates(late, in_batch, window, max_hops, strict, min_amt, horizon, 
         done_f, nt_f = _labels(0, y, ts_p, L - 1, lab_f, slot_f, touched_f, front, nxt, lab_b, slot_b,
                                ts_p if strict else lo, hi, strict, a_seg, no_hubs, p_eid, e_hot, e_amt, tx_buf,
                                tx_off, p, hi, min_amt, horizon)
+        n_found = 0
+        if nt_f >= 0:
+            # the triggers out of forward-reached accounts, each with the backward hops it leaves
+            for s in range(nt_f):
+                a = touched_f[s]
+                fd = -1  # fewest hops that reach a (labels only improve with depth)
+                for k in range(done_f + 1):
+                    if lab_f[s, k] != INF:
+                        fd = k
+                        break
+                if fd < 0 or a == x or L - 1 - fd < 0:
+                    continue
+                arrival = lab_f[s, done_f]
+                base = np.int64(a_seg[a, 0, SEG_START])
+                first, stop = base + a_seg[a, 0, SEG_HEAD], base + a_seg[a, 0, SEG_LEN]
+                for j in range(_first_at(p_eid, e_hot, first, stop, max(arrival if strict else ts_p, horizon)), stop):
+                    t = p_eid[j]
+                    r = e_hot[t]
+                    if r.ts > hi:
+                        break
+                    if in_batch[t] or (min_amt > 0 and e_amt[t] < min_amt) or r.dst == a:
+                        continue
+                    if r.ts == ts_p and not tx_less(tx_buf, tx_off, p, t):
+                        continue
+                    found = _grow(found, 2 * (n_found + 1))
+                    found[2 * n_found] = t
+                    found[2 * n_found + 1] = L - 1 - fd
+                    n_found += 1
+        _release(slot_f, touched_f, max(nt_f, 0))
+        if nt_f >= 0 and n_found <= max_unfiltered:
+            out = _grow(out, n_out + n_found)
+            for i in range(n_found):
+                out[n_out + i] = found[2 * i]
+            n_out += n_found
+            pi += 1
+            continue
         done_b, nt_b = 0, 0
         if nt_f >= 0:
             done_b, nt_b = _labels(1, x, ts_p, L - 1, lab_b, slot_b, touched_b, front, nxt, lab_f, slot_f, lo,
@@ -981,54 +1023,27 @@ def late_candidates(late, in_batch, window, max_hops, strict, min_amt, horizon, 
                                    tx_off, p, ts_p, min_amt, horizon)
         if nt_f < 0 or nt_b < 0:
             # out of label rows: release what this payment touched, double the rows and look again
-            _release(slot_f, touched_f, lab_f.shape[0] if nt_f < 0 else nt_f)
-            if nt_f >= 0:
+            if nt_f < 0:
+                _release(slot_f, touched_f, lab_f.shape[0])
+            else:
                 _release(slot_b, touched_b, lab_b.shape[0])
             rows = min(2 * lab_f.shape[0], n_accounts + 1)
             lab_f, lab_b = np.empty((rows, H), np.int64), np.empty((rows, H), np.int64)
             touched_f, touched_b = np.empty(rows, np.int64), np.empty(rows, np.int64)
             front, nxt = np.empty(rows, np.int64), np.empty(rows, np.int64)
             continue
-        for s in range(nt_f):
-            a = touched_f[s]
-            # fewest hops that reach a (labels only improve with depth)
-            fd = -1
-            for k in range(done_f + 1):
-                if lab_f[s, k] != INF:
-                    fd = k
-                    break
-            if fd < 0 or a == x:
+        for i in range(n_found):
+            t = found[2 * i]
+            sb = slot_b[e_hot[t].dst]
+            if sb < 0:
                 continue
-            budget = L - 1 - fd
-            if budget < 0:
+            budget = found[2 * i + 1]
+            reach = lab_b[sb, budget if budget < done_b else done_b]
+            if reach == NEG or (strict and reach < e_hot[t].ts - window):
                 continue
-            kb = budget if budget < done_b else done_b
-            arrival = lab_f[s, done_f]
-            base = np.int64(a_seg[a, 0, SEG_START])
-            first, stop = base + a_seg[a, 0, SEG_HEAD], base + a_seg[a, 0, SEG_LEN]
-            for j in range(_first_at(p_eid, e_hot, first, stop, max(arrival if strict else ts_p, horizon)), stop):
-                t = p_eid[j]
-                r = e_hot[t]
-                ts = r.ts
-                if ts > hi:
-                    break
-                if in_batch[t] or (min_amt > 0 and e_amt[t] < min_amt):
-                    continue
-                if ts == ts_p and not tx_less(tx_buf, tx_off, p, t):
-                    continue
-                b = r.dst
-                if b == a:
-                    continue
-                sb = slot_b[b]
-                if sb < 0:
-                    continue
-                reach = lab_b[sb, kb]
-                if reach == NEG or (strict and reach < ts - window):
-                    continue
-                out = _grow(out, n_out + 1)
-                out[n_out] = t
-                n_out += 1
-        _release(slot_f, touched_f, nt_f)
+            out = _grow(out, n_out + 1)
+            out[n_out] = t
+            n_out += 1
         _release(slot_b, touched_b, nt_b)
         pi += 1
     return out[:n_out].copy()

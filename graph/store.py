@@ -39,6 +39,7 @@ _EDGE_ARRAYS = ("e_hot", "e_amt", "e_cur")
 MAX_CURRENCIES = 32_000  # codes are int16; more distinct values are not currencies
 _NO_BITMAP = np.zeros(0, np.uint8)
 _NO_HUBS = np.zeros((0, 2), np.bool_)  # the search's a_hub when no list is marked
+LATE_UNFILTERED = 64  # a late payment reaching at most this many later triggers has them all searched exactly
 
 
 class StoreLimitError(ValueError):
@@ -140,6 +141,7 @@ class EdgeStore:
         self.p_eid = np.empty(8192, np.int32)
         self.pool_used = 0
         self.work = np.zeros(6, np.int64)  # search counters, see kernel.search
+        self.late_unfiltered = LATE_UNFILTERED  # see kernel.late_candidates
 
     # ---- memory --------------------------------------------------------------------------------------
 
@@ -415,7 +417,7 @@ class EdgeStore:
         found = kernel.late_candidates(
             np.asarray(late, np.int64), in_batch, o.window_ms, o.max_hops, o.order == "strict", o.min_amount_units,
             self.horizon, self.e_hot, self.e_amt, self.tx_buf, self.tx_off, self.a_seg, self.p_eid,
-            self.accounts.count, self.slot_f, self.slot_b)
+            self.accounts.count, self.slot_f, self.slot_b, self.late_unfiltered)
         return np.unique(found)
 
 

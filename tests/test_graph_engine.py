@@ -234,10 +234,12 @@ def test_large_random_stream_in_shuffled_batches_against_the_oracle():
         assert len(raised) > 20
 
 
-def test_a_long_stream_with_eviction_and_compaction_raises_exactly_the_oracle_s_rings():
+@pytest.mark.parametrize("late_unfiltered", [0, 64])
+def test_a_long_stream_with_eviction_and_compaction_raises_exactly_the_oracle_s_rings(late_unfiltered):
     """Thousands of payments through a small window: lists drop their evicted heads, shift and move, and the
     store compacts (renumbers every edge); arrival is shuffled within blocks (late payments),
-    eviction never reaches a payment a later one could still need. Each ring is raised once, as the oracle's."""
+    eviction never reaches a payment a later one could still need. Each ring is raised once, as the oracle's.
+    Late payments' candidate triggers: always filtered by backward labels (0), or only beyond 64 (default)."""
     rng = random.Random(11)
     stream, ts = [], 0
     for i in range(3000):
@@ -250,6 +252,7 @@ def test_a_long_stream_with_eviction_and_compaction_raises_exactly_the_oracle_s_
         arrival += block
     options = SearchOptions(max_hops=5, window_ms=40, max_rings_per_tx=None)
     graph, raised, i = LocalRingGraph(options), [], 0
+    graph.store.late_unfiltered = late_unfiltered
     compactions = 0
     while i < len(arrival):
         size = rng.randrange(1, 60)
