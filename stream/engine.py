@@ -395,20 +395,25 @@ class Engine:
             self._clock.accept(record.partition, record.transaction.ts)
             accepted.append(record)
             arrived.append(at)
-        self._count(records)
+        fresh = self._fresh(records)  # before a rewind marks them seen
         positions = next_positions(records)
-        if accepted and not self._apply(accepted, arrived):
+        applied = not accepted or self._apply(accepted, arrived)
+        self._count(fresh)  # after the batch's alerts are counted: `transactions` never runs ahead of them
+        if not applied:
             self._rewind(seen=positions)
             return
         for partition, offset in positions.items():
             self._covered[partition] = max(self._covered.get(partition, 0), offset)
         self._advance_time()
 
-    def _count(self, records: list[SourceRecord]) -> None:
-        fresh = len(records)
-        if self._warm_until or self._replay_until:  # only after a rebalance or a rewind
-            fresh = sum(1 for r in records if not self._seen_before(r))
-            self.warmed += sum(1 for r in records if self._is_warm_up(r))
+    def _fresh(self, records: list[SourceRecord]) -> int:
+        """How many of `records` were not consumed before (by another owner, or before a rewind)."""
+        if not (self._warm_until or self._replay_until):  # only after a rebalance or a rewind
+            return len(records)
+        self.warmed += sum(1 for r in records if self._is_warm_up(r))
+        return sum(1 for r in records if not self._seen_before(r))
+
+    def _count(self, fresh: int) -> None:
         self.transactions += fresh
         self.batches += 1
         self.metrics.transactions.inc(fresh)
