@@ -132,7 +132,6 @@ class Engine:
         self.query_address: str | None = None
         self.started_at = time.time()
         self.batches = 0
-        self.lag: dict[Partition, int] = {}
         self._recent = deque(maxlen=LATENCY_SAMPLE)
         self.history: AlertHistory | None = None  # opened with the sinks; the query service reads it
         self._recent_lock = threading.Lock()
@@ -314,6 +313,8 @@ class Engine:
                            ["reason"], lambda: {(reason,): n for reason, n in self.dead_lettered.items()})
         self.metrics.watch("ringwatch_alerts", "Alerts by sink and outcome", ["sink", "outcome"],
                            self._sink_outcomes)
+        if isinstance(self._sinks.get("webhook"), WebhookSink):
+            self.metrics.watch_outbox("webhook", self._sinks["webhook"])
 
     def _sink_outcomes(self) -> dict[tuple[str, str], float]:
         delivery = self._delivery
@@ -576,7 +577,6 @@ class Engine:
         elapsed = time.monotonic() - job.started
         self.metrics.checkpoint_duration.observe(elapsed)
         self.metrics.checkpoints.inc()
-        self.lag = self._source.lag()
         logger.info("checkpoint epoch=%d reason=%s transactions=%d duration_ms=%.1f low_watermark=%s positions=%s",
                     checkpoint.epoch, job.reason, job.progress.transactions, elapsed * 1000,
                     job.progress.low_watermark, _show(positions))
@@ -705,7 +705,7 @@ class Engine:
         return marks
 
     def partition_lag(self) -> dict[Partition, int]:
-        return dict(self.lag)
+        return self._source.lag() if self._source is not None else {}
 
     def health(self) -> Health:
         status = "failed" if self._failed else "ok" if self.ready.is_set() else "starting"
@@ -726,7 +726,7 @@ class Engine:
             average_tx_s=round(self.transactions / uptime, 1) if uptime > 0 else 0.0,
             latency_ms={name: percentile(latencies, q) for name, q in
                         (("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))} if latencies else {},
-            lag={f"{topic}[{partition}]": lag for (topic, partition), lag in sorted(self.lag.items())},
+            lag={f"{topic}[{partition}]": lag for (topic, partition), lag in sorted(self.partition_lag().items())},
             shards=self._graph.num_shards if self._graph is not None else self.config.graph.shards,
             edges_stored=shards.edge_count() if shards is not None else 0,
             checkpoint_id=checkpoint.epoch if checkpoint else None,
