@@ -618,7 +618,8 @@ def _release(slot, touched, nt):
 
 
 @njit(cache=True)
-def _grow(arr, need):
+def grown(arr, need):
+    """`arr` if it has room for `need` items, else a copy at least twice as long with its items first."""
     if need <= arr.shape[0]:
         return arr
     out = np.empty(max(need, 2 * arr.shape[0]), arr.dtype)
@@ -809,9 +810,9 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                             on_path[f_slot[k]] = False
                     break
                 found_here += 1
-                ring_trigger = _grow(ring_trigger, n_rings + 1)
-                ring_off = _grow(ring_off, n_rings + 2)
-                ring_edges = _grow(ring_edges, ring_off[n_rings] + depth + 1)
+                ring_trigger = grown(ring_trigger, n_rings + 1)
+                ring_off = grown(ring_off, n_rings + 2)
+                ring_edges = grown(ring_edges, ring_off[n_rings] + depth + 1)
                 base = ring_off[n_rings]
                 for k in range(depth + 1):
                     ring_edges[base + k] = f_edge[k]
@@ -909,7 +910,7 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
         if flow and prev >= 0 and not _flow_ok(e_amt[prev], e_amt[e], min_ratio, max_ratio):
             continue
         seen[sy] = stamp
-        kids = _grow(kids, n_kids + 1)
+        kids = grown(kids, n_kids + 1)
         kids[n_kids] = e
         n_kids += 1
     return n_kids, kids
@@ -1004,13 +1005,13 @@ def late_candidates(late, in_batch, window, max_hops, strict, min_amt, horizon, 
                         continue
                     if r.ts == ts_p and not tx_less(tx_buf, tx_off, p, t):
                         continue
-                    found = _grow(found, 2 * (n_found + 1))
+                    found = grown(found, 2 * (n_found + 1))
                     found[2 * n_found] = t
                     found[2 * n_found + 1] = L - 1 - fd
                     n_found += 1
         _release(slot_f, touched_f, max(nt_f, 0))
         if nt_f >= 0 and n_found <= max_unfiltered:
-            out = _grow(out, n_out + n_found)
+            out = grown(out, n_out + n_found)
             for i in range(n_found):
                 out[n_out + i] = found[2 * i]
             n_out += n_found
@@ -1041,7 +1042,7 @@ def late_candidates(late, in_batch, window, max_hops, strict, min_amt, horizon, 
             reach = lab_b[sb, budget if budget < done_b else done_b]
             if reach == NEG or (strict and reach < e_hot[t].ts - window):
                 continue
-            out = _grow(out, n_out + 1)
+            out = grown(out, n_out + 1)
             out[n_out] = t
             n_out += 1
         _release(slot_b, touched_b, nt_b)

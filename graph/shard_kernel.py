@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .kernel import DUPLICATE, EMPTY, NEW, SEG_HEAD, SEG_LEN, _grow, fnv1a, list_range, live_len
+from .kernel import DUPLICATE, EMPTY, NEW, SEG_HEAD, SEG_LEN, fnv1a, grown, list_range, live_len
 
 GUARD_TAG = 4
 COLLECT_TAG = 2
@@ -219,7 +219,7 @@ def expand(job, tag, gid, label, bound, strict, min_amt, max_degree, me, g_tab, 
         x = owned_account(g_tab, gid_of, gid[i])
         while x >= 0:
             if guard and live_len(a_seg, p_eid, e_hot, x, d, horizon) > max_degree:
-                hubs = _grow(hubs, n_hubs + 1)
+                hubs = grown(hubs, n_hubs + 1)
                 hubs[n_hubs] = job[i] * 2 + d
                 n_hubs += 1
                 x = g_next[x]
@@ -235,7 +235,7 @@ def expand(job, tag, gid, label, bound, strict, min_amt, max_degree, me, g_tab, 
                 if e_amt[e] < min_amt:
                     continue
                 if collect:
-                    edges = _grow(edges, n_edges + 1)
+                    edges = grown(edges, n_edges + 1)
                     edges[n_edges] = e
                     n_edges += 1
                 y = r.dst if d == 0 else r.src
@@ -319,8 +319,8 @@ def late_scan(job, gid, start, stop, fd, strict, window, max_hops, min_amt, join
                     continue
                 if strict and join_val[slot] < ts - window:
                     continue
-                out_job = _grow(out_job, n_out + 1)
-                out_edge = _grow(out_edge, n_out + 1)
+                out_job = grown(out_job, n_out + 1)
+                out_edge = grown(out_edge, n_out + 1)
                 out_job[n_out] = job[i]
                 out_edge[n_out] = t
                 n_out += 1
