@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import redis
+
 from .auth import ClusterKeys, query_token_for
 from .cluster import HEARTBEAT_S, HEARTBEAT_TIMEOUT_S, ClusterNode
 from .errors import TlsConfigError, TokenMissingError
@@ -96,15 +98,26 @@ def start_node(args: argparse.Namespace) -> int:
     except (TokenMissingError, TlsConfigError, OSError) as exc:
         print(f"ringwatch node start: {exc}", file=sys.stderr)
         return 2
-    node = ClusterNode(args.address, token=token, host=args.host, port=args.port, num_workers=args.workers,
-                       resources=args.resources, namespace=args.namespace, node_id=args.node_id,
-                       heartbeat_s=args.heartbeat_interval, heartbeat_timeout_s=args.heartbeat_timeout, tls=tls)
+    try:
+        node = ClusterNode(args.address, token=token, host=args.host, port=args.port, num_workers=args.workers,
+                           resources=args.resources, namespace=args.namespace, node_id=args.node_id,
+                           heartbeat_s=args.heartbeat_interval, heartbeat_timeout_s=args.heartbeat_timeout, tls=tls)
+    except (OSError, redis.RedisError) as exc:
+        print(f"ringwatch node start: {_unreachable(args.address, exc)}", file=sys.stderr)
+        return 1
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: node.stop())
     print(json.dumps({"node_id": node.node_id, "address": node.address}), flush=True)
     node.wait()
     node.stop()
     return 0
+
+
+def _unreachable(address: str, exc: BaseException) -> str:
+    """One line for a failure to reach the GCS (a Redis error) or to listen (an OSError)."""
+    if isinstance(exc, redis.RedisError):
+        return f"cannot reach the GCS at {address}: {exc}"
+    return str(exc)
 
 
 class StatusSection(Protocol):
@@ -139,15 +152,20 @@ def show_status(args: argparse.Namespace, sections: Sequence[StatusSection] = ()
     except (TokenMissingError, OSError) as exc:
         print(f"ringwatch status: {exc}", file=sys.stderr)
         return 2
-    gcs = RedisGcs(args.address, args.namespace, keys=ClusterKeys.from_token(token))
+    gcs: RedisGcs | None = None
     try:
+        gcs = RedisGcs(args.address, args.namespace, keys=ClusterKeys.from_token(token))
         nodes = gcs.nodes(HEARTBEAT_TIMEOUT_S)
         now = time.time()
         actors = [{**a, "checkpoint_age_s": now - a["checkpoint_at"] if a.get("checkpoint_at") else None}
                   for a in gcs.actors()]
         extra = {section.name: section.collect(gcs) for section in sections}
+    except redis.RedisError as exc:
+        print(f"ringwatch status: {_unreachable(args.address, exc)}", file=sys.stderr)
+        return 1
     finally:
-        gcs.close()
+        if gcs is not None:
+            gcs.close()
     if args.json:
         print(json.dumps({"nodes": nodes, "actors": actors, **extra}, indent=2))
         return 0

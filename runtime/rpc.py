@@ -95,10 +95,13 @@ class SignedServer:
                                    options=_OPTIONS)
         self._server.add_generic_rpc_handlers((_Handler(self),))
         target = f"{host}:{port}"
-        self.port = (self._server.add_secure_port(target, tls.server_credentials()) if tls
-                     else self._server.add_insecure_port(target))
+        try:  # grpc returns port 0 (older versions) or raises RuntimeError when it cannot bind
+            self.port = (self._server.add_secure_port(target, tls.server_credentials()) if tls
+                         else self._server.add_insecure_port(target))
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {target}")
+            raise OSError(f"cannot listen on {target} (port in use or address not on this machine)")
         self.address = f"{host}:{self.port}"
         # Calls are signed for the address the server advertises, unless it names itself otherwise.
         self._verifier = CallVerifier(key, audience or self.address)

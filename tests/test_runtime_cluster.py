@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -238,3 +239,29 @@ def test_direct_actor_calls_keep_each_callers_order(cluster):
     assert node == "node-gpu"
     for caller in ("driver", "task-0", "task-1"):
         assert [i for c, i in entries if c == caller] == list(range(100))
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ringwatch.stream.cli", *argv], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "RINGWATCH_TOKEN": TOKEN})
+
+
+def test_a_node_whose_port_is_taken_says_so_in_one_line(redis_url):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli("node", "start", "--address", redis_url, "--port", str(port), "--workers", "1")
+    assert done.returncode == 1
+    assert f"ringwatch node start: cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_gcs_nobody_serves_is_one_line_naming_it():
+    with socket.socket() as closed:  # a port with nothing listening on it
+        closed.bind(("127.0.0.1", 0))
+        address = f"redis://127.0.0.1:{closed.getsockname()[1]}"
+    for argv in (("status", "--address", address), ("node", "start", "--address", address, "--workers", "1")):
+        done = run_cli(*argv)
+        assert done.returncode == 1, done.stderr
+        assert f"cannot reach the GCS at {address}" in done.stderr and "Traceback" not in done.stderr
