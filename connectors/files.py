@@ -87,6 +87,8 @@ class FileSource(SequentialSource):
         self.path = Path(path)
         self.mapping = mapping
         super().__init__((str(self.path), 0), start, listener, rate)
+        if self.path.is_dir():
+            raise UnsupportedFileError(f"{self.path}: a directory, not a file of payments")
         if not self.path.is_file():
             raise UnsupportedFileError(f"{self.path}: no such file")
         suffix = self.path.suffix.lower()

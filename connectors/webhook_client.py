@@ -70,6 +70,8 @@ def check_url(url: str) -> str:
         parts.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError as exc:
         raise InvalidWebhookConfigError(f"webhook url: {exc} in {url!r}") from None
+    if any(c.isspace() for c in url):
+        raise InvalidWebhookConfigError(f"webhook url: contains whitespace (percent-encode it) in {url!r}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidWebhookConfigError(f"webhook url: expected http(s)://host[:port]/path, got {url!r}")
     return url

@@ -121,3 +121,5 @@ def test_unknown_suffix_and_missing_file_are_refused_with_the_path(tmp_path):
         FileSource(tmp_path / "payments.xlsx")
     with pytest.raises(UnsupportedFileError, match="no such file"):
         FileSource(tmp_path / "absent.csv")
+    with pytest.raises(UnsupportedFileError, match="a directory, not a file"):
+        FileSource(tmp_path)

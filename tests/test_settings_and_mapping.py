@@ -91,6 +91,7 @@ def test_a_secret_given_twice_or_an_unreadable_secret_file_is_named(tmp_path):
     ("http://[::1/x", "Invalid IPv6 URL"),
     ("http://127.0.0.1:99999/x", "Port out of range"),
     ("ftp://host/x", "expected http(s)"),
+    ("https://fraud.example.com/ring watch", "contains whitespace"),
 ])
 def test_a_broken_webhook_url_names_the_setting(url, problem):
     with pytest.raises(ConfigError, match=r"^sinks\.webhook_url: ") as caught:
