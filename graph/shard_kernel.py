@@ -60,31 +60,31 @@ def gid_of_bytes(buf, start, stop, mask, owner):
 
 
 @njit(cache=True)
-def map_find(k1s, k2s, k1, k2):
-    """Slot of the key, or -1. `k2s[slot] == -1` marks an empty slot."""
+def map_probe(k1s, k2s, k1, k2):
+    """The slot holding the key, else the empty slot where it would go. `k2s[slot] == -1` marks an empty slot."""
     mask = np.uint64(k2s.shape[0] - 1)
     slot = mix(k1, k2) & mask
-    while True:
-        if k2s[slot] == -1:
-            return -1
-        if k2s[slot] == k2 and k1s[slot] == k1:
-            return np.int64(slot)
+    while k2s[slot] != -1 and not (k2s[slot] == k2 and k1s[slot] == k1):
         slot = (slot + np.uint64(1)) & mask
+    return np.int64(slot)
+
+
+@njit(cache=True)
+def map_find(k1s, k2s, k1, k2):
+    """Slot of the key, or -1."""
+    slot = map_probe(k1s, k2s, k1, k2)
+    return slot if k2s[slot] != -1 else np.int64(-1)
 
 
 @njit(cache=True)
 def map_slot(k1s, k2s, k1, k2):
     """Slot of the key, claiming an empty one if absent: (slot, is_new). The caller keeps the load under 1/2."""
-    mask = np.uint64(k2s.shape[0] - 1)
-    slot = mix(k1, k2) & mask
-    while True:
-        if k2s[slot] == -1:
-            k1s[slot] = k1
-            k2s[slot] = k2
-            return np.int64(slot), True
-        if k2s[slot] == k2 and k1s[slot] == k1:
-            return np.int64(slot), False
-        slot = (slot + np.uint64(1)) & mask
+    slot = map_probe(k1s, k2s, k1, k2)
+    if k2s[slot] != -1:
+        return slot, False
+    k1s[slot] = k1
+    k2s[slot] = k2
+    return slot, True
 
 
 def new_map(capacity: int) -> tuple[np.ndarray, np.ndarray]:
