@@ -76,6 +76,9 @@ class _InProcessLink:
     def post(self, method: str, args: tuple) -> None:
         self.node.post(method, args)
 
+    def post_later(self, method: str, args: tuple) -> None:
+        self.node.post_later(method, args)
+
     def call(self, method: str, *args: Any) -> Any:
         return self.node.call(method, *args)
 
@@ -132,9 +135,10 @@ def attach_worker_link(link: NodeLink, info: dict) -> None:
     _runtime = _Runtime(link, "default", info=info)
 
 
-def _listen_for_refs(link: NodeLink) -> None:
+def _listen_for_refs(link: _InProcessLink) -> None:
+    """A ref's first hold goes at once (before the submit that may use it); its release goes with the next request."""
     set_ref_listeners(lambda object_id: link.post("hold", (object_id,)),
-                      lambda object_id: link.post("release", (object_id,)))
+                      lambda object_id: link.post_later("release", (object_id,)))
 
 
 def is_initialized() -> bool:

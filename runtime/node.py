@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 Reply = Callable[[bool, Any], None]
 
+IDLE_WAIT_S = 1.0  # the longest the dispatcher waits for news: requests posted with `post_later` wait at most this
+
 
 def _ignore(ok: bool, value: Any) -> None:
     return None
@@ -69,6 +71,7 @@ class Node:
         self._selector = selectors.DefaultSelector()  # the wake-up pipe and every worker's pipe
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._watched: dict[int, Worker] = {}
+        self._writing: set[int] = set()  # watched worker pipes with messages their socket has not taken yet
         self._watched_version = -1
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_order = itertools.count()
@@ -122,18 +125,29 @@ class Node:
             except (BlockingIOError, OSError):
                 pass
 
+    def post_later(self, method: str, args: tuple) -> None:
+        """A request that can wait for the dispatcher's next turn: queued in order, without waking it.
+
+        For what nobody waits on (a driver's ref released): it costs no wake-up of
+        its own, and runs before anything posted after it, at the latest when the
+        dispatcher's idle wait ends (`IDLE_WAIT_S`).
+        """
+        self._events.append((method, args, None))
+
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """Post a request and wait for its answer (for threads other than the dispatcher)."""
-        done = threading.Event()
+        done = threading.Lock()  # released by the answer: cheaper than an Event on this hot path
+        done.acquire()
         box: list = []
 
         def reply(ok: bool, value: Any) -> None:
-            box.append((ok, value))
-            done.set()
+            if not box:
+                box.append((ok, value))
+                done.release()
 
         self.post(method, args, reply)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not done.wait(0.5):
+        while not done.acquire(timeout=0.5):
             if not self._running:
                 raise NodeStoppedError(f"node {self.node_id} stopped before answering {method}")
             if deadline is not None and time.monotonic() > deadline:
@@ -180,7 +194,7 @@ class Node:
                 logger.exception("node %s dispatcher error", self.node_id)
 
     def _turn(self) -> None:
-        timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else 1.0
+        timeout = min(IDLE_WAIT_S, max(0.0, self._timers[0][0] - time.monotonic())) if self._timers else IDLE_WAIT_S
         if self._events:
             timeout = 0.0
         self._watch_workers()
@@ -213,6 +227,7 @@ class Node:
             self._direct.send_ready()
             self._leases.send_ready()
         self._scheduler.schedule()
+        self._flush_workers()
 
     def _watch_workers(self) -> None:
         """Keep the selector's set of worker pipes equal to the pool's connected workers."""
@@ -223,8 +238,25 @@ class Node:
         for fd in list(self._watched):
             self._selector.unregister(fd)
         self._watched = connected
+        self._writing = {fd for fd, worker in connected.items() if worker.pipe is not None and worker.pipe.pending}
         for fd, worker in connected.items():
-            self._selector.register(fd, selectors.EVENT_READ, worker)
+            self._selector.register(fd, selectors.EVENT_READ | (selectors.EVENT_WRITE if fd in self._writing else 0),
+                                    worker)
+
+    def _flush_workers(self) -> None:
+        """Write what this turn queued for workers; wait for the sockets of those that did not take it all."""
+        for worker in self._pool.flush():
+            self._worker_died(worker)
+        unflushed = self._pool.unflushed()
+        if not unflushed and not self._writing:
+            return
+        # Only pipes still open and watched (a worker connected this turn is watched from the next one).
+        live = {fd for fd, w in self._watched.items() if w.conn is not None and not w.conn.closed}
+        writing = {w.conn.fileno() for w in unflushed if w.conn is not None and not w.conn.closed} & live
+        for fd in (writing ^ self._writing) & live:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if fd in writing else 0)
+            self._selector.modify(fd, events, self._watched[fd])
+        self._writing = writing
 
     def _handle(self, method: str, args: tuple, reply: Reply | None) -> None:
         handler = self._ops.get(method)
