@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 Reply = Callable[[bool, Any], None]
 
+STOP_WAIT_S = 10.0  # how long `shutdown` waits for the dispatcher to finish the request it is serving
 IDLE_WAIT_S = 1.0  # the longest the dispatcher waits for news: requests posted with `post_later` wait at most this
 
 
@@ -76,6 +77,7 @@ class Node:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_order = itertools.count()
         self._running = True
+        self._loop_done = threading.Event()  # the dispatcher has served its last request
         self.stats = {"tasks_done": 0}
         self._functions = FunctionTable(*((cluster.function_code, cluster.function_registered) if cluster else ()))
         self._objects = ObjectTable(cluster, self._after)
@@ -166,15 +168,20 @@ class Node:
                 f"{spec.name} needs {missing} but no node has that much (this node has {self.resources})")
 
     def shutdown(self) -> None:
+        """Stop the dispatcher; on its way out it stops the workers and frees what the node holds.
+
+        The parts are let go on the dispatcher thread, which owns them: a
+        dispatcher still busy after `STOP_WAIT_S` (a request stuck in a call to
+        another process) is left to finish, and to clean up then.
+        """
         if not self._running:
             return
         self.post("stop", ())
-        self._thread.join(timeout=10)
-        self._pool.shutdown()
-        if self._clients is not None:
-            self._clients.close()
-        self._objects.free_all()
-        self._selector.close()
+        if not self._loop_done.wait(STOP_WAIT_S):
+            logger.warning("node %s: the dispatcher did not stop within %s s; it stops the workers when it does",
+                           self.node_id, STOP_WAIT_S)
+            return
+        self._thread.join()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -192,6 +199,12 @@ class Node:
                 self._turn()
             except Exception:  # the dispatcher must outlive any one bad request or message
                 logger.exception("node %s dispatcher error", self.node_id)
+        self._loop_done.set()
+        self._pool.shutdown()
+        if self._clients is not None:
+            self._clients.close()
+        self._objects.free_all()
+        self._selector.close()
 
     def _turn(self) -> None:
         timeout = min(IDLE_WAIT_S, max(0.0, self._timers[0][0] - time.monotonic())) if self._timers else IDLE_WAIT_S
