@@ -161,6 +161,8 @@ class Node:
 
     def check_feasible(self, spec: TaskSpec) -> None:
         """Fail at submit a call that asks for more than this (one-node) runtime has."""
+        if not spec.resources and (spec.kind == ACTOR_CALL or spec.num_cpus <= self.resources["CPU"]):
+            return  # the common call: nothing to build
         needs = {"CPU": spec.num_cpus if spec.kind != ACTOR_CALL else 0.0, **spec.resources}
         missing = {k: v for k, v in needs.items() if v > self.resources.get(k, 0.0)}
         if missing:
