@@ -186,7 +186,7 @@ class Engine:
                 self._claims = AlertClaims(config.source.group, self.engine_id,
                                            ttl_s=max(config.graph.window + config.time.allowed_lateness,
                                                      CLAIM_MIN_TTL_MS) / 1000)
-            self._delivery = AlertDelivery(self._sinks, self._claims.ours if self._claims else None)
+            self._delivery = AlertDelivery(self._sinks, self._claims)
             self._graph = self._restore()
             self._source = self._open_source()
             self._watch_external_counters()
@@ -331,6 +331,8 @@ class Engine:
             self._source.close()
         if self._delivery is not None:
             self._delivery.close()
+        if self._claims is not None:
+            self._claims.close()
         for sink in self._sinks.values():
             sink.close()
         if self._graph is not None:
@@ -537,6 +539,10 @@ class Engine:
         if not self._sinks_durable():
             logger.warning("checkpoint skipped reason=%s: a sink did not make its alerts durable in %.0f s",
                            reason, SINK_FLUSH_TIMEOUT_S)
+            return None
+        if self._claims is not None and not self._claims.settle():
+            logger.warning("checkpoint skipped reason=%s: %d alerts claimed by live engines are not sent yet",
+                           reason, self._claims.parked)
             return None
         progress = EngineProgress(dict(self._covered), self._clock.watermarks(), self._clock.low_watermark,
                                   self.transactions)
