@@ -519,8 +519,8 @@ class Engine:
         the same ids). Eviction waits while a job runs: what replaying from the
         noted positions needs is still in the shards' checkpoints. Back on the
         loop (`_finish_checkpoint`) the record is written only if no shard
-        restarted meanwhile, then the offsets are committed. Rebalances and the
-        final checkpoint wait for all of it. A failure leaves the previous record
+        restarted meanwhile, then the offsets are committed. The final
+        checkpoint waits for all of it (a rebalance takes none: `_hand_over`). A failure leaves the previous record
         standing: a shard lost meanwhile rewinds, anything else stops the engine
         (raised on the loop, as if it had happened there).
         """
@@ -631,16 +631,48 @@ class Engine:
                        _show(targets))
 
     def on_revoke(self, partitions: list[Partition]) -> None:
-        """Before partitions go: finish the open batch and checkpoint, so the next owner starts where we stop.
-
-        A revoke of nothing this engine owns (the first join of a group) needs no checkpoint.
-        """
+        """Before partitions go: finish the open batch and commit, so the next owner starts where we stop."""
         with self._lock:
             if self._owned.intersection(partitions):
-                self._checkpoint("rebalance")
+                self._hand_over(sorted(self._owned.intersection(partitions)))
             self._owned.difference_update(partitions)
             self._clock.revoke(partitions)
         logger.info("partitions revoked %s", partitions)
+
+    def _hand_over(self, partitions: list[Partition]) -> None:
+        """Commit where `partitions` stop once every alert raised from them is durable; no shard checkpoint.
+
+        This runs inside kafka-python's rebalance listener: the whole group
+        waits for it, and a member that takes longer than `max_poll_interval_ms`
+        is dropped (and its rejoin starts another rebalance). Shard checkpoints
+        of a large graph, or a periodic one still in flight, can take that long,
+        so none is taken or waited for here. The next owner resumes at the
+        committed offsets (shared shards hold what was applied; a graph of its
+        own warms up to them), and the next aligned checkpoint covers the rest.
+        Nothing is committed if the shards went back meanwhile, a sink did not
+        make its alerts durable or an alert another engine claimed is not sent
+        yet: the next owner then replays from older offsets, losing nothing.
+        """
+        if self._failed:
+            return
+        self._process_pending()
+        self._delivery.drain()
+        if self._rewound_for_restarts():
+            return
+        if not self._sinks_durable():
+            logger.warning("partitions %s handed over uncommitted: a sink did not make its alerts durable", partitions)
+            return
+        if self._claims is not None and not self._claims.settle():
+            logger.warning("partitions %s handed over uncommitted: alerts claimed by live engines are not sent yet",
+                           partitions)
+            return
+        positions = {partition: self._covered[partition] for partition in partitions if partition in self._covered}
+        try:
+            self._source.commit(positions)
+        except KafkaConnectorError as exc:  # the next owner replays from the offsets committed before
+            logger.error("partitions %s handed over uncommitted: %s", partitions, exc)
+            return
+        logger.info("partitions handed over positions=%s", _show(positions))
 
     def on_assign(self, partitions: list[Partition]) -> None:
         """Resume each partition where the graph stops; with a graph of its own, warm up what another owner did.
