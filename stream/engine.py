@@ -67,7 +67,7 @@ from ringwatch.connectors import (
 )
 from ringwatch.graph import Alert, RingGraph, SearchOptions
 from ringwatch.runtime.backend import backend_name
-from ringwatch.runtime.checkpoints import default_uri
+from ringwatch.runtime.checkpoints import default_uri, open_store
 from ringwatch.runtime.cli import read_query_token
 from ringwatch.runtime.errors import TokenMissingError
 from ringwatch.runtime.tls import TlsConfigError, TlsFiles
@@ -258,11 +258,13 @@ class Engine:
 
     def _open_store(self) -> CheckpointStore:
         engine_config = self.config.engine
+        shards = open_store(self._shard_checkpoint_uri())  # records hold their shard checkpoints there
         if self.shared:
             return GcsCheckpointStore(self.config.source.group, engine_config.keep_checkpoints,
                                       progress_ttl_s=max(PROGRESS_TTL_INTERVALS * engine_config.checkpoint_interval,
-                                                         CLAIM_MIN_TTL_MS) / 1000)
-        return FileCheckpointStore(engine_config.state_dir, engine_config.keep_checkpoints)
+                                                         CLAIM_MIN_TTL_MS) / 1000, shards=shards, holder=self.engine_id)
+        return FileCheckpointStore(engine_config.state_dir, engine_config.keep_checkpoints, shards=shards,
+                                   holder=self.engine_id)
 
     def _shard_checkpoint_uri(self) -> str:
         """Where shards checkpoint: the cluster's store, or (local runtime) a folder under `state_dir`."""
@@ -572,7 +574,11 @@ class Engine:
             raise job.error  # the previous record stands; a restart resumes from it
         if self._rewound_for_restarts():  # a call parked through a restart gives an id of older state
             return None
-        checkpoint = self._store.save(Checkpoint(0, job.group, job.shard_ids, graph=job.graph_state))
+        try:
+            checkpoint = self._store.save(Checkpoint(0, job.group, job.shard_ids, graph=job.graph_state))
+        except CheckpointError as exc:  # its shard checkpoints were pruned: the next checkpoint takes new ones
+            logger.warning("checkpoint reason=%s dropped: %s", job.reason, exc)
+            return None
         self._group_low = job.group_low
         positions = job.progress.positions
         try:
