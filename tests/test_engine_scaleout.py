@@ -28,7 +28,9 @@ from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
 from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.runtime.auth import ClusterKeys
 from ringwatch.runtime.gcs import RedisGcs
+from ringwatch import runtime as rt
 from ringwatch.stream import detect
+from ringwatch.stream.claims import AlertClaims
 from runtime_cluster import TOKEN, Cluster
 
 DEADLINE_S = 240.0
@@ -198,3 +200,40 @@ def test_alerts_claimed_by_an_engine_killed_before_sending_them_are_delivered_by
     assert all(count == 1 for count in receiver.accepted.values()), receiver.accepted.most_common(3)
     assert receiver.bad_signatures == 0
     assert receiver.delivered_rings(stream.rings) == len(stream.rings)
+
+
+def test_an_alert_a_live_engine_claimed_is_parked_until_it_is_sent_or_the_claimants_run_ends(unique_name):
+    stream = generate(SyntheticConfig(n_transactions=1_500, n_accounts=400, n_rings=6, seed=43))
+    alerts = detect(stream.transactions, use_runtime=False)
+    assert len(alerts) >= 5
+    first, later = alerts[:3], alerts[3:5]
+    rt.init(num_workers=1)
+    opened: list[AlertClaims] = []
+
+    def engine(engine_id: str) -> AlertClaims:
+        opened.append(AlertClaims(unique_name, engine_id, ttl_s=600))
+        return opened[-1]
+
+    try:
+        a, b = engine("engine-a"), engine("engine-b")
+        assert a.ours(first) == first
+        assert a.ours(first) == first, "a replay of its own claims is handed over again"
+        assert b.ours(first) == [] and b.parked == 3 and not b.settle()
+        assert b.retry() == [] and b.parked == 3, "taken from a live engine that may still send them"
+        assert a.settle()  # a's sinks made them durable: marked sent
+        assert b.retry() == [] and b.parked == 0 and b.settle()
+
+        assert a.ours(later) == later
+        assert b.ours(later) == [] and b.parked == 2
+        a.close()  # a's run ends without sending them
+        assert b.retry() == later and b.taken_over == 2
+        b.close()
+        restarted = engine("engine-b")  # the same engine id, a new run: the old run's claims are stale
+        assert restarted.ours(later) == later
+        c = engine("engine-c")
+        assert c.ours(later) == [] and c.parked == 2, "the restarted run holds them now"
+        assert c.ours(first) == [] and c.parked == 2, "sent ones are skipped, not parked"
+    finally:
+        for claims in opened:
+            claims.close()
+        rt.shutdown()
