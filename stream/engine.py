@@ -522,9 +522,10 @@ class Engine:
         noted positions needs is still in the shards' checkpoints. Back on the
         loop (`_finish_checkpoint`) the record is written only if no shard
         restarted meanwhile, then the offsets are committed. The final
-        checkpoint waits for all of it (a rebalance takes none: `_hand_over`). A failure leaves the previous record
-        standing: a shard lost meanwhile rewinds, anything else stops the engine
-        (raised on the loop, as if it had happened there).
+        checkpoint waits for all of it (a rebalance takes none: `_hand_over`).
+        A failure leaves the previous record standing: a shard lost meanwhile
+        rewinds, anything else stops the engine (raised on the loop, as if it
+        had happened there).
         """
         if self._failed:
             return None
