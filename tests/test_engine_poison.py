@@ -5,6 +5,7 @@ whose `ts` is 1e308 (`invalid:ts`: it must not reach, let alone crash, a shard).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -19,10 +20,11 @@ from engine_harness import (
     scrape,
     wait_until,
 )
-from ringwatch.connectors import SyntheticConfig, generate
+from ringwatch.connectors import FileSource, SyntheticConfig, generate
 from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.graph import Transaction
-from ringwatch.stream import FileCheckpointStore
+from ringwatch.stream import Config, Engine, FileCheckpointStore
+from ringwatch.stream.config import EngineConfig, GraphConfig, SinksConfig, SourceConfig
 
 DEADLINE_S = 120.0
 MAX_MESSAGE_BYTES = 10_000
@@ -107,3 +109,44 @@ def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, uniq
     triggers = {json.loads(line)["trigger_tx_id"] for line in alerts_file.read_text().splitlines()}
     assert {ring.tx_ids[-1] for ring in stream.rings} <= triggers
     assert len(jsonl_ids(alerts_file)) == len(set(jsonl_ids(alerts_file)))
+
+
+def test_a_tx_id_repeated_within_one_batch_dead_letters_the_conflicting_record_itself(tmp_path):
+    """Three records of one tx id in one micro-batch: the first stored, the second a conflict (other amount), the
+    third a duplicate of the first. The conflict's own record — its offset and bytes — is the one dead letter."""
+    stream = generate(SyntheticConfig(n_transactions=200, n_accounts=100, n_rings=2, seed=4))
+    lines = [json.dumps(tx.to_dict()) for tx in stream.transactions]
+    repeated = stream.transactions[100]
+    conflict = json.dumps({**repeated.to_dict(), "amount": str(repeated.amount + 1)})
+    lines[101:101] = [conflict, lines[100]]  # offsets 100 (stored), 101 (conflict), 102 (duplicate)
+    path = tmp_path / "payments.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    source = FileSource(path)
+    config = Config(source=SourceConfig(topics=["file"]), graph=GraphConfig(placement="in-process"),
+                    engine=EngineConfig(state_dir=str(tmp_path / "state"), batch_max_size=len(lines)),
+                    sinks=SinksConfig(alerts_file=str(tmp_path / "alerts.jsonl"))).validate()
+
+    def open_source(listener):
+        source.listener = listener
+        return source
+
+    engine = Engine(config, source_factory=open_source)
+    stop, failure = threading.Event(), []
+
+    def run() -> None:
+        try:
+            engine.run(stop)
+        except BaseException as exc:  # reported below
+            failure.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        wait_until(lambda: engine.transactions == len(lines) or failure, DEADLINE_S, "every record consumed")
+    finally:
+        stop.set()
+        thread.join(DEADLINE_S)
+    assert not failure, failure
+    assert engine.batches == 1, "the three records were meant to share one batch"
+    assert [(letter.offset, letter.raw, letter.reason.split(":")[0]) for letter in source.dead_letters] == \
+        [(101, conflict.encode(), "conflict")]
