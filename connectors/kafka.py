@@ -160,8 +160,6 @@ class KafkaSource:
             raise ValueError("topics: give at least one topic to consume")
         self.group = group
         self.dlq_topic = dlq_topic
-        self.max_message_bytes = max_message_bytes
-        self.mapping = mapping
         self._decoder = JsonDecoder(max_message_bytes, mapping)
         self.listener: RebalanceListener = listener or NoListener()
         self._pending_seeks: dict[Partition, int] = {}

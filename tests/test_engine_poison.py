@@ -5,7 +5,6 @@ whose `ts` is 1e308 (`invalid:ts`: it must not reach, let alone crash, a shard).
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +12,7 @@ from kafka import KafkaProducer
 
 from engine_harness import (
     EngineProcess,
+    EngineThread,
     checkpointed_transactions,
     create_topic,
     jsonl_ids,
@@ -23,7 +23,7 @@ from engine_harness import (
 from ringwatch.connectors import FileSource, SyntheticConfig, generate
 from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.graph import Transaction
-from ringwatch.stream import Config, Engine, FileCheckpointStore
+from ringwatch.stream import Config, FileCheckpointStore
 from ringwatch.stream.config import EngineConfig, GraphConfig, SinksConfig, SourceConfig
 
 DEADLINE_S = 120.0
@@ -126,27 +126,13 @@ def test_a_tx_id_repeated_within_one_batch_dead_letters_the_conflicting_record_i
                     engine=EngineConfig(state_dir=str(tmp_path / "state"), batch_max_size=len(lines)),
                     sinks=SinksConfig(alerts_file=str(tmp_path / "alerts.jsonl"))).validate()
 
-    def open_source(listener):
-        source.listener = listener
-        return source
-
-    engine = Engine(config, source_factory=open_source)
-    stop, failure = threading.Event(), []
-
-    def run() -> None:
-        try:
-            engine.run(stop)
-        except BaseException as exc:  # reported below
-            failure.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    running = EngineThread(config, source).start()
+    engine = running.engine
     try:
-        wait_until(lambda: engine.transactions == len(lines) or failure, DEADLINE_S, "every record consumed")
+        wait_until(lambda: engine.transactions == len(lines) or running.failures, DEADLINE_S, "every record consumed")
     finally:
-        stop.set()
-        thread.join(DEADLINE_S)
-    assert not failure, failure
+        running.stop(DEADLINE_S)
+    assert not running.failures, running.failures
     assert engine.batches == 1, "the three records were meant to share one batch"
     assert [(letter.offset, letter.raw, letter.reason.split(":")[0]) for letter in source.dead_letters] == \
         [(101, conflict.encode(), "conflict")]
