@@ -158,8 +158,8 @@ def accept(table: pa.Table, max_amount: Decimal = DEFAULT_MAX_AMOUNT) -> tuple[p
         column = table.column(name) if name in table.column_names else pa.nulls(n, pa.string())
         column = column.cast(pa.string()) if not pa.types.is_string(column.type) else column
         column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        ok &= pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0), False).to_numpy(
-            zero_copy_only=False)
+        # compared in numpy: a Python scalar handed to pyarrow.compute costs a failed import on every call
+        ok &= pc.utf8_length(pc.utf8_trim_whitespace(column)).fill_null(0).to_numpy(zero_copy_only=False) > 0
         columns[name] = column
     units, amount_ok = _amount_units(table.column("amount") if "amount" in table.column_names else None, n)
     ok &= amount_ok & (units > 0) & (units <= int(max_amount * AMOUNT_SCALE))
