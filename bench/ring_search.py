@@ -12,8 +12,13 @@ One run prints, side by side:
 
 Latency: `p50/p99/p99.9 per payment` comes from a second in-process pass that
 hands payments over one at a time (after warming with the rest of the stream in
-batches), so it includes the Python call per payment; through actors it is the
-batch's wall time (every payment of a batch waits for the whole batch).
+batches), so it includes the Python call per payment. Through actors the two
+operating points are printed apart, each with its batch size: throughput with
+large batches (`--actor-batch-size`; their p50/p99/p99.9 is the batch's wall
+time, which every payment of the batch waits for), and per-payment latency with
+small batches (`--actor-latency-batch`, default one payment per call, over the
+last `--actor-latency-tx` payments, after the same actors were emptied and
+warmed with the window before them in large batches).
 On a shared machine other processes take the CPU away at random: the run
 prints the load average, and next to wall-clock figures the CPU time this
 process spent (in-process: payments per CPU-second; per payment: the calling
@@ -62,7 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-rings-per-tx", type=int, default=0, help="0: no cap (exact)")
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--actor-shards", default="2", help="shard counts to run through GraphShard actors ('' = none)")
-    parser.add_argument("--actor-batch-size", type=int, default=4096)
+    parser.add_argument("--actor-batch-size", type=int, default=16384,
+                        help="payments per batch of the actor throughput run (its batch latency is printed too)")
+    parser.add_argument("--actor-latency-batch", type=int, default=1,
+                        help="payments per call of the actor latency pass (1: one payment per call, as in process)")
+    parser.add_argument("--actor-latency-tx", type=int, default=5_000,
+                        help="payments the actor latency pass times (0: skip it)")
     parser.add_argument("--backends", default="ringwatch",
                         help="runtimes of the actor runs, side by side: ringwatch (its own), ray (started locally)")
     parser.add_argument("--actor-budget", type=float, default=300.0, help="seconds an actor run may take")
@@ -115,8 +125,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"payments per CPU-second)")
         for shards in [int(s) for s in args.actor_shards.split(",") if s]:
             for backend in args.backends.split(","):
-                actors = run_actors(table, options, shards, args.actor_batch_size, args.actor_budget, backend)
+                actors = run_actors(table, options, shards, args, backend)
                 _row(f"{shards} actors on {backend}", actors, stream)
+                print(f"{'':<24} (batches of {args.actor_batch_size:,}: p50/p99/p99.9 above are per batch; "
+                      f"load average {actors['load']})")
+                if "latency" in actors:
+                    (p50, p99, p999), count = actors["latency"], actors["latency_tx"]
+                    print(f"{f'  {args.actor_latency_batch:,} per call':<24} {count:>9,} {'':>10} {'':>9} {'':>9} "
+                          f"{p50:>8.2f} {p99:>8.2f} {p999:>9.2f}   (the last {count:,} payments, "
+                          f"{args.actor_latency_batch:,} per call, wall clock; load average {actors['latency_load']})")
         baseline(table, options, args, local)
         if mode == "dense":
             print(f"dense: {local['rate'] / ISSUE_DENSE_BASELINE_TX_S:,.0f}x the {ISSUE_DENSE_BASELINE_TX_S} tx/s "
@@ -209,18 +226,21 @@ def _load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def run_actors(table: pa.Table, options: SearchOptions, shards: int, batch_size: int, budget: float,
-               backend: str) -> dict:
+def run_actors(table: pa.Table, options: SearchOptions, shards: int, args: argparse.Namespace, backend: str
+               ) -> dict:
+    """The stream through `shards` GraphShard actors in batches of `--actor-batch-size` (throughput), then the
+    latency pass (`actor_latency`) on the same actors."""
     from ringwatch import runtime as rt
 
     rt.init(backend=backend)
     graph = ShardedRingGraph.create(options, shards)
+    batch_size = args.actor_batch_size
     try:
         graph.process(table.slice(0, 1))  # start the actors (and their compiled code) before the clock
         times, alerts, done = [], {}, 1
         started = time.perf_counter()
         for start in range(1, table.num_rows, batch_size):
-            if time.perf_counter() - started > budget:
+            if time.perf_counter() - started > args.actor_budget:
                 break
             batch = table.slice(start, batch_size)
             t0 = time.perf_counter()
@@ -229,10 +249,39 @@ def run_actors(table: pa.Table, options: SearchOptions, shards: int, batch_size:
             times.append((time.perf_counter() - t0, batch.num_rows))
             alerts.update((a.alert_id, (a.trigger_tx_id, a.accounts)) for a in result.alerts)
             done += batch.num_rows
-        return _figures(times, alerts, done, time.perf_counter() - started)
+        figures = _figures(times, alerts, done, time.perf_counter() - started) | {"load": _load()}
+        if args.actor_latency_tx:
+            count = min(args.actor_latency_tx, table.num_rows - 1)
+            figures |= {"latency": actor_latency(graph, table, options, batch_size, args.actor_latency_batch, count),
+                        "latency_tx": count, "latency_load": _load()}
+        return figures
     finally:
         graph.close()
         rt.shutdown()
+
+
+def actor_latency(graph: ShardedRingGraph, table: pa.Table, options: SearchOptions, batch_size: int, small: int,
+                  count: int) -> tuple:
+    """(p50, p99, p99.9) ms per call of `small` payments each over the last `count` payments (process + evict, as
+    `run_actors`). The shards are emptied first and warmed, in batches of `batch_size`, with the payments of the
+    window before the timed ones: the live graph the timed calls search is the full run's."""
+    graph.restore([PAYMENT_SCHEMA.empty_table()] * graph.num_shards)
+    ts = table.column("ts").to_numpy()
+    head = table.num_rows - count
+    ordered = bool(np.all(ts[1:] >= ts[:-1]))
+    warm_from = int(np.searchsorted(ts, ts[head] - options.window_ms)) if ordered else 0
+    for start in range(warm_from, head, batch_size):
+        batch = table.slice(start, min(batch_size, head - start))
+        graph.process(batch)
+        graph.evict(int(ts[start + batch.num_rows - 1]) - options.window_ms)
+    wall = []
+    for start in range(head, table.num_rows, small):
+        batch = table.slice(start, small)
+        t0 = time.perf_counter()
+        graph.process(batch)
+        graph.evict(int(ts[start + batch.num_rows - 1]) - options.window_ms)
+        wall.append(time.perf_counter() - t0)
+    return tuple(np.percentile(np.array(wall) * 1000, [50, 99, 99.9]))
 
 
 def _figures(times: list[tuple[float, int]], alerts: dict, done: int, elapsed: float) -> dict:

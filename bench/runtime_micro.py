@@ -17,7 +17,9 @@ the 1 ms of work would reach; "% ideal" is ringwatch's rate against it (the
 machine's load average is printed: other processes take cores from the ideal).
 For the 1 ms rows it also prints the CPU each runtime spends per call beyond
 the work itself (all its processes and threads, from /proc), which other load
-does not change, and the share of ideal that leaves within reach.
+does not change, and the share of ideal that leaves within reach, then where
+that CPU goes: the calling thread, the driver's other threads (ringwatch: its
+node's dispatcher), the other processes (workers, and Ray's raylet and GCS).
 `--cluster` adds a column: the same rows from a driver that joined a loopback
 cluster of two nodes with N/2 workers each (GCS in a local redis-server), so
 every call crosses processes the way it does across machines; its ratio is
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -61,15 +64,33 @@ def tree_cpu_s(pid: int | None = None) -> float:
     return total / 1e9
 
 
-def overhead_us(count: int, run: Callable[[], None]) -> float:
-    """CPU the whole runtime (driver, its threads, workers, daemons) spends per call beyond the 1 ms of work.
+def thread_cpu_s(tid: int) -> float:
+    """CPU seconds used so far by one thread of this process."""
+    with open(f"/proc/{os.getpid()}/task/{tid}/schedstat") as stat:
+        return int(stat.read().split()[0]) / 1e9
+
+
+def cpu_parts() -> dict[str, float]:
+    """CPU seconds so far: the calling thread, this process's other threads (ringwatch: the node's dispatcher),
+    and every other process of the runtime (workers; Ray: also raylet, GCS)."""
+    caller = thread_cpu_s(threading.get_native_id())
+    process = sum(thread_cpu_s(int(tid)) for tid in os.listdir(f"/proc/{os.getpid()}/task")
+                  if os.path.exists(f"/proc/{os.getpid()}/task/{tid}"))
+    return {"caller": caller, "threads": process - caller, "processes": tree_cpu_s() - process}
+
+
+def overhead_us(count: int, run: Callable[[], None]) -> dict[str, float]:
+    """CPU the whole runtime (driver, its threads, workers, daemons) spends per call beyond the 1 ms of work,
+    in all ("total") and where: the caller's thread, its other threads, the other processes (less the work).
 
     Unlike the rate, this does not depend on what else the machine runs: with
     every core free, a rate of 1 ms / (1 ms + overhead) of ideal is within reach.
     """
-    before = tree_cpu_s()
+    before = cpu_parts()
     run()
-    return max(0.0, (tree_cpu_s() - before) / count - BURN_S) * 1e6
+    used = {part: (value - before[part]) / count * 1e6 for part, value in cpu_parts().items()}
+    used["processes"] -= BURN_S * 1e6
+    return {"total": max(0.0, sum(used.values())), **used}
 
 
 BURN_S = 0.001
@@ -251,12 +272,18 @@ def main() -> None:
     print("\nCPU spent per call beyond the 1 ms of work (driver, workers and daemons; independent of other load),")
     print("and the share of ideal it leaves reachable with every core free:")
     for row, value in overheads.items():
-        line = f"{row:<24} ringwatch {value:>6.0f} us ({BURN_S / (BURN_S + value / 1e6):.0%})"
+        line = f"{row:<24} ringwatch {value['total']:>6.0f} us ({BURN_S / (BURN_S + value['total'] / 1e6):.0%})"
         if their_overheads:
-            line += f"   ray {their_overheads[row]:>6.0f} us ({BURN_S / (BURN_S + their_overheads[row] / 1e6):.0%})"
+            theirs_total = their_overheads[row]["total"]
+            line += f"   ray {theirs_total:>6.0f} us ({BURN_S / (BURN_S + theirs_total / 1e6):.0%})"
         if cluster_overheads:
-            line += f"   2-node {cluster_overheads[row]:>6.0f} us"
+            line += f"   2-node {cluster_overheads[row]['total']:>6.0f} us"
         print(line)
+    print("\nwhere it goes, us per call: the calling thread / the driver's other threads (ringwatch: the node's")
+    print("dispatcher) / the other processes beyond the work (workers; Ray: also raylet and GCS):")
+    for name, parts in (("ringwatch", overheads), ("ray", their_overheads), ("2-node", cluster_overheads)):
+        for row, value in parts.items():
+            print(f"{row:<24} {name:<9} {value['caller']:>6.0f} / {value['threads']:>6.0f} / {value['processes']:>6.0f}")
 
 
 if __name__ == "__main__":

@@ -528,7 +528,8 @@ def _new_slot(lab, slot, touched, nt, y, k, empty):
 
 @njit(cache=True)
 def _layer(d, k, lab, slot, touched, nt, frontier, nf, nxt, o_lab, o_slot, o_done, lo, hi, strict,
-           a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off, trig, ts_t, min_amt, max_degree, horizon, check_key):
+           a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off, trig, ts_t, min_amt, max_degree, horizon, check_key,
+           f_depth):
     """Labels over walks of at most k edges (lab[:, k]) from those of at most k - 1, expanding `frontier` (rows).
 
     d = 0: forward over out-edges, the earliest arrival (min); d = 1: backward
@@ -538,6 +539,11 @@ def _layer(d, k, lab, slot, touched, nt, frontier, nf, nxt, o_lab, o_slot, o_don
     counts). Accounts reached for the first time get a row. The rows improved
     in this layer go to `nxt`. Each write is checked against the other side's
     labels at depth o_done (o_lab, o_slot): a meet.
+    With f_depth >= 0 (backward only, o_lab the forward labels), an account
+    gets a label only if the forward side reaches it within f_depth hops, and
+    (strict) only by an edge leaving it no earlier than it is reached: the
+    depth-first search asks for the backward label at depth k only of accounts
+    it enters after L - k witnesses, so no other label at this depth is read.
     Returns (n_touched, n_next, hub_met, meet); n_touched -1: out of rows.
     """
     forward = d == 0
@@ -575,6 +581,13 @@ def _layer(d, k, lab, slot, touched, nt, frontier, nf, nxt, o_lab, o_slot, o_don
             if min_amt > 0 and e_amt[e] < min_amt:
                 continue
             y = r.dst if forward else r.src
+            if f_depth >= 0:
+                sf = o_slot[y]
+                if sf < 0:
+                    continue
+                reached = o_lab[sf, f_depth]
+                if reached == INF or (strict and ts < reached):
+                    continue
             if strict:
                 value = ts
             sy = slot[y]
@@ -717,7 +730,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                 done_f += 1
                 nt_f, nn, hub, meet = _layer(0, done_f, lab_f, slot_f, touched_f, nt_f, front_f, nf_f, next_f, lab_b,
                                              slot_b, done_b, lo, ts_t, strict, a_seg, a_hub, p_eid, e_hot, e_amt,
-                                             tx_buf, tx_off, trig, ts_t, min_amt, max_degree, horizon, True)
+                                             tx_buf, tx_off, trig, ts_t, min_amt, max_degree, horizon, True, -1)
                 front_f, next_f = next_f, front_f
                 nf_f = nn
                 hub_f = hub_f or hub
@@ -726,7 +739,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                 done_b += 1
                 nt_b, nn, hub, meet = _layer(1, done_b, lab_b, slot_b, touched_b, nt_b, front_b, nf_b, next_b, lab_f,
                                              slot_f, done_f, lo, ts_t, strict, a_seg, a_hub, p_eid, e_hot, e_amt,
-                                             tx_buf, tx_off, trig, ts_t, min_amt, max_degree, horizon, True)
+                                             tx_buf, tx_off, trig, ts_t, min_amt, max_degree, horizon, True, -1)
                 front_b, next_b = next_b, front_b
                 nf_b = nn
                 hub_b = hub_b or hub
@@ -739,9 +752,11 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
             work[1] += 1
             work[2] += _cost(1, front_b, nf_b, touched_b, a_seg)
             done_b += 1
+            # only accounts the search can enter with done_b hops left: forward-reached in L - done_b
+            f_depth = L - done_b if L - done_b <= done_f else -1
             nt_b, nn, hub, _ = _layer(1, done_b, lab_b, slot_b, touched_b, nt_b, front_b, nf_b, next_b, lab_f, slot_f,
                                       done_f, lo, ts_t, strict, a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off,
-                                      trig, ts_t, min_amt, max_degree, horizon, True)
+                                      trig, ts_t, min_amt, max_degree, horizon, True, f_depth)
             front_b, next_b = next_b, front_b
             nf_b = nn
             hub_cut = hub_cut or hub
@@ -930,7 +945,7 @@ def _labels(d, root, root_label, depth, lab, slot, touched, front, nxt, o_lab, o
     for k in range(1, depth + 1):
         nt, nn, _, _ = _layer(d, k, lab, slot, touched, nt, front, nf, nxt, o_lab, o_slot, 0, lo, hi, strict,
                               a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off, trig, ts_t, min_amt, -1, horizon,
-                              False)
+                              False, -1)
         if nt < 0:
             return done, -1
         done = k

@@ -179,9 +179,12 @@ def _collect(store: EdgeStore, triggers: np.ndarray, in_batch: np.ndarray | None
 def build_alerts(store: EdgeStore, rings: Rings, arrival: Arrivals | None, now: float) -> list[Alert]:
     """Alerts for the rings, in trigger (ts, tx_id) order; `arrival` says when the batch's edges arrived.
 
-    Columns first: each ring's chain (witnesses, then the trigger) in one array,
-    tx ids decoded once per distinct edge, totals and times by `reduceat`; the
-    loop only assembles records.
+    Columns first, then one pass that only assembles records: each ring's chain
+    (witnesses, then the trigger) in one array; tx ids and account names
+    decoded once per distinct edge and account; totals, times and latencies by
+    `reduceat` and vectorised rounding; the order by ranking the distinct
+    triggers, not the rings. In dense graphs a payment closes dozens of rings,
+    so the per-ring Python work is what bounds the engine there.
     """
     n = rings.triggers.size
     if n == 0:
@@ -194,40 +197,68 @@ def build_alerts(store: EdgeStore, rings: Rings, arrival: Arrivals | None, now: 
     chains[is_trigger] = rings.triggers
     chains[~is_trigger] = rings.edges
     distinct, index = np.unique(chains, return_inverse=True)
-    tx_ids = store.tx_ids(distinct).to_numpy(zero_copy_only=False)[index]
-    accounts = store.account_names(store.e_src[chains])
+    tx_ids = store.tx_ids(distinct).to_numpy(zero_copy_only=False)[index].tolist()
+    sources, source_index = np.unique(store.e_src[chains], return_inverse=True)
+    accounts = store.account_names(sources)[source_index].tolist()
     units = store.e_amt[chains]
     currency = store.e_cur[chains]
     heads = starts[:-1]
-    totals = np.add.reduceat(units, heads)
-    mixed = np.minimum.reduceat(currency, heads) != np.maximum.reduceat(currency, heads)
-    first_ts = np.minimum.reduceat(store.e_ts[chains], heads)
-    last_ts = store.e_ts[rings.triggers]
-    latest = np.fmax.reduceat(arrival.of(chains), heads) if arrival is not None else np.full(n, np.nan)
+    order = _trigger_order(store, rings.triggers)
+    totals = np.add.reduceat(units, heads)[order].tolist()
+    mixed_codes = np.minimum.reduceat(currency, heads) != np.maximum.reduceat(currency, heads)
+    mixed = mixed_codes[order].tolist()
+    first_ts = np.minimum.reduceat(store.e_ts[chains], heads)[order].tolist()
+    last_ts = store.e_ts[rings.triggers][order].tolist()
+    if arrival is not None:
+        arrived = np.fmax.reduceat(arrival.of(chains), heads)[order]
+        latency = np.where(np.isnan(arrived), 0.0, np.round((now - arrived) * 1000, 3)).tolist()
+    else:
+        latency = [0.0] * n
+    names = np.array(store.currencies, dtype=object)
+    ring_currency = np.where(mixed_codes[order], MIXED, names[currency[heads[order]]]).tolist()
+    cut_by = [()] * n
+    if rings.cut:
+        ring_bits = np.array([rings.cut.get(t, 0) for t in rings.triggers[order].tolist()])
+        for r in np.flatnonzero(ring_bits).tolist():
+            cut_by[r] = CUT_BY[ring_bits[r]]
     detected_at = int(now * 1000)
     alerts = []
-    for r in sorted(range(n), key=lambda r: (int(last_ts[r]), tx_ids[starts[r + 1] - 1])):
-        a, b = int(starts[r]), int(starts[r + 1])
+    for r, a, b in zip(range(n), heads[order].tolist(), starts[1:][order].tolist()):
         ring_tx, ring_accounts = tuple(tx_ids[a:b]), tuple(accounts[a:b])
-        if mixed[r]:
-            per_currency: dict[str, int] = {}
-            for code, amount in zip(currency[a:b].tolist(), units[a:b].tolist()):
-                name = store.currencies[code] or ""
-                per_currency[name] = per_currency.get(name, 0) + amount
-            ring_currency = MIXED
-            ring_totals = {code: Decimal(v) / AMOUNT_SCALE for code, v in sorted(per_currency.items())}
-        else:
-            ring_currency, ring_totals = store.currencies[currency[a]], {}
-        bits = rings.cut.get(int(rings.triggers[r]), 0) if rings.cut else 0
-        cut_by = tuple(name for bit, name in CUT_NAMES if bits & bit) if bits else ()
-        arrived = latest[r]
+        ring_totals = _per_currency(store, currency[a:b], units[a:b]) if mixed[r] else {}
+        ring_cut = cut_by[r]
         alerts.append(Alert(
-            alert_id=alert_id(ring_tx[-1], ring_accounts), trigger_tx_id=ring_tx[-1], accounts=ring_accounts,
-            tx_ids=ring_tx, hops=b - a, total_amount=Decimal(int(totals[r])) / AMOUNT_SCALE,
-            first_ts=int(first_ts[r]), last_ts=int(last_ts[r]), detected_at=detected_at,
-            latency_ms=0.0 if np.isnan(arrived) else round((now - arrived) * 1000, 3),
-            truncated=bool(cut_by), currency=ring_currency, totals=ring_totals, cut_by=cut_by))
+            alert_id(ring_tx[-1], ring_accounts), ring_tx[-1], ring_accounts, ring_tx, b - a,
+            Decimal(totals[r]) / AMOUNT_SCALE, first_ts[r], last_ts[r], detected_at, latency[r],
+            bool(ring_cut), ring_currency[r], ring_totals, ring_cut))
     return alerts
+
+
+CUT_BY = {bits: tuple(name for bit, name in CUT_NAMES if bits & bit) for bits in range(4)}
+
+
+def _trigger_order(store: EdgeStore, triggers: np.ndarray) -> np.ndarray:
+    """The rings' order by their trigger's (ts, tx_id), stable (a trigger's rings keep the kernel's order)."""
+    distinct, inverse = np.unique(triggers, return_inverse=True)
+    ts = store.e_ts[distinct].tolist()
+    tx = store.tx_ids(distinct).to_pylist()
+    keys = sorted(zip(ts, tx, range(len(ts))))
+    rank = np.empty(len(keys), np.int64)
+    previous, at = None, -1
+    for i, (t, name, d) in enumerate(keys):
+        if (t, name) != previous:
+            previous, at = (t, name), i
+        rank[d] = at
+    return np.argsort(rank[inverse], kind="stable")
+
+
+def _per_currency(store: EdgeStore, currency: np.ndarray, units: np.ndarray) -> dict[str, Decimal]:
+    """A mixed-currency ring's exact total per currency ("" for payments without one), by name."""
+    per_currency: dict[str, int] = {}
+    for code, amount in zip(currency.tolist(), units.tolist()):
+        name = store.currencies[code] or ""
+        per_currency[name] = per_currency.get(name, 0) + amount
+    return {code: Decimal(v) / AMOUNT_SCALE for code, v in sorted(per_currency.items())}
 
 
 @dataclass(frozen=True, slots=True)

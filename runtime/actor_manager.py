@@ -135,8 +135,8 @@ class ActorManager:
                 spec = actor.queue.popleft()
                 batch.append(self._pool.runnable(worker, spec))
                 worker.in_flight.append(spec)
-            if batch and not self._pool.send(worker, ("run", batch)):
-                self.worker_died(worker)
+            if batch:
+                self._pool.send(worker, ("run", batch))
 
     def cancel(self, spec: TaskSpec) -> bool:
         """Cancel a call still queued on its actor."""

@@ -76,6 +76,9 @@ class _InProcessLink:
     def post(self, method: str, args: tuple) -> None:
         self.node.post(method, args)
 
+    def post_later(self, method: str, args: tuple) -> None:
+        self.node.post_later(method, args)
+
     def call(self, method: str, *args: Any) -> Any:
         return self.node.call(method, *args)
 
@@ -132,9 +135,10 @@ def attach_worker_link(link: NodeLink, info: dict) -> None:
     _runtime = _Runtime(link, "default", info=info)
 
 
-def _listen_for_refs(link: NodeLink) -> None:
+def _listen_for_refs(link: _InProcessLink) -> None:
+    """A ref's first hold goes at once (before the submit that may use it); its release goes with the next request."""
     set_ref_listeners(lambda object_id: link.post("hold", (object_id,)),
-                      lambda object_id: link.post("release", (object_id,)))
+                      lambda object_id: link.post_later("release", (object_id,)))
 
 
 def is_initialized() -> bool:
@@ -167,7 +171,15 @@ def _current() -> _Runtime:
     return _runtime
 
 
-def _pickle_code(target: Any, what: str) -> bytes:
+@dataclass(frozen=True)
+class Code:
+    """A function or class pickled for the workers, and its id (the hash of the pickle), made once per remote."""
+
+    pickled: bytes
+    function_id: str
+
+
+def _pickle_code(target: Any, what: str) -> Code:
     """Pickle a function or class for the workers.
 
     A driver that joined a cluster pickles code from modules that are not
@@ -178,7 +190,8 @@ def _pickle_code(target: Any, what: str) -> bytes:
     module = uninstalled_module(target)
     if runtime.driver is not None and module is not None:
         cloudpickle.register_pickle_by_value(module)
-    return dumps_inline(target, what=what)
+    pickled = dumps_inline(target, what=what)
+    return Code(pickled, hashlib.sha1(pickled).hexdigest())
 
 
 def uninstalled_module(target: Any) -> Any:
@@ -194,11 +207,11 @@ def uninstalled_module(target: Any) -> Any:
     return None if installed else module
 
 
-def _register(code: bytes) -> str:
-    function_id = hashlib.sha1(code).hexdigest()
+def _register(code: Code) -> str:
+    function_id = code.function_id
     runtime = _current()
     if function_id not in runtime.registered:
-        runtime.link.post("register_function", (function_id, code))
+        runtime.link.post("register_function", (function_id, code.pickled))
         runtime.registered.add(function_id)
     return function_id
 
@@ -274,7 +287,7 @@ class RemoteFunction:
     def __init__(self, function: Any, options: RemoteOptions):
         self._function = function
         self._options = options
-        self._code: bytes | None = None
+        self._code: Code | None = None
         self._submitter: tuple[RuntimeBackend, Any] | None = None  # built once per external backend
         self.__name__ = getattr(function, "__name__", "task")
         self.__doc__ = getattr(function, "__doc__", None)
@@ -311,7 +324,7 @@ class ActorClass:
     def __init__(self, cls: type, options: RemoteOptions):
         self._cls = cls
         self._options = options
-        self._code: bytes | None = None
+        self._code: Code | None = None
         self._creator: tuple[RuntimeBackend, Any] | None = None  # built once per external backend
         self.__name__ = cls.__name__
 

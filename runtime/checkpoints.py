@@ -13,6 +13,17 @@ written as Arrow IPC; anything else is pickled with protocol 5, its large
 buffers (numpy arrays, Arrow columns) written raw after a small header instead
 of being copied into the pickle stream.
 
+Retention: each `save` drops the actor's checkpoints older than its newest
+two, except those *held*. `hold(holder, ids)` makes `ids` the set `holder`
+keeps (replacing what it held before) and says which of them are gone already;
+a holder is whoever refers to checkpoints from outside the actor — the
+engine's aligned checkpoint records hold the shard checkpoints of the records
+they keep, so a shard that checkpoints again, or another engine checkpointing
+the same shards, never drops what a kept record names. Holding and pruning are
+atomic with respect to each other (a lock file; a Redis WATCH), so a hold that
+reports nothing gone keeps every id it names. Storage stays bounded: two per
+actor plus what holders name (each holder replaces its own set).
+
 Checkpoint ids are `<actor_id>/<sequence>-<sha256 of the checkpoint>`; the
 latest id is recorded in the (sealed) GCS actor table by the node, so a restart
 on any node knows which to load, and `load` refuses bytes whose SHA-256 is not
@@ -28,15 +39,20 @@ Ray's GCS instead (`runtime/ray_backend/hosting.py`).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
+import json
+import logging
 import os
 import pickle
 import struct
 import tempfile
 import time
-from pathlib import Path
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
@@ -48,7 +64,11 @@ from .files import write_atomically
 
 _PICKLE_MAGIC = b"RWCKPT1\n"
 _ARROW_MAGIC = b"RWARROW\n"
-_KEEP = 2  # checkpoints kept per actor: the latest and the one before, in case the latest is being written
+_KEEP = 2  # checkpoints kept per actor beyond those held: the latest and the one before
+_HOLDS = ".holds"  # file store: one JSON list of held ids per holder, and the lock pruning and holding share
+_REDIS_HOLDS = "ringwatch:checkpoint-holds"  # Redis store: a hash, holder -> JSON list of held ids
+
+logger = logging.getLogger(__name__)
 
 
 def default_uri() -> str:
@@ -111,6 +131,10 @@ class CheckpointStore(Protocol):
     def save(self, actor_id: str, state: Any) -> str: ...
     def load(self, checkpoint_id: str) -> Any: ...
 
+    def hold(self, holder: str, checkpoint_ids: Iterable[str]) -> list[str]:
+        """Keep `checkpoint_ids` from pruning for `holder` (instead of what it held); those of them already gone."""
+        ...
+
 
 class FileCheckpointStore:
     """Checkpoints as files under one directory: `<dir>/<actor_id>/<sequence>.ckpt`."""
@@ -125,9 +149,41 @@ class FileCheckpointStore:
         parts = encode_state(state)
         name = f"{time.time_ns():020d}-{_digest(parts)}"
         write_atomically(folder / f"{name}.ckpt", parts)
-        for old in sorted(folder.glob("*.ckpt"))[:-_KEEP]:
-            old.unlink(missing_ok=True)
+        with self._holds_locked():
+            held = self._held()
+            for old in sorted(folder.glob("*.ckpt"))[:-_KEEP]:
+                if held is not None and f"{actor_id}/{old.stem}" not in held:
+                    old.unlink(missing_ok=True)
         return f"{actor_id}/{name}"
+
+    def hold(self, holder: str, checkpoint_ids: Iterable[str]) -> list[str]:
+        ids = sorted(set(checkpoint_ids))
+        name = hashlib.sha256(holder.encode()).hexdigest()[:32]
+        with self._holds_locked():
+            write_atomically(self.root / _HOLDS / f"{name}.json", json.dumps({"holder": holder, "ids": ids}).encode())
+            return [i for i in ids if not (self.root / f"{i}.ckpt").exists()]
+
+    @contextmanager
+    def _holds_locked(self) -> Iterator[None]:
+        folder = self.root / _HOLDS
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _held(self) -> set[str] | None:
+        """Every id some holder holds; None (prune nothing) if a hold cannot be read."""
+        held: set[str] = set()
+        for path in (self.root / _HOLDS).glob("*.json"):
+            try:
+                held.update(json.loads(path.read_bytes())["ids"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                logger.warning("checkpoint hold %s is not readable (%s): nothing pruned", path, exc)
+                return None
+        return held
 
     def load(self, checkpoint_id: str) -> Any:
         path = self.root / f"{checkpoint_id}.ckpt"
@@ -152,10 +208,33 @@ class RedisCheckpointStore:
         data = b"".join(bytes(p) for p in encode_state(state))
         checkpoint_id = f"{actor_id}/{time.time_ns():020d}-{_digest([data])}"
         self._redis.set(f"ringwatch:checkpoints:{checkpoint_id}", data)
-        older = sorted(self._redis.keys(f"ringwatch:checkpoints:{actor_id}/*"))[:-_KEEP]
-        if older:
-            self._redis.delete(*older)
+        self._prune(actor_id)
         return checkpoint_id
+
+    def _prune(self, actor_id: str) -> None:
+        """Drop the actor's unheld checkpoints beyond the newest two; redone if a hold changed meanwhile."""
+        import redis
+
+        prefix = b"ringwatch:checkpoints:"
+        with self._redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(_REDIS_HOLDS)
+                    held = {i for raw in pipe.hvals(_REDIS_HOLDS) for i in json.loads(raw)}
+                    older = sorted(pipe.keys(f"ringwatch:checkpoints:{actor_id}/*"))[:-_KEEP]
+                    doomed = [key for key in older if key[len(prefix):].decode() not in held]
+                    pipe.multi()
+                    if doomed:
+                        pipe.delete(*doomed)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+    def hold(self, holder: str, checkpoint_ids: Iterable[str]) -> list[str]:
+        ids = sorted(set(checkpoint_ids))
+        self._redis.hset(_REDIS_HOLDS, holder, json.dumps(ids))
+        return [i for i in ids if not self._redis.exists(f"ringwatch:checkpoints:{i}")]
 
     def load(self, checkpoint_id: str) -> Any:
         data = self._redis.get(f"ringwatch:checkpoints:{checkpoint_id}")

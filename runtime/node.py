@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 Reply = Callable[[bool, Any], None]
 
+STOP_WAIT_S = 10.0  # how long `shutdown` waits for the dispatcher to finish the request it is serving
+IDLE_WAIT_S = 1.0  # the longest the dispatcher waits for news: requests posted with `post_later` wait at most this
+
 
 def _ignore(ok: bool, value: Any) -> None:
     return None
@@ -69,10 +72,12 @@ class Node:
         self._selector = selectors.DefaultSelector()  # the wake-up pipe and every worker's pipe
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._watched: dict[int, Worker] = {}
+        self._writing: set[int] = set()  # watched worker pipes with messages their socket has not taken yet
         self._watched_version = -1
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_order = itertools.count()
         self._running = True
+        self._loop_done = threading.Event()  # the dispatcher has served its last request
         self.stats = {"tasks_done": 0}
         self._functions = FunctionTable(*((cluster.function_code, cluster.function_registered) if cluster else ()))
         self._objects = ObjectTable(cluster, self._after)
@@ -122,18 +127,29 @@ class Node:
             except (BlockingIOError, OSError):
                 pass
 
+    def post_later(self, method: str, args: tuple) -> None:
+        """A request that can wait for the dispatcher's next turn: queued in order, without waking it.
+
+        For what nobody waits on (a driver's ref released): it costs no wake-up of
+        its own, and runs before anything posted after it, at the latest when the
+        dispatcher's idle wait ends (`IDLE_WAIT_S`).
+        """
+        self._events.append((method, args, None))
+
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """Post a request and wait for its answer (for threads other than the dispatcher)."""
-        done = threading.Event()
+        done = threading.Lock()  # released by the answer: cheaper than an Event on this hot path
+        done.acquire()
         box: list = []
 
         def reply(ok: bool, value: Any) -> None:
-            box.append((ok, value))
-            done.set()
+            if not box:
+                box.append((ok, value))
+                done.release()
 
         self.post(method, args, reply)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not done.wait(0.5):
+        while not done.acquire(timeout=0.5):
             if not self._running:
                 raise NodeStoppedError(f"node {self.node_id} stopped before answering {method}")
             if deadline is not None and time.monotonic() > deadline:
@@ -145,6 +161,8 @@ class Node:
 
     def check_feasible(self, spec: TaskSpec) -> None:
         """Fail at submit a call that asks for more than this (one-node) runtime has."""
+        if not spec.resources and (spec.kind == ACTOR_CALL or spec.num_cpus <= self.resources["CPU"]):
+            return  # the common call: nothing to build
         needs = {"CPU": spec.num_cpus if spec.kind != ACTOR_CALL else 0.0, **spec.resources}
         missing = {k: v for k, v in needs.items() if v > self.resources.get(k, 0.0)}
         if missing:
@@ -152,15 +170,20 @@ class Node:
                 f"{spec.name} needs {missing} but no node has that much (this node has {self.resources})")
 
     def shutdown(self) -> None:
+        """Stop the dispatcher; on its way out it stops the workers and frees what the node holds.
+
+        The parts are let go on the dispatcher thread, which owns them: a
+        dispatcher still busy after `STOP_WAIT_S` (a request stuck in a call to
+        another process) is left to finish, and to clean up then.
+        """
         if not self._running:
             return
         self.post("stop", ())
-        self._thread.join(timeout=10)
-        self._pool.shutdown()
-        if self._clients is not None:
-            self._clients.close()
-        self._objects.free_all()
-        self._selector.close()
+        if not self._loop_done.wait(STOP_WAIT_S):
+            logger.warning("node %s: the dispatcher did not stop within %s s; it stops the workers when it does",
+                           self.node_id, STOP_WAIT_S)
+            return
+        self._thread.join()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -178,9 +201,15 @@ class Node:
                 self._turn()
             except Exception:  # the dispatcher must outlive any one bad request or message
                 logger.exception("node %s dispatcher error", self.node_id)
+        self._loop_done.set()
+        self._pool.shutdown()
+        if self._clients is not None:
+            self._clients.close()
+        self._objects.free_all()
+        self._selector.close()
 
     def _turn(self) -> None:
-        timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else 1.0
+        timeout = min(IDLE_WAIT_S, max(0.0, self._timers[0][0] - time.monotonic())) if self._timers else IDLE_WAIT_S
         if self._events:
             timeout = 0.0
         self._watch_workers()
@@ -213,6 +242,7 @@ class Node:
             self._direct.send_ready()
             self._leases.send_ready()
         self._scheduler.schedule()
+        self._flush_workers()
 
     def _watch_workers(self) -> None:
         """Keep the selector's set of worker pipes equal to the pool's connected workers."""
@@ -223,8 +253,25 @@ class Node:
         for fd in list(self._watched):
             self._selector.unregister(fd)
         self._watched = connected
+        self._writing = {fd for fd, worker in connected.items() if worker.pipe is not None and worker.pipe.pending}
         for fd, worker in connected.items():
-            self._selector.register(fd, selectors.EVENT_READ, worker)
+            self._selector.register(fd, selectors.EVENT_READ | (selectors.EVENT_WRITE if fd in self._writing else 0),
+                                    worker)
+
+    def _flush_workers(self) -> None:
+        """Write what this turn queued for workers; wait for the sockets of those that did not take it all."""
+        for worker in self._pool.flush():
+            self._worker_died(worker)
+        unflushed = self._pool.unflushed()
+        if not unflushed and not self._writing:
+            return
+        # Only pipes still open and watched (a worker connected this turn is watched from the next one).
+        live = {fd for fd, w in self._watched.items() if w.conn is not None and not w.conn.closed}
+        writing = {w.conn.fileno() for w in unflushed if w.conn is not None and not w.conn.closed} & live
+        for fd in (writing ^ self._writing) & live:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if fd in writing else 0)
+            self._selector.modify(fd, events, self._watched[fd])
+        self._writing = writing
 
     def _handle(self, method: str, args: tuple, reply: Reply | None) -> None:
         handler = self._ops.get(method)

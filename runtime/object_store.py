@@ -10,6 +10,7 @@ owns the segment and unlinks it when the last reference to the object goes.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from multiprocessing import resource_tracker, shared_memory
@@ -68,23 +69,31 @@ def _untrack(segment: shared_memory.SharedMemory) -> None:
 
 
 class SegmentCache:
-    """Shared segments this process has mapped, kept open while values may point into them."""
+    """Shared segments this process has mapped, kept open while values may point into them.
+
+    Used from several threads (a driver's `get`, its node's dispatcher, the
+    threads serving other nodes' fetches), so one lock guards it: two threads
+    trimming at once closed the same segment's file descriptor twice (EBADF,
+    or worse, another file that had reused the number).
+    """
 
     def __init__(self, capacity: int = 256):
         self.capacity = capacity
         self._open: OrderedDict[str, shared_memory.SharedMemory] = OrderedDict()
         self._pinned: list[shared_memory.SharedMemory] = []
+        self._lock = threading.Lock()
 
     def view(self, name: str) -> memoryview:
-        segment = self._open.get(name)
-        if segment is None:
-            segment = shared_memory.SharedMemory(name=name)
-            _untrack(segment)
-            self._open[name] = segment
-            self._trim()
-        else:
-            self._open.move_to_end(name)
-        return segment.buf
+        with self._lock:
+            segment = self._open.get(name)
+            if segment is None:
+                segment = shared_memory.SharedMemory(name=name)
+                _untrack(segment)
+                self._open[name] = segment
+                self._trim()
+            else:
+                self._open.move_to_end(name)
+            return segment.buf
 
     def _trim(self) -> None:
         while len(self._open) > self.capacity:

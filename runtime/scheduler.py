@@ -101,8 +101,8 @@ class Scheduler:
                 continue
             worker.in_flight.append(spec)
         self._ready.extendleft(reversed(skipped))
-        if batch and not self._pool.send(worker, ("run", batch)):
-            self.worker_died(worker)
+        if batch:
+            self._pool.send(worker, ("run", batch))
 
     def _reserve(self, spec: TaskSpec) -> bool:
         if any(self._in_use[k] + v > self.resources.get(k, 0.0) for k, v in spec.resources.items()):

@@ -31,12 +31,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import signal
-import threading
 from collections import deque
 from dataclasses import dataclass
-from queue import Queue
-from multiprocessing.connection import Client, Connection
+from multiprocessing.connection import Client, Connection, wait
 from typing import Any
 
 import cloudpickle
@@ -60,45 +59,80 @@ class DirectReply:
     owner: str
 
 
+class Inbox:
+    """What the worker's main thread waits for, read on that thread: no hand-off per message.
+
+    The node's pipe is read here directly (the node never blocks writing to a
+    worker busy in a long call: it keeps what the pipe does not take yet). In a
+    cluster, calls also arrive on direct channels, whose reader threads hand
+    them over through a deque and a wake-up pipe, waited on together with the
+    node's pipe.
+    """
+
+    def __init__(self, conn: Connection, *, direct: bool):
+        self._conn = conn
+        self._handed: deque = deque()
+        self._wake_r = self._wake_w = -1
+        if direct:
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_w, False)
+
+    def hand(self, message: tuple) -> None:
+        """A direct channel's reader thread hands over a message (any thread)."""
+        self._handed.append(message)
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:  # the pipe is full of wake-ups: one more is not needed
+            pass
+
+    def get(self) -> tuple:
+        """The next message: ("exit",) once the node's pipe is closed."""
+        while True:
+            if self._handed:
+                return self._handed.popleft()
+            if self._wake_r < 0 or self._conn in wait([self._conn, self._wake_r]):
+                return self._recv()
+            os.read(self._wake_r, 4096)
+
+    def _recv(self) -> tuple:
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            return ("exit",)
+        except Exception:  # a message that cannot be read: exit, so the node retries the calls elsewhere
+            logger.exception("worker could not read a message from its node")
+            return ("exit",)
+
+
 class WorkerLink:
     """The runtime API as seen from inside a worker: every call goes to the node over the pipe.
 
-    A reader thread drains the pipe into `inbox` at all times (and each direct
-    channel's reader adds its calls there), so no sender ever blocks on a worker
-    busy running a call.
+    The main thread reads its messages itself (`Inbox`): between calls, and
+    while it waits for the answer to a runtime call of its own.
     """
 
-    def __init__(self, conn: Connection, queue: deque, *, is_actor: bool):
+    def __init__(self, conn: Connection, queue: deque, *, is_actor: bool, direct: bool):
         self.conn = conn
         self.queue = queue  # (spec, code, deps, DirectReply or None), in the order they run
         self.is_actor = is_actor
-        self.inbox: Queue = Queue()
+        self.inbox = Inbox(conn, direct=direct)
         self.held: list[str] = []
         self.released: list[str] = []
         self.code: dict[str, bytes] = {}  # function id -> pickled code, as the node first sent it
-        threading.Thread(target=self._read, name="ringwatch-worker-reader", daemon=True).start()
 
-    def _read(self) -> None:
-        try:
-            while True:
-                message = self.conn.recv()
-                if message[0] == "run":  # keep code even for calls handed back: the node sends it once
-                    self.code.update((spec.function_id, code) for spec, code, _ in message[1] if code is not None)
-                self.inbox.put(message)
-        except (EOFError, OSError):
-            self.inbox.put(("exit",))
-        except Exception:  # a reader that dies silently would hang the worker: exit so the node retries
-            logger.exception("worker reader failed")
-            self.inbox.put(("exit",))
+    def send(self, message: tuple) -> None:
+        """To the node, pickled once with plain pickle (the node reads frames without `Connection`)."""
+        self.conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
     def direct_message(self, channel: Channel, message: Any) -> None:
         """A direct channel's reader thread hands over what it read."""
         if isinstance(message, tuple) and message[:1] == ("run",):
-            self.inbox.put(("direct", channel, message))
+            self.inbox.hand(("direct", channel, message))
 
     def take(self, message: tuple) -> None:
         """Queue the calls of a `run` (from the node) or `direct` (from a channel) message."""
-        if message[0] == "run":
+        if message[0] == "run":  # keep code even for calls handed back: the node sends it once
+            self.code.update((spec.function_id, code) for spec, code, _ in message[1] if code is not None)
             self.queue.extend((spec, code, deps, None) for spec, code, deps in message[1])
         else:
             _, channel, (_, owner, calls) = message
@@ -123,14 +157,14 @@ class WorkerLink:
 
     def post(self, method: str, args: tuple) -> None:
         """A request that needs no answer (submit, hold, release), sent in order with the rest."""
-        self.conn.send(("call", None, method, args, *self.take_ref_changes()))
+        self.send(("call", None, method, args, *self.take_ref_changes()))
 
     def call(self, method: str, *args: Any) -> Any:
         blocking = method in ("get", "wait") and not self.is_actor
         if blocking and self.queue:
             self._hand_back(list(self.queue))
         request_id = new_id()
-        self.conn.send(("call", request_id, method, args, *self.take_ref_changes()))
+        self.send(("call", request_id, method, args, *self.take_ref_changes()))
         while True:
             message = self.inbox.get()
             if message[0] == "reply" and message[1] == request_id:
@@ -153,7 +187,7 @@ class WorkerLink:
             by_channel.setdefault(reply.channel if reply else None, []).append(spec.task_id)
         for channel, task_ids in by_channel.items():
             if channel is None:
-                self.conn.send(("requeue", task_ids))
+                self.send(("requeue", task_ids))
             else:
                 try:
                     channel.send(("requeue", task_ids))
@@ -172,7 +206,7 @@ class WorkerLink:
     def send_result(self, result: TaskResult, reply: DirectReply | None) -> None:
         """The result goes to the node, or back on the direct channel it came from."""
         if reply is None:
-            self.conn.send(("done", result, *self.take_ref_changes()))
+            self.send(("done", result, *self.take_ref_changes()))
             return
         if result.blob is not None and result.blob.shared:  # large: the node keeps it for the caller's node
             node = self.call("keep", result.task_id, result.blob, result.contained, reply.owner)
@@ -185,7 +219,7 @@ class WorkerLink:
             pass
         held, released = self.take_ref_changes()
         if held or released:
-            self.conn.send(("refs", held, released))
+            self.send(("refs", held, released))
 
 
 def main() -> None:
@@ -226,7 +260,7 @@ def worker_main(conn: Connection, node_info: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=node_info.get("log_level", logging.WARNING))
     queue: deque = deque()
-    link = WorkerLink(conn, queue, is_actor=bool(node_info.get("actor_id")))
+    link = WorkerLink(conn, queue, is_actor=bool(node_info.get("actor_id")), direct=bool(node_info.get("direct")))
     server = _serve_direct_calls(link, node_info.get("direct"))
     conn.send(("hello", node_info["worker_id"], server.address if server else None))
     api.attach_worker_link(link, node_info)

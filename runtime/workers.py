@@ -44,7 +44,7 @@ class Worker:
     in_flight: deque[TaskSpec] = field(default_factory=deque)  # handed to it, not finished, in order
     known_functions: set[str] = field(default_factory=set)
     blocked: bool = False  # waiting in a nested get or wait
-    inbox: "FrameReader | None" = None  # what the worker sent, read without blocking
+    pipe: WorkerPipe | None = None  # the node's end of `conn`, read and written without blocking
     direct: str | None = None  # in a cluster: where it takes direct calls (an actor's callers, a lessee)
     lease: str | None = None  # the lease id while another node has it, pushing tasks to it directly
 
@@ -58,11 +58,9 @@ class Worker:
 
     def stop(self) -> None:
         """Ask the process to exit, kill it if it does not, close the pipe."""
-        if self.conn is not None:
-            try:
-                self.conn.send(("exit",))
-            except (OSError, EOFError, ValueError):
-                pass
+        if self.pipe is not None:  # after whatever is still queued for it, if the socket takes it now
+            self.pipe.queue(("exit",))
+            self.pipe.flush()
         try:
             self.process.wait(timeout=2)
         except subprocess.TimeoutExpired:
@@ -70,13 +68,21 @@ class Worker:
             self.process.wait(timeout=5)
         if self.conn is not None:
             self.conn.close()
-        if self.inbox is not None:
-            self.inbox.close()
+        if self.pipe is not None:
+            self.pipe.close()
 
 
-class FrameReader:
-    """Reads `multiprocessing.connection` frames from a socket without blocking: 4-byte big-endian
-    length (or -1 and an 8-byte length), then a pickle."""
+class WorkerPipe:
+    """The node's end of a worker's pipe, read and written without ever blocking the dispatcher.
+
+    Frames follow `multiprocessing.connection` (4-byte big-endian length, or -1
+    and an 8-byte length, then a pickle), which the worker's `Connection` reads
+    and writes. Reads take whatever has arrived in one system call. Writes are
+    queued (`queue`) and written once per dispatcher turn (`flush`), so the
+    calls and answers a turn makes for one worker cost one system call; what the
+    socket does not take at once (a worker busy in a long call does not read)
+    stays in the outbox until it does, and the dispatcher watches for that.
+    """
 
     _SHORT = struct.Struct("!i")
     _LONG = struct.Struct("!Q")
@@ -85,6 +91,7 @@ class FrameReader:
         self._sock = socket.socket(fileno=os.dup(fd))
         self._buffer = bytearray()
         self._start = 0
+        self._outbox = bytearray()
 
     def read(self) -> tuple[list, bool]:
         """(messages complete so far, False if the other end has gone)."""
@@ -129,7 +136,33 @@ class FrameReader:
         self._start = start
         return messages
 
+    def queue(self, message: tuple) -> None:
+        """Pickle a message into the outbox (written by `flush`); raises what pickling raises."""
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        size = len(payload)
+        self._outbox += self._SHORT.pack(size) if size <= 0x7FFFFFFF else self._SHORT.pack(-1) + self._LONG.pack(size)
+        self._outbox += payload
+
+    @property
+    def pending(self) -> bool:
+        """Bytes queued that the socket has not taken yet."""
+        return bool(self._outbox)
+
+    def flush(self) -> bool:
+        """Write what the socket takes now; False if the pipe broke (what is queued is dropped)."""
+        while self._outbox:
+            try:
+                sent = self._sock.send(self._outbox, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return True
+            except OSError:
+                self._outbox.clear()
+                return False
+            del self._outbox[:sent]
+        return True
+
     def close(self) -> None:
+        self._outbox.clear()
         self._sock.close()
 
 
@@ -149,6 +182,7 @@ class WorkerPool:
         self._key = secrets.token_bytes(32)
         self._listener = Listener(os.path.join(self._socket_dir, "workers.sock"), family="AF_UNIX", authkey=self._key)
         self._connecting: dict[str, Worker] = {}
+        self._unflushed: dict[str, Worker] = {}  # worker id -> a worker with messages queued, not all written
         self._closing = False
         self.workers: list[Worker] = []
         self.version = 0  # changes whenever a worker's pipe comes or goes
@@ -200,7 +234,7 @@ class WorkerPool:
         worker.conn = conn
         worker.direct = direct
         self.version += 1
-        worker.inbox = FrameReader(conn.fileno())
+        worker.pipe = WorkerPipe(conn.fileno())
 
     def exited_before_connecting(self) -> list[Worker]:
         """Workers whose process ended before it connected back (the caller treats them as died)."""
@@ -214,6 +248,7 @@ class WorkerPool:
         """Take a worker out of the pool and stop its process; False if it was gone already."""
         if worker not in self.workers:
             return False
+        self._unflushed.pop(worker.worker_id, None)
         self.workers.remove(worker)
         worker.stop()
         self.version += 1
@@ -235,7 +270,7 @@ class WorkerPool:
         cut out here (the worker sends with `multiprocessing.connection`, whose
         framing this follows), so a burst of results costs one system call.
         """
-        return worker.inbox.read()
+        return worker.pipe.read()
 
     def runnable(self, worker: Worker, spec: TaskSpec) -> tuple:
         """A call as the worker runs it: the code the first time the worker sees it, and the inputs' values.
@@ -248,14 +283,28 @@ class WorkerPool:
             worker.known_functions.add(spec.function_id)
         return spec, code, {d: self._objects.value_for_worker(d) for d in spec.deps}
 
-    @staticmethod
-    def send(worker: Worker, message: tuple) -> bool:
-        """Send on the worker's pipe; False if it broke (the caller treats the worker as died)."""
-        try:
-            worker.conn.send(message)
-        except (OSError, EOFError):
-            return False
-        return True
+    def send(self, worker: Worker, message: tuple) -> None:
+        """Queue a message for the worker; `flush` writes it, at the end of the dispatcher's turn."""
+        worker.pipe.queue(message)
+        self._unflushed[worker.worker_id] = worker
+
+    def flush(self) -> list[Worker]:
+        """Write what is queued for each worker, as far as its socket takes it now; the workers whose pipe broke.
+
+        A worker whose socket is full keeps the rest (`unflushed`): the dispatcher
+        waits for its socket to take more, then flushes again.
+        """
+        broken = []
+        for worker_id, worker in list(self._unflushed.items()):
+            if worker.pipe is None or not worker.pipe.flush():
+                broken.append(worker)
+            if worker.pipe is None or not worker.pipe.pending:
+                del self._unflushed[worker_id]
+        return broken
+
+    def unflushed(self) -> list[Worker]:
+        """Workers with messages their socket has not taken yet."""
+        return list(self._unflushed.values())
 
     def task_workers(self) -> list[Worker]:
         return [w for w in self.workers if w.actor_id is None]

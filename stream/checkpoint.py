@@ -22,6 +22,18 @@ engine's process and dies with it, so records are files under `--state-dir`
 shared by every engine of the consumer group (`GcsCheckpointStore`). A record
 is written whole or not at all; a damaged newest record leaves the one before.
 
+A record's shard checkpoints must outlive it: the runtime prunes each
+actor's checkpoints beyond its newest two, and shards checkpoint again for
+the next record, for a record that is then dropped (a shard restarted
+meanwhile) or for another engine of the group. So before a record is written
+its store *holds* (`runtime.checkpoints.CheckpointStore.hold`) the shard
+checkpoints of every record it keeps, this one included, and writes no record
+whose shard checkpoints are gone already (`CheckpointError`: the engine skips
+that checkpoint). Each engine holds under its own id, replacing its previous
+hold, so what the newest record names stays held by its writer at least until
+that writer's next record; storage stays bounded by `keep` records per engine
+id (an engine id that never comes back leaves its last hold behind).
+
 Engines of one group share the shards, so a record must cover all of them:
 each engine `publish`es its progress before it checkpoints the shards, and the
 record carries every engine's latest published progress (`group_progress`).
@@ -36,7 +48,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -145,6 +157,23 @@ class KeyValue(Protocol):
     def kv_keys(self, prefix: str = "") -> list[str]: ...
 
 
+class ShardHolds(Protocol):
+    """What a record store needs of the runtime's checkpoint store the shards write to."""
+
+    def hold(self, holder: str, checkpoint_ids: Iterable[str]) -> list[str]: ...
+
+
+def hold_shards(shards: ShardHolds | None, holder: str, checkpoint: Checkpoint, kept: Iterable[list[str]]) -> None:
+    """Hold the shard checkpoints of `checkpoint` and of the records kept with it; CheckpointError if its are gone."""
+    if shards is None:
+        return
+    wanted = set(checkpoint.shards).union(*kept)
+    gone = set(shards.hold(holder, wanted)) & set(checkpoint.shards)
+    if gone:
+        raise CheckpointError(f"shard checkpoints {sorted(gone)} were pruned before their record was written "
+                              f"(newer ones were taken meanwhile); record not written")
+
+
 class CheckpointStore(Protocol):
     """Where a consumer group's aligned checkpoint records live."""
 
@@ -153,7 +182,10 @@ class CheckpointStore(Protocol):
         ...
 
     def save(self, checkpoint: Checkpoint) -> Checkpoint:
-        """Write `checkpoint` as the next epoch (its `epoch` is set here) and return it."""
+        """Write `checkpoint` as the next epoch (its `epoch` is set here) and return it.
+
+        Raises CheckpointError, writing nothing, if its shard checkpoints are pruned already.
+        """
         ...
 
     def history(self) -> list[Checkpoint]:
@@ -174,12 +206,15 @@ class FileCheckpointStore:
 
     Each file is written to a temporary name, fsynced and renamed, so it exists
     whole or not at all; an unreadable newest file is skipped with a warning.
+    `shards`: the store the shards checkpoint to, where records hold theirs.
     """
 
-    def __init__(self, state_dir: str | Path, keep: int = 2):
+    def __init__(self, state_dir: str | Path, keep: int = 2, *, shards: ShardHolds | None = None,
+                 holder: str = "records"):
         self.root = Path(state_dir) / "checkpoints"
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep = keep
+        self._shards, self._holder = shards, holder
         self._published: dict[str, EngineProgress] = {}  # one engine per state_dir: its own progress only
 
     def _path(self, epoch: int) -> Path:
@@ -207,6 +242,8 @@ class FileCheckpointStore:
 
     def save(self, checkpoint: Checkpoint) -> Checkpoint:
         epochs = self._epochs()
+        kept = [c.shards for c in map(self._read, epochs[len(epochs) - self.keep + 1:]) if c is not None]
+        hold_shards(self._shards, self._holder, checkpoint, kept)
         checkpoint.epoch = (epochs[-1] if epochs else 0) + 1
         checkpoint.created_at = checkpoint.created_at or time.time()
         write_atomically(self._path(checkpoint.epoch), checkpoint.to_json().encode())
@@ -231,15 +268,19 @@ class GcsCheckpointStore:
     Epochs are claimed with an atomic put, so two engines never write the same
     epoch. Values are sealed by the runtime like every GCS record. `kv` is
     anything with the runtime's `kv_get/kv_put/kv_delete/kv_keys` (default: the
-    runtime this process joined; tools pass a `RedisGcs`).
+    runtime this process joined; tools pass a `RedisGcs`). `shards` and
+    `holder`: the store the shards checkpoint to, and this engine's id there.
     """
 
-    def __init__(self, group: str, keep: int = 2, progress_ttl_s: float = 60.0, kv: KeyValue | None = None):
+    def __init__(self, group: str, keep: int = 2, progress_ttl_s: float = 60.0, kv: KeyValue | None = None, *,
+                 shards: ShardHolds | None = None, holder: str = ""):
         if kv is None:
             from ringwatch import runtime as kv
         self._rt = kv
         self.group = group
         self.keep = keep
+        self._shards, self._holder = shards, f"{group}/{holder}"
+        self._shards_of: dict[int, list[str]] = {}  # records are written once: their shard ids, by epoch
         self.progress_ttl_s = progress_ttl_s
         self._prefix = f"ringwatch/engines/{group}/"
 
@@ -273,6 +314,7 @@ class GcsCheckpointStore:
 
     def save(self, checkpoint: Checkpoint) -> Checkpoint:
         epochs = self._epochs()
+        hold_shards(self._shards, self._holder, checkpoint, self._kept_shards(epochs))
         epoch = (epochs[-1] if epochs else 0) + 1
         checkpoint.created_at = checkpoint.created_at or time.time()
         while True:
@@ -283,6 +325,16 @@ class GcsCheckpointStore:
         for old in [e for e in epochs if e < epoch][: -(self.keep - 1) or None]:
             self._rt.kv_delete(self._record_key(old))
         return checkpoint
+
+    def _kept_shards(self, epochs: list[int]) -> list[list[str]]:
+        """The shard ids of the records that stay once one more is written (each record read once)."""
+        kept = epochs[len(epochs) - self.keep + 1:]
+        for epoch in kept:
+            if epoch not in self._shards_of:
+                record = self._read(epoch)
+                self._shards_of[epoch] = record.shards if record is not None else []
+        self._shards_of = {epoch: self._shards_of[epoch] for epoch in kept}
+        return list(self._shards_of.values())
 
     def publish(self, engine_id: str, progress: EngineProgress) -> None:
         progress.published_at = progress.published_at or time.time()

@@ -10,6 +10,11 @@ slows the loop down instead of growing memory without limit.
 Ring ids are deterministic and every sink skips ids it has already delivered,
 so handing alerts over after the graph has moved on is safe: a crash in
 between replays the batch and raises the same ids again.
+
+With a shared graph the delivery thread first claims each alert
+(`AlertClaims.ours`); `drain` also hands over the parked alerts whose claimant
+has left without sending them (`AlertClaims.retry`), before the checkpoint
+asks the sinks to flush.
 """
 
 from __future__ import annotations
@@ -18,15 +23,18 @@ import logging
 import queue
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from ringwatch.connectors import Sink
 from ringwatch.graph import Alert
+
+from .claims import AlertClaims
 
 logger = logging.getLogger(__name__)
 
 MAX_QUEUED_BATCHES = 64
 _STOP = object()
+_RETRY = object()  # hand over the parked alerts that are ours now
 
 
 class DeliveryError(RuntimeError):
@@ -36,14 +44,14 @@ class DeliveryError(RuntimeError):
 class AlertDelivery:
     """Hands alert batches to `sinks` on a background thread.
 
-    `select(alerts)`, if given, runs first on the delivery thread and returns
-    the alerts this engine is to deliver (the claims of a shared graph).
+    `claims`, if given (a shared graph), decides on the delivery thread which
+    alerts this engine is to deliver.
     """
 
-    def __init__(self, sinks: Mapping[str, Sink], select: Callable[[list[Alert]], list[Alert]] | None = None):
+    def __init__(self, sinks: Mapping[str, Sink], claims: AlertClaims | None = None):
         self.sinks = dict(sinks)
         self.handed: Counter[str] = Counter()
-        self._select = select
+        self._claims = claims
         self._queue: queue.Queue = queue.Queue(MAX_QUEUED_BATCHES)
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="ringwatch-delivery", daemon=True)
@@ -56,7 +64,9 @@ class AlertDelivery:
             self._queue.put(alerts)
 
     def drain(self) -> None:
-        """Wait until every batch put so far has been handed to every sink."""
+        """Wait until every batch put so far, and every parked alert now ours, has been handed to every sink."""
+        if self._claims is not None and self._claims.parked:
+            self._queue.put(_RETRY)
         self._queue.join()
         self._raise_if_failed()
 
@@ -83,9 +93,11 @@ class AlertDelivery:
             finally:
                 self._queue.task_done()
 
-    def _deliver(self, alerts: list[Alert]) -> None:
-        if self._select is not None:
-            alerts = self._select(alerts)
+    def _deliver(self, alerts: list[Alert] | object) -> None:
+        if alerts is _RETRY:
+            alerts = self._claims.retry()
+        elif self._claims is not None:
+            alerts = self._claims.ours(alerts)
         if not alerts:
             return
         for name, sink in self.sinks.items():

@@ -70,7 +70,7 @@ from ringwatch.connectors import (
 )
 from ringwatch.graph import Alert, RingGraph, SearchOptions
 from ringwatch.runtime.backend import backend_name
-from ringwatch.runtime.checkpoints import default_uri
+from ringwatch.runtime.checkpoints import default_uri, open_store
 from ringwatch.runtime.cli import read_query_token
 from ringwatch.runtime.errors import TokenMissingError
 from ringwatch.runtime.tls import TlsConfigError, TlsFiles
@@ -189,7 +189,7 @@ class Engine:
                 self._claims = AlertClaims(config.source.group, self.engine_id,
                                            ttl_s=max(config.graph.window + config.time.allowed_lateness,
                                                      CLAIM_MIN_TTL_MS) / 1000)
-            self._delivery = AlertDelivery(self._sinks, self._claims.ours if self._claims else None)
+            self._delivery = AlertDelivery(self._sinks, self._claims)
             self._graph = self._restore()
             self._source = self._open_source()
             self._watch_external_counters()
@@ -261,11 +261,13 @@ class Engine:
 
     def _open_store(self) -> CheckpointStore:
         engine_config = self.config.engine
+        shards = open_store(self._shard_checkpoint_uri())  # records hold their shard checkpoints there
         if self.shared:
             return GcsCheckpointStore(self.config.source.group, engine_config.keep_checkpoints,
                                       progress_ttl_s=max(PROGRESS_TTL_INTERVALS * engine_config.checkpoint_interval,
-                                                         CLAIM_MIN_TTL_MS) / 1000)
-        return FileCheckpointStore(engine_config.state_dir, engine_config.keep_checkpoints)
+                                                         CLAIM_MIN_TTL_MS) / 1000, shards=shards, holder=self.engine_id)
+        return FileCheckpointStore(engine_config.state_dir, engine_config.keep_checkpoints, shards=shards,
+                                   holder=self.engine_id)
 
     def _shard_checkpoint_uri(self) -> str:
         """Where shards checkpoint: the cluster's store, or (local runtime) a folder under `state_dir`."""
@@ -334,6 +336,8 @@ class Engine:
             self._source.close()
         if self._delivery is not None:
             self._delivery.close()
+        if self._claims is not None:
+            self._claims.close()
         for sink in self._sinks.values():
             sink.close()
         if self._graph is not None:
@@ -540,10 +544,11 @@ class Engine:
         the same ids). Eviction waits while a job runs: what replaying from the
         noted positions needs is still in the shards' checkpoints. Back on the
         loop (`_finish_checkpoint`) the record is written only if no shard
-        restarted meanwhile, then the offsets are committed. Rebalances and the
-        final checkpoint wait for all of it. A failure leaves the previous record
-        standing: a shard lost meanwhile rewinds, anything else stops the engine
-        (raised on the loop, as if it had happened there).
+        restarted meanwhile, then the offsets are committed. The final
+        checkpoint waits for all of it (a rebalance takes none: `_hand_over`).
+        A failure leaves the previous record standing: a shard lost meanwhile
+        rewinds, anything else stops the engine (raised on the loop, as if it
+        had happened there).
         """
         if self._failed:
             return None
@@ -560,6 +565,10 @@ class Engine:
         if not self._sinks_durable():
             logger.warning("checkpoint skipped reason=%s: a sink did not make its alerts durable in %.0f s",
                            reason, SINK_FLUSH_TIMEOUT_S)
+            return None
+        if self._claims is not None and not self._claims.settle():
+            logger.warning("checkpoint skipped reason=%s: %d alerts claimed by live engines are not sent yet",
+                           reason, self._claims.parked)
             return None
         progress = EngineProgress(dict(self._covered), self._clock.watermarks(), self._clock.low_watermark,
                                   self.transactions)
@@ -589,7 +598,11 @@ class Engine:
             raise job.error  # the previous record stands; a restart resumes from it
         if self._rewound_for_restarts():  # a call parked through a restart gives an id of older state
             return None
-        checkpoint = self._store.save(Checkpoint(0, job.group, job.shard_ids, graph=job.graph_state))
+        try:
+            checkpoint = self._store.save(Checkpoint(0, job.group, job.shard_ids, graph=job.graph_state))
+        except CheckpointError as exc:  # its shard checkpoints were pruned: the next checkpoint takes new ones
+            logger.warning("checkpoint reason=%s dropped: %s", job.reason, exc)
+            return None
         self._group_low = job.group_low
         positions = job.progress.positions
         try:
@@ -648,16 +661,48 @@ class Engine:
                        _show(targets))
 
     def on_revoke(self, partitions: list[Partition]) -> None:
-        """Before partitions go: finish the open batch and checkpoint, so the next owner starts where we stop.
-
-        A revoke of nothing this engine owns (the first join of a group) needs no checkpoint.
-        """
+        """Before partitions go: finish the open batch and commit, so the next owner starts where we stop."""
         with self._lock:
             if self._owned.intersection(partitions):
-                self._checkpoint("rebalance")
+                self._hand_over(sorted(self._owned.intersection(partitions)))
             self._owned.difference_update(partitions)
             self._clock.revoke(partitions)
         logger.info("partitions revoked %s", partitions)
+
+    def _hand_over(self, partitions: list[Partition]) -> None:
+        """Commit where `partitions` stop once every alert raised from them is durable; no shard checkpoint.
+
+        This runs inside kafka-python's rebalance listener: the whole group
+        waits for it, and a member that takes longer than `max_poll_interval_ms`
+        is dropped (and its rejoin starts another rebalance). Shard checkpoints
+        of a large graph, or a periodic one still in flight, can take that long,
+        so none is taken or waited for here. The next owner resumes at the
+        committed offsets (shared shards hold what was applied; a graph of its
+        own warms up to them), and the next aligned checkpoint covers the rest.
+        Nothing is committed if the shards went back meanwhile, a sink did not
+        make its alerts durable or an alert another engine claimed is not sent
+        yet: the next owner then replays from older offsets, losing nothing.
+        """
+        if self._failed:
+            return
+        self._process_pending()
+        self._delivery.drain()
+        if self._rewound_for_restarts():
+            return
+        if not self._sinks_durable():
+            logger.warning("partitions %s handed over uncommitted: a sink did not make its alerts durable", partitions)
+            return
+        if self._claims is not None and not self._claims.settle():
+            logger.warning("partitions %s handed over uncommitted: alerts claimed by live engines are not sent yet",
+                           partitions)
+            return
+        positions = {partition: self._covered[partition] for partition in partitions if partition in self._covered}
+        try:
+            self._source.commit(positions)
+        except KafkaConnectorError as exc:  # the next owner replays from the offsets committed before
+            logger.error("partitions %s handed over uncommitted: %s", partitions, exc)
+            return
+        logger.info("partitions handed over positions=%s", _show(positions))
 
     def on_assign(self, partitions: list[Partition]) -> None:
         """Resume each partition where the graph stops; with a graph of its own, warm up what another owner did.

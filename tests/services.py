@@ -91,6 +91,13 @@ class RedisServer:
             self._process.wait()
         self._process = None
 
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections but answers nothing (a store that hangs)."""
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._process.send_signal(signal.SIGCONT)
+
 
 @dataclass
 class RayHead:

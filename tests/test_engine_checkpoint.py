@@ -3,26 +3,33 @@
 The engine takes its shard checkpoints on a thread beside the loop; every
 record it writes must still be covered by them: a restore from the record's
 shard checkpoints holds every payment below the record's positions that a
-replay from there could need (the ones not yet due for eviction).
+replay from there could need (the ones not yet due for eviction). And they
+must still be there: shard checkpoints taken for no record (a dropped
+checkpoint, another engine of the group) never prune what a kept record
+names, in a file store or in Redis.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import redis
 
 from engine_harness import wait_until
-from ringwatch.connectors import GeneratorSource, SyntheticConfig
-from ringwatch.graph import LocalRingGraph, ShardedRingGraph
+from ringwatch import runtime as rt
+from ringwatch.connectors import GeneratorSource, SyntheticConfig, generate
+from ringwatch.graph import LocalRingGraph, SearchOptions, ShardedRingGraph
 from ringwatch.runtime.auth import ClusterKeys
 from ringwatch.runtime.checkpoints import open_store
 from ringwatch.runtime.errors import CheckpointError as RuntimeCheckpointError
 from ringwatch.runtime.gcs import RedisGcs
 from ringwatch.stream import Checkpoint, Config, Engine, EngineProgress, FileCheckpointStore
-from ringwatch.stream.checkpoint import GcsCheckpointStore
+from ringwatch.stream.checkpoint import CheckpointError, GcsCheckpointStore
 from ringwatch.stream.config import EngineConfig, GraphConfig, SinksConfig, SourceConfig
+from ringwatch.stream.graph_port import open_graph
 
 DAY_MS = 86_400_000
 
@@ -174,3 +181,51 @@ def test_records_written_while_the_loop_runs_are_covered_by_their_shard_checkpoi
                              f"lack {len(missing)} payments a replay from it needs, e.g. {missing[:3]}")
         checked += position < payments
     assert checked >= 3, f"only {checked} records written while payments still came could be checked"
+
+
+@pytest.mark.parametrize("store", ["file", "redis"])
+def test_a_kept_record_keeps_its_shard_checkpoints_however_often_the_shards_checkpoint_again(tmp_path, redis_url,
+                                                                                            store):
+    """Shards checkpoint for records that are dropped, or for other engines: none prunes what a kept record names."""
+    uri = f"file://{tmp_path / 'shards'}" if store == "file" else redis_url
+    payments = generate(SyntheticConfig(n_transactions=2_000, n_accounts=500, n_rings=4, seed=11)).transactions
+    half = len(payments) // 2
+    options = SearchOptions()
+    rt.init(num_workers=2)
+    try:
+        graph = open_graph(2, options, checkpoint_uri=uri)
+        graph.process(payments[:half], [time.time()] * half)
+        edges_at_record = graph.query_graph().edge_count()
+        records = FileCheckpointStore(tmp_path / "state", keep=2, shards=open_store(uri), holder="engine-a")
+        kept = records.save(record(half, shards=tuple(graph.checkpoint())))
+        graph.process(payments[half:], [time.time()] * (len(payments) - half))
+        unrecorded = [graph.checkpoint() for _ in range(3)]  # dropped checkpoints, or another engine's
+
+        restored = open_graph(2, options, checkpoint_uri=uri, restore=records.latest().shards)
+        assert restored.query_graph().edge_count() == edges_at_record
+        restored.close()
+        with pytest.raises(CheckpointError, match="pruned before their record was written"):
+            records.save(record(len(payments), shards=tuple(unrecorded[0])))
+        assert records.latest() == kept, "a record naming pruned shard checkpoints was written"
+
+        for _ in range(3):  # storage stays bounded: per shard the newest two and those the two records hold
+            records.save(record(len(payments), shards=tuple(graph.checkpoint())))
+            graph.checkpoint()
+        shard_store = open_store(uri)
+        with pytest.raises(RuntimeCheckpointError):
+            shard_store.load(kept.shards[0])  # no longer held: pruned by a later checkpoint of its shard
+        for actor in {checkpoint_id.split("/")[0] for checkpoint_id in kept.shards}:
+            assert stored_checkpoints(uri, actor) <= 4
+        graph.close()
+    finally:
+        rt.shutdown()
+
+
+def stored_checkpoints(uri: str, actor_id: str) -> int:
+    if uri.startswith("file://"):
+        return len(list((Path(uri[len("file://"):]) / actor_id).glob("*.ckpt")))
+    client = redis.Redis.from_url(uri)
+    try:
+        return len(client.keys(f"ringwatch:checkpoints:{actor_id}/*"))
+    finally:
+        client.close()

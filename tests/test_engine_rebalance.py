@@ -1,8 +1,13 @@
 """A second `ringwatch run` joins the consumer group mid-stream: partitions move, nothing lost or doubled.
 
-Each engine holds the graph of the partitions it consumes, so the rings are
-produced partition-local (all payments of an injected ring to one partition);
-background payments are spread over both partitions.
+- Local runtimes: each engine holds the graph of the partitions it consumes,
+  so the rings are produced partition-local (all payments of an injected ring
+  to one partition); background payments are spread over both partitions.
+- A cluster, with the shards' checkpoint store hanging (a SIGSTOPped
+  redis-server) when the second engine joins: the first engine's revoke runs
+  inside kafka-python's rebalance listener, where the group waits for it, so it
+  commits without taking shard checkpoints; the group settles with both engines
+  in it, and once the store is back every ring arrives once.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ import pytest
 from kafka import KafkaProducer
 
 from engine_harness import SECRET, EngineProcess, Receiver, create_topic, jsonl_ids, wait_until
-from ringwatch.connectors import SyntheticConfig, generate
+from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
 from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.graph import Transaction
-from ringwatch.stream import FileCheckpointStore
+from ringwatch.stream import FileCheckpointStore, detect
+from runtime_cluster import TOKEN, Cluster
+from services import RedisServer
 
 N_TRANSACTIONS = 10_000
 N_RINGS = 12
@@ -102,3 +109,72 @@ def test_second_engine_joining_takes_partitions_without_losing_or_doubling(kafka
     consumed = (FileCheckpointStore(tmp_path / "first").latest().transactions
                 + FileCheckpointStore(tmp_path / "second").latest().transactions)
     assert consumed == N_TRANSACTIONS, "a payment was consumed by neither engine or by both"
+
+
+@pytest.fixture
+def cluster(redis_url, unique_name) -> Iterator[Cluster]:
+    cluster = Cluster(redis_url, unique_name)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def checkpoint_store(tmp_path) -> Iterator[RedisServer]:
+    store = RedisServer(tmp_path / "checkpoint-store").start()
+    try:
+        yield store
+    finally:
+        store.resume()
+        store.stop()
+
+
+def test_a_rebalance_commits_without_waiting_for_a_hanging_checkpoint_store(
+        kafka_bootstrap, redis_url, unique_name, tmp_path, receiver, cluster, checkpoint_store, engines):
+    stream = generate(SyntheticConfig(n_transactions=4_000, n_accounts=1_000, n_rings=10, days=6, seed=41))
+    payments = stream.transactions
+    half = len(payments) // 2
+    expected = {alert.alert_id for alert in detect(payments, use_runtime=False)}
+    first_half = {alert.alert_id for alert in detect(payments[:half], use_runtime=False)}
+    cluster.start_node("node-1", workers=1)
+    create_topic(kafka_bootstrap, unique_name, 4)
+    produce_transactions(kafka_bootstrap, unique_name, payments[:half])
+
+    def start(name: str) -> EngineProcess:
+        engine = EngineProcess(["--kafka-bootstrap", kafka_bootstrap, "--topic", unique_name,
+                                "--group", f"{unique_name}-engines", "--state-dir", str(tmp_path / name),
+                                "--webhook-url", receiver.url, "--checkpoint-interval", "1h",
+                                "--address", redis_url],
+                               tmp_path / f"{name}.log",
+                               env={"RINGWATCH_TOKEN": TOKEN, "RINGWATCH_WEBHOOK_SECRET": SECRET,
+                                    "RINGWATCH_NAMESPACE": unique_name,
+                                    "RINGWATCH_CHECKPOINT_URI": checkpoint_store.url}).start()
+        engines.append(engine)
+        return engine
+
+    first = start("first")
+    wait_until(lambda: set(receiver.accepted) >= first_half or not first.alive(), DEADLINE_S,
+               "the first engine to deliver the first half's rings")
+    assert first.alive(), first.log()
+
+    checkpoint_store.pause()  # a shard checkpoint now hangs; the revoke must not wait for one
+    mark = len(first.log())
+    second = start("second")
+    wait_until(lambda: ("partition assigned" in first.log()[mark:] and "partition assigned" in second.log())
+               or not (first.alive() and second.alive()), DEADLINE_S,
+               "the group to settle with both engines while the checkpoint store hangs")
+    assert first.alive() and second.alive(), first.log()[mark:] + second.log()
+    after = first.log()[mark:]
+    assert "partitions handed over" in after, after
+    assert "lost membership" not in after and "poll timeout" not in after, after
+
+    checkpoint_store.resume()
+    produce_transactions(kafka_bootstrap, unique_name, payments[half:])
+    wait_until(lambda: set(receiver.accepted) >= expected or not (first.alive() and second.alive()), DEADLINE_S,
+               "every ring")
+    assert first.terminate() == 0, first.log()
+    assert second.terminate() == 0, second.log()
+    assert set(receiver.accepted) == expected
+    assert all(count == 1 for count in receiver.accepted.values()), receiver.accepted.most_common(3)
+    assert receiver.bad_signatures == 0

@@ -8,6 +8,10 @@
 - The node holding a shard actor is SIGKILLed mid-stream: the runtime restarts
   the shard on a live node from its checkpoint, the engine rewinds to its
   aligned checkpoint and replays, without restarting; every ring arrives once.
+- An engine claims alerts it cannot send (its webhook endpoint is down) and is
+  SIGKILLed, never to restart: the engine that takes its partitions replays
+  them, finds those claims stale once the dead engine's lease has lapsed, and
+  delivers every ring once.
 
 Both compare against `detect` on the same payments: the ring definition is in
 event time, so the set of alerts does not depend on partitions or engines.
@@ -24,7 +28,9 @@ from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
 from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.runtime.auth import ClusterKeys
 from ringwatch.runtime.gcs import RedisGcs
+from ringwatch import runtime as rt
 from ringwatch.stream import detect
+from ringwatch.stream.claims import AlertClaims
 from runtime_cluster import TOKEN, Cluster
 
 DEADLINE_S = 240.0
@@ -56,10 +62,10 @@ def engines() -> Iterator[list[EngineProcess]]:
 
 
 def start_engine(name: str, tmp_path, bootstrap: str, topic: str, redis_url: str, namespace: str,
-                 receiver: Receiver) -> EngineProcess:
+                 receiver: Receiver, checkpoint_interval: str = "1s") -> EngineProcess:
     return EngineProcess(["--kafka-bootstrap", bootstrap, "--topic", topic, "--group", f"{topic}-engines",
                           "--state-dir", str(tmp_path / name), "--webhook-url", receiver.url,
-                          "--checkpoint-interval", "1s", "--address", redis_url],
+                          "--checkpoint-interval", checkpoint_interval, "--address", redis_url],
                          tmp_path / f"{name}.log",
                          env={"RINGWATCH_TOKEN": TOKEN, "RINGWATCH_WEBHOOK_SECRET": SECRET,
                               "RINGWATCH_NAMESPACE": namespace}).start()  # the cluster's GCS namespace
@@ -69,6 +75,15 @@ def covered(redis_url: str, namespace: str, group: str) -> int:
     """Records of the topic the group's newest aligned checkpoint covers (all partitions)."""
     checkpoint = group_checkpoint(redis_url, namespace, group, TOKEN)
     return sum(checkpoint.positions.values()) if checkpoint else 0
+
+
+def group_keys(redis_url: str, namespace: str, prefix: str) -> list[str]:
+    """The GCS keys under `prefix` (the claims of a group live under ringwatch/engines/<group>/)."""
+    gcs = RedisGcs(redis_url, namespace, keys=ClusterKeys.from_token(TOKEN))
+    try:
+        return gcs.kv_keys(prefix)
+    finally:
+        gcs.close()
 
 
 def shard_nodes(redis_url: str, namespace: str) -> dict[str, str]:
@@ -150,3 +165,75 @@ def test_sigkill_of_the_node_holding_a_shard_replays_without_restarting_the_engi
     assert set(receiver.accepted) == expected
     assert all(count == 1 for count in receiver.accepted.values()), receiver.accepted.most_common(3)
     assert receiver.bad_signatures == 0
+
+
+def test_alerts_claimed_by_an_engine_killed_before_sending_them_are_delivered_by_the_next_owner(
+        kafka_bootstrap, redis_url, unique_name, tmp_path, receiver, cluster, engines):
+    stream = generate(SyntheticConfig(n_transactions=3_000, n_accounts=800, n_rings=8, days=6, seed=37))
+    payments = stream.transactions
+    expected = {alert.alert_id for alert in detect(payments, use_runtime=False)}
+    cluster.start_node("node-1", workers=1)
+    create_topic(kafka_bootstrap, unique_name, 4)
+    produce_transactions(kafka_bootstrap, unique_name, payments)
+    group = f"{unique_name}-engines"
+    claims = f"ringwatch/engines/{group}/alerts/"
+
+    # The first engine's endpoint is down (nothing listens there) and it never checkpoints: it claims
+    # every ring, sends none and commits nothing.
+    down = Receiver(free_port())
+    first = start_engine("first", tmp_path, kafka_bootstrap, unique_name, redis_url, unique_name, down,
+                         checkpoint_interval="1h")
+    engines.append(first)
+    wait_until(lambda: len(group_keys(redis_url, unique_name, claims)) == len(expected) or not first.alive(),
+               DEADLINE_S, "the first engine to claim every ring")
+    assert first.alive(), first.log()
+    first.kill()  # SIGKILL, never restarted: its claims stay in the GCS, its outbox on its disk
+
+    second = start_engine("second", tmp_path, kafka_bootstrap, unique_name, redis_url, unique_name, receiver)
+    engines.append(second)
+    wait_until(lambda: set(receiver.accepted) >= expected or not second.alive(), DEADLINE_S,
+               "the second engine to deliver every ring the first one claimed")
+    assert second.terminate() == 0, second.log()
+
+    assert "took over" in second.log()
+    assert set(receiver.accepted) == expected
+    assert all(count == 1 for count in receiver.accepted.values()), receiver.accepted.most_common(3)
+    assert receiver.bad_signatures == 0
+    assert receiver.delivered_rings(stream.rings) == len(stream.rings)
+
+
+def test_an_alert_a_live_engine_claimed_is_parked_until_it_is_sent_or_the_claimants_run_ends(unique_name):
+    stream = generate(SyntheticConfig(n_transactions=1_500, n_accounts=400, n_rings=6, seed=43))
+    alerts = detect(stream.transactions, use_runtime=False)
+    assert len(alerts) >= 5
+    first, later = alerts[:3], alerts[3:5]
+    rt.init(num_workers=1)
+    opened: list[AlertClaims] = []
+
+    def engine(engine_id: str) -> AlertClaims:
+        opened.append(AlertClaims(unique_name, engine_id, ttl_s=600))
+        return opened[-1]
+
+    try:
+        a, b = engine("engine-a"), engine("engine-b")
+        assert a.ours(first) == first
+        assert a.ours(first) == first, "a replay of its own claims is handed over again"
+        assert b.ours(first) == [] and b.parked == 3 and not b.settle()
+        assert b.retry() == [] and b.parked == 3, "taken from a live engine that may still send them"
+        assert a.settle()  # a's sinks made them durable: marked sent
+        assert b.retry() == [] and b.parked == 0 and b.settle()
+
+        assert a.ours(later) == later
+        assert b.ours(later) == [] and b.parked == 2
+        a.close()  # a's run ends without sending them
+        assert b.retry() == later and b.taken_over == 2
+        b.close()
+        restarted = engine("engine-b")  # the same engine id, a new run: the old run's claims are stale
+        assert restarted.ours(later) == later
+        c = engine("engine-c")
+        assert c.ours(later) == [] and c.parked == 2, "the restarted run holds them now"
+        assert c.ours(first) == [] and c.parked == 2, "sent ones are skipped, not parked"
+    finally:
+        for claims in opened:
+            claims.close()
+        rt.shutdown()
