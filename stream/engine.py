@@ -105,6 +105,8 @@ THROUGHPUT_WINDOW_S = 10.0  # `stats().throughput_tx_s` is measured over this mu
 LATENCY_SAMPLE = 1_000  # latency percentiles in `stats()` are over this many recent alerts
 PROGRESS_TTL_INTERVALS = 12  # an engine's published progress expires after this many checkpoint intervals
 CLAIM_MIN_TTL_MS = 60_000
+BATCH_START = 256  # the first batch's cap; the cap doubles after each full batch done in under a quarter of:
+BATCH_TARGET_S = 1.0  # ... this, and halves after a batch that took longer (polls stay frequent: group membership)
 EVICT_SLICES = 16  # evict when the horizon has moved 1/16 of the window: each eviction is a pass over the shards
 
 
@@ -155,6 +157,7 @@ class Engine:
         self._failed = False
         self._pending: list[tuple[SourceBatch, float]] = []  # the open batch's polls, each with its arrival time
         self._pending_rows = 0
+        self._batch_limit = min(BATCH_START, config.engine.batch_max_size)  # grows with a backlog (_fit_batch)
         self._lock = threading.RLock()
         self._clock = EventClock(config.time_rules())
         self._evicted_to: int | None = None
@@ -360,12 +363,18 @@ class Engine:
                     next_checkpoint = time.monotonic() + interval_s
 
     def _fill_batch(self, stop: threading.Event) -> None:
-        """Poll until the batch holds `batch_max_size` records or its first is `batch_max_delay_ms` old."""
+        """Poll until the batch holds its cap of records or its first is `batch_max_delay_ms` old.
+
+        The cap starts at `BATCH_START` and grows to `batch_max_size` while full
+        batches are quick (`_fit_batch`): under a backlog a batch's fixed cost is
+        paid per thousands of payments, live ones stay small, and no batch takes
+        so long that the consumer misses `max_poll_interval_ms` and leaves its group.
+        """
         engine_config = self.config.engine
         opened_at = None
         while not stop.is_set():
             with self._lock:
-                room = engine_config.batch_max_size - self._pending_rows
+                room = self._batch_limit - self._pending_rows
             if room <= 0:
                 return
             if opened_at is None:
@@ -399,6 +408,7 @@ class Engine:
             self._advance_time()
             return
         self._pending, self._pending_rows = [], 0
+        started = time.monotonic()
         batch = SourceBatch.joined([polled for polled, _ in pending])
         received = np.repeat([at for _, at in pending], [len(polled) for polled, _ in pending])
         decoded = batch.payments()
@@ -418,12 +428,20 @@ class Engine:
         positions = batch.next_positions()
         applied = not len(rows) or self._apply(batch, payments, rows, received[rows])
         self._count(fresh)  # after the batch's alerts are counted: `transactions` never runs ahead of them
+        self._fit_batch(len(batch), time.monotonic() - started)
         if not applied:
             self._rewind(seen=positions)
             return
         for partition, offset in positions.items():
             self._covered[partition] = max(self._covered.get(partition, 0), offset)
         self._advance_time()
+
+    def _fit_batch(self, size: int, elapsed_s: float) -> None:
+        """Double the batch cap after a full batch that was quick (a backlog), halve it after a slow one."""
+        if elapsed_s > BATCH_TARGET_S:
+            self._batch_limit = max(1, self._batch_limit // 2)
+        elif size >= self._batch_limit and elapsed_s < BATCH_TARGET_S / 4:
+            self._batch_limit = min(self.config.engine.batch_max_size, self._batch_limit * 2)
 
     def _accept_times(self, batch: SourceBatch, rows: np.ndarray, ts: np.ndarray) -> None:
         """Move each partition's watermark to its newest accepted payment."""
