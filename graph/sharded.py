@@ -124,7 +124,7 @@ class GraphShard:
         _load_compiled_code()
 
     def _reset(self) -> None:
-        self.store = EdgeStore(owns=lambda account: shard_of(account, self.num_shards) == self.index)
+        self.store = EdgeStore(owns=self._owns)
         self._newest: tuple[int, bytes] | None = None
         self._gid_of = np.zeros(1024, np.uint64)
         self._owner_of = np.zeros(1024, np.int16)
@@ -132,6 +132,11 @@ class GraphShard:
         self._g_tab = np.full(2048, EMPTY, np.int32)
         self._indexed = 0
         self._owned = 0
+
+    def _owns(self, buf: np.ndarray, off: np.ndarray) -> np.ndarray:
+        """Which of these names (Arrow string buffers) this shard owns: `shard_of`, in compiled code."""
+        owner, _ = sk.owners(buf, off, self.num_shards, sk.CRC_TABLE, np.uint64(self.gid_mask))
+        return owner == self.index
 
     def _index(self) -> None:
         """Give the accounts new to the store their gid and owner; file the owned ones by gid."""

@@ -120,10 +120,12 @@ class NameTable:
 class EdgeStore:
     """The payments one shard holds (all of them, in-process), with the search over them.
 
-    `owns(account)` says whose lists this store keeps; by default every account's.
+    `owns(buf, off)` says whose lists this store keeps, for new names as Arrow string buffers (the name table's
+    bytes and the offsets of the names, one more than names): a bool per name, so a shard decides in compiled code,
+    not with a Python call per account. By default every account's.
     """
 
-    def __init__(self, owns: Callable[[str], bool] | None = None):
+    def __init__(self, owns: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None):
         self._owns = owns
         self._known_owners = 0  # accounts whose ownership `_own` holds
         self._hubs_marked = False
@@ -204,8 +206,8 @@ class EdgeStore:
             for new, previous in zip((self.a_seg, self.a_hub, self.slot_f, self.slot_b, self._own), old):
                 new[:previous.shape[0]] = previous
         if self._owns is not None and self._known_owners < count:
-            names = self.accounts.decode(self._known_owners, count)
-            self._own[self._known_owners:count] = [self._owns(name) for name in names]
+            names = self.accounts
+            self._own[self._known_owners:count] = self._owns(names.buf, names.off[self._known_owners:count + 1])
             self._known_owners = count
 
     def _grow_pool(self) -> None:

@@ -106,6 +106,11 @@ def verified(checkpoint_id: str, data: bytes) -> bytes:
     return data
 
 
+def is_arrow(data: bytes | memoryview) -> bool:
+    """Whether checkpoint bytes hold an Arrow table (decoding them unpickles nothing)."""
+    return bytes(memoryview(data)[:8]) == _ARROW_MAGIC
+
+
 def decode_state(data: bytes | memoryview) -> Any:
     view = memoryview(data)
     magic = bytes(view[:8])
@@ -129,6 +134,11 @@ class CheckpointStore(Protocol):
     uri: str
 
     def save(self, actor_id: str, state: Any) -> str: ...
+
+    def read(self, checkpoint_id: str) -> bytes:
+        """The checkpoint's bytes, checked against the digest in its id (CheckpointError if absent or altered)."""
+        ...
+
     def load(self, checkpoint_id: str) -> Any: ...
 
     def hold(self, holder: str, checkpoint_ids: Iterable[str]) -> list[str]:
@@ -185,14 +195,20 @@ class FileCheckpointStore:
                 return None
         return held
 
-    def load(self, checkpoint_id: str) -> Any:
-        path = self.root / f"{checkpoint_id}.ckpt"
+    def read(self, checkpoint_id: str) -> bytes:
+        root = self.root.resolve()
+        path = (root / f"{checkpoint_id}.ckpt").resolve()
+        if not path.is_relative_to(root):
+            raise CheckpointError(f"checkpoint {checkpoint_id!r} names a file outside {root}: refused")
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {checkpoint_id} is not in {self.uri} (is the directory shared "
                                   f"by every node?)") from None
-        return decode_state(verified(checkpoint_id, data))
+        return verified(checkpoint_id, data)
+
+    def load(self, checkpoint_id: str) -> Any:
+        return decode_state(self.read(checkpoint_id))
 
 
 class RedisCheckpointStore:
@@ -236,11 +252,14 @@ class RedisCheckpointStore:
         self._redis.hset(_REDIS_HOLDS, holder, json.dumps(ids))
         return [i for i in ids if not self._redis.exists(f"ringwatch:checkpoints:{i}")]
 
-    def load(self, checkpoint_id: str) -> Any:
+    def read(self, checkpoint_id: str) -> bytes:
         data = self._redis.get(f"ringwatch:checkpoints:{checkpoint_id}")
         if data is None:
             raise CheckpointError(f"checkpoint {checkpoint_id} is not in {self.uri}")
-        return decode_state(verified(checkpoint_id, data))
+        return verified(checkpoint_id, data)
+
+    def load(self, checkpoint_id: str) -> Any:
+        return decode_state(self.read(checkpoint_id))
 
 
 def open_store(uri: str) -> CheckpointStore:

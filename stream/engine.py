@@ -100,6 +100,7 @@ Partition = tuple[str, int]
 SourceFactory = Callable[[RebalanceListener], Source]
 POLL_IDLE_MS = 100  # longest a poll waits with no batch open: bounds how late a stop is noticed
 SINK_FLUSH_TIMEOUT_S = 30.0
+HAND_OVER_FLUSH_TIMEOUT_S = 5.0  # in a rebalance: well inside the group's max_poll_interval_ms (10 s)
 SHARD_RESTART_WAIT_S = 30.0  # after a failed graph call: how long to look for the shard restart behind it
 THROUGHPUT_WINDOW_S = 10.0  # `stats().throughput_tx_s` is measured over this much recent time
 LATENCY_SAMPLE = 1_000  # latency percentiles in `stats()` are over this many recent alerts
@@ -650,9 +651,9 @@ class Engine:
         mine = last.engines.get(self.engine_id) if last is not None else None
         return mine is not None and mine.transactions == self.transactions and mine.positions == self._covered
 
-    def _sinks_durable(self) -> bool:
+    def _sinks_durable(self, timeout_s: float = SINK_FLUSH_TIMEOUT_S) -> bool:
         """Every alert handed over so far survives a crash: the webhook outbox is written at `deliver`."""
-        return all(sink.flush(SINK_FLUSH_TIMEOUT_S) for sink in self._sinks.values()
+        return all(sink.flush(timeout_s) for sink in self._sinks.values()
                    if not isinstance(sink, WebhookSink))
 
     def _rewind(self, seen: Mapping[Partition, int] | None = None) -> None:
@@ -707,8 +708,9 @@ class Engine:
         self._delivery.drain()
         if self._rewound_for_restarts():
             return
-        if not self._sinks_durable():
-            logger.warning("partitions %s handed over uncommitted: a sink did not make its alerts durable", partitions)
+        if not self._sinks_durable(HAND_OVER_FLUSH_TIMEOUT_S):
+            logger.warning("partitions %s handed over uncommitted: a sink did not make its alerts durable in %.0f s",
+                           partitions, HAND_OVER_FLUSH_TIMEOUT_S)
             return
         if self._claims is not None and not self._claims.settle():
             logger.warning("partitions %s handed over uncommitted: alerts claimed by live engines are not sent yet",

@@ -49,7 +49,7 @@ from ringwatch.graph import (
     ShardedRingGraph,
     StoredEdge,
 )
-from ringwatch.runtime.checkpoints import FileCheckpointStore, encode_state, open_store, verified
+from ringwatch.runtime.checkpoints import is_arrow, open_store
 from ringwatch.runtime.errors import CheckpointError as RuntimeCheckpointError
 
 from .checkpoint import CheckpointError
@@ -252,34 +252,23 @@ def open_graph(num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
                               shared_as=shared_as)
 
 
-# What the runtime's `encode_state` writes before an Arrow table (a pickled state has another header).
-_ARROW_HEADER = bytes(encode_state(pa.table({}))[0])
-
-
 def trusted_arrow_checkpoints(checkpoint_uri: str, checkpoint_ids: Sequence[str]) -> None:
     """Refuse (CheckpointError) a restore naming anything but Arrow checkpoints whose bytes match their ids.
 
-    Checked for file stores (where a local runtime keeps shard checkpoints,
-    `state_dir/shards`). `open_graph` skips it for a group's shared shards: their
-    ids come from the cluster's sealed GCS, and a running engine may already have
-    replaced the files a record names (the shards are found alive, not loaded).
+    Checked for every store, files or Redis (both are storage, not a trust
+    boundary), whenever the ids come from a record under `state_dir`.
+    `open_graph` skips it for a group's shared shards: their ids come from the
+    cluster's sealed GCS, and a running engine may already have replaced the
+    checkpoints a record names (the shards are found alive, not loaded).
     """
     store = open_store(checkpoint_uri)
-    if not isinstance(store, FileCheckpointStore):
-        return
-    root = store.root.resolve()
     for checkpoint_id in checkpoint_ids:
-        path = (root / f"{checkpoint_id}.ckpt").resolve()
-        if not path.is_relative_to(root):
-            raise CheckpointError(f"shard checkpoint {checkpoint_id!r} names a file outside {root}: refused "
-                                  f"(was the checkpoint record under state_dir edited?)")
         try:
-            data = verified(checkpoint_id, path.read_bytes())
-        except FileNotFoundError:
-            raise CheckpointError(f"shard checkpoint {path} is missing; restore state_dir from a backup or "
-                                  f"start with a fresh one") from None
-        except (OSError, RuntimeCheckpointError) as exc:
-            raise CheckpointError(f"shard checkpoint {path}: {exc}") from None
-        if not data.startswith(_ARROW_HEADER):
-            raise CheckpointError(f"shard checkpoint {path} is not an Arrow table written by ringwatch: refused, "
-                                  f"graph state is never unpickled (was state_dir tampered with?)")
+            data = store.read(checkpoint_id)
+        except RuntimeCheckpointError as exc:
+            raise CheckpointError(f"shard checkpoint: {exc} (was the checkpoint record under state_dir edited? "
+                                  f"restore state_dir from a backup or start with a fresh one)") from None
+        if not is_arrow(data):
+            raise CheckpointError(f"shard checkpoint {checkpoint_id} in {checkpoint_uri} is not an Arrow table "
+                                  f"written by ringwatch: refused, graph state is never unpickled (was state_dir "
+                                  f"tampered with?)")

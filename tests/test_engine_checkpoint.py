@@ -6,11 +6,13 @@ shard checkpoints holds every payment below the record's positions that a
 replay from there could need (the ones not yet due for eviction). And they
 must still be there: shard checkpoints taken for no record (a dropped
 checkpoint, another engine of the group) never prune what a kept record
-names, in a file store or in Redis.
+names, in a file store or in Redis. And a record under state_dir naming a
+pickle planted in a Redis checkpoint store is refused like one in files.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -229,3 +231,30 @@ def stored_checkpoints(uri: str, actor_id: str) -> int:
         return len(client.keys(f"ringwatch:checkpoints:{actor_id}/*"))
     finally:
         client.close()
+
+
+class Payload:
+    """Unpickling this creates `marker` (a directory): proof that planted bytes ran."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_a_pickle_planted_in_a_redis_checkpoint_store_is_refused_never_unpickled(tmp_path, redis_url):
+    """A record under state_dir may name shard checkpoints in Redis (storage, not a trust boundary): Arrow only."""
+    marker = tmp_path / "payload-ran"
+    planted = open_store(redis_url).save("planted-shard", Payload(str(marker)))  # its id carries the right digest
+    records = FileCheckpointStore(tmp_path / "state")
+    records.save(record(0, shards=(planted,)))
+    rt.init(num_workers=1)
+    try:
+        with pytest.raises(CheckpointError, match="not an Arrow table"):
+            open_graph(1, SearchOptions(), checkpoint_uri=redis_url, restore=records.latest().shards)
+        with pytest.raises(CheckpointError, match="not in"):
+            open_graph(1, SearchOptions(), checkpoint_uri=redis_url, restore=[planted.replace("planted", "absent")])
+    finally:
+        rt.shutdown()
+    assert not marker.exists(), "the planted pickle was unpickled"
