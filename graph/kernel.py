@@ -642,10 +642,12 @@ def grown(arr, need):
 
 @njit(cache=True)
 def _label_rows(rows, H):
-    """A search's per-call arrays for `rows` touched accounts a side: labels, touched lists, frontiers, DFS marks."""
+    """A search's per-call arrays for `rows` touched accounts a side: labels, touched lists, frontiers, DFS marks
+    and the DFS's cached candidate ranges (see `_children`)."""
     return (np.empty((rows, H), np.int64), np.empty((rows, H), np.int64), np.empty(rows, np.int64),
             np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty(rows, np.int64),
-            np.empty(rows, np.int64), np.zeros(rows, np.bool_), np.full(rows, -1, np.int64))
+            np.empty(rows, np.int64), np.zeros(rows, np.bool_), np.full(rows, -1, np.int64),
+            np.empty((rows, H, 2), np.int64))
 
 
 @njit(cache=True)
@@ -669,8 +671,9 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
     """
     L = max_hops - 1
     H = max_hops
-    lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, seen = _label_rows(min(FIRST_SLOTS, n_accounts + 1),
-                                                                                  H)
+    lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, seen, c_span = _label_rows(
+        min(FIRST_SLOTS, n_accounts + 1), H)
+    c_edges = np.empty(64, np.int64)
     stamp = 0
     ring_trigger = np.empty(16, np.int64)
     ring_off = np.zeros(17, np.int64)
@@ -765,7 +768,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
             # out of label rows: release what this trigger touched, double the rows and search it again
             _release(slot_f, touched_f, lab_f.shape[0] if nt_f < 0 else nt_f)
             _release(slot_b, touched_b, lab_b.shape[0] if nt_b < 0 else nt_b)
-            lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, seen = _label_rows(
+            lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, seen, c_span = _label_rows(
                 min(2 * lab_f.shape[0], n_accounts + 1), H)
             continue
         if hub_cut:
@@ -777,14 +780,18 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
             # frames append after them).
             found_here = 0
             first_ring = n_rings
+            for s in range(nt_b):
+                c_span[s, :, 0] = -1
+            n_cached = 0
             f_acct[0] = v
             f_slot[0] = slot_b[v]
             if f_slot[0] >= 0:
                 on_path[f_slot[0]] = True
             stamp += 1
-            n_kids, kids = _children(kids, 0, v, lo, -1, stamp, seen, on_path, u, 0, L, strict, flow, min_ratio,
-                                     max_ratio, min_amt, max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b,
-                                     a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off, cut, ti)
+            n_kids, kids, c_edges, n_cached = _children(
+                kids, 0, v, lo, -1, stamp, seen, on_path, u, 0, L, strict, flow, min_ratio, max_ratio, min_amt,
+                max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b, a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf,
+                tx_off, cut, ti, c_span, c_edges, n_cached)
             f_pos[0] = 0
             f_end[0] = n_kids
             depth = 0
@@ -805,10 +812,10 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                     f_slot[nd] = slot_b[y]
                     on_path[f_slot[nd]] = True
                     stamp += 1
-                    n_kids, kids = _children(kids, f_end[depth], y, e_hot[e].ts, e, stamp, seen, on_path, u, nd, L,
-                                             strict, flow, min_ratio, max_ratio, min_amt, max_degree, horizon, lo,
-                                             ts_t, trig, lab_b, slot_b, done_b, a_seg, a_hub, p_eid, e_hot, e_amt,
-                                             tx_buf, tx_off, cut, ti)
+                    n_kids, kids, c_edges, n_cached = _children(
+                        kids, f_end[depth], y, e_hot[e].ts, e, stamp, seen, on_path, u, nd, L, strict, flow,
+                        min_ratio, max_ratio, min_amt, max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b,
+                        a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off, cut, ti, c_span, c_edges, n_cached)
                     f_pos[nd] = f_end[depth]
                     f_end[nd] = n_kids
                     depth = nd
@@ -883,7 +890,7 @@ def _known(ring_off, ring_edges, first, n_rings, f_edge, depth, e_hot):
 @njit(cache=True)
 def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L, strict, flow, min_ratio,
               max_ratio, min_amt, max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b, a_seg, a_hub, p_eid,
-              e_hot, e_amt, tx_buf, tx_off, cut, ti):
+              e_hot, e_amt, tx_buf, tx_off, cut, ti, c_span, c_edges, n_cached):
     """The edges the DFS tries next from account x after `depth` witnesses, in key order.
 
     Without a flow rule only the first usable edge to each peer (its canonical
@@ -892,15 +899,61 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
     may witness the trigger, keeps time order, leads to u or to an account
     off the path from which u is still reachable in the remaining hops (it
     has a backward label: every account the DFS enters has a label row).
+
+    What does not depend on the path (the edge may witness, its peer reaches u
+    in the hops left, in time) is worked out once per account and hops left
+    for the trigger: those edges go to `c_edges`, their range to
+    `c_span[row of x, hops left]`. A dense graph enters the same accounts over
+    many paths, and x's whole out-list is scanned only the first time.
+    Returns (n_kids, kids, c_edges, n_cached).
     """
     if _hub(a_seg, a_hub, p_eid, e_hot, x, 0, max_degree, horizon):
         cut[ti] |= 2
-        return n_kids, kids
+        return n_kids, kids, c_edges, n_cached
+    left = L - depth - 1  # witnesses still allowed after this one
+    sx = slot_b[x]
+    if sx >= 0 and c_span[sx, left, 0] >= 0:
+        start, stop = c_span[sx, left, 0], c_span[sx, left, 1]
+    else:
+        start = n_cached
+        c_edges, n_cached = _usable(x, left, u, strict, min_amt, lo, ts_t, trig, lab_b, slot_b, done_b, a_seg,
+                                    p_eid, e_hot, e_amt, tx_buf, tx_off, c_edges, n_cached)
+        stop = n_cached
+        if sx >= 0:
+            c_span[sx, left, 0], c_span[sx, left, 1] = start, stop
+    if strict:  # the cached edges are in key order: skip those before the arrival at x
+        hi = stop
+        while start < hi:
+            mid = (start + hi) >> 1
+            if e_hot[c_edges[mid]].ts < arrival:
+                start = mid + 1
+            else:
+                hi = mid
+    for i in range(start, stop):
+        e = c_edges[i]
+        y = e_hot[e].dst
+        sy = slot_b[y]
+        if not flow and seen[sy] == stamp:
+            continue
+        if y != u and on_path[sy]:
+            continue
+        if flow and prev >= 0 and not _flow_ok(e_amt[prev], e_amt[e], min_ratio, max_ratio):
+            continue
+        seen[sy] = stamp
+        kids = grown(kids, n_kids + 1)
+        kids[n_kids] = e
+        n_kids += 1
+    return n_kids, kids, c_edges, n_cached
+
+
+@njit(cache=True)
+def _usable(x, left, u, strict, min_amt, lo, ts_t, trig, lab_b, slot_b, done_b, a_seg, p_eid, e_hot, e_amt,
+            tx_buf, tx_off, c_edges, n_cached):
+    """Append to c_edges x's out-edges that may be a witness with `left` witnesses after it, on any path."""
     base = np.int64(a_seg[x, 0, SEG_START])
     first, stop = base + a_seg[x, 0, SEG_HEAD], base + a_seg[x, 0, SEG_LEN]
-    left = L - depth - 1  # witnesses still allowed after this one
     k = left if left < done_b else done_b
-    for i in range(_first_at(p_eid, e_hot, first, stop, arrival if strict else lo), stop):
+    for i in range(_first_at(p_eid, e_hot, first, stop, lo), stop):
         e = p_eid[i]
         r = e_hot[e]
         ts = r.ts
@@ -914,21 +967,16 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
         sy = slot_b[y]
         if sy < 0:  # u is not reachable from y in time
             continue
-        if not flow and seen[sy] == stamp:
-            continue
         if y != u:
-            if on_path[sy] or left <= 0:
+            if left <= 0:
                 continue
             reach = lab_b[sy, k]
             if reach == NEG or (strict and reach < ts):
                 continue
-        if flow and prev >= 0 and not _flow_ok(e_amt[prev], e_amt[e], min_ratio, max_ratio):
-            continue
-        seen[sy] = stamp
-        kids = grown(kids, n_kids + 1)
-        kids[n_kids] = e
-        n_kids += 1
-    return n_kids, kids
+        c_edges = grown(c_edges, n_cached + 1)
+        c_edges[n_cached] = e
+        n_cached += 1
+    return c_edges, n_cached
 
 
 @njit(cache=True)

@@ -19,16 +19,18 @@ event time, so the set of alerts does not depend on partitions or engines.
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Iterator
 
 import pytest
 
 from engine_harness import SECRET, EngineProcess, Receiver, create_topic, group_checkpoint, wait_until
+from ringwatch import runtime as rt
 from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
 from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.runtime.auth import ClusterKeys
 from ringwatch.runtime.gcs import RedisGcs
-from ringwatch import runtime as rt
 from ringwatch.stream import detect
 from ringwatch.stream.claims import AlertClaims
 from runtime_cluster import TOKEN, Cluster
@@ -82,6 +84,15 @@ def group_keys(redis_url: str, namespace: str, prefix: str) -> list[str]:
     gcs = RedisGcs(redis_url, namespace, keys=ClusterKeys.from_token(TOKEN))
     try:
         return gcs.kv_keys(prefix)
+    finally:
+        gcs.close()
+
+
+def claimants(redis_url: str, namespace: str, prefix: str) -> list[str]:
+    """The engine id in each claim under `prefix`."""
+    gcs = RedisGcs(redis_url, namespace, keys=ClusterKeys.from_token(TOKEN))
+    try:
+        return [json.loads(gcs.kv_get(key))["engine"] for key in gcs.kv_keys(prefix)]
     finally:
         gcs.close()
 
@@ -201,6 +212,39 @@ def test_alerts_claimed_by_an_engine_killed_before_sending_them_are_delivered_by
     assert receiver.bad_signatures == 0
     assert receiver.delivered_rings(stream.rings) == len(stream.rings)
 
+
+def test_alerts_a_live_engine_claimed_but_cannot_send_move_to_the_engine_that_outlives_it(
+        kafka_bootstrap, redis_url, unique_name, tmp_path, receiver, cluster, engines):
+    stream = generate(SyntheticConfig(n_transactions=4_000, n_accounts=1_000, n_rings=12, days=6, seed=47))
+    payments = stream.transactions
+    expected = {alert.alert_id for alert in detect(payments, use_runtime=False)}
+    cluster.start_node("node-1", workers=1)
+    create_topic(kafka_bootstrap, unique_name, 4)
+    group = f"{unique_name}-engines"
+    claims = f"ringwatch/engines/{group}/alerts/"
+
+    stuck = start_engine("stuck", tmp_path, kafka_bootstrap, unique_name, redis_url, unique_name,
+                         Receiver(free_port()), checkpoint_interval="1h")  # nothing listens at its endpoint
+    live = start_engine("live", tmp_path, kafka_bootstrap, unique_name, redis_url, unique_name, receiver)
+    engines += [stuck, live]
+    wait_until(lambda: "partition assigned" in stuck.log() and "partition assigned" in live.log()
+               or not (stuck.alive() and live.alive()), DEADLINE_S, "both engines to own partitions")
+    produce_transactions(kafka_bootstrap, unique_name, payments)
+    wait_until(lambda: len(claimants(redis_url, unique_name, claims)) >= len(expected)
+               or not (stuck.alive() and live.alive()), DEADLINE_S, "every ring to be claimed")
+    assert stuck.alive() and live.alive(), stuck.log() + live.log()
+    stuck_id = f"{socket.gethostname()}:{(tmp_path / 'stuck').resolve()}"
+    assert stuck_id in claimants(redis_url, unique_name, claims), "the stuck engine claimed no ring"
+    assert not set(receiver.accepted) >= expected, "rings the stuck engine claimed arrived while it lived"
+
+    stuck.kill()  # SIGKILL, never restarted
+    wait_until(lambda: set(receiver.accepted) >= expected or not live.alive(), DEADLINE_S, "every ring")
+    assert live.terminate() == 0, live.log()
+
+    assert "took over" in live.log()
+    assert set(receiver.accepted) == expected
+    assert all(count == 1 for count in receiver.accepted.values()), receiver.accepted.most_common(3)
+    assert receiver.bad_signatures == 0
 
 def test_an_alert_a_live_engine_claimed_is_parked_until_it_is_sent_or_the_claimants_run_ends(unique_name):
     stream = generate(SyntheticConfig(n_transactions=1_500, n_accounts=400, n_rings=6, seed=43))
