@@ -12,18 +12,22 @@ Rows (each a rate per second, higher is better):
 
 Run: python bench/runtime_micro.py [--workers N] [--n 5000] [--sync-n 1000] [--no-ray] [--cluster]
 Both runtimes run in local mode with the same number of worker processes
-(Ray: `num_cpus=N`). The ideal column is what N workers that did nothing but
-the 1 ms of work would reach; "% ideal" is ringwatch's rate against it (the
-machine's load average is printed: other processes take cores from the ideal).
+(Ray: `num_cpus=N`), started side by side in this process, and each row is
+measured in turns: ringwatch, Ray, ringwatch, Ray, ... (best of 3 each), so a
+change in what else the machine runs hits both columns alike (the load average
+is printed). The ideal column is what N workers that did nothing but the 1 ms
+of work would reach; "% ideal" is ringwatch's rate against it (other processes
+take cores from the ideal).
 For the 1 ms rows it also prints the CPU each runtime spends per call beyond
 the work itself (all its processes and threads, from /proc), which other load
 does not change, and the share of ideal that leaves within reach, then where
-that CPU goes: the calling thread, the driver's other threads (ringwatch: its
-node's dispatcher), the other processes (workers, and Ray's raylet and GCS).
+that CPU goes: the calling thread, the runtime's other threads in the driver
+(ringwatch: its node's dispatcher), its other processes (workers, and Ray's
+raylet and GCS).
 `--cluster` adds a column: the same rows from a driver that joined a loopback
 cluster of two nodes with N/2 workers each (GCS in a local redis-server), so
 every call crosses processes the way it does across machines; its ratio is
-against ringwatch's local column.
+against ringwatch's local column (measured before it, not in turns).
 """
 
 from __future__ import annotations
@@ -37,15 +41,11 @@ from typing import Any
 
 import numpy as np
 
+BURN_S = 0.001
+ACTORS = 8
+REPEATS = 3
 
-def _rate(count: int, run: Callable[[], None], repeats: int = 3) -> float:
-    """Best of `repeats` runs, so one noisy run on a shared machine does not decide the row."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return count / best
+Rows = dict[str, tuple[int, Callable[[], None]]]  # row -> (calls per run, one run)
 
 
 def tree_cpu_s(pid: int | None = None) -> float:
@@ -64,37 +64,62 @@ def tree_cpu_s(pid: int | None = None) -> float:
     return total / 1e9
 
 
-def thread_cpu_s(tid: int) -> float:
-    """CPU seconds used so far by one thread of this process."""
-    with open(f"/proc/{os.getpid()}/task/{tid}/schedstat") as stat:
-        return int(stat.read().split()[0]) / 1e9
+def _thread_cpu_s(tid: int) -> float:
+    try:
+        with open(f"/proc/{os.getpid()}/task/{tid}/schedstat") as stat:
+            return int(stat.read().split()[0]) / 1e9
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
 
 
-def cpu_parts() -> dict[str, float]:
-    """CPU seconds so far: the calling thread, this process's other threads (ringwatch: the node's dispatcher),
-    and every other process of the runtime (workers; Ray: also raylet, GCS)."""
-    caller = thread_cpu_s(threading.get_native_id())
-    process = sum(thread_cpu_s(int(tid)) for tid in os.listdir(f"/proc/{os.getpid()}/task")
-                  if os.path.exists(f"/proc/{os.getpid()}/task/{tid}"))
-    return {"caller": caller, "threads": process - caller, "processes": tree_cpu_s() - process}
+def _children() -> list[int]:
+    found = []
+    for tid in os.listdir(f"/proc/{os.getpid()}/task"):
+        try:
+            with open(f"/proc/{os.getpid()}/task/{tid}/children") as children:
+                found.extend(int(child) for child in children.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
 
 
-def overhead_us(count: int, run: Callable[[], None]) -> dict[str, float]:
-    """CPU the whole runtime (driver, its threads, workers, daemons) spends per call beyond the 1 ms of work,
-    in all ("total") and where: the caller's thread, its other threads, the other processes (less the work).
+def _is_ringwatch(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"ringwatch.runtime.worker" in cmdline.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def cpu_parts(name: str) -> dict[str, float]:
+    """CPU seconds so far of one of the runtimes running side by side here, in three parts.
+
+    The calling thread; the runtime's other threads in this process (ringwatch:
+    its Python threads, named ringwatch-*, the node's dispatcher among them;
+    Ray: every other thread); its other processes (ringwatch: its workers; Ray:
+    every other child, raylet, GCS and workers under it).
+    """
+    caller = threading.get_native_id()
+    named = {t.native_id for t in threading.enumerate() if t.name.startswith("ringwatch")}
+    tids = [int(tid) for tid in os.listdir(f"/proc/{os.getpid()}/task") if int(tid) != caller]
+    threads = [tid for tid in tids if (tid in named) == (name == "ringwatch")]
+    processes = [pid for pid in _children() if _is_ringwatch(pid) == (name == "ringwatch")]
+    return {"caller": _thread_cpu_s(caller), "threads": sum(_thread_cpu_s(tid) for tid in threads),
+            "processes": sum(tree_cpu_s(pid) for pid in processes)}
+
+
+def overhead_us(name: str, count: int, run: Callable[[], None]) -> dict[str, float]:
+    """CPU the runtime `name` spends per call beyond the 1 ms of work: in all ("total"), and in the calling
+    thread, its other threads and its other processes (less the work).
 
     Unlike the rate, this does not depend on what else the machine runs: with
     every core free, a rate of 1 ms / (1 ms + overhead) of ideal is within reach.
     """
-    before = cpu_parts()
+    before = cpu_parts(name)
     run()
-    used = {part: (value - before[part]) / count * 1e6 for part, value in cpu_parts().items()}
+    used = {part: (value - before[part]) / count * 1e6 for part, value in cpu_parts(name).items()}
     used["processes"] -= BURN_S * 1e6
     return {"total": max(0.0, sum(used.values())), **used}
-
-
-BURN_S = 0.001
-ACTORS = 8
 
 
 def burn(seconds: float) -> None:
@@ -113,8 +138,8 @@ def ideal_rates(workers: int) -> dict[str, float]:
     return {"tasks 1 ms": workers / BURN_S, f"{ACTORS} actors 1 ms calls": min(ACTORS, workers) / BURN_S}
 
 
-def measure(rt: Any, n: int, sync_n: int, workers: int) -> dict[str, float]:
-    """Every row for one runtime module exposing the Ray-style API (`remote`, `get`, `put`)."""
+def prepare(rt: Any, n: int, sync_n: int, workers: int) -> Rows:
+    """Every row for one runtime module exposing the Ray-style API (`remote`, `get`, `put`), warmed up."""
 
     @rt.remote
     def noop(x):
@@ -177,30 +202,62 @@ def measure(rt: Any, n: int, sync_n: int, workers: int) -> dict[str, float]:
         rt.get([crew[i % ACTORS].busy.remote(i) for i in range(busy_n)])
 
     return {
-        "tasks async": _rate(n, tasks_async),
-        "tasks sync": _rate(sync_n, tasks_sync),
-        "actor calls async": _rate(n, actor_async),
-        "actor calls sync": _rate(sync_n, actor_sync),
-        "put+get 10 MB array": _rate(put_n, put_get),
-        "tasks 1 ms": _rate(busy_n, busy_tasks),
-        f"{ACTORS} actors empty calls": _rate(n, crew_empty),
-        f"{ACTORS} actors 1 ms calls": _rate(busy_n, crew_busy),
-        "overhead tasks 1 ms": overhead_us(busy_n, busy_tasks),
-        f"overhead {ACTORS} actors 1 ms calls": overhead_us(busy_n, crew_busy),
+        "tasks async": (n, tasks_async),
+        "tasks sync": (sync_n, tasks_sync),
+        "actor calls async": (n, actor_async),
+        "actor calls sync": (sync_n, actor_sync),
+        "put+get 10 MB array": (put_n, put_get),
+        "tasks 1 ms": (busy_n, busy_tasks),
+        f"{ACTORS} actors empty calls": (n, crew_empty),
+        f"{ACTORS} actors 1 ms calls": (busy_n, crew_busy),
     }
 
 
-def run_ringwatch(workers: int, n: int, sync_n: int) -> dict[str, float]:
+def measure(runtimes: dict[str, Rows]) -> dict[str, dict[str, Any]]:
+    """Each row's best rate of `REPEATS` runs per runtime, the runtimes taking turns; then the 1 ms rows' CPU."""
+    results: dict[str, dict[str, Any]] = {name: {} for name in runtimes}
+    first = next(iter(runtimes.values()))
+    for row in first:
+        best = {name: float("inf") for name in runtimes}
+        for _ in range(REPEATS):
+            for name, rows in runtimes.items():
+                start = time.perf_counter()
+                rows[row][1]()
+                best[name] = min(best[name], time.perf_counter() - start)
+        for name, rows in runtimes.items():
+            results[name][row] = rows[row][0] / best[name]
+    for row in ideal_rates(1):
+        for name, rows in runtimes.items():
+            results[name][f"overhead {row}"] = overhead_us(name, *rows[row])
+    return results
+
+
+def run_local(workers: int, n: int, sync_n: int, with_ray: bool) -> dict[str, dict[str, Any]]:
+    """ringwatch and (when importable) Ray side by side in this process, measured in turns."""
     import ringwatch.runtime as rt
 
+    ray = None
+    if with_ray:
+        try:
+            import ray
+        except ImportError:
+            ray = None
     rt.init(num_workers=workers)
     try:
-        return measure(rt, n, sync_n, workers)
+        runtimes = {"ringwatch": prepare(rt, n, sync_n, workers)}
+        if ray is not None:
+            ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR")
+            runtimes["ray"] = prepare(ray, n, sync_n, workers)
+        try:
+            return measure(runtimes)
+        finally:
+            if ray is not None:
+                ray.shutdown()
     finally:
         rt.shutdown()
 
 
-def run_ringwatch_cluster(workers: int, n: int, sync_n: int) -> dict[str, float]:
+def run_ringwatch_cluster(workers: int, n: int, sync_n: int) -> dict[str, Any]:
     """The rows from a driver of a 2-node loopback cluster (the driver's light node owns its objects)."""
     import sys
     import tempfile
@@ -218,24 +275,12 @@ def run_ringwatch_cluster(workers: int, n: int, sync_n: int) -> dict[str, float]
             cluster.start_node(name, workers=max(1, workers // 2))
         rt.init(address=redis_server.url, token=TOKEN, namespace="bench")
         try:
-            return measure(rt, n, sync_n, workers)
+            return measure({"ringwatch": prepare(rt, n, sync_n, workers)})["ringwatch"]
         finally:
             rt.shutdown()
     finally:
         cluster.stop()
         redis_server.stop()
-
-
-def run_ray(workers: int, n: int, sync_n: int) -> dict[str, float] | None:
-    try:
-        import ray
-    except ImportError:
-        return None
-    ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR")
-    try:
-        return measure(ray, n, sync_n, workers)
-    finally:
-        ray.shutdown()
 
 
 def main() -> None:
@@ -247,13 +292,14 @@ def main() -> None:
     parser.add_argument("--cluster", action="store_true", help="add ringwatch on a 2-node loopback cluster")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
-    ours = run_ringwatch(args.workers, args.n, args.sync_n)
-    theirs = None if args.no_ray else run_ray(args.workers, args.n, args.sync_n)
+    local = run_local(args.workers, args.n, args.sync_n, not args.no_ray)
+    ours, theirs = local["ringwatch"], local.get("ray")
     if theirs is None and not args.no_ray:
         print("ray is not importable: the Ray column is empty (pip install ray to fill it)")
     cluster = run_ringwatch_cluster(args.workers, args.n, args.sync_n) if args.cluster else None
     print(f"workers={args.workers}  n={args.n}  sync_n={args.sync_n}  cpus={os.cpu_count()}  "
-          f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after  (rates per second, best of 3)")
+          f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after  "
+          f"(rates per second, best of {REPEATS}, runtimes in turns)")
     ideal = ideal_rates(args.workers)
     header = f"{'row':<24} {'ringwatch':>10} {'ray':>10} {'ratio':>7} {'ideal':>8} {'% ideal':>8}"
     print(header + (f" {'2-node':>10} {'/local':>7}" if cluster else ""))
@@ -279,8 +325,8 @@ def main() -> None:
         if cluster_overheads:
             line += f"   2-node {cluster_overheads[row]['total']:>6.0f} us"
         print(line)
-    print("\nwhere it goes, us per call: the calling thread / the driver's other threads (ringwatch: the node's")
-    print("dispatcher) / the other processes beyond the work (workers; Ray: also raylet and GCS):")
+    print("\nwhere it goes, us per call: the calling thread / the runtime's other threads in the driver")
+    print("(ringwatch: its node's dispatcher) / its other processes beyond the work (workers; Ray: also raylet, GCS):")
     for name, parts in (("ringwatch", overheads), ("ray", their_overheads), ("2-node", cluster_overheads)):
         for row, value in parts.items():
             print(f"{row:<24} {name:<9} {value['caller']:>6.0f} / {value['threads']:>6.0f} / {value['processes']:>6.0f}")

@@ -100,6 +100,32 @@ def test_actor_calls_run_in_submission_order(runtime):
     assert rt.get(log.items_.remote()) == list(range(200))
 
 
+@rt.remote
+class Gate:
+    """An actor that blocks in `wait_open` until a file appears, then echoes what it is given."""
+
+    def wait_open(self, path: str) -> bool:
+        return wait_for_file(path)
+
+    def echo(self, payload: bytes) -> int:
+        return len(payload)
+
+
+def test_calls_for_a_busy_worker_beyond_what_its_pipe_holds_wait_without_stalling_the_node(runtime, tmp_path):
+    """64 calls of 90 KB each (inline arguments) go to an actor blocked in a call: megabytes its socket
+    cannot take while it does not read. The node keeps them, serves other work meanwhile, and every call
+    runs once the actor reads again."""
+    gate, opened = Gate.remote(), str(tmp_path / "open")
+    blocked = gate.wait_open.remote(opened)
+    payload = os.urandom(90 * 1024)
+    refs = [gate.echo.remote(payload) for _ in range(64)]
+    assert rt.get(double.remote(21), timeout=60) == 42  # the dispatcher is not stuck writing to the actor
+    assert rt.wait(refs, num_returns=1, timeout=0.5)[0] == []  # still queued behind the blocked call
+    Path(opened).touch()
+    assert rt.get(blocked, timeout=60) is True
+    assert rt.get(refs, timeout=60) == [len(payload)] * 64
+
+
 def test_actor_handles_travel_to_tasks_and_names_find_actors(runtime):
     @rt.remote
     class Counter:
