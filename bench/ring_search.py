@@ -127,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             for backend in args.backends.split(","):
                 actors = run_actors(table, options, shards, args, backend)
                 _row(f"{shards} actors on {backend}", actors, stream)
-                print(f"{'':<24} (batches of {args.actor_batch_size:,}: p50/p99/p99.9 above are per batch; "
+                cpu = actors["driver_cpu_s"] + actors["shards_cpu_s"]
+                print(f"{'':<24} (batches of {args.actor_batch_size:,}: p50/p99/p99.9 above are per batch; CPU: "
+                      f"driver {actors['driver_cpu_s']:.2f} s + shards {actors['shards_cpu_s']:.2f} s for "
+                      f"{actors['elapsed']:.2f} s of wall clock: {actors['done'] / cpu:,.0f} payments per CPU-second; "
                       f"load average {actors['load']})")
                 if "latency" in actors:
                     (p50, p99, p999), count = actors["latency"], actors["latency_tx"]
@@ -238,6 +241,7 @@ def run_actors(table: pa.Table, options: SearchOptions, shards: int, args: argpa
     try:
         graph.process(table.slice(0, 1))  # start the actors (and their compiled code) before the clock
         times, alerts, done = [], {}, 1
+        shards_cpu, driver_cpu = sum(graph.cpu_seconds()), time.process_time()
         started = time.perf_counter()
         for start in range(1, table.num_rows, batch_size):
             if time.perf_counter() - started > args.actor_budget:
@@ -249,7 +253,10 @@ def run_actors(table: pa.Table, options: SearchOptions, shards: int, args: argpa
             times.append((time.perf_counter() - t0, batch.num_rows))
             alerts.update((a.alert_id, (a.trigger_tx_id, a.accounts)) for a in result.alerts)
             done += batch.num_rows
-        figures = _figures(times, alerts, done, time.perf_counter() - started) | {"load": _load()}
+        elapsed = time.perf_counter() - started
+        figures = _figures(times, alerts, done, elapsed) | {
+            "load": _load(), "driver_cpu_s": time.process_time() - driver_cpu,
+            "shards_cpu_s": sum(graph.cpu_seconds()) - shards_cpu}
         if args.actor_latency_tx:
             count = min(args.actor_latency_tx, table.num_rows - 1)
             figures |= {"latency": actor_latency(graph, table, options, batch_size, args.actor_latency_batch, count),

@@ -11,6 +11,7 @@ from .kafka import (
     produce_transactions,
 )
 from .records import SourceRecord
+from .source_batch import SourceBatch
 from .source import DeadLetter, NoListener, RebalanceListener, SequentialSource, Source
 from .sinks import JsonlSink, Sink
 from .synthetic import (
@@ -45,6 +46,7 @@ __all__ = [
     "ResendReport",
     "Sink",
     "Source",
+    "SourceBatch",
     "SourceRecord",
     "SyntheticConfig",
     "SyntheticStream",

@@ -9,7 +9,8 @@ is a `Source` (connectors/source.py), so the engine can stream a file too.
 
 `FileSource.chunks` reads the same files in bulk for `detect`: columns, not
 rows (Arrow's JSON reader, Parquet batches, the C csv reader into columns),
-checked with vectorised tests that only ever accept; any row they do not
+checked with vectorised tests that only ever accept (connectors/columns.py,
+which `KafkaSource` uses too); any row they do not
 accept goes through the per-row path above (`_record`, the mapping and
 `Transaction.from_dict`), which decides and words the reason, so both paths
 judge every row by one rule. With a field mapping, or the AMLworld layout,
@@ -24,19 +25,16 @@ import io
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pj
 import pyarrow.parquet as pq
 
-from ringwatch.graph import AMOUNT_SCALE, PAYMENT_SCHEMA, payment_table
-from ringwatch.graph.model import DEFAULT_MAX_AMOUNT, TS_MAX, TS_MIN
+from ringwatch.graph import PAYMENT_SCHEMA, payment_table
 
+from .columns import accept, json_payments
 from .mapping import IDENTITY, FieldMapping
 from .records import SourceRecord, record_from_json, record_from_mapping
 from .source import RebalanceListener, SequentialSource
@@ -159,40 +157,17 @@ class FileSource(SequentialSource):
                     yield chunk
 
     def _json_block(self, block: bytes, row: int) -> PaymentChunk:
-        lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-        chunk = PaymentChunk(PAYMENT_SCHEMA.empty_table(), rows=lines)
-        if row >= self.start and b"\n\n" not in block and not block.startswith(b"\n") and b"\r" not in block:
-            table = _read_json(block, _JSON_PARSE) or _read_json(block, _JSON_PARSE_TEXT_TS)
-            if table is not None and table.num_rows == lines:
-                accepted, doubtful = accept(table)
-                if doubtful.size == 0:
-                    chunk.table = accepted
-                    return chunk
-        numbered = [(row + i, line.rstrip(b"\r")) for i, line in enumerate(block.split(b"\n")[:lines])]
-        numbered = [(i, line) for i, line in numbered if line.strip() and i >= self.start]
-        parts: list[pa.Table] = []
-        self._json_part(numbered, parts, chunk)
-        chunk.table = pa.concat_tables(parts) if parts else chunk.table
+        """Whole lines in bulk (`columns.json_payments`); blank lines are skipped, as `rows` does."""
+        lines = block.split(b"\n")
+        if block.endswith(b"\n"):
+            lines.pop()
+        chunk = PaymentChunk(PAYMENT_SCHEMA.empty_table(), rows=len(lines))
+        numbered = [(row + i, line.rstrip(b"\r")) for i, line in enumerate(lines) if row + i >= self.start]
+        numbered = [(i, line) for i, line in numbered if line.strip()]
+        payments = json_payments([line for _, line in numbered], lambda k: self._record(*numbered[k]))
+        chunk.table = payments.table
+        _collect(payments.rejected, chunk)
         return chunk
-
-    def _json_part(self, numbered: list[tuple[int, bytes]], parts: list[pa.Table], chunk: PaymentChunk) -> None:
-        """Parse lines with Arrow; a part it refuses is halved until the bad lines go the per-row way."""
-        if not numbered:
-            return
-        data = b"\n".join(line for _, line in numbered)
-        table = _read_json(data, _JSON_PARSE) or _read_json(data, _JSON_PARSE_TEXT_TS)
-        if table is None or table.num_rows != len(numbered):
-            if len(numbered) > 64:
-                half = len(numbered) // 2
-                self._json_part(numbered[:half], parts, chunk)
-                self._json_part(numbered[half:], parts, chunk)
-                return
-            parts.append(_collect([self._record(i, line) for i, line in numbered], chunk))
-            return
-        accepted, doubtful = accept(table)
-        parts.append(accepted)
-        if doubtful.size:
-            parts.append(_collect([self._record(*numbered[i]) for i in doubtful.tolist()], chunk))
 
     def _csv_chunks(self, rows: int) -> Iterator[PaymentChunk]:
         with open(self.path, newline="", encoding="utf-8", errors="surrogateescape") as text:
@@ -322,23 +297,6 @@ def unique_header(header: list[str]) -> list[str]:
     return names
 
 
-def _json_options(ts_type: pa.DataType) -> pj.ParseOptions:
-    return pj.ParseOptions(explicit_schema=pa.schema([
-        ("tx_id", pa.string()), ("src", pa.string()), ("dst", pa.string()), ("amount", pa.decimal128(38, 4)),
-        ("ts", ts_type), ("currency", pa.string())]), unexpected_field_behavior="ignore")
-
-
-_JSON_PARSE = _json_options(pa.int64())
-_JSON_PARSE_TEXT_TS = _json_options(pa.string())  # ISO-8601 times: left to the per-row rule
-
-
-def _read_json(data: bytes, options: pj.ParseOptions) -> pa.Table | None:
-    try:
-        return pj.read_json(io.BytesIO(data), parse_options=options, read_options=pj.ReadOptions(block_size=1 << 26))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        return None
-
-
 def _collect(records: list[SourceRecord], chunk: PaymentChunk) -> pa.Table:
     """The valid records as a payment table; the others into `chunk.rejected`."""
     valid = []
@@ -349,86 +307,3 @@ def _collect(records: list[SourceRecord], chunk: PaymentChunk) -> pa.Table:
             chunk.rejected.append({"position": list(record.position), "reason": record.error,
                                    "raw": record.raw.decode("utf-8", "replace") if record.raw else None})
     return payment_table(valid)
-
-
-def accept(table: pa.Table, max_amount: Decimal = DEFAULT_MAX_AMOUNT) -> tuple[pa.Table, np.ndarray]:
-    """The rows that plainly pass the contract, as a payment table, and the indices of all others.
-
-    Only accepts: a row it cannot vouch for (a null, an empty id, an amount or
-    a time it cannot read exactly) is left to the per-row rule.
-    """
-    n = table.num_rows
-    ok = np.ones(n, np.bool_)
-    columns = {}
-    for name in ("tx_id", "src", "dst"):
-        column = table.column(name) if name in table.column_names else pa.nulls(n, pa.string())
-        column = column.cast(pa.string()) if not pa.types.is_string(column.type) else column
-        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        ok &= pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0), False).to_numpy(
-            zero_copy_only=False)
-        columns[name] = column
-    units, amount_ok = _amount_units(table.column("amount") if "amount" in table.column_names else None, n)
-    ok &= amount_ok & (units > 0) & (units <= int(max_amount * AMOUNT_SCALE))
-    stamps, ts_ok = _timestamps(table.column("ts") if "ts" in table.column_names else None, n)
-    ok &= ts_ok
-    currency = table.column("currency") if "currency" in table.column_names else pa.nulls(n, pa.string())
-    currency = currency.combine_chunks() if isinstance(currency, pa.ChunkedArray) else currency
-    if not pa.types.is_string(currency.type):
-        ok &= pc.is_null(currency).to_numpy(zero_copy_only=False)
-        currency = pa.nulls(n, pa.string())
-    keep = np.flatnonzero(ok)
-    indices = pa.array(keep)
-    accepted = pa.table([columns["tx_id"].take(indices), columns["src"].take(indices), columns["dst"].take(indices),
-                         pa.array(stamps[keep]), pa.array(units[keep]), currency.take(indices)], schema=PAYMENT_SCHEMA)
-    return accepted, np.flatnonzero(~ok)
-
-
-def _amount_units(column: pa.ChunkedArray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
-    if column is None:
-        return np.zeros(n, np.int64), np.zeros(n, np.bool_)
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    valid = ~pc.is_null(column).to_numpy(zero_copy_only=False)
-    kind = column.type
-    if pa.types.is_string(kind):
-        try:
-            column = column.cast(pa.decimal128(38, 4))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return np.zeros(n, np.int64), np.zeros(n, np.bool_)
-        kind = column.type
-    if pa.types.is_decimal(kind):
-        try:
-            column = column.cast(pa.decimal128(38, 4))
-        except pa.ArrowInvalid:
-            return np.zeros(n, np.int64), np.zeros(n, np.bool_)
-        raw = np.frombuffer(column.buffers()[1], np.int64)[2 * column.offset:2 * (column.offset + n)]
-        low, high = raw[0::2], raw[1::2]
-        fits = (high == 0) & (low >= 0) | (high == -1) & (low < 0)
-        return np.where(valid & fits, low, 0), valid & fits
-    if pa.types.is_integer(kind):
-        values = column.fill_null(0).to_numpy().astype(np.int64)
-        small = np.abs(values) < 2**62 // AMOUNT_SCALE
-        return np.where(small, values * AMOUNT_SCALE, 0), valid & small
-    if pa.types.is_floating(kind):
-        values = column.fill_null(0).to_numpy().astype(np.float64)
-        scaled = values * AMOUNT_SCALE
-        units = np.rint(np.where(np.isfinite(scaled) & (np.abs(scaled) < 2**52), scaled, 0))
-        # exact when the value is the double nearest to units / 10,000: then its repr has at most 4 decimals
-        exact = units / AMOUNT_SCALE == values
-        return units.astype(np.int64), valid & exact & (units != 0)
-    return np.zeros(n, np.int64), np.zeros(n, np.bool_)
-
-
-def _timestamps(column: pa.ChunkedArray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
-    if column is None:
-        return np.zeros(n, np.int64), np.zeros(n, np.bool_)
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    valid = ~pc.is_null(column).to_numpy(zero_copy_only=False)
-    if pa.types.is_string(column.type):
-        digits = pc.fill_null(pc.match_substring_regex(column, r"^\s*\d{1,15}\s*$"), False)
-        column = pc.if_else(digits, pc.utf8_trim_whitespace(column), "0").cast(pa.int64())
-        valid &= digits.to_numpy(zero_copy_only=False)
-    if pa.types.is_integer(column.type):
-        values = column.fill_null(0).to_numpy().astype(np.int64)
-    else:
-        return np.zeros(n, np.int64), np.zeros(n, np.bool_)
-    return values, valid & (values >= TS_MIN) & (values <= TS_MAX)

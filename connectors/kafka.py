@@ -3,7 +3,8 @@
 `KafkaSource` is the Kafka `Source` (connectors/source.py). Offsets are
 committed only when the engine says so (`commit`), after the checkpoint
 covering them is durable, so a crash replays from the checkpoint and loses
-nothing. Every message comes back from `poll`, a bad one as an error record;
+nothing. Every message comes back from `poll` (a `SourceBatch`: the engine
+decodes a micro-batch's messages in one bulk call), a bad one as an error record;
 what the engine refuses it hands to `dead_letter`, which produces the original
 bytes and key to the dead-letter topic with topic, partition, offset and
 reason in headers; `commit` first makes those dead letters durable.
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.future import Future
@@ -32,9 +34,10 @@ from ringwatch.graph import Alert, Transaction
 
 from .kafka_settings import PLAINTEXT, KafkaSettings
 from .mapping import IDENTITY, FieldMapping
-from .records import SourceRecord, record_from_json
+from .records import SourceRecord
 from .settled import DEFAULT_CAPACITY, SettledIds
 from .source import NoListener, RebalanceListener
+from .source_batch import JsonDecoder, SourceBatch
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +160,7 @@ class KafkaSource:
             raise ValueError("topics: give at least one topic to consume")
         self.group = group
         self.dlq_topic = dlq_topic
-        self.max_message_bytes = max_message_bytes
-        self.mapping = mapping
+        self._decoder = JsonDecoder(max_message_bytes, mapping)
         self.listener: RebalanceListener = listener or NoListener()
         self._pending_seeks: dict[Partition, int] = {}
         self._lag: dict[Partition, int] = {}  # as of the last poll (lag())
@@ -181,17 +183,17 @@ class KafkaSource:
     def dead_letter_topic_for(self, topic: str) -> str:
         return self.dlq_topic or dead_letter_topic(topic)
 
-    def poll(self, max_records: int = 500, timeout_ms: int = 100) -> list[SourceRecord]:
-        """Up to `max_records` records in partition order, bad ones as error records."""
+    def poll(self, max_records: int = 500, timeout_ms: int = 100) -> SourceBatch:
+        """Up to `max_records` messages in partition order, undecoded until the batch is read (see SourceBatch)."""
         fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         self._lag = {partition: max(0, end - position) for partition, position, end in self._log_ends()}
-        return [self._to_record(message) for messages in fetched.values() for message in messages]
-
-    def _to_record(self, message) -> SourceRecord:
-        position = (message.topic, message.partition, message.offset)
-        if message.value is None:
-            return SourceRecord(position, None, b"", "malformed:message has no value", message.key)
-        return record_from_json(position, message.value, self.max_message_bytes, message.key, mapping=self.mapping)
+        if not fetched:
+            return SourceBatch.empty(self._decoder)
+        messages = [message for batch in fetched.values() for message in batch]
+        return SourceBatch([(tp.topic, tp.partition) for tp in fetched],
+                           np.repeat(np.arange(len(fetched), dtype=np.int32), [len(b) for b in fetched.values()]),
+                           np.fromiter((m.offset for m in messages), np.int64, len(messages)),
+                           [m.value for m in messages], [m.key for m in messages], self._decoder)
 
     def dead_letter(self, record: SourceRecord, reason: str) -> None:
         """Produce the record's original bytes and key to the dead-letter topic, the reason in headers."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .records import SourceRecord
+from .source_batch import SourceBatch
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,11 @@ class RebalanceListener(Protocol):
 class Source(Protocol):
     """A partitioned, replayable stream of `SourceRecord`s."""
 
-    def poll(self, max_records: int, timeout_ms: int) -> list[SourceRecord]:
-        """Up to `max_records` records, waiting at most `timeout_ms` for the first; rebalances happen here."""
+    def poll(self, max_records: int, timeout_ms: int) -> SourceBatch:
+        """Up to `max_records` records, waiting at most `timeout_ms` for the first; rebalances happen here.
+
+        The batch is the records (a sequence of `SourceRecord`) and their payment columns (`payments()`).
+        """
         ...
 
     def dead_letter(self, record: SourceRecord, reason: str) -> None:
@@ -145,7 +149,7 @@ class SequentialSource:
         """Every record from `start` on, unpaced, without the engine's polling (for `detect` and scripts)."""
         return self.rows(self.start)
 
-    def poll(self, max_records: int = 500, timeout_ms: int = 100) -> list[SourceRecord]:
+    def poll(self, max_records: int = 500, timeout_ms: int = 100) -> SourceBatch:
         if not self._assigned:
             self._assigned = True
             self.listener.on_assign([self.partition])
@@ -165,7 +169,7 @@ class SequentialSource:
             self.offset = batch[-1].offset + 1
         elif self.exhausted:
             time.sleep(timeout_ms / 1000)
-        return batch
+        return SourceBatch.of_records(batch)
 
     def _due(self, timeout_ms: int) -> int:
         """How many records may be handed out now; with a rate, waits (up to the timeout) for the next one."""

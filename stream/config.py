@@ -148,7 +148,9 @@ class EngineConfig:
     address: str = _setting("", "cluster to join: redis://HOST:PORT (ringwatch), auto or ray://HOST:10001 (ray); "
                             "empty = start a local runtime")
     namespace: str = _setting("default", "the cluster's GCS namespace (several clusters can share one Redis)")
-    batch_max_size: int = _setting(256, "a micro-batch closes at this many payments", kind="int")
+    batch_max_size: int = _setting(8_192, "the largest micro-batch: under a backlog batches grow from 256 toward "
+                                   "it while each takes well under a second (a live stream's close on the delay "
+                                   "first)", kind="int")
     batch_max_delay_ms: int = _setting(5, "... or this many milliseconds after its first payment", kind="int")
     checkpoint_interval: int = _setting(5_000, "time between aligned checkpoints", kind="duration")
     keep_checkpoints: int = _setting(2, "complete checkpoints kept on disk", kind="int")

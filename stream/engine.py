@@ -52,6 +52,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from ringwatch import runtime as rt
 from ringwatch.connectors import (
     JsonlSink,
@@ -61,9 +64,9 @@ from ringwatch.connectors import (
     RebalanceListener,
     Sink,
     Source,
+    SourceBatch,
     SourceRecord,
     WebhookSink,
-    next_positions,
 )
 from ringwatch.graph import Alert, RingGraph, SearchOptions
 from ringwatch.runtime.backend import backend_name
@@ -103,6 +106,8 @@ THROUGHPUT_WINDOW_S = 10.0  # `stats().throughput_tx_s` is measured over this mu
 LATENCY_SAMPLE = 1_000  # latency percentiles in `stats()` are over this many recent alerts
 PROGRESS_TTL_INTERVALS = 12  # an engine's published progress expires after this many checkpoint intervals
 CLAIM_MIN_TTL_MS = 60_000
+BATCH_START = 256  # the first batch's cap; the cap doubles after each full batch done in under a quarter of:
+BATCH_TARGET_S = 1.0  # ... this, and halves after a batch that took longer (polls stay frequent: group membership)
 EVICT_SLICES = 16  # evict when the horizon has moved 1/16 of the window: each eviction is a pass over the shards
 
 
@@ -151,8 +156,9 @@ class Engine:
         self.warmed = 0
         self.cut_short = 0  # searches stopped early by an opt-in cut, since this process started
         self._failed = False
-        self._pending: list[SourceRecord] = []
-        self._received: list[float] = []
+        self._pending: list[tuple[SourceBatch, float]] = []  # the open batch's polls, each with its arrival time
+        self._pending_rows = 0
+        self._batch_limit = min(BATCH_START, config.engine.batch_max_size)  # grows with a backlog (_fit_batch)
         self._lock = threading.RLock()
         self._clock = EventClock(config.time_rules())
         self._evicted_to: int | None = None
@@ -358,12 +364,18 @@ class Engine:
                     next_checkpoint = time.monotonic() + interval_s
 
     def _fill_batch(self, stop: threading.Event) -> None:
-        """Poll until the batch holds `batch_max_size` records or its first is `batch_max_delay_ms` old."""
+        """Poll until the batch holds its cap of records or its first is `batch_max_delay_ms` old.
+
+        The cap starts at `BATCH_START` and grows to `batch_max_size` while full
+        batches are quick (`_fit_batch`): under a backlog a batch's fixed cost is
+        paid per thousands of payments, live ones stay small, and no batch takes
+        so long that the consumer misses `max_poll_interval_ms` and leaves its group.
+        """
         engine_config = self.config.engine
         opened_at = None
         while not stop.is_set():
             with self._lock:
-                room = engine_config.batch_max_size - len(self._pending)
+                room = self._batch_limit - self._pending_rows
             if room <= 0:
                 return
             if opened_at is None:
@@ -372,39 +384,52 @@ class Engine:
                 timeout_ms = int(engine_config.batch_max_delay_ms - (time.monotonic() - opened_at) * 1000)
                 if timeout_ms <= 0:
                     return
-            records = self._source.poll(max_records=room, timeout_ms=timeout_ms)
+            polled = self._source.poll(max_records=room, timeout_ms=timeout_ms)
             arrived = time.time()
             with self._lock:
                 self._clock.note_caught_up(self._source.caught_up())
-                self._pending.extend(records)
-                self._received.extend([arrived] * len(records))
-            if not records:
+                if len(polled):
+                    self._pending.append((polled, arrived))
+                    self._pending_rows += len(polled)
+            if not len(polled):
                 if opened_at is None:
                     return
                 continue
             opened_at = opened_at or time.monotonic()
 
     def _process_pending(self) -> None:
-        """Judge, apply and search the open batch; hand its alerts to delivery; advance positions and time."""
-        records, received = self._pending, self._received
-        if not records:
+        """Judge, apply and search the open batch; hand its alerts to delivery; advance positions and time.
+
+        The batch stays columns throughout: its polls are decoded in one bulk call,
+        judged by the event-time clock as arrays, and handed to the graph as one
+        table; a record is built only for a row that is dead-lettered.
+        """
+        pending = self._pending
+        if not pending:
             self._advance_time()
             return
-        self._pending, self._received = [], []
-        accepted: list[SourceRecord] = []
-        arrived: list[float] = []
-        for record, at in zip(records, received):
-            reason = record.error if not record.ok else self._clock.judge(record.transaction.ts)
-            if reason is not None:
-                self._dead_letter(record, reason)
-                continue
-            self._clock.accept(record.partition, record.transaction.ts)
-            accepted.append(record)
-            arrived.append(at)
-        fresh = self._fresh(records)  # before a rewind marks them seen
-        positions = next_positions(records)
-        applied = not accepted or self._apply(accepted, arrived)
+        self._pending, self._pending_rows = [], 0
+        started = time.monotonic()
+        batch = SourceBatch.joined([polled for polled, _ in pending])
+        received = np.repeat([at for _, at in pending], [len(polled) for polled, _ in pending])
+        decoded = batch.payments()
+        payments, rows = decoded.table, decoded.rows
+        refused: list[tuple[SourceRecord, str]] = [(record, record.error) for record in decoded.rejected]
+        ts = payments.column("ts").to_numpy()
+        late_or_future = self._clock.refused(ts)
+        if late_or_future.any():
+            for k in np.flatnonzero(late_or_future).tolist():
+                refused.append((batch[int(rows[k])], self._clock.judge(int(ts[k]))))
+            keep = ~late_or_future
+            payments, rows, ts = payments.filter(pa.array(keep)), rows[keep], ts[keep]
+        for record, reason in sorted(refused, key=lambda refusal: refusal[0].position):
+            self._dead_letter(record, reason)
+        self._accept_times(batch, rows, ts)
+        fresh = self._fresh(batch)  # before a rewind marks them seen
+        positions = batch.next_positions()
+        applied = not len(rows) or self._apply(batch, payments, rows, received[rows])
         self._count(fresh)  # after the batch's alerts are counted: `transactions` never runs ahead of them
+        self._fit_batch(len(batch), time.monotonic() - started)
         if not applied:
             self._rewind(seen=positions)
             return
@@ -412,12 +437,28 @@ class Engine:
             self._covered[partition] = max(self._covered.get(partition, 0), offset)
         self._advance_time()
 
-    def _fresh(self, records: list[SourceRecord]) -> int:
-        """How many of `records` were not consumed before (by another owner, or before a rewind)."""
+    def _fit_batch(self, size: int, elapsed_s: float) -> None:
+        """Double the batch cap after a full batch that was quick (a backlog), halve it after a slow one."""
+        if elapsed_s > BATCH_TARGET_S:
+            self._batch_limit = max(1, self._batch_limit // 2)
+        elif size >= self._batch_limit and elapsed_s < BATCH_TARGET_S / 4:
+            self._batch_limit = min(self.config.engine.batch_max_size, self._batch_limit * 2)
+
+    def _accept_times(self, batch: SourceBatch, rows: np.ndarray, ts: np.ndarray) -> None:
+        """Move each partition's watermark to its newest accepted payment."""
+        if not len(rows):
+            return
+        partition_ids = batch.partition_ids[rows]
+        for index in np.unique(partition_ids).tolist():
+            self._clock.accept(batch.partitions[index], int(ts[partition_ids == index].max()))
+
+    def _fresh(self, batch: SourceBatch) -> int:
+        """How many of the batch's records were not consumed before (by another owner, or before a rewind)."""
         if not (self._warm_until or self._replay_until):  # only after a rebalance or a rewind
-            return len(records)
-        self.warmed += sum(1 for r in records if self._is_warm_up(r))
-        return sum(1 for r in records if not self._seen_before(r))
+            return len(batch)
+        self.warmed += int(np.count_nonzero(batch.below(self._warm_until)))
+        seen = batch.below(self._warm_until) | batch.below(self._replay_until)
+        return len(batch) - int(np.count_nonzero(seen))
 
     def _count(self, fresh: int) -> None:
         self.transactions += fresh
@@ -429,23 +470,23 @@ class Engine:
         while len(self._progress) > 2 and self._progress[1][0] < now - THROUGHPUT_WINDOW_S:
             self._progress.popleft()
 
-    def _apply(self, accepted: list[SourceRecord], arrived: list[float]) -> bool:
-        """Apply and search; False if a shard was lost meanwhile (the caller rewinds and replays)."""
+    def _apply(self, batch: SourceBatch, payments: pa.Table, rows: np.ndarray, arrived: np.ndarray) -> bool:
+        """Apply and search `payments` (batch rows `rows`); False if a shard was lost meanwhile (the caller
+        rewinds and replays)."""
         try:
-            batch = self._graph.process([r.transaction for r in accepted], arrived)
+            result = self._graph.process(payments, arrived)
         except (rt.ActorDiedError, rt.TaskError) as exc:
             if not self._shard_restart_behind(exc):
                 raise
             return False
-        self._handed += len(accepted)
-        self.cut_short += batch.truncated_searches
-        if batch.refused:
-            by_tx = {r.transaction.tx_id: r for r in accepted}
-            for tx, reason in batch.refused:
-                self._dead_letter(by_tx[tx.tx_id], reason)
-        alerts = batch.alerts
+        self._handed += payments.num_rows
+        self.cut_short += result.truncated_searches
+        for k, reason in result.refused:  # by row, not tx id: a batch may hold one tx id more than once
+            self._dead_letter(batch[int(rows[k])], reason)
+        alerts = result.alerts
         if self._warm_until:
-            warming = {r.transaction.tx_id for r in accepted if self._is_warm_up(r)}
+            warm = batch.below(self._warm_until)[rows]
+            warming = set(payments.column("tx_id").filter(pa.array(warm)).to_pylist())
             alerts = [alert for alert in alerts if alert.trigger_tx_id not in warming]
         if alerts:
             self._note_raised(alerts)  # counted first: what the sinks hold never runs ahead of `alerts_raised`
@@ -623,7 +664,7 @@ class Engine:
         twice), and nothing they hold is counted or dead-lettered a second time.
         `seen`: positions beyond `_covered` consumed already (the batch that failed).
         """
-        self._pending, self._received = [], []
+        self._pending, self._pending_rows = [], 0
         self._delivery.drain()
         checkpoint = self._store.latest()
         for partition, offset in [*self._covered.items(), *(seen or {}).items()]:

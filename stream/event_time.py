@@ -36,6 +36,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 Partition = tuple[str, int]
 
 LATE = "late"
@@ -134,6 +136,13 @@ class EventClock:
             return (f"{LATE}: ts {ts} is older than the low watermark {low} minus allowed_lateness "
                     f"({self.rules.allowed_lateness_ms} ms)")
         return None
+
+    def refused(self, ts: np.ndarray) -> np.ndarray:
+        """Per payment time: whether `judge` would refuse it (the same rule, over a batch at once)."""
+        refused = ts > int(self._wall_clock() * 1000) + self.rules.max_clock_skew_ms
+        if self.low_watermark is not None:
+            refused |= ts < self.low_watermark - self.rules.allowed_lateness_ms
+        return refused
 
     def accept(self, partition: Partition, ts: int) -> None:
         """An accepted payment of `partition`: it moves that partition's watermark; the partition is busy."""

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from ringwatch import runtime as rt
@@ -47,7 +48,6 @@ from ringwatch.graph import (
     SearchOptions,
     ShardedRingGraph,
     StoredEdge,
-    Transaction,
 )
 from ringwatch.runtime.checkpoints import is_arrow, open_store
 from ringwatch.runtime.errors import CheckpointError as RuntimeCheckpointError
@@ -63,10 +63,10 @@ NAMED_SHARD_WAIT_S = 60.0  # how long a named shard someone is creating may take
 
 @dataclass
 class GraphBatch:
-    """What one micro-batch raised, and the payments the graph itself would not take (with the reason)."""
+    """What one micro-batch raised, and the payments the graph itself would not take: (row of the batch, reason)."""
 
     alerts: list[Alert] = field(default_factory=list)
-    refused: list[tuple[Transaction, str]] = field(default_factory=list)
+    refused: list[tuple[int, str]] = field(default_factory=list)
     truncated_searches: int = 0
 
 
@@ -75,8 +75,9 @@ class EngineGraph(Protocol):
 
     num_shards: int
 
-    def process(self, transactions: Sequence[Transaction], received_at: Sequence[float]) -> GraphBatch:
-        """Apply the payments, then find the rings that contain at least one of them."""
+    def process(self, payments: pa.Table, received_at: np.ndarray) -> GraphBatch:
+        """Apply the payments (`PAYMENT_SCHEMA`, each received at the time in `received_at`), then find the
+        rings that contain at least one of them."""
         ...
 
     def evict(self, horizon: int) -> None:
@@ -123,10 +124,9 @@ class ShardedEngineGraph:
         self.graph = ShardedRingGraph(options, handles, owned=shared_as is None)
         self._restarts = self._restart_counts()
 
-    def process(self, transactions: Sequence[Transaction], received_at: Sequence[float]) -> GraphBatch:
-        result = self.graph.process(transactions, received_at, replay=True)
-        return GraphBatch(result.alerts, [(transactions[r.index], r.reason) for r in result.rejected],
-                          result.truncated_searches)
+    def process(self, payments: pa.Table, received_at: np.ndarray) -> GraphBatch:
+        result = self.graph.process(payments, received_at, replay=True)
+        return GraphBatch(result.alerts, [(r.index, r.reason) for r in result.rejected], result.truncated_searches)
 
     def evict(self, horizon: int) -> None:
         reclaimed = self.graph.evict(horizon)
@@ -165,11 +165,10 @@ class InProcessEngineGraph:
         if restore:
             self.graph.restore([self._store.load(checkpoint_id) for checkpoint_id in restore])
 
-    def process(self, transactions: Sequence[Transaction], received_at: Sequence[float]) -> GraphBatch:
+    def process(self, payments: pa.Table, received_at: np.ndarray) -> GraphBatch:
         with self._lock:
-            result = self.graph.process(transactions, received_at, replay=True)
-        return GraphBatch(result.alerts, [(transactions[r.index], r.reason) for r in result.rejected],
-                          result.truncated_searches)
+            result = self.graph.process(payments, received_at, replay=True)
+        return GraphBatch(result.alerts, [(r.index, r.reason) for r in result.rejected], result.truncated_searches)
 
     def evict(self, horizon: int) -> None:
         with self._lock:

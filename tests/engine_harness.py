@@ -1,5 +1,6 @@
 """What the engine tests share: a signature-checking webhook receiver, `ringwatch run` as a real
-subprocess, topic set-up, and waiting for a condition with a deadline."""
+subprocess or an `Engine` on a thread of the test over a source it is given, topic set-up, and waiting for a
+condition with a deadline."""
 
 from __future__ import annotations
 
@@ -118,6 +119,38 @@ class Receiver:
         wanted = {(ring.tx_ids[-1], tuple(ring.accounts)) for ring in rings}
         found = {(a["trigger_tx_id"], tuple(a["accounts"])) for a in self.alerts()}
         return len(wanted & found)
+
+
+class EngineThread:
+    """An `Engine` running `source` on a thread of the test (the source's listener becomes the engine)."""
+
+    def __init__(self, config, source):
+        from ringwatch.stream import Engine
+
+        def open_source(listener):
+            source.listener = listener
+            return source
+
+        self.engine = Engine(config, source_factory=open_source)
+        self.failures: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        try:
+            self.engine.run(self._stop)
+        except BaseException as exc:  # the test reads `failures`
+            self.failures.append(exc)
+
+    def start(self) -> "EngineThread":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 120.0) -> list[BaseException]:
+        """Stop it (after its final checkpoint); what it raised, if anything."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+        return self.failures
 
 
 class EngineProcess:

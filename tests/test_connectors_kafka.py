@@ -15,12 +15,13 @@ from ringwatch.connectors import (
     KafkaConnectorError,
     KafkaSink,
     KafkaSource,
+    SourceBatch,
     SyntheticConfig,
     generate,
     next_positions,
 )
 from ringwatch.connectors.embedded_broker import free_port
-from ringwatch.graph import Alert, alert_id
+from ringwatch.graph import Alert, alert_id, payment_table
 
 DEADLINE_S = 60.0
 
@@ -131,6 +132,49 @@ def test_valid_messages_are_consumed_and_refused_ones_land_in_the_dlq_with_reaso
         assert headers["topic"].decode() == topic
         assert (int(headers["partition"]), int(headers["offset"])) == original.position[1:]
         assert key == original.key
+
+
+def test_a_polls_payment_columns_judge_every_message_as_its_record_does(kafka_bootstrap, unique_name, transactions):
+    """The engine reads a poll as columns (decoded in bulk, Arrow first): each message must be accepted or refused
+    exactly as its record is, the values Arrow would misread included (a blank one skipped, two objects in one
+    read as two rows, bytes that are not UTF-8 taken as they are)."""
+    topic = unique_name
+    create_topic(kafka_bootstrap, topic, 2)
+    valid = transactions[0]
+    pitfalls = [
+        None, b"", b"   ", b'{"tx_id": "p1", ',
+        encoded(transactions[1]) + encoded(transactions[2]),  # two objects: not one message's JSON
+        b'{"tx_id": "p\xff", "src": "a", "dst": "b", "amount": 1, "ts": 5}',
+        json.dumps({**valid.to_dict(), "tx_id": "pretty"}, indent=1).encode(),  # line breaks: valid, per-row
+        json.dumps({**valid.to_dict(), "tx_id": "iso", "ts": "2024-01-01T00:00:00Z"}).encode(),
+        json.dumps({**valid.to_dict(), "tx_id": "twice", "src": "a", "src ": "b"}).encode().replace(b'"src "', b'"src"'),
+        json.dumps({**valid.to_dict(), "tx_id": 7}).encode(), json.dumps({**valid.to_dict(), "tx_id": "five places",
+                                                                          "amount": 1.00001}).encode(),
+        json.dumps({**valid.to_dict(), "tx_id": "big", "memo": "x" * 60_000}).encode(),
+    ]
+    values = [encoded(tx) for tx in transactions]
+    for index, value in zip(range(7, 300, 23), pitfalls):
+        values.insert(index, value)
+    produce(kafka_bootstrap, topic, values, partition_of=lambda i: i % 2)
+
+    source = KafkaSource(kafka_bootstrap, topic, f"{topic}-group", max_message_bytes=50_000)
+    try:
+        deadline, batches = time.monotonic() + DEADLINE_S, []
+        while sum(len(batch) for batch in batches) < len(values):
+            assert time.monotonic() < deadline, "timed out polling"
+            batches.append(source.poll(max_records=1_000, timeout_ms=200))
+    finally:
+        source.close()
+
+    batch = SourceBatch.joined(batches)
+    records = list(batch)
+    payments = batch.payments()
+    assert sorted(payments.rows.tolist()) == [row for row, record in enumerate(records) if record.ok]
+    assert sorted((r.position, r.error) for r in payments.rejected) == \
+        sorted((r.position, r.error) for r in records if not r.ok)
+    assert len(payments.rejected) == 8, [r.error for r in payments.rejected]
+    expected = payment_table([records[row].transaction for row in payments.rows.tolist()])
+    assert payments.table.equals(expected)
 
 
 def test_committed_offsets_resume_in_a_new_consumer_of_the_group(kafka_bootstrap, unique_name, transactions):

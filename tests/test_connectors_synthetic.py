@@ -104,7 +104,7 @@ def test_paced_generator_source_polls_the_same_records_and_is_caught_up_at_the_e
         assert source.caught_up() == set() or polled, "caught up before anything was read"
         polled += source.poll(max_records=64, timeout_ms=10)
     assert polled == list(GeneratorSource(config))
-    assert source.poll(max_records=64, timeout_ms=1) == []
+    assert len(source.poll(max_records=64, timeout_ms=1)) == 0
     assert source.caught_up() == {("synthetic", 0)}
     assert source.lag() == {("synthetic", 0): 0}
 

@@ -20,6 +20,7 @@ from engine_harness import (
 )
 from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
 from ringwatch.connectors.embedded_broker import free_port
+from ringwatch.stream import Config
 
 N_TRANSACTIONS = 20_000
 N_RINGS = 20
@@ -89,7 +90,7 @@ def test_every_injected_ring_reaches_the_webhook_once(kafka_bootstrap, unique_na
     assert engine.terminate() == 0, engine.log()
 
     assert metrics[("ringwatch_transactions_consumed_total", ())] == N_TRANSACTIONS
-    assert metrics[("ringwatch_batches_total", ())] >= N_TRANSACTIONS / 256
+    assert metrics[("ringwatch_batches_total", ())] >= N_TRANSACTIONS / Config().engine.batch_max_size
     raised = metrics[("ringwatch_alerts_raised_total", ())]
     assert raised == len(jsonl_ids(alerts_file))
     assert metrics[("ringwatch_alerts_total", (("outcome", "delivered"), ("sink", "webhook")))] == raised

@@ -12,6 +12,7 @@ from kafka import KafkaProducer
 
 from engine_harness import (
     EngineProcess,
+    EngineThread,
     checkpointed_transactions,
     create_topic,
     jsonl_ids,
@@ -19,10 +20,11 @@ from engine_harness import (
     scrape,
     wait_until,
 )
-from ringwatch.connectors import SyntheticConfig, generate
+from ringwatch.connectors import FileSource, SyntheticConfig, generate
 from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.graph import Transaction
-from ringwatch.stream import FileCheckpointStore
+from ringwatch.stream import Config, FileCheckpointStore
+from ringwatch.stream.config import EngineConfig, GraphConfig, SinksConfig, SourceConfig
 
 DEADLINE_S = 120.0
 MAX_MESSAGE_BYTES = 10_000
@@ -80,6 +82,9 @@ def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, uniq
                             "--group", f"{unique_name}-engine", "--state-dir", str(state_dir),
                             "--alerts-file", str(alerts_file), "--checkpoint-interval", "1s",
                             "--max-message-bytes", str(MAX_MESSAGE_BYTES),
+                            # batches well below the stream's length: the low watermark moves between batches, so
+                            # the late payment is judged against the watermark of the ones before it
+                            "--batch-max-size", "256",
                             "--metrics-port", str(metrics_port)], tmp_path / "engine.log").start()
     engines.append(engine)
     wait_until(lambda: checkpointed_transactions(state_dir) == len(values) or not engine.alive(), DEADLINE_S,
@@ -107,3 +112,30 @@ def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, uniq
     triggers = {json.loads(line)["trigger_tx_id"] for line in alerts_file.read_text().splitlines()}
     assert {ring.tx_ids[-1] for ring in stream.rings} <= triggers
     assert len(jsonl_ids(alerts_file)) == len(set(jsonl_ids(alerts_file)))
+
+
+def test_a_tx_id_repeated_within_one_batch_dead_letters_the_conflicting_record_itself(tmp_path):
+    """Three records of one tx id in one micro-batch: the first stored, the second a conflict (other amount), the
+    third a duplicate of the first. The conflict's own record — its offset and bytes — is the one dead letter."""
+    stream = generate(SyntheticConfig(n_transactions=200, n_accounts=100, n_rings=2, seed=4))
+    lines = [json.dumps(tx.to_dict()) for tx in stream.transactions]
+    repeated = stream.transactions[100]
+    conflict = json.dumps({**repeated.to_dict(), "amount": str(repeated.amount + 1)})
+    lines[101:101] = [conflict, lines[100]]  # offsets 100 (stored), 101 (conflict), 102 (duplicate)
+    path = tmp_path / "payments.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    source = FileSource(path)
+    config = Config(source=SourceConfig(topics=["file"]), graph=GraphConfig(placement="in-process"),
+                    engine=EngineConfig(state_dir=str(tmp_path / "state"), batch_max_size=len(lines)),
+                    sinks=SinksConfig(alerts_file=str(tmp_path / "alerts.jsonl"))).validate()
+
+    running = EngineThread(config, source).start()
+    engine = running.engine
+    try:
+        wait_until(lambda: engine.transactions == len(lines) or running.failures, DEADLINE_S, "every record consumed")
+    finally:
+        running.stop(DEADLINE_S)
+    assert not running.failures, running.failures
+    assert engine.batches == 1, "the three records were meant to share one batch"
+    assert [(letter.offset, letter.raw, letter.reason.split(":")[0]) for letter in source.dead_letters] == \
+        [(101, conflict.encode(), "conflict")]
