@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import signal
 from collections import deque
 from dataclasses import dataclass
@@ -45,8 +44,10 @@ from .checkpoints import ActorCheckpoints, open_store
 from .direct import Channel, DirectServer, direct_tls
 from .errors import ActorDiedError, TaskError
 from .object_store import pack, unpack
+from .outbox import Outbox
 from .protocol import ACTOR_CALL, ACTOR_CREATE, CHECKPOINT_METHOD, RefMarker, TaskResult, TaskSpec, new_id
 from .refs import capture_refs, set_ref_listeners
+from .scheduler import REFILL_AT
 
 logger = logging.getLogger(__name__)
 
@@ -116,13 +117,14 @@ class WorkerLink:
         self.queue = queue  # (spec, code, deps, DirectReply or None), in the order they run
         self.is_actor = is_actor
         self.inbox = Inbox(conn, direct=direct)
+        self.outbox = Outbox(conn)
         self.held: list[str] = []
         self.released: list[str] = []
         self.code: dict[str, bytes] = {}  # function id -> pickled code, as the node first sent it
 
     def send(self, message: tuple) -> None:
-        """To the node, pickled once with plain pickle (the node reads frames without `Connection`)."""
-        self.conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        """To the node, now, after any results held (the node reads frames without `Connection`)."""
+        self.outbox.send(message)
 
     def direct_message(self, channel: Channel, message: Any) -> None:
         """A direct channel's reader thread hands over what it read."""
@@ -204,9 +206,19 @@ class WorkerLink:
                 pass
 
     def send_result(self, result: TaskResult, reply: DirectReply | None) -> None:
-        """The result goes to the node, or back on the direct channel it came from."""
+        """The result goes to the node, or back on the direct channel it came from.
+
+        A result for the node waits for the next write while more calls than
+        the node's refill mark are queued here (`outbox.py`): the node then
+        reads several in one turn, and still sees in time that this worker
+        needs more.
+        """
         if reply is None:
-            self.send(("done", result, *self.take_ref_changes()))
+            message = ("done", result, *self.take_ref_changes())
+            if len(self.queue) > REFILL_AT:
+                self.outbox.hold(message)
+            else:
+                self.send(message)
             return
         if result.blob is not None and result.blob.shared:  # large: the node keeps it for the caller's node
             node = self.call("keep", result.task_id, result.blob, result.contained, reply.owner)
@@ -270,12 +282,14 @@ def worker_main(conn: Connection, node_info: dict) -> None:
     try:
         while True:
             if not queue:
+                link.outbox.flush()
                 message = link.inbox.get()
                 if message[0] == "exit":
                     return
                 if message[0] in ("run", "direct"):
                     link.take(message)
                 continue
+            link.outbox.flush(due_only=True)
             spec, _, deps, reply = queue.popleft()
             link.starting(spec, reply)
             kept = [d for d, value in deps.items() if value is None]

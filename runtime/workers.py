@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection, Listener
 from .direct import DirectSettings
 from .functions import FunctionTable
 from .objects import ObjectTable
+from .outbox import frame
 from .protocol import TaskSpec, new_id
 
 logger = logging.getLogger(__name__)
@@ -138,10 +139,7 @@ class WorkerPipe:
 
     def queue(self, message: tuple) -> None:
         """Pickle a message into the outbox (written by `flush`); raises what pickling raises."""
-        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        size = len(payload)
-        self._outbox += self._SHORT.pack(size) if size <= 0x7FFFFFFF else self._SHORT.pack(-1) + self._LONG.pack(size)
-        self._outbox += payload
+        self._outbox += frame(message)
 
     @property
     def pending(self) -> bool:

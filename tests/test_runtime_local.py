@@ -126,6 +126,21 @@ def test_calls_for_a_busy_worker_beyond_what_its_pipe_holds_wait_without_stallin
     assert rt.get(refs, timeout=60) == [len(payload)] * 64
 
 
+def test_results_a_worker_holds_reach_the_caller_while_its_next_call_blocks(runtime, tmp_path):
+    """A worker holds finished results while more calls are queued to it, to send several in one write
+    (outbox.py); a call after them that blocks (here, without any runtime call) does not keep them from
+    the caller. The blocked call gives up after 30 s: the 20 s get fails if the results waited for it."""
+    gate, first, second = Gate.remote(), str(tmp_path / "first"), str(tmp_path / "second")
+    opened = gate.wait_open.remote(first)
+    echoed = gate.echo.remote(b"12")
+    blocked = gate.wait_open.remote(second)
+    behind = [gate.echo.remote(b"x" * i) for i in range(8)]
+    Path(first).touch()
+    assert rt.get([opened, echoed], timeout=20) == [True, 2]
+    Path(second).touch()
+    assert rt.get([blocked, *behind], timeout=60) == [True, *range(8)]
+
+
 def test_actor_handles_travel_to_tasks_and_names_find_actors(runtime):
     @rt.remote
     class Counter:
