@@ -205,17 +205,19 @@ class WorkerLink:
             except OSError:
                 pass
 
-    def send_result(self, result: TaskResult, reply: DirectReply | None) -> None:
+    def send_result(self, result: TaskResult, reply: DirectReply | None, *, may_hold: bool = True) -> None:
         """The result goes to the node, or back on the direct channel it came from.
 
         A result for the node waits for the next write while more calls than
         the node's refill mark are queued here (`outbox.py`): the node then
         reads several in one turn, and still sees in time that this worker
-        needs more.
+        needs more. A call that took a checkpoint (`may_hold` False) sends at
+        once: a restart resumes from that checkpoint, so its result must not be
+        lost with the worker.
         """
         if reply is None:
             message = ("done", result, *self.take_ref_changes())
-            if len(self.queue) > REFILL_AT:
+            if may_hold and len(self.queue) > REFILL_AT:
                 self.outbox.hold(message)
             else:
                 self.send(message)
@@ -256,16 +258,20 @@ class _ActorBox:
         return checkpoint_id
 
 
-def _checkpoint_after(actor: list, spec: TaskSpec, link: WorkerLink) -> None:
-    """A periodic checkpoint, when the actor's options call for one now."""
-    if not actor or spec.kind != ACTOR_CALL or spec.method == CHECKPOINT_METHOD:
-        return
+def _checkpoint_after(actor: list, spec: TaskSpec, link: WorkerLink) -> bool:
+    """A periodic checkpoint, when the actor's options call for one now; True if the call took a checkpoint."""
+    if not actor or spec.kind != ACTOR_CALL:
+        return False
+    if spec.method == CHECKPOINT_METHOD:
+        return True
     box = actor[0]
     if box.checkpoints is not None and box.checkpoints.call_done():
         try:
             box.checkpoint(link)
         except Exception:  # the actor keeps serving; its next restart resumes from an older checkpoint
             logger.exception("checkpoint of actor %s failed", spec.name)
+        return True
+    return False
 
 
 def worker_main(conn: Connection, node_info: dict) -> None:
@@ -296,8 +302,8 @@ def worker_main(conn: Connection, node_info: dict) -> None:
             if kept:  # inputs this worker's node keeps for the caller: through shared memory
                 deps = {**deps, **dict(zip(kept, link.call("get_kept", kept)))}
             result = _run(spec, link, functions, deps, actor, node_info)
-            _checkpoint_after(actor, spec, link)
-            link.send_result(result, reply)
+            checkpointed = _checkpoint_after(actor, spec, link)
+            link.send_result(result, reply, may_hold=not checkpointed)
     except (EOFError, OSError, KeyboardInterrupt):
         return
     finally:
