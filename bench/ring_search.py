@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rings} injected rings, max_hops={args.max_hops}, window={args.window}, no hub guard, "
           f"max_rings_per_tx={options.max_rings_per_tx}, batch={args.batch_size}, seed={args.seed}, "
           f"cpus={os.cpu_count()}, load average {_load()}")
-    compile_s, load_s = _compile_and_load_times()
-    print(f"# numba: compile (fresh cache) {compile_s:.2f} s; second start (cache load) {load_s:.2f} s")
+    compile_s, load_s, load_cpu_s = _compile_and_load_times()
+    print(f"# numba: compile (fresh cache) {compile_s:.2f} s; second start (cache load) {load_s:.2f} s to the first "
+          f"batch, {load_cpu_s:.2f} s of CPU for the whole process (load average {_load()})")
     warm = LocalRingGraph(options)  # load the compiled code (timed just above) before any clock starts
     warm.process([Transaction("w1", "x", "y", 1, 0), Transaction("w2", "y", "x", 1, 1)])
     warm.evict(1)
@@ -374,18 +375,18 @@ def detect_rate(stream: SyntheticStream, options: SearchOptions, args: argparse.
           f"payments/s for the whole process ({elapsed:.1f} s, exit {done.returncode}): {last}")
 
 
-def _compile_and_load_times() -> tuple[float, float]:
-    """Seconds to the first processed batch in a fresh process: with an empty numba cache, then with it."""
+def _compile_and_load_times() -> tuple[float, float, float]:
+    """Seconds to the first processed batch in a fresh process: with an empty numba cache, then with it; and the
+    second start's CPU seconds, interpreter start included (what a busy machine does not inflate)."""
     code = ("import time; t=time.perf_counter(); from ringwatch.graph import LocalRingGraph, SearchOptions, "
             "Transaction; g=LocalRingGraph(SearchOptions()); g.process([Transaction('a','x','y',1,0), "
-            "Transaction('b','y','x',1,1)]); print(time.perf_counter()-t)")
+            "Transaction('b','y','x',1,1)]); print(time.perf_counter()-t, time.process_time())")
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache}
-        first = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                     check=True).stdout)
-        second = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                      check=True).stdout)
-    return first, second
+        first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    load_s, load_cpu_s = map(float, second.stdout.split())
+    return float(first.stdout.split()[0]), load_s, load_cpu_s
 
 
 if __name__ == "__main__":
