@@ -18,7 +18,8 @@ large batches (`--actor-batch-size`; their p50/p99/p99.9 is the batch's wall
 time, which every payment of the batch waits for), and per-payment latency with
 small batches (`--actor-latency-batch`, default one payment per call, over the
 last `--actor-latency-tx` payments, after the same actors were emptied and
-warmed with the window before them in large batches).
+warmed with the window before them in large batches; a call evicts when the
+engine would, once the horizon moved 1/16 of the window, not every call).
 On a shared machine other processes take the CPU away at random: the run
 prints the load average, and next to wall-clock figures the CPU time this
 process spent (in-process: payments per CPU-second; per payment: the calling
@@ -51,6 +52,7 @@ import pyarrow as pa
 from ringwatch.connectors.synthetic import SyntheticConfig, SyntheticStream, generate, write_stream
 from ringwatch.graph import (PAYMENT_SCHEMA, LocalRingGraph, SearchOptions, ShardedRingGraph, Transaction,
                              parse_duration)
+from ringwatch.stream.engine import EVICT_SLICES
 
 ISSUE_DENSE_BASELINE_TX_S = 143  # dense mode, 1 shard, before v2 (issue 10)
 
@@ -97,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rings} injected rings, max_hops={args.max_hops}, window={args.window}, no hub guard, "
           f"max_rings_per_tx={options.max_rings_per_tx}, batch={args.batch_size}, seed={args.seed}, "
           f"cpus={os.cpu_count()}, load average {_load()}")
-    compile_s, load_s = _compile_and_load_times()
-    print(f"# numba: compile (fresh cache) {compile_s:.2f} s; second start (cache load) {load_s:.2f} s")
+    compile_s, load_s, load_cpu_s = _compile_and_load_times()
+    print(f"# numba: compile (fresh cache) {compile_s:.2f} s; second start (cache load) {load_s:.2f} s to the first "
+          f"batch, {load_cpu_s:.2f} s of CPU for the whole process (load average {_load()})")
     warm = LocalRingGraph(options)  # load the compiled code (timed just above) before any clock starts
     warm.process([Transaction("w1", "x", "y", 1, 0), Transaction("w2", "y", "x", 1, 1)])
     warm.evict(1)
@@ -127,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             for backend in args.backends.split(","):
                 actors = run_actors(table, options, shards, args, backend)
                 _row(f"{shards} actors on {backend}", actors, stream)
-                print(f"{'':<24} (batches of {args.actor_batch_size:,}: p50/p99/p99.9 above are per batch; "
+                cpu = actors["driver_cpu_s"] + actors["shards_cpu_s"]
+                print(f"{'':<24} (batches of {args.actor_batch_size:,}: p50/p99/p99.9 above are per batch; CPU: "
+                      f"driver {actors['driver_cpu_s']:.2f} s + shards {actors['shards_cpu_s']:.2f} s for "
+                      f"{actors['elapsed']:.2f} s of wall clock: {actors['done'] / cpu:,.0f} payments per CPU-second; "
                       f"load average {actors['load']})")
                 if "latency" in actors:
                     (p50, p99, p999), count = actors["latency"], actors["latency_tx"]
@@ -238,6 +244,7 @@ def run_actors(table: pa.Table, options: SearchOptions, shards: int, args: argpa
     try:
         graph.process(table.slice(0, 1))  # start the actors (and their compiled code) before the clock
         times, alerts, done = [], {}, 1
+        shards_cpu, driver_cpu = sum(graph.cpu_seconds()), time.process_time()
         started = time.perf_counter()
         for start in range(1, table.num_rows, batch_size):
             if time.perf_counter() - started > args.actor_budget:
@@ -249,7 +256,10 @@ def run_actors(table: pa.Table, options: SearchOptions, shards: int, args: argpa
             times.append((time.perf_counter() - t0, batch.num_rows))
             alerts.update((a.alert_id, (a.trigger_tx_id, a.accounts)) for a in result.alerts)
             done += batch.num_rows
-        figures = _figures(times, alerts, done, time.perf_counter() - started) | {"load": _load()}
+        elapsed = time.perf_counter() - started
+        figures = _figures(times, alerts, done, elapsed) | {
+            "load": _load(), "driver_cpu_s": time.process_time() - driver_cpu,
+            "shards_cpu_s": sum(graph.cpu_seconds()) - shards_cpu}
         if args.actor_latency_tx:
             count = min(args.actor_latency_tx, table.num_rows - 1)
             figures |= {"latency": actor_latency(graph, table, options, batch_size, args.actor_latency_batch, count),
@@ -262,8 +272,8 @@ def run_actors(table: pa.Table, options: SearchOptions, shards: int, args: argpa
 
 def actor_latency(graph: ShardedRingGraph, table: pa.Table, options: SearchOptions, batch_size: int, small: int,
                   count: int) -> tuple:
-    """(p50, p99, p99.9) ms per call of `small` payments each over the last `count` payments (process + evict, as
-    `run_actors`). The shards are emptied first and warmed, in batches of `batch_size`, with the payments of the
+    """(p50, p99, p99.9) ms per call of `small` payments each over the last `count` payments (process, and evict
+    when the engine would: once the horizon moved 1/16 of the window, not per call). The shards are emptied first and warmed, in batches of `batch_size`, with the payments of the
     window before the timed ones: the live graph the timed calls search is the full run's."""
     graph.restore([PAYMENT_SCHEMA.empty_table()] * graph.num_shards)
     ts = table.column("ts").to_numpy()
@@ -274,12 +284,15 @@ def actor_latency(graph: ShardedRingGraph, table: pa.Table, options: SearchOptio
         batch = table.slice(start, min(batch_size, head - start))
         graph.process(batch)
         graph.evict(int(ts[start + batch.num_rows - 1]) - options.window_ms)
-    wall = []
+    wall, evicted = [], int(ts[head - 1]) - options.window_ms if head else None
     for start in range(head, table.num_rows, small):
         batch = table.slice(start, small)
         t0 = time.perf_counter()
         graph.process(batch)
-        graph.evict(int(ts[start + batch.num_rows - 1]) - options.window_ms)
+        horizon = int(ts[start + batch.num_rows - 1]) - options.window_ms
+        if evicted is None or horizon - evicted >= options.window_ms // EVICT_SLICES:
+            graph.evict(horizon)  # a pass over the shards: as the engine, once the horizon moved a slice of the window
+            evicted = horizon
         wall.append(time.perf_counter() - t0)
     return tuple(np.percentile(np.array(wall) * 1000, [50, 99, 99.9]))
 
@@ -367,18 +380,18 @@ def detect_rate(stream: SyntheticStream, options: SearchOptions, args: argparse.
           f"payments/s for the whole process ({elapsed:.1f} s, exit {done.returncode}): {last}")
 
 
-def _compile_and_load_times() -> tuple[float, float]:
-    """Seconds to the first processed batch in a fresh process: with an empty numba cache, then with it."""
+def _compile_and_load_times() -> tuple[float, float, float]:
+    """Seconds to the first processed batch in a fresh process: with an empty numba cache, then with it; and the
+    second start's CPU seconds, interpreter start included (what a busy machine does not inflate)."""
     code = ("import time; t=time.perf_counter(); from ringwatch.graph import LocalRingGraph, SearchOptions, "
             "Transaction; g=LocalRingGraph(SearchOptions()); g.process([Transaction('a','x','y',1,0), "
-            "Transaction('b','y','x',1,1)]); print(time.perf_counter()-t)")
+            "Transaction('b','y','x',1,1)]); print(time.perf_counter()-t, time.process_time())")
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache}
-        first = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                     check=True).stdout)
-        second = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                      check=True).stdout)
-    return first, second
+        first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    load_s, load_cpu_s = map(float, second.stdout.split())
+    return float(first.stdout.split()[0]), load_s, load_cpu_s
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from .ring_graph import RingGraph
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 DIRECTIONS = ("out", "in", "both")
 
@@ -23,6 +25,8 @@ def subgraph(graph: RingGraph, accounts: Iterable[str], hops: int = 1, since: in
     query does not pull in every customer of a merchant — and is marked
     `hub=True`. One `edges` read per direction per hop (one call per shard).
     """
+    import networkx as nx  # here, not at the top: it takes a tenth of a second to import, and few processes query
+
     if direction not in DIRECTIONS:
         raise ValueError(f"direction: expected one of {DIRECTIONS}, got {direction!r}")
     ways = ("out", "in") if direction == "both" else (direction,)

@@ -624,6 +624,82 @@ def _cost(d, frontier, nf, touched, a_seg):
 
 
 @njit(cache=True)
+def _pull_cost(f_lab, f_touched, nt_f, f_depth, a_seg):
+    """Out-list entries `_pull_layer` may scan: those of the accounts forward-reached within f_depth hops."""
+    total = 0
+    for s in range(nt_f):
+        if f_lab[s, f_depth] != INF:
+            y = f_touched[s]
+            total += a_seg[y, 0, SEG_LEN] - a_seg[y, 0, SEG_HEAD]
+    return total
+
+
+@njit(cache=True)
+def _pull_layer(k, lab, slot, touched, nt, frontier, nf, nxt, f_lab, f_touched, nt_f, f_depth, lo, hi, strict,
+                a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off, trig, ts_t, min_amt, max_degree, horizon):
+    """A backward `_layer` with its forward filter (f_depth >= 0), worked from the other end: each account the
+    forward side reaches within f_depth hops reads its out-list for edges into accounts labelled at depth k - 1.
+
+    The same labels, improved rows and hub flag as `_layer` (an account not
+    improved at k - 1 gave its edges' labels at an earlier depth already, so
+    reading every labelled account equals expanding the frontier), at the
+    cost of those out-lists instead of the frontier's in-lists: near the end
+    of the completion few accounts pass the filter, and the frontier's lists
+    are the dense core's. Returns (n_touched, n_next, hub_met); -1: out of rows.
+    """
+    for s in range(nt):
+        lab[s, k] = lab[s, k - 1]
+    hub = False
+    for fi in range(nf):  # the frontier lists `_layer` would have skipped as hubs
+        if _hub(a_seg, a_hub, p_eid, e_hot, touched[frontier[fi]], 1, max_degree, horizon):
+            hub = True
+    nn = 0
+    for sf in range(nt_f):
+        reached = f_lab[sf, f_depth]
+        if reached == INF:
+            continue
+        y = f_touched[sf]
+        base = np.int64(a_seg[y, 0, SEG_START])
+        first, stop = base + a_seg[y, 0, SEG_HEAD], base + a_seg[y, 0, SEG_LEN]
+        best = NEG
+        for i in range(_first_at(p_eid, e_hot, first, stop, reached if strict else lo), stop):
+            e = p_eid[i]
+            r = e_hot[e]
+            ts = r.ts
+            if ts > hi:
+                break
+            if ts == ts_t and not _witness_ok(e_hot, tx_buf, tx_off, e, trig, ts_t):
+                continue
+            if min_amt > 0 and e_amt[e] < min_amt:
+                continue
+            sx = slot[r.dst]
+            if sx < 0:
+                continue
+            at = lab[sx, k - 1]
+            if at == NEG or (strict and ts > at):
+                continue
+            if _hub(a_seg, a_hub, p_eid, e_hot, r.dst, 1, max_degree, horizon):
+                continue
+            value = ts if strict else hi
+            if value > best:
+                best = value
+        if best == NEG:
+            continue
+        sy = slot[y]
+        if sy < 0:
+            sy = _new_slot(lab, slot, touched, nt, y, k, NEG)
+            if sy < 0:
+                return -1, 0, hub
+            nt += 1
+        elif best <= lab[sy, k]:
+            continue
+        lab[sy, k] = best
+        nxt[nn] = sy
+        nn += 1
+    return nt, nn, hub
+
+
+@njit(cache=True)
 def _release(slot, touched, nt):
     """Mark the touched accounts untouched again (the slot arrays persist across calls)."""
     for s in range(nt):
@@ -753,13 +829,20 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
         # the depth-first search prunes with backward labels up to L - 1 hops: finish them
         while not full and meet and done_b < L - 1 and nf_b > 0:
             work[1] += 1
-            work[2] += _cost(1, front_b, nf_b, touched_b, a_seg)
+            push = _cost(1, front_b, nf_b, touched_b, a_seg)
             done_b += 1
             # only accounts the search can enter with done_b hops left: forward-reached in L - done_b
             f_depth = L - done_b if L - done_b <= done_f else -1
-            nt_b, nn, hub, _ = _layer(1, done_b, lab_b, slot_b, touched_b, nt_b, front_b, nf_b, next_b, lab_f, slot_f,
-                                      done_f, lo, ts_t, strict, a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off,
-                                      trig, ts_t, min_amt, max_degree, horizon, True, f_depth)
+            pull = _pull_cost(lab_f, touched_f, nt_f, f_depth, a_seg) if f_depth >= 0 else push
+            work[2] += min(push, pull)
+            if pull < push:
+                nt_b, nn, hub = _pull_layer(done_b, lab_b, slot_b, touched_b, nt_b, front_b, nf_b, next_b, lab_f,
+                                            touched_f, nt_f, f_depth, lo, ts_t, strict, a_seg, a_hub, p_eid, e_hot,
+                                            e_amt, tx_buf, tx_off, trig, ts_t, min_amt, max_degree, horizon)
+            else:
+                nt_b, nn, hub, _ = _layer(1, done_b, lab_b, slot_b, touched_b, nt_b, front_b, nf_b, next_b, lab_f,
+                                          slot_f, done_f, lo, ts_t, strict, a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf,
+                                          tx_off, trig, ts_t, min_amt, max_degree, horizon, True, f_depth)
             front_b, next_b = next_b, front_b
             nf_b = nn
             hub_cut = hub_cut or hub

@@ -11,11 +11,15 @@ Jobs (one per payment and purpose):
 - SEARCH, per new payment `u -> v` (its trigger search): forward labels from
   v (earliest arrival, times in [ts - window, ts]) and backward labels from u
   (latest departure), growing, per job and round, the side whose frontier has
-  fewer list entries to scan (both when the other is cheap too), until the
-  depths add up to `max_hops - 1` or a side runs out. The meet test (some
-  account with forward label <= backward label) runs on every improvement: no
-  meet, no ring — that settles almost every payment with labels alone. A job
-  that meets becomes a survivor and gets a GATHER job.
+  fewer list entries to scan (both when the other is cheap too, and, cheapest
+  first, while a round's `BOTH_SIDES_BUDGET` of list entries lasts: a round
+  trip costs more than scanning a few thousand entries, and it is the few
+  searches beside a hub, growing their cheap side one layer a round, that
+  kept a batch going for 5 rounds), until the depths add up to `max_hops - 1`
+  or a side runs out. The meet test (some account with forward label <=
+  backward label) runs on every improvement: no meet, no ring — that settles
+  almost every payment with labels alone. A job that meets becomes a survivor
+  and gets a GATHER job.
 - GATHER, per survivor (and per late candidate below): both sides every round,
   forward `ceil((max_hops-1)/2)` and backward `floor((max_hops-1)/2)` layers,
   with the edges scanned shipped back. Every walk of at most `max_hops - 1`
@@ -56,6 +60,7 @@ SEARCH, GATHER, LATE = 0, 1, 2
 ACTIVE, MET, SCAN, DONE = 0, 1, 2, 3
 DEFAULT_DEGREE = 2  # assumed list length of an account no shard has reported yet
 BOTH_SIDES_BELOW = 16  # a search grows both sides in one round when the dearer one scans at most this many entries
+BOTH_SIDES_BUDGET = 4096  # list entries a round may spend growing the dearer sides of searches too, cheapest first
 
 
 @dataclass
@@ -356,7 +361,7 @@ class LabelRounds:
         carry = np.empty(n, np.int64)
         n_req, n_carry = _plan(self.pending, self.e_gid, self.e_key, self.e_val, self.e_owner, self.e_deg,
                                self.kind, self.state, self.done, self.limit, self.bound, self.hops, BOTH_SIDES_BELOW,
-                               self.guard, go, r_job, r_tag, r_gid, r_label, r_bound, r_owner, carry)
+                               BOTH_SIDES_BUDGET, self.guard, go, r_job, r_tag, r_gid, r_label, r_bound, r_owner, carry)
         self.pending = carry[:n_carry]
         scans = self._scans()
         if n_req == 0 and scans is None:
@@ -575,8 +580,8 @@ def _seed(ids, u, u_owner, u_deg, v, v_owner, v_deg, f_root, b_root, search, m1,
 
 
 @njit(cache=True)
-def _plan(pending, e_gid, e_key, e_val, e_owner, e_deg, kind, state, done, limit, bound, hops, both_below, guard, go,
-          r_job, r_tag, r_gid, r_label, r_bound, r_owner, carry):
+def _plan(pending, e_gid, e_key, e_val, e_owner, e_deg, kind, state, done, limit, bound, hops, both_below, budget,
+          guard, go, r_job, r_tag, r_gid, r_label, r_bound, r_owner, carry):
     J = go.shape[1]
     cost = np.zeros((2, J), np.int64)
     count = np.zeros((2, J), np.int64)
@@ -586,6 +591,10 @@ def _plan(pending, e_gid, e_key, e_val, e_owner, e_deg, kind, state, done, limit
         if state[j] == ACTIVE:
             cost[d, j] += e_deg[e]
             count[d, j] += 1
+    # searches that could grow both sides but the cost rule grows one, and what their dearer side costs
+    both_j = np.empty(J, np.int64)
+    both_cost = np.empty(J, np.int64)
+    n_both = 0
     for j in range(J):
         if state[j] != ACTIVE:
             continue
@@ -602,9 +611,19 @@ def _plan(pending, e_gid, e_key, e_val, e_owner, e_deg, kind, state, done, limit
             both = done[0, j] + done[1, j] + 2 <= hops and dear <= max(cheap, both_below)
             go[0, j] = f or both
             go[1, j] = (not f) or both
+            if not both and done[0, j] + done[1, j] + 2 <= hops:
+                both_j[n_both] = j
+                both_cost[n_both] = dear
+                n_both += 1
         else:
             for d in range(2):
                 go[d, j] = count[d, j] > 0 and done[d, j] < limit[d, j]
+    for k in np.argsort(both_cost[:n_both], kind="mergesort"):  # the round's budget, cheapest first
+        if both_cost[k] > budget:
+            break
+        budget -= both_cost[k]
+        go[0, both_j[k]] = True
+        go[1, both_j[k]] = True
     n_req = 0
     n_carry = 0
     for i in range(pending.shape[0]):

@@ -248,6 +248,10 @@ class GraphShard:
     def nbytes(self) -> int:
         return self.store.nbytes()
 
+    def cpu_seconds(self) -> float:
+        """CPU time of the process this shard runs in (all its threads): what its work cost, whatever the load."""
+        return time.process_time()
+
     def snapshot(self) -> pa.Table:
         return self.store.to_table()
 
@@ -523,6 +527,11 @@ class ShardedRingGraph:
 
     def nbytes(self) -> int:
         return sum(self._call("nbytes", {s: () for s in range(self.num_shards)}).values())
+
+    def cpu_seconds(self) -> list[float]:
+        """Each shard's process CPU time (`GraphShard.cpu_seconds`); in process, this process's, per shard."""
+        answers = self._call("cpu_seconds", {s: () for s in range(self.num_shards)})
+        return [answers[s] for s in range(self.num_shards)]
 
     def checkpoint(self) -> list[pa.Table]:
         answers = self._call("snapshot", {s: () for s in range(self.num_shards)})

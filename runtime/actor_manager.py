@@ -21,11 +21,11 @@ from .object_store import unpack
 from .objects import ObjectTable
 from .protocol import ACTOR_CREATE, TaskResult, TaskSpec, new_id
 from .scheduler import MAX_BATCH, REFILL_AT
-
-MIN_REFILL = 8  # calls gathered before a busy actor's worker gets more
 from .workers import Worker, WorkerPool
 
 logger = logging.getLogger(__name__)
+
+MIN_REFILL = 8  # calls gathered before a busy actor's worker gets more
 
 
 class ActorRecords(Protocol):
