@@ -10,8 +10,11 @@ In one run, on one embedded Tansu broker (or --bootstrap for Apache Kafka):
     graph in the engine's process), until every message is processed or
     --budget seconds pass (its own counter on /metrics); tx/s from its first
     consumed message, and the ratios to both baselines;
-(c) latency at a fixed offered rate, once per placement: the engine is started
-    first, payments are produced at --rate tx/s, and each alert's latency is
+(c) latency at a fixed offered rate: first the raw produce-to-poll latency (a
+    plain kafka-python consumer in a process of its own, with the engine's
+    fetch wait: what the broker and client alone take), then once per
+    placement: the engine is started first, payments are produced at
+    --rate tx/s, and each alert's latency is
     its `detected_at` minus the time its closing payment was handed to the
     producer (p50/p99), and the part of it inside the engine (the alert's
     `latency_ms`: from the poll that returned the payment to the alert); the
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shlex
 import signal
@@ -44,6 +48,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -188,23 +193,24 @@ def group_throughput(engines: list[Engine], expected: int, budget_s: float) -> t
             engine.stop()
 
 
-def latency_run(bootstrap: str, rate: int, seconds: float, accounts: int, window: str, drain_s: float,
-                *extra: str) -> tuple[list[float], list[float], float, float]:
-    """Alert latencies (ms) from the closing payment's hand-over to the producer and (inside the engine) from
-    its arrival in a poll, the rate really offered, and the share of the payments the engine had consumed
-    when it was stopped (it gets `drain_s` after the last one is produced: one that cannot keep up falls
-    further behind, and its latencies say how far)."""
+def latency_payments(bootstrap: str, rate: int, seconds: float, accounts: int) -> tuple[str, list]:
+    """A fresh topic and the payments of a latency run: (tx_id, key, value) each."""
     topic = f"latency-{time.time_ns()}"
     create_topic(bootstrap, topic)
     total = int(rate * seconds)
     stream = generate(SyntheticConfig(n_transactions=total, n_accounts=accounts, days=max(2.0, seconds / 8640),
                                       n_rings=max(50, total // 300), seed=11))
-    values = [(tx.tx_id, tx.src.encode(), json.dumps(tx.to_dict()).encode()) for tx in stream.transactions]
-    engine = Engine(bootstrap, topic, f"bench-{time.time_ns()}", window, *extra)
+    return topic, [(tx.tx_id, tx.src.encode(), json.dumps(tx.to_dict()).encode()) for tx in stream.transactions]
+
+
+def produce_paced(bootstrap: str, topic: str, values: list, rate: int, ready: Callable[[], bool]
+                  ) -> tuple[dict[str, float], float]:
+    """Send the first value and wait until `ready()` (the reader got it), then the others at `rate`/s;
+    when each was handed to the producer (epoch ms), and the rate really achieved."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
-    _, key, value = values[0]  # timed from the moment the engine has joined its group and consumed it
+    _, key, value = values[0]
     producer.send(topic, key=key, value=value).get(timeout=60)
-    while engine.consumed() < 1:
+    while not ready():
         time.sleep(0.2)
     produced_at: dict[str, float] = {}
     started = time.perf_counter()
@@ -217,6 +223,58 @@ def latency_run(bootstrap: str, rate: int, seconds: float, accounts: int, window
     offered = (len(values) - 1) / (time.perf_counter() - started)
     producer.flush()
     producer.close()
+    return produced_at, offered
+
+
+def _receive(bootstrap: str, topic: str, fetch_max_wait_ms: int, out: str) -> None:
+    """(A child process.) Read `topic` as a group member would, writing `tx_id received_ms` per message."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"raw-latency-{time.time_ns()}",
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             fetch_max_wait_ms=fetch_max_wait_ms, max_poll_interval_ms=10_000,
+                             session_timeout_ms=6_000, heartbeat_interval_ms=1_000)
+    with open(out, "w") as lines:
+        while True:
+            for records in consumer.poll(timeout_ms=100).values():
+                now = time.time() * 1000
+                for record in records:
+                    lines.write(f"{json.loads(record.value)['tx_id']} {now}\n")
+                lines.flush()
+
+
+def raw_latency(bootstrap: str, rate: int, seconds: float, accounts: int, drain_s: float) -> list[float]:
+    """Produce-to-poll latencies (ms) of a plain kafka-python consumer in its own process, at the same rate and
+    fetch wait as the engine's latency run: the broker's and client's share of payment-to-alert latency."""
+    topic, values = latency_payments(bootstrap, rate, seconds, accounts)
+    out = Path(tempfile.mkdtemp(prefix="ringwatch-bench-")) / "received.txt"
+    reader = multiprocessing.get_context("fork").Process(
+        target=_receive, args=(bootstrap, topic, Config().engine.batch_max_delay_ms, str(out)), daemon=True)
+    reader.start()
+
+    def received() -> dict[str, float]:
+        text = out.read_text() if out.exists() else ""
+        return {tx_id: float(at) for tx_id, at in (line.split() for line in text.splitlines() if " " in line)}
+
+    try:
+        produced_at, _ = produce_paced(bootstrap, topic, values, rate, lambda: len(received()) >= 1)
+        deadline = time.monotonic() + drain_s
+        while len(got := received()) < len(values) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        reader.kill()
+    return sorted(got[tx_id] - at for tx_id, at in produced_at.items() if tx_id in got)
+
+
+def latency_run(bootstrap: str, rate: int, seconds: float, accounts: int, window: str, drain_s: float,
+                *extra: str) -> tuple[list[float], list[float], float, float]:
+    """Alert latencies (ms) from the closing payment's hand-over to the producer and (inside the engine) from
+    its arrival in a poll, the rate really offered, and the share of the payments the engine had consumed
+    when it was stopped (it gets `drain_s` after the last one is produced: one that cannot keep up falls
+    further behind, and its latencies say how far)."""
+    topic, values = latency_payments(bootstrap, rate, seconds, accounts)
+    total = len(values)
+    engine = Engine(bootstrap, topic, f"bench-{time.time_ns()}", window, *extra)
+    # timed from the moment the engine has joined its group and consumed the first payment
+    produced_at, offered = produce_paced(bootstrap, topic, values, rate, lambda: engine.consumed() >= 1)
     try:
         deadline = time.monotonic() + drain_s
         while (consumed_now := engine.consumed()) < total and time.monotonic() < deadline:
@@ -289,6 +347,9 @@ def main() -> None:
         graph_rate, graph_cpu = raw_graph(stream.transactions, args.window)
         print(f"  raw consume {raw:,.0f} tx/s ({raw_cpu:.1f} us CPU each), raw graph {graph_rate:,.0f} tx/s "
               f"({graph_cpu:.1f} us CPU each)", flush=True)
+        raw_wait = raw_latency(bootstrap, args.rate, args.latency_seconds, args.accounts, args.budget)
+        print(f"  raw produce-to-poll latency at {args.rate:,} tx/s: p50 {percentile(raw_wait, 0.50):,.1f} ms, "
+              f"p99 {percentile(raw_wait, 0.99):,.1f} ms", flush=True)
         for backend in backends:
             row = results[backend] = Row()
             for placement in placements:
@@ -324,6 +385,8 @@ def main() -> None:
     print(f"{'raw graph: LocalRingGraph.process in memory, tx/s':<52}" + f" {graph_rate:>12,.0f}" * len(backends))
     print(f"{'raw consume, CPU us per message':<52}" + f" {raw_cpu:>12,.1f}" * len(backends))
     print(f"{'raw graph, CPU us per payment':<52}" + f" {graph_cpu:>12,.1f}" * len(backends))
+    for name, q in (("p50", 0.50), ("p99", 0.99)):
+        print(f"{'raw produce-to-poll latency ' + name + ', ms':<52}" + f" {percentile(raw_wait, q):>12,.1f}" * len(backends))
     for measure in results[backends[0]]:
         print(f"{measure:<52}" + "".join(f" {results[b][measure]:>12,.2f}" for b in backends))
     if scaled:
