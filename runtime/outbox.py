@@ -9,7 +9,7 @@ message to the node writes them first (so order is kept, and a nested `get`
 or a checkpoint never waits behind them); the worker writes them before it
 starts a call once the oldest has waited `HOLD_S`, and before it runs out of
 queued calls (so the node sees in time that the worker needs more); and a
-flusher thread writes them after `LATE_S` when a call runs long, so a caller
+flusher thread writes them within `LATE_S` when a call runs long, so a caller
 waiting on a result is never left behind a call that blocks.
 
 Frames follow `multiprocessing.connection` (4-byte big-endian length, or -1
@@ -30,7 +30,8 @@ from multiprocessing.connection import Connection
 logger = logging.getLogger(__name__)
 
 HOLD_S = 0.002  # results older than this are written before the worker starts its next call
-LATE_S = 0.01  # the longest a result waits while a call runs long
+LATE_S = 0.05  # the longest a result waits while a call runs long
+PARK_S = 1.0  # the flusher parks once nothing has been held for this long
 MAX_HELD = 32  # results held at most: written together once this many have gathered
 
 _SHORT = struct.Struct("!i")
@@ -55,7 +56,7 @@ class Outbox:
         self._held = bytearray()
         self._count = 0
         self._since = 0.0  # when the oldest held result was held
-        self._armed = threading.Event()  # set while results are held: the flusher watches them
+        self._armed = threading.Event()  # set while results are being held: the flusher ticks
         threading.Thread(target=self._flusher, name="ringwatch-worker-flush", daemon=True).start()
 
     def send(self, message: tuple) -> None:
@@ -75,7 +76,8 @@ class Outbox:
             self._count += 1
             if self._count == 1:
                 self._since = time.monotonic()
-                self._armed.set()
+                if not self._armed.is_set():
+                    self._armed.set()
             if self._count >= MAX_HELD:
                 self._write_held()
 
@@ -97,22 +99,22 @@ class Outbox:
         self._count = 0
 
     def _flusher(self) -> None:
-        """Write held results that a long or blocked call would keep waiting past `LATE_S`.
+        """Write held results that a long or blocked call would keep waiting (at most `LATE_S`).
 
-        It sleeps until the oldest result held is `LATE_S` old: while the main
-        thread keeps writing results itself (calls shorter than that), it wakes
-        about once per `LATE_S`, not once per result.
+        While the worker is busy it ticks every `LATE_S` / 2 and is never woken
+        by the main thread (a wake-up per batch cost the worker more than the
+        writes it saves); it parks once nothing has been held for `PARK_S`.
         """
+        tick = LATE_S / 2
         while True:
             self._armed.wait()
+            time.sleep(tick)
             with self._lock:
-                left = self._since + LATE_S - time.monotonic() if self._count else 0.0
-                if self._count and left <= 0:
+                now = time.monotonic()
+                if self._count and now - self._since >= tick:
                     try:
                         self._write_held()
                     except OSError:  # the node is gone: the main thread finds out on its next read or write
                         self._clear()
-                if not self._count:
+                elif not self._count and now - self._since > PARK_S:
                     self._armed.clear()
-                    continue
-            time.sleep(max(left, 0.0005))
