@@ -114,6 +114,14 @@ class Receiver:
         with self.lock:
             return list(self.payloads.values())
 
+    def assert_each_once(self, expected: set[str]) -> None:
+        """Exactly the alert ids `expected` arrived, each accepted once, every signature valid."""
+        accepted = set(self.accepted)
+        assert accepted == expected, (f"{len(accepted - expected)} alerts not expected, "
+                                      f"{len(expected - accepted)} missing")
+        assert all(count == 1 for count in self.accepted.values()), self.accepted.most_common(3)
+        assert self.bad_signatures == 0
+
     def delivered_rings(self, rings: list[InjectedRing]) -> int:
         """How many of `rings` arrived as an alert closed by the ring's last payment."""
         wanted = {(ring.tx_ids[-1], tuple(ring.accounts)) for ring in rings}
