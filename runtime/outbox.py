@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection
 logger = logging.getLogger(__name__)
 
 HOLD_S = 0.002  # results older than this are written before the worker starts its next call
-LATE_S = 0.05  # the longest a result waits while a call runs long
+LATE_S = 0.01  # the longest a result waits while a call runs long: latency added to an alert path
 PARK_S = 1.0  # the flusher parks once nothing has been held for this long
 MAX_HELD = 32  # results held at most: written together once this many have gathered
 
