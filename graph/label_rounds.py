@@ -60,6 +60,7 @@ SEARCH, GATHER, LATE = 0, 1, 2
 ACTIVE, MET, SCAN, DONE = 0, 1, 2, 3
 DEFAULT_DEGREE = 2  # assumed list length of an account no shard has reported yet
 BOTH_SIDES_BELOW = 16  # a search grows both sides in one round when the dearer one scans at most this many entries
+LATE_UNFILTERED = 0  # candidates a late job's open scan may find and have gathered all (more: filter them)
 BOTH_SIDES_BUDGET = 4096  # list entries a round may spend growing the dearer sides of searches too, cheapest first
 
 
@@ -77,6 +78,7 @@ class LabelRequest:
     scan_start: np.ndarray
     scan_stop: np.ndarray
     scan_fd: np.ndarray
+    scan_open: np.ndarray
     join_gid: np.ndarray
     join_job: np.ndarray
     join_val: np.ndarray
@@ -92,7 +94,7 @@ class LabelRequest:
 
 
 _ARRAYS_IN = ("job", "tag", "gid", "label", "bound", "scan_job", "scan_gid", "scan_start", "scan_stop", "scan_fd",
-              "join_gid", "join_job", "join_val", "join_hop")
+              "scan_open", "join_gid", "join_job", "join_val", "join_hop")
 
 
 @dataclass
@@ -251,7 +253,7 @@ class LabelRounds:
 
     def _jobs(self, capacity: int) -> None:
         old = getattr(self, "kind", None)
-        fields1 = {"kind": np.int8, "state": np.int8, "ref": np.int64, "ts": np.int64}
+        fields1 = {"kind": np.int8, "state": np.int8, "ref": np.int64, "ts": np.int64, "open": np.bool_}
         fields2 = {"hub": np.bool_, "done": np.int32, "limit": np.int32, "bound": np.int64, "root": np.uint64, "root_owner": np.int16,
                    "root_deg": np.int32}
         for name, dtype in fields1.items():
@@ -305,6 +307,7 @@ class LabelRounds:
         ids = np.arange(self.n_jobs, self.n_jobs + n)
         w = self.window
         self.kind[ids], self.state[ids], self.ref[ids], self.ts[ids] = kind, ACTIVE, ref, ts
+        self.open[ids] = kind == LATE
         if active is not None:
             self.state[ids[~active]] = DONE
         self.hub[:, ids] = False
@@ -317,7 +320,8 @@ class LabelRounds:
             f_root = ts if self.strict else ts - w
             b_root = ts if self.strict else ts + w
             self.bound[0, ids], self.bound[1, ids] = ts + w, ts - w
-            self.limit[:, ids] = self.hops - 1
+            # forward first: the backward side waits (limit 0) until the forward scan finds too many candidates
+            self.limit[0, ids], self.limit[1, ids] = self.hops - 1, 0
         else:
             f_root, b_root = ts - w, ts
             self.bound[0, ids], self.bound[1, ids] = ts, ts - w
@@ -417,8 +421,12 @@ class LabelRounds:
             if reply.edges is not None and reply.edges.num_rows:
                 self.gathered.append(reply.edges)
                 self.figures.gathered_edges += reply.edges.num_rows
-            if reply.candidates is not None:
-                self._candidates(reply.candidates)
+        found = [r.candidates for r in replies if r.candidates is not None]
+        if found:
+            self._candidates(found[0] if len(found) == 1 else Candidates(
+                pa.concat_tables([c.rows for c in found]),
+                *(np.concatenate([getattr(c, name) for c in found])
+                  for name in ("job", "src", "src_owner", "dst", "dst_owner"))))
 
     def _settle(self) -> None:
         _settle(self.pending, self.e_key, self.kind, self.state, self.done, self.limit, self.hub, self.hops,
@@ -463,14 +471,29 @@ class LabelRounds:
         flag = np.zeros(self.n_jobs, np.bool_)
         flag[ready] = True
         fwd, bwd = _late_labels(flag, self.e_key, self.n_entries)
+        bwd = bwd[~self.open[self.e_key[bwd] >> 1]]  # an open scan joins nothing
         jobs = self.e_key[fwd] >> 1
         start = self.e_val[fwd] if self.strict else self.ts[jobs]
         return (jobs.astype(np.int32), self.e_gid[fwd], start, self.ts[jobs] + self.window,
-                self.e_hop[fwd], self.e_owner[fwd], self.e_gid[bwd], self.e_key[bwd] >> 1, self.e_val[bwd],
-                self.e_hop[bwd])
+                self.e_hop[fwd], self.open[jobs], self.e_owner[fwd], self.e_gid[bwd], self.e_key[bwd] >> 1,
+                self.e_val[bwd], self.e_hop[bwd])
 
     def _candidates(self, found: Candidates) -> None:
-        """Older payments that may close a ring through a late one: keep their rows, gather their neighbourhoods."""
+        """Older payments that may close a ring through a late one: keep their rows, gather their neighbourhoods.
+
+        A late job's first scan is open (forward labels only, as `kernel.late_candidates`): they see only
+        payments after the late one, few when it is a little late. At most `LATE_UNFILTERED` candidates are
+        all gathered; more are dropped and the job grows its backward side (the whole window behind the late
+        payment, the dear part) to filter them in a second scan.
+        """
+        counts = np.bincount(found.job, minlength=self.n_jobs)
+        reopen = np.flatnonzero((counts > LATE_UNFILTERED) & self.open[:self.n_jobs])
+        if reopen.size:
+            self._filter_late(reopen)
+            keep_rows = np.flatnonzero(~np.isin(found.job, reopen))
+            found = Candidates(found.rows.take(keep_rows), *(getattr(found, name)[keep_rows]
+                                                             for name in ("job", "src", "src_owner", "dst",
+                                                                          "dst_owner")))
         tx = found.rows.column("tx_id").to_pylist()
         keep = np.array([i for i, t in enumerate(tx) if t not in self._seen_candidates], np.int64)
         if keep.size == 0:
@@ -481,6 +504,15 @@ class LabelRounds:
         none = np.full(keep.size, -1, np.int32)
         self.add(GATHER, np.full(keep.size, -1, np.int64), rows.column("ts").to_numpy(), found.src[keep],
                  found.src_owner[keep], none, found.dst[keep], found.dst_owner[keep], none)
+
+    def _filter_late(self, jobs: np.ndarray) -> None:
+        """Late jobs whose open scan found too many candidates: grow the backward side from the root, scan again."""
+        self.open[jobs] = False
+        self.state[jobs] = ACTIVE
+        self.limit[1, jobs] = self.hops - 1
+        roots = np.array([self.midx[map_find(self.m1, self.m2, self.root[1, j], 2 * j + 1)] for j in jobs.tolist()],
+                         np.int64)
+        self.pending = np.concatenate([self.pending, roots])
 
     def count_store_call(self, sent: int, got: int, seconds: float) -> None:
         """The batch's store call (which grew the first layers) is a round too; `seconds`: the slowest shard's."""
@@ -502,7 +534,7 @@ class LabelRounds:
 
 
 _NO_SCAN = (np.zeros(0, np.int32), np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64),
-            np.zeros(0, np.int32), np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+            np.zeros(0, np.int32), np.zeros(0, np.bool_), np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64),
             np.zeros(0, np.int32))
 
 
@@ -510,11 +542,11 @@ def _scan_part(scans: tuple | None, shard: int) -> tuple | None:
     """The scan entries of one shard, with every backward label they may join."""
     if scans is None:
         return None
-    job, gid, start, stop, fd, owner, *join = scans
+    job, gid, start, stop, fd, open_, owner, *join = scans
     mine = np.flatnonzero(owner == shard)
     if mine.size == 0:
         return None
-    return (job[mine], gid[mine], start[mine], stop[mine], fd[mine], *join)
+    return (job[mine], gid[mine], start[mine], stop[mine], fd[mine], open_[mine], *join)
 
 
 # ---- compiled steps ---------------------------------------------------------------------------------------

@@ -288,15 +288,16 @@ def _rehash(k1s, k2s, vals, peers):
 
 
 @njit(cache=True)
-def late_scan(job, gid, start, stop, fd, strict, window, max_hops, min_amt, join_k1, join_k2, join_val, join_hop,
-              g_tab, g_next, gid_of, a_seg, p_eid, e_hot, e_amt, horizon):
+def late_scan(job, gid, start, stop, fd, open_, strict, window, max_hops, min_amt, join_k1, join_k2, join_val,
+              join_hop, g_tab, g_next, gid_of, a_seg, p_eid, e_hot, e_amt, horizon):
     """Older payments T = a -> b that may close a ring through a late payment p (`kernel.late_candidates`).
 
     Entry i: a forward label of p's job at account `gid` (a), first reached in
     `fd` hops; T leaves a at a time in [start, stop]. T is a candidate when b
     carries a backward label of the same job (`join_*`, a map keyed (b's gid,
     job)) reached in at most `max_hops - 2 - fd` hops and, under strict order,
-    no earlier than ts(T) - window. Returns (job, edge id) per candidate.
+    no earlier than ts(T) - window; `open_[i]`: no join (the job's forward side
+    alone, label_rounds' first look). Returns (job, edge id) per candidate.
     """
     L = max_hops - 1
     out_job = np.empty(16, np.int64)
@@ -317,11 +318,12 @@ def late_scan(job, gid, start, stop, fd, strict, window, max_hops, min_amt, join
                 b = e_hot[t].dst
                 if b == a:
                     continue
-                slot = map_find(join_k1, join_k2, gid_of[b], job[i])
-                if slot < 0 or join_hop[slot] > budget:
-                    continue
-                if strict and join_val[slot] < ts - window:
-                    continue
+                if not open_[i]:
+                    slot = map_find(join_k1, join_k2, gid_of[b], job[i])
+                    if slot < 0 or join_hop[slot] > budget:
+                        continue
+                    if strict and join_val[slot] < ts - window:
+                        continue
                 out_job = grown(out_job, n_out + 1)
                 out_edge = grown(out_edge, n_out + 1)
                 out_job[n_out] = job[i]
