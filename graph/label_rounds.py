@@ -34,7 +34,12 @@ Jobs (one per payment and purpose):
   from y and backward from x, `max_hops - 2` layers each, then a scan of the
   out-lists of the forward-labelled accounts for older payments T whose
   rings could run through p (`shard_kernel.late_scan`); each candidate gets a
-  GATHER job of its own, so its search sees all its rings.
+  GATHER job of its own, so its search sees all its rings. Forward first, as
+  in process: the forward side sees only payments after p (few when p is a
+  little late) and an open scan (no join) follows; only a job whose open
+  scan finds a candidate grows its backward side (the whole window behind
+  p: with partitions interleaved most payments are late, and this side was
+  most of the sharded search's work) and scans again with the join.
 
 Label sets here are supersets of the in-process ones (no tx-id tie-break at
 the trigger's time, gid collisions merge accounts): still necessary
@@ -60,7 +65,10 @@ SEARCH, GATHER, LATE = 0, 1, 2
 ACTIVE, MET, SCAN, DONE = 0, 1, 2, 3
 DEFAULT_DEGREE = 2  # assumed list length of an account no shard has reported yet
 BOTH_SIDES_BELOW = 16  # a search grows both sides in one round when the dearer one scans at most this many entries
-LATE_UNFILTERED = 0  # candidates a late job's open scan may find and have gathered all (more: filter them)
+# candidates a late job's open scan may find and have all gathered (more: filter them with backward labels).
+# 0, unlike in process (store.LATE_UNFILTERED): here each candidate costs a GATHER job (~600 list entries on
+# the bank stream), far more than the backward side that filters it; at 64 a partitioned stream cost 30x more.
+LATE_UNFILTERED = 0
 BOTH_SIDES_BUDGET = 4096  # list entries a round may spend growing the dearer sides of searches too, cheapest first
 
 
@@ -253,7 +261,7 @@ class LabelRounds:
 
     def _jobs(self, capacity: int) -> None:
         old = getattr(self, "kind", None)
-        fields1 = {"kind": np.int8, "state": np.int8, "ref": np.int64, "ts": np.int64, "open": np.bool_}
+        fields1 = {"kind": np.int8, "state": np.int8, "ref": np.int64, "ts": np.int64, "open_scan": np.bool_}
         fields2 = {"hub": np.bool_, "done": np.int32, "limit": np.int32, "bound": np.int64, "root": np.uint64, "root_owner": np.int16,
                    "root_deg": np.int32}
         for name, dtype in fields1.items():
@@ -307,7 +315,7 @@ class LabelRounds:
         ids = np.arange(self.n_jobs, self.n_jobs + n)
         w = self.window
         self.kind[ids], self.state[ids], self.ref[ids], self.ts[ids] = kind, ACTIVE, ref, ts
-        self.open[ids] = kind == LATE
+        self.open_scan[ids] = kind == LATE
         if active is not None:
             self.state[ids[~active]] = DONE
         self.hub[:, ids] = False
@@ -471,11 +479,11 @@ class LabelRounds:
         flag = np.zeros(self.n_jobs, np.bool_)
         flag[ready] = True
         fwd, bwd = _late_labels(flag, self.e_key, self.n_entries)
-        bwd = bwd[~self.open[self.e_key[bwd] >> 1]]  # an open scan joins nothing
+        bwd = bwd[~self.open_scan[self.e_key[bwd] >> 1]]  # an open scan joins nothing
         jobs = self.e_key[fwd] >> 1
         start = self.e_val[fwd] if self.strict else self.ts[jobs]
         return (jobs.astype(np.int32), self.e_gid[fwd], start, self.ts[jobs] + self.window,
-                self.e_hop[fwd], self.open[jobs], self.e_owner[fwd], self.e_gid[bwd], self.e_key[bwd] >> 1,
+                self.e_hop[fwd], self.open_scan[jobs], self.e_owner[fwd], self.e_gid[bwd], self.e_key[bwd] >> 1,
                 self.e_val[bwd], self.e_hop[bwd])
 
     def _candidates(self, found: Candidates) -> None:
@@ -487,7 +495,7 @@ class LabelRounds:
         payment, the dear part) to filter them in a second scan.
         """
         counts = np.bincount(found.job, minlength=self.n_jobs)
-        reopen = np.flatnonzero((counts > LATE_UNFILTERED) & self.open[:self.n_jobs])
+        reopen = np.flatnonzero((counts > LATE_UNFILTERED) & self.open_scan[:self.n_jobs])
         if reopen.size:
             self._filter_late(reopen)
             keep_rows = np.flatnonzero(~np.isin(found.job, reopen))
@@ -507,7 +515,7 @@ class LabelRounds:
 
     def _filter_late(self, jobs: np.ndarray) -> None:
         """Late jobs whose open scan found too many candidates: grow the backward side from the root, scan again."""
-        self.open[jobs] = False
+        self.open_scan[jobs] = False
         self.state[jobs] = ACTIVE
         self.limit[1, jobs] = self.hops - 1
         roots = np.array([self.midx[map_find(self.m1, self.m2, self.root[1, j], 2 * j + 1)] for j in jobs.tolist()],
@@ -534,8 +542,8 @@ class LabelRounds:
 
 
 _NO_SCAN = (np.zeros(0, np.int32), np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64),
-            np.zeros(0, np.int32), np.zeros(0, np.bool_), np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64),
-            np.zeros(0, np.int32))
+            np.zeros(0, np.int32), np.zeros(0, np.bool_), np.zeros(0, np.uint64), np.zeros(0, np.int64),
+            np.zeros(0, np.int64), np.zeros(0, np.int32))
 
 
 def _scan_part(scans: tuple | None, shard: int) -> tuple | None:

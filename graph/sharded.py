@@ -219,8 +219,8 @@ class GraphShard:
         if r.scan_job.size:
             join = sk.fill_map(r.join_gid, r.join_job, r.join_val, r.join_hop, _map_size(r.join_gid.size))
             cand_job, found = sk.late_scan(
-                r.scan_job, r.scan_gid, r.scan_start, r.scan_stop, r.scan_fd, r.scan_open, r.strict, r.window, r.max_hops,
-                r.min_amount, *join, self._g_tab, self._g_next, self._gid_of, store.a_seg, store.p_eid,
+                r.scan_job, r.scan_gid, r.scan_start, r.scan_stop, r.scan_fd, r.scan_open, r.strict, r.window,
+                r.max_hops, r.min_amount, *join, self._g_tab, self._g_next, self._gid_of, store.a_seg, store.p_eid,
                 store.e_hot, store.e_amt, store.horizon)
             if found.size:
                 src, dst = store.e_src[found], store.e_dst[found]
