@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -163,6 +163,7 @@ class KafkaSource:
         self._decoder = JsonDecoder(max_message_bytes, mapping)
         self.listener: RebalanceListener = listener or NoListener()
         self._pending_seeks: dict[Partition, int] = {}
+        self._held: set[Partition] = set()
         self._lag: dict[Partition, int] = {}  # as of the last poll (lag())
         with _naming_unreachable(bootstrap):
             self._consumer = KafkaConsumer(**settings.consumer(dict(
@@ -242,6 +243,35 @@ class KafkaSource:
                 self._consumer.seek(tp, offset)
             else:
                 self._pending_seeks[(topic, partition)] = offset
+
+    def hold(self, partitions: Collection[Partition]) -> None:
+        """Pause `partitions`, resume the others: kafka-python keeps what it fetched for a paused partition."""
+        self._held = set(partitions)
+        self._pause_only(self._held)
+
+    def _pause_only(self, partitions: Collection[Partition]) -> None:
+        assigned = self._consumer.assignment()
+        wanted = {tp for tp in assigned if (tp.topic, tp.partition) in partitions}
+        paused = self._consumer.paused()
+        if wanted - paused:
+            self._consumer.pause(*(wanted - paused))
+        if paused - wanted:
+            self._consumer.resume(*(paused - wanted))
+
+    def keep_alive(self) -> None:
+        """A poll with every partition paused: it resets the group's poll timer (`max_poll_interval_ms`).
+
+        A rebalance it runs calls the listener as any poll does. Records it would
+        still return (a partition assigned in that rebalance, not paused yet) are
+        not lost: the partition is moved back to the first of them.
+        """
+        self._pause_only({(tp.topic, tp.partition) for tp in self._consumer.assignment()})
+        try:
+            fetched = self._consumer.poll(timeout_ms=0, max_records=1)
+            for tp, messages in fetched.items():
+                self._consumer.seek(tp, messages[0].offset)
+        finally:
+            self._pause_only(self._held)
 
     def _log_ends(self) -> Iterator[tuple[Partition, int, int]]:
         """`(partition, position, log end)` of each assigned partition whose log end is known.

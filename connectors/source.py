@@ -13,7 +13,9 @@ Positions are per partition: `commit({partition: next_offset})` says
 everything before `next_offset` is safely processed, `seek` resumes from given
 offsets. `caught_up()` names the partitions with nothing more to read right now
 (the event-time clock needs it to tell an idle partition from one not fetched
-yet).
+yet). `hold` pauses partitions read too far ahead in event time (the engine's
+alignment); `keep_alive` keeps a consumer group's membership while the engine
+works on a batch and reads nothing.
 
 `SequentialSource` is the one-partition implementation shared by the file
 sources and the generator: positions are row numbers and there is no consumer
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,6 +66,17 @@ class Source(Protocol):
 
     def seek(self, positions: Positions) -> None:
         """Read each partition from the given offset next."""
+        ...
+
+    def hold(self, partitions: Collection[Partition]) -> None:
+        """Read nothing from `partitions` (and everything else assigned) until the next `hold`.
+
+        Records read ahead from a held partition are kept for when it is read again.
+        """
+        ...
+
+    def keep_alive(self) -> None:
+        """Tell the consumer group this member is alive without reading a record; rebalances happen here too."""
         ...
 
     def committed(self, partition: Partition) -> int | None:
@@ -135,6 +148,7 @@ class SequentialSource:
         self._assigned = False
         self._drained = False
         self._committed: int | None = None
+        self._held = False
         self._paced_from: tuple[float, int] | None = None  # (monotonic time, offset) pacing counts from
 
     def rows(self, start: int) -> Iterator[SourceRecord]:
@@ -153,6 +167,8 @@ class SequentialSource:
         if not self._assigned:
             self._assigned = True
             self.listener.on_assign([self.partition])
+        if self._held:
+            return SourceBatch.empty()
         if self._rows is None:
             self._rows = self.rows(self.offset)
         limit = min(max_records, self._due(timeout_ms))
@@ -201,6 +217,12 @@ class SequentialSource:
             self._rows = None
             self._paced_from = None
             self.exhausted = False
+
+    def hold(self, partitions: Collection[Partition]) -> None:
+        self._held = self.partition in partitions
+
+    def keep_alive(self) -> None:
+        pass  # no consumer group
 
     def committed(self, partition: Partition) -> int | None:
         return self._committed if partition == self.partition else None
