@@ -69,9 +69,11 @@ class Source(Protocol):
         ...
 
     def hold(self, partitions: Collection[Partition]) -> None:
-        """Read nothing from `partitions` (and everything else assigned) until the next `hold`.
+        """Prefer every other partition to `partitions` until the next `hold` (event-time alignment).
 
-        Records read ahead from a held partition are kept for when it is read again.
+        Records read ahead from a held partition are kept for when it is read
+        again; a poll that finds nothing else returns them rather than nothing,
+        so holding never stalls a source.
         """
         ...
 
@@ -148,7 +150,6 @@ class SequentialSource:
         self._assigned = False
         self._drained = False
         self._committed: int | None = None
-        self._held = False
         self._paced_from: tuple[float, int] | None = None  # (monotonic time, offset) pacing counts from
 
     def rows(self, start: int) -> Iterator[SourceRecord]:
@@ -167,8 +168,6 @@ class SequentialSource:
         if not self._assigned:
             self._assigned = True
             self.listener.on_assign([self.partition])
-        if self._held:
-            return SourceBatch.empty()
         if self._rows is None:
             self._rows = self.rows(self.offset)
         limit = min(max_records, self._due(timeout_ms))
@@ -219,7 +218,7 @@ class SequentialSource:
             self.exhausted = False
 
     def hold(self, partitions: Collection[Partition]) -> None:
-        self._held = self.partition in partitions
+        pass  # one partition: holding it back would hold everything back
 
     def keep_alive(self) -> None:
         pass  # no consumer group

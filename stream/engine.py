@@ -391,12 +391,12 @@ class Engine:
         With more than one partition each poll is decoded at once and the
         partitions read too far ahead in event time are held for the next one
         (`EventClock.ahead`, under a backlog); polls are at most `POLL_CHUNK`
-        records, so a batch interleaves partitions. A poll that waited
-        `POLL_IDLE_MS` for nothing releases every hold: alignment never stalls
-        the engine.
+        records, so a batch interleaves partitions. A source returns held
+        records rather than nothing (`Source.hold`): alignment never stalls.
         """
         engine_config = self.config.engine
         opened_at = None
+        full = False
         while not stop.is_set():
             with self._lock:
                 room = self._batch_limit - self._pending_rows
@@ -406,13 +406,16 @@ class Engine:
                 return
             if opened_at is None:
                 timeout_ms = POLL_IDLE_MS
-            else:
+            else:  # past the delay, a backlog (full polls) still fills the batch
                 timeout_ms = int(engine_config.batch_max_delay_ms - (time.monotonic() - opened_at) * 1000)
-                if timeout_ms <= 0:
+                if timeout_ms <= 0 and not full:
                     return
+                timeout_ms = max(timeout_ms, 0)
             if in_graph is not None:
                 timeout_ms = min(timeout_ms, IN_GRAPH_POLL_MS)  # to notice soon that the graph is free
-            polled = self._source.poll(max_records=min(room, POLL_CHUNK) if aligned else room, timeout_ms=timeout_ms)
+            limit = min(room, POLL_CHUNK) if aligned else room
+            polled = self._source.poll(max_records=limit, timeout_ms=timeout_ms)
+            full = len(polled) == limit
             arrived = time.time()
             decoded = polled.payments() if aligned and len(polled) else None
             with self._lock:
@@ -423,8 +426,9 @@ class Engine:
                 if len(polled):
                     self._pending.append((polled, arrived))
                     self._pending_rows += len(polled)
-                backlogged = [p for p, lag in self._source.lag().items() if lag > POLL_CHUNK]
-                self._source.hold(self._clock.ahead(backlogged) if len(polled) or timeout_ms < POLL_IDLE_MS else ())
+                lag = self._source.lag()
+                backlogged = [p for p in self._clock.partitions() if lag.get(p, POLL_CHUNK + 1) > POLL_CHUNK]
+                self._source.hold(self._clock.ahead(backlogged))
             if not len(polled):
                 if opened_at is None and in_graph is None:
                     return

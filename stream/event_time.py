@@ -32,8 +32,8 @@ close to event-time order, as Flink's watermark alignment does: a partition
 read more than `max_drift_ms` ahead of the slowest partition with a backlog is
 held (not read) until that one catches up. It changes no ring (the definition
 is in event time), only the order payments arrive in. It cannot stall: the
-slowest backlogged partition is never held, and partitions near their log end
-(a live stream) hold nothing back.
+slowest backlogged partition is never held (nor one not read from yet), and
+partitions near their log end (a live stream) hold nothing back.
 
 `ringwatch run` keeps one partition per Kafka partition; `ringwatch detect`
 and the demo use one partition for their whole input. The state that must
@@ -184,17 +184,20 @@ class EventClock:
     def ahead(self, backlogged: Collection[Partition]) -> set[Partition]:
         """Partitions to hold now: read more than `max_drift_ms` ahead of the slowest backlogged one.
 
-        Only partitions with a backlog (`backlogged`: more to read than a poll
-        takes) count as the slowest: a partition at or near its log end has
-        nothing older to deliver, and a live stream is never held back. Without
-        a backlogged partition that has been read from, nothing is held.
+        Only partitions that may have a backlog (`backlogged`: more to read than
+        a poll takes, or not known yet) count as the slowest: a partition at or near its log end has
+        nothing older to deliver, and a live stream is never held back. A
+        backlogged partition not read from yet comes first: every partition read
+        from is held until it delivers.
         """
         marks = {partition: state.watermark if state.read is None else state.read
                  for partition, state in self._partitions.items()
                  if state.watermark is not None or state.read is not None}
-        behind = [marks[partition] for partition in backlogged if partition in marks]
+        behind = [marks.get(partition) for partition in backlogged if partition in self._partitions]
         if not behind:
             return set()
+        if None in behind:  # a backlog not read from yet may start anywhere: it goes first (it is never held)
+            return set(marks)
         bound = min(behind) + self.rules.max_drift_ms
         return {partition for partition, mark in marks.items() if mark > bound}
 
