@@ -13,8 +13,12 @@ and `CheckpointStore` (checkpoint.py). The engine only sequences them.
 A micro-batch closes on `batch_max_size` payments or `batch_max_delay_ms`
 after its first one. Batches overlap with delivery: once a batch is searched
 its alerts go to the delivery thread and the next batch is applied and
-searched while they are handed to the sinks. The ring definition is in event
-time, so which batch a payment lands in changes nothing about the rings.
+searched while they are handed to the sinks. With shard actors they overlap
+with polling too: the graph works on a batch on a thread of its own while the
+loop polls the next one, and keeps the consumer in its group if the graph takes
+long (`_await_graph`). Partitions are read close to event-time order
+(`EventClock.ahead`, `Source.hold`). The ring definition is in event time, so
+which batch a payment lands in changes nothing about the rings.
 
 Exactly once per alert id, through crashes:
 1. An aligned checkpoint is taken between batches, after every alert raised so
