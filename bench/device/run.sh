@@ -135,7 +135,7 @@ else
   ring_args=(--transactions 1000000 --accounts 100000 --days 10 --actor-shards 1,2,4,8 --latency-tx 20000
              --actor-latency-tx 2000 --baseline-tx 5000 --baseline-budget 20 --budget 30 --actor-budget 30)
   e2e_args=(--transactions 200000 --budget 45)
-  limit_setup=120 limit_runtime=140 limit_ring=190 limit_e2e=140
+  limit_setup=150 limit_runtime=140 limit_ring=170 limit_e2e=130
 fi
 
 : >"$SUMMARY"
