@@ -109,8 +109,8 @@ fi
 
 cat <<'EOF'
 
-== the device call (bench/device/README.md; budget: machine start 1-2 min + this)
-run(command="bash bench/device/run.sh runtime ring e2e",
-    carry=[".whl", ".devbin"], timeout_s=560)
-   then give_back() unless a part must be rerun at once (rerun only that part: run.sh ring, ...)
+== the device call (bench/device/README.md): about 5 minutes on 16 cores, the parts' limits add up to 590 s
+run(command="bash bench/device/run.sh runtime ring e2e", carry=[".whl", ".devbin"], timeout_s=600)
+   then give_back(), unless a part must run again at once: command="bash bench/device/run.sh ring"
+   (one part: setup ~1 min + the part; timeout_s 300)
 EOF
