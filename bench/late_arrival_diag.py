@@ -1,107 +1,140 @@
-"""actdiag: CPU per payment of the sharded search (GraphShards in process, or actors) by arrival order and batch size."""
-import argparse, os, time, sys
-from collections import Counter
-import numpy as np, pyarrow as pa
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ring_search import payments, shuffle_within
-from ringwatch.connectors.synthetic import SyntheticConfig, generate
-from ringwatch.graph import LocalRingGraph, SearchOptions, ShardedRingGraph
-from ringwatch.graph import label_rounds as lr, sharded as shm
-from ringwatch.graph.sharded import shard_of
+"""Late arrival: CPU per payment of the ring search by arrival order, batch size and graph placement.
 
-p = argparse.ArgumentParser()
-p.add_argument("--tx", type=int, default=100_000); p.add_argument("--accounts", type=int, default=50_000)
-p.add_argument("--arrival", default="order")  # order | shuffle:B | parts:K (4 partitions keyed by src, fetched K at a time)
-p.add_argument("--batch", default="4096")  # N or 'engine' (256 doubling to 8192)
-p.add_argument("--graph", default="sharded")  # sharded | local | actors
-p.add_argument("--no-late", action="store_true")
-p.add_argument("--max-rings", type=int, default=100)
-a = p.parse_args()
-opts = SearchOptions(window_ms=48 * 3600_000, max_rings_per_tx=a.max_rings or None)
-table = payments(generate(SyntheticConfig(n_transactions=a.tx, n_accounts=a.accounts, days=10, n_rings=50, seed=7)))
-lateness = 0
-if a.arrival.startswith("shuffle:"):
-    lateness = int(a.arrival[8:]); table = shuffle_within(table, lateness, 7)
-elif a.arrival.startswith("parts:"):
-    k = int(a.arrival[6:]); src = table.column("src").to_pylist()
-    parts = [np.array([i for i, s in enumerate(src) if shard_of(s, 4) == q]) for q in range(4)]
-    order, pos = [], [0] * 4
-    rng = np.random.default_rng(7)
-    while any(pos[q] < len(parts[q]) for q in range(4)):
-        q = int(rng.integers(4))
-        order.extend(parts[q][pos[q]:pos[q] + k]); pos[q] += k
-    table = table.take(pa.array(np.array(order, np.int64)))
-    lateness = 4 * k
-ts = table.column("ts").to_numpy()
-late_rows = int(np.count_nonzero(ts < np.maximum.accumulate(ts)))
-stats = Counter()
-if a.graph != "local":
-    orig_plan = lr.LabelRounds.plan
-    def plan(self):
-        reqs = orig_plan(self)
-        for r in reqs.values():
-            k = np.bincount(self.kind[r.job], minlength=3)
-            stats["entries_search"] += int(k[0]); stats["entries_gather"] += int(k[1]); stats["entries_late"] += int(k[2])
-            stats["scan_entries"] += int(r.scan_job.size); stats["join_entries"] += int(r.join_gid.size)
-            stats["requests"] += 1
-        return reqs
-    lr.LabelRounds.plan = plan
-    orig_exp = shm.GraphShard._expand
-    def _expand(self, job, *rest, **kw):
-        t0 = time.process_time(); out = orig_exp(self, job, *rest, **kw)
-        stats["expand_cpu"] += time.process_time() - t0; stats["expand_in"] += int(job.size); stats["labels_out"] += int(out.job.size)
-        return out
-    shm.GraphShard._expand = _expand
-    if hasattr(lr.LabelRounds, "_filter_late"):
-        orig_fl = lr.LabelRounds._filter_late
-        def _filter_late(self, jobs):
-            stats["late_reopened"] += int(jobs.size); return orig_fl(self, jobs)
-        lr.LabelRounds._filter_late = _filter_late
-    if a.no_late:
-        shm._older = lambda *x: np.zeros(0, np.int64)
-if a.graph == "local":
-    graph = LocalRingGraph(opts)
-elif a.graph == "sharded":
-    graph = ShardedRingGraph.in_process(opts, 2)
-else:
-    from ringwatch import runtime as rt
-    rt.init(); graph = ShardedRingGraph.create(opts, 2)
-    graph.process(table.slice(0, 1))
-sizes = []
-n, start = table.num_rows, (1 if a.graph == "actors" else 0)
-cap = 256
-while start < n:
-    size = cap if a.batch == "engine" else int(a.batch)
-    sizes.append((start, size)); start += size
-    if a.batch == "engine": cap = min(cap * 2, 8192)
-W = opts.window_ms; step = W // 16; evicted = None
-alerts = set(); rounds = late = gathers = surv = searches = 0; gathered = 0
-shard_cpu0 = sum(graph.cpu_seconds()) if a.graph == "actors" else 0
-c0, w0 = time.process_time(), time.perf_counter()
-for start, size in sizes:
-    b = table.slice(start, size)
-    res = graph.process(b)
-    end = start + b.num_rows
-    horizon = int(ts[end - 1] if not lateness else ts[end:end + lateness].min(initial=ts[end - 1])) - W
-    horizon = min(horizon, int(ts[end:].min(initial=horizon + W)) - W)
-    if evicted is None or horizon - evicted >= step:
-        graph.evict(horizon); evicted = horizon
-    alerts.update(x.alert_id for x in res.alerts)
-    if a.graph != "local":
-        f = graph.figures; rounds += f.rounds; late += f.late; gathers += f.gathers; surv += f.survivors; gathered += f.gathered_edges
-cpu = time.process_time() - c0; wall = time.perf_counter() - w0
-shard_cpu = (sum(graph.cpu_seconds()) - shard_cpu0) if a.graph == "actors" else 0
-tot = cpu + shard_cpu
-import zlib; idsum = zlib.crc32(','.join(sorted(alerts)).encode())
-print(f"{a.graph:8} arrival={a.arrival:12} batch={a.batch:6} no_late={a.no_late} batches={len(sizes)} late_rows={late_rows:,} "
-      f"| CPU {tot:.2f}s = {tot / n * 1e6:.1f} us/tx (driver {cpu:.2f} shards {shard_cpu:.2f}) wall {wall:.1f}s alerts={len(alerts)} ids#{idsum} load={os.getloadavg()[0]:.1f}")
-if a.graph != "local":
-    print(f"   rounds/batch={rounds / len(sizes):.1f} late_jobs={late:,} gathers={gathers:,} survivors={surv:,} gathered_edges={gathered:,} "
-          f"expand_cpu={stats['expand_cpu']:.2f}s " + " ".join(f"{k}={v:,}" for k, v in sorted(stats.items()) if k != 'expand_cpu'))
-if a.graph == "actors":
-    c1, w1 = time.process_time(), time.perf_counter(); s1 = sum(graph.cpu_seconds())
-    for _ in range(5):
-        tabs = graph.checkpoint()
-    print(f"   checkpoint (snapshot of {sum(t.num_rows for t in tabs):,} rows, 2 shards): wall {(time.perf_counter() - w1) / 5 * 1000:.1f} ms, "
-          f"CPU driver {(time.process_time() - c1) / 5 * 1000:.1f} ms + shards {(sum(graph.cpu_seconds()) - s1) / 5 * 1000:.1f} ms each; evict calls every {step} ms of event time")
-    graph.close(); rt.shutdown()
+With several Kafka partitions interleaved most payments arrive older than the
+newest one already stored: each is a late payment, searched for the rings it
+closes at newer triggers (graph/label_rounds.py: WRAP and LATE jobs). This
+prints, for one stream in one arrival order, the CPU each payment cost (this
+process, plus the shard actors' processes with `--graph actors`: the figure
+the machine's load does not inflate), the alert count with a hash of the
+sorted alert ids (equal whatever the order, batching or placement), the load
+average, and the sharded search's figures (rounds per batch, late payments,
+those whose wrap search met, gather jobs).
+
+    python bench/late_arrival_diag.py --graph actors --arrival parts:2000 --batch engine
+    python bench/late_arrival_diag.py --graph sharded --arrival shuffle:3000
+
+Arrival orders: `order` (event time), `shuffle:B` (shuffled within blocks of
+B), `parts:K` (4 partitions keyed by src, fetched K payments at a time from a
+random partition, as a consumer drains a backlog).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import zlib
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ring_search import payments, shuffle_within  # noqa: E402
+
+from ringwatch.connectors.synthetic import SyntheticConfig, generate  # noqa: E402
+from ringwatch.graph import LocalRingGraph, SearchOptions, ShardedRingGraph  # noqa: E402
+from ringwatch.graph.sharded import owners_of_column  # noqa: E402
+from ringwatch.stream.engine import EVICT_SLICES  # noqa: E402
+
+PARTITIONS = 4
+FIGURES = ("rounds", "late", "late_met", "survivors", "gathers", "gathered_edges", "bytes_out", "bytes_in")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tx", type=int, default=100_000)
+    parser.add_argument("--accounts", type=int, default=50_000)
+    parser.add_argument("--arrival", default="parts:2000", help="order | shuffle:B | parts:K")
+    parser.add_argument("--batch", default="engine", help="payments per batch, or 'engine' (256 doubling to 8192)")
+    parser.add_argument("--graph", default="actors", choices=("local", "sharded", "actors"),
+                        help="in process; 2 in-process GraphShards; 2 GraphShard actors on a local runtime")
+    return parser.parse_args()
+
+
+def arrive(table: pa.Table, arrival: str, seed: int = 7) -> tuple[pa.Table, int]:
+    """The payments in arrival order, and how many arrivals a payment may lag (the eviction's slack)."""
+    if arrival == "order":
+        return table, 0
+    kind, _, size = arrival.partition(":")
+    if kind == "shuffle":
+        return shuffle_within(table, int(size), seed), int(size)
+    if kind != "parts":
+        raise SystemExit(f"--arrival: order, shuffle:B or parts:K, not {arrival!r}")
+    chunk = int(size)
+    partition, _ = owners_of_column(table.column("src"), PARTITIONS)
+    rows = [np.flatnonzero(partition == p) for p in range(PARTITIONS)]
+    at = [0] * PARTITIONS
+    rng = np.random.default_rng(seed)
+    order: list[np.ndarray] = []
+    while any(at[p] < rows[p].size for p in range(PARTITIONS)):
+        p = int(rng.integers(PARTITIONS))
+        order.append(rows[p][at[p]:at[p] + chunk])
+        at[p] += chunk
+    return table.take(pa.array(np.concatenate(order).astype(np.int64))), PARTITIONS * chunk
+
+
+def batches(n: int, batch: str, first: int) -> list[tuple[int, int]]:
+    out, start, cap = [], first, 256
+    while start < n:
+        size = cap if batch == "engine" else int(batch)
+        out.append((start, size))
+        start += size
+        cap = min(2 * cap, 8192)
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    options = SearchOptions(window_ms=48 * 3_600_000, max_rings_per_tx=100)
+    stream = generate(SyntheticConfig(n_transactions=args.tx, n_accounts=args.accounts, days=10, n_rings=50, seed=7))
+    table, lateness = arrive(payments(stream), args.arrival)
+    ts = table.column("ts").to_numpy()
+    late_rows = int(np.count_nonzero(ts < np.maximum.accumulate(ts)))
+    runtime = None
+    if args.graph == "local":
+        graph = LocalRingGraph(options)
+    elif args.graph == "sharded":
+        graph = ShardedRingGraph.in_process(options, 2)
+    else:
+        from ringwatch import runtime
+
+        runtime.init()
+        graph = ShardedRingGraph.create(options, 2)
+        graph.process(table.slice(0, 1))  # the actors are up and their compiled code loaded
+    first = 1 if args.graph == "actors" else 0
+    window, step = options.window_ms, options.window_ms // EVICT_SLICES
+    evicted, alerts, figures = None, set(), Counter()
+    shards_before = sum(graph.cpu_seconds()) if runtime else 0.0
+    cpu, wall = time.process_time(), time.perf_counter()
+    plan = batches(table.num_rows, args.batch, first)
+    for start, size in plan:
+        result = graph.process(table.slice(start, size))
+        alerts.update(alert.alert_id for alert in result.alerts)
+        end = min(start + size, table.num_rows)
+        # evict as the engine would, behind the oldest payment still to arrive within the lateness
+        horizon = int(min(ts[end - 1] if not lateness else ts[end:end + lateness].min(initial=ts[end - 1]),
+                          ts[end:].min(initial=ts[end - 1]))) - window
+        if evicted is None or horizon - evicted >= step:
+            graph.evict(horizon)
+            evicted = horizon
+        if args.graph != "local":
+            figures.update({name: getattr(graph.figures, name) for name in FIGURES})
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    shards = sum(graph.cpu_seconds()) - shards_before if runtime else 0.0
+    n = table.num_rows - first
+    ids = zlib.crc32(",".join(sorted(alerts)).encode())
+    print(f"{args.graph} arrival={args.arrival} batch={args.batch} batches={len(plan)} late rows={late_rows:,}: "
+          f"CPU {(cpu + shards) / n * 1e6:.1f} us per payment (driver {cpu:.2f} s, shards {shards:.2f} s), "
+          f"wall {wall:.1f} s, {len(alerts)} alerts, ids hash {ids}, load average {os.getloadavg()[0]:.1f}")
+    if figures:
+        print(f"  rounds per batch {figures['rounds'] / len(plan):.1f}, "
+              + ", ".join(f"{name.replace('_', ' ')} {figures[name]:,}" for name in FIGURES[1:]))
+    if runtime:
+        graph.close()
+        runtime.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -571,6 +571,11 @@ class LabelRounds:
     def survivor_refs(self) -> np.ndarray:
         return self.ref[np.array(self.survivors, np.int64)]
 
+    def late_refs(self) -> np.ndarray:
+        """The `ref` (batch row) of every late payment that got a LATE job: under strict order those whose wrap
+        search met; the others lie on no ring with a newer trigger."""
+        return self.ref[:self.n_jobs][self.kind[:self.n_jobs] == LATE]
+
 
 _NO_SCAN = (np.zeros(0, np.int32), np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64),
             np.zeros(0, np.int32), np.zeros(0, np.bool_), np.zeros(0, np.uint64), np.zeros(0, np.int64),

@@ -417,7 +417,9 @@ class ShardedRingGraph:
             search.absorb(list(answers.values()))
         self.figures = search.figures
         cut_rows = search.cut_refs()
-        targets = np.union1d(search.survivor_refs(), late)
+        # the exact search's triggers: the payments whose search met, and the late ones whose rings at newer
+        # triggers are looked for (their candidates come gathered)
+        targets = np.union1d(search.survivor_refs(), search.late_refs())
         if targets.size == 0 and not search.gathered:
             result.truncated_searches = int(np.unique(cut_rows).size)
             return result
