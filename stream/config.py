@@ -136,10 +136,10 @@ class TimeConfig:
                                    "dead-lettered as future (they move no watermark)", kind="duration")
     idle_timeout: int = _setting(30_000, "a partition caught up (nothing to read) this long stops holding the "
                                  "low watermark back", kind="duration")
-    max_partition_drift: int = _setting(1_000, "a partition read this far (event time) ahead of the slowest one "
-                                        "still delivering is paused until it catches up: payments reach the graph "
-                                        "close to time order, which is cheaper to search (rings do not change)",
-                                        kind="duration")
+    max_partition_drift: int = _setting(1_000, "with shard actors, a partition read this far (event time) ahead "
+                                        "of the slowest one with a backlog waits until it catches up: payments "
+                                        "reach the graph close to time order, which is cheaper to search (rings do "
+                                        "not change)", kind="duration")
 
 
 @dataclass

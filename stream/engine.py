@@ -16,7 +16,7 @@ its alerts go to the delivery thread and the next batch is applied and
 searched while they are handed to the sinks. With shard actors they overlap
 with polling too: the graph works on a batch on a thread of its own while the
 loop polls the next one, and keeps the consumer in its group if the graph takes
-long (`_await_graph`). Partitions are read close to event-time order
+long (`_await_graph`), and partitions are read close to event-time order
 (`EventClock.ahead`, `Source.hold`). The ring definition is in event time, so
 which batch a payment lands in changes nothing about the rings.
 
@@ -392,47 +392,49 @@ class Engine:
         paid per thousands of payments, live ones stay small, and no batch takes
         so long that the consumer misses `max_poll_interval_ms` and leaves its group.
 
-        With more than one partition each poll is decoded at once and the
-        partitions read too far ahead in event time are held for the next one
-        (`EventClock.ahead`, under a backlog); polls are at most `POLL_CHUNK`
-        records, so a batch interleaves partitions. A source returns held
-        records rather than nothing (`Source.hold`): alignment never stalls.
+        With shard actors the batch goes on filling while the graph is busy with
+        the one before (it could not start anyway), and with more than one
+        partition each poll is decoded at once and the partitions read too far
+        ahead in event time are held for the next one (`EventClock.ahead`, under
+        a backlog); polls are at most `POLL_CHUNK` records, so a batch
+        interleaves partitions. A source returns held records rather than
+        nothing (`Source.hold`): alignment never stalls. In process the search
+        of a late payment is cheap, and alignment's cost per poll was not repaid
+        (about 3 us more CPU per payment on the end-to-end benchmark): it is off.
         """
         engine_config = self.config.engine
         opened_at = None
-        full = False
         while not stop.is_set():
             with self._lock:
                 room = self._batch_limit - self._pending_rows
                 in_graph = self._in_graph
-                aligned = len(self._clock.partitions()) > 1
-            if room <= 0 or (in_graph is not None and in_graph.result.done()):
+                aligned = self._graph_thread is not None and len(self._clock.partitions()) > 1
+            busy = in_graph is not None and not in_graph.result.done()
+            if room <= 0 or (in_graph is not None and not busy):
                 return
             if opened_at is None:
                 timeout_ms = POLL_IDLE_MS
-            else:  # past the delay, a backlog (full polls) still fills the batch
+            else:
                 timeout_ms = int(engine_config.batch_max_delay_ms - (time.monotonic() - opened_at) * 1000)
-                if timeout_ms <= 0 and not full:
+                if timeout_ms <= 0 and not busy:
                     return
-                timeout_ms = max(timeout_ms, 0)
-            if in_graph is not None:
-                timeout_ms = min(timeout_ms, IN_GRAPH_POLL_MS)  # to notice soon that the graph is free
-            limit = min(room, POLL_CHUNK) if aligned else room
-            polled = self._source.poll(max_records=limit, timeout_ms=timeout_ms)
-            full = len(polled) == limit
+            if busy:
+                timeout_ms = IN_GRAPH_POLL_MS  # to notice soon that the graph is free
+            polled = self._source.poll(max_records=min(room, POLL_CHUNK) if aligned else room, timeout_ms=timeout_ms)
             arrived = time.time()
             decoded = polled.payments() if aligned and len(polled) else None
             with self._lock:
                 self._clock.note_caught_up(self._source.caught_up())
-                if decoded is not None:
-                    self._clock.read(polled.partitions, polled.partition_ids[decoded.rows],
-                                     decoded.table.column("ts").to_numpy())
                 if len(polled):
                     self._pending.append((polled, arrived))
                     self._pending_rows += len(polled)
-                lag = self._source.lag()
-                backlogged = [p for p in self._clock.partitions() if lag.get(p, POLL_CHUNK + 1) > POLL_CHUNK]
-                self._source.hold(self._clock.ahead(backlogged))
+                if aligned:
+                    if decoded is not None:
+                        self._clock.read(polled.partitions, polled.partition_ids[decoded.rows],
+                                         decoded.table.column("ts").to_numpy())
+                    lag = self._source.lag()
+                    self._source.hold(self._clock.ahead(
+                        [p for p in self._clock.partitions() if lag.get(p, POLL_CHUNK + 1) > POLL_CHUNK]))
             if not len(polled):
                 if opened_at is None and in_graph is None:
                     return
