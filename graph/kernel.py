@@ -537,7 +537,10 @@ def _layer(d, k, lab, slot, touched, nt, frontier, nf, nxt, o_lab, o_slot, o_don
     Times stay in [lo, hi]; strict order relaxes an edge only when it keeps
     time order (order "none": every label is lo / hi, only reachability
     counts). Accounts reached for the first time get a row. The rows improved
-    in this layer go to `nxt`. Each write is checked against the other side's
+    in this layer go to `nxt`. Under strict order a frontier row that had a
+    label before relaxes only its edges between the old label and the new
+    one: the others gave their labels when the old one was expanded (labels
+    only improve with depth, and a filter below only tightens with it). Each write is checked against the other side's
     labels at depth o_done (o_lab, o_slot): a meet.
     With f_depth >= 0 (backward only, o_lab the forward labels), an account
     gets a label only if the forward side reaches it within f_depth hops, and
@@ -565,9 +568,13 @@ def _layer(d, k, lab, slot, touched, nt, frontier, nf, nxt, o_lab, o_slot, o_don
         if forward:
             i = _first_at(p_eid, e_hot, first, stop, at if strict else lo)
             bound = hi
+            if strict and k >= 2 and lab[sx, k - 2] != INF:  # edges at or after the old label gave theirs already
+                bound = min(hi, lab[sx, k - 2] - 1)
         else:
             i = _first_at(p_eid, e_hot, first, stop, lo)
             bound = at if strict else hi
+            if strict and k >= 2 and lab[sx, k - 2] != NEG:  # edges at or before the old label gave theirs already
+                i = _first_at(p_eid, e_hot, i, stop, lab[sx, k - 2] + 1)
         value = lo if forward else hi
         while i < stop:
             e = p_eid[i]
