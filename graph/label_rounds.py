@@ -29,17 +29,32 @@ Jobs (one per payment and purpose):
   witnesses. The hub guard does not apply to a gather (the exact search marks
   hubs itself): which walks certify an account depends on lists the guard
   would not expand.
-- LATE, per new payment `p = x -> y` older than the newest stored before the
-  batch: `kernel.late_candidates` spread over the shards — forward labels
-  from y and backward from x, `max_hops - 2` layers each, then a scan of the
-  out-lists of the forward-labelled accounts for older payments T whose
-  rings could run through p (`shard_kernel.late_scan`); each candidate gets a
-  GATHER job of its own, so its search sees all its rings. Forward first, as
-  in process: the forward side sees only payments after p (few when p is a
-  little late) and an open scan (no join) follows; only a job whose open
-  scan finds a candidate grows its backward side (the whole window behind
-  p: with partitions interleaved most payments are late, and this side was
-  most of the sharded search's work) and scans again with the join.
+- WRAP, per new payment `p = x -> y` older than the newest stored before the
+  batch (strict order): may p lie on a ring whose trigger T is newer? Read
+  from y, such a ring has payments after p up to T (pre-wrap), then, from T's
+  dst back to x, payments no older than ts(T) - window (post-wrap). So labels
+  carry a state: forward from y pre-wrap (earliest arrival, times in
+  [ts(p), ts(p) + window]) and, past an edge taken as T, post-wrap
+  (ts(T) - window, then arrivals up to ts(p)); backward from x post-wrap
+  (latest departure, times in [ts(p) - window, ts(p)]) and, past an in-edge
+  from ts(p) on taken as T, pre-wrap. Any split of such a ring into a forward
+  prefix and a backward suffix meets in one account and state, so SEARCH's
+  side choice, meet test and stops apply unchanged, and a side that runs out
+  proves p closes no ring at a newer trigger. The cheap side settles almost
+  every late payment in a round or two (few payments after p when it is a
+  little late; few behind it on a sparse stream), where growing one side
+  in full cost most of the sharded search's work on interleaved partitions.
+  A WRAP job that meets gets a LATE job.
+- LATE, per WRAP job that met (under `order="none"`, per late payment):
+  `kernel.late_candidates` spread over the shards — forward labels from y
+  and backward from x, `max_hops - 2` layers each, then a scan of the
+  out-lists of the forward-labelled accounts for newer payments T whose
+  rings could run through p (`shard_kernel.late_scan`), joined with the
+  backward labels; each candidate gets a GATHER job of its own, so its
+  search sees all its rings. Under `order="none"` forward first, as in
+  process: an open scan (no join) follows the forward side, and only a job
+  whose open scan finds a candidate grows its backward side and scans again
+  with the join.
 
 Label sets here are supersets of the in-process ones (no tx-id tie-break at
 the trigger's time, gid collisions merge accounts): still necessary
@@ -59,9 +74,9 @@ import numpy as np
 import pyarrow as pa
 from numba import njit
 
-from .shard_kernel import BACKWARD_TAG, COLLECT_TAG, GUARD_TAG, map_find, map_slot, new_map
+from .shard_kernel import BACKWARD_TAG, COLLECT_TAG, GUARD_TAG, POST_TAG, WRAP_TAG, map_find, map_slot, new_map
 
-SEARCH, GATHER, LATE = 0, 1, 2
+SEARCH, GATHER, LATE, WRAP = 0, 1, 2, 3
 ACTIVE, MET, SCAN, DONE = 0, 1, 2, 3
 DEFAULT_DEGREE = 2  # assumed list length of an account no shard has reported yet
 BOTH_SIDES_BELOW = 16  # a search grows both sides in one round when the dearer one scans at most this many entries
@@ -226,6 +241,7 @@ class RoundFigures:
     searches: int = 0
     survivors: int = 0
     late: int = 0
+    late_met: int = 0  # late payments whose wrap search met: their older triggers are looked for (LATE jobs)
     gathers: int = 0
     gathered_edges: int = 0
     round_bytes: list[int] = field(default_factory=list)
@@ -299,11 +315,13 @@ class LabelRounds:
 
     def add(self, kind: int, ref: np.ndarray, ts: np.ndarray, u: np.ndarray, u_owner: np.ndarray, u_deg: np.ndarray,
             v: np.ndarray, v_owner: np.ndarray, v_deg: np.ndarray, *, active: np.ndarray | None = None,
-            first: np.ndarray | None = None, replies: list[LabelReply] = (), seed: bool = True) -> np.ndarray:
+            first: np.ndarray | None = None, replies: list[LabelReply] = (), seed: bool = True,
+            open_scan: bool = True) -> np.ndarray:
         """New jobs for payments `u -> v` at `ts` (`ref`: what the job belongs to); returns their job ids.
 
         `u_deg`/`v_deg`: u's in-list and v's out-list lengths where known (-1: ask the cache).
-        For LATE, u is the late payment's src x and v its dst y. `active`: jobs to
+        For LATE and WRAP, u is the late payment's src x and v its dst y; a LATE job
+        without `open_scan` grows its backward side from the start. `active`: jobs to
         run (the others are born done); `first[i]` bit 0/1: job i's forward/backward
         first layer was grown when the batch was stored, its labels are in `replies`.
         Without `seed` the jobs get no root labels (the caller gives them labels).
@@ -315,7 +333,7 @@ class LabelRounds:
         ids = np.arange(self.n_jobs, self.n_jobs + n)
         w = self.window
         self.kind[ids], self.state[ids], self.ref[ids], self.ts[ids] = kind, ACTIVE, ref, ts
-        self.open_scan[ids] = kind == LATE
+        self.open_scan[ids] = kind == LATE and open_scan
         if active is not None:
             self.state[ids[~active]] = DONE
         self.hub[:, ids] = False
@@ -324,12 +342,14 @@ class LabelRounds:
             self.done[0, ids], self.done[1, ids] = first & 1, (first >> 1) & 1
         self.root[0, ids], self.root_owner[0, ids], self.root_deg[0, ids] = v, v_owner, v_deg
         self.root[1, ids], self.root_owner[1, ids], self.root_deg[1, ids] = u, u_owner, u_deg
-        if kind == LATE:
+        if kind == LATE or kind == WRAP:
             f_root = ts if self.strict else ts - w
             b_root = ts if self.strict else ts + w
             self.bound[0, ids], self.bound[1, ids] = ts + w, ts - w
-            # forward first: the backward side waits (limit 0) until the forward scan finds too many candidates
-            self.limit[0, ids], self.limit[1, ids] = self.hops - 1, 0
+            if kind == WRAP:
+                self.limit[:, ids] = self.hops
+            else:  # forward first: the backward side waits (limit 0) until the open scan finds a candidate
+                self.limit[0, ids], self.limit[1, ids] = self.hops - 1, 0 if open_scan else self.hops - 1
         else:
             f_root, b_root = ts - w, ts
             self.bound[0, ids], self.bound[1, ids] = ts, ts - w
@@ -345,6 +365,7 @@ class LabelRounds:
             return ids
         pend = np.empty(2 * n, np.int64)
         self.n_entries, n_pend = _seed(ids, u, u_owner, u_deg, v, v_owner, v_deg, f_root, b_root, kind == SEARCH,
+                                       2 if kind == WRAP else 0,
                                        self.m1, self.m2, self.midx, self.e_gid, self.e_key, self.e_val, self.e_hop,
                                        self.e_owner, self.e_deg, self.e_stamp, self.n_entries, pend, self.state,
                                        self.done, self.cache.k1, self.cache.k2, self.cache.deg, DEFAULT_DEGREE)
@@ -352,8 +373,10 @@ class LabelRounds:
         running = n if active is None else int(np.count_nonzero(active))
         if kind == SEARCH:
             self.figures.searches += running
-        elif kind == LATE:
+        elif kind == WRAP or (kind == LATE and open_scan):
             self.figures.late += running
+        elif kind == LATE:
+            self.figures.late_met += running
         else:
             self.figures.gathers += running
         self._take(list(replies))
@@ -372,7 +395,8 @@ class LabelRounds:
         r_label, r_bound, r_owner = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int16)
         carry = np.empty(n, np.int64)
         n_req, n_carry = _plan(self.pending, self.e_gid, self.e_key, self.e_val, self.e_owner, self.e_deg,
-                               self.kind, self.state, self.done, self.limit, self.bound, self.hops, BOTH_SIDES_BELOW,
+                               self.kind, self.state, self.done, self.limit, self.bound, self.ts, self.hops,
+                               BOTH_SIDES_BELOW,
                                BOTH_SIDES_BUDGET, self.guard, go, r_job, r_tag, r_gid, r_label, r_bound, r_owner, carry)
         self.pending = carry[:n_carry]
         scans = self._scans()
@@ -414,7 +438,7 @@ class LabelRounds:
             owner = np.concatenate([r.owner for r in replies])
             value = np.concatenate([r.value for r in replies])
             degree = np.concatenate([r.degree for r in replies])
-            self.cache.update(gid, d, degree)
+            self.cache.update(gid, d & 1, degree)  # d: + 2 for the post-wrap state
             self._room(0, job.size)
             pend = np.empty(job.size, np.int64)
             self.n_entries, n_new = _absorb(job, d, gid, owner, value, degree, self.kind, self.state, self.done,
@@ -450,6 +474,14 @@ class LabelRounds:
         if met.size == 0:
             return
         self.state[met] = DONE
+        wrapped = met[self.kind[met] == WRAP]
+        if wrapped.size:  # a late payment that may close rings at newer triggers: look for them
+            self.add(LATE, self.ref[wrapped], self.ts[wrapped], self.root[1, wrapped], self.root_owner[1, wrapped],
+                     self.root_deg[1, wrapped], self.root[0, wrapped], self.root_owner[0, wrapped],
+                     self.root_deg[0, wrapped], open_scan=False)
+            met = met[self.kind[met] == SEARCH]
+            if met.size == 0:
+                return
         self.survivors.extend(met.tolist())
         self.figures.survivors += met.size
         roots = (self.root[1, met], self.root_owner[1, met], self.root_deg[1, met], self.root[0, met],
@@ -461,7 +493,7 @@ class LabelRounds:
         self.done[:, ids] = np.minimum(self.done[:, met], self.limit[:, ids] - 1)
         target = np.full(self.n_jobs, -1, np.int64)
         target[met] = ids
-        copies = int(np.count_nonzero(target[self.e_key[:self.n_entries] >> 1] >= 0))
+        copies = int(np.count_nonzero(target[self.e_key[:self.n_entries] >> 2] >= 0))
         self._room(0, copies)
         pend = np.empty(copies, np.int64)
         self.n_entries, n_pend = _copy_labels(target, self.n_entries, self.m1, self.m2, self.midx, self.e_gid,
@@ -479,11 +511,11 @@ class LabelRounds:
         flag = np.zeros(self.n_jobs, np.bool_)
         flag[ready] = True
         fwd, bwd = _late_labels(flag, self.e_key, self.n_entries)
-        bwd = bwd[~self.open_scan[self.e_key[bwd] >> 1]]  # an open scan joins nothing
-        jobs = self.e_key[fwd] >> 1
+        bwd = bwd[~self.open_scan[self.e_key[bwd] >> 2]]  # an open scan joins nothing
+        jobs = self.e_key[fwd] >> 2
         start = self.e_val[fwd] if self.strict else self.ts[jobs]
         return (jobs.astype(np.int32), self.e_gid[fwd], start, self.ts[jobs] + self.window,
-                self.e_hop[fwd], self.open_scan[jobs], self.e_owner[fwd], self.e_gid[bwd], self.e_key[bwd] >> 1,
+                self.e_hop[fwd], self.open_scan[jobs], self.e_owner[fwd], self.e_gid[bwd], self.e_key[bwd] >> 2,
                 self.e_val[bwd], self.e_hop[bwd])
 
     def _candidates(self, found: Candidates) -> None:
@@ -514,13 +546,12 @@ class LabelRounds:
                  found.src_owner[keep], none, found.dst[keep], found.dst_owner[keep], none)
 
     def _filter_late(self, jobs: np.ndarray) -> None:
-        """Late jobs whose open scan found too many candidates: grow the backward side from the root, scan again."""
+        """Late jobs whose open scan found a candidate: grow the backward side from the root, scan again."""
         self.open_scan[jobs] = False
         self.state[jobs] = ACTIVE
         self.limit[1, jobs] = self.hops - 1
-        roots = np.array([self.midx[map_find(self.m1, self.m2, self.root[1, j], 2 * j + 1)] for j in jobs.tolist()],
-                         np.int64)
-        self.pending = np.concatenate([self.pending, roots])
+        self.pending = np.concatenate([self.pending, _entries_of(self.m1, self.m2, self.midx, self.root[1, jobs],
+                                                                 4 * jobs + 1)])
 
     def count_store_call(self, sent: int, got: int, seconds: float) -> None:
         """The batch's store call (which grew the first layers) is a round too; `seconds`: the slowest shard's."""
@@ -539,6 +570,11 @@ class LabelRounds:
 
     def survivor_refs(self) -> np.ndarray:
         return self.ref[np.array(self.survivors, np.int64)]
+
+    def late_refs(self) -> np.ndarray:
+        """The `ref` (batch row) of every late payment that got a LATE job: under strict order those whose wrap
+        search met; the others lie on no ring with a newer trigger."""
+        return self.ref[:self.n_jobs][self.kind[:self.n_jobs] == LATE]
 
 
 _NO_SCAN = (np.zeros(0, np.int32), np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64),
@@ -584,19 +620,30 @@ def _put(m1, m2, midx, e_gid, e_key, e_val, e_hop, e_owner, e_deg, e_stamp, n, g
 
 
 @njit(cache=True)
-def _meets(m1, m2, midx, e_val, g, job, d, value):
-    """Does the label just improved meet the other side's label of the same account (forward <= backward)?"""
-    slot = map_find(m1, m2, g, job * 2 + (1 - d))
+def _meets(m1, m2, midx, e_val, g, key, value):
+    """Does the label just improved (key: job * 4 + state * 2 + direction) meet the other side's label of the
+    same account and state (forward <= backward)?"""
+    slot = map_find(m1, m2, g, key ^ 1)
     if slot < 0:
         return False
     other = e_val[midx[slot]]
-    return value <= other if d == 0 else other <= value
+    return value <= other if (key & 1) == 0 else other <= value
 
 
 @njit(cache=True)
-def _seed(ids, u, u_owner, u_deg, v, v_owner, v_deg, f_root, b_root, search, m1, m2, midx, e_gid, e_key, e_val, e_hop,
-          e_owner, e_deg, e_stamp, n, pend, state, done, c1, c2, cdeg, default):
-    """Root labels of new jobs (pending unless that side's first layer is already grown); returns (n, pending)."""
+def _entries_of(m1, m2, midx, gids, keys):
+    """The entries of these (gid, key) labels (all present)."""
+    out = np.empty(gids.shape[0], np.int64)
+    for i in range(gids.shape[0]):
+        out[i] = midx[map_find(m1, m2, gids[i], keys[i])]
+    return out
+
+
+@njit(cache=True)
+def _seed(ids, u, u_owner, u_deg, v, v_owner, v_deg, f_root, b_root, search, b_state, m1, m2, midx, e_gid, e_key,
+          e_val, e_hop, e_owner, e_deg, e_stamp, n, pend, state, done, c1, c2, cdeg, default):
+    """Root labels of new jobs (pending unless that side's first layer is already grown); returns (n, pending).
+    `b_state`: 2 when the backward root is in the post-wrap state (WRAP jobs)."""
     n_pend = 0
     for i in range(ids.shape[0]):
         j = ids[i]
@@ -604,30 +651,30 @@ def _seed(ids, u, u_owner, u_deg, v, v_owner, v_deg, f_root, b_root, search, m1,
             continue
         dv = v_deg[i] if v_deg[i] >= 0 else _cache_get(c1, c2, cdeg, v[i], 0, default)
         du = u_deg[i] if u_deg[i] >= 0 else _cache_get(c1, c2, cdeg, u[i], 1, default)
-        e, n, _ = _put(m1, m2, midx, e_gid, e_key, e_val, e_hop, e_owner, e_deg, e_stamp, n, v[i], j * 2, f_root[i],
+        e, n, _ = _put(m1, m2, midx, e_gid, e_key, e_val, e_hop, e_owner, e_deg, e_stamp, n, v[i], j * 4, f_root[i],
                        0, v_owner[i], dv, True)
         if done[0, j] == 0:
             pend[n_pend] = e
             n_pend += 1
-        e, n, _ = _put(m1, m2, midx, e_gid, e_key, e_val, e_hop, e_owner, e_deg, e_stamp, n, u[i], j * 2 + 1,
+        e, n, _ = _put(m1, m2, midx, e_gid, e_key, e_val, e_hop, e_owner, e_deg, e_stamp, n, u[i], j * 4 + 1 + b_state,
                        b_root[i], 0, u_owner[i], du, False)
         if done[1, j] == 0:
             pend[n_pend] = e
             n_pend += 1
-        if search and _meets(m1, m2, midx, e_val, u[i], j, 1, b_root[i]):
+        if search and _meets(m1, m2, midx, e_val, u[i], j * 4 + 1, b_root[i]):
             state[j] = MET
     return n, n_pend
 
 
 @njit(cache=True)
-def _plan(pending, e_gid, e_key, e_val, e_owner, e_deg, kind, state, done, limit, bound, hops, both_below, budget,
+def _plan(pending, e_gid, e_key, e_val, e_owner, e_deg, kind, state, done, limit, bound, ts, hops, both_below, budget,
           guard, go, r_job, r_tag, r_gid, r_label, r_bound, r_owner, carry):
     J = go.shape[1]
     cost = np.zeros((2, J), np.int64)
     count = np.zeros((2, J), np.int64)
     for i in range(pending.shape[0]):
         e = pending[i]
-        j, d = e_key[e] >> 1, e_key[e] & 1
+        j, d = e_key[e] >> 2, e_key[e] & 1
         if state[j] == ACTIVE:
             cost[d, j] += e_deg[e]
             count[d, j] += 1
@@ -638,7 +685,7 @@ def _plan(pending, e_gid, e_key, e_val, e_owner, e_deg, kind, state, done, limit
     for j in range(J):
         if state[j] != ACTIVE:
             continue
-        if kind[j] == SEARCH:
+        if kind[j] == SEARCH or kind[j] == WRAP:
             if done[0, j] + done[1, j] >= hops:
                 continue
             if count[0, j] == 0 or count[1, j] == 0:  # one side emptied by the hub guard: the other grows alone
@@ -668,19 +715,24 @@ def _plan(pending, e_gid, e_key, e_val, e_owner, e_deg, kind, state, done, limit
     n_carry = 0
     for i in range(pending.shape[0]):
         e = pending[i]
-        j, d = e_key[e] >> 1, e_key[e] & 1
+        j, d, s = e_key[e] >> 2, e_key[e] & 1, (e_key[e] >> 1) & 1
         if state[j] != ACTIVE:
             continue
         if go[d, j]:
             tag = d
+            b = bound[d, j]
             if kind[j] == GATHER:
-                tag |= 2
+                tag |= COLLECT_TAG
             elif kind[j] == SEARCH and guard:
-                tag |= 4
+                tag |= GUARD_TAG
+            elif kind[j] == WRAP:
+                tag |= WRAP_TAG | (POST_TAG if s else 0)
+                if s != d:  # forward post-wrap, backward pre-wrap: bounded by the late payment's time
+                    b = ts[j]
             r_job[n_req], r_tag[n_req], r_gid[n_req] = j, tag, e_gid[e]
-            r_label[n_req], r_bound[n_req], r_owner[n_req] = e_val[e], bound[d, j], e_owner[e]
+            r_label[n_req], r_bound[n_req], r_owner[n_req] = e_val[e], b, e_owner[e]
             n_req += 1
-        elif kind[j] == SEARCH or done[d, j] < limit[d, j]:
+        elif kind[j] == SEARCH or kind[j] == WRAP or done[d, j] < limit[d, j]:
             carry[n_carry] = e
             n_carry += 1
     for j in range(J):
@@ -695,11 +747,12 @@ def _absorb(job, dirs, gid, owner, value, degree, kind, state, done, m1, m2, mid
             e_owner, e_deg, e_stamp, n, pend, stamp, c1, c2, cdeg, default):
     n_new = 0
     for i in range(job.shape[0]):
-        j, d = np.int64(job[i]), np.int64(dirs[i])
+        j, d = np.int64(job[i]), np.int64(dirs[i]) & 1
+        key = j * 4 + np.int64(dirs[i])  # dirs: direction, + 2 for the post-wrap state
         if state[j] != ACTIVE and state[j] != MET:  # a search that met this round still records its layer
             continue
         deg = degree[i] if degree[i] >= 0 else _cache_get(c1, c2, cdeg, gid[i], d, default)
-        e, n, better = _put(m1, m2, midx, e_gid, e_key, e_val, e_hop, e_owner, e_deg, e_stamp, n, gid[i], j * 2 + d,
+        e, n, better = _put(m1, m2, midx, e_gid, e_key, e_val, e_hop, e_owner, e_deg, e_stamp, n, gid[i], key,
                             value[i], done[d, j], owner[i], deg, d == 0)
         if not better:
             continue
@@ -707,7 +760,7 @@ def _absorb(job, dirs, gid, owner, value, degree, kind, state, done, m1, m2, mid
             e_stamp[e] = stamp
             pend[n_new] = e
             n_new += 1
-        if kind[j] == SEARCH and _meets(m1, m2, midx, e_val, gid[i], j, d, value[i]):
+        if (kind[j] == SEARCH or kind[j] == WRAP) and _meets(m1, m2, midx, e_val, gid[i], key, value[i]):
             state[j] = MET
     return n, n_new
 
@@ -720,11 +773,11 @@ def _settle(pending, e_key, kind, state, done, limit, hub, hops, J):
     count = np.zeros((2, J), np.int64)
     for i in range(pending.shape[0]):
         e = pending[i]
-        count[e_key[e] & 1, e_key[e] >> 1] += 1
+        count[e_key[e] & 1, e_key[e] >> 2] += 1
     for j in range(J):
         if state[j] != ACTIVE:
             continue
-        if kind[j] == SEARCH:
+        if kind[j] == SEARCH or kind[j] == WRAP:
             if done[0, j] + done[1, j] >= hops or (count[0, j] == 0 and count[1, j] == 0) \
                     or (count[0, j] == 0 and not hub[0, j]) or (count[1, j] == 0 and not hub[1, j]):
                 state[j] = DONE
@@ -743,11 +796,11 @@ def _copy_labels(target, n_old, m1, m2, midx, e_gid, e_key, e_val, e_hop, e_owne
     n = n_old
     n_pend = 0
     for e in range(n_old):
-        j, d = e_key[e] >> 1, e_key[e] & 1
+        j, d = e_key[e] >> 2, e_key[e] & 1
         g = target[j]
         if g < 0:
             continue
-        f, n, _ = _put(m1, m2, midx, e_gid, e_key, e_val, e_hop, e_owner, e_deg, e_stamp, n, e_gid[e], g * 2 + d,
+        f, n, _ = _put(m1, m2, midx, e_gid, e_key, e_val, e_hop, e_owner, e_deg, e_stamp, n, e_gid[e], g * 4 + d,
                        e_val[e], e_hop[e], e_owner[e], e_deg[e], d == 0)
         if e_hop[e] <= done[d, g]:
             pend[n_pend] = f
@@ -762,7 +815,7 @@ def _late_labels(flag, e_key, n):
     bwd = np.empty(n, np.int64)
     nf = nb = 0
     for e in range(n):
-        j = e_key[e] >> 1
+        j = e_key[e] >> 2
         if flag[j]:
             if e_key[e] & 1:
                 bwd[nb] = e

@@ -20,7 +20,20 @@ out-edges with `label <= ts <= bound`; backward, its in-edges with
 `bound <= ts <= label`. Each edge yields the peer a new label: its `ts` under
 strict order, the entry's label under `order="none"` (there only
 reachability counts). The shard keeps the best label per (job, direction,
-peer) — min forward, max backward — and answers those. Payments at exactly
+state, peer) — min forward, max backward — and answers those (`dir`: the
+direction, plus 2 for the post-wrap state).
+
+A wrap entry (bit 3, label_rounds' WRAP jobs, strict order only) belongs to
+the search for the rings a late payment p = x -> y closes at a newer trigger
+T: around the ring from y, payments after p up to T (pre-wrap, state 0),
+then from T's dst back to x payments no older than ts(T) - window (post-wrap,
+bit 4 set). Forward, a pre-wrap entry (its bound ts(p) + window) gives each
+edge's dst a pre-wrap label (the edge's ts) and, the edge taken as T, a
+post-wrap one (ts - window: the earliest the next payment may be); a
+post-wrap entry's bound is ts(p). Backward, a post-wrap entry (its bound
+ts(p) - window) scans its in-edges up to label + window: those up to the
+label give post-wrap labels, those from ts(p) on, taken as T, pre-wrap ones;
+a pre-wrap entry's bound is ts(p). Payments at exactly
 the trigger's time are all let through: the driver does not send tx ids,
 and a larger label set is still a valid necessary condition (the exact
 search on the gathered edges applies the `(ts, tx_id)` rule).
@@ -33,6 +46,8 @@ from numba import njit
 
 from .kernel import DUPLICATE, EMPTY, NEW, SEG_HEAD, SEG_LEN, fnv1a, grown, list_range, live_len
 
+POST_TAG = 16
+WRAP_TAG = 8
 GUARD_TAG = 4
 COLLECT_TAG = 2
 BACKWARD_TAG = 1
@@ -192,12 +207,12 @@ def first_layer(rows, status, eids, replay, window, min_amt, cheap, guard, me, o
 
 
 @njit(cache=True)
-def expand(job, tag, gid, label, bound, strict, min_amt, max_degree, me, g_tab, g_next, gid_of, owner_of,
+def expand(job, tag, gid, label, bound, strict, window, min_amt, max_degree, me, g_tab, g_next, gid_of, owner_of,
            a_seg, p_eid, e_hot, e_amt, horizon):
     """Expand each entry over the lists of the accounts this shard owns under its gid.
 
-    Returns (job, direction, gid, owner, value, degree) of the best new label per
-    (job, direction, peer) — `degree` is the peer's list length in that direction
+    Returns (job, direction (+ 2: post-wrap), gid, owner, value, degree) of the best new label per
+    (job, direction, state, peer) — `degree` is the peer's list length in that direction
     when this shard owns the peer (-1 otherwise: the driver estimates) — the
     (job * 2 + direction) codes that met a hub under the guard, and the edge ids
     scanned by collecting entries (repeats possible). Edges older than `horizon`
@@ -219,6 +234,12 @@ def expand(job, tag, gid, label, bound, strict, min_amt, max_degree, me, g_tab, 
         d = tag[i] & BACKWARD_TAG
         collect = (tag[i] & COLLECT_TAG) != 0
         guard = (tag[i] & GUARD_TAG) != 0 and max_degree >= 0
+        wrap = (tag[i] & WRAP_TAG) != 0
+        post = (tag[i] & POST_TAG) != 0
+        key = job[i] * 4 + d
+        lo, hi = (label[i], bound[i]) if d == 0 else (bound[i], label[i])
+        if wrap and d == 1 and post:  # also the in-edges that may be the trigger T: from ts(p) on
+            hi = label[i] + window
         x = owned_account(g_tab, gid_of, gid[i])
         while x >= 0:
             if guard and live_len(a_seg, p_eid, e_hot, x, d, horizon) > max_degree:
@@ -227,10 +248,7 @@ def expand(job, tag, gid, label, bound, strict, min_amt, max_degree, me, g_tab, 
                 n_hubs += 1
                 x = g_next[x]
                 continue
-            if d == 0:
-                start, stop = list_range(a_seg, p_eid, e_hot, x, 0, max(label[i], horizon), bound[i])
-            else:
-                start, stop = list_range(a_seg, p_eid, e_hot, x, 1, max(bound[i], horizon), label[i])
+            start, stop = list_range(a_seg, p_eid, e_hot, x, d, max(lo, horizon), hi)
             for k in range(start, stop):
                 e = p_eid[k]
                 r = e_hot[e]
@@ -243,15 +261,20 @@ def expand(job, tag, gid, label, bound, strict, min_amt, max_degree, me, g_tab, 
                     n_edges += 1
                 y = r.dst if d == 0 else r.src
                 value = ts if strict else label[i]
-                if 2 * (used + 1) > k2s.shape[0]:
-                    k1s, k2s, vals, peers = _rehash(k1s, k2s, vals, peers)
-                slot, new = map_slot(k1s, k2s, np.uint64(y), job[i] * 2 + d)
-                if new:
-                    vals[slot] = value
-                    peers[slot] = used
-                    used += 1
-                elif (d == 0 and value < vals[slot]) or (d == 1 and value > vals[slot]):
-                    vals[slot] = value
+                if not wrap:
+                    k1s, k2s, vals, peers, used = _keep(k1s, k2s, vals, peers, used, y, key, value, d)
+                elif d == 0:
+                    k1s, k2s, vals, peers, used = _keep(k1s, k2s, vals, peers, used, y, key + 2, ts - window if not post
+                                                        else ts, d)
+                    if not post:
+                        k1s, k2s, vals, peers, used = _keep(k1s, k2s, vals, peers, used, y, key, ts, d)
+                elif not post:
+                    k1s, k2s, vals, peers, used = _keep(k1s, k2s, vals, peers, used, y, key, ts, d)
+                else:
+                    if ts <= label[i]:
+                        k1s, k2s, vals, peers, used = _keep(k1s, k2s, vals, peers, used, y, key + 2, ts, d)
+                    if ts >= bound[i] + window:
+                        k1s, k2s, vals, peers, used = _keep(k1s, k2s, vals, peers, used, y, key, ts, d)
             x = g_next[x]
     out_job = np.empty(used, np.int32)
     out_dir = np.empty(used, np.int8)
@@ -265,13 +288,28 @@ def expand(job, tag, gid, label, bound, strict, min_amt, max_degree, me, g_tab, 
         j = peers[slot]
         y = np.int64(k1s[slot])
         d = k2s[slot] & 1
-        out_job[j] = k2s[slot] >> 1
-        out_dir[j] = d
+        out_job[j] = k2s[slot] >> 2
+        out_dir[j] = k2s[slot] & 3
         out_gid[j] = gid_of[y]
         out_owner[j] = owner_of[y]
         out_val[j] = vals[slot]
         out_deg[j] = a_seg[y, d, SEG_LEN] - a_seg[y, d, SEG_HEAD] if owner_of[y] == me else -1  # a cost hint
     return out_job, out_dir, out_gid, out_owner, out_val, out_deg, hubs[:n_hubs].copy(), edges[:n_edges].copy()
+
+
+@njit(cache=True)
+def _keep(k1s, k2s, vals, peers, used, y, key, value, d):
+    """Keep the best label of peer y under key (job * 4 + state * 2 + direction): min forward, max backward."""
+    if 2 * (used + 1) > k2s.shape[0]:
+        k1s, k2s, vals, peers = _rehash(k1s, k2s, vals, peers)
+    slot, new = map_slot(k1s, k2s, np.uint64(y), key)
+    if new:
+        vals[slot] = value
+        peers[slot] = used
+        used += 1
+    elif (d == 0 and value < vals[slot]) or (d == 1 and value > vals[slot]):
+        vals[slot] = value
+    return k1s, k2s, vals, peers, used
 
 
 @njit(cache=True)

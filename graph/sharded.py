@@ -44,6 +44,7 @@ from .kernel import EMPTY
 from .label_rounds import (
     LATE,
     SEARCH,
+    WRAP,
     Candidates,
     DegreeCache,
     FirstLayer,
@@ -181,7 +182,7 @@ class GraphShard:
             *entries, flags = sk.first_layer(
                 rows, status, eids, first.replay, first.window, first.min_amount, first.cheap, first.max_degree >= 0,
                 self.index, self._owner_of, self._gid_of, store.e_hot, store.e_amt, store.a_seg)
-            labels = self._expand(*entries, strict=first.strict, min_amount=first.min_amount,
+            labels = self._expand(*entries, strict=first.strict, window=first.window, min_amount=first.min_amount,
                                   max_degree=first.max_degree)
             flags |= _ran_out(rows, flags, labels)
         return Stored(status, before, self._lengths(eids), flags, labels, time.perf_counter() - started)
@@ -201,11 +202,11 @@ class GraphShard:
         return out
 
     def _expand(self, job: np.ndarray, tag: np.ndarray, gid: np.ndarray, label: np.ndarray, bound: np.ndarray, *,
-                strict: bool, min_amount: int, max_degree: int) -> LabelReply:
+                strict: bool, window: int, min_amount: int, max_degree: int) -> LabelReply:
         """`shard_kernel.expand` over this shard's lists; the labels as a reply (gathered rows included)."""
         store = self.store
         job, d, gid, owner, value, degree, hubs, scanned = sk.expand(
-            job, tag, gid, label, bound, strict, min_amount, max_degree, self.index, self._g_tab, self._g_next,
+            job, tag, gid, label, bound, strict, window, min_amount, max_degree, self.index, self._g_tab, self._g_next,
             self._gid_of, self._owner_of, store.a_seg, store.p_eid, store.e_hot, store.e_amt, store.horizon)
         edges = store.edge_table(np.unique(scanned)) if scanned.size else None
         return LabelReply(job, d, gid, owner, value, degree, hubs, edges)
@@ -214,8 +215,8 @@ class GraphShard:
         """One round of label_rounds' search over the lists this shard owns."""
         started = time.perf_counter()
         r, store = request, self.store
-        reply = self._expand(r.job, r.tag, r.gid, r.label, r.bound, strict=r.strict, min_amount=r.min_amount,
-                             max_degree=r.max_degree)
+        reply = self._expand(r.job, r.tag, r.gid, r.label, r.bound, strict=r.strict, window=r.window,
+                             min_amount=r.min_amount, max_degree=r.max_degree)
         if r.scan_job.size:
             join = sk.fill_map(r.join_gid, r.join_job, r.join_val, r.join_hop, _map_size(r.join_gid.size))
             cand_job, found = sk.late_scan(
@@ -288,7 +289,7 @@ def _ran_out(rows: np.ndarray, flags: np.ndarray, labels: LabelReply) -> np.ndar
     """Bits 2/3 (4, 8) for rows whose first forward/backward layer was grown and found nothing (no label, no
     hub skipped): that side's labels are final and hold only its root, so the search is over, ring-free."""
     found = np.zeros((2, rows.shape[0]), np.bool_)
-    found[labels.dir, np.searchsorted(rows, labels.job)] = True
+    found[labels.dir & 1, np.searchsorted(rows, labels.job)] = True
     found[labels.hubs % 2, np.searchsorted(rows, labels.hubs // 2)] = True
     out = np.zeros(rows.shape[0], np.int8)
     out[((flags & 1) != 0) & ~found[0]] |= 4
@@ -404,8 +405,8 @@ class ShardedRingGraph:
         search.add(SEARCH, np.arange(rows), ts, *ends, active=triggers & ((grown & 12) == 0), first=grown & 3,
                    replies=labels)
         search.figures.searches = int(np.count_nonzero(triggers))
-        if late.size:
-            search.add(LATE, late, ts[late], *(column[late] for column in ends))
+        if late.size:  # under strict order a wrap search first (LATE jobs for those that meet), else LATE at once
+            search.add(WRAP if o.order == "strict" else LATE, late, ts[late], *(column[late] for column in ends))
         while True:
             requests = search.plan()
             if not requests:
@@ -416,7 +417,9 @@ class ShardedRingGraph:
             search.absorb(list(answers.values()))
         self.figures = search.figures
         cut_rows = search.cut_refs()
-        targets = np.union1d(search.survivor_refs(), late)
+        # the exact search's triggers: the payments whose search met, and the late ones whose rings at newer
+        # triggers are looked for (their candidates come gathered)
+        targets = np.union1d(search.survivor_refs(), search.late_refs())
         if targets.size == 0 and not search.gathered:
             result.truncated_searches = int(np.unique(cut_rows).size)
             return result

@@ -292,6 +292,11 @@ class Node:
         reply(True, None)
         self._submit(spec)
 
+    def _op_submit_held(self, reply: Reply, spec: TaskSpec) -> None:
+        """A call from this node's driver or one of its workers, which holds the ref to its result."""
+        self._objects.hold(spec.task_id)
+        self._submit(spec)
+
     def _submit(self, spec: TaskSpec) -> None:
         self._objects.entry(spec.task_id).spec = spec
         if spec.forwarded_by:  # kept for the forwarding node until it has the result

@@ -40,6 +40,8 @@ class Blob:
 
 def pack(value: Any, *, what: str = "value", threshold: int = SHARED_THRESHOLD) -> Blob:
     data, buffers = dumps(value, what=what)
+    if not buffers and len(data) <= threshold:  # the common small value
+        return Blob(len(data), data)
     raws = [b.raw() for b in buffers]
     size = len(data) + sum(r.nbytes for r in raws)
     if size <= threshold:

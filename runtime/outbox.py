@@ -8,9 +8,18 @@ one write the node reads in one turn. Held results never wait long: any other
 message to the node writes them first (so order is kept, and a nested `get`
 or a checkpoint never waits behind them); the worker writes them before it
 starts a call once the oldest has waited `HOLD_S`, and before it runs out of
-queued calls (so the node sees in time that the worker needs more); and a
-flusher thread writes them within `LATE_S` when a call runs long, so a caller
+queued calls (so the node sees in time that the worker needs more); and when a
+call runs long or blocks, a one-shot timer (`SIGALRM`, set when the first
+result is held) writes them once the oldest has waited `LATE_S`, so a caller
 waiting on a result is never left behind a call that blocks.
+
+A timer rather than a flusher thread: a thread had to wake to look, and take
+the GIL from the busy main thread to do it — with 8 actors on 2 cores its
+ticks were ~1.5 wake-ups and 20-35 us of CPU per 1 ms call
+(bench/runtime_micro.py); the timer fires at most once per `LATE_S` while
+results are held, on the main thread, which needs no wake-up. Task code that installs its own `SIGALRM` handler
+turns holding off (results then go at once); the worker process's `SIGALRM`
+is otherwise the runtime's.
 
 Frames follow `multiprocessing.connection` (4-byte big-endian length, or -1
 and an 8-byte length, then the pickle), which `workers.WorkerPipe` reads.
@@ -21,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import socket
 import struct
 import threading
@@ -31,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 HOLD_S = 0.002  # results older than this are written before the worker starts its next call
 LATE_S = 0.01  # the longest a result waits while a call runs long: latency added to an alert path
-PARK_S = 1.0  # the flusher parks once nothing has been held for this long
+RETRY_S = 0.001  # the timer fired while the main thread was writing: look again this much later
 MAX_HELD = 32  # results held at most: written together once this many have gathered
 
 _SHORT = struct.Struct("!i")
@@ -47,17 +57,24 @@ def frame(message: tuple) -> bytes:
 
 
 class Outbox:
-    """The worker's end of its pipe, for writing; used by the worker's main thread and its flusher thread."""
+    """The worker's end of its pipe, for writing; made on the worker's main thread (it owns `SIGALRM`).
+
+    Writes take a lock (task code may use the runtime from threads of its
+    own); the timer's handler runs on the main thread between two bytecodes,
+    possibly inside a write, so it never waits for the lock: it looks again
+    `RETRY_S` later.
+    """
 
     def __init__(self, conn: Connection):
         self._sock = socket.socket(fileno=os.dup(conn.fileno()))
         self._sock.setblocking(True)
-        self._lock = threading.Lock()  # one writer at a time: the main thread or the flusher
+        self._lock = threading.Lock()  # one writer at a time
         self._held = bytearray()
         self._count = 0
         self._since = 0.0  # when the oldest held result was held
-        self._armed = threading.Event()  # set while results are being held: the flusher ticks
-        threading.Thread(target=self._flusher, name="ringwatch-worker-flush", daemon=True).start()
+        self._armed = False  # the timer is set
+        self._on_alarm = self._late  # one bound method: `hold` checks it is still the handler
+        signal.signal(signal.SIGALRM, self._on_alarm)
 
     def send(self, message: tuple) -> None:
         """Write a message now, after the results held (raises OSError when the node is gone)."""
@@ -69,15 +86,22 @@ class Outbox:
             self._sock.sendall(data)
 
     def hold(self, message: tuple) -> None:
-        """Keep a result to send with the next write (at once when `MAX_HELD` have gathered)."""
+        """Keep a result to send with the next write (at once when `MAX_HELD` have gathered).
+
+        Written at once, held nothing, when task code has taken `SIGALRM`: no timer would bound the wait.
+        """
         data = frame(message)
         with self._lock:
+            if not self._count and not self._armed:
+                if signal.getsignal(signal.SIGALRM) is not self._on_alarm:
+                    self._sock.sendall(data)
+                    return
+                self._armed = True
+                signal.setitimer(signal.ITIMER_REAL, LATE_S)
             self._held += data
             self._count += 1
             if self._count == 1:
                 self._since = time.monotonic()
-                if not self._armed.is_set():
-                    self._armed.set()
             if self._count >= MAX_HELD:
                 self._write_held()
 
@@ -98,24 +122,28 @@ class Outbox:
         self._held.clear()
         self._count = 0
 
-    def _flusher(self) -> None:
-        """Write held results that a long or blocked call would keep waiting (at most `LATE_S`).
+    def _late(self, signum: int, _frame: object) -> None:
+        """The timer: write what a long or blocked call keeps waiting (the oldest at `LATE_S`).
 
-        While the worker is busy it ticks every `LATE_S` / 2 and is never woken
-        by the main thread (woken per batch, it cost workers 7-22 us a call in
-        bench/runtime_micro.py's 1 ms rows); it parks once nothing has been held
-        for `PARK_S`.
+        Set when a result is held and none was, it is not cancelled when the
+        held results are written (two system calls per batch): it looks, and
+        sets itself again for the oldest result held by then, if any.
         """
-        tick = LATE_S / 2
-        while True:
-            self._armed.wait()
-            time.sleep(tick)
-            with self._lock:
-                now = time.monotonic()
-                if self._count and now - self._since >= tick:
-                    try:
-                        self._write_held()
-                    except OSError:  # the node is gone: the main thread finds out on its next read or write
-                        self._clear()
-                elif not self._count and now - self._since > PARK_S:
-                    self._armed.clear()
+        if not self._lock.acquire(blocking=False):  # a write is under way (perhaps the one interrupted)
+            signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+            return
+        try:
+            self._armed = False
+            if not self._count:
+                return
+            left = self._since + LATE_S - time.monotonic()
+            if left > 0:  # written and held again since the timer was set: wait for the new oldest
+                self._armed = True
+                signal.setitimer(signal.ITIMER_REAL, left)
+                return
+            try:
+                self._write_held()
+            except OSError:  # the node is gone: the main thread finds out on its next read or write
+                self._clear()
+        finally:
+            self._lock.release()

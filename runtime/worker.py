@@ -372,6 +372,8 @@ def _ignore_closed(channel: Channel) -> None:
 
 def _resolve_args(spec: TaskSpec, deps: dict) -> tuple[list, dict]:
     args, kwargs = unpack(spec.args)
+    if not spec.deps:  # no ref among the arguments: nothing to replace
+        return args, kwargs
 
     def value_of(item: Any) -> Any:
         if isinstance(item, RefMarker):

@@ -48,6 +48,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,7 +202,44 @@ class CheckpointStore(Protocol):
         ...
 
 
-class FileCheckpointStore:
+class _Records(ABC):
+    """What both record stores share: records by epoch, newest whole one first, a damaged one skipped.
+
+    A subclass says which epochs exist, where a record lives (for messages) and how to load its bytes.
+    """
+
+    @abstractmethod
+    def _epochs(self) -> list[int]:
+        """The epochs stored, oldest first."""
+
+    @abstractmethod
+    def _where(self, epoch: int) -> str:
+        """Where the record of `epoch` lives, for messages."""
+
+    @abstractmethod
+    def _load(self, epoch: int) -> bytes | None:
+        """The record's bytes, None if it is gone; OSError if it cannot be read."""
+
+    def _read(self, epoch: int) -> Checkpoint | None:
+        try:
+            raw = self._load(epoch)
+            return None if raw is None else Checkpoint.from_json(raw)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("checkpoint record %s is not usable (%s); trying an older one", self._where(epoch), exc)
+            return None
+
+    def latest(self) -> Checkpoint | None:
+        for epoch in reversed(self._epochs()):
+            checkpoint = self._read(epoch)
+            if checkpoint is not None:
+                return checkpoint
+        return None
+
+    def history(self) -> list[Checkpoint]:
+        return [c for c in map(self._read, self._epochs()) if c is not None]
+
+
+class FileCheckpointStore(_Records):
     """Records as JSON files `<epoch>.checkpoint.json` under `state_dir/checkpoints`, newest `keep` kept.
 
     Each file is written to a temporary name, fsynced and renamed, so it exists
@@ -223,22 +261,11 @@ class FileCheckpointStore:
     def _epochs(self) -> list[int]:
         return sorted(int(p.name[: -len(RECORD_SUFFIX)]) for p in self.root.glob(f"*{RECORD_SUFFIX}"))
 
-    def _read(self, epoch: int) -> Checkpoint | None:
-        try:
-            return Checkpoint.from_json(self._path(epoch).read_bytes())
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            logger.warning("checkpoint record %s is not usable (%s); trying an older one", self._path(epoch), exc)
-            return None
+    def _where(self, epoch: int) -> str:
+        return str(self._path(epoch))
 
-    def latest(self) -> Checkpoint | None:
-        for epoch in reversed(self._epochs()):
-            checkpoint = self._read(epoch)
-            if checkpoint is not None:
-                return checkpoint
-        return None
-
-    def history(self) -> list[Checkpoint]:
-        return [c for c in map(self._read, self._epochs()) if c is not None]
+    def _load(self, epoch: int) -> bytes | None:
+        return self._path(epoch).read_bytes()
 
     def save(self, checkpoint: Checkpoint) -> Checkpoint:
         epochs = self._epochs()
@@ -258,7 +285,7 @@ class FileCheckpointStore:
         return dict(self._published)
 
 
-class GcsCheckpointStore:
+class GcsCheckpointStore(_Records):
     """Records of consumer group `group` in the cluster's GCS key-value table (`ringwatch.runtime.kv_*`).
 
     Keys: `ringwatch/engines/<group>/checkpoints/<epoch>` (the records, newest
@@ -291,26 +318,11 @@ class GcsCheckpointStore:
         keys = self._rt.kv_keys(f"{self._prefix}checkpoints/")
         return sorted(int(key.rsplit("/", 1)[1]) for key in keys if key.rsplit("/", 1)[1].isdigit())
 
-    def _read(self, epoch: int) -> Checkpoint | None:
-        raw = self._rt.kv_get(self._record_key(epoch))
-        if raw is None:
-            return None
-        try:
-            return Checkpoint.from_json(raw)
-        except (ValueError, KeyError, TypeError) as exc:
-            logger.warning("checkpoint record %s is not usable (%s); trying an older one", self._record_key(epoch),
-                           exc)
-            return None
+    def _where(self, epoch: int) -> str:
+        return self._record_key(epoch)
 
-    def latest(self) -> Checkpoint | None:
-        for epoch in reversed(self._epochs()):
-            checkpoint = self._read(epoch)
-            if checkpoint is not None:
-                return checkpoint
-        return None
-
-    def history(self) -> list[Checkpoint]:
-        return [c for c in map(self._read, self._epochs()) if c is not None]
+    def _load(self, epoch: int) -> bytes | None:
+        return self._rt.kv_get(self._record_key(epoch))
 
     def save(self, checkpoint: Checkpoint) -> Checkpoint:
         epochs = self._epochs()

@@ -14,6 +14,8 @@ import pytest
 import redis
 
 from ringwatch.connectors import EmbeddedBroker
+from engine_harness import EngineProcess, Receiver
+from ringwatch.connectors.embedded_broker import free_port
 from services import RayHead, RedisServer
 
 
@@ -50,6 +52,23 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on a free loopback port (tests/test_engine_webhook.py has a signing one of its own)."""
+    receiver = Receiver(free_port()).start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def engines() -> Iterator[list[EngineProcess]]:
+    """`ringwatch run` processes a test starts; whatever is still running at the end is stopped."""
+    started: list[EngineProcess] = []
+    yield started
+    for engine in started:
+        engine.ensure_stopped()
 
 
 @pytest.fixture

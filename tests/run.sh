@@ -29,4 +29,5 @@ fi
 .venv/bin/python -m ringwatch.graph.warmup
 
 # pytest exits 5 when it collects no test: that is a failure here, never a pass.
-exec .venv/bin/python -m pytest "$@"
+# --durations lists the slowest tests at the end, so a suite creeping towards CI's 20 minutes shows where.
+exec .venv/bin/python -m pytest --durations=15 "$@"

@@ -8,9 +8,6 @@ import secrets
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-
-import pytest
 
 from engine_harness import EngineProcess, checkpointed_transactions, create_topic, jsonl_ids, wait_until
 from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
@@ -98,14 +95,6 @@ def test_readers_on_other_threads_see_a_consistent_prefix_while_the_engine_write
 
 
 # ---- a real engine, restarted ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def engines() -> Iterator[list[EngineProcess]]:
-    started: list[EngineProcess] = []
-    yield started
-    for engine in started:
-        engine.ensure_stopped()
 
 
 def _consumed(client: Client) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -30,21 +29,6 @@ DEADLINE_S = 180.0
 @pytest.fixture(scope="module")
 def stream():
     return generate(SyntheticConfig(n_transactions=N_TRANSACTIONS, n_accounts=4_000, n_rings=N_RINGS, seed=7))
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    receiver = Receiver(free_port()).start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture
-def engines() -> Iterator[list[EngineProcess]]:
-    started: list[EngineProcess] = []
-    yield started
-    for engine in started:
-        engine.ensure_stopped()
 
 
 def write_config(path, bootstrap: str, topic: str, state_dir, receiver: Receiver, alerts_file):

@@ -10,9 +10,6 @@ alerts `ringwatch detect` raises on the same payments, and dead-letters none.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-
-import pytest
 
 from engine_harness import EngineProcess, checkpointed_transactions, create_topic, jsonl_ids, scrape, wait_until
 from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
@@ -21,14 +18,6 @@ from ringwatch.stream import detect
 
 N_TRANSACTIONS = 12_000
 DEADLINE_S = 240.0
-
-
-@pytest.fixture
-def engines() -> Iterator[list[EngineProcess]]:
-    started: list[EngineProcess] = []
-    yield started
-    for engine in started:
-        engine.ensure_stopped()
 
 
 def test_a_four_partition_backlog_raises_exactly_what_detect_raises(kafka_bootstrap, unique_name, tmp_path,

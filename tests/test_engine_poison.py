@@ -5,9 +5,7 @@ whose `ts` is 1e308 (`invalid:ts`: it must not reach, let alone crash, a shard).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
-import pytest
 from kafka import KafkaProducer
 
 from engine_harness import (
@@ -30,14 +28,6 @@ DEADLINE_S = 120.0
 MAX_MESSAGE_BYTES = 10_000
 DAY_MS = 86_400_000
 YEAR_2150_MS = 5_680_281_600_000  # ahead of any wall clock, inside the record model's 1970-2200
-
-
-@pytest.fixture
-def engines() -> Iterator[list[EngineProcess]]:
-    started: list[EngineProcess] = []
-    yield started
-    for engine in started:
-        engine.ensure_stopped()
 
 
 def poison_messages(first_ts: int, reused: Transaction) -> dict[str, bytes]:

@@ -19,9 +19,8 @@ from collections.abc import Iterator
 import pytest
 from kafka import KafkaProducer
 
-from engine_harness import SECRET, EngineProcess, Receiver, create_topic, jsonl_ids, wait_until
+from engine_harness import SECRET, EngineProcess, create_topic, jsonl_ids, wait_until
 from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
-from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.graph import Transaction
 from ringwatch.stream import FileCheckpointStore, detect
 from runtime_cluster import TOKEN, Cluster
@@ -30,21 +29,6 @@ from services import RedisServer
 N_TRANSACTIONS = 10_000
 N_RINGS = 12
 DEADLINE_S = 180.0
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    receiver = Receiver(free_port()).start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture
-def engines() -> Iterator[list[EngineProcess]]:
-    started: list[EngineProcess] = []
-    yield started
-    for engine in started:
-        engine.ensure_stopped()
 
 
 def produce(bootstrap: str, topic: str, transactions: list[Transaction], partition_of: dict[str, int]) -> None:

@@ -10,41 +10,23 @@ posts one alert at a time, so one SIGKILL can repeat at most one alert.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from engine_harness import (
     SECRET,
     EngineProcess,
-    Receiver,
     checkpointed_transactions,
     create_topic,
     jsonl_ids,
     wait_until,
 )
 from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
-from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.stream import FileCheckpointStore
 
 N_TRANSACTIONS = 20_000
 N_RINGS = 20
 DEADLINE_S = 180.0
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    receiver = Receiver(free_port()).start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture
-def engines() -> Iterator[list[EngineProcess]]:
-    started: list[EngineProcess] = []
-    yield started
-    for engine in started:
-        engine.ensure_stopped()
 
 
 @pytest.mark.parametrize("placement", ["actors", "in-process"])

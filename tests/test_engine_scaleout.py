@@ -40,27 +40,12 @@ FAST_HEARTBEATS = ("--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5")
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    receiver = Receiver(free_port()).start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture
 def cluster(redis_url, unique_name) -> Iterator[Cluster]:
     cluster = Cluster(redis_url, unique_name, extra_args=FAST_HEARTBEATS)
     try:
         yield cluster
     finally:
         cluster.stop()
-
-
-@pytest.fixture
-def engines() -> Iterator[list[EngineProcess]]:
-    started: list[EngineProcess] = []
-    yield started
-    for engine in started:
-        engine.ensure_stopped()
 
 
 def start_engine(name: str, tmp_path, bootstrap: str, topic: str, redis_url: str, namespace: str,

@@ -33,14 +33,6 @@ def stream():
 
 
 @pytest.fixture
-def engines() -> Iterator[list[EngineProcess]]:
-    started: list[EngineProcess] = []
-    yield started
-    for engine in started:
-        engine.ensure_stopped()
-
-
-@pytest.fixture
 def switch() -> threading.Event:
     """Cleared: the receiver fails (see each test); set: it accepts."""
     return threading.Event()

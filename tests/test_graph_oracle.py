@@ -88,7 +88,12 @@ def assert_exact(stream, options, shards, sizes):
 def assert_same_rings(stream, options, shards, sizes, seed):
     shuffled = list(stream)
     random.Random(seed).shuffle(shuffled)
-    alerts = run(shuffled, options, shards, sizes)
+    assert_rings_in_arrival(shuffled, stream, options, shards, sizes)
+
+
+def assert_rings_in_arrival(arrival, stream, options, shards, sizes):
+    """The payments fed in `arrival` order raise the oracle's rings, each with valid witnesses."""
+    alerts = run(arrival, options, shards, sizes)
     expected = oracle(stream, options)
     assert {(a.alert_id, a.trigger_tx_id, a.accounts) for a in alerts} == \
         {(i, r.trigger, r.accounts) for i, r in expected.items()}
@@ -189,6 +194,18 @@ def assert_cuts_change_no_ring(stream, shards, sizes, seed, max_degree, max_ring
     local = run(shuffled, options, 0, sizes)
     sharded = run(shuffled, options, shards, sizes)
     assert sorted((a.alert_id, a.tx_ids) for a in sharded) == sorted((a.alert_id, a.tx_ids) for a in local)
+
+
+@common
+@given(stream=payments(), shards=st.integers(1, 3), sizes=sizes, max_hops=st.integers(2, 6), flow=st.booleans())
+def test_newest_first_arrival_raises_every_ring_at_its_oldest_payment(stream, shards, sizes, max_hops, flow):
+    """Every payment but the first batch's arrives late, so each ring is completed by a payment older than its
+    trigger: the shards find it through the late payment's wrap search and the older triggers it leads to
+    (label_rounds' WRAP and LATE jobs), with or without the flow rule."""
+    flow_rule = {"min_ratio": 0.85, "max_ratio": 1.0} if flow else {}
+    options = SearchOptions(max_hops=max_hops, window_ms=WINDOW, **flow_rule, **UNBOUNDED)
+    newest_first = sorted(stream, key=key, reverse=True)
+    assert_rings_in_arrival(newest_first, stream, options, shards, sizes)
 
 
 @common

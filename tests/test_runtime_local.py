@@ -101,6 +101,30 @@ def test_actor_calls_run_in_submission_order(runtime):
 
 
 @rt.remote
+class AlarmKeeper:
+    """Task code that takes SIGALRM for itself: the runtime's timer for held results must never reach it."""
+
+    def __init__(self):
+        self.alarms = 0
+
+    def take_alarm(self) -> bool:
+        signal.signal(signal.SIGALRM, self._count)
+        return True
+
+    def _count(self, signum, frame):
+        self.alarms += 1
+
+    def wait_open(self, path: str) -> bool:
+        return wait_for_file(path)
+
+    def echo(self, value: int) -> int:
+        return value
+
+    def alarms_seen(self) -> int:
+        return self.alarms
+
+
+@rt.remote
 class Gate:
     """An actor that blocks in `wait_open` until a file appears, then echoes what it is given."""
 
@@ -139,6 +163,23 @@ def test_results_a_worker_holds_reach_the_caller_while_its_next_call_blocks(runt
     assert rt.get([opened, echoed], timeout=20) == [True, 2]
     Path(second).touch()
     assert rt.get([blocked, *behind], timeout=60) == [True, *range(8)]
+
+
+def test_task_code_that_takes_sigalrm_gets_no_alarm_from_the_runtime_and_results_still_flow(runtime, tmp_path):
+    """Held results are bounded by a SIGALRM timer (outbox.py); once task code installs its own SIGALRM
+    handler the worker holds nothing (no timer would bound the wait), so results come while a later call
+    blocks and the task's handler is never called."""
+    keeper, gate = AlarmKeeper.remote(), str(tmp_path / "gate")
+    assert rt.get(keeper.take_alarm.remote(), timeout=60) is True
+    opened = keeper.wait_open.remote(gate)
+    echoed = [keeper.echo.remote(i) for i in range(4)]
+    blocked = keeper.wait_open.remote(str(tmp_path / "later"))
+    behind = [keeper.echo.remote(i) for i in range(4)]
+    Path(gate).touch()
+    assert rt.get([opened, *echoed], timeout=20) == [True, 0, 1, 2, 3]
+    Path(tmp_path / "later").touch()
+    assert rt.get([blocked, *behind], timeout=60) == [True, 0, 1, 2, 3]
+    assert rt.get(keeper.alarms_seen.remote(), timeout=60) == 0
 
 
 def test_actor_handles_travel_to_tasks_and_names_find_actors(runtime):
@@ -281,3 +322,4 @@ def test_init_after_shutdown_works():
         rt.shutdown()
     with pytest.raises(rt.NotInitializedError):
         double.remote(1)
+
