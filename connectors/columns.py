@@ -40,6 +40,16 @@ class Payments:
     rows: np.ndarray
     rejected: list[SourceRecord] = field(default_factory=list)
 
+    @classmethod
+    def joined(cls, parts: Sequence["Payments"], sizes: Sequence[int]) -> "Payments":
+        """The payments of consecutive value lists (part i decoded from `sizes[i]` values) as one."""
+        starts = np.cumsum([0, *sizes[:-1]])
+        tables = [part.table for part in parts if part.table.num_rows]
+        table = (PAYMENT_SCHEMA.empty_table() if not tables else tables[0] if len(tables) == 1
+                 else pa.concat_tables(tables).combine_chunks())
+        return cls(table, np.concatenate([part.rows + start for part, start in zip(parts, starts.tolist())]),
+                   [record for part in parts for record in part.rejected])
+
 
 def json_payments(values: Sequence[bytes | None], per_row: Callable[[int], SourceRecord],
                   max_amount: Decimal = DEFAULT_MAX_AMOUNT, max_bytes: int | None = None) -> Payments:

@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,6 +45,7 @@ Partition = tuple[str, int]
 Positions = Mapping[Partition, int]
 
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
+HELD_MAX = 20_000  # records kept for a held partition before it is read again regardless (bounds memory)
 DLQ_SUFFIX = ".dlq"
 
 
@@ -112,6 +113,7 @@ class _Listener(AsyncConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         await self.source._off_io_thread(self.source.listener.on_revoke, revoked)
+        self.source._forget(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.source._apply_pending_seeks(assigned)
@@ -163,6 +165,8 @@ class KafkaSource:
         self._decoder = JsonDecoder(max_message_bytes, mapping)
         self.listener: RebalanceListener = listener or NoListener()
         self._pending_seeks: dict[Partition, int] = {}
+        self._held: set[Partition] = set()
+        self._kept: dict[Partition, list] = {}  # records read, not returned yet (held, or read by keep_alive)
         self._lag: dict[Partition, int] = {}  # as of the last poll (lag())
         with _naming_unreachable(bootstrap):
             self._consumer = KafkaConsumer(**settings.consumer(dict(
@@ -185,12 +189,16 @@ class KafkaSource:
 
     def poll(self, max_records: int = 500, timeout_ms: int = 100) -> SourceBatch:
         """Up to `max_records` messages in partition order, undecoded until the batch is read (see SourceBatch)."""
-        fetched = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        self._lag = {partition: max(0, end - position) for partition, position, end in self._log_ends()}
+        ready = sum(len(kept) for partition, kept in self._kept.items()
+                    if partition not in self._held or len(kept) > HELD_MAX)
+        fetched = self._take(self._consumer.poll(timeout_ms=0 if ready else timeout_ms,
+                                                 max_records=max(1, max_records - ready)), max_records)
+        self._lag = {partition: max(0, end - position) + len(self._kept.get(partition, ()))
+                     for partition, position, end in self._log_ends()}
         if not fetched:
             return SourceBatch.empty(self._decoder)
         messages = [message for batch in fetched.values() for message in batch]
-        return SourceBatch([(tp.topic, tp.partition) for tp in fetched],
+        return SourceBatch(list(fetched),
                            np.repeat(np.arange(len(fetched), dtype=np.int32), [len(b) for b in fetched.values()]),
                            np.fromiter((m.offset for m in messages), np.int64, len(messages)),
                            [m.value for m in messages], [m.key for m in messages], self._decoder)
@@ -237,11 +245,50 @@ class KafkaSource:
         """Resume from `positions`: partitions held now move at once, the others when assigned."""
         assigned = self._consumer.assignment()
         for (topic, partition), offset in positions.items():
+            self._kept.pop((topic, partition), None)
             tp = TopicPartition(topic, partition)
             if tp in assigned:
                 self._consumer.seek(tp, offset)
             else:
                 self._pending_seeks[(topic, partition)] = offset
+
+    def hold(self, partitions: Collection[Partition]) -> None:
+        """Return nothing from `partitions` until the next `hold`; what is read from them meanwhile is kept.
+
+        The records are held here, not with kafka-python's `pause`: kafka-python
+        3.0.12 parks a paused partition's fetched records and gives back at most
+        one parked partition per poll, and only when no other partition's
+        records are in line, so a resumed partition can stay parked for good (no
+        fetch is sent for it either). kafka-python keeps fetching every
+        partition in turn, so what is held stays about one fetch per partition;
+        a partition holding more than `HELD_MAX` records is read again anyway,
+        and so are all held records when the consumer has nothing new.
+        """
+        self._held = set(partitions)
+
+    def keep_alive(self) -> None:
+        """A poll of at most one record (kept for the next `poll`): resets the group's `max_poll_interval_ms`."""
+        self._keep(self._consumer.poll(timeout_ms=0, max_records=1))
+
+    def _keep(self, fetched: Mapping[TopicPartition, list]) -> None:
+        for tp, messages in fetched.items():
+            self._kept.setdefault((tp.topic, tp.partition), []).extend(messages)
+
+    def _take(self, fetched: Mapping[TopicPartition, list], max_records: int) -> dict[Partition, list]:
+        """What `poll` returns: kept records of partitions not held first, then the new ones (kept if held);
+        held ones when the consumer had nothing new at all (holding never stalls the source)."""
+        self._keep(fetched)
+        release = not fetched
+        taken: dict[Partition, list] = {}
+        for partition in list(self._kept):
+            kept = self._kept[partition]
+            if max_records <= 0 or (partition in self._held and len(kept) <= HELD_MAX and not release):
+                continue
+            taken[partition], self._kept[partition] = kept[:max_records], kept[max_records:]
+            max_records -= len(taken[partition])
+            if not self._kept[partition]:
+                del self._kept[partition]
+        return taken
 
     def _log_ends(self) -> Iterator[tuple[Partition, int, int]]:
         """`(partition, position, log end)` of each assigned partition whose log end is known.
@@ -277,10 +324,16 @@ class KafkaSource:
         kafka-python drains partitions one after another, so an unfetched
         partition usually has the most to deliver.
         """
-        return {partition for partition, position, end in self._log_ends() if position >= end}
+        return {partition for partition, position, end in self._log_ends() if position >= end
+                and partition not in self._kept}
 
     def assignment(self) -> list[Partition]:
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def _forget(self, revoked: set[TopicPartition]) -> None:
+        """Records kept for partitions given up: their next owner reads them from the committed offset."""
+        for tp in revoked:
+            self._kept.pop((tp.topic, tp.partition), None)
 
     def _apply_pending_seeks(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:

@@ -13,7 +13,9 @@ Positions are per partition: `commit({partition: next_offset})` says
 everything before `next_offset` is safely processed, `seek` resumes from given
 offsets. `caught_up()` names the partitions with nothing more to read right now
 (the event-time clock needs it to tell an idle partition from one not fetched
-yet).
+yet). `hold` pauses partitions read too far ahead in event time (the engine's
+alignment); `keep_alive` keeps a consumer group's membership while the engine
+works on a batch and reads nothing.
 
 `SequentialSource` is the one-partition implementation shared by the file
 sources and the generator: positions are row numbers and there is no consumer
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,6 +66,19 @@ class Source(Protocol):
 
     def seek(self, positions: Positions) -> None:
         """Read each partition from the given offset next."""
+        ...
+
+    def hold(self, partitions: Collection[Partition]) -> None:
+        """Prefer every other partition to `partitions` until the next `hold` (event-time alignment).
+
+        Records read ahead from a held partition are kept for when it is read
+        again; a poll that finds nothing else returns them rather than nothing,
+        so holding never stalls a source.
+        """
+        ...
+
+    def keep_alive(self) -> None:
+        """Tell the consumer group this member is alive without reading a record; rebalances happen here too."""
         ...
 
     def committed(self, partition: Partition) -> int | None:
@@ -201,6 +216,12 @@ class SequentialSource:
             self._rows = None
             self._paced_from = None
             self.exhausted = False
+
+    def hold(self, partitions: Collection[Partition]) -> None:
+        pass  # one partition: holding it back would hold everything back
+
+    def keep_alive(self) -> None:
+        pass  # no consumer group
 
     def committed(self, partition: Partition) -> int | None:
         return self._committed if partition == self.partition else None

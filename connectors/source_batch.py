@@ -102,7 +102,8 @@ class SourceBatch(Sequence[SourceRecord]):
 
     @classmethod
     def joined(cls, batches: Sequence["SourceBatch"]) -> "SourceBatch":
-        """Consecutive polls of one source as one batch (decoded together: one bulk call per micro-batch)."""
+        """Consecutive polls of one source as one batch: decoded together (one bulk call per micro-batch), or
+        joined from the polls' payments when each was decoded already."""
         if len(batches) == 1:
             return batches[0]
         if not batches:
@@ -114,8 +115,11 @@ class SourceBatch(Sequence[SourceRecord]):
         items = [item for batch in batches for item in batch.items]
         keys = None if all(batch.keys is None for batch in batches) else \
             [key for batch in batches for key in (batch.keys or [None] * len(batch))]
-        return cls(partitions, partition_ids, np.concatenate([batch.offsets for batch in batches]), items, keys,
-                   batches[0].decoder)
+        joined = cls(partitions, partition_ids, np.concatenate([batch.offsets for batch in batches]), items, keys,
+                     batches[0].decoder)
+        if all(batch._payments is not None for batch in batches):  # decoded poll by poll: not again
+            joined._payments = Payments.joined([batch.payments() for batch in batches], [len(b) for b in batches])
+        return joined
 
     def __len__(self) -> int:
         return len(self.items)

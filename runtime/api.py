@@ -30,8 +30,8 @@ from .errors import NotInitializedError, SerializationError
 from .object_store import SHARED_THRESHOLD, Blob, pack, unpack
 from .checkpoints import default_uri
 from .protocol import ACTOR_CALL, ACTOR_CREATE, CHECKPOINT_METHOD, TASK, RefMarker, TaskSpec, new_id
-from .refs import ObjectRef, capture_refs, set_ref_listeners
-from .serialization import dumps_inline
+from .refs import ObjectRef, capture_refs, set_ref_listeners, submitted_ref
+from .serialization import dumps_inline, is_plain
 
 if TYPE_CHECKING:  # grpc is imported only by a driver that joins a cluster
     from .tls import TlsFiles
@@ -218,6 +218,8 @@ def _register(code: Code) -> str:
 
 def _pack_call(name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[Blob, tuple[str, ...], tuple[str, ...]]:
     """Pickle a call's arguments; top-level refs become markers the worker replaces by their values."""
+    if is_plain(args) and is_plain(kwargs):  # builtin scalars only: no ref to mark or capture
+        return pack(([*args], kwargs), threshold=_NO_THRESHOLD), (), ()
     deps: list[str] = []
 
     def mark(value: Any) -> Any:
@@ -249,8 +251,8 @@ def _submit(spec: TaskSpec) -> ObjectRef:
     runtime = _current()
     if runtime.node is not None:
         runtime.node.check_feasible(spec)
-    ref = ObjectRef(spec.task_id)  # held before submitted, so the result cannot be freed early
-    runtime.link.post("submit", (spec,))
+    ref = submitted_ref(spec.task_id)  # held by the submission itself, so the result cannot be freed early
+    runtime.link.post("submit_held", (spec,))
     return ref
 
 
@@ -361,9 +363,10 @@ class ActorMethod:
     def __init__(self, handle: "ActorHandle", method: str):
         self._handle = handle
         self._method = method
+        self._name = f"{handle.class_name}.{method.strip('_')}()"
 
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef:
-        name = f"{self._handle.class_name}.{self._method.strip('_')}()"
+        name = self._name
         blob, deps, contained = _pack_call(name, args, kwargs)
         spec = TaskSpec(new_id(), ACTOR_CALL, name, None, blob, deps, contained,
                         actor_id=self._handle.actor_id, method=self._method, num_cpus=0.0, max_retries=0)
@@ -380,9 +383,11 @@ class ActorHandle:
         self.name = name
 
     def __getattr__(self, method: str) -> ActorMethod:
+        """The remote method, made once per handle (kept on it, so later lookups do not come here)."""
         if method.startswith("_") or method not in self.methods:
             raise AttributeError(f"actor {self.class_name} has no remote method {method!r}")
-        return ActorMethod(self, method)
+        bound = self.__dict__[method] = ActorMethod(self, method)
+        return bound
 
     def __reduce__(self):
         return (ActorHandle, (self.actor_id, self.class_name, self.methods, self.name))

@@ -292,6 +292,11 @@ class Node:
         reply(True, None)
         self._submit(spec)
 
+    def _op_submit_held(self, reply: Reply, spec: TaskSpec) -> None:
+        """A call from this node's driver or one of its workers, which holds the ref to its result."""
+        self._objects.hold(spec.task_id)
+        self._submit(spec)
+
     def _submit(self, spec: TaskSpec) -> None:
         self._objects.entry(spec.task_id).spec = spec
         if spec.forwarded_by:  # kept for the forwarding node until it has the result
@@ -540,9 +545,9 @@ class Node:
     def _on_worker_message(self, worker: Worker, message: tuple) -> None:
         kind = message[0]
         if kind == "done":
-            _, result, held, released = message
+            _, task_id, blob, error, contained, held, released = message
             self._apply_ref_changes(held, released)
-            self._completed(worker, result)
+            self._completed(worker, TaskResult(task_id, None if blob is None else Blob(*blob), error, contained))
         elif kind == "call":
             _, request_id, method, args, held, released = message
             self._apply_ref_changes(held, released)

@@ -79,3 +79,18 @@ class ObjectRef:
 
     def __repr__(self) -> str:
         return f"ObjectRef({self.id[:12]})"
+
+
+def submitted_ref(object_id: str) -> ObjectRef:
+    """The first ref to the result of a call this process is submitting, its hold not reported.
+
+    The submission itself tells the node that this process holds the result
+    (one request per call rather than a hold and a submit: the node's
+    dispatcher handles every request in turn). The ref's last release is
+    reported as usual.
+    """
+    ref = ObjectRef.__new__(ObjectRef)
+    ref.id = object_id
+    with _counts_lock:
+        _counts[object_id] += 1
+    return ref

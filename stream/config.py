@@ -136,6 +136,10 @@ class TimeConfig:
                                    "dead-lettered as future (they move no watermark)", kind="duration")
     idle_timeout: int = _setting(30_000, "a partition caught up (nothing to read) this long stops holding the "
                                  "low watermark back", kind="duration")
+    max_partition_drift: int = _setting(1_000, "a partition read this far (event time) ahead of the slowest one "
+                                        "still delivering is paused until it catches up: payments reach the graph "
+                                        "close to time order, which is cheaper to search (rings do not change)",
+                                        kind="duration")
 
 
 @dataclass
@@ -303,7 +307,8 @@ class Config:
 
     def time_rules(self) -> TimeRules:
         return TimeRules(window_ms=self.graph.window, allowed_lateness_ms=self.time.allowed_lateness,
-                         max_clock_skew_ms=self.time.max_clock_skew, idle_timeout_ms=self.time.idle_timeout)
+                         max_clock_skew_ms=self.time.max_clock_skew, idle_timeout_ms=self.time.idle_timeout,
+                         max_drift_ms=self.time.max_partition_drift)
 
 
 PLACEMENTS = ("actors", "in-process")

@@ -13,8 +13,12 @@ and `CheckpointStore` (checkpoint.py). The engine only sequences them.
 A micro-batch closes on `batch_max_size` payments or `batch_max_delay_ms`
 after its first one. Batches overlap with delivery: once a batch is searched
 its alerts go to the delivery thread and the next batch is applied and
-searched while they are handed to the sinks. The ring definition is in event
-time, so which batch a payment lands in changes nothing about the rings.
+searched while they are handed to the sinks. With shard actors they overlap
+with polling too: the graph works on a batch on a thread of its own while the
+loop polls the next one, and keeps the consumer in its group if the graph takes
+long (`_await_graph`). Partitions are read close to event-time order
+(`EventClock.ahead`, `Source.hold`). The ring definition is in event time, so
+which batch a payment lands in changes nothing about the rings.
 
 Exactly once per alert id, through crashes:
 1. An aligned checkpoint is taken between batches, after every alert raised so
@@ -41,6 +45,7 @@ queries never take the loop's lock, so they do not pause ingestion.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import os
@@ -50,6 +55,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -87,7 +93,7 @@ from .claims import AlertClaims
 from .config import Config, ConfigError, describe, dump_sections
 from .delivery import AlertDelivery
 from .event_time import EventClock, reason_category
-from .graph_port import EngineGraph, open_graph
+from .graph_port import EngineGraph, GraphBatch, open_graph
 from .history import FILE_NAME as HISTORY_FILE
 from .history import AlertHistory
 from .metrics import EngineMetrics
@@ -109,6 +115,10 @@ CLAIM_MIN_TTL_MS = 60_000
 BATCH_START = 256  # the first batch's cap; the cap doubles after each full batch done in under a quarter of:
 BATCH_TARGET_S = 1.0  # ... this, and halves after a batch that took longer (polls stay frequent: group membership)
 EVICT_SLICES = 16  # evict when the horizon has moved 1/16 of the window: each eviction is a pass over the shards
+POLL_CHUNK = 500  # with several partitions, the most one poll takes: alignment decides between polls
+IN_GRAPH_POLL_MS = 1  # longest poll while the graph works on a batch: the next one starts soon after it is free
+KEEP_ALIVE_S = 0.5  # while a full batch waits for the graph: how often the consumer polls to stay in its group
+SLOW_GRAPH_LOG_S = 5  # a batch in the graph this long is logged (and again at each multiple)
 
 
 class Engine:
@@ -158,6 +168,10 @@ class Engine:
         self._failed = False
         self._pending: list[tuple[SourceBatch, float]] = []  # the open batch's polls, each with its arrival time
         self._pending_rows = 0
+        self._in_graph: _InGraph | None = None  # the batch the graph is working on
+        # With shard actors the graph works on a thread of its own while the loop polls the next batch
+        # (and keeps the consumer in its group); in process it runs on the loop (it holds the GIL anyway).
+        self._graph_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._batch_limit = min(BATCH_START, config.engine.batch_max_size)  # grows with a backlog (_fit_batch)
         self._lock = threading.RLock()
         self._clock = EventClock(config.time_rules())
@@ -195,6 +209,8 @@ class Engine:
                                                      CLAIM_MIN_TTL_MS) / 1000)
             self._delivery = AlertDelivery(self._sinks, self._claims)
             self._graph = self._restore()
+            if config.graph.placement != "in-process":
+                self._graph_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ringwatch-graph")
             self._source = self._open_source()
             self._watch_external_counters()
             if config.service.metrics_port:
@@ -344,6 +360,8 @@ class Engine:
             self._claims.close()
         for sink in self._sinks.values():
             sink.close()
+        if self._graph_thread is not None:
+            self._graph_thread.shutdown()
         if self._graph is not None:
             self._graph.close()
         if started_runtime:
@@ -355,58 +373,113 @@ class Engine:
         interval_s = self.config.engine.checkpoint_interval / 1000
         next_checkpoint = time.monotonic() + interval_s
         while not stop.is_set():
-            self._fill_batch(stop)
+            self._fill_batch(stop)  # with shard actors: while the graph works on the batch before
+            self._await_graph()
             with self._lock:
-                self._process_pending()
+                self._finish_batch()
                 self._finish_checkpoint(block=False)
                 if time.monotonic() >= next_checkpoint:
                     self._checkpoint("interval", wait=False)
                     next_checkpoint = time.monotonic() + interval_s
+                self._start_batch()
 
     def _fill_batch(self, stop: threading.Event) -> None:
-        """Poll until the batch holds its cap of records or its first is `batch_max_delay_ms` old.
+        """Poll until the batch holds its cap of records, its first is `batch_max_delay_ms` old, or the graph
+        is free again after the batch before.
 
         The cap starts at `BATCH_START` and grows to `batch_max_size` while full
         batches are quick (`_fit_batch`): under a backlog a batch's fixed cost is
         paid per thousands of payments, live ones stay small, and no batch takes
         so long that the consumer misses `max_poll_interval_ms` and leaves its group.
+
+        With more than one partition each poll is decoded at once and the
+        partitions read too far ahead in event time are held for the next one
+        (`EventClock.ahead`, under a backlog); polls are at most `POLL_CHUNK`
+        records, so a batch interleaves partitions. A source returns held
+        records rather than nothing (`Source.hold`): alignment never stalls.
         """
         engine_config = self.config.engine
         opened_at = None
+        full = False
         while not stop.is_set():
             with self._lock:
                 room = self._batch_limit - self._pending_rows
-            if room <= 0:
+                in_graph = self._in_graph
+                aligned = len(self._clock.partitions()) > 1
+            if room <= 0 or (in_graph is not None and in_graph.result.done()):
                 return
             if opened_at is None:
                 timeout_ms = POLL_IDLE_MS
-            else:
+            else:  # past the delay, a backlog (full polls) still fills the batch
                 timeout_ms = int(engine_config.batch_max_delay_ms - (time.monotonic() - opened_at) * 1000)
-                if timeout_ms <= 0:
+                if timeout_ms <= 0 and not full:
                     return
-            polled = self._source.poll(max_records=room, timeout_ms=timeout_ms)
+                timeout_ms = max(timeout_ms, 0)
+            if in_graph is not None:
+                timeout_ms = min(timeout_ms, IN_GRAPH_POLL_MS)  # to notice soon that the graph is free
+            limit = min(room, POLL_CHUNK) if aligned else room
+            polled = self._source.poll(max_records=limit, timeout_ms=timeout_ms)
+            full = len(polled) == limit
             arrived = time.time()
+            decoded = polled.payments() if aligned and len(polled) else None
             with self._lock:
                 self._clock.note_caught_up(self._source.caught_up())
+                if decoded is not None:
+                    self._clock.read(polled.partitions, polled.partition_ids[decoded.rows],
+                                     decoded.table.column("ts").to_numpy())
                 if len(polled):
                     self._pending.append((polled, arrived))
                     self._pending_rows += len(polled)
+                lag = self._source.lag()
+                backlogged = [p for p in self._clock.partitions() if lag.get(p, POLL_CHUNK + 1) > POLL_CHUNK]
+                self._source.hold(self._clock.ahead(backlogged))
             if not len(polled):
-                if opened_at is None:
+                if opened_at is None and in_graph is None:
                     return
                 continue
             opened_at = opened_at or time.monotonic()
 
-    def _process_pending(self) -> None:
-        """Judge, apply and search the open batch; hand its alerts to delivery; advance positions and time.
+    def _await_graph(self) -> None:
+        """Wait for the batch in the graph (outside the lock), polling meanwhile to stay in the consumer group.
 
-        The batch stays columns throughout: its polls are decoded in one bulk call,
+        Shard actors can take longer than the group's `max_poll_interval_ms`
+        (fresh shards compiling, a shard busy with its checkpoint); a member that
+        does not poll for that long is dropped and its partitions' next owner
+        repeats alerts. `Source.keep_alive` polls without reading; a rebalance it
+        runs hands the partitions over from `on_revoke`, which finishes this
+        batch first.
+        """
+        job = self._in_graph
+        if job is None:
+            return
+        reported = 0
+        while not concurrent.futures.wait([job.result], timeout=KEEP_ALIVE_S).done:
+            self._source.keep_alive()
+            slow = int((time.monotonic() - job.started) // SLOW_GRAPH_LOG_S)
+            if slow > reported:
+                reported = slow
+                logger.info("a batch of %d payments has been in the graph for %d s; polling to stay in the "
+                            "consumer group", job.payments.num_rows, slow * SLOW_GRAPH_LOG_S)
+
+    def _process_pending(self) -> None:
+        """Finish the batch in the graph, then judge, apply and search the open one and finish it too."""
+        self._finish_batch()
+        if self._pending:
+            self._start_batch()
+            self._finish_batch()
+        else:
+            self._advance_time()
+
+    def _start_batch(self) -> None:
+        """Judge the open batch, dead-letter what it refuses and hand the rest to the graph (not waiting for it
+        with shard actors: `_finish_batch` takes the result).
+
+        The batch stays columns throughout: its polls are decoded in bulk,
         judged by the event-time clock as arrays, and handed to the graph as one
         table; a record is built only for a row that is dead-lettered.
         """
         pending = self._pending
         if not pending:
-            self._advance_time()
             return
         self._pending, self._pending_rows = [], 0
         started = time.monotonic()
@@ -426,14 +499,31 @@ class Engine:
             self._dead_letter(record, reason)
         self._accept_times(batch, rows, ts)
         fresh = self._fresh(batch)  # before a rewind marks them seen
-        positions = batch.next_positions()
-        applied = not len(rows) or self._apply(batch, payments, rows, received[rows])
-        self._count(fresh)  # after the batch's alerts are counted: `transactions` never runs ahead of them
-        self._fit_batch(len(batch), time.monotonic() - started)
-        if not applied:
-            self._rewind(seen=positions)
+        if not len(rows):
+            result: concurrent.futures.Future = concurrent.futures.Future()
+            result.set_result(GraphBatch())
+        elif self._graph_thread is not None:
+            result = self._graph_thread.submit(self._graph.process, payments, received[rows])
+        else:
+            result = concurrent.futures.Future()
+            try:
+                result.set_result(self._graph.process(payments, received[rows]))
+            except Exception as exc:  # raised where the result is taken, as from the graph thread
+                result.set_exception(exc)
+        self._in_graph = _InGraph(batch, payments, rows, fresh, batch.next_positions(), started, result)
+
+    def _finish_batch(self) -> None:
+        """Take the graph's answer for the batch in it: alerts to delivery, positions and time advanced."""
+        job, self._in_graph = self._in_graph, None
+        if job is None:
             return
-        for partition, offset in positions.items():
+        applied = self._apply(job)
+        self._count(job.fresh)  # after the batch's alerts are counted: `transactions` never runs ahead of them
+        self._fit_batch(len(job.batch), time.monotonic() - job.started)
+        if not applied:
+            self._rewind(seen=job.positions)
+            return
+        for partition, offset in job.positions.items():
             self._covered[partition] = max(self._covered.get(partition, 0), offset)
         self._advance_time()
 
@@ -470,15 +560,15 @@ class Engine:
         while len(self._progress) > 2 and self._progress[1][0] < now - THROUGHPUT_WINDOW_S:
             self._progress.popleft()
 
-    def _apply(self, batch: SourceBatch, payments: pa.Table, rows: np.ndarray, arrived: np.ndarray) -> bool:
-        """Apply and search `payments` (batch rows `rows`); False if a shard was lost meanwhile (the caller
-        rewinds and replays)."""
+    def _apply(self, job: "_InGraph") -> bool:
+        """The graph's answer for `job`; False if a shard was lost meanwhile (the caller rewinds and replays)."""
         try:
-            result = self._graph.process(payments, arrived)
+            result = job.result.result()
         except (rt.ActorDiedError, rt.TaskError) as exc:
             if not self._shard_restart_behind(exc):
                 raise
             return False
+        batch, payments, rows = job.batch, job.payments, job.rows
         self._handed += payments.num_rows
         self.cut_short += result.truncated_searches
         for k, reason in result.refused:  # by row, not tx id: a batch may hold one tx id more than once
@@ -571,11 +661,13 @@ class Engine:
         """
         if self._failed:
             return None
+        self._finish_batch()  # nothing in the graph while the record is written: a rewind replays from it
         self._finish_checkpoint(block=wait)
         if self._in_flight is not None:
             return None  # the previous one is still being taken
         started = time.monotonic()
-        self._process_pending()
+        if wait:
+            self._process_pending()
         self._delivery.drain()
         if self._rewound_for_restarts():
             return None
@@ -821,6 +913,19 @@ class Engine:
             checkpoint_age_s=round(time.time() - checkpoint.created_at, 3) if checkpoint else None,
             newest_ts=self.newest_ts(),
             dead_letters=dict(self.dead_lettered))
+
+
+@dataclass
+class _InGraph:
+    """A micro-batch handed to the graph, with what finishing it needs once the graph answers."""
+
+    batch: SourceBatch
+    payments: pa.Table  # the rows the graph was given: batch rows `rows`
+    rows: np.ndarray
+    fresh: int  # records not consumed before (counted when it finishes)
+    positions: dict[Partition, int]  # where its partitions resume after it
+    started: float  # monotonic
+    result: concurrent.futures.Future
 
 
 class _CheckpointJob:

@@ -25,6 +25,16 @@ right is when it is safe to forget. The rules (docs/architecture.md, "Time"):
 - edges older than low watermark - window - `allowed_lateness_ms` may be
   evicted: every payment still accepted finds its whole window in the graph.
 
+Alignment (`read`, `ahead`): what the graph pays for is arrival out of
+event-time order (a payment older than one stored before it is searched as a
+witness of newer rings too), so under a backlog the engine reads partitions
+close to event-time order, as Flink's watermark alignment does: a partition
+read more than `max_drift_ms` ahead of the slowest partition with a backlog is
+held (not read) until that one catches up. It changes no ring (the definition
+is in event time), only the order payments arrive in. It cannot stall: the
+slowest backlogged partition is never held (nor one not read from yet), and
+partitions near their log end (a live stream) hold nothing back.
+
 `ringwatch run` keeps one partition per Kafka partition; `ringwatch detect`
 and the demo use one partition for their whole input. The state that must
 survive a restart is `watermarks()` and `low_watermark`.
@@ -33,7 +43,7 @@ survive a restart is `watermarks()` and `low_watermark`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,9 +62,10 @@ class TimeRules:
     allowed_lateness_ms: int = 3_600_000
     max_clock_skew_ms: int = 300_000
     idle_timeout_ms: int = 30_000
+    max_drift_ms: int = 1_000
 
     def __post_init__(self) -> None:
-        for name in ("window_ms", "allowed_lateness_ms", "max_clock_skew_ms", "idle_timeout_ms"):
+        for name in ("window_ms", "allowed_lateness_ms", "max_clock_skew_ms", "idle_timeout_ms", "max_drift_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must not be negative, got {getattr(self, name)}")
 
@@ -63,6 +74,7 @@ class TimeRules:
 class _PartitionTime:
     watermark: int | None = None
     caught_up_since: float | None = None  # monotonic time since when it has had nothing to deliver
+    read: int | None = None  # the median ts of its latest poll (judged or not yet): what alignment compares
 
 
 class EventClock:
@@ -127,8 +139,7 @@ class EventClock:
 
     def judge(self, ts: int) -> str | None:
         """None if a payment at `ts` may be applied; otherwise the dead-letter reason."""
-        newest_allowed = int(self._wall_clock() * 1000) + self.rules.max_clock_skew_ms
-        if ts > newest_allowed:
+        if ts > self._newest_allowed():
             return (f"{FUTURE}: ts {ts} is more than max_clock_skew ({self.rules.max_clock_skew_ms} ms) ahead "
                     f"of the wall clock")
         low = self.low_watermark
@@ -137,9 +148,12 @@ class EventClock:
                     f"({self.rules.allowed_lateness_ms} ms)")
         return None
 
+    def _newest_allowed(self) -> int:
+        return int(self._wall_clock() * 1000) + self.rules.max_clock_skew_ms
+
     def refused(self, ts: np.ndarray) -> np.ndarray:
         """Per payment time: whether `judge` would refuse it (the same rule, over a batch at once)."""
-        refused = ts > int(self._wall_clock() * 1000) + self.rules.max_clock_skew_ms
+        refused = ts > self._newest_allowed()
         if self.low_watermark is not None:
             refused |= ts < self.low_watermark - self.rules.allowed_lateness_ms
         return refused
@@ -152,6 +166,40 @@ class EventClock:
         if state.watermark is None or ts > state.watermark:
             state.watermark = ts
         state.caught_up_since = None
+
+    def read(self, partitions: list[Partition], partition_ids: np.ndarray, ts: np.ndarray) -> None:
+        """One poll's payments, before they are judged (`ts[i]` read from `partitions[partition_ids[i]]`).
+
+        Alignment places each partition in event time by the median `ts` it
+        delivered in its latest poll: one payment dated far ahead (up to
+        `max_clock_skew`) does not hold its partition back. `future` times are left out.
+        """
+        keep = ts <= self._newest_allowed()
+        ids, ts = partition_ids[keep], ts[keep]
+        for index in np.unique(ids).tolist():
+            state = self._partitions.get(partitions[index])
+            if state is not None:
+                state.read = int(np.median(ts[ids == index]))
+
+    def ahead(self, backlogged: Collection[Partition]) -> set[Partition]:
+        """Partitions to hold now: read more than `max_drift_ms` ahead of the slowest backlogged one.
+
+        Only partitions that may have a backlog (`backlogged`: more to read than
+        a poll takes, or not known yet) count as the slowest: a partition at or near its log end has
+        nothing older to deliver, and a live stream is never held back. A
+        backlogged partition not read from yet comes first: every partition read
+        from is held until it delivers.
+        """
+        marks = {partition: state.watermark if state.read is None else state.read
+                 for partition, state in self._partitions.items()
+                 if state.watermark is not None or state.read is not None}
+        behind = [marks.get(partition) for partition in backlogged if partition in self._partitions]
+        if not behind:
+            return set()
+        if None in behind:  # a backlog not read from yet may start anywhere: it goes first (it is never held)
+            return set(marks)
+        bound = min(behind) + self.rules.max_drift_ms
+        return {partition for partition, mark in marks.items() if mark > bound}
 
     def note_caught_up(self, caught_up: Iterable[Partition]) -> None:
         """After a poll: `caught_up` had nothing more to read (position at the log end); the others had."""

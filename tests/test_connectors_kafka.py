@@ -230,6 +230,38 @@ def test_a_partition_is_caught_up_only_once_everything_in_it_was_delivered(kafka
     assert delivered == produced
 
 
+def test_a_held_partition_never_stalls_and_loses_nothing(kafka_bootstrap, unique_name, transactions):
+    """`hold` keeps what is read from a partition for later; once nothing else is new, it comes back anyway."""
+    topic = unique_name
+    create_topic(kafka_bootstrap, topic, 2)
+    produce(kafka_bootstrap, topic, [encoded(tx) for tx in transactions], partition_of=lambda i: i % 2)
+    source = KafkaSource(kafka_bootstrap, topic, f"{topic}-group")
+    try:
+        source.hold([(topic, 0)])  # held throughout
+        records = poll_until(source, len(transactions))
+        records += source.poll(max_records=100, timeout_ms=200)  # nothing more: none was returned twice
+        assert source.caught_up() == {(topic, 0), (topic, 1)}
+    finally:
+        source.close()
+    for p in (0, 1):
+        assert [r.offset for r in records if r.partition == (topic, p)] == list(range(len(transactions) // 2))
+
+
+def test_keep_alive_keeps_what_it_reads_for_the_next_poll(kafka_bootstrap, unique_name, transactions):
+    topic = unique_name
+    create_topic(kafka_bootstrap, topic, 1)
+    produce(kafka_bootstrap, topic, [encoded(tx) for tx in transactions[:50]], partition_of=lambda i: 0)
+    source = KafkaSource(kafka_bootstrap, topic, f"{topic}-group")
+    try:
+        records = poll_until(source, 1)
+        for _ in range(5):
+            source.keep_alive()
+        records += poll_until(source, 50 - len(records))
+    finally:
+        source.close()
+    assert [r.offset for r in records] == list(range(50))
+
+
 def test_seek_before_assignment_applies_when_partitions_arrive(kafka_bootstrap, unique_name, transactions):
     topic = unique_name
     create_topic(kafka_bootstrap, topic, 2)

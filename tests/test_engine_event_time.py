@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from ringwatch.stream import EventClock, TimeRules
@@ -115,3 +116,41 @@ def test_a_checkpoint_restores_watermarks_for_partitions_assigned_later(clocks):
 def test_negative_settings_are_refused():
     with pytest.raises(ValueError, match="allowed_lateness_ms"):
         TimeRules(window_ms=1, allowed_lateness_ms=-1)
+
+
+def test_alignment_holds_a_partition_read_too_far_ahead_of_the_slowest_backlog(clocks):
+    clock = clocks.clock(max_drift_ms=1_000)
+    clock.assign([A, B, C])
+    clock.read([A, B, C], np.array([0, 1, 2, 2]), np.array([10 * HOUR, 2 * HOUR, 2 * HOUR + 500, 2 * HOUR + 900]))
+    assert clock.ahead([A, B, C]) == {A}, "A is hours ahead of B; C is within the drift"
+    assert clock.ahead([A, C]) == {A}
+    assert clock.ahead([A]) == set(), "B and C near their log end hold nothing back"
+    assert clock.ahead([]) == set(), "a live stream (no backlog) is never held"
+
+
+def test_a_backlog_not_read_from_yet_goes_first_and_is_never_held(clocks):
+    clock = clocks.clock(max_drift_ms=0)
+    clock.assign([A, B])
+    clock.read([A], np.array([0]), np.array([5 * HOUR]))
+    assert clock.ahead([A, B]) == {A}, "B may start anywhere: A waits until B has delivered"
+    clock.read([B], np.array([0]), np.array([1 * HOUR]))
+    assert clock.ahead([A, B]) == {A}
+    clock.read([B], np.array([0]), np.array([6 * HOUR]))
+    assert clock.ahead([A, B]) == {B}
+
+
+def test_a_single_partition_is_never_held(clocks):
+    clock = clocks.clock(max_drift_ms=0)
+    clock.assign([A])
+    clock.read([A], np.array([0, 0]), np.array([HOUR, 2 * HOUR]))
+    assert clock.ahead([A]) == set()
+
+
+def test_alignment_places_a_partition_by_its_median_and_ignores_future_times(clocks):
+    clock = clocks.clock(max_drift_ms=1_000)
+    clock.assign([A, B])
+    four_minutes_ahead = NOW_MS + 4 * 60_000  # inside max_clock_skew: accepted, but an outlier
+    clock.read([A, B], np.array([0, 0, 0, 1]), np.array([NOW_MS, NOW_MS + 1, four_minutes_ahead, NOW_MS]))
+    assert clock.ahead([A, B]) == set(), "one payment dated minutes ahead does not hold its partition back"
+    clock.read([B], np.array([0, 0, 0]), np.array([NOW_MS, NOW_MS + HOUR, NOW_MS + 2 * HOUR]))
+    assert clock.ahead([A, B]) == set(), "future times (beyond max_clock_skew) do not place B"
