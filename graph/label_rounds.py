@@ -43,8 +43,9 @@ Jobs (one per payment and purpose):
   proves p closes no ring at a newer trigger. The cheap side settles almost
   every late payment in a round or two (few payments after p when it is a
   little late; few behind it on a sparse stream), where growing one side
-  in full cost most of the sharded search's work on interleaved partitions.
-  A WRAP job that meets gets a LATE job.
+  in full cost most of the sharded search's work on interleaved partitions;
+  one whose src has no in-list or dst no out-list is settled before any
+  round (sharded.py). A WRAP job that meets gets a LATE job.
 - LATE, per WRAP job that met (under `order="none"`, per late payment):
   `kernel.late_candidates` spread over the shards — forward labels from y
   and backward from x, `max_hops - 2` layers each, then a scan of the

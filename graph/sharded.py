@@ -406,7 +406,12 @@ class ShardedRingGraph:
                    replies=labels)
         search.figures.searches = int(np.count_nonzero(triggers))
         if late.size:  # under strict order a wrap search first (LATE jobs for those that meet), else LATE at once
-            search.add(WRAP if o.order == "strict" else LATE, late, ts[late], *(column[late] for column in ends))
+            if o.order == "strict":
+                # a ring through a late payment leaves its dst and enters its src: an empty list settles it
+                search.add(WRAP, late, ts[late], *(column[late] for column in ends),
+                           active=(lengths[1][late] != 0) & (lengths[2][late] != 0))
+            else:
+                search.add(LATE, late, ts[late], *(column[late] for column in ends))
         while True:
             requests = search.plan()
             if not requests:
