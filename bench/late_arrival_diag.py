@@ -120,7 +120,7 @@ def main() -> None:
             graph.evict(horizon)
             evicted = horizon
         if args.graph != "local":
-            figures.update({name: getattr(graph.figures, name) for name in FIGURES})
+            figures.update({name: getattr(graph.figures, name, 0) for name in FIGURES})  # 0: an older version
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     shards = sum(graph.cpu_seconds()) - shards_before if runtime else 0.0
     n = table.num_rows - first

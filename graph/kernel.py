@@ -537,7 +537,10 @@ def _layer(d, k, lab, slot, touched, nt, frontier, nf, nxt, o_lab, o_slot, o_don
     Times stay in [lo, hi]; strict order relaxes an edge only when it keeps
     time order (order "none": every label is lo / hi, only reachability
     counts). Accounts reached for the first time get a row. The rows improved
-    in this layer go to `nxt`. Each write is checked against the other side's
+    in this layer go to `nxt`. Under strict order a frontier row that had a
+    label before relaxes only its edges between the old label and the new
+    one: the others gave their labels when the old one was expanded (labels
+    only improve with depth, and a filter below only tightens with it). Each write is checked against the other side's
     labels at depth o_done (o_lab, o_slot): a meet.
     With f_depth >= 0 (backward only, o_lab the forward labels), an account
     gets a label only if the forward side reaches it within f_depth hops, and
@@ -565,9 +568,13 @@ def _layer(d, k, lab, slot, touched, nt, frontier, nf, nxt, o_lab, o_slot, o_don
         if forward:
             i = _first_at(p_eid, e_hot, first, stop, at if strict else lo)
             bound = hi
+            if strict and k >= 2 and lab[sx, k - 2] != INF:  # edges at or after the old label gave theirs already
+                bound = min(hi, lab[sx, k - 2] - 1)
         else:
             i = _first_at(p_eid, e_hot, first, stop, lo)
             bound = at if strict else hi
+            if strict and k >= 2 and lab[sx, k - 2] != NEG:  # edges at or before the old label gave theirs already
+                i = _first_at(p_eid, e_hot, i, stop, lab[sx, k - 2] + 1)
         value = lo if forward else hi
         while i < stop:
             e = p_eid[i]
@@ -723,7 +730,7 @@ def _label_rows(rows, H):
     return (np.empty((rows, H), np.int64), np.empty((rows, H), np.int64), np.empty(rows, np.int64),
             np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty(rows, np.int64),
             np.empty(rows, np.int64), np.zeros(rows, np.bool_), np.full(rows, -1, np.int64),
-            np.empty((rows, H, 2), np.int64))
+            np.zeros((rows, H, 4), np.int64))
 
 
 @njit(cache=True)
@@ -763,6 +770,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
     f_pos = np.empty(L + 1, np.int64)
     f_end = np.empty(L + 1, np.int64)
     kids = np.empty(64, np.int64)
+    n_dfs = 0  # depth-first searches run: tells the entries of c_span this one wrote
     ti = 0
     while ti < triggers.shape[0]:
         trig = triggers[ti]
@@ -863,8 +871,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
             # frames append after them).
             found_here = 0
             first_ring = n_rings
-            for s in range(nt_b):
-                c_span[s, :, 0] = -1
+            n_dfs += 1
             n_cached = 0
             f_acct[0] = v
             f_slot[0] = slot_b[v]
@@ -874,7 +881,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
             n_kids, kids, c_edges, n_cached = _children(
                 kids, 0, v, lo, -1, stamp, seen, on_path, u, 0, L, strict, flow, min_ratio, max_ratio, min_amt,
                 max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b, a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf,
-                tx_off, cut, ti, c_span, c_edges, n_cached)
+                tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached)
             f_pos[0] = 0
             f_end[0] = n_kids
             depth = 0
@@ -898,7 +905,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                     n_kids, kids, c_edges, n_cached = _children(
                         kids, f_end[depth], y, e_hot[e].ts, e, stamp, seen, on_path, u, nd, L, strict, flow,
                         min_ratio, max_ratio, min_amt, max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b,
-                        a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off, cut, ti, c_span, c_edges, n_cached)
+                        a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached)
                     f_pos[nd] = f_end[depth]
                     f_end[nd] = n_kids
                     depth = nd
@@ -973,7 +980,7 @@ def _known(ring_off, ring_edges, first, n_rings, f_edge, depth, e_hot):
 @njit(cache=True)
 def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L, strict, flow, min_ratio,
               max_ratio, min_amt, max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b, a_seg, a_hub, p_eid,
-              e_hot, e_amt, tx_buf, tx_off, cut, ti, c_span, c_edges, n_cached):
+              e_hot, e_amt, tx_buf, tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached):
     """The edges the DFS tries next from account x after `depth` witnesses, in key order.
 
     Without a flow rule only the first usable edge to each peer (its canonical
@@ -986,8 +993,14 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
     What does not depend on the path (the edge may witness, its peer reaches u
     in the hops left, in time) is worked out once per account and hops left
     for the trigger: those edges go to `c_edges`, their range to
-    `c_span[row of x, hops left]`. A dense graph enters the same accounts over
-    many paths, and x's whole out-list is scanned only the first time.
+    `c_span[row of x, hops left]` (start, stop, the depth-first search that
+    wrote it, the time it starts at). A dense graph enters the same accounts
+    over many paths, and x's out-list is scanned only the first time. Under
+    strict order the scan starts at that first arrival (a later path arriving
+    earlier scans again) and, without a hub guard, ends at x's own backward
+    label for hops left + 1: no edge after the latest departure from x that
+    still reaches u can be usable. (A hub guard skips lists when labelling
+    that the depth-first search still walks, so there the scan runs to ts_t.)
     Returns (n_kids, kids, c_edges, n_cached).
     """
     if _hub(a_seg, a_hub, p_eid, e_hot, x, 0, max_degree, horizon):
@@ -995,15 +1008,21 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
         return n_kids, kids, c_edges, n_cached
     left = L - depth - 1  # witnesses still allowed after this one
     sx = slot_b[x]
-    if sx >= 0 and c_span[sx, left, 0] >= 0:
+    since = arrival if strict else lo
+    if sx >= 0 and c_span[sx, left, 2] == n_dfs and c_span[sx, left, 3] <= since:
         start, stop = c_span[sx, left, 0], c_span[sx, left, 1]
     else:
         start = n_cached
-        c_edges, n_cached = _usable(x, left, u, strict, min_amt, lo, ts_t, trig, lab_b, slot_b, done_b, a_seg,
-                                    p_eid, e_hot, e_amt, tx_buf, tx_off, c_edges, n_cached)
+        until = ts_t
+        # x's label for left + 1 hops: computed when left < done_b, final for any depth when done_b < L - 1
+        if strict and sx >= 0 and max_degree < 0 and a_hub.shape[0] == 0 and (left < done_b or done_b < L - 1):
+            until = lab_b[sx, left + 1 if left < done_b else done_b]
+        c_edges, n_cached = _usable(x, left, u, strict, min_amt, since, until, ts_t, trig, lab_b, slot_b, done_b,
+                                    a_seg, p_eid, e_hot, e_amt, tx_buf, tx_off, c_edges, n_cached)
         stop = n_cached
         if sx >= 0:
-            c_span[sx, left, 0], c_span[sx, left, 1] = start, stop
+            c_span[sx, left, 0], c_span[sx, left, 1], c_span[sx, left, 2] = start, stop, n_dfs
+            c_span[sx, left, 3] = since
     if strict:  # the cached edges are in key order: skip those before the arrival at x
         hi = stop
         while start < hi:
@@ -1030,17 +1049,18 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
 
 
 @njit(cache=True)
-def _usable(x, left, u, strict, min_amt, lo, ts_t, trig, lab_b, slot_b, done_b, a_seg, p_eid, e_hot, e_amt,
-            tx_buf, tx_off, c_edges, n_cached):
-    """Append to c_edges x's out-edges that may be a witness with `left` witnesses after it, on any path."""
+def _usable(x, left, u, strict, min_amt, since, until, ts_t, trig, lab_b, slot_b, done_b, a_seg, p_eid, e_hot,
+            e_amt, tx_buf, tx_off, c_edges, n_cached):
+    """Append to c_edges x's out-edges with since <= ts <= until that may be a witness with `left` witnesses
+    after it, on any path."""
     base = np.int64(a_seg[x, 0, SEG_START])
     first, stop = base + a_seg[x, 0, SEG_HEAD], base + a_seg[x, 0, SEG_LEN]
     k = left if left < done_b else done_b
-    for i in range(_first_at(p_eid, e_hot, first, stop, lo), stop):
+    for i in range(_first_at(p_eid, e_hot, first, stop, since), stop):
         e = p_eid[i]
         r = e_hot[e]
         ts = r.ts
-        if ts > ts_t:
+        if ts > until:
             break
         if ts == ts_t and not _witness_ok(e_hot, tx_buf, tx_off, e, trig, ts_t):
             continue

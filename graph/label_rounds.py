@@ -43,8 +43,9 @@ Jobs (one per payment and purpose):
   proves p closes no ring at a newer trigger. The cheap side settles almost
   every late payment in a round or two (few payments after p when it is a
   little late; few behind it on a sparse stream), where growing one side
-  in full cost most of the sharded search's work on interleaved partitions.
-  A WRAP job that meets gets a LATE job.
+  in full cost most of the sharded search's work on interleaved partitions;
+  one whose src has no in-list or dst no out-list is settled before any
+  round (sharded.py). A WRAP job that meets gets a LATE job.
 - LATE, per WRAP job that met (under `order="none"`, per late payment):
   `kernel.late_candidates` spread over the shards — forward labels from y
   and backward from x, `max_hops - 2` layers each, then a scan of the
@@ -67,6 +68,7 @@ the peer or the batch's apply reported it, otherwise from `DegreeCache`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -114,6 +116,13 @@ class LabelRequest:
 
     def nbytes(self) -> int:
         return sum(getattr(self, name).nbytes for name in _ARRAYS_IN)
+
+    def writable(self) -> "LabelRequest":
+        """This request with writable arrays. Arrays that arrive in a small runtime message are read-only, and
+        numba keeps a compiled version of each kernel per writability: the shard's warm-up loads the writable
+        ones, and loading the others mid-stream cost each shard process a few tenths of a second."""
+        return dataclasses.replace(self, **{name: np.require(getattr(self, name), requirements="W")
+                                            for name in _ARRAYS_IN})
 
 
 _ARRAYS_IN = ("job", "tag", "gid", "label", "bound", "scan_job", "scan_gid", "scan_start", "scan_stop", "scan_fd",

@@ -271,7 +271,10 @@ class Alert(CompactPickle):
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-_FIELD_SETTERS = tuple(getattr(Alert, name).__set__ for name in Alert.__slots__)
+class _AlertDraft(CompactPickle):
+    """`Alert`'s slots, same layout, writable: `alerts_from_columns` fills one and then makes it an `Alert`."""
+
+    __slots__ = Alert.__slots__
 
 
 def alerts_from_columns(*columns: Iterable[Any]) -> list[Alert]:
@@ -279,30 +282,33 @@ def alerts_from_columns(*columns: Iterable[Any]) -> list[Alert]:
 
     For the graph, which raises dozens of rings per payment in a dense graph:
     a frozen dataclass's `__init__` sets each field through `object.__setattr__`
-    by name, which was the largest part of building an alert; here each field's
-    slot is written directly. The result is the same `Alert`.
+    by name, and even calling each slot's setter costs a call per field, which
+    was the largest part of building an alert. Here each field is a plain
+    attribute store on an `_AlertDraft` (same slots, not frozen), whose class
+    is then switched to `Alert`: the result is the same `Alert`, in about half
+    the time.
     """
-    (alert_id_, trigger_, accounts_, tx_ids_, hops_, total_, first_, last_, detected_, latency_, truncated_,
-     currency_, totals_, cut_by_) = _FIELD_SETTERS
     new = object.__new__
-    alerts = []
+    alerts: list[Alert] = []
+    append = alerts.append
     for a, b, c, d, e, f, g, h, i, j, k, l, m, n in zip(*columns, strict=True):
-        alert = new(Alert)
-        alert_id_(alert, a)
-        trigger_(alert, b)
-        accounts_(alert, c)
-        tx_ids_(alert, d)
-        hops_(alert, e)
-        total_(alert, f)
-        first_(alert, g)
-        last_(alert, h)
-        detected_(alert, i)
-        latency_(alert, j)
-        truncated_(alert, k)
-        currency_(alert, l)
-        totals_(alert, m)
-        cut_by_(alert, n)
-        alerts.append(alert)
+        alert = new(_AlertDraft)
+        alert.alert_id = a
+        alert.trigger_tx_id = b
+        alert.accounts = c
+        alert.tx_ids = d
+        alert.hops = e
+        alert.total_amount = f
+        alert.first_ts = g
+        alert.last_ts = h
+        alert.detected_at = i
+        alert.latency_ms = j
+        alert.truncated = k
+        alert.currency = l
+        alert.totals = m
+        alert.cut_by = n
+        alert.__class__ = Alert
+        append(alert)
     return alerts
 
 

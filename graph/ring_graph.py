@@ -256,10 +256,11 @@ def _alerts(store: EdgeStore, rings: Rings, arrival: Arrivals | None, now: float
     triggers = [t[-1] for t in ring_tx]
     return alerts_from_columns(
         map(alert_id, triggers, ring_accounts), triggers, ring_accounts, ring_tx,
-        [b - a for a, b in zip(heads_in_order, ends)], [Decimal(v) / AMOUNT_SCALE for v in totals], first_ts,
+        [b - a for a, b in zip(heads_in_order, ends)], [Decimal(v) / _SCALE for v in totals], first_ts,
         last_ts, repeat(int(now * 1000), n), latency, [bool(c) for c in cut_by], ring_currency, ring_totals, cut_by)
 
 
+_SCALE = Decimal(AMOUNT_SCALE)  # dividing by a Decimal skips converting the int divisor per alert
 CUT_BY = {bits: tuple(name for bit, name in CUT_NAMES if bits & bit) for bits in range(4)}
 
 

@@ -179,6 +179,7 @@ class GraphShard:
             self._newest = newest
         flags, labels = np.zeros(len(status), np.int8), None
         if first is not None:
+            rows = np.require(rows, np.int32, "W")  # read-only when it came in a small message (`LabelRequest.writable`)
             *entries, flags = sk.first_layer(
                 rows, status, eids, first.replay, first.window, first.min_amount, first.cheap, first.max_degree >= 0,
                 self.index, self._owner_of, self._gid_of, store.e_hot, store.e_amt, store.a_seg)
@@ -214,7 +215,7 @@ class GraphShard:
     def search_round(self, request: LabelRequest) -> LabelReply:
         """One round of label_rounds' search over the lists this shard owns."""
         started = time.perf_counter()
-        r, store = request, self.store
+        r, store = request.writable(), self.store
         reply = self._expand(r.job, r.tag, r.gid, r.label, r.bound, strict=r.strict, window=r.window,
                              min_amount=r.min_amount, max_degree=r.max_degree)
         if r.scan_job.size:
@@ -406,7 +407,12 @@ class ShardedRingGraph:
                    replies=labels)
         search.figures.searches = int(np.count_nonzero(triggers))
         if late.size:  # under strict order a wrap search first (LATE jobs for those that meet), else LATE at once
-            search.add(WRAP if o.order == "strict" else LATE, late, ts[late], *(column[late] for column in ends))
+            if o.order == "strict":
+                # a ring through a late payment leaves its dst and enters its src: an empty list settles it
+                search.add(WRAP, late, ts[late], *(column[late] for column in ends),
+                           active=(lengths[1][late] != 0) & (lengths[2][late] != 0))
+            else:
+                search.add(LATE, late, ts[late], *(column[late] for column in ends))
         while True:
             requests = search.plan()
             if not requests:

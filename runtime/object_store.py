@@ -37,6 +37,11 @@ class Blob:
     def shared(self) -> bool:
         return self.shm is not None
 
+    def fields(self) -> tuple:
+        """The blob as a plain tuple (`Blob(*fields)` makes it again), for the message every call's result
+        travels in: a tuple pickles and unpickles in a fifth of the dataclass's time (1 vs 5 us)."""
+        return (self.size, self.data, self.buffers, self.shm, self.layout)
+
 
 def pack(value: Any, *, what: str = "value", threshold: int = SHARED_THRESHOLD) -> Blob:
     data, buffers = dumps(value, what=what)

@@ -5,7 +5,7 @@ Messages on the pipe to the node, node -> worker:
   ("reply", request_id, ok, value)                                 answer to a runtime call
   ("exit",)
 worker -> node:
-  ("done", TaskResult, held_ids, released_ids)
+  ("done", task_id, Blob.fields() or None, error, contained_ids, held_ids, released_ids)
   ("call", request_id, method, args, held_ids, released_ids)       nested runtime API use (request_id None:
                                                                    no answer wanted); an actor's checkpoint
                                                                    is recorded this way before the result
@@ -216,7 +216,8 @@ class WorkerLink:
         lost with the worker.
         """
         if reply is None:
-            message = ("done", result, *self.take_ref_changes())
+            blob = None if result.blob is None else result.blob.fields()
+            message = ("done", result.task_id, blob, result.error, result.contained, *self.take_ref_changes())
             if may_hold and len(self.queue) > REFILL_AT:
                 self.outbox.hold(message)
             else:
