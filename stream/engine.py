@@ -420,6 +420,7 @@ class Engine:
                     return
             if busy:
                 timeout_ms = IN_GRAPH_POLL_MS  # to notice soon that the graph is free
+                _report_slow(in_graph)
             polled = self._source.poll(max_records=min(room, POLL_CHUNK) if aligned else room, timeout_ms=timeout_ms)
             arrived = time.time()
             decoded = polled.payments() if aligned and len(polled) else None
@@ -454,14 +455,9 @@ class Engine:
         job = self._in_graph
         if job is None:
             return
-        reported = 0
         while not concurrent.futures.wait([job.result], timeout=KEEP_ALIVE_S).done:
             self._source.keep_alive()
-            slow = int((time.monotonic() - job.started) // SLOW_GRAPH_LOG_S)
-            if slow > reported:
-                reported = slow
-                logger.info("a batch of %d payments has been in the graph for %d s; polling to stay in the "
-                            "consumer group", job.payments.num_rows, slow * SLOW_GRAPH_LOG_S)
+            _report_slow(job)
 
     def _process_pending(self) -> None:
         """Finish the batch in the graph, then judge, apply and search the open one and finish it too."""
@@ -928,6 +924,16 @@ class _InGraph:
     positions: dict[Partition, int]  # where its partitions resume after it
     started: float  # monotonic
     result: concurrent.futures.Future
+    reported: int = 0  # SLOW_GRAPH_LOG_S periods logged so far
+
+
+def _report_slow(job: _InGraph) -> None:
+    """Log a batch long in the graph, once per `SLOW_GRAPH_LOG_S` (the loop polls meanwhile)."""
+    slow = int((time.monotonic() - job.started) // SLOW_GRAPH_LOG_S)
+    if slow > job.reported:
+        job.reported = slow
+        logger.info("a batch of %d payments has been in the graph for %d s; polling to stay in the consumer group",
+                    job.payments.num_rows, slow * SLOW_GRAPH_LOG_S)
 
 
 class _CheckpointJob:
