@@ -7,9 +7,9 @@ the alerts of the batch in flight. Shards are made slow deterministically:
 the worker processes of the engine's runtime (where the shard actors live)
 are SIGSTOPped while payments arrive, so the batch waits for them until the
 test sends SIGCONT, well after the poll interval. The engine says so in its
-log (every 5 s a batch spends in the graph); meanwhile it must go on polling (the
-next batch, or without reading), and afterwards it has never left the group, and every ring arrives
-once.
+log (every 5 s a batch spends in the graph); meanwhile it must go on polling
+(the next batch, or without reading), and afterwards it has never left the
+group, and every ring arrives once.
 """
 
 from __future__ import annotations
