@@ -68,6 +68,7 @@ the peer or the batch's apply reported it, otherwise from `DegreeCache`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -115,6 +116,13 @@ class LabelRequest:
 
     def nbytes(self) -> int:
         return sum(getattr(self, name).nbytes for name in _ARRAYS_IN)
+
+    def writable(self) -> "LabelRequest":
+        """This request with writable arrays. Arrays that arrive in a small runtime message are read-only, and
+        numba keeps a compiled version of each kernel per writability: the shard's warm-up loads the writable
+        ones, and loading the others mid-stream cost each shard process a few tenths of a second."""
+        return dataclasses.replace(self, **{name: np.require(getattr(self, name), requirements="W")
+                                            for name in _ARRAYS_IN})
 
 
 _ARRAYS_IN = ("job", "tag", "gid", "label", "bound", "scan_job", "scan_gid", "scan_start", "scan_stop", "scan_fd",

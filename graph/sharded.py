@@ -179,6 +179,7 @@ class GraphShard:
             self._newest = newest
         flags, labels = np.zeros(len(status), np.int8), None
         if first is not None:
+            rows = np.require(rows, np.int32, "W")  # read-only when it came in a small message (`LabelRequest.writable`)
             *entries, flags = sk.first_layer(
                 rows, status, eids, first.replay, first.window, first.min_amount, first.cheap, first.max_degree >= 0,
                 self.index, self._owner_of, self._gid_of, store.e_hot, store.e_amt, store.a_seg)
@@ -214,7 +215,7 @@ class GraphShard:
     def search_round(self, request: LabelRequest) -> LabelReply:
         """One round of label_rounds' search over the lists this shard owns."""
         started = time.perf_counter()
-        r, store = request, self.store
+        r, store = request.writable(), self.store
         reply = self._expand(r.job, r.tag, r.gid, r.label, r.bound, strict=r.strict, window=r.window,
                              min_amount=r.min_amount, max_degree=r.max_degree)
         if r.scan_job.size:
