@@ -179,7 +179,7 @@ class GraphShard:
             self._newest = newest
         flags, labels = np.zeros(len(status), np.int8), None
         if first is not None:
-            rows = np.require(rows, np.int32, "W")  # read-only when it came in a small message (`LabelRequest.writable`)
+            rows = np.require(rows, np.int32, "W")  # read-only in a small message (`LabelRequest.writable`)
             *entries, flags = sk.first_layer(
                 rows, status, eids, first.replay, first.window, first.min_amount, first.cheap, first.max_degree >= 0,
                 self.index, self._owner_of, self._gid_of, store.e_hot, store.e_amt, store.a_seg)

@@ -42,23 +42,28 @@ def blocks(language: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def served_demo(tmp_path_factory) -> Iterator[tuple[str, dict[str, str], subprocess.Popen]]:
-    """`ringwatch demo --serve PORT`, as the README says, until every payment is in."""
+def served_demo(tmp_path_factory) -> Iterator[tuple[str, dict[str, str], subprocess.Popen, Path]]:
+    """`ringwatch demo --serve PORT`, as the README says, until every payment is in.
+
+    Its output goes to files in its folder, not pipes: a pipe nobody reads while the demo runs fills up and
+    stalls it. It is stopped whatever happens, setup failures included.
+    """
     port, out = free_port(), tmp_path_factory.mktemp("demo")
     env = {**os.environ, "RINGWATCH_QUERY_TOKEN": secrets.token_hex(16)}
-    demo = subprocess.Popen([sys.executable, "-m", "ringwatch.stream.cli", "demo", "--serve", str(port)], cwd=out,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    address = f"127.0.0.1:{port}"
-    with Client(address, token=env["RINGWATCH_QUERY_TOKEN"]) as client:
-        def consumed() -> bool:
-            try:
-                return client.health().transactions == DEMO_TRANSACTIONS
-            except EngineUnreachableError:
-                return demo.poll() is not None
-        wait_until(consumed, 120, "the demo engine to take every payment")
-    assert demo.poll() is None, demo.stderr.read()
+    with open(out / "stdout.txt", "w") as stdout, open(out / "stderr.txt", "w") as stderr:
+        demo = subprocess.Popen([sys.executable, "-m", "ringwatch.stream.cli", "demo", "--serve", str(port)],
+                                cwd=out, env=env, stdout=stdout, stderr=stderr)
     try:
-        yield address, env, demo
+        address = f"127.0.0.1:{port}"
+        with Client(address, token=env["RINGWATCH_QUERY_TOKEN"]) as client:
+            def consumed() -> bool:
+                try:
+                    return client.health().transactions == DEMO_TRANSACTIONS
+                except EngineUnreachableError:
+                    return demo.poll() is not None
+            wait_until(consumed, 120, "the demo engine to take every payment")
+        assert demo.poll() is None, (out / "stderr.txt").read_text()
+        yield address, env, demo, out
     finally:
         if demo.poll() is None:
             demo.kill()
@@ -66,7 +71,7 @@ def served_demo(tmp_path_factory) -> Iterator[tuple[str, dict[str, str], subproc
 
 
 def test_readme_python_snippets_run_against_the_demo_engine(served_demo):
-    address, env, _ = served_demo
+    address, env, _, _ = served_demo
     snippets = [code for code in blocks("python") if DOC_ADDRESS in code]
     assert snippets, "the README has no query example"
     os.environ["RINGWATCH_QUERY_TOKEN"] = env["RINGWATCH_QUERY_TOKEN"]
@@ -78,7 +83,7 @@ def test_readme_python_snippets_run_against_the_demo_engine(served_demo):
 
 
 def test_readme_query_commands_run_against_the_demo_engine(served_demo):
-    address, env, _ = served_demo
+    address, env, _, _ = served_demo
     commands = [line for code in blocks("bash") for line in code.splitlines() if line.startswith("ringwatch query")]
     assert len(commands) >= 5
     for line in commands:
@@ -91,10 +96,11 @@ def test_readme_query_commands_run_against_the_demo_engine(served_demo):
 
 def test_readme_shows_the_demo_output_it_gives(served_demo):
     """Runs after the query tests: Ctrl-C ends the served demo, which then prints its report."""
-    _, _, demo = served_demo
+    _, _, demo, out = served_demo
     demo.send_signal(signal.SIGINT)
-    stdout, stderr = demo.communicate(timeout=120)
-    assert demo.returncode == 0, stderr
+    demo.wait(timeout=120)
+    stdout = (out / "stdout.txt").read_text()
+    assert demo.returncode == 0, (out / "stderr.txt").read_text()
     shown = next(code for code in blocks("") if "recall" in code)
     for line in shown.splitlines():
         if line.startswith(("rings found", "precision", "recall", "alerts:", "picture:")):
