@@ -32,9 +32,7 @@ from ringwatch.graph import Transaction
 
 from .records import SourceRecord
 from .source import RebalanceListener, SequentialSource
-
-DAY_MS = 86_400_000
-MODES = ("bank", "dense")
+from .synthetic_config import DAY_MS, RING_GAP_MS, InvalidSyntheticConfigError, SyntheticConfig
 
 # Bank mode: share of accounts per role and share of payments per kind.
 _ROLE_SHARES = {"merchant": 0.05, "employer": 0.01, "supplier": 0.01}
@@ -42,55 +40,6 @@ _KIND_SHARES = {"purchase": 0.62, "p2p": 0.20, "salary": 0.08, "b2b": 0.10}
 # (log-mean, log-sigma) of the amount of each kind of payment, in currency units.
 _AMOUNT_LOGNORMAL = {"purchase": (3.3, 1.0), "p2p": (4.0, 1.1), "salary": (7.8, 0.4),
                      "b2b": (8.0, 1.2), "dense": (4.5, 1.3), "ring": (8.5, 0.6)}
-# Gap between consecutive hops of an injected ring: 5 minutes to 8 hours.
-_RING_GAP_MS = (5 * 60_000, 8 * 3_600_000)
-
-
-class InvalidSyntheticConfigError(ValueError):
-    """A `SyntheticConfig` that cannot produce a stream; the message names the field."""
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """What to generate. `n_transactions` counts ring payments too."""
-
-    n_transactions: int = 100_000
-    n_accounts: int = 10_000
-    days: float = 10.0
-    mode: str = "bank"
-    n_rings: int = 20
-    ring_hops: tuple[int, int] = (2, 6)
-    pass_on: tuple[float, float] = (0.85, 0.99)
-    seed: int = 0
-    start_ts: int = 1_704_067_200_000  # 2024-01-01T00:00:00Z
-    currency: str = "EUR"
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise InvalidSyntheticConfigError(f"mode: expected one of {MODES}, got {self.mode!r}")
-        if self.n_accounts < 100:
-            raise InvalidSyntheticConfigError(f"n_accounts: need at least 100, got {self.n_accounts}")
-        if self.days <= 0:
-            raise InvalidSyntheticConfigError(f"days: must be > 0, got {self.days}")
-        low, high = self.ring_hops
-        if not 2 <= low <= high:
-            raise InvalidSyntheticConfigError(f"ring_hops: need 2 <= low <= high, got {self.ring_hops}")
-        low_p, high_p = self.pass_on
-        if not 0 < low_p <= high_p <= 1:
-            raise InvalidSyntheticConfigError(f"pass_on: need 0 < low <= high <= 1, got {self.pass_on}")
-        if self.n_rings < 0:
-            raise InvalidSyntheticConfigError(f"n_rings: must be >= 0, got {self.n_rings}")
-        if self.n_rings * high > self.n_transactions:
-            raise InvalidSyntheticConfigError(
-                f"n_transactions: {self.n_transactions} is too few for {self.n_rings} rings of up to {high} hops"
-            )
-        if self.n_rings * high > self.n_accounts // 4:
-            raise InvalidSyntheticConfigError(
-                f"n_rings: {self.n_rings} rings of up to {high} hops need more than a quarter of "
-                f"the {self.n_accounts} accounts; raise n_accounts or lower n_rings"
-            )
-        if (high - 1) * _RING_GAP_MS[1] >= self.days * DAY_MS:
-            raise InvalidSyntheticConfigError(f"days: {self.days} is too short to hold a {high}-hop ring")
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +229,7 @@ def _ring_payments(rng: np.random.Generator, config: SyntheticConfig, lengths: n
         ratios = rng.uniform(config.pass_on[0], config.pass_on[1], size=hops - 1)
         start_amount = _lognormal_amounts(rng, "ring", 1)[0]
         amount[rows] = np.maximum(np.round(start_amount * np.concatenate([[1.0], np.cumprod(ratios)]), 2), 0.01)
-        gaps = rng.integers(_RING_GAP_MS[0], _RING_GAP_MS[1], size=hops - 1)
+        gaps = rng.integers(RING_GAP_MS[0], RING_GAP_MS[1], size=hops - 1)
         offsets = np.concatenate([[0], np.cumsum(gaps)])
         begin = rng.integers(0, span_ms - int(offsets[-1]))
         ts[rows] = config.start_ts + begin + offsets

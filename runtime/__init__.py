@@ -1,46 +1,53 @@
 """A small Ray-style runtime: tasks, actors, object refs, a GCS, nodes over gRPC."""
 
-from .api import (
-    ActorClass,
-    ActorHandle,
-    RemoteFunction,
-    actors,
-    cancel,
-    checkpoint,
-    current_node_id,
-    get,
-    get_actor,
-    init,
-    is_initialized,
-    kill,
-    kv_delete,
-    kv_get,
-    kv_keys,
-    kv_put,
-    nodes,
-    object_store_stats,
-    put,
-    remote,
-    shutdown,
-    wait,
-)
-from .errors import (
-    ActorDiedError,
-    AuthError,
-    CheckpointError,
-    GetTimeoutError,
-    NodeStoppedError,
-    NodeUnavailableError,
-    NodesLateError,
-    NotInitializedError,
-    ObjectLostError,
-    ResourceUnavailableError,
-    SerializationError,
-    TaskCancelledError,
-    TaskError,
-    TokenMissingError,
-)
-from .refs import ObjectRef
+from typing import TYPE_CHECKING
+
+from .lazy_exports import lazy_package
+
+if TYPE_CHECKING:  # the exports, imported on first use (runtime/lazy_exports.py)
+    from .api import (
+        ActorClass,
+        ActorHandle,
+        RemoteFunction,
+        actors,
+        cancel,
+        checkpoint,
+        current_node_id,
+        get,
+        get_actor,
+        init,
+        is_initialized,
+        kill,
+        kv_delete,
+        kv_get,
+        kv_keys,
+        kv_put,
+        nodes,
+        object_store_stats,
+        put,
+        remote,
+        shutdown,
+        wait,
+    )
+    from .errors import (
+        ActorDiedError,
+        AuthError,
+        CheckpointError,
+        GetTimeoutError,
+        NodeStoppedError,
+        NodeUnavailableError,
+        NodesLateError,
+        NotInitializedError,
+        ObjectLostError,
+        ResourceUnavailableError,
+        SerializationError,
+        TaskCancelledError,
+        TaskError,
+        TokenMissingError,
+    )
+    from .refs import ObjectRef
+
+__getattr__, __dir__ = lazy_package(__name__)
 
 __all__ = [
     "ActorClass",

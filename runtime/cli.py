@@ -12,15 +12,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
-
-import redis
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .auth import ClusterKeys, query_token_for
-from .cluster import HEARTBEAT_S, HEARTBEAT_TIMEOUT_S, ClusterNode
 from .errors import TlsConfigError, TokenMissingError
-from .gcs import RedisGcs
-from .tls import TlsFiles
+from .heartbeats import HEARTBEAT_S, HEARTBEAT_TIMEOUT_S
+
+if TYPE_CHECKING:
+    from .gcs import RedisGcs
+    from .tls import TlsFiles
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +88,16 @@ def add_tls_options(parser: argparse.ArgumentParser, what: str) -> None:
 
 def tls_from_args(args: argparse.Namespace) -> TlsFiles | None:
     """The TLS files from the options, else from the environment; TlsConfigError names what is wrong."""
+    from .tls import TlsFiles  # grpc: imported by the commands that run, not by `ringwatch --help`
+
     return TlsFiles.from_options(args.tls_cert, args.tls_key, args.tls_ca) or TlsFiles.from_env()
 
 
 def start_node(args: argparse.Namespace) -> int:
+    import redis
+
+    from .cluster import ClusterNode
+
     try:
         token = read_token(args.token_file)
         tls = tls_from_args(args)
@@ -115,6 +121,8 @@ def start_node(args: argparse.Namespace) -> int:
 
 def _unreachable(address: str, exc: BaseException) -> str:
     """One line for a failure to reach the GCS (a Redis error) or to listen (an OSError)."""
+    import redis
+
     if isinstance(exc, redis.RedisError):
         return f"cannot reach the GCS at {address}: {exc}"
     return str(exc)
@@ -147,6 +155,10 @@ def register_status(subparsers: argparse._SubParsersAction, sections: Sequence[S
 
 
 def show_status(args: argparse.Namespace, sections: Sequence[StatusSection] = ()) -> int:
+    import redis
+
+    from .gcs import RedisGcs
+
     try:
         token = read_token(args.token_file)
     except (TokenMissingError, OSError) as exc:

@@ -29,6 +29,7 @@ from .auth import ClusterKeys
 from .direct import DirectSettings, direct_key
 from .errors import NodesLateError, NodeUnavailableError, ResourceUnavailableError, TokenMissingError
 from .gcs import RedisGcs
+from .heartbeats import HEARTBEAT_S, HEARTBEAT_TIMEOUT_S
 from .node import Node
 from .object_store import SHARED_THRESHOLD, Blob, from_wire, to_wire
 from .protocol import TASK, TaskSpec
@@ -37,8 +38,6 @@ from .transport import NodeClient, serve
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_S = 1.0
-HEARTBEAT_TIMEOUT_S = 5.0
 DRIVER_HEARTBEAT_TIMEOUT_S = 60.0
 _MEAN_TASK_S = 0.01
 # RINGWATCH_LINEAGE=0 turns lineage recording off (lost objects then cannot be rebuilt); for benchmarks.

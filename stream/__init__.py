@@ -5,24 +5,31 @@ command), `demo` (`ringwatch demo` and its picture). Their main names are
 re-exported here so `from ringwatch.stream import Client` keeps working.
 """
 
-from .checkpoint import Checkpoint, CheckpointError, CheckpointStore, EngineProgress, FileCheckpointStore
-from .config import Config, ConfigError
-from .demo import DemoReport, run_demo
-from .detect import DetectReport, detect
-from .engine import Engine
-from .event_time import EventClock, TimeRules
-from .history import AlertHistory, AlertHistoryError
-from .metrics import EngineMetrics
-from .query import (
-    AccountSummary,
-    Client,
-    EngineStats,
-    EngineUnreachableError,
-    Health,
-    InvalidQueryError,
-    Neighbor,
-    QueryError,
-)
+from typing import TYPE_CHECKING
+
+from ringwatch.runtime.lazy_exports import lazy_package
+
+if TYPE_CHECKING:  # the exports, imported on first use (runtime/lazy_exports.py)
+    from .checkpoint import Checkpoint, CheckpointError, CheckpointStore, EngineProgress, FileCheckpointStore
+    from .config import Config, ConfigError
+    from .demo import DemoReport, run_demo
+    from .detect import DetectReport, detect
+    from .engine import Engine
+    from .event_time import EventClock, TimeRules
+    from .history import AlertHistory, AlertHistoryError
+    from .metrics import EngineMetrics
+    from .query import (
+        AccountSummary,
+        Client,
+        EngineStats,
+        EngineUnreachableError,
+        Health,
+        InvalidQueryError,
+        Neighbor,
+        QueryError,
+    )
+
+__getattr__, __dir__ = lazy_package(__name__)
 
 __all__ = [
     "AccountSummary",

@@ -18,9 +18,8 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ringwatch.connectors.kafka_settings import KafkaSecurity, KafkaSettings, KafkaSettingsError
 from ringwatch.connectors.mapping import FieldMapping, InvalidMappingError, load_schema
 from ringwatch.connectors.webhook_client import InvalidWebhookConfigError, check_url
 from ringwatch.graph import (
@@ -37,6 +36,9 @@ from ringwatch.runtime.backend import BACKENDS
 
 from . import logs
 from .event_time import TimeRules
+
+if TYPE_CHECKING:
+    from ringwatch.connectors.kafka_settings import KafkaSettings
 
 ENV_PREFIX = "RINGWATCH_"
 # Documented RINGWATCH_* variables that are not config keys: read by the runtime, every command or the
@@ -272,6 +274,8 @@ class Config:
 
     def kafka_settings(self) -> KafkaSettings:
         """What every Kafka client of the engine is built with (connectors/kafka_settings.py)."""
+        from ringwatch.connectors.kafka_settings import KafkaSecurity, KafkaSettings, KafkaSettingsError  # kafka
+
         kafka = self.kafka
         try:
             return KafkaSettings(KafkaSecurity(

@@ -9,14 +9,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ringwatch.connectors import BrokerStartError, InvalidSyntheticConfigError
-
-from ..config import ConfigError
-from ..demo import DemoReport, progress_reporter, run_demo
 from ..display import alert_total, moment, ring_text
 from .runtime_flags import add_runtime_arguments
 from .tables import print_table
+
+if TYPE_CHECKING:
+    from ..demo import DemoReport
 
 TABLE_ROWS = 10
 
@@ -44,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The engine, the runtime and the connectors: imported when the demo runs, not for `ringwatch --help`.
+    from ringwatch.connectors import BrokerStartError, InvalidSyntheticConfigError
+
+    from ..config import ConfigError
+    from ..demo import progress_reporter, run_demo
+
     progress, report_progress = progress_reporter("demo")
     serving = None
     if args.serve:

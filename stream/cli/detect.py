@@ -6,10 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ringwatch.connectors import UnsupportedFileError
 from ringwatch.graph import InvalidDurationError, InvalidSearchOptionError, SearchOptions, format_duration
 
-from ..detect import DetectReport, detect, write_alerts_jsonl, write_rejected_jsonl
 from .runtime_flags import add_runtime_arguments
 
 
@@ -52,6 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The file readers, the compiled graph and the runtime: imported when a file is searched, not for --help.
+    from ringwatch.connectors import UnsupportedFileError
+
+    from ..detect import DetectReport, detect, write_alerts_jsonl, write_rejected_jsonl
+
     if not args.file.exists():
         print(f"ringwatch detect: no such file: {args.file}", file=sys.stderr)
         return 2

@@ -6,15 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ringwatch.connectors.kafka import KafkaConnectorError, produce_transactions
-from ringwatch.connectors.synthetic import (
-    MODES,
-    InvalidSyntheticConfigError,
-    SyntheticConfig,
-    generate,
-    write_stream,
-    write_truth,
-)
+from ringwatch.connectors.synthetic_config import MODES, InvalidSyntheticConfigError, SyntheticConfig
 
 from .. import logs
 from ..config import ConfigError, add_arguments, load, overrides_from_args
@@ -49,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Kafka, numpy and pyarrow: imported when a stream is generated, not for `ringwatch --help`.
+    from ringwatch.connectors.kafka import KafkaConnectorError, produce_transactions
+    from ringwatch.connectors.synthetic import generate, write_stream, write_truth
+
     if args.out is None and args.topic is None:
         raise SystemExit("ringwatch generate: give --out PATH and/or --kafka-bootstrap HOST:PORT --topic NAME")
     if (args.topic is None) != (args.kafka_bootstrap is None):

@@ -17,19 +17,21 @@ import json
 import sys
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
-
-from ringwatch.graph import Alert
 from ringwatch.runtime import AuthError, GetTimeoutError
 from ringwatch.runtime.cli import add_tls_options, read_query_token, tls_from_args
-from ringwatch.runtime.errors import TokenMissingError
-from ringwatch.runtime.tls import TlsConfigError
+from ringwatch.runtime.errors import TlsConfigError, TokenMissingError
 
-from ..query import AccountSummary, Client, EngineStats, Health, InvalidQueryError, Neighbor, QueryError, to_plain
 from ..display import alert_total, money, moment, ring_text, total
 from .tables import print_table
+
+if TYPE_CHECKING:  # the client (grpc) and networkx are imported when a query runs, not for `ringwatch --help`
+    import networkx as nx
+
+    from ringwatch.graph import Alert
+
+    from ..query import AccountSummary, Client, EngineStats, Health, Neighbor
 
 DEFAULT_ADDRESS = "127.0.0.1:7070"
 
@@ -99,15 +101,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _client(args: argparse.Namespace) -> Client:
+    from ..query import Client
+
     return Client(args.address, token=read_query_token(args.token_file), tls=tls_from_args(args))
 
 
 def _plain_json(answer: Any) -> str:
+    from ..query import to_plain
+
     return json.dumps(to_plain(answer), indent=2)
 
 
 def _run(args: argparse.Namespace, ask, show, *, exit_code=lambda answer: 0, as_json=_plain_json) -> int:
     """Ask, then print the answer: `show` for people, `as_json` with --json; errors named, with an exit code."""
+    from ..query import InvalidQueryError, QueryError
+
     try:
         with _client(args) as client:
             answer = ask(client)
@@ -218,6 +226,8 @@ def _subgraph_table(graph: nx.MultiDiGraph) -> None:
 
 def graph_text(graph: nx.MultiDiGraph, *, graphml: bool) -> str:
     """GraphML (values as GraphML types: exact amounts as decimal text) or networkx node-link JSON."""
+    import networkx as nx
+
     if not graphml:
         return json.dumps(nx.node_link_data(graph, edges="edges"), indent=2, default=_exact) + "\n"
     plain = nx.MultiDiGraph()

@@ -9,10 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ringwatch.connectors import InvalidWebhookConfigError, KafkaConnectorError
-
 from .. import logs
-from ..checkpoint import CheckpointError
 from ..config import ConfigError, add_arguments, load, overrides_from_args
 from .main import ringwatch_version
 
@@ -36,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ringwatch.connectors import InvalidWebhookConfigError, KafkaConnectorError
+
+    from ..checkpoint import CheckpointError
     from ..engine import Engine
 
     try:

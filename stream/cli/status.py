@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ringwatch.runtime import cli as runtime_cli
-from ringwatch.runtime.gcs import RedisGcs
 
-from ..checkpoint import GcsCheckpointStore, groups
+if TYPE_CHECKING:
+    from ringwatch.runtime.gcs import RedisGcs
 
 
 class EngineCheckpoints:
@@ -25,6 +25,8 @@ class EngineCheckpoints:
     name = "engines"
 
     def collect(self, gcs: RedisGcs) -> list[dict[str, Any]]:
+        from ..checkpoint import GcsCheckpointStore, groups  # pyarrow: for `ringwatch status`, not its --help
+
         now = time.time()
         found = []
         for group in groups(gcs):
