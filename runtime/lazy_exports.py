@@ -52,6 +52,11 @@ class _LazyPackage(types.ModuleType):
             value = getattr(value, name)
         super().__setattr__(name, value)
 
+    def __reduce__(self) -> tuple[Callable[[str], types.ModuleType], tuple[str]]:
+        """Pickled by name, as pickle and cloudpickle treat a plain module (they look a reducer up by exact type):
+        a function shipped to a worker may name a lazy package among its globals."""
+        return importlib.import_module, (self.__name__,)
+
 
 def lazy_package(package: str) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """The package's module `__getattr__` and `__dir__`, serving the names of its `if TYPE_CHECKING:` imports."""

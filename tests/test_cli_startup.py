@@ -71,3 +71,17 @@ def test_a_submodule_import_keeps_the_export_of_its_name() -> None:
             "assert callable(detect) and not hasattr(detect, '__path__') and detect.__module__ == "
             "'ringwatch.stream.detect', detect")
     imported_after(code)
+
+
+def test_a_function_naming_a_lazy_package_pickles_by_reference():
+    """Tasks shipped by value (cloudpickle) name packages such as `ringwatch.runtime` among their globals."""
+    import cloudpickle
+    import pickle
+
+    import ringwatch.runtime as rt
+
+    def uses_the_package() -> object:
+        return rt
+
+    assert pickle.loads(pickle.dumps(rt)) is rt
+    assert pickle.loads(cloudpickle.dumps(uses_the_package))() is rt
