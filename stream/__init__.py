@@ -15,7 +15,8 @@ if TYPE_CHECKING:  # the exports, imported on first use (runtime/lazy_exports.py
     from .demo import DemoReport, run_demo
     from .detect import DetectReport, detect
     from .engine import Engine
-    from .event_time import EventClock, TimeRules
+    from .event_time import EventClock
+    from .time_rules import TimeRules
     from .history import AlertHistory, AlertHistoryError
     from .metrics import EngineMetrics
     from .query import (

@@ -35,7 +35,7 @@ from ringwatch.graph.model import DEFAULT_MAX_AMOUNT
 from ringwatch.runtime.backend import BACKENDS
 
 from . import logs
-from .event_time import TimeRules
+from .time_rules import TimeRules
 
 if TYPE_CHECKING:
     from ringwatch.connectors.kafka_settings import KafkaSettings
