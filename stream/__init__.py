@@ -16,7 +16,6 @@ if TYPE_CHECKING:  # the exports, imported on first use (runtime/lazy_exports.py
     from .detect import DetectReport, detect
     from .engine import Engine
     from .event_time import EventClock
-    from .time_rules import TimeRules
     from .history import AlertHistory, AlertHistoryError
     from .metrics import EngineMetrics
     from .query import (
@@ -29,6 +28,9 @@ if TYPE_CHECKING:  # the exports, imported on first use (runtime/lazy_exports.py
         Neighbor,
         QueryError,
     )
+    from .time_rules import TimeRules
+
+    from ringwatch.runtime.errors import RingwatchError
 
 __getattr__, __dir__ = lazy_package(__name__)
 
@@ -56,6 +58,7 @@ __all__ = [
     "Neighbor",
     "TimeRules",
     "QueryError",
+    "RingwatchError",
     "detect",
     "run_demo",
 ]

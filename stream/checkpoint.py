@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ringwatch.runtime.errors import RingwatchError
 from ringwatch.runtime.files import write_atomically
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ Partition = tuple[str, int]
 RECORD_SUFFIX = ".checkpoint.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RingwatchError, RuntimeError):
     """A checkpoint that cannot be written or cannot be used to restore; the message says which."""
 
 
