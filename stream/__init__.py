@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ringwatch.runtime.lazy_exports import lazy_package
 
 if TYPE_CHECKING:  # the exports, imported on first use (runtime/lazy_exports.py)
-    from .checkpoint import Checkpoint, CheckpointError, CheckpointStore, EngineProgress, FileCheckpointStore
+    from .checkpoint import Checkpoint, CheckpointRecordError, CheckpointRecords, EngineProgress, FileCheckpointRecords
     from .config import Config, ConfigError
     from .demo import DemoReport, run_demo
     from .detect import DetectReport, detect
@@ -39,8 +39,8 @@ __all__ = [
     "AlertHistory",
     "AlertHistoryError",
     "Checkpoint",
-    "CheckpointError",
-    "CheckpointStore",
+    "CheckpointRecordError",
+    "CheckpointRecords",
     "EngineProgress",
     "Client",
     "Config",
@@ -52,7 +52,7 @@ __all__ = [
     "EngineStats",
     "EventClock",
     "EngineUnreachableError",
-    "FileCheckpointStore",
+    "FileCheckpointRecords",
     "Health",
     "InvalidQueryError",
     "Neighbor",
