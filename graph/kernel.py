@@ -730,8 +730,8 @@ def _label_rows(rows, H):
     the DFS's cached candidate ranges (see `_children`) and the lazy labels' scan positions (see `_reach`)."""
     return (np.empty((rows, H), np.int64), np.empty((rows, H), np.int64), np.empty(rows, np.int64),
             np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty(rows, np.int64),
-            np.empty(rows, np.int64), np.zeros(rows, np.bool_), np.full(rows, -1, np.int64),
-            np.zeros((rows, H, 4), np.int64), np.empty((rows, H), np.int64))
+            np.empty(rows, np.int64), np.zeros(rows, np.bool_), np.zeros((rows, H, 4), np.int64),
+            np.empty((rows, H), np.int64))
 
 
 @njit(cache=True)
@@ -755,7 +755,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
     """
     L = max_hops - 1
     H = max_hops
-    lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, seen, c_span, r_pos = _label_rows(
+    lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, c_span, r_pos = _label_rows(
         min(FIRST_SLOTS, n_accounts + 1), H)
     c_edges = np.empty(64, np.int64)
     stamp = 0
@@ -771,6 +771,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
     f_pos = np.empty(L + 1, np.int64)
     f_end = np.empty(L + 1, np.int64)
     kids = np.empty(64, np.int64)
+    seen = np.zeros(n_accounts + 1, np.int64)  # per account: the last DFS frame that listed an edge to it
     stack = np.empty((H + 1, 4), np.int64)  # `_reach`'s frames
     lz = np.zeros(2, np.int64)  # the lazy labels' row count and out-of-rows flag
     n_dfs = 0  # depth-first searches run: tells the entries of c_span this one wrote
@@ -899,11 +900,11 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
             n_kids, kids, c_edges, n_cached = _children(
                 kids, 0, v, lo, -1, stamp, seen, on_path, u, 0, L, strict, flow, min_ratio, max_ratio, min_amt,
                 max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b, a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf,
-                tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached, lazy, touched_b, r_pos, lz, stack)
+                tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached, lazy)
             f_pos[0] = 0
             f_end[0] = n_kids
             depth = 0
-            while depth >= 0 and not lz[1]:
+            while depth >= 0:
                 if f_pos[depth] == f_end[depth]:
                     if f_slot[depth] >= 0:
                         on_path[f_slot[depth]] = False
@@ -914,6 +915,14 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                 f_edge[depth] = e
                 y = e_hot[e].dst
                 if y != u:
+                    if lazy and L - depth - 1 > done_b:
+                        got = _reach(y, L - depth - 1, e_hot[e].ts if strict else lo, u, lo, ts_t, trig, strict,
+                                     min_amt, done_b, lab_b, slot_b, touched_b, r_pos, lz, stack, a_seg, p_eid, e_hot,
+                                     e_amt, tx_buf, tx_off)
+                        if got < 0:
+                            break
+                        if got == 0:
+                            continue
                     work[4] += 1
                     nd = depth + 1
                     f_acct[nd] = y
@@ -924,7 +933,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                         kids, f_end[depth], y, e_hot[e].ts, e, stamp, seen, on_path, u, nd, L, strict, flow,
                         min_ratio, max_ratio, min_amt, max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b,
                         a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached,
-                        lazy, touched_b, r_pos, lz, stack)
+                        lazy)
                     f_pos[nd] = f_end[depth]
                     f_end[nd] = n_kids
                     depth = nd
@@ -963,7 +972,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
             cut[ti] = 0
             _release(slot_f, touched_f, lab_f.shape[0] if nt_f < 0 else nt_f)
             _release(slot_b, touched_b, lab_b.shape[0] if nt_b < 0 else nt_b)
-            lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, seen, c_span, r_pos = _label_rows(
+            lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, c_span, r_pos = _label_rows(
                 min(2 * lab_f.shape[0], n_accounts + 1), H)
             continue
         _release(slot_f, touched_f, nt_f)
@@ -1012,8 +1021,7 @@ def _known(ring_off, ring_edges, first, n_rings, f_edge, depth, e_hot):
 @njit(cache=True)
 def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L, strict, flow, min_ratio,
               max_ratio, min_amt, max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b, a_seg, a_hub, p_eid,
-              e_hot, e_amt, tx_buf, tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached, lazy, touched_b, r_pos, lz,
-              stack):
+              e_hot, e_amt, tx_buf, tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached, lazy):
     """The edges the DFS tries next from account x after `depth` witnesses, in key order.
 
     Without a flow rule only the first usable edge to each peer (its canonical
@@ -1034,9 +1042,12 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
     label for hops left + 1: no edge after the latest departure from x that
     still reaches u can be usable. (A hub guard skips lists when labelling
     that the depth-first search still walks, so there the scan runs to ts_t.)
-    With `lazy` labels (`_reach`) x's label for left + 1 hops was worked out
-    when the edge into x was found usable. Out of label rows, lz[1] is set
-    and the kids are not listed.
+    With `lazy` labels (`_reach`) an edge whose peer's label is not known yet
+    is listed, and the depth-first search asks `_reach` when it takes it: a
+    search the ring cap stops early asks about few of them. Listing the first
+    such edge to each peer loses nothing: if its peer cannot reach u in time
+    after it, neither can it after a later edge. x's own label for left + 1
+    hops was worked out when the edge into x was taken.
     Returns (n_kids, kids, c_edges, n_cached).
     """
     if _hub(a_seg, a_hub, p_eid, e_hot, x, 0, max_degree, horizon):
@@ -1058,11 +1069,8 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
                     until = lab_b[sx, left + 1]
             elif left < done_b or done_b < L - 1:
                 until = lab_b[sx, left + 1 if left < done_b else done_b]
-        c_edges, n_cached = _usable(x, left, u, strict, min_amt, since, until, lo, ts_t, trig, lab_b, slot_b, done_b,
-                                    a_seg, p_eid, e_hot, e_amt, tx_buf, tx_off, c_edges, n_cached, lazy, touched_b,
-                                    r_pos, lz, stack)
-        if lz[1]:
-            return n_kids, kids, c_edges, n_cached
+        c_edges, n_cached = _usable(x, left, u, strict, min_amt, since, until, ts_t, trig, lab_b, slot_b, done_b,
+                                    a_seg, p_eid, e_hot, e_amt, tx_buf, tx_off, c_edges, n_cached, lazy)
         stop = n_cached
         if sx >= 0:
             c_span[sx, left, 0], c_span[sx, left, 1], c_span[sx, left, 2] = start, stop, n_dfs
@@ -1078,14 +1086,13 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
     for i in range(start, stop):
         e = c_edges[i]
         y = e_hot[e].dst
-        sy = slot_b[y]
-        if not flow and seen[sy] == stamp:
+        if not flow and seen[y] == stamp:
             continue
-        if y != u and on_path[sy]:
+        if y != u and slot_b[y] >= 0 and on_path[slot_b[y]]:
             continue
         if flow and prev >= 0 and not _flow_ok(e_amt[prev], e_amt[e], min_ratio, max_ratio):
             continue
-        seen[sy] = stamp
+        seen[y] = stamp
         kids = grown(kids, n_kids + 1)
         kids[n_kids] = e
         n_kids += 1
@@ -1093,10 +1100,10 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
 
 
 @njit(cache=True)
-def _usable(x, left, u, strict, min_amt, since, until, lo, ts_t, trig, lab_b, slot_b, done_b, a_seg, p_eid, e_hot,
-            e_amt, tx_buf, tx_off, c_edges, n_cached, lazy, touched_b, r_pos, lz, stack):
+def _usable(x, left, u, strict, min_amt, since, until, ts_t, trig, lab_b, slot_b, done_b, a_seg, p_eid, e_hot,
+            e_amt, tx_buf, tx_off, c_edges, n_cached, lazy):
     """Append to c_edges x's out-edges with since <= ts <= until that may be a witness with `left` witnesses
-    after it, on any path (labels deeper than done_b asked of `_reach` when `lazy`; stops when it is out of rows)."""
+    after it, on any path (with `lazy` labels deeper than done_b, also those whose peer's label is not known yet)."""
     base = np.int64(a_seg[x, 0, SEG_START])
     first, stop = base + a_seg[x, 0, SEG_HEAD], base + a_seg[x, 0, SEG_LEN]
     k = left if left < done_b else done_b
@@ -1115,12 +1122,11 @@ def _usable(x, left, u, strict, min_amt, since, until, lo, ts_t, trig, lab_b, sl
             if left <= 0:
                 continue
             if lazy and left > done_b:
-                got = _reach(y, left, ts if strict else lo, u, lo, ts_t, trig, strict, min_amt, done_b, lab_b, slot_b,
-                             touched_b, r_pos, lz, stack, a_seg, p_eid, e_hot, e_amt, tx_buf, tx_off)
-                if got < 0:
-                    return c_edges, n_cached
-                if got == 0:
-                    continue
+                sy = slot_b[y]
+                if sy >= 0:
+                    reach = lab_b[sy, left]
+                    if reach != UNKNOWN and (reach == NEG or (strict and reach < ts)):
+                        continue
             else:
                 sy = slot_b[y]
                 if sy < 0:  # u is not reachable from y in time
