@@ -50,9 +50,9 @@ from ringwatch.graph import (
     StoredEdge,
 )
 from ringwatch.runtime.checkpoints import is_arrow, open_store
-from ringwatch.runtime.errors import CheckpointError as RuntimeCheckpointError
+from ringwatch.runtime.errors import CheckpointError
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointRecordError
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def open_graph(num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
 
 
 def trusted_arrow_checkpoints(checkpoint_uri: str, checkpoint_ids: Sequence[str]) -> None:
-    """Refuse (CheckpointError) a restore naming anything but Arrow checkpoints whose bytes match their ids.
+    """Refuse (CheckpointRecordError) a restore naming anything but Arrow checkpoints whose bytes match their ids.
 
     Checked for every store, files or Redis (both are storage, not a trust
     boundary), whenever the ids come from a record under `state_dir`.
@@ -265,10 +265,10 @@ def trusted_arrow_checkpoints(checkpoint_uri: str, checkpoint_ids: Sequence[str]
     for checkpoint_id in checkpoint_ids:
         try:
             data = store.read(checkpoint_id)
-        except RuntimeCheckpointError as exc:
-            raise CheckpointError(f"shard checkpoint: {exc} (was the checkpoint record under state_dir edited? "
+        except CheckpointError as exc:
+            raise CheckpointRecordError(f"shard checkpoint: {exc} (was the checkpoint record under state_dir edited? "
                                   f"restore state_dir from a backup or start with a fresh one)") from None
         if not is_arrow(data):
-            raise CheckpointError(f"shard checkpoint {checkpoint_id} in {checkpoint_uri} is not an Arrow table "
+            raise CheckpointRecordError(f"shard checkpoint {checkpoint_id} in {checkpoint_uri} is not an Arrow table "
                                   f"written by ringwatch: refused, graph state is never unpickled (was state_dir "
                                   f"tampered with?)")
