@@ -573,6 +573,7 @@ class Engine:
         batch, payments, rows = job.batch, job.payments, job.rows
         self._handed += payments.num_rows
         self.cut_short += result.truncated_searches
+        self.metrics.late_payments.inc(result.late_payments)
         for k, reason in result.refused:  # by row, not tx id: a batch may hold one tx id more than once
             self._dead_letter(batch[int(rows[k])], reason)
         alerts = result.alerts

@@ -68,6 +68,7 @@ class GraphBatch:
     alerts: list[Alert] = field(default_factory=list)
     refused: list[tuple[int, str]] = field(default_factory=list)
     truncated_searches: int = 0
+    late_payments: int = 0  # older than the newest payment already applied: they took the late search path
 
 
 class EngineGraph(Protocol):
@@ -126,7 +127,8 @@ class ShardedEngineGraph:
 
     def process(self, payments: pa.Table, received_at: np.ndarray) -> GraphBatch:
         result = self.graph.process(payments, received_at, replay=True)
-        return GraphBatch(result.alerts, [(r.index, r.reason) for r in result.rejected], result.truncated_searches)
+        return GraphBatch(result.alerts, [(r.index, r.reason) for r in result.rejected], result.truncated_searches,
+                          result.late_payments)
 
     def evict(self, horizon: int) -> None:
         reclaimed = self.graph.evict(horizon)
@@ -168,7 +170,8 @@ class InProcessEngineGraph:
     def process(self, payments: pa.Table, received_at: np.ndarray) -> GraphBatch:
         with self._lock:
             result = self.graph.process(payments, received_at, replay=True)
-        return GraphBatch(result.alerts, [(r.index, r.reason) for r in result.rejected], result.truncated_searches)
+        return GraphBatch(result.alerts, [(r.index, r.reason) for r in result.rejected], result.truncated_searches,
+                          result.late_payments)
 
     def evict(self, horizon: int) -> None:
         with self._lock:
