@@ -64,6 +64,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from ringwatch.connectors import EmbeddedBroker, SyntheticConfig, generate, produce_transactions
 from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.graph import LocalRingGraph, Transaction
+from ringwatch.graph.warmup import warm_up
 from ringwatch.stream import Config
 from ringwatch.stream.config import search_options
 from ringwatch.stream.engine import MIN_FETCH_WAIT_MS
@@ -436,6 +437,9 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     scaled: dict[str, float] = {}
     loads: dict[str, str] = {}
+    # the engines load the compiled kernel from numba's cache; a kernel changed since is compiled here, not in
+    # the middle of a measured run
+    print(f"graph kernel ready in {warm_up():.1f} s", flush=True)
     load_at_start = load_average()
     try:
         floor_rows: dict[str, float] = {}
