@@ -291,14 +291,15 @@ def latency_run(bootstrap: str, rate: int, seconds: float, accounts: int, window
     return sorted(latencies), sorted(inside), offered, min(1.0, consumed_now / total)
 
 
-def scale_out(bootstrap: str, topic: str, expected: int, window: str, budget_s: float) -> dict[str, float]:
-    """Group tx/s of 1 and of 2 engines sharing one graph on a one-node ringwatch cluster."""
+def scale_out(bootstrap: str, topic: str, expected: int, window: str, budget_s: float,
+              workers: int = 2) -> dict[str, float]:
+    """Group tx/s of 1 and of 2 engines sharing one graph on a one-node ringwatch cluster of `workers` workers."""
     results = {}
     with tempfile.TemporaryDirectory(prefix="ringwatch-scale-") as work:
         redis_server = RedisServer(Path(work) / "redis").start()
         cluster = Cluster(redis_server.url, f"bench-{time.time_ns()}")
         try:
-            cluster.start_node("node-1", workers=2)
+            cluster.start_node("node-1", workers=workers)
             env = {"RINGWATCH_TOKEN": TOKEN}
             for count in (1, 2):
                 group = f"scale-{count}-{time.time_ns()}"

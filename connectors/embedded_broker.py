@@ -15,10 +15,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ringwatch.runtime.errors import RingwatchError
+
 logger = logging.getLogger(__name__)
 
 
-class BrokerStartError(RuntimeError):
+class BrokerStartError(RingwatchError, RuntimeError):
     """The embedded broker could not be found or did not come up."""
 
 

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ringwatch.graph import PAYMENT_SCHEMA, payment_table
+from ringwatch.runtime.errors import RingwatchError
 
 from .columns import accept, json_payments
 from .mapping import IDENTITY, FieldMapping
@@ -56,7 +57,7 @@ AMLWORLD = FieldMapping({
 PARQUET_BATCH_ROWS = 8_192
 
 
-class UnsupportedFileError(ValueError):
+class UnsupportedFileError(RingwatchError, ValueError):
     """A path FileSource cannot read: missing, or a suffix it does not know."""
 
 

@@ -31,6 +31,7 @@ from kafka.future import Future
 from kafka.structs import OffsetAndMetadata
 
 from ringwatch.graph import Alert, Transaction
+from ringwatch.runtime.errors import RingwatchError
 
 from .kafka_settings import PLAINTEXT, KafkaSettings
 from .mapping import IDENTITY, FieldMapping
@@ -49,7 +50,7 @@ HELD_MAX = 20_000  # records kept for a held partition before it is read again r
 DLQ_SUFFIX = ".dlq"
 
 
-class KafkaConnectorError(RuntimeError):
+class KafkaConnectorError(RingwatchError, RuntimeError):
     """A Kafka operation that did not succeed in time; the message says which and why."""
 
 

@@ -33,6 +33,8 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.net.sasl.oauth import AbstractTokenProvider
 
+from ringwatch.runtime.errors import RingwatchError
+
 logger = logging.getLogger(__name__)
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -62,7 +64,7 @@ MANAGED = {
 }
 
 
-class KafkaSettingsError(ValueError):
+class KafkaSettingsError(RingwatchError, ValueError):
     """A Kafka client setting that cannot be used; the message starts with the setting's name."""
 
 

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ringwatch.graph.model import DEFAULT_MAX_AMOUNT
+from ringwatch.runtime.errors import RingwatchError
 
 CONTRACT_FIELDS = ("tx_id", "src", "dst", "amount", "ts", "currency")
 POSITION_NAMES = ("@source", "@partition", "@offset")
@@ -54,11 +55,11 @@ JOINER = "-"
 Path_ = str | Sequence[str]
 
 
-class InvalidMappingError(ValueError):
+class InvalidMappingError(RingwatchError, ValueError):
     """A `[source.fields]` entry or schema file that cannot be used; the message names it."""
 
 
-class RecordRejected(ValueError):
+class RecordRejected(RingwatchError, ValueError):
     """A record the schema refuses; `reason` is the dead-letter reason (`invalid:schema: ...`)."""
 
     def __init__(self, reason: str):

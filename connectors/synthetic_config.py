@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ringwatch.runtime.errors import RingwatchError
+
 DAY_MS = 86_400_000
 MODES = ("bank", "dense")
 # Gap between consecutive hops of an injected ring: 5 minutes to 8 hours.
 RING_GAP_MS = (5 * 60_000, 8 * 3_600_000)
 
 
-class InvalidSyntheticConfigError(ValueError):
+class InvalidSyntheticConfigError(RingwatchError, ValueError):
     """A `SyntheticConfig` that cannot produce a stream; the message names the field."""
 
 

@@ -34,11 +34,13 @@ from urllib.request import getproxies, proxy_bypass
 
 import urllib3
 
+from ringwatch.runtime.errors import RingwatchError
+
 SECRET_PREFIX = "whsec_"
 USER_AGENT = "ringwatch-webhook"
 
 
-class InvalidWebhookConfigError(ValueError):
+class InvalidWebhookConfigError(RingwatchError, ValueError):
     """A webhook URL, secret or retry setting that cannot work; the message names it."""
 
 

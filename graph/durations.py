@@ -9,11 +9,13 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+from ringwatch.runtime.errors import RingwatchError
+
 _UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 
 
-class InvalidDurationError(ValueError):
+class InvalidDurationError(RingwatchError, ValueError):
     """A duration that is not a timedelta, an int of milliseconds or a string like "48h"."""
 
 

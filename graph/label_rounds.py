@@ -68,7 +68,6 @@ the peer or the batch's apply reported it, otherwise from `DegreeCache`
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -76,6 +75,7 @@ import numpy as np
 import pyarrow as pa
 from numba import njit
 
+from .pickling import ArrayRecord
 from .shard_kernel import BACKWARD_TAG, COLLECT_TAG, GUARD_TAG, POST_TAG, WRAP_TAG, map_find, map_slot, new_map
 
 SEARCH, GATHER, LATE, WRAP = 0, 1, 2, 3
@@ -90,7 +90,7 @@ BOTH_SIDES_BUDGET = 4096  # list entries a round may spend growing the dearer si
 
 
 @dataclass
-class LabelRequest:
+class LabelRequest(ArrayRecord):
     """One shard's work for one round: entries to expand, late scans, and the backward labels they join."""
 
     job: np.ndarray
@@ -117,20 +117,13 @@ class LabelRequest:
     def nbytes(self) -> int:
         return sum(getattr(self, name).nbytes for name in _ARRAYS_IN)
 
-    def writable(self) -> "LabelRequest":
-        """This request with writable arrays. Arrays that arrive in a small runtime message are read-only, and
-        numba keeps a compiled version of each kernel per writability: the shard's warm-up loads the writable
-        ones, and loading the others mid-stream cost each shard process a few tenths of a second."""
-        return dataclasses.replace(self, **{name: np.require(getattr(self, name), requirements="W")
-                                            for name in _ARRAYS_IN})
-
 
 _ARRAYS_IN = ("job", "tag", "gid", "label", "bound", "scan_job", "scan_gid", "scan_start", "scan_stop", "scan_fd",
               "scan_open", "join_gid", "join_job", "join_val", "join_hop")
 
 
 @dataclass
-class Candidates:
+class Candidates(ArrayRecord):
     """Older payments a late one may complete (`shard_kernel.late_scan`): their rows, the late job each is
     for, and the gid and owner of each one's src and dst."""
 
@@ -147,7 +140,7 @@ class Candidates:
 
 
 @dataclass
-class LabelReply:
+class LabelReply(ArrayRecord):
     """A shard's answer: best new labels per (job, direction, peer), hub hits, gathered payments, late candidates."""
 
     job: np.ndarray
@@ -168,7 +161,7 @@ class LabelReply:
 
 
 @dataclass(frozen=True)
-class FirstLayer:
+class FirstLayer(ArrayRecord):
     """What a shard needs to grow the first layer of each new payment's search while it stores the batch.
 
     A side whose root list has at most `cheap` entries is grown right there (the

@@ -14,6 +14,8 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable, Mapping
 
+from ringwatch.runtime.errors import RingwatchError
+
 from .pickling import CompactPickle
 
 _CORE_FIELDS = ("tx_id", "src", "dst", "amount", "ts", "currency")
@@ -24,7 +26,7 @@ TS_MIN = 0  # 1970-01-01T00:00:00Z in epoch ms
 TS_MAX = 7_258_118_400_000  # 2200-01-01T00:00:00Z: anything later is a typo or an attack, not a payment
 
 
-class InvalidTransactionError(ValueError):
+class InvalidTransactionError(RingwatchError, ValueError):
     """A transaction that does not fit the contract; `field` names the culprit."""
 
     def __init__(self, field: str, reason: str):

@@ -16,12 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from ringwatch.runtime.errors import RingwatchError
+
 from .model import AMOUNT_SCALE, InvalidTransactionError, parse_amount
 
 ORDERS = ("strict", "none")
 
 
-class InvalidSearchOptionError(ValueError):
+class InvalidSearchOptionError(RingwatchError, ValueError):
     """A search option out of range; the message names it."""
 
 

@@ -29,6 +29,8 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
+from ringwatch.runtime.errors import RingwatchError
+
 from . import kernel
 from .batch import PAYMENT_SCHEMA
 from .model import AMOUNT_SCALE
@@ -42,7 +44,7 @@ _NO_HUBS = np.zeros((0, 2), np.bool_)  # the search's a_hub when no list is mark
 LATE_UNFILTERED = 64  # a late payment reaching at most this many later triggers has them all searched exactly
 
 
-class StoreLimitError(ValueError):
+class StoreLimitError(RingwatchError, ValueError):
     """A store outgrew what its arrays can address (tx-id bytes, list entries): spread it over more shards."""
 
 

@@ -1,11 +1,20 @@
-"""The runtime's exceptions: each says what happened and what the caller can do."""
+"""The runtime's exceptions, and the root of every ringwatch error: each says what happened and what the caller can do.
+
+`RingwatchError` lives here because the runtime is the package every other one
+builds on; the graph, stream and connector errors derive from it too (and from
+the built-in their callers already catch, such as `ValueError`).
+"""
 
 from __future__ import annotations
 
 import traceback
 
 
-class RuntimeErrorBase(Exception):
+class RingwatchError(Exception):
+    """Root of every error ringwatch raises: `except RingwatchError` catches all of them and nothing else."""
+
+
+class RuntimeErrorBase(RingwatchError):
     """Base of every error the runtime raises."""
 
 

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 from ringwatch.runtime.lazy_exports import lazy_package
 
 if TYPE_CHECKING:  # the exports, imported on first use (runtime/lazy_exports.py)
-    from .checkpoint import Checkpoint, CheckpointError, CheckpointStore, EngineProgress, FileCheckpointStore
+    from .checkpoint import Checkpoint, CheckpointRecordError, CheckpointRecords, EngineProgress, FileCheckpointRecords
     from .config import Config, ConfigError
     from .demo import DemoReport, run_demo
     from .detect import DetectReport, detect
     from .engine import Engine
-    from .event_time import EventClock, TimeRules
+    from .event_time import EventClock
     from .history import AlertHistory, AlertHistoryError
     from .metrics import EngineMetrics
     from .query import (
@@ -28,6 +28,9 @@ if TYPE_CHECKING:  # the exports, imported on first use (runtime/lazy_exports.py
         Neighbor,
         QueryError,
     )
+    from .time_rules import TimeRules
+
+    from ringwatch.runtime.errors import RingwatchError
 
 __getattr__, __dir__ = lazy_package(__name__)
 
@@ -36,8 +39,8 @@ __all__ = [
     "AlertHistory",
     "AlertHistoryError",
     "Checkpoint",
-    "CheckpointError",
-    "CheckpointStore",
+    "CheckpointRecordError",
+    "CheckpointRecords",
     "EngineProgress",
     "Client",
     "Config",
@@ -49,12 +52,13 @@ __all__ = [
     "EngineStats",
     "EventClock",
     "EngineUnreachableError",
-    "FileCheckpointStore",
+    "FileCheckpointRecords",
     "Health",
     "InvalidQueryError",
     "Neighbor",
     "TimeRules",
     "QueryError",
+    "RingwatchError",
     "detect",
     "run_demo",
 ]

@@ -15,11 +15,11 @@ A restore loads the shards from their checkpoint ids and every partition
 resumes from the record's position; the replay raises alerts the sinks have
 seen already, and they deliver none of them twice.
 
-Where the record lives depends on where the GCS lives (`CheckpointStore` is the
+Where the record lives depends on where the GCS lives (`CheckpointRecords` is the
 one seam, two implementations): with a local runtime the GCS is in the
 engine's process and dies with it, so records are files under `--state-dir`
-(`FileCheckpointStore`); on a cluster they live in the GCS key-value table,
-shared by every engine of the consumer group (`GcsCheckpointStore`). A record
+(`FileCheckpointRecords`); on a cluster they live in the GCS key-value table,
+shared by every engine of the consumer group (`GcsCheckpointRecords`). A record
 is written whole or not at all; a damaged newest record leaves the one before.
 
 A record's shard checkpoints must outlive it: the runtime prunes each
@@ -28,7 +28,7 @@ the next record, for a record that is then dropped (a shard restarted
 meanwhile) or for another engine of the group. So before a record is written
 its store *holds* (`runtime.checkpoints.CheckpointStore.hold`) the shard
 checkpoints of every record it keeps, this one included, and writes no record
-whose shard checkpoints are gone already (`CheckpointError`: the engine skips
+whose shard checkpoints are gone already (`CheckpointRecordError`: the engine skips
 that checkpoint). Each engine holds under its own id, replacing its previous
 hold, so what the newest record names stays held by its writer at least until
 that writer's next record; storage stays bounded by `keep` records per engine
@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ringwatch.runtime.errors import RingwatchError
 from ringwatch.runtime.files import write_atomically
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ Partition = tuple[str, int]
 RECORD_SUFFIX = ".checkpoint.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointRecordError(RingwatchError, RuntimeError):
     """A checkpoint that cannot be written or cannot be used to restore; the message says which."""
 
 
@@ -165,17 +166,17 @@ class ShardHolds(Protocol):
 
 
 def hold_shards(shards: ShardHolds | None, holder: str, checkpoint: Checkpoint, kept: Iterable[list[str]]) -> None:
-    """Hold the shard checkpoints of `checkpoint` and of the records kept with it; CheckpointError if its are gone."""
+    """Hold the shard checkpoints of `checkpoint` and of the records kept with it (CheckpointRecordError if gone)."""
     if shards is None:
         return
     wanted = set(checkpoint.shards).union(*kept)
     gone = set(shards.hold(holder, wanted)) & set(checkpoint.shards)
     if gone:
-        raise CheckpointError(f"shard checkpoints {sorted(gone)} were pruned before their record was written "
+        raise CheckpointRecordError(f"shard checkpoints {sorted(gone)} were pruned before their record was written "
                               f"(newer ones were taken meanwhile); record not written")
 
 
-class CheckpointStore(Protocol):
+class CheckpointRecords(Protocol):
     """Where a consumer group's aligned checkpoint records live."""
 
     def latest(self) -> Checkpoint | None:
@@ -185,7 +186,7 @@ class CheckpointStore(Protocol):
     def save(self, checkpoint: Checkpoint) -> Checkpoint:
         """Write `checkpoint` as the next epoch (its `epoch` is set here) and return it.
 
-        Raises CheckpointError, writing nothing, if its shard checkpoints are pruned already.
+        Raises CheckpointRecordError, writing nothing, if its shard checkpoints are pruned already.
         """
         ...
 
@@ -239,7 +240,7 @@ class _Records(ABC):
         return [c for c in map(self._read, self._epochs()) if c is not None]
 
 
-class FileCheckpointStore(_Records):
+class FileCheckpointRecords(_Records):
     """Records as JSON files `<epoch>.checkpoint.json` under `state_dir/checkpoints`, newest `keep` kept.
 
     Each file is written to a temporary name, fsynced and renamed, so it exists
@@ -285,7 +286,7 @@ class FileCheckpointStore(_Records):
         return dict(self._published)
 
 
-class GcsCheckpointStore(_Records):
+class GcsCheckpointRecords(_Records):
     """Records of consumer group `group` in the cluster's GCS key-value table (`ringwatch.runtime.kv_*`).
 
     Keys: `ringwatch/engines/<group>/checkpoints/<epoch>` (the records, newest

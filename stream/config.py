@@ -33,9 +33,10 @@ from ringwatch.graph import (
 )
 from ringwatch.graph.model import DEFAULT_MAX_AMOUNT
 from ringwatch.runtime.backend import BACKENDS
+from ringwatch.runtime.errors import RingwatchError
 
 from . import logs
-from .event_time import TimeRules
+from .time_rules import TimeRules
 
 if TYPE_CHECKING:
     from ringwatch.connectors.kafka_settings import KafkaSettings
@@ -63,7 +64,7 @@ OTHER_ENVIRONMENT = {
 FOREIGN_ENV_PREFIXES = ("RINGWATCH_WORKER_",)
 
 
-class ConfigError(ValueError):
+class ConfigError(RingwatchError, ValueError):
     """A configuration value that cannot be used; the message names the key and its source."""
 
 

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 
 from ringwatch.connectors import Sink
 from ringwatch.graph import Alert
+from ringwatch.runtime.errors import RingwatchError
 
 from .claims import AlertClaims
 
@@ -37,7 +38,7 @@ _STOP = object()
 _RETRY = object()  # hand over the parked alerts that are ours now
 
 
-class DeliveryError(RuntimeError):
+class DeliveryError(RingwatchError, RuntimeError):
     """A sink raised while alerts were handed to it; the engine stops (a restart replays them)."""
 
 

@@ -41,7 +41,8 @@ from ringwatch.graph import (
 )
 
 from .config import search_options
-from .event_time import EventClock, TimeRules
+from .event_time import EventClock
+from .time_rules import TimeRules
 from .progress import Progress
 
 logger = logging.getLogger(__name__)

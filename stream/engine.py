@@ -3,12 +3,12 @@
     Source.poll ──► micro-batch ──► EventClock.judge ──► EngineGraph.process ──► AlertDelivery ──► sinks
          ▲             (size or delay)   late/future/invalid        (apply + search)       (own thread)
          │                               └─► Source.dead_letter
-         └── seek/commit ◄── aligned checkpoint: shard checkpoints + one record (CheckpointStore)
+         └── seek/commit ◄── aligned checkpoint: shard checkpoints + one record (CheckpointRecords)
 
 Each seam is a small protocol of its own module: `Source`
 (connectors/source.py: Kafka, files, the generator), `EventClock`
 (event_time.py), `EngineGraph` (graph_port.py), `AlertDelivery` (delivery.py)
-and `CheckpointStore` (checkpoint.py). The engine only sequences them.
+and `CheckpointRecords` (checkpoint.py). The engine only sequences them.
 
 A micro-batch closes on `batch_max_size` payments or `batch_max_delay_ms`
 after its first one. Batches overlap with delivery: once a batch is searched
@@ -83,11 +83,11 @@ from ringwatch.runtime.tls import TlsConfigError, TlsFiles
 
 from .checkpoint import (
     Checkpoint,
-    CheckpointError,
-    CheckpointStore,
+    CheckpointRecordError,
+    CheckpointRecords,
     EngineProgress,
-    FileCheckpointStore,
-    GcsCheckpointStore,
+    FileCheckpointRecords,
+    GcsCheckpointRecords,
 )
 from .claims import AlertClaims
 from .config import Config, ConfigError, describe, dump_sections
@@ -180,7 +180,7 @@ class Engine:
         self._graph: EngineGraph | None = None
         self._delivery: AlertDelivery | None = None
         self._sinks: dict[str, Sink] = {}
-        self._store: CheckpointStore | None = None  # opened once the runtime is up (on a cluster it is the GCS)
+        self._store: CheckpointRecords | None = None  # opened once the runtime is up (on a cluster it is the GCS)
         self._claims: AlertClaims | None = None
         self._group_low: int | None = None  # lowest low watermark published by the group's engines
         self._in_flight: _CheckpointJob | None = None  # a checkpoint whose shard checkpoints are being taken
@@ -279,14 +279,14 @@ class Engine:
                            fetch_max_wait_ms=max(1, self.config.engine.batch_max_delay_ms),
                            settings=self.config.kafka_settings(), mapping=self.config.field_mapping())
 
-    def _open_store(self) -> CheckpointStore:
+    def _open_store(self) -> CheckpointRecords:
         engine_config = self.config.engine
         shards = open_store(self._shard_checkpoint_uri())  # records hold their shard checkpoints there
         if self.shared:
-            return GcsCheckpointStore(self.config.source.group, engine_config.keep_checkpoints,
+            return GcsCheckpointRecords(self.config.source.group, engine_config.keep_checkpoints,
                                       progress_ttl_s=max(PROGRESS_TTL_INTERVALS * engine_config.checkpoint_interval,
                                                          CLAIM_MIN_TTL_MS) / 1000, shards=shards, holder=self.engine_id)
-        return FileCheckpointStore(engine_config.state_dir, engine_config.keep_checkpoints, shards=shards,
+        return FileCheckpointRecords(engine_config.state_dir, engine_config.keep_checkpoints, shards=shards,
                                    holder=self.engine_id)
 
     def _shard_checkpoint_uri(self) -> str:
@@ -308,11 +308,11 @@ class Engine:
                               in_process=in_process)
         placement = checkpoint.graph.get("placement", "actors")
         if placement != graph_config.placement:
-            raise CheckpointError(
+            raise CheckpointRecordError(
                 f"checkpoint epoch {checkpoint.epoch} was taken with graph.placement {placement!r}, the engine is "
                 f"set to {graph_config.placement!r}; run with the same placement or a fresh state_dir")
         if not in_process and len(checkpoint.shards) != graph_config.shards:
-            raise CheckpointError(
+            raise CheckpointRecordError(
                 f"checkpoint epoch {checkpoint.epoch} holds {len(checkpoint.shards)} shards but graph.shards is "
                 f"{graph_config.shards}; run with the same shard count or a fresh state_dir")
         graph = open_graph(graph_config.shards, self.config.search_options(),
@@ -569,6 +569,7 @@ class Engine:
         batch, payments, rows = job.batch, job.payments, job.rows
         self._handed += payments.num_rows
         self.cut_short += result.truncated_searches
+        self.metrics.late_payments.inc(result.late_payments)
         for k, reason in result.refused:  # by row, not tx id: a batch may hold one tx id more than once
             self._dead_letter(batch[int(rows[k])], reason)
         alerts = result.alerts
@@ -709,7 +710,7 @@ class Engine:
             return None
         try:
             checkpoint = self._store.save(Checkpoint(0, job.group, job.shard_ids, graph=job.graph_state))
-        except CheckpointError as exc:  # its shard checkpoints were pruned: the next checkpoint takes new ones
+        except CheckpointRecordError as exc:  # its shard checkpoints were pruned: the next checkpoint takes new ones
             logger.warning("checkpoint reason=%s dropped: %s", job.reason, exc)
             return None
         self._group_low = job.group_low
@@ -943,7 +944,7 @@ class _CheckpointJob:
     loop can tell whether a shard restarted while its checkpoint was taken.
     """
 
-    def __init__(self, store: CheckpointStore, graph: EngineGraph, engine_id: str, progress: EngineProgress,
+    def __init__(self, store: CheckpointRecords, graph: EngineGraph, engine_id: str, progress: EngineProgress,
                  reason: str, started: float, recoveries: int, graph_state: dict[str, Any]):
         self.store, self.graph, self.engine_id = store, graph, engine_id
         self.progress = progress

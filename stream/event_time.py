@@ -48,26 +48,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .time_rules import TimeRules
+
 Partition = tuple[str, int]
 
 LATE = "late"
 FUTURE = "future"
-
-
-@dataclass(frozen=True)
-class TimeRules:
-    """The settings the clock judges by (all in milliseconds)."""
-
-    window_ms: int
-    allowed_lateness_ms: int = 3_600_000
-    max_clock_skew_ms: int = 300_000
-    idle_timeout_ms: int = 30_000
-    max_drift_ms: int = 1_000
-
-    def __post_init__(self) -> None:
-        for name in ("window_ms", "allowed_lateness_ms", "max_clock_skew_ms", "idle_timeout_ms", "max_drift_ms"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must not be negative, got {getattr(self, name)}")
 
 
 @dataclass

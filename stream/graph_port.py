@@ -50,9 +50,9 @@ from ringwatch.graph import (
     StoredEdge,
 )
 from ringwatch.runtime.checkpoints import is_arrow, open_store
-from ringwatch.runtime.errors import CheckpointError as RuntimeCheckpointError
+from ringwatch.runtime.errors import CheckpointError
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointRecordError
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class GraphBatch:
     alerts: list[Alert] = field(default_factory=list)
     refused: list[tuple[int, str]] = field(default_factory=list)
     truncated_searches: int = 0
+    late_payments: int = 0  # older than the newest payment already applied: they took the late search path
 
 
 class EngineGraph(Protocol):
@@ -126,7 +127,8 @@ class ShardedEngineGraph:
 
     def process(self, payments: pa.Table, received_at: np.ndarray) -> GraphBatch:
         result = self.graph.process(payments, received_at, replay=True)
-        return GraphBatch(result.alerts, [(r.index, r.reason) for r in result.rejected], result.truncated_searches)
+        return GraphBatch(result.alerts, [(r.index, r.reason) for r in result.rejected], result.truncated_searches,
+                          result.late_payments)
 
     def evict(self, horizon: int) -> None:
         reclaimed = self.graph.evict(horizon)
@@ -168,7 +170,8 @@ class InProcessEngineGraph:
     def process(self, payments: pa.Table, received_at: np.ndarray) -> GraphBatch:
         with self._lock:
             result = self.graph.process(payments, received_at, replay=True)
-        return GraphBatch(result.alerts, [(r.index, r.reason) for r in result.rejected], result.truncated_searches)
+        return GraphBatch(result.alerts, [(r.index, r.reason) for r in result.rejected], result.truncated_searches,
+                          result.late_payments)
 
     def evict(self, horizon: int) -> None:
         with self._lock:
@@ -253,7 +256,7 @@ def open_graph(num_shards: int, options: SearchOptions, *, checkpoint_uri: str,
 
 
 def trusted_arrow_checkpoints(checkpoint_uri: str, checkpoint_ids: Sequence[str]) -> None:
-    """Refuse (CheckpointError) a restore naming anything but Arrow checkpoints whose bytes match their ids.
+    """Refuse (CheckpointRecordError) a restore naming anything but Arrow checkpoints whose bytes match their ids.
 
     Checked for every store, files or Redis (both are storage, not a trust
     boundary), whenever the ids come from a record under `state_dir`.
@@ -265,10 +268,10 @@ def trusted_arrow_checkpoints(checkpoint_uri: str, checkpoint_ids: Sequence[str]
     for checkpoint_id in checkpoint_ids:
         try:
             data = store.read(checkpoint_id)
-        except RuntimeCheckpointError as exc:
-            raise CheckpointError(f"shard checkpoint: {exc} (was the checkpoint record under state_dir edited? "
+        except CheckpointError as exc:
+            raise CheckpointRecordError(f"shard checkpoint: {exc} (was the checkpoint record under state_dir edited? "
                                   f"restore state_dir from a backup or start with a fresh one)") from None
         if not is_arrow(data):
-            raise CheckpointError(f"shard checkpoint {checkpoint_id} in {checkpoint_uri} is not an Arrow table "
+            raise CheckpointRecordError(f"shard checkpoint {checkpoint_id} in {checkpoint_uri} is not an Arrow table "
                                   f"written by ringwatch: refused, graph state is never unpickled (was state_dir "
                                   f"tampered with?)")

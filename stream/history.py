@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ringwatch.graph import Alert
+from ringwatch.runtime.errors import RingwatchError
 
 FILE_NAME = "alert-history.sqlite3"
 PRUNE_EVERY = 1_000  # look at the size after this many new alerts
@@ -48,7 +49,7 @@ CREATE INDEX IF NOT EXISTS alert_accounts_by_seq ON alert_accounts (seq);
 """
 
 
-class AlertHistoryError(RuntimeError):
+class AlertHistoryError(RingwatchError, RuntimeError):
     """The history file cannot be opened or written; the message names the file."""
 
 

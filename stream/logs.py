@@ -27,6 +27,8 @@ from typing import TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
+from ringwatch.runtime.errors import RingwatchError
+
 LOG_FORMATS = ("text", "json")
 MASK = "***"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -40,7 +42,7 @@ _BEARER = re.compile(r"(?P<head>\bBearer\s+)(?P<value>[A-Za-z0-9._~+/=-]+)")
 _WHSEC = re.compile(r"(?P<head>\bwhsec_)(?P<value>[A-Za-z0-9+/=]+)")
 
 
-class InvalidLogFormatError(ValueError):
+class InvalidLogFormatError(RingwatchError, ValueError):
     """A log format that is not one of LOG_FORMATS."""
 
 

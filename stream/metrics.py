@@ -1,7 +1,7 @@
 """The engine's Prometheus metrics, on a registry of its own so two engines in one process never mix.
 
-Besides what the engine counts as it goes (payments, batches, alerts,
-latency, checkpoints), each scrape reads live figures through the small
+Besides what the engine counts as it goes (payments, batches, alerts, late
+payments, latency, checkpoints), each scrape reads live figures through the small
 `EngineFigures` protocol — graph size, searches cut short, per-partition
 watermark and lag — and the process's own (CPU, memory, open files, GC
 collections, Python version) from prometheus_client's standard collectors.
@@ -124,6 +124,8 @@ class EngineMetrics:
                                     registry=r)
         self.batches = Counter("ringwatch_batches", "Micro-batches processed", registry=r)
         self.alerts_raised = Counter("ringwatch_alerts_raised", "Alerts raised by the detector", registry=r)
+        self.late_payments = Counter("ringwatch_late_payments", "Payments older (ts, tx_id) than the newest the "
+                                     "graph held when they were applied: searched on the late path", registry=r)
         self.latency = Histogram("ringwatch_ingest_to_alert_seconds", "From a payment's arrival to its alert",
                                  buckets=LATENCY_BUCKETS_S, registry=r)
         self.checkpoint_duration = Histogram("ringwatch_checkpoint_duration_seconds",

@@ -27,7 +27,7 @@ from ringwatch.connectors import InjectedRing
 from ringwatch.connectors.kafka_settings import PLAINTEXT, KafkaSettings
 from ringwatch.runtime.auth import ClusterKeys
 from ringwatch.runtime.gcs import RedisGcs
-from ringwatch.stream.checkpoint import Checkpoint, FileCheckpointStore, GcsCheckpointStore
+from ringwatch.stream.checkpoint import Checkpoint, FileCheckpointRecords, GcsCheckpointRecords
 
 SECRET = "whsec_" + base64.b64encode(b"ringwatch-engine-test-secret-012").decode()
 
@@ -211,14 +211,14 @@ def group_checkpoint(redis_url: str, namespace: str, group: str, token: str) -> 
     """The newest aligned checkpoint of consumer group `group` on a cluster (records live in the GCS)."""
     gcs = RedisGcs(redis_url, namespace, keys=ClusterKeys.from_token(token))
     try:
-        return GcsCheckpointStore(group, kv=gcs).latest()
+        return GcsCheckpointRecords(group, kv=gcs).latest()
     finally:
         gcs.close()
 
 
 def checkpointed_transactions(state_dir: Path) -> int:
     """Source records covered by the newest complete checkpoint (0 before the first)."""
-    checkpoint = FileCheckpointStore(state_dir).latest()
+    checkpoint = FileCheckpointRecords(state_dir).latest()
     return checkpoint.transactions if checkpoint else 0
 
 

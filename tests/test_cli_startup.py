@@ -1,7 +1,7 @@
 """What the `ringwatch` command imports: only what the chosen subcommand needs.
 
-`--help` and an argument error import no Kafka client, no gRPC, no numba and
-no pyarrow; `detect` searches a file without Kafka, gRPC or the runtime. Each
+`--help` and an argument error import no Kafka client, no gRPC, no numba, no
+numpy and no pyarrow; `detect` searches a file without Kafka, gRPC or the runtime. Each
 check runs in a fresh interpreter, since this test process has imported
 everything already. The packages' public names, imported on first use
 (runtime/lazy_exports.py), all resolve.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("kafka", "grpc", "numba", "pyarrow", "redis", "networkx", "ringwatch.runtime.api")
+HEAVY = ("kafka", "grpc", "numba", "numpy", "pyarrow", "redis", "networkx", "ringwatch.runtime.api")
 PACKAGES = ("ringwatch.runtime", "ringwatch.graph", "ringwatch.connectors", "ringwatch.stream")
 
 

@@ -26,10 +26,10 @@ from ringwatch.connectors import GeneratorSource, SyntheticConfig, generate
 from ringwatch.graph import LocalRingGraph, SearchOptions, ShardedRingGraph
 from ringwatch.runtime.auth import ClusterKeys
 from ringwatch.runtime.checkpoints import open_store
-from ringwatch.runtime.errors import CheckpointError as RuntimeCheckpointError
+from ringwatch.runtime.errors import CheckpointError
 from ringwatch.runtime.gcs import RedisGcs
-from ringwatch.stream import Checkpoint, Config, Engine, EngineProgress, FileCheckpointStore
-from ringwatch.stream.checkpoint import CheckpointError, GcsCheckpointStore
+from ringwatch.stream import Checkpoint, Config, Engine, EngineProgress, FileCheckpointRecords
+from ringwatch.stream.checkpoint import CheckpointRecordError, GcsCheckpointRecords
 from ringwatch.stream.config import EngineConfig, GraphConfig, SinksConfig, SourceConfig
 from ringwatch.stream.graph_port import open_graph
 
@@ -43,7 +43,7 @@ def record(offset: int, watermark: int | None = None, shards: tuple[str, ...] = 
 
 
 def test_a_record_reads_back_as_written_and_a_damaged_newest_one_leaves_the_one_before(tmp_path):
-    store = FileCheckpointStore(tmp_path, keep=3)
+    store = FileCheckpointRecords(tmp_path, keep=3)
     first = store.save(record(10, None))
     second = store.save(record(20, 1_700_000_000_000, ("a/2", "b/2")))
     assert (first.epoch, second.epoch) == (1, 2)
@@ -56,10 +56,10 @@ def test_a_record_reads_back_as_written_and_a_damaged_newest_one_leaves_the_one_
 
 
 def test_old_records_are_pruned_and_epochs_keep_rising(tmp_path):
-    store = FileCheckpointStore(tmp_path, keep=2)
+    store = FileCheckpointRecords(tmp_path, keep=2)
     saved = [store.save(record(n)) for n in range(4)]
     assert [c.epoch for c in store.history()] == [saved[2].epoch, saved[3].epoch]
-    assert FileCheckpointStore(tmp_path).save(record(9)).epoch == saved[3].epoch + 1
+    assert FileCheckpointRecords(tmp_path).save(record(9)).epoch == saved[3].epoch + 1
 
 
 def test_positions_and_watermarks_merge_over_the_engines_of_a_group():
@@ -75,7 +75,7 @@ def test_positions_and_watermarks_merge_over_the_engines_of_a_group():
 def test_group_records_in_the_gcs_take_distinct_epochs_and_carry_every_engines_progress(redis_url, unique_name):
     gcs = RedisGcs(redis_url, unique_name, keys=ClusterKeys.from_token("engine-test-token"))
     try:
-        first, second = (GcsCheckpointStore("payments", keep=3, kv=gcs) for _ in range(2))
+        first, second = (GcsCheckpointRecords("payments", keep=3, kv=gcs) for _ in range(2))
         assert first.latest() is None
         first.publish("engine-a", EngineProgress({("t", 0): 10}, {("t", 0): 500}, 500, 10))
         second.publish("engine-b", EngineProgress({("t", 1): 7}, {("t", 1): 300}, 300, 7))
@@ -87,11 +87,11 @@ def test_group_records_in_the_gcs_take_distinct_epochs_and_carry_every_engines_p
         assert [c.epoch for c in first.history()] == [2, 3, 4]
         latest = second.latest()
         assert latest.shards == ["s/4"] and latest.positions == {("t", 0): 10, ("t", 1): 7}
-        racing = [GcsCheckpointStore("payments", keep=100, kv=gcs) for _ in range(6)]
+        racing = [GcsCheckpointRecords("payments", keep=100, kv=gcs) for _ in range(6)]
         start = threading.Barrier(len(racing))
         epochs: list[int] = []
 
-        def save(store: GcsCheckpointStore) -> None:
+        def save(store: GcsCheckpointRecords) -> None:
             start.wait()
             epochs.append(store.save(Checkpoint(0, group, ["s/race"])).epoch)
 
@@ -101,7 +101,7 @@ def test_group_records_in_the_gcs_take_distinct_epochs_and_carry_every_engines_p
         for thread in threads:
             thread.join()
         assert sorted(epochs) == list(range(5, 11)), "engines saving at once took the same epoch"
-        short = GcsCheckpointStore("other-group", progress_ttl_s=0.2, kv=gcs)
+        short = GcsCheckpointRecords("other-group", progress_ttl_s=0.2, kv=gcs)
         short.publish("engine-c", EngineProgress())
         wait_until(lambda: short.group_progress() == {}, 30, "the progress of an engine that stopped publishing to "
                                                               "expire")
@@ -129,7 +129,7 @@ def test_records_written_while_the_loop_runs_are_covered_by_their_shard_checkpoi
 
     engine = Engine(config, source_factory=open_source)
     stop, failure = threading.Event(), []
-    records, shard_states = FileCheckpointStore(state_dir), {}
+    records, shard_states = FileCheckpointRecords(state_dir), {}
 
     def run() -> None:
         try:
@@ -145,7 +145,7 @@ def test_records_written_while_the_loop_runs_are_covered_by_their_shard_checkpoi
                 if record.epoch not in shard_states:
                     try:
                         shard_states[record.epoch] = (record, [store.load(i) for i in record.shards])
-                    except RuntimeCheckpointError:  # pruned already: two newer shard checkpoints exist
+                    except CheckpointError:  # pruned already: two newer shard checkpoints exist
                         shard_states[record.epoch] = (record, None)
             time.sleep(0.005)
 
@@ -198,7 +198,7 @@ def test_a_kept_record_keeps_its_shard_checkpoints_however_often_the_shards_chec
         graph = open_graph(2, options, checkpoint_uri=uri)
         graph.process(payments[:half], [time.time()] * half)
         edges_at_record = graph.query_graph().edge_count()
-        records = FileCheckpointStore(tmp_path / "state", keep=2, shards=open_store(uri), holder="engine-a")
+        records = FileCheckpointRecords(tmp_path / "state", keep=2, shards=open_store(uri), holder="engine-a")
         kept = records.save(record(half, shards=tuple(graph.checkpoint())))
         graph.process(payments[half:], [time.time()] * (len(payments) - half))
         unrecorded = [graph.checkpoint() for _ in range(3)]  # dropped checkpoints, or another engine's
@@ -206,7 +206,7 @@ def test_a_kept_record_keeps_its_shard_checkpoints_however_often_the_shards_chec
         restored = open_graph(2, options, checkpoint_uri=uri, restore=records.latest().shards)
         assert restored.query_graph().edge_count() == edges_at_record
         restored.close()
-        with pytest.raises(CheckpointError, match="pruned before their record was written"):
+        with pytest.raises(CheckpointRecordError, match="pruned before their record was written"):
             records.save(record(len(payments), shards=tuple(unrecorded[0])))
         assert records.latest() == kept, "a record naming pruned shard checkpoints was written"
 
@@ -214,7 +214,7 @@ def test_a_kept_record_keeps_its_shard_checkpoints_however_often_the_shards_chec
             records.save(record(len(payments), shards=tuple(graph.checkpoint())))
             graph.checkpoint()
         shard_store = open_store(uri)
-        with pytest.raises(RuntimeCheckpointError):
+        with pytest.raises(CheckpointError):
             shard_store.load(kept.shards[0])  # no longer held: pruned by a later checkpoint of its shard
         for actor in {checkpoint_id.split("/")[0] for checkpoint_id in kept.shards}:
             assert stored_checkpoints(uri, actor) <= 4
@@ -247,13 +247,13 @@ def test_a_pickle_planted_in_a_redis_checkpoint_store_is_refused_never_unpickled
     """A record under state_dir may name shard checkpoints in Redis (storage, not a trust boundary): Arrow only."""
     marker = tmp_path / "payload-ran"
     planted = open_store(redis_url).save("planted-shard", Payload(str(marker)))  # its id carries the right digest
-    records = FileCheckpointStore(tmp_path / "state")
+    records = FileCheckpointRecords(tmp_path / "state")
     records.save(record(0, shards=(planted,)))
     rt.init(num_workers=1)
     try:
-        with pytest.raises(CheckpointError, match="not an Arrow table"):
+        with pytest.raises(CheckpointRecordError, match="not an Arrow table"):
             open_graph(1, SearchOptions(), checkpoint_uri=redis_url, restore=records.latest().shards)
-        with pytest.raises(CheckpointError, match="not in"):
+        with pytest.raises(CheckpointRecordError, match="not in"):
             open_graph(1, SearchOptions(), checkpoint_uri=redis_url, restore=[planted.replace("planted", "absent")])
     finally:
         rt.shutdown()

@@ -21,7 +21,7 @@ from engine_harness import (
 from ringwatch.connectors import FileSource, SyntheticConfig, generate
 from ringwatch.connectors.embedded_broker import free_port
 from ringwatch.graph import Transaction
-from ringwatch.stream import Config, FileCheckpointStore
+from ringwatch.stream import Config, FileCheckpointRecords
 from ringwatch.stream.config import EngineConfig, GraphConfig, SinksConfig, SourceConfig
 
 DEADLINE_S = 120.0
@@ -96,7 +96,7 @@ def test_poison_goes_to_the_dead_letter_topic_with_reasons(kafka_bootstrap, uniq
         by_reason[next(r for r in poison if headers["reason"].startswith(r))] = message.value
     assert by_reason == poison
 
-    final = FileCheckpointStore(state_dir).latest()
+    final = FileCheckpointRecords(state_dir).latest()
     # every valid payment, and the conflict (the graph refused it), were handed to the graph
     assert final.graph["next_seq"] == len(transactions) + 1, "a valid payment was not processed"
     triggers = {json.loads(line)["trigger_tx_id"] for line in alerts_file.read_text().splitlines()}

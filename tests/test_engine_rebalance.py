@@ -22,7 +22,7 @@ from kafka import KafkaProducer
 from engine_harness import SECRET, EngineProcess, create_topic, jsonl_ids, wait_until
 from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
 from ringwatch.graph import Transaction
-from ringwatch.stream import FileCheckpointStore, detect
+from ringwatch.stream import FileCheckpointRecords, detect
 from runtime_cluster import TOKEN, Cluster
 from services import RedisServer
 
@@ -40,7 +40,7 @@ def produce(bootstrap: str, topic: str, transactions: list[Transaction], partiti
 
 
 def covered(state_dir) -> dict:
-    checkpoint = FileCheckpointStore(state_dir).latest()
+    checkpoint = FileCheckpointRecords(state_dir).latest()
     return checkpoint.positions if checkpoint else {}
 
 
@@ -89,8 +89,8 @@ def test_second_engine_joining_takes_partitions_without_losing_or_doubling(kafka
     assert second_ids, "the second engine raised no alert"
     assert not set(first_ids) & set(second_ids), "both engines raised the same alert"
     receiver.assert_each_once(set(first_ids) | set(second_ids))
-    consumed = (FileCheckpointStore(tmp_path / "first").latest().transactions
-                + FileCheckpointStore(tmp_path / "second").latest().transactions)
+    consumed = (FileCheckpointRecords(tmp_path / "first").latest().transactions
+                + FileCheckpointRecords(tmp_path / "second").latest().transactions)
     assert consumed == N_TRANSACTIONS, "a payment was consumed by neither engine or by both"
 
 

@@ -22,7 +22,7 @@ from engine_harness import (
     wait_until,
 )
 from ringwatch.connectors import SyntheticConfig, generate, produce_transactions
-from ringwatch.stream import FileCheckpointStore
+from ringwatch.stream import FileCheckpointRecords
 
 N_TRANSACTIONS = 20_000
 N_RINGS = 20
@@ -73,6 +73,6 @@ def test_sigkill_mid_stream_then_restart_delivers_every_ring_once(kafka_bootstra
     file_ids = jsonl_ids(alerts_file)
     assert len(file_ids) == len(set(file_ids)), "an alert was written to the file twice"
     wait_until(lambda: set(receiver.accepted) == set(file_ids), 30, "the webhook to catch up with the file")
-    final = FileCheckpointStore(state_dir).latest()
+    final = FileCheckpointRecords(state_dir).latest()
     assert final.transactions == N_TRANSACTIONS
     assert final.graph["next_seq"] == N_TRANSACTIONS, "a transaction was lost or counted twice in the graph"

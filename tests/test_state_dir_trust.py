@@ -19,7 +19,7 @@ import sys
 import pytest
 
 from ringwatch.runtime.checkpoints import FileCheckpointStore as ShardCheckpoints
-from ringwatch.stream.checkpoint import Checkpoint, EngineProgress, FileCheckpointStore
+from ringwatch.stream.checkpoint import Checkpoint, EngineProgress, FileCheckpointRecords
 
 START_TIMEOUT_S = 120  # only reached when the engine wrongly goes on with the planted state
 
@@ -51,7 +51,7 @@ def plant(state_dir, marker, placement: str) -> str:
     shard_id = ShardCheckpoints(f"file://{state_dir.resolve() / 'shards'}").save(
         "engine-graph-0" if placement == "in-process" else "planted-shard", Payload(str(marker)))
     engine_id = f"{socket.gethostname()}:{state_dir.resolve()}"
-    FileCheckpointStore(state_dir).save(Checkpoint(0, {engine_id: EngineProgress()}, [shard_id],
+    FileCheckpointRecords(state_dir).save(Checkpoint(0, {engine_id: EngineProgress()}, [shard_id],
                                                    graph={"placement": placement, "next_seq": 0}))
     return shard_id
 
@@ -77,7 +77,7 @@ def test_a_record_naming_a_file_outside_the_shard_folder_is_refused(kafka_bootst
     state_dir, marker = tmp_path / "state", tmp_path / "payload-ran"
     elsewhere = ShardCheckpoints(f"file://{tmp_path / 'elsewhere'}").save("x", Payload(str(marker)))
     engine_id = f"{socket.gethostname()}:{state_dir.resolve()}"
-    FileCheckpointStore(state_dir).save(Checkpoint(0, {engine_id: EngineProgress()}, [f"../elsewhere/{elsewhere}"],
+    FileCheckpointRecords(state_dir).save(Checkpoint(0, {engine_id: EngineProgress()}, [f"../elsewhere/{elsewhere}"],
                                                    graph={"placement": "actors"}))
     result = run_engine("--kafka-bootstrap", kafka_bootstrap, "--topic", unique_name,
                         "--alerts-file", str(tmp_path / "alerts.jsonl"), "--state-dir", str(state_dir), "--shards", "1")

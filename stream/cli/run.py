@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ringwatch.connectors import InvalidWebhookConfigError, KafkaConnectorError
 
-    from ..checkpoint import CheckpointError
+    from ..checkpoint import CheckpointRecordError
     from ..engine import Engine
 
     try:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # a setting found unusable only when the engine used it (a port in use)
         print(f"ringwatch run: bad configuration: {logs.mask(str(exc))}", file=sys.stderr)
         return 2
-    except (KafkaConnectorError, InvalidWebhookConfigError, CheckpointError) as exc:
+    except (KafkaConnectorError, InvalidWebhookConfigError, CheckpointRecordError) as exc:
         print(f"ringwatch run: {logs.mask(str(exc))}", file=sys.stderr)
         return 1
     return 0

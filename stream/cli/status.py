@@ -1,7 +1,7 @@
 """What `ringwatch status` adds to the runtime's nodes and actors: each consumer group's aligned checkpoints.
 
 The engines of a group on a cluster keep their checkpoint records in the GCS
-(`GcsCheckpointStore`); this section lists, per group, the records kept (epoch
+(`GcsCheckpointRecords`); this section lists, per group, the records kept (epoch
 and age) and, for the newest, every engine's records consumed, low watermark
 and how long ago it last published its progress.
 """
@@ -25,12 +25,12 @@ class EngineCheckpoints:
     name = "engines"
 
     def collect(self, gcs: RedisGcs) -> list[dict[str, Any]]:
-        from ..checkpoint import GcsCheckpointStore, groups  # pyarrow: for `ringwatch status`, not its --help
+        from ..checkpoint import GcsCheckpointRecords, groups  # pyarrow: for `ringwatch status`, not its --help
 
         now = time.time()
         found = []
         for group in groups(gcs):
-            store = GcsCheckpointStore(group, kv=gcs)
+            store = GcsCheckpointRecords(group, kv=gcs)
             records = store.history()
             live = store.group_progress()
             newest = records[-1] if records else None

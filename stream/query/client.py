@@ -30,7 +30,7 @@ from ringwatch.graph import Alert
 from ringwatch.runtime import AuthError, GetTimeoutError
 from ringwatch.runtime.auth import query_call_key
 from ringwatch.runtime.cli import read_query_token
-from ringwatch.runtime.errors import TokenMissingError
+from ringwatch.runtime.errors import RingwatchError, TokenMissingError
 from ringwatch.runtime.rpc import SignedChannel
 from ringwatch.runtime.tls import TlsFiles
 
@@ -53,7 +53,7 @@ from .service import (
 Since = datetime | timedelta | int | str | None
 
 
-class EngineUnreachableError(ConnectionError):
+class EngineUnreachableError(RingwatchError, ConnectionError):
     """No query service answered at the address; the message names it."""
 
 

@@ -47,6 +47,7 @@ from ringwatch.graph import (
 )
 from ringwatch.graph.export import DIRECTIONS
 from ringwatch.runtime.auth import query_call_key
+from ringwatch.runtime.errors import RingwatchError
 from ringwatch.runtime.rpc import SignedServer
 from ringwatch.runtime.tls import TlsFiles
 
@@ -64,11 +65,11 @@ MAX_LIMIT = 100_000
 R = TypeVar("R")
 
 
-class InvalidQueryError(ValueError):
+class InvalidQueryError(RingwatchError, ValueError):
     """A query argument the service cannot use; the message names it."""
 
 
-class QueryError(RuntimeError):
+class QueryError(RingwatchError, RuntimeError):
     """The engine failed to answer a valid query; the message carries the engine's reason."""
 
 
