@@ -46,6 +46,7 @@ from numba import njit
 INF = np.int64(2**62)
 NEG = np.int64(-(2**62))
 EMPTY = np.int32(-1)
+UNKNOWN = np.int64(-(2**62) + 1)  # a lazily computed backward label not asked for yet (see `_reach`)
 
 NEW, DUPLICATE, CONFLICT, LATE = 0, 1, 2, 3
 MIN_SEGMENT = 2  # smallest list segment: most accounts hold one or two payments per window
@@ -725,12 +726,12 @@ def grown(arr, need):
 
 @njit(cache=True)
 def _label_rows(rows, H):
-    """A search's per-call arrays for `rows` touched accounts a side: labels, touched lists, frontiers, DFS marks
-    and the DFS's cached candidate ranges (see `_children`)."""
+    """A search's per-call arrays for `rows` touched accounts a side: labels, touched lists, frontiers, DFS marks,
+    the DFS's cached candidate ranges (see `_children`) and the lazy labels' scan positions (see `_reach`)."""
     return (np.empty((rows, H), np.int64), np.empty((rows, H), np.int64), np.empty(rows, np.int64),
             np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty(rows, np.int64),
-            np.empty(rows, np.int64), np.zeros(rows, np.bool_), np.full(rows, -1, np.int64),
-            np.zeros((rows, H, 4), np.int64))
+            np.empty(rows, np.int64), np.zeros(rows, np.bool_), np.zeros((rows, H, 4), np.int64),
+            np.empty((rows, H), np.int64))
 
 
 @njit(cache=True)
@@ -754,7 +755,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
     """
     L = max_hops - 1
     H = max_hops
-    lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, seen, c_span = _label_rows(
+    lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, c_span, r_pos = _label_rows(
         min(FIRST_SLOTS, n_accounts + 1), H)
     c_edges = np.empty(64, np.int64)
     stamp = 0
@@ -770,6 +771,9 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
     f_pos = np.empty(L + 1, np.int64)
     f_end = np.empty(L + 1, np.int64)
     kids = np.empty(64, np.int64)
+    seen = np.zeros(n_accounts + 1, np.int64)  # per account: the last DFS frame that listed an edge to it
+    stack = np.empty((H + 1, 4), np.int64)  # `_reach`'s frames
+    lz = np.zeros(2, np.int64)  # the lazy labels' row count and out-of-rows flag
     n_dfs = 0  # depth-first searches run: tells the entries of c_span this one wrote
     ti = 0
     while ti < triggers.shape[0]:
@@ -834,8 +838,30 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
             if nt_f < 0 or nt_b < 0:
                 full = True
                 break
-        # the depth-first search prunes with backward labels up to L - 1 hops: finish them
-        while not full and meet and done_b < L - 1 and nf_b > 0:
+        # The depth-first search prunes with backward labels up to L - 1 hops. Without a hub guard the deeper
+        # ones are worked out lazily, only where it asks (`_reach`), over the first hop from u's in-list.
+        lazy = False
+        lz[1] = 0
+        if not full and meet and max_degree < 0 and a_hub.shape[0] == 0:
+            if done_b == 0:
+                work[1] += 1
+                work[2] += _cost(1, front_b, nf_b, touched_b, a_seg)
+                done_b = 1
+                nt_b, nf_b, _, _ = _layer(1, 1, lab_b, slot_b, touched_b, nt_b, front_b, nf_b, next_b, lab_f, slot_f,
+                                          done_f, lo, ts_t, strict, a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off,
+                                          trig, ts_t, min_amt, max_degree, horizon, True, -1)
+                front_b, next_b = next_b, front_b
+                full = nt_b < 0
+            lazy = not full and nf_b > 0 and done_b < L - 1  # else the labels are final or deep enough
+            if lazy:
+                for s in range(nt_b):
+                    for j in range(done_b + 1, H):
+                        lab_b[s, j] = UNKNOWN
+                        r_pos[s, j] = -1
+                lz[0] = nt_b
+                if slot_b[v] < 0:  # v gets a row: the search marks it on its path
+                    full = _lazy_row(lab_b, slot_b, touched_b, r_pos, lz, v, done_b) < 0
+        while not full and meet and not lazy and done_b < L - 1 and nf_b > 0:
             work[1] += 1
             push = _cost(1, front_b, nf_b, touched_b, a_seg)
             done_b += 1
@@ -855,22 +881,15 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
             nf_b = nn
             hub_cut = hub_cut or hub
             full = nt_b < 0
-        if full:
-            # out of label rows: release what this trigger touched, double the rows and search it again
-            _release(slot_f, touched_f, lab_f.shape[0] if nt_f < 0 else nt_f)
-            _release(slot_b, touched_b, lab_b.shape[0] if nt_b < 0 else nt_b)
-            lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, seen, c_span = _label_rows(
-                min(2 * lab_f.shape[0], n_accounts + 1), H)
-            continue
         if hub_cut:
             cut[ti] |= 2
-        if meet:
+        first_ring = n_rings
+        if meet and not full:
             work[3] += 1
             # Depth-first over accounts from v. Frame k sits at account f_acct[k] (label row f_slot[k], -1 for
             # v when it has none) after k witnesses; its candidate edges are kids[f_pos[k]:f_end[k]] (deeper
             # frames append after them).
             found_here = 0
-            first_ring = n_rings
             n_dfs += 1
             n_cached = 0
             f_acct[0] = v
@@ -881,7 +900,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
             n_kids, kids, c_edges, n_cached = _children(
                 kids, 0, v, lo, -1, stamp, seen, on_path, u, 0, L, strict, flow, min_ratio, max_ratio, min_amt,
                 max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b, a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf,
-                tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached)
+                tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached, lazy)
             f_pos[0] = 0
             f_end[0] = n_kids
             depth = 0
@@ -896,6 +915,14 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                 f_edge[depth] = e
                 y = e_hot[e].dst
                 if y != u:
+                    if lazy and L - depth - 1 > done_b:
+                        got = _reach(y, L - depth - 1, e_hot[e].ts if strict else lo, u, lo, ts_t, trig, strict,
+                                     min_amt, done_b, lab_b, slot_b, touched_b, r_pos, lz, stack, a_seg, p_eid, e_hot,
+                                     e_amt, tx_buf, tx_off)
+                        if got < 0:
+                            break
+                        if got == 0:
+                            continue
                     work[4] += 1
                     nd = depth + 1
                     f_acct[nd] = y
@@ -905,7 +932,8 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                     n_kids, kids, c_edges, n_cached = _children(
                         kids, f_end[depth], y, e_hot[e].ts, e, stamp, seen, on_path, u, nd, L, strict, flow,
                         min_ratio, max_ratio, min_amt, max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b,
-                        a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached)
+                        a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached,
+                        lazy)
                     f_pos[nd] = f_end[depth]
                     f_end[nd] = n_kids
                     depth = nd
@@ -932,8 +960,21 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                 ring_off[n_rings + 1] = base + depth + 1
                 n_rings += 1
             work[5] += found_here
-            if only_batch:
+            if lazy:
+                nt_b = lz[0]
+                full = lz[1] != 0
+            if full:
+                n_rings = first_ring
+            elif only_batch:
                 n_rings = _keep_batch_rings(ring_trigger, ring_off, ring_edges, first_ring, n_rings, in_batch)
+        if full:
+            # out of label rows: release what this trigger touched, double the rows and search it again
+            cut[ti] = 0
+            _release(slot_f, touched_f, lab_f.shape[0] if nt_f < 0 else nt_f)
+            _release(slot_b, touched_b, lab_b.shape[0] if nt_b < 0 else nt_b)
+            lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, c_span, r_pos = _label_rows(
+                min(2 * lab_f.shape[0], n_accounts + 1), H)
+            continue
         _release(slot_f, touched_f, nt_f)
         _release(slot_b, touched_b, nt_b)
         ti += 1
@@ -980,7 +1021,7 @@ def _known(ring_off, ring_edges, first, n_rings, f_edge, depth, e_hot):
 @njit(cache=True)
 def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L, strict, flow, min_ratio,
               max_ratio, min_amt, max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b, a_seg, a_hub, p_eid,
-              e_hot, e_amt, tx_buf, tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached):
+              e_hot, e_amt, tx_buf, tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached, lazy):
     """The edges the DFS tries next from account x after `depth` witnesses, in key order.
 
     Without a flow rule only the first usable edge to each peer (its canonical
@@ -1001,6 +1042,12 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
     label for hops left + 1: no edge after the latest departure from x that
     still reaches u can be usable. (A hub guard skips lists when labelling
     that the depth-first search still walks, so there the scan runs to ts_t.)
+    With `lazy` labels (`_reach`) an edge whose peer's label is not known yet
+    is listed, and the depth-first search asks `_reach` when it takes it: a
+    search the ring cap stops early asks about few of them. Listing the first
+    such edge to each peer loses nothing: if its peer cannot reach u in time
+    after it, neither can it after a later edge. x's own label for left + 1
+    hops was worked out when the edge into x was taken.
     Returns (n_kids, kids, c_edges, n_cached).
     """
     if _hub(a_seg, a_hub, p_eid, e_hot, x, 0, max_degree, horizon):
@@ -1014,11 +1061,16 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
     else:
         start = n_cached
         until = ts_t
-        # x's label for left + 1 hops: computed when left < done_b, final for any depth when done_b < L - 1
-        if strict and sx >= 0 and max_degree < 0 and a_hub.shape[0] == 0 and (left < done_b or done_b < L - 1):
-            until = lab_b[sx, left + 1 if left < done_b else done_b]
+        # x's label for left + 1 hops: computed when left < done_b or lazily, final for any depth when
+        # done_b < L - 1 (v's, at depth 0, is not needed: ts_t bounds it)
+        if strict and sx >= 0 and max_degree < 0 and a_hub.shape[0] == 0:
+            if lazy:
+                if depth > 0:
+                    until = lab_b[sx, left + 1]
+            elif left < done_b or done_b < L - 1:
+                until = lab_b[sx, left + 1 if left < done_b else done_b]
         c_edges, n_cached = _usable(x, left, u, strict, min_amt, since, until, ts_t, trig, lab_b, slot_b, done_b,
-                                    a_seg, p_eid, e_hot, e_amt, tx_buf, tx_off, c_edges, n_cached)
+                                    a_seg, p_eid, e_hot, e_amt, tx_buf, tx_off, c_edges, n_cached, lazy)
         stop = n_cached
         if sx >= 0:
             c_span[sx, left, 0], c_span[sx, left, 1], c_span[sx, left, 2] = start, stop, n_dfs
@@ -1034,14 +1086,13 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
     for i in range(start, stop):
         e = c_edges[i]
         y = e_hot[e].dst
-        sy = slot_b[y]
-        if not flow and seen[sy] == stamp:
+        if not flow and seen[y] == stamp:
             continue
-        if y != u and on_path[sy]:
+        if y != u and slot_b[y] >= 0 and on_path[slot_b[y]]:
             continue
         if flow and prev >= 0 and not _flow_ok(e_amt[prev], e_amt[e], min_ratio, max_ratio):
             continue
-        seen[sy] = stamp
+        seen[y] = stamp
         kids = grown(kids, n_kids + 1)
         kids[n_kids] = e
         n_kids += 1
@@ -1050,9 +1101,9 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
 
 @njit(cache=True)
 def _usable(x, left, u, strict, min_amt, since, until, ts_t, trig, lab_b, slot_b, done_b, a_seg, p_eid, e_hot,
-            e_amt, tx_buf, tx_off, c_edges, n_cached):
+            e_amt, tx_buf, tx_off, c_edges, n_cached, lazy):
     """Append to c_edges x's out-edges with since <= ts <= until that may be a witness with `left` witnesses
-    after it, on any path."""
+    after it, on any path (with `lazy` labels deeper than done_b, also those whose peer's label is not known yet)."""
     base = np.int64(a_seg[x, 0, SEG_START])
     first, stop = base + a_seg[x, 0, SEG_HEAD], base + a_seg[x, 0, SEG_LEN]
     k = left if left < done_b else done_b
@@ -1067,19 +1118,136 @@ def _usable(x, left, u, strict, min_amt, since, until, ts_t, trig, lab_b, slot_b
         if min_amt > 0 and e_amt[e] < min_amt:
             continue
         y = r.dst
-        sy = slot_b[y]
-        if sy < 0:  # u is not reachable from y in time
-            continue
         if y != u:
             if left <= 0:
                 continue
-            reach = lab_b[sy, k]
-            if reach == NEG or (strict and reach < ts):
-                continue
+            if lazy and left > done_b:
+                sy = slot_b[y]
+                if sy >= 0:
+                    reach = lab_b[sy, left]
+                    if reach != UNKNOWN and (reach == NEG or (strict and reach < ts)):
+                        continue
+            else:
+                sy = slot_b[y]
+                if sy < 0:  # u is not reachable from y in time
+                    continue
+                reach = lab_b[sy, k]
+                if reach == NEG or (strict and reach < ts):
+                    continue
         c_edges = grown(c_edges, n_cached + 1)
         c_edges[n_cached] = e
         n_cached += 1
     return c_edges, n_cached
+
+
+@njit(cache=True)
+def _lazy_row(lab, slot, touched, r_pos, lz, y, done):
+    """A backward label row for account y, first met by `_reach`: no label up to depth `done` (the eager layers
+    would have given one), the deeper ones unknown. Returns the row, or -1 when the rows are full (lz[1] set)."""
+    nt = lz[0]
+    if nt == lab.shape[0]:
+        lz[1] = 1
+        return -1
+    slot[y] = nt
+    touched[nt] = y
+    for j in range(lab.shape[1]):
+        lab[nt, j] = NEG if j <= done else UNKNOWN
+        r_pos[nt, j] = -1
+    lz[0] = nt + 1
+    return nt
+
+
+@njit(cache=True)
+def _reach(y, k, t, u, lo, ts_t, trig, strict, min_amt, done, lab, slot, touched, r_pos, lz, stack, a_seg, p_eid,
+           e_hot, e_amt, tx_buf, tx_off):
+    """Is y's backward label for k hops (k > done, the eager layers' depth) at least t? 1 yes, 0 no, -1 out of rows.
+
+    That is: a time-respecting walk of at most k witnesses leads from y to u
+    leaving y at or after t (order "none": t is lo, any walk in the window).
+    The depth-first search asks only for accounts it may enter, so most of
+    the window is never labelled, and a search the ring cap stops early asks
+    little. Each label is worked out at most once per trigger, scanning the
+    account's out-list from its latest usable edge back: the first edge into
+    u, or into an account whose label for k - 1 hops is no earlier than the
+    edge, gives it (the latest departure). The scan stops at the first edge
+    before t and keeps its place in r_pos: the edges it passed fail whatever
+    is asked, so a later question with an earlier t goes on from there.
+    Questions one hop shallower go on an explicit stack (at most k frames).
+    """
+    sy = slot[y]
+    if sy < 0:
+        sy = _lazy_row(lab, slot, touched, r_pos, lz, y, done)
+        if sy < 0:
+            return -1
+    if lab[sy, k] != UNKNOWN:
+        return 1 if lab[sy, k] >= t else 0
+    stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = y, sy, k, t
+    sp = 1
+    answer = -1  # a finished frame's answer for its parent's edge at r_pos - 1
+    while True:
+        x, sx, kx, tx = stack[sp - 1, 0], stack[sp - 1, 1], stack[sp - 1, 2], stack[sp - 1, 3]
+        base = np.int64(a_seg[x, 0, SEG_START])
+        first = base + a_seg[x, 0, SEG_HEAD]
+        p = r_pos[sx, kx]
+        if p < 0:
+            p = _first_at(p_eid, e_hot, first, base + a_seg[x, 0, SEG_LEN], ts_t + 1)
+        result = -1
+        if answer == 1:
+            lab[sx, kx] = e_hot[p_eid[p - 1]].ts if strict else ts_t
+            result = 1
+        elif answer == 0:
+            p -= 1
+        answer = -1
+        z, sz, need = np.int64(-1), np.int64(-1), np.int64(0)
+        while result < 0:
+            if p <= first or e_hot[p_eid[p - 1]].ts < lo:
+                lab[sx, kx] = NEG
+                result = 0
+                break
+            e = p_eid[p - 1]
+            r = e_hot[e]
+            ts = r.ts
+            if ts < tx:
+                result = 0
+                break
+            if (ts == ts_t and not _witness_ok(e_hot, tx_buf, tx_off, e, trig, ts_t)) or \
+                    (min_amt > 0 and e_amt[e] < min_amt):
+                p -= 1
+                continue
+            z = r.dst
+            if z == u:
+                lab[sx, kx] = ts if strict else ts_t
+                result = 1
+                break
+            if kx == 1:
+                p -= 1
+                continue
+            need = ts if strict else lo
+            sz = slot[z]
+            if kx - 1 <= done:
+                got = NEG if sz < 0 else lab[sz, kx - 1]
+            else:
+                if sz < 0:
+                    sz = _lazy_row(lab, slot, touched, r_pos, lz, z, done)
+                    if sz < 0:
+                        return -1
+                got = lab[sz, kx - 1]
+                if got == UNKNOWN:
+                    break  # ask z first
+            if got >= need:
+                lab[sx, kx] = ts if strict else ts_t
+                result = 1
+                break
+            p -= 1
+        r_pos[sx, kx] = p
+        if result < 0:
+            stack[sp, 0], stack[sp, 1], stack[sp, 2], stack[sp, 3] = z, sz, kx - 1, need
+            sp += 1
+            continue
+        sp -= 1
+        if sp == 0:
+            return result
+        answer = result
 
 
 @njit(cache=True)

@@ -13,6 +13,13 @@ call runs long or blocks, a one-shot timer (`SIGALRM`, set when the first
 result is held) writes them once the oldest has waited `LATE_S`, so a caller
 waiting on a result is never left behind a call that blocks.
 
+`HOLD_S` is close to `LATE_S`: every write wakes the node's dispatcher, and
+on a busy node each wake-up costs it ~100 us of CPU with cold caches (8 actors
+x 1 ms calls on 2 cores: 0.5 wake-ups per call at 2 ms, 0.2-0.3 at 8 ms with
+long worker slices, `cpu_slice.py`). Only results with more calls queued
+behind them wait: a caller that waits for each result before the next call
+never does.
+
 A timer rather than a flusher thread: a thread had to wake to look, and take
 the GIL from the busy main thread to do it — with 8 actors on 2 cores its
 ticks were ~1.5 wake-ups and 20-35 us of CPU per 1 ms call
@@ -39,7 +46,7 @@ from multiprocessing.connection import Connection
 
 logger = logging.getLogger(__name__)
 
-HOLD_S = 0.002  # results older than this are written before the worker starts its next call
+HOLD_S = 0.008  # results older than this are written before the worker starts its next call
 LATE_S = 0.01  # the longest a result waits while a call runs long: latency added to an alert path
 RETRY_S = 0.001  # the timer fired while the main thread was writing: look again this much later
 MAX_HELD = 32  # results held at most: written together once this many have gathered

@@ -41,6 +41,7 @@ import cloudpickle
 
 from . import api
 from .checkpoints import ActorCheckpoints, open_store
+from .cpu_slice import ask_for_long_slices
 from .direct import Channel, DirectServer, direct_tls
 from .errors import ActorDiedError, TaskError
 from .object_store import pack, unpack
@@ -277,6 +278,7 @@ def _checkpoint_after(actor: list, spec: TaskSpec, link: WorkerLink) -> bool:
 
 def worker_main(conn: Connection, node_info: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ask_for_long_slices()  # workers often outnumber cores: fewer switches between them (cpu_slice.py)
     logging.basicConfig(level=node_info.get("log_level", logging.WARNING))
     queue: deque = deque()
     link = WorkerLink(conn, queue, is_actor=bool(node_info.get("actor_id")), direct=bool(node_info.get("direct")))
