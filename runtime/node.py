@@ -545,9 +545,10 @@ class Node:
     def _on_worker_message(self, worker: Worker, message: tuple) -> None:
         kind = message[0]
         if kind == "done":
-            _, task_id, blob, error, contained, held, released = message
-            self._apply_ref_changes(held, released)
-            self._completed(worker, TaskResult(task_id, None if blob is None else Blob(*blob), error, contained))
+            for task_id, blob, error, contained, held, released in message[1]:
+                if held or released:
+                    self._apply_ref_changes(held, released)
+                self._completed(worker, TaskResult(task_id, None if blob is None else Blob(*blob), error, contained))
         elif kind == "call":
             _, request_id, method, args, held, released = message
             self._apply_ref_changes(held, released)

@@ -5,7 +5,8 @@ Messages on the pipe to the node, node -> worker:
   ("reply", request_id, ok, value)                                 answer to a runtime call
   ("exit",)
 worker -> node:
-  ("done", task_id, Blob.fields() or None, error, contained_ids, held_ids, released_ids)
+  ("done", [(task_id, Blob.fields() or None, error, contained_ids, held_ids, released_ids), ...])
+                                                                   results, in the order the calls ran
   ("call", request_id, method, args, held_ids, released_ids)       nested runtime API use (request_id None:
                                                                    no answer wanted); an actor's checkpoint
                                                                    is recorded this way before the result
@@ -41,6 +42,7 @@ import cloudpickle
 
 from . import api
 from .checkpoints import ActorCheckpoints, open_store
+from .cpu_slice import ask_for_long_slices
 from .direct import Channel, DirectServer, direct_tls
 from .errors import ActorDiedError, TaskError
 from .object_store import pack, unpack
@@ -48,6 +50,7 @@ from .outbox import Outbox
 from .protocol import ACTOR_CALL, ACTOR_CREATE, CHECKPOINT_METHOD, RefMarker, TaskResult, TaskSpec, new_id
 from .refs import capture_refs, set_ref_listeners
 from .scheduler import REFILL_AT
+from .serialization import is_plain
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +155,10 @@ class WorkerLink:
     def release(self, object_id: str) -> None:
         self.released.append(object_id)
 
-    def take_ref_changes(self) -> tuple[list[str], list[str]]:
+    def take_ref_changes(self) -> tuple[list[str] | tuple, list[str] | tuple]:
         held, released = self.held, self.released
+        if not held and not released:  # the common case: nothing to allocate
+            return (), ()
         self.held, self.released = [], []
         return held, released
 
@@ -217,11 +222,8 @@ class WorkerLink:
         """
         if reply is None:
             blob = None if result.blob is None else result.blob.fields()
-            message = ("done", result.task_id, blob, result.error, result.contained, *self.take_ref_changes())
-            if may_hold and len(self.queue) > REFILL_AT:
-                self.outbox.hold(message)
-            else:
-                self.send(message)
+            self.outbox.result((result.task_id, blob, result.error, result.contained, *self.take_ref_changes()),
+                               hold=may_hold and len(self.queue) > REFILL_AT)
             return
         if result.blob is not None and result.blob.shared:  # large: the node keeps it for the caller's node
             node = self.call("keep", result.task_id, result.blob, result.contained, reply.owner)
@@ -277,6 +279,7 @@ def _checkpoint_after(actor: list, spec: TaskSpec, link: WorkerLink) -> bool:
 
 def worker_main(conn: Connection, node_info: dict) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ask_for_long_slices()  # workers often outnumber cores: fewer switches between them (cpu_slice.py)
     logging.basicConfig(level=node_info.get("log_level", logging.WARNING))
     queue: deque = deque()
     link = WorkerLink(conn, queue, is_actor=bool(node_info.get("actor_id")), direct=bool(node_info.get("direct")))
@@ -298,10 +301,12 @@ def worker_main(conn: Connection, node_info: dict) -> None:
                 continue
             link.outbox.flush(due_only=True)
             spec, _, deps, reply = queue.popleft()
-            link.starting(spec, reply)
-            kept = [d for d, value in deps.items() if value is None]
-            if kept:  # inputs this worker's node keeps for the caller: through shared memory
-                deps = {**deps, **dict(zip(kept, link.call("get_kept", kept)))}
+            if reply is not None:
+                link.starting(spec, reply)
+            if deps:
+                kept = [d for d, value in deps.items() if value is None]
+                if kept:  # inputs this worker's node keeps for the caller: through shared memory
+                    deps = {**deps, **dict(zip(kept, link.call("get_kept", kept)))}
             result = _run(spec, link, functions, deps, actor, node_info)
             checkpointed = _checkpoint_after(actor, spec, link)
             link.send_result(result, reply, may_hold=not checkpointed)
@@ -336,6 +341,8 @@ def _run(spec: TaskSpec, link: WorkerLink, functions: dict[str, Any], deps: dict
         if isinstance(exc, (SystemExit, KeyboardInterrupt)) and spec.kind != ACTOR_CALL:
             raise
         return TaskResult(spec.task_id, None, _as_task_error(exc, spec))
+    if is_plain(value):  # builtin scalars: no ref inside, nothing that fails to pickle
+        return TaskResult(spec.task_id, pack(value), None)
     try:
         with capture_refs() as contained:
             blob = pack(value, what=f"the return value of {spec.name}")

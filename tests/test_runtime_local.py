@@ -182,6 +182,43 @@ def test_task_code_that_takes_sigalrm_gets_no_alarm_from_the_runtime_and_results
     assert rt.get(keeper.alarms_seen.remote(), timeout=60) == 0
 
 
+def _slice_ns() -> int | None:
+    """This thread's EEVDF slice as /proc shows it (None where the kernel shows none)."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/sched") as sched:
+            for line in sched:
+                if line.startswith("se.slice"):
+                    return int(line.split(":")[1])
+    except OSError:
+        return None
+    return None
+
+
+@rt.remote
+def worker_slice_ns() -> int | None:
+    return _slice_ns()
+
+
+@rt.remote
+class SliceReader:
+    def slice_ns(self) -> int | None:
+        return _slice_ns()
+
+
+def test_workers_run_with_long_cpu_slices_and_the_driver_keeps_its_own(runtime):
+    """Workers ask the kernel for `SLICE_S` slices (cpu_slice.py): a task's worker and an actor's both run
+    with it; the driver's threads keep the kernel's default."""
+    from ringwatch.runtime.cpu_slice import SLICE_S
+
+    own = _slice_ns()
+    if own is None:
+        pytest.skip("this kernel shows no EEVDF slice in /proc (custom slices need Linux 6.12+)")
+    wanted = round(SLICE_S * 1e9)
+    assert rt.get(worker_slice_ns.remote(), timeout=60) == wanted
+    assert rt.get(SliceReader.remote().slice_ns.remote(), timeout=60) == wanted
+    assert own != wanted
+
+
 def test_actor_handles_travel_to_tasks_and_names_find_actors(runtime):
     @rt.remote
     class Counter:

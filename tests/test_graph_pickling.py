@@ -1,0 +1,58 @@
+"""What crosses to shard actors each round (`ArrayRecord`): the same values back, arrays writable and aligned (numba
+compiles a kernel once per writability and alignment), tables as Arrow IPC, and no pickled object but the record's
+class and its rebuild function."""
+
+from __future__ import annotations
+
+import pickle
+import pickletools
+
+import numpy as np
+import pyarrow as pa
+
+from ringwatch.graph.batch import payment_table
+from ringwatch.graph.label_rounds import Candidates, FirstLayer, LabelReply
+from ringwatch.graph.model import Transaction
+from ringwatch.graph.sharded import BatchPart, Stored
+from ringwatch.runtime.serialization import dumps, loads
+
+
+def reply() -> LabelReply:
+    rows = payment_table([Transaction("t1", "a", "b", "1.5", 7), Transaction("t2", "b", "c", "2", 9)])
+    candidates = Candidates(rows, np.array([3], np.int32), np.array([11], np.uint64), np.array([1], np.int16),
+                            np.array([12], np.uint64), np.array([0], np.int16))
+    return LabelReply(np.array([1, 2, 3], np.int32), np.array([0, 1, 2], np.int8), np.array([5, 6, 7], np.uint64),
+                      np.array([0, 1, 0], np.int16), np.array([-1, 2**40, 3], np.int64), np.zeros(0, np.int32),
+                      np.zeros(0, np.int64), rows, candidates, seconds=0.25)
+
+
+def round_trip(value):
+    data, buffers = dumps(value)  # as the runtime sends an argument or a result
+    return loads(data, [memoryview(b.raw()) for b in buffers])
+
+
+def test_a_record_comes_back_equal_with_writable_aligned_arrays_and_its_tables():
+    original = Stored(np.array([0, 1, 2], np.int8), (7, b"t2"), np.arange(12, dtype=np.int32).reshape(4, 3),
+                      np.array([1, 0, 3], np.int8), reply(), seconds=0.5)
+    copy = round_trip(original)
+    assert copy.newest_before == (7, b"t2") and copy.seconds == 0.5
+    assert copy.lengths.shape == (4, 3) and np.array_equal(copy.lengths, original.lengths)
+    for name in ("job", "dir", "gid", "owner", "value", "degree", "hubs"):
+        got, want = getattr(copy.labels, name), getattr(original.labels, name)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+        assert got.flags.writeable and got.flags.aligned
+    assert copy.labels.edges.equals(original.labels.edges)
+    assert copy.labels.candidates.rows.equals(original.labels.candidates.rows)
+    assert np.array_equal(copy.labels.candidates.src, original.labels.candidates.src)
+
+
+def test_a_batch_part_holds_no_pickled_array_or_table_only_bytes():
+    part = BatchPart(payment_table([Transaction("t1", "a", "b", "1", 1)]), np.array([0], np.int32),
+                     FirstLayer(True, True, 10, 0, -1))
+    data, buffers = dumps(part)
+    assert not buffers  # one bytearray in the stream: arrays and tables never leave as objects of their own
+    names = [arg for _, arg, _ in pickletools.genops(data) if isinstance(arg, str)]
+    assert not [name for name in names if name.startswith(("numpy", "pyarrow"))]  # no module of theirs is named
+    copy = pickle.loads(data)
+    assert copy.table.equals(part.table) and copy.first == part.first and copy.rows.flags.writeable
+    assert isinstance(copy.table, pa.Table)
