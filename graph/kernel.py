@@ -727,11 +727,12 @@ def grown(arr, need):
 @njit(cache=True)
 def _label_rows(rows, H):
     """A search's per-call arrays for `rows` touched accounts a side: labels, touched lists, frontiers, DFS marks,
-    the DFS's cached candidate ranges (see `_children`) and the lazy labels' scan positions (see `_reach`)."""
+    the DFS's cached candidate ranges (see `_children`), the lazy labels' scan positions (see `_reach`) and
+    each account's edges into u (see `_edges_into`)."""
     return (np.empty((rows, H), np.int64), np.empty((rows, H), np.int64), np.empty(rows, np.int64),
             np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty(rows, np.int64), np.empty(rows, np.int64),
             np.empty(rows, np.int64), np.zeros(rows, np.bool_), np.zeros((rows, H, 4), np.int64),
-            np.empty((rows, H), np.int64))
+            np.empty((rows, H), np.int64), np.empty((rows, 2), np.int64))
 
 
 @njit(cache=True)
@@ -755,7 +756,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
     """
     L = max_hops - 1
     H = max_hops
-    lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, c_span, r_pos = _label_rows(
+    lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, c_span, r_pos, u_at = _label_rows(
         min(FIRST_SLOTS, n_accounts + 1), H)
     c_edges = np.empty(64, np.int64)
     stamp = 0
@@ -773,6 +774,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
     kids = np.empty(64, np.int64)
     seen = np.zeros(n_accounts + 1, np.int64)  # per account: the last DFS frame that listed an edge to it
     stack = np.empty((H + 1, 4), np.int64)  # `_reach`'s frames
+    into_u = np.empty(64, np.int64)  # u's in-edges grouped by source (`_edges_into`)
     lz = np.zeros(2, np.int64)  # the lazy labels' row count and out-of-rows flag
     n_dfs = 0  # depth-first searches run: tells the entries of c_span this one wrote
     ti = 0
@@ -891,6 +893,9 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
             # frames append after them).
             found_here = 0
             n_dfs += 1
+            if lazy:
+                into_u = _edges_into(u, lo, ts_t, trig, min_amt, slot_b, u_at, into_u, a_seg, p_eid, e_hot, e_amt,
+                                     tx_buf, tx_off)
             n_cached = 0
             f_acct[0] = v
             f_slot[0] = slot_b[v]
@@ -900,7 +905,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
             n_kids, kids, c_edges, n_cached = _children(
                 kids, 0, v, lo, -1, stamp, seen, on_path, u, 0, L, strict, flow, min_ratio, max_ratio, min_amt,
                 max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b, a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf,
-                tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached, lazy)
+                tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached, lazy, u_at, into_u)
             f_pos[0] = 0
             f_end[0] = n_kids
             depth = 0
@@ -933,7 +938,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
                         kids, f_end[depth], y, e_hot[e].ts, e, stamp, seen, on_path, u, nd, L, strict, flow,
                         min_ratio, max_ratio, min_amt, max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b,
                         a_seg, a_hub, p_eid, e_hot, e_amt, tx_buf, tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached,
-                        lazy)
+                        lazy, u_at, into_u)
                     f_pos[nd] = f_end[depth]
                     f_end[nd] = n_kids
                     depth = nd
@@ -972,7 +977,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
             cut[ti] = 0
             _release(slot_f, touched_f, lab_f.shape[0] if nt_f < 0 else nt_f)
             _release(slot_b, touched_b, lab_b.shape[0] if nt_b < 0 else nt_b)
-            lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, c_span, r_pos = _label_rows(
+            lab_f, lab_b, touched_f, touched_b, fa, fb, ba, bb, on_path, c_span, r_pos, u_at = _label_rows(
                 min(2 * lab_f.shape[0], n_accounts + 1), H)
             continue
         _release(slot_f, touched_f, nt_f)
@@ -1021,7 +1026,7 @@ def _known(ring_off, ring_edges, first, n_rings, f_edge, depth, e_hot):
 @njit(cache=True)
 def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L, strict, flow, min_ratio,
               max_ratio, min_amt, max_degree, horizon, lo, ts_t, trig, lab_b, slot_b, done_b, a_seg, a_hub, p_eid,
-              e_hot, e_amt, tx_buf, tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached, lazy):
+              e_hot, e_amt, tx_buf, tx_off, cut, ti, c_span, n_dfs, c_edges, n_cached, lazy, u_at, into_u):
     """The edges the DFS tries next from account x after `depth` witnesses, in key order.
 
     Without a flow rule only the first usable edge to each peer (its canonical
@@ -1070,7 +1075,7 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
             elif left < done_b or done_b < L - 1:
                 until = lab_b[sx, left + 1 if left < done_b else done_b]
         c_edges, n_cached = _usable(x, left, u, strict, min_amt, since, until, ts_t, trig, lab_b, slot_b, done_b,
-                                    a_seg, p_eid, e_hot, e_amt, tx_buf, tx_off, c_edges, n_cached, lazy)
+                                    a_seg, p_eid, e_hot, e_amt, tx_buf, tx_off, c_edges, n_cached, lazy, u_at, into_u)
         stop = n_cached
         if sx >= 0:
             c_span[sx, left, 0], c_span[sx, left, 1], c_span[sx, left, 2] = start, stop, n_dfs
@@ -1101,9 +1106,31 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
 
 @njit(cache=True)
 def _usable(x, left, u, strict, min_amt, since, until, ts_t, trig, lab_b, slot_b, done_b, a_seg, p_eid, e_hot,
-            e_amt, tx_buf, tx_off, c_edges, n_cached, lazy):
+            e_amt, tx_buf, tx_off, c_edges, n_cached, lazy, u_at, into_u):
     """Append to c_edges x's out-edges with since <= ts <= until that may be a witness with `left` witnesses
-    after it, on any path (with `lazy` labels deeper than done_b, also those whose peer's label is not known yet)."""
+    after it, on any path (with `lazy` labels deeper than done_b, also those whose peer's label is not known yet).
+
+    With lazy labels the last witness (left 0) can only go into u: those
+    edges are read from x's group of u's in-edges (`_edges_into`), not found
+    among all of x's out-edges."""
+    if lazy and left == 0:
+        sx = slot_b[x]
+        if lab_b[sx, 1] == NEG:  # no edge from x into u may witness
+            return c_edges, n_cached
+        i, stop = u_at[sx, 0], u_at[sx, 0] + u_at[sx, 1]
+        hi = stop
+        while i < hi:
+            mid = (i + hi) >> 1
+            if e_hot[into_u[mid]].ts < since:
+                i = mid + 1
+            else:
+                hi = mid
+        while i < stop and e_hot[into_u[i]].ts <= until:
+            c_edges = grown(c_edges, n_cached + 1)
+            c_edges[n_cached] = into_u[i]
+            n_cached += 1
+            i += 1
+        return c_edges, n_cached
     base = np.int64(a_seg[x, 0, SEG_START])
     first, stop = base + a_seg[x, 0, SEG_HEAD], base + a_seg[x, 0, SEG_LEN]
     k = left if left < done_b else done_b
@@ -1138,6 +1165,48 @@ def _usable(x, left, u, strict, min_amt, since, until, ts_t, trig, lab_b, slot_b
         c_edges[n_cached] = e
         n_cached += 1
     return c_edges, n_cached
+
+
+@njit(cache=True)
+def _edges_into(u, lo, ts_t, trig, min_amt, slot_b, u_at, into_u, a_seg, p_eid, e_hot, e_amt, tx_buf, tx_off):
+    """u's in-edges that may witness the trigger, grouped by source: account x's (label row sx) are
+    into_u[u_at[sx, 0]:u_at[sx, 0] + u_at[sx, 1]], in key order. Returns into_u (grown if needed).
+
+    Only for an x whose backward label for one hop is set (the first eager
+    layer gave every such source a row; the others' u_at is stale). The
+    depth-first search's last witness must go into u, and an account's out-
+    list is mostly edges elsewhere: read from here, it costs what it finds.
+    """
+    base = np.int64(a_seg[u, 1, SEG_START])
+    first, stop = base + a_seg[u, 1, SEG_HEAD], base + a_seg[u, 1, SEG_LEN]
+    start = _first_at(p_eid, e_hot, first, stop, lo)
+    n = 0
+    for step in range(3):  # clear the groups, count them, fill them
+        for i in range(start, stop):
+            e = p_eid[i]
+            ts = e_hot[e].ts
+            if ts > ts_t:
+                break
+            if (ts == ts_t and not _witness_ok(e_hot, tx_buf, tx_off, e, trig, ts_t)) or \
+                    (min_amt > 0 and e_amt[e] < min_amt):
+                continue
+            s = slot_b[e_hot[e].src]
+            if step == 0:
+                u_at[s, 0], u_at[s, 1] = -1, 0
+            elif step == 1:
+                u_at[s, 1] += 1
+                n += 1
+            else:
+                if u_at[s, 0] < 0:
+                    u_at[s, 0] = n
+                    n += u_at[s, 1]
+                    u_at[s, 1] = 0
+                into_u[u_at[s, 0] + u_at[s, 1]] = e
+                u_at[s, 1] += 1
+        if step == 1:
+            into_u = grown(into_u, n)
+            n = 0
+    return into_u
 
 
 @njit(cache=True)
