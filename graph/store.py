@@ -378,11 +378,11 @@ class EdgeStore:
         """Edges as a `PAYMENT_SCHEMA` table (checkpoints, gathered edges, queries)."""
         ids = np.asarray(ids, np.int64)
         hot = self.e_hot[ids]
-        currencies = np.array(self.currencies, dtype=object)
         return pa.table([
             self.tx_ids(ids).cast(pa.string()), self.accounts.take(hot["src"]).cast(pa.string()),
             self.accounts.take(hot["dst"]).cast(pa.string()), pa.array(hot["ts"]), pa.array(self.e_amt[ids]),
-            pa.array(currencies[self.e_cur[ids]], pa.string()),
+            # by code, in Arrow: a Python string per row was half of a checkpoint's to_table
+            pa.array(self.currencies, pa.string()).take(pa.array(self.e_cur[ids])),
         ], schema=PAYMENT_SCHEMA)
 
     def to_table(self) -> pa.Table:
