@@ -26,9 +26,13 @@ After = Callable[[float, Callable[[], None]], None]  # run a callback on the dis
 REFETCH_S = 1.0  # an unreachable holder is asked again this often, until its death is declared
 
 
-@dataclass
+@dataclass(slots=True)
 class ObjectEntry:
-    """One object id: its value once ready, who keeps it, and the call that makes it."""
+    """One object id: its value once ready, who keeps it, and the call that makes it.
+
+    Slotted: one made per call, and without an attribute dict half as many objects for the driver's
+    garbage collector to walk.
+    """
 
     blob: Blob | None = None
     error: Exception | None = None

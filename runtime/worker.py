@@ -29,6 +29,7 @@ actor never does: its calls run in order.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -289,6 +290,10 @@ def worker_main(conn: Connection, node_info: dict) -> None:
     set_ref_listeners(link.hold, link.release)
     functions: dict[str, Any] = {}
     actor: list[Any] = []
+    # What the worker has set up (the runtime's modules, its pipe) lives as long as the process: out of
+    # every later collection. Each collection of the young generations walked it again: ~1.2 ms, ~5 us
+    # per 1 ms call with 8 actors on 2 cores.
+    gc.freeze()
     try:
         while True:
             if not queue:
