@@ -46,6 +46,7 @@ from numba import njit
 INF = np.int64(2**62)
 NEG = np.int64(-(2**62))
 EMPTY = np.int32(-1)
+EDGE_BITS = np.int64(0xFFFFFFFF)  # a cached DFS candidate is peer << 32 | edge id (see `_children`)
 UNKNOWN = np.int64(-(2**62) + 1)  # a lazily computed backward label not asked for yet (see `_reach`)
 
 NEW, DUPLICATE, CONFLICT, LATE = 0, 1, 2, 3
@@ -772,7 +773,7 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
     f_pos = np.empty(L + 1, np.int64)
     f_end = np.empty(L + 1, np.int64)
     kids = np.empty(64, np.int64)
-    seen = np.zeros(n_accounts + 1, np.int64)  # per account: the last DFS frame that listed an edge to it
+    seen = np.zeros(0, np.int64)  # per account: the last DFS frame that listed an edge to it (at the first DFS)
     stack = np.empty((H + 1, 4), np.int64)  # `_reach`'s frames
     into_u = np.empty(64, np.int64)  # u's in-edges grouped by source (`_edges_into`)
     lz = np.zeros(2, np.int64)  # the lazy labels' row count and out-of-rows flag
@@ -893,6 +894,8 @@ def search(triggers, in_batch, only_batch, window, max_hops, strict, flow, min_r
             # frames append after them).
             found_here = 0
             n_dfs += 1
+            if seen.shape[0] == 0:
+                seen = np.zeros(n_accounts + 1, np.int64)
             if lazy:
                 into_u = _edges_into(u, lo, ts_t, trig, min_amt, slot_b, u_at, into_u, a_seg, p_eid, e_hot, e_amt,
                                      tx_buf, tx_off)
@@ -1038,7 +1041,8 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
 
     What does not depend on the path (the edge may witness, its peer reaches u
     in the hops left, in time) is worked out once per account and hops left
-    for the trigger: those edges go to `c_edges`, their range to
+    for the trigger: those edges go to `c_edges` (each with its peer:
+    peer << 32 | edge, so listing the kids reads no edge record), their range to
     `c_span[row of x, hops left]` (start, stop, the depth-first search that
     wrote it, the time it starts at). A dense graph enters the same accounts
     over many paths, and x's out-list is scanned only the first time. Under
@@ -1084,13 +1088,13 @@ def _children(kids, n_kids, x, arrival, prev, stamp, seen, on_path, u, depth, L,
         hi = stop
         while start < hi:
             mid = (start + hi) >> 1
-            if e_hot[c_edges[mid]].ts < arrival:
+            if e_hot[c_edges[mid] & EDGE_BITS].ts < arrival:
                 start = mid + 1
             else:
                 hi = mid
     for i in range(start, stop):
-        e = c_edges[i]
-        y = e_hot[e].dst
+        e = c_edges[i] & EDGE_BITS
+        y = c_edges[i] >> 32
         if not flow and seen[y] == stamp:
             continue
         if y != u and slot_b[y] >= 0 and on_path[slot_b[y]]:
@@ -1127,7 +1131,7 @@ def _usable(x, left, u, strict, min_amt, since, until, ts_t, trig, lab_b, slot_b
                 hi = mid
         while i < stop and e_hot[into_u[i]].ts <= until:
             c_edges = grown(c_edges, n_cached + 1)
-            c_edges[n_cached] = into_u[i]
+            c_edges[n_cached] = (np.int64(u) << 32) | into_u[i]
             n_cached += 1
             i += 1
         return c_edges, n_cached
@@ -1162,7 +1166,7 @@ def _usable(x, left, u, strict, min_amt, since, until, ts_t, trig, lab_b, slot_b
                 if reach == NEG or (strict and reach < ts):
                     continue
         c_edges = grown(c_edges, n_cached + 1)
-        c_edges[n_cached] = e
+        c_edges[n_cached] = (np.int64(y) << 32) | e
         n_cached += 1
     return c_edges, n_cached
 

@@ -350,8 +350,7 @@ class EdgeStore:
 
     def tx_ids(self, ids: np.ndarray) -> pa.LargeStringArray:
         """The tx ids of edge ids, as an Arrow array (decoded in bulk)."""
-        buf, off = kernel.gather_bytes(self.tx_buf, self.tx_off, np.asarray(ids, np.int64))
-        return pa.LargeStringArray.from_buffers(off.shape[0] - 1, pa.py_buffer(off), pa.py_buffer(buf))
+        return _tx_ids(self.tx_buf, self.tx_off, ids)
 
     def entries(self, account: int, direction: int, lo: int, hi: int) -> np.ndarray:
         """Edge ids in account id `account`'s out- (0) or in-list (1) with lo <= ts <= hi (and live), oldest first."""
@@ -376,18 +375,16 @@ class EdgeStore:
 
     def edge_table(self, ids: np.ndarray) -> pa.Table:
         """Edges as a `PAYMENT_SCHEMA` table (checkpoints, gathered edges, queries)."""
-        ids = np.asarray(ids, np.int64)
-        hot = self.e_hot[ids]
-        return pa.table([
-            self.tx_ids(ids).cast(pa.string()), self.accounts.take(hot["src"]).cast(pa.string()),
-            self.accounts.take(hot["dst"]).cast(pa.string()), pa.array(hot["ts"]), pa.array(self.e_amt[ids]),
-            # by code, in Arrow: a Python string per row was half of a checkpoint's to_table
-            pa.array(self.currencies, pa.string()).take(pa.array(self.e_cur[ids])),
-        ], schema=PAYMENT_SCHEMA)
+        return self.snapshot().edge_table(ids)
 
     def to_table(self) -> pa.Table:
         """The live edges as a `PAYMENT_SCHEMA` table (checkpoints; a restore re-applies it)."""
-        return self.edge_table(kernel.live_edges(self.e_hot, self.n_edges, self.horizon))
+        return self.snapshot().to_table()
+
+    def snapshot(self) -> "EdgeSnapshot":
+        """The payments as they are now, readable while this store goes on taking batches (`EdgeSnapshot`)."""
+        return EdgeSnapshot(self.e_hot, self.e_amt, self.e_cur, self.tx_buf, self.tx_off, self.accounts.arrow(),
+                            pa.array(self.currencies, pa.string()), self.n_edges, self.horizon)
 
     def edges(self, ids: Iterable[int]) -> list[StoredEdge]:
         table = self.edge_table(np.fromiter(ids, np.int64))
@@ -423,6 +420,49 @@ class EdgeStore:
             self.horizon, self.e_hot, self.e_amt, self.tx_buf, self.tx_off, self.a_seg, self.p_eid,
             self.accounts.count, self.slot_f, self.slot_b, self.late_unfiltered)
         return np.unique(found)
+
+
+class EdgeSnapshot(NamedTuple):
+    """An `EdgeStore`'s payments at one moment, without a copy.
+
+    Rows below `n_edges` never change once written: batches append, growth
+    and compaction copy into new arrays, names are appended after the last.
+    So the arrays held here stay what they were while the store goes on, and
+    a checkpoint's table is built from them off the lock the store's writer
+    holds (taking the snapshot is a few attribute reads).
+    """
+
+    e_hot: np.ndarray
+    e_amt: np.ndarray
+    e_cur: np.ndarray
+    tx_buf: np.ndarray
+    tx_off: np.ndarray
+    accounts: pa.LargeStringArray
+    currencies: pa.StringArray
+    n_edges: int
+    horizon: int
+
+    def edge_table(self, ids: np.ndarray) -> pa.Table:
+        """Edges as a `PAYMENT_SCHEMA` table."""
+        ids = np.asarray(ids, np.int64)
+        hot = self.e_hot[ids]
+        return pa.table([
+            _tx_ids(self.tx_buf, self.tx_off, ids).cast(pa.string()),
+            self.accounts.take(pa.array(hot["src"].astype(np.int64))).cast(pa.string()),
+            self.accounts.take(pa.array(hot["dst"].astype(np.int64))).cast(pa.string()),
+            pa.array(hot["ts"]), pa.array(self.e_amt[ids]),
+            # by code, in Arrow: a Python string per row was half of a checkpoint's to_table
+            self.currencies.take(pa.array(self.e_cur[ids])),
+        ], schema=PAYMENT_SCHEMA)
+
+    def to_table(self) -> pa.Table:
+        """The live edges (`ts >= horizon`)."""
+        return self.edge_table(kernel.live_edges(self.e_hot, self.n_edges, self.horizon))
+
+
+def _tx_ids(tx_buf: np.ndarray, tx_off: np.ndarray, ids: np.ndarray) -> pa.LargeStringArray:
+    buf, off = kernel.gather_bytes(tx_buf, tx_off, np.asarray(ids, np.int64))
+    return pa.LargeStringArray.from_buffers(off.shape[0] - 1, pa.py_buffer(off), pa.py_buffer(buf))
 
 
 def _grown(array: np.ndarray, size: int, keep: int) -> np.ndarray:

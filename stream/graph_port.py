@@ -178,9 +178,9 @@ class InProcessEngineGraph:
             self.graph.evict(horizon)
 
     def checkpoint(self) -> list[str]:
-        with self._lock:
-            tables = self.graph.checkpoint()
-        return [self._store.save(f"{self.CHECKPOINT_NAME}-{i}", table) for i, table in enumerate(tables)]
+        with self._lock:  # the loop waits for a snapshot, not for the table (to_table: ~10 ms per 200k payments)
+            snapshot = self.graph.store.snapshot()
+        return [self._store.save(f"{self.CHECKPOINT_NAME}-0", snapshot.to_table())]
 
     def restarted(self) -> list[int]:
         return []  # it lives and dies with the engine
