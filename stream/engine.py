@@ -121,7 +121,8 @@ BATCH_START = 256  # the first batch's cap; the cap doubles after each full batc
 BATCH_TARGET_S = 1.0  # ... this, and halves after a batch that took longer (polls stay frequent: group membership)
 EVICT_SLICES = 16  # evict when the horizon has moved 1/16 of the window: each eviction is a pass over the shards
 POLL_CHUNK = 500  # with several partitions, the most one poll takes: alignment decides between polls
-IN_GRAPH_POLL_MS = 1  # longest poll while the graph works on a batch: the next one starts soon after it is free
+IN_GRAPH_WAIT_S = MIN_FETCH_WAIT_MS / 1000  # while the graph works and the consumer holds nothing: wait this
+# long on the graph (not on the broker), so the next batch starts the moment it is free; polls stay one a fetch
 KEEP_ALIVE_S = 0.5  # while a full batch waits for the graph: how often the consumer polls to stay in its group
 SLOW_GRAPH_LOG_S = 5  # a batch in the graph this long is logged (and again at each multiple)
 
@@ -425,7 +426,7 @@ class Engine:
                 if timeout_ms <= 0 and not busy:
                     return
             if busy:
-                timeout_ms = IN_GRAPH_POLL_MS  # to notice soon that the graph is free
+                timeout_ms = 0  # what the consumer holds now; then wait on the graph, below
                 _report_slow(in_graph)
             polled = self._source.poll(max_records=min(room, POLL_CHUNK) if aligned else room, timeout_ms=timeout_ms)
             arrived = time.time()
@@ -445,6 +446,8 @@ class Engine:
             if not len(polled):
                 if opened_at is None and in_graph is None:
                     return
+                if busy:
+                    concurrent.futures.wait([in_graph.result], timeout=IN_GRAPH_WAIT_S)
                 continue
             opened_at = opened_at or time.monotonic()
 
