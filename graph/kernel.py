@@ -1121,14 +1121,8 @@ def _usable(x, left, u, strict, min_amt, since, until, ts_t, trig, lab_b, slot_b
         sx = slot_b[x]
         if lab_b[sx, 1] == NEG:  # no edge from x into u may witness
             return c_edges, n_cached
-        i, stop = u_at[sx, 0], u_at[sx, 0] + u_at[sx, 1]
-        hi = stop
-        while i < hi:
-            mid = (i + hi) >> 1
-            if e_hot[into_u[mid]].ts < since:
-                i = mid + 1
-            else:
-                hi = mid
+        stop = u_at[sx, 0] + u_at[sx, 1]
+        i = _first_at(into_u, e_hot, u_at[sx, 0], stop, since)
         while i < stop and e_hot[into_u[i]].ts <= until:
             c_edges = grown(c_edges, n_cached + 1)
             c_edges[n_cached] = (np.int64(u) << 32) | into_u[i]
