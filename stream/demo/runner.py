@@ -34,7 +34,8 @@ from ringwatch.connectors import (
 from ringwatch.graph import Alert
 
 from ..config import Config, EngineConfig, GraphConfig, ServiceConfig, SinksConfig, SourceConfig
-from ..engine import Engine, percentile
+from ..engine import Engine
+from ..engine_view import percentile
 from ..progress import Progress
 from .picture import render_rings_html
 
