@@ -35,7 +35,8 @@ from ringwatch.graph import Alert
 from ringwatch.graph.warmup import load_compiled_code
 
 from ..config import Config, EngineConfig, GraphConfig, ServiceConfig, SinksConfig, SourceConfig
-from ..engine import Engine, percentile
+from ..engine import Engine
+from ..engine_view import percentile
 from ..progress import Progress
 from .picture import render_rings_html
 
