@@ -39,7 +39,9 @@ class ArrayRecord:
     looks up every class and function it meets by name: a round's request or
     reply cost 0.1-0.3 ms to pickle, a third of the sharded search's CPU on
     small batches; with a class per nested record the lookups alone were a
-    fifth of what is left. Arrays come back as views of the unpickled
+    fifth of what is left. A table travels as one Arrow IPC record batch
+    message, its schema's IPC bytes in the header, read once per process: a
+    whole IPC stream (schema and batch) took twice as long each way. Arrays come back as views of the unpickled
     bytearray, so they are writable: numba keeps one compiled version of a
     kernel per writability, and the shards' warm-up loads the writable ones.
     Decoding unpickles nothing more than the header: tables are Arrow IPC,
@@ -97,8 +99,8 @@ def _encode(record: ArrayRecord, parts: list[memoryview], size: int) -> tuple[tu
             items.append(("r", nested))
             continue
         elif isinstance(value, pa.Table):
-            data = memoryview(_ipc(value)).cast("B")
-            items.append(("t", size, data.nbytes))
+            data = memoryview(_one_batch(value).serialize()).cast("B")
+            items.append(("t", value.schema.serialize().to_pybytes(), size, data.nbytes))
         else:
             items.append(("v", value))
             continue
@@ -107,21 +109,39 @@ def _encode(record: ArrayRecord, parts: list[memoryview], size: int) -> tuple[tu
     return (type(record)._key, tuple(items)), size
 
 
-def _ipc(table: Any) -> Any:
+def _one_batch(table: Any) -> Any:
+    """The table as one record batch (its own when it has exactly one)."""
     import pyarrow as pa
 
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue()
+    batches = table.to_batches()
+    if len(batches) == 1:
+        return batches[0]
+    return pa.RecordBatch.from_arrays([column.combine_chunks() for column in table.columns], schema=table.schema)
+
+
+_SCHEMAS: dict[bytes, Any] = {}  # schemas read, by their IPC bytes: a table sends its schema, read once here
+_MAX_SCHEMAS = 64
+
+
+def _schema(data: bytes) -> Any:
+    import pyarrow as pa
+
+    schema = _SCHEMAS.get(data)
+    if schema is None:
+        if len(_SCHEMAS) >= _MAX_SCHEMAS:
+            _SCHEMAS.clear()
+        schema = _SCHEMAS[data] = pa.ipc.read_schema(pa.py_buffer(data))
+    return schema
 
 
 def _record_class(key: str) -> type:
-    """The `ArrayRecord` subclass of a key, importing its module the first time; nothing else is made."""
+    """The `ArrayRecord` subclass of a key, importing its module (only one of ringwatch's) the first time:
+    nothing but a registered record class is ever made from a header."""
     cls = _RECORDS.get(key)
     if cls is None:
         module, _, _ = key.partition(":")
-        importlib.import_module(module)
+        if module.startswith("ringwatch."):
+            importlib.import_module(module)
         cls = _RECORDS.get(key)
         if cls is None:
             raise TypeError(f"{key!r} names no ArrayRecord class")
@@ -147,8 +167,9 @@ def _rebuild(header: tuple, blob: bytearray) -> Any:
         elif kind == "r":
             values.append(_rebuild(item[1], blob))
         elif kind == "t":
-            _, offset, length = item
-            values.append(pa.ipc.open_stream(pa.py_buffer(memoryview(blob)[offset:offset + length])).read_all())
+            _, schema, offset, length = item
+            batch = pa.ipc.read_record_batch(pa.py_buffer(memoryview(blob)[offset:offset + length]), _schema(schema))
+            values.append(pa.Table.from_batches([batch]))
         else:
             values.append(item[1])
     return _record_class(key)(*values)
