@@ -514,7 +514,7 @@ class ShardedRingGraph:
             before = stored.newest_before
             if before is not None and (newest_before is None or before > newest_before):
                 newest_before = before
-        search.count_store_call(sum(r.table.nbytes + r.rows.nbytes for r in requests.values()),
+        search.count_store_call(sum(r.table.get_total_buffer_size() + r.rows.nbytes for r in requests.values()),
                                 sum(a.nbytes() for a in answers.values()), max(a.seconds for a in answers.values()))
         labels = [a.labels for a in answers.values() if a.labels is not None]
         return status, newest_before, lengths, grown, labels
