@@ -39,7 +39,6 @@ import pyarrow.compute as pc
 
 from . import shard_kernel as sk
 from .batch import PAYMENT_SCHEMA
-from . import kernel
 from .kernel import EMPTY
 from .label_rounds import (
     LATE,
