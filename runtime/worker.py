@@ -12,6 +12,8 @@ worker -> node:
                                                                    is recorded this way before the result
                                                                    of the call it covers is sent
   ("refs", held_ids, released_ids)                                 after a direct call
+  ("parked", task_id)                                              the call ran; its result goes once its
+                                                                   checkpoint is durable (the worker is free)
   ("requeue", [task_id, ...])                                      calls handed over but not started
 
 In a cluster, an actor's worker also serves direct calls (`direct.py`): other
@@ -328,6 +330,8 @@ class _ActorBox:
             self._answer(link, spec, reply, covered, None, exc)
             return
         self.writer.submit(captured, written)
+        if reply is None:  # the node feeds a worker whose calls are all parked as an idle one
+            link.send(("parked", spec.task_id))
 
     def _answer(self, link: WorkerLink, spec: TaskSpec, reply: DirectReply | None, covered: TaskResult | None,
                 checkpoint_id: str | None, error: Exception | None) -> None:
