@@ -310,13 +310,16 @@ class _ActorBox:
     node has recorded it as the actor's latest (a restart resumes from it), so
     a caller holding the result of a covered call, or a checkpoint id, holds
     what a restart gives back. A failed periodic checkpoint is logged and the
-    covered result goes anyway; a failed checkpoint call fails.
+    covered result goes anyway; a failed checkpoint call fails. A periodic
+    checkpoint that falls due while the previous one is still being written
+    waits for the first call after it (captured states never pile up).
     """
 
     instance: Any
     spec: TaskSpec
     checkpoints: ActorCheckpoints | None
     writer: CheckpointWriter | None = None
+    writing: int = 0  # checkpoints captured, not answered yet (main thread only)
 
     def checkpoint(self, link: WorkerLink, spec: TaskSpec, reply: DirectReply | None,
                    covered: TaskResult | None) -> None:
@@ -324,6 +327,7 @@ class _ActorBox:
         def written(checkpoint_id: str | None, error: Exception | None) -> None:  # on the writer thread
             link.leave(lambda: self._answer(link, spec, reply, covered, checkpoint_id, error))
 
+        self.writing += 1
         try:
             captured = self.checkpoints.capture(self.instance)
         except Exception as exc:  # noqa: BLE001 - answered like a failed write
@@ -336,6 +340,7 @@ class _ActorBox:
     def _answer(self, link: WorkerLink, spec: TaskSpec, reply: DirectReply | None, covered: TaskResult | None,
                 checkpoint_id: str | None, error: Exception | None) -> None:
         """On the main thread: record a durable checkpoint with the node, then send the result it holds back."""
+        self.writing -= 1
         if error is not None:
             if covered is None:
                 link.send_result(TaskResult(spec.task_id, None, _as_task_error(error, spec)), reply, may_hold=False)
@@ -343,7 +348,7 @@ class _ActorBox:
             logger.error("checkpoint of actor %s failed: %s", spec.name, error, exc_info=error)
             link.send_result(covered, reply)  # the actor keeps serving; a restart resumes from an older checkpoint
             return
-        result = covered or TaskResult(spec.task_id, pack(checkpoint_id), None)
+        result = covered if covered is not None else TaskResult(spec.task_id, pack(checkpoint_id), None)
         args = (self.spec.actor_id, checkpoint_id)
         if reply is None:  # the node reads the record before the result, from the same pipe
             link.post("actor_checkpointed", args)
@@ -364,7 +369,7 @@ def _checkpoint_after(actor: list, spec: TaskSpec, result: TaskResult, reply: Di
             return False
         box.checkpoint(link, spec, reply, None)
         return True
-    if box.checkpoints is None or not box.checkpoints.call_done():
+    if box.checkpoints is None or not box.checkpoints.call_done() or box.writing:
         return False
     box.checkpoint(link, spec, reply, result)
     return True

@@ -170,3 +170,21 @@ def test_a_worker_killed_while_its_checkpoint_is_written_restarts_from_the_last_
 
     assert rt.get(actor.state.remote(), timeout=60)[0] == [1]
     assert [f"{actor.actor_id}/{p.stem}" for p in (folder / actor.actor_id).glob("*.ckpt")] == [durable]
+
+
+def test_a_periodic_checkpoint_due_while_one_is_written_waits_for_the_next_call(runtime, gate, tmp_path):
+    folder = tmp_path / "checkpoints"
+    actor = Gated.options(checkpoint_uri=f"file://{folder}", checkpoint_every=1).remote(gate.path)
+    covered = actor.add.remote(1)  # a checkpoint of [1] follows every call
+    gate.hold()
+
+    assert rt.get(actor.add.remote(2), timeout=60) == 2  # no second checkpoint queued behind the first
+    gate.release()
+    assert rt.get(covered, timeout=120) == 1
+    with ThreadPoolExecutor(1) as caller:
+        following = caller.submit(rt.get, actor.add.remote(3), timeout=120)  # due again: [1, 2, 3]
+        gate.hold()
+        gate.release()
+        assert following.result(timeout=120) == 3
+    newest = f"{actor.actor_id}/{max((folder / actor.actor_id).glob('*.ckpt')).stem}"
+    assert open_store(f"file://{folder}").load(newest).column("item").to_pylist() == [1, 2, 3]
