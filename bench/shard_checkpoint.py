@@ -35,7 +35,6 @@ def measure(edges: int, rounds: int) -> dict:
     import numpy as np
     import pyarrow as pa
 
-    import ringwatch
     import ringwatch.runtime as rt
     from ringwatch.graph.batch import PAYMENT_SCHEMA
     from ringwatch.graph.sharded import GraphShard
@@ -60,6 +59,7 @@ def measure(edges: int, rounds: int) -> dict:
                 ], schema=PAYMENT_SCHEMA)
                 rt.get(shard.apply.remote(table), timeout=600)
             stored = rt.get(shard.edge_count.remote())
+            code = rt.get(rt.remote(_code).remote(), timeout=600)
             idle = []
             for _ in range(200):
                 started = time.perf_counter()
@@ -83,10 +83,17 @@ def measure(edges: int, rounds: int) -> dict:
             size = sum(f.stat().st_size for f in files) / max(1, len(files))
         finally:
             rt.shutdown()
-    return {"code": str(Path(ringwatch.__file__).resolve().parent), "edges": stored, "mb": size / 1e6,
+    return {"code": code, "edges": stored, "mb": size / 1e6,
             "stall_ms": statistics.median(stalls) * 1e3, "stall_all_ms": [round(s * 1e3, 1) for s in stalls],
             "served": statistics.median(served), "wall_ms": statistics.median(walls) * 1e3,
             "idle_p50_ms": statistics.median(idle) * 1e3}
+
+
+def _code() -> str:
+    """Where a worker's runtime comes from (the tree under test, not the installed one)."""
+    import ringwatch.runtime.worker
+
+    return str(Path(ringwatch.runtime.worker.__file__).resolve().parent.parent)
 
 
 def run_tree(pythonpath: str | None, edges: int, rounds: int) -> dict:
