@@ -67,7 +67,7 @@ from ringwatch.graph import LocalRingGraph, Transaction
 from ringwatch.graph.warmup import warm_up
 from ringwatch.stream import Config
 from ringwatch.stream.config import search_options
-from ringwatch.stream.engine import MIN_FETCH_WAIT_MS
+from ringwatch.stream.engine_setup import MIN_FETCH_WAIT_MS
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -326,7 +326,7 @@ def raw_latency(bootstrap: str, rate: int, seconds: float, accounts: int, drain_
 
 
 def fetch_wait_ms() -> int:
-    """The consumer fetch wait the engine uses by default (stream/engine.py)."""
+    """The consumer fetch wait the engine uses by default (stream/engine_setup.py)."""
     return max(MIN_FETCH_WAIT_MS, Config().engine.batch_max_delay_ms)
 
 

@@ -20,6 +20,7 @@ one `UnreadableFileError` naming the file and the problem.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -170,10 +171,15 @@ class FileSource(SequentialSource):
         _collect(payments.rejected, chunk)
         return chunk
 
-    def _csv_chunks(self, rows: int) -> Iterator[PaymentChunk]:
+    @contextlib.contextmanager
+    def _csv(self) -> Iterator[tuple[list[str] | None, Iterator[list[str]]]]:
+        """The file's header row (None for an empty file) and a reader over the rows after it."""
         with open(self.path, newline="", encoding="utf-8", errors="surrogateescape") as text:
             reader = csv.reader(text)
-            header = next(reader, None)
+            yield next(reader, None), reader
+
+    def _csv_chunks(self, rows: int) -> Iterator[PaymentChunk]:
+        with self._csv() as (header, reader):
             if header is None:
                 return
             names = unique_header(header)
@@ -189,8 +195,7 @@ class FileSource(SequentialSource):
                         continue
                     if len(cells) != len(header):
                         records.append(SourceRecord(self._position(i), None, _csv_line(cells),
-                                                    f"columns:expected {len(header)} cells as in the header, "
-                                                    f"got {len(cells)}"))
+                                                    _width_error(header, cells)))
                     else:
                         good.append(cells)
                         good_rows.append(i)
@@ -236,9 +241,7 @@ class FileSource(SequentialSource):
                     yield self._record(row, line.rstrip(b"\r\n"))
 
     def _csv_rows(self) -> Iterator[SourceRecord]:
-        with open(self.path, newline="", encoding="utf-8", errors="surrogateescape") as text:
-            reader = csv.reader(text)
-            header = next(reader, None)
+        with self._csv() as (header, reader):
             if header is None:
                 return
             names = unique_header(header)
@@ -247,8 +250,7 @@ class FileSource(SequentialSource):
                 position = self._position(row)
                 raw = _csv_line(cells)
                 if len(cells) != len(header):
-                    yield SourceRecord(position, None, raw,
-                                       f"columns:expected {len(header)} cells as in the header, got {len(cells)}")
+                    yield SourceRecord(position, None, raw, _width_error(header, cells))
                 elif amlworld:
                     yield self._amlworld_record(row, dict(zip(names, cells)), raw)
                 else:  # an empty cell counts as missing
@@ -280,6 +282,11 @@ class FileSource(SequentialSource):
         data = AMLWORLD.apply(cells, self._origin(row))
         data["is_laundering"] = data.get("is_laundering") == "1"
         return record_from_mapping(self._position(row), data, raw)
+
+
+def _width_error(header: list[str], cells: list[str]) -> str:
+    """The dead-letter reason of a CSV row whose cells do not line up with the header."""
+    return f"columns:expected {len(header)} cells as in the header, got {len(cells)}"
 
 
 def _csv_line(cells: list[str]) -> bytes:

@@ -136,7 +136,7 @@ class KafkaSource:
     found less than a batch: payments newly produced wait at most that long
     there (kafka-python's default, 500 ms, is what a broker like Tansu then
     waits each time; the engine passes its `batch_max_delay_ms`, at least
-    5 ms: see `MIN_FETCH_WAIT_MS` in stream/engine.py).
+    5 ms: see `MIN_FETCH_WAIT_MS` in stream/engine_setup.py).
     """
 
     def __init__(

@@ -134,7 +134,7 @@ class GraphShard:
         self.num_shards = num_shards
         self.gid_mask = gid_mask  # the driver's (`ShardedRingGraph`): narrower only where tests force collisions
         self._reset()
-        _load_compiled_code()
+        load_compiled_code()
 
     def _reset(self) -> None:
         self.store = EdgeStore(owns=self._owns)
@@ -290,7 +290,7 @@ class GraphShard:
 _LOADED = False
 
 
-def _load_compiled_code() -> None:
+def load_compiled_code() -> None:
     """Load the compiled code a shard or a driver over shard actors runs (numba's cache) once per process, when
     the first shard starts or the first graph over actors is made, so that the first batch does not pay for it
     (a third of a second of CPU in the driver, measured): a tiny sharded search with a ring and a late payment
@@ -341,7 +341,7 @@ class ShardedRingGraph:
         self.num_shards = len(self.shards)
         self._local = all(isinstance(s, GraphShard) for s in self.shards)
         if not self._local:
-            _load_compiled_code()  # the driver's half of the search too, before the first batch
+            load_compiled_code()  # the driver's half of the search too, before the first batch
         self._owned = owned
         self._degrees = DegreeCache()
         self.figures = RoundFigures()

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import functools
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -447,7 +448,7 @@ def _apply_toml(config: Config, data: Mapping[str, Any], path: Path) -> None:
     sections = {s.section for s in by_key.values()}
     for section, table in data.items():
         if section not in sections:
-            raise ConfigError(f"{section}: unknown section in {path}; known: {sorted(sections)}")
+            raise ConfigError(f"{section}: unknown section in {path}; {_known(section, sections)}")
         if not isinstance(table, dict):
             raise ConfigError(f"{section}: expected a [{section}] table in {path}")
         for key, value in table.items():
@@ -456,9 +457,16 @@ def _apply_toml(config: Config, data: Mapping[str, Any], path: Path) -> None:
                 config.kafka.options[key] = value  # kafka-python's own settings, checked by kafka_settings()
                 continue
             if spec is None:
-                known = sorted(k for s, k in by_key if s == section)
-                raise ConfigError(f"{section}.{key}: unknown key in {path}; known in [{section}]: {known}")
+                known = _known(key, [k for s, k in by_key if s == section])
+                raise ConfigError(f"{section}.{key}: unknown key in {path}; {known}")
             _apply(config, spec, value, str(path))
+
+
+def _known(name: str, names: Iterable[str]) -> str:
+    """'did you mean X?' for a near miss (a typo), else every name: the fix, not a list to search, when there is one."""
+    names = sorted(names)
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+    return f"did you mean {close[0]}?" if close else f"known: {names}"
 
 
 def _apply_env(config: Config, environ: Mapping[str, str]) -> None:
@@ -470,8 +478,8 @@ def _apply_env(config: Config, environ: Mapping[str, str]) -> None:
         if spec is None and name in OTHER_ENVIRONMENT:
             continue
         if spec is None:
-            raise ConfigError(f"{name}: unknown environment setting; known: {sorted(by_env)} and "
-                              f"{sorted(OTHER_ENVIRONMENT)} (docs/configuration.md)")
+            raise ConfigError(f"{name}: unknown environment setting; "
+                              f"{_known(name, [*by_env, *OTHER_ENVIRONMENT])} (docs/configuration.md)")
         _apply(config, spec, value, f"environment {name}")
 
 

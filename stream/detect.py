@@ -39,6 +39,7 @@ from ringwatch.graph import (
     parse_duration,
     payment_table,
 )
+from ringwatch.graph.warmup import load_compiled_code
 
 from .config import search_options
 from .event_time import EventClock
@@ -83,6 +84,7 @@ def detect(transactions: Iterable[Mapping[str, Any] | Transaction] | str | Path,
     report = report if report is not None else DetectReport()
     on_runtime = use_runtime and shards > 1
     started_runtime = on_runtime and not rt.is_initialized()
+    load_compiled_code("actors" if on_runtime else "in-process")  # before workers start: they load numba's cache
     if started_runtime:
         rt.init(address=address, backend=backend)
     graph: RingGraph = ShardedRingGraph.create(settings, shards) if on_runtime else LocalRingGraph(settings)

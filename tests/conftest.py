@@ -1,12 +1,18 @@
-"""Session fixtures: a real redis-server and a real Kafka-protocol broker on loopback.
+"""Session fixtures: a real redis-server and a real Kafka-protocol broker on loopback, a real Ray head.
 
 Set RINGWATCH_TEST_REDIS_URL or RINGWATCH_TEST_KAFKA_BOOTSTRAP to run against
 servers you already have (for example Apache Kafka) instead of starting them.
+
+Ray fixes its authentication settings when it is first imported, so the token
+of the tests' Ray head (`RAY_AUTH_ENV`) is put in this process's environment
+here, as pytest loads this file: before any test module is collected, whichever
+of them imports Ray first, and in time for every engine process a test starts.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
 from collections.abc import Iterator
 
@@ -17,6 +23,9 @@ from ringwatch.connectors import EmbeddedBroker
 from engine_harness import EngineProcess, Receiver
 from ringwatch.connectors.embedded_broker import free_port
 from services import RayHead, RedisServer
+
+RAY_AUTH_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # this session's head's token
+os.environ.update(RAY_AUTH_ENV)
 
 
 @pytest.fixture(scope="session")
@@ -79,16 +88,13 @@ def unique_name() -> str:
 
 @pytest.fixture(scope="session")
 def ray_head() -> Iterator[RayHead]:
-    """A real local Ray head for the `backend="ray"` tests (tests/run.sh installs the `ray` extra)."""
-    head = RayHead().start()
-    saved = {name: os.environ.get(name) for name in head.auth_env}
-    os.environ.update(head.auth_env)  # this process and the engines it starts join with the head's token
+    """A real local Ray head for the `backend="ray"` tests (tests/run.sh installs the `ray` extra).
+
+    It takes the session's token (`RAY_AUTH_ENV`), which this process and the
+    engines it starts already have in their environment.
+    """
+    head = RayHead(auth_env=dict(RAY_AUTH_ENV)).start()
     try:
         yield head
     finally:
         head.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value

@@ -85,3 +85,25 @@ def test_a_function_naming_a_lazy_package_pickles_by_reference():
 
     assert pickle.loads(pickle.dumps(rt)) is rt
     assert pickle.loads(cloudpickle.dumps(uses_the_package))() is rt
+
+
+
+def progress_lines_of_a_load(placement: str, notice_after_s: float) -> str:
+    """What `load_compiled_code` writes on the progress log in a fresh interpreter."""
+    code = ("import io, json, logging\nlog = io.StringIO()\nprogress = logging.getLogger('ringwatch.progress')\n"
+            "progress.addHandler(logging.StreamHandler(log))\nprogress.setLevel(logging.INFO)\n"
+            "from ringwatch.graph.warmup import load_compiled_code\n"
+            f"load_compiled_code({placement!r}, notice_after_s={notice_after_s!r})\nprint(json.dumps(log.getvalue()))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("placement", ["actors", "in-process"])
+def test_a_slow_kernel_load_says_so_and_a_quick_one_says_nothing(placement: str) -> None:
+    """A first start compiles for a minute: the commands load the kernel before any worker starts, and a
+    load that takes longer than `notice_after_s` (here 0: every load) says so on the progress log."""
+    assert progress_lines_of_a_load(placement, 600) == ""
+    noticed = progress_lines_of_a_load(placement, 0)
+    assert noticed.startswith("compiling the ring-search kernel (first start after an install or upgrade")
+    assert "ring-search kernel compiled in" in noticed

@@ -103,8 +103,25 @@ def test_every_documented_environment_variable_is_accepted():
     for name in OTHER_ENVIRONMENT:
         load(environ={name: "0"}, overrides=MINIMAL)
     load(environ={"RINGWATCH_CHECKPOINT_URI": "file:///shared/ckpt"}, overrides=MINIMAL)
-    with pytest.raises(ConfigError, match="RINGWATCH_CHECKPOINT_URL: unknown environment setting"):
+    with pytest.raises(ConfigError, match="RINGWATCH_CHECKPOINT_URL: unknown environment setting; "
+                                          "did you mean RINGWATCH_CHECKPOINT_URI"):
         load(environ={"RINGWATCH_CHECKPOINT_URL": "file:///typo"}, overrides=MINIMAL)
+    with pytest.raises(ConfigError, match=r"RINGWATCH_NOTHING_LIKE_IT: unknown environment setting; known: \[.*"
+                                          "'RINGWATCH_WINDOW'"):
+        load(environ={"RINGWATCH_NOTHING_LIKE_IT": "1"}, overrides=MINIMAL)
+
+
+def test_a_misspelt_config_key_or_section_is_named_with_its_likely_fix(tmp_path):
+    config = tmp_path / "ringwatch.toml"
+    config.write_text('[graph]\nwindw = "7d"\n')
+    with pytest.raises(ConfigError, match=r"^graph\.windw: unknown key in .*; did you mean window\?$"):
+        load(config, overrides=MINIMAL)
+    config.write_text('[sinkz]\nalerts_file = "a.jsonl"\n')
+    with pytest.raises(ConfigError, match=r"^sinkz: unknown section in .*; did you mean sinks\?$"):
+        load(config, overrides=MINIMAL)
+    config.write_text('[graph]\nzzz = 1\n')
+    with pytest.raises(ConfigError, match=r"^graph\.zzz: unknown key in .*; known: \[.*'max_hops'.*'window'"):
+        load(config, overrides=MINIMAL)
 
 
 def test_every_ringwatch_variable_the_docs_mention_is_one_run_accepts():

@@ -34,7 +34,7 @@ from ..checkpoints import default_uri
 from ..errors import ActorDiedError
 from ..protocol import new_id
 from .errors import translated
-from .hosting import ActorRecords, ActorSpec, RayActorHandle, host_class, task_body
+from .hosting import RayActorRecords, ActorSpec, RayActorHandle, host_class, task_body
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class RayBackend:
     def kill(self, handle: RayActorHandle) -> None:
         with translated():
             ray.kill(handle.actor, no_restart=True)
-            ActorRecords.forget(self.namespace, handle.actor_id)
+            RayActorRecords.forget(self.namespace, handle.actor_id)
 
     def get_actor(self, name: str) -> RayActorHandle:
         try:
@@ -203,9 +203,9 @@ class RayBackend:
         now = time.time()
         records = []
         with translated():
-            keys = internal_kv._internal_kv_list(ActorRecords.PREFIX, namespace=self.namespace)
+            keys = internal_kv._internal_kv_list(RayActorRecords.PREFIX, namespace=self.namespace)
         for key in keys:
-            record = ActorRecords.read(self.namespace, key.decode()[len(ActorRecords.PREFIX):])
+            record = RayActorRecords.read(self.namespace, key.decode()[len(RayActorRecords.PREFIX):])
             if record is not None:
                 at = record.pop("checkpointed_at", None)
                 records.append({**record, "state": "alive", "reason": None,
@@ -268,6 +268,6 @@ class RayBackend:
         if not self._in_worker:
             for handle in list(self._created.values()):
                 if handle.name is None:
-                    ActorRecords.forget(self.namespace, handle.actor_id)
+                    RayActorRecords.forget(self.namespace, handle.actor_id)
         if self._owns_ray:
             ray.shutdown()

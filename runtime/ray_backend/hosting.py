@@ -17,7 +17,7 @@ actor, as on ringwatch's runtime, and a call the dead worker held comes again,
 which the host refuses with `ActorDiedError` (its effect on the state is
 unknown) beyond the actor's own `max_task_retries`, without running it.
 
-The latest checkpoint id lives in Ray's GCS (`ActorRecords`), as it lives in
+The latest checkpoint id lives in Ray's GCS (`RayActorRecords`), as it lives in
 ringwatch's sealed GCS on ringwatch's runtime, never only in the store: a
 restart loads only an id a cluster member wrote, and the store's bytes must
 match the SHA-256 in that id. Its Ray class carries the hosted class's name,
@@ -46,7 +46,7 @@ from ..errors import ActorDiedError, TaskError
 logger = logging.getLogger(__name__)
 
 
-class ActorRecords:
+class RayActorRecords:
     """Each hosted actor's record — restarts, latest checkpoint id — in the key-value store of Ray's GCS.
 
     It plays the part of the actor table in ringwatch's GCS: `actors()` reads it
@@ -123,7 +123,7 @@ class ActorHost:
         if spec.checkpoint_uri:
             self._checkpoints = ActorCheckpoints(open_store(spec.checkpoint_uri), spec.actor_id,
                                                  spec.checkpoint_every, spec.checkpoint_interval_s)
-        previous = ActorRecords.read(self._namespace, spec.actor_id) if _reconstructed() else None
+        previous = RayActorRecords.read(self._namespace, spec.actor_id) if _reconstructed() else None
         restarts = previous["restarts"] + 1 if previous else 0
         checkpoint_id = (previous or {}).get("checkpoint") or spec.restore_from
         if checkpoint_id and self._checkpoints is not None:
@@ -136,7 +136,7 @@ class ActorHost:
                         "node": context.get_node_id(), "pid": os.getpid(), "restarts": restarts,
                         "checkpoint": checkpoint_id, "checkpointed_at": (previous or {}).get("checkpointed_at"),
                         "methods": list(spec.methods)}
-        ActorRecords.write(self._namespace, self._record)
+        RayActorRecords.write(self._namespace, self._record)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         self._refuse_redelivery(method)
@@ -168,7 +168,7 @@ class ActorHost:
     def _take(self) -> str:
         checkpoint_id = self._checkpoints.take(self._instance)
         self._record.update(checkpoint=checkpoint_id, checkpointed_at=time.time())
-        ActorRecords.write(self._namespace, self._record)
+        RayActorRecords.write(self._namespace, self._record)
         return checkpoint_id
 
     def identity(self) -> dict:

@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ringwatch.connectors import InvalidWebhookConfigError, KafkaConnectorError
+    from ringwatch.graph.warmup import load_compiled_code
 
     from ..checkpoint import CheckpointRecordError
     from ..engine import Engine
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     logger.info("ringwatch %s", ringwatch_version())
+    load_compiled_code(config.graph.placement)  # before any worker starts: they then load numba's cache
     if config.service.progress_interval:
         threading.Thread(target=_report_progress, args=(engine, stop, config.service.progress_interval / 1000),
                          name="ringwatch-progress", daemon=True).start()

@@ -32,9 +32,11 @@ from ringwatch.connectors import (
     produce_transactions,
 )
 from ringwatch.graph import Alert
+from ringwatch.graph.warmup import load_compiled_code
 
 from ..config import Config, EngineConfig, GraphConfig, ServiceConfig, SinksConfig, SourceConfig
-from ..engine import Engine, percentile
+from ..engine import Engine
+from ..engine_view import percentile
 from ..progress import Progress
 from .picture import render_rings_html
 
@@ -100,6 +102,7 @@ def run_demo(out_dir: str | Path = ".", *, transactions: int = 20_000, accounts:
         sinks=SinksConfig(alerts_file=str(alerts_file)),
         service=ServiceConfig(query_port=query_port),
     ).validate()
+    load_compiled_code(config.graph.placement)  # before the runtime's workers start: they then load numba's cache
     out.mkdir(parents=True, exist_ok=True)
     alerts_file.unlink(missing_ok=True)  # the JSONL sink skips ids already in its file: start afresh
     with tempfile.TemporaryDirectory(prefix="ringwatch-demo-") as state_dir:
