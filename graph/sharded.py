@@ -233,10 +233,12 @@ class GraphShard:
         r, store = request, self.store
         reply = self._expand(r.job, r.tag, r.gid, r.label, r.bound, strict=r.strict, window=r.window,
                              min_amount=r.min_amount, max_degree=r.max_degree)
-        if r.scan_job.size:
-            join = sk.fill_map(r.join_gid, r.join_job, r.join_val, r.join_hop, _map_size(r.join_gid.size))
+        scans = r.scans
+        if scans is not None:
+            join = sk.fill_map(scans.join_gid, scans.join_job, scans.join_val, scans.join_hop,
+                               _map_size(scans.join_gid.size))
             cand_job, found = sk.late_scan(
-                r.scan_job, r.scan_gid, r.scan_start, r.scan_stop, r.scan_fd, r.scan_open, r.strict, r.window,
+                scans.job, scans.gid, scans.start, scans.stop, scans.fd, scans.open_scan, r.strict, r.window,
                 r.max_hops, r.min_amount, *join, self._g_tab, self._g_next, self._gid_of, store.a_seg, store.p_eid,
                 store.e_hot, store.e_amt, store.horizon)
             if found.size:
