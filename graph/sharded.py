@@ -37,6 +37,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ringwatch.runtime.checkpoints import DeferredState
+
 from . import shard_kernel as sk
 from .batch import PAYMENT_SCHEMA
 from . import kernel
@@ -275,8 +277,10 @@ class GraphShard:
     def restore(self, table: pa.Table) -> None:
         self.__restore__(table)
 
-    def __checkpoint__(self) -> pa.Table:
-        return self.store.to_table()
+    def __checkpoint__(self) -> DeferredState:
+        """The store's snapshot (a few attribute reads); its Arrow table is built on the runtime's checkpoint
+        writer thread while this shard serves the next calls (`runtime/checkpoints.py`)."""
+        return DeferredState(self.store.snapshot().to_table)
 
     def __restore__(self, table: pa.Table) -> None:
         self._reset()
