@@ -222,11 +222,11 @@ class Engine:
             graph_thread=config.graph.placement != "in-process")
         self._checkpoints = view.checkpoints = AlignedCheckpoints(
             batches=batches, records=records, graph=graph, source=source, ledger=self._ledger, clock=self._clock,
-            tally=self.tally, delivery=delivery, sinks=self._sinks, claims=self._claims, eviction=eviction,
+            tally=self.tally, delivery=delivery, claims=self._claims, eviction=eviction,
             engine_id=self.engine_id, placement=config.graph.placement, failed=self.failed, last=restored)
         self._hand_over = PartitionHandOver(
             batches=batches, source=source, ledger=self._ledger, clock=self._clock, delivery=delivery,
-            sinks=self._sinks, claims=self._claims, records=records, shared=self.shared, failed=self.failed)
+            claims=self._claims, records=records, shared=self.shared, failed=self.failed)
         watch_counters(self.metrics, self.tally, self._sinks, delivery)
 
     def _close(self, metrics_server, started_runtime: bool) -> None:
