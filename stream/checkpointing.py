@@ -155,12 +155,21 @@ class AlignedCheckpoints:
         self.engine_id, self.placement, self.failed = engine_id, placement, failed
         self.last = last
         self.in_flight: CheckpointJob | None = None  # a checkpoint being taken
+        # One long-lived thread for the jobs' steps: `Thread.start` waits until the new thread runs, which on a
+        # busy machine (it needs a core and the GIL) stalled the loop for up to hundreds of ms per checkpoint.
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ringwatch-checkpoint")
+
+    def close(self) -> None:
+        """Let a job still running end on its own (the process may be stopping without waiting for it)."""
+        self._worker.shutdown(wait=False)
 
     def take(self, reason: str, *, wait: bool = True) -> Checkpoint | None:
         """Aligned checkpoint between batches; None (and the engine keeps running) when none was written now.
 
-        The aligned part runs here, on the loop: finish the batch, hand every
-        alert to the delivery thread, note positions and watermarks. The rest is
+        The aligned part runs here, on the loop: finish the batch, note
+        positions and watermarks, and queue a durability request behind every
+        alert on the delivery thread (`AlertDelivery.durable`: it is served once
+        they are all handed over). The rest is
         a `CheckpointJob`; with `wait=False` (the periodic checkpoint) it runs
         beside the loop, which goes on. Each shard checkpoint is taken after
         every batch below the noted positions was applied, so it holds them
@@ -186,7 +195,8 @@ class AlignedCheckpoints:
         started = time.monotonic()
         if wait:
             self.batches.process_pending()
-        self.delivery.drain()
+        if self.claims is not None:  # hands over the parked alerts that are ours now, before they are settled
+            self.delivery.drain()
         if self.batches.rewound_for_restarts():
             return None
         if self._unchanged_since_last():
@@ -210,7 +220,7 @@ class AlignedCheckpoints:
         self.in_flight = job
         self.eviction.held = True
         if not wait:
-            threading.Thread(target=job.run_shards, name="ringwatch-checkpoint", daemon=True).start()
+            self._worker.submit(job.run_shards)
             return None
         job.run_shards()
         return self.finish(block=True)
@@ -230,7 +240,7 @@ class AlignedCheckpoints:
                 return None
             job.recording = True
             if not block:
-                threading.Thread(target=job.run_record, name="ringwatch-checkpoint-record", daemon=True).start()
+                self._worker.submit(job.run_record)
                 return None
             job.run_record()
         if not (block or job.record_done.is_set()):

@@ -242,6 +242,8 @@ class Engine:
             sink.close()
         if self._batches is not None:
             self._batches.close()
+        if self._checkpoints is not None:
+            self._checkpoints.close()
         if self._graph is not None:
             self._graph.close()
         if started_runtime:
