@@ -253,7 +253,8 @@ class Engine:
 
     def _loop(self, stop: threading.Event) -> None:
         """Fill a batch (with shard actors: while the graph works on the one before), take the graph's answer,
-        start the next; between batches, write the record of a finished checkpoint and start the next one."""
+        start the next; between batches, move the checkpoint being taken on, and start the next one when the
+        interval has passed and none is being taken (one that took longer than the interval is followed at once)."""
         batches, checkpoints = self._batches, self._checkpoints
         interval_s = self.config.engine.checkpoint_interval / 1000
         next_checkpoint = time.monotonic() + interval_s
@@ -263,7 +264,7 @@ class Engine:
             with self._lock:
                 batches.finish()
                 checkpoints.finish(block=False)
-                if time.monotonic() >= next_checkpoint:
+                if time.monotonic() >= next_checkpoint and checkpoints.in_flight is None:
                     checkpoints.take("interval", wait=False)
                     next_checkpoint = time.monotonic() + interval_s
                 batches.start()
