@@ -43,8 +43,8 @@ import logging
 import os
 import signal
 from collections import deque
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, wait
 from typing import Any
 
