@@ -41,7 +41,6 @@ from ringwatch.runtime.checkpoints import DeferredState
 
 from . import shard_kernel as sk
 from .batch import PAYMENT_SCHEMA
-from . import kernel
 from .kernel import EMPTY
 from .label_rounds import (
     LATE,
@@ -196,26 +195,13 @@ class GraphShard:
                 self.index, self._owner_of, self._gid_of, store.e_hot, store.e_amt, store.a_seg)
             labels = self._expand(*entries, strict=first.strict, window=first.window, min_amount=first.min_amount,
                                   max_degree=first.max_degree)
-            flags |= _ran_out(rows, flags, labels)
-        return Stored(status, before, self._lengths(eids), flags, labels, time.perf_counter() - started)
+            flags |= sk.ran_out(rows, flags, labels.job, labels.dir, labels.hubs)
+        lengths = sk.list_lengths(eids, self.index, self._owner_of, store.e_hot, store.a_seg)
+        return Stored(status, before, lengths, flags, labels, time.perf_counter() - started)
 
     def store_part(self, part: BatchPart) -> Stored:
         """`apply` for the driver's call: the shard's part of a batch, with the first layers to grow."""
         return self.apply(part.table, part.rows, part.first)
-
-    def _lengths(self, eids: np.ndarray) -> np.ndarray:
-        """Rows x [src out, src in, dst out, dst in] list lengths (-1: not owned here, or not stored): the search's
-        cost hints, so evicted entries not yet dropped count too."""
-        store = self.store
-        out = np.full((4, eids.shape[0]), -1, np.int32)
-        stored = np.flatnonzero(eids >= 0)
-        hot = store.e_hot[eids[stored]]
-        for i, end in enumerate(("src", "dst")):
-            accounts = hot[end]
-            mine = self._owner_of[accounts] == self.index
-            seg = store.a_seg[accounts[mine]]
-            out[2 * i:2 * i + 2, stored[mine]] = (seg[:, :, kernel.SEG_LEN] - seg[:, :, kernel.SEG_HEAD]).T
-        return out
 
     def _expand(self, job: np.ndarray, tag: np.ndarray, gid: np.ndarray, label: np.ndarray, bound: np.ndarray, *,
                 strict: bool, window: int, min_amount: int, max_degree: int) -> LabelReply:
@@ -307,18 +293,6 @@ def load_compiled_code() -> None:
     # a store and its account tables grow past their first size (the code that grows them runs once)
     graph.process([Transaction(f"g{i}", f"g{i}", f"g{i + 1}", "1", 5) for i in range(3000)])
     graph.evict(6)  # and compact
-
-
-def _ran_out(rows: np.ndarray, flags: np.ndarray, labels: LabelReply) -> np.ndarray:
-    """Bits 2/3 (4, 8) for rows whose first forward/backward layer was grown and found nothing (no label, no
-    hub skipped): that side's labels are final and hold only its root, so the search is over, ring-free."""
-    found = np.zeros((2, rows.shape[0]), np.bool_)
-    found[labels.dir & 1, np.searchsorted(rows, labels.job)] = True
-    found[labels.hubs % 2, np.searchsorted(rows, labels.hubs // 2)] = True
-    out = np.zeros(rows.shape[0], np.int8)
-    out[((flags & 1) != 0) & ~found[0]] |= 4
-    out[((flags & 2) != 0) & ~found[1]] |= 8
-    return out
 
 
 def _map_size(n: int) -> int:
@@ -518,7 +492,7 @@ class ShardedRingGraph:
             before = stored.newest_before
             if before is not None and (newest_before is None or before > newest_before):
                 newest_before = before
-        search.count_store_call(sum(r.table.nbytes + r.rows.nbytes for r in requests.values()),
+        search.count_store_call(sum(r.table.get_total_buffer_size() + r.rows.nbytes for r in requests.values()),
                                 sum(a.nbytes() for a in answers.values()), max(a.seconds for a in answers.values()))
         labels = [a.labels for a in answers.values() if a.labels is not None]
         return status, newest_before, lengths, grown, labels
