@@ -90,24 +90,37 @@ BOTH_SIDES_BUDGET = 4096  # list entries a round may spend growing the dearer si
 
 
 @dataclass
+class LateScans(ArrayRecord):
+    """A shard's late scans for one round (`shard_kernel.late_scan`): the forward labels to scan from, and the
+    backward labels their finds join."""
+
+    job: np.ndarray
+    gid: np.ndarray
+    start: np.ndarray
+    stop: np.ndarray
+    fd: np.ndarray
+    open_scan: np.ndarray
+    join_gid: np.ndarray
+    join_job: np.ndarray
+    join_val: np.ndarray
+    join_hop: np.ndarray
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.job, self.gid, self.start, self.stop, self.fd, self.open_scan,
+                                      self.join_gid, self.join_job, self.join_val, self.join_hop))
+
+
+@dataclass
 class LabelRequest(ArrayRecord):
-    """One shard's work for one round: entries to expand, late scans, and the backward labels they join."""
+    """One shard's work for one round: entries to expand and, in the rounds that have some, late scans (most
+    rounds have none: a request is then five arrays, less to encode and decode on both ends)."""
 
     job: np.ndarray
     tag: np.ndarray
     gid: np.ndarray
     label: np.ndarray
     bound: np.ndarray
-    scan_job: np.ndarray
-    scan_gid: np.ndarray
-    scan_start: np.ndarray
-    scan_stop: np.ndarray
-    scan_fd: np.ndarray
-    scan_open: np.ndarray
-    join_gid: np.ndarray
-    join_job: np.ndarray
-    join_val: np.ndarray
-    join_hop: np.ndarray
+    scans: LateScans | None
     strict: bool
     window: int
     max_hops: int
@@ -115,11 +128,8 @@ class LabelRequest(ArrayRecord):
     max_degree: int
 
     def nbytes(self) -> int:
-        return sum(getattr(self, name).nbytes for name in _ARRAYS_IN)
-
-
-_ARRAYS_IN = ("job", "tag", "gid", "label", "bound", "scan_job", "scan_gid", "scan_start", "scan_stop", "scan_fd",
-              "scan_open", "join_gid", "join_job", "join_val", "join_hop")
+        return (sum(a.nbytes for a in (self.job, self.tag, self.gid, self.label, self.bound))
+                + (self.scans.nbytes() if self.scans is not None else 0))
 
 
 @dataclass
@@ -135,7 +145,7 @@ class Candidates(ArrayRecord):
     dst_owner: np.ndarray
 
     def nbytes(self) -> int:
-        return self.rows.nbytes + sum(a.nbytes for a in (self.job, self.src, self.src_owner, self.dst,
+        return self.rows.get_total_buffer_size() + sum(a.nbytes for a in (self.job, self.src, self.src_owner, self.dst,
                                                           self.dst_owner))
 
 
@@ -156,7 +166,7 @@ class LabelReply(ArrayRecord):
 
     def nbytes(self) -> int:
         arrays = (self.job, self.dir, self.gid, self.owner, self.value, self.degree, self.hubs)
-        return (sum(a.nbytes for a in arrays) + (self.edges.nbytes if self.edges is not None else 0)
+        return (sum(a.nbytes for a in arrays) + (self.edges.get_total_buffer_size() if self.edges is not None else 0)
                 + (self.candidates.nbytes() if self.candidates is not None else 0))
 
 
@@ -246,7 +256,7 @@ class RoundFigures:
     late_met: int = 0  # late payments whose wrap search met: their older triggers are looked for (LATE jobs)
     gathers: int = 0
     gathered_edges: int = 0
-    round_bytes: list[int] = field(default_factory=list)
+    round_bytes: list[int] = field(default_factory=list)  # tables count their buffers (`Table.nbytes` took 14 us)
     call_s: float = 0.0  # wall time of the shard calls (store call and rounds), as the driver waited for them
     shard_s: float = 0.0  # of which the shards computed (per round, the slowest shard)
 
@@ -280,8 +290,8 @@ class LabelRounds:
     def _jobs(self, capacity: int) -> None:
         old = getattr(self, "kind", None)
         fields1 = {"kind": np.int8, "state": np.int8, "ref": np.int64, "ts": np.int64, "open_scan": np.bool_}
-        fields2 = {"hub": np.bool_, "done": np.int32, "limit": np.int32, "bound": np.int64, "root": np.uint64, "root_owner": np.int16,
-                   "root_deg": np.int32}
+        fields2 = {"hub": np.bool_, "done": np.int32, "limit": np.int32, "bound": np.int64, "root": np.uint64,
+                   "root_owner": np.int16, "root_deg": np.int32}
         for name, dtype in fields1.items():
             arr = np.zeros(capacity, dtype)
             if old is not None:
@@ -415,7 +425,7 @@ class LabelRounds:
             if mine.size == 0 and scan is None:
                 continue
             requests[shard] = LabelRequest(
-                r_job[mine], r_tag[mine], r_gid[mine], r_label[mine], r_bound[mine], *(scan or _NO_SCAN),
+                r_job[mine], r_tag[mine], r_gid[mine], r_label[mine], r_bound[mine], scan,
                 strict=self.strict, window=self.window, max_hops=o.max_hops, min_amount=o.min_amount_units,
                 max_degree=-1 if o.max_degree is None else o.max_degree)
         sent = sum(r.nbytes() for r in requests.values())
@@ -579,12 +589,7 @@ class LabelRounds:
         return self.ref[:self.n_jobs][self.kind[:self.n_jobs] == LATE]
 
 
-_NO_SCAN = (np.zeros(0, np.int32), np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64),
-            np.zeros(0, np.int32), np.zeros(0, np.bool_), np.zeros(0, np.uint64), np.zeros(0, np.int64),
-            np.zeros(0, np.int64), np.zeros(0, np.int32))
-
-
-def _scan_part(scans: tuple | None, shard: int) -> tuple | None:
+def _scan_part(scans: tuple | None, shard: int) -> LateScans | None:
     """The scan entries of one shard, with every backward label they may join."""
     if scans is None:
         return None
@@ -592,7 +597,7 @@ def _scan_part(scans: tuple | None, shard: int) -> tuple | None:
     mine = np.flatnonzero(owner == shard)
     if mine.size == 0:
         return None
-    return (job[mine], gid[mine], start[mine], stop[mine], fd[mine], open_[mine], *join)
+    return LateScans(job[mine], gid[mine], start[mine], stop[mine], fd[mine], open_[mine], *join)
 
 
 # ---- compiled steps ---------------------------------------------------------------------------------------

@@ -207,6 +207,47 @@ def first_layer(rows, status, eids, replay, window, min_amt, cheap, guard, me, o
 
 
 @njit(cache=True)
+def ran_out(rows, flags, job, dirs, hubs):
+    """Bits 2/3 (4, 8) for the rows (sorted) whose first forward/backward layer was grown (`flags` bit 0/1) and
+    found nothing: no label of that direction (`job`, `dirs` of `expand`'s answer) and no hub skipped (`hubs`:
+    job * 2 + direction)."""
+    n = rows.shape[0]
+    found = np.zeros((2, n), np.bool_)
+    for i in range(job.shape[0]):
+        found[dirs[i] & 1, np.searchsorted(rows, job[i])] = True
+    for i in range(hubs.shape[0]):
+        found[hubs[i] % 2, np.searchsorted(rows, hubs[i] // 2)] = True
+    out = np.zeros(n, np.int8)
+    for i in range(n):
+        if (flags[i] & 1) != 0 and not found[0, i]:
+            out[i] |= 4
+        if (flags[i] & 2) != 0 and not found[1, i]:
+            out[i] |= 8
+    return out
+
+
+@njit(cache=True)
+def list_lengths(eids, me, owner_of, e_hot, a_seg):
+    """Rows x [src out, src in, dst out, dst in] list lengths of the stored rows' ends this shard owns (-1
+    elsewhere), evicted entries not yet dropped included: cost hints."""
+    n = eids.shape[0]
+    out = np.full((4, n), -1, np.int32)
+    for i in range(n):
+        e = eids[i]
+        if e < 0:
+            continue
+        r = e_hot[e]
+        x, y = r.src, r.dst
+        if owner_of[x] == me:
+            for d in range(2):
+                out[d, i] = a_seg[x, d, SEG_LEN] - a_seg[x, d, SEG_HEAD]
+        if owner_of[y] == me:
+            for d in range(2):
+                out[2 + d, i] = a_seg[y, d, SEG_LEN] - a_seg[y, d, SEG_HEAD]
+    return out
+
+
+@njit(cache=True)
 def expand(job, tag, gid, label, bound, strict, window, min_amt, max_degree, me, g_tab, g_next, gid_of, owner_of,
            a_seg, p_eid, e_hot, e_amt, horizon):
     """Expand each entry over the lists of the accounts this shard owns under its gid.

@@ -37,9 +37,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ringwatch.runtime.checkpoints import DeferredState
+
 from . import shard_kernel as sk
 from .batch import PAYMENT_SCHEMA
-from . import kernel
 from .kernel import EMPTY
 from .label_rounds import (
     LATE,
@@ -194,26 +195,13 @@ class GraphShard:
                 self.index, self._owner_of, self._gid_of, store.e_hot, store.e_amt, store.a_seg)
             labels = self._expand(*entries, strict=first.strict, window=first.window, min_amount=first.min_amount,
                                   max_degree=first.max_degree)
-            flags |= _ran_out(rows, flags, labels)
-        return Stored(status, before, self._lengths(eids), flags, labels, time.perf_counter() - started)
+            flags |= sk.ran_out(rows, flags, labels.job, labels.dir, labels.hubs)
+        lengths = sk.list_lengths(eids, self.index, self._owner_of, store.e_hot, store.a_seg)
+        return Stored(status, before, lengths, flags, labels, time.perf_counter() - started)
 
     def store_part(self, part: BatchPart) -> Stored:
         """`apply` for the driver's call: the shard's part of a batch, with the first layers to grow."""
         return self.apply(part.table, part.rows, part.first)
-
-    def _lengths(self, eids: np.ndarray) -> np.ndarray:
-        """Rows x [src out, src in, dst out, dst in] list lengths (-1: not owned here, or not stored): the search's
-        cost hints, so evicted entries not yet dropped count too."""
-        store = self.store
-        out = np.full((4, eids.shape[0]), -1, np.int32)
-        stored = np.flatnonzero(eids >= 0)
-        hot = store.e_hot[eids[stored]]
-        for i, end in enumerate(("src", "dst")):
-            accounts = hot[end]
-            mine = self._owner_of[accounts] == self.index
-            seg = store.a_seg[accounts[mine]]
-            out[2 * i:2 * i + 2, stored[mine]] = (seg[:, :, kernel.SEG_LEN] - seg[:, :, kernel.SEG_HEAD]).T
-        return out
 
     def _expand(self, job: np.ndarray, tag: np.ndarray, gid: np.ndarray, label: np.ndarray, bound: np.ndarray, *,
                 strict: bool, window: int, min_amount: int, max_degree: int) -> LabelReply:
@@ -231,10 +219,12 @@ class GraphShard:
         r, store = request, self.store
         reply = self._expand(r.job, r.tag, r.gid, r.label, r.bound, strict=r.strict, window=r.window,
                              min_amount=r.min_amount, max_degree=r.max_degree)
-        if r.scan_job.size:
-            join = sk.fill_map(r.join_gid, r.join_job, r.join_val, r.join_hop, _map_size(r.join_gid.size))
+        scans = r.scans
+        if scans is not None:
+            join = sk.fill_map(scans.join_gid, scans.join_job, scans.join_val, scans.join_hop,
+                               _map_size(scans.join_gid.size))
             cand_job, found = sk.late_scan(
-                r.scan_job, r.scan_gid, r.scan_start, r.scan_stop, r.scan_fd, r.scan_open, r.strict, r.window,
+                scans.job, scans.gid, scans.start, scans.stop, scans.fd, scans.open_scan, r.strict, r.window,
                 r.max_hops, r.min_amount, *join, self._g_tab, self._g_next, self._gid_of, store.a_seg, store.p_eid,
                 store.e_hot, store.e_amt, store.horizon)
             if found.size:
@@ -273,8 +263,10 @@ class GraphShard:
     def restore(self, table: pa.Table) -> None:
         self.__restore__(table)
 
-    def __checkpoint__(self) -> pa.Table:
-        return self.store.to_table()
+    def __checkpoint__(self) -> DeferredState:
+        """The store's snapshot (a few attribute reads); its Arrow table is built on the runtime's checkpoint
+        writer thread while this shard serves the next calls (`runtime/checkpoints.py`)."""
+        return DeferredState(self.store.snapshot().to_table)
 
     def __restore__(self, table: pa.Table) -> None:
         self._reset()
@@ -301,18 +293,6 @@ def load_compiled_code() -> None:
     # a store and its account tables grow past their first size (the code that grows them runs once)
     graph.process([Transaction(f"g{i}", f"g{i}", f"g{i + 1}", "1", 5) for i in range(3000)])
     graph.evict(6)  # and compact
-
-
-def _ran_out(rows: np.ndarray, flags: np.ndarray, labels: LabelReply) -> np.ndarray:
-    """Bits 2/3 (4, 8) for rows whose first forward/backward layer was grown and found nothing (no label, no
-    hub skipped): that side's labels are final and hold only its root, so the search is over, ring-free."""
-    found = np.zeros((2, rows.shape[0]), np.bool_)
-    found[labels.dir & 1, np.searchsorted(rows, labels.job)] = True
-    found[labels.hubs % 2, np.searchsorted(rows, labels.hubs // 2)] = True
-    out = np.zeros(rows.shape[0], np.int8)
-    out[((flags & 1) != 0) & ~found[0]] |= 4
-    out[((flags & 2) != 0) & ~found[1]] |= 8
-    return out
 
 
 def _map_size(n: int) -> int:
@@ -512,7 +492,7 @@ class ShardedRingGraph:
             before = stored.newest_before
             if before is not None and (newest_before is None or before > newest_before):
                 newest_before = before
-        search.count_store_call(sum(r.table.nbytes + r.rows.nbytes for r in requests.values()),
+        search.count_store_call(sum(r.table.get_total_buffer_size() + r.rows.nbytes for r in requests.values()),
                                 sum(a.nbytes() for a in answers.values()), max(a.seconds for a in answers.values()))
         labels = [a.labels for a in answers.values() if a.labels is not None]
         return status, newest_before, lengths, grown, labels

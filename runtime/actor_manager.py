@@ -127,7 +127,8 @@ class ActorManager:
             worker = actor.worker
             if worker is None or worker.conn is None or not actor.queue:
                 continue
-            if worker.in_flight and (len(worker.in_flight) > REFILL_AT or len(actor.queue) < MIN_REFILL):
+            busy = len(worker.in_flight) - len(worker.parked)  # a parked call waits for its checkpoint, not the worker
+            if busy and (busy > REFILL_AT or len(actor.queue) < MIN_REFILL):
                 continue
             batch = []
             while actor.queue and len(batch) < MAX_BATCH and all(self._objects.is_here(d)

@@ -35,6 +35,22 @@ checkpoint is due (`checkpoint_every` calls, `checkpoint_interval_s`), how the
 state is taken (`__checkpoint__()` or the instance `__dict__`) and given back
 (`__restore__(state)` or `__dict__.update`). On Ray the latest id is kept in
 Ray's GCS instead (`runtime/ray_backend/hosting.py`).
+
+Taking a checkpoint is split in two so that a large one does not stall its
+actor: `capture` runs on the actor's thread, between two calls, and
+`Captured.parts` (build, encode) and `CheckpointStore.write` (digest, write,
+fsync, prune) run on a `CheckpointWriter` thread while the actor serves its
+next calls (on ringwatch's runtime, `runtime/worker.py`). The contract with
+the actor class:
+- `__checkpoint__()` returns the state, or a `DeferredState` whose `build()`
+  makes it later on the writer thread. `build` must read only what the actor
+  no longer changes — a snapshot taken in `__checkpoint__` (a `GraphShard`
+  returns its edge store's `snapshot()`, whose table is built off the actor's
+  thread) — and its state is the one of the moment `__checkpoint__` ran.
+- A state returned as is may share memory the actor goes on changing, so it
+  is encoded on the actor's thread (a `pyarrow.Table` as Arrow IPC into a new
+  buffer; anything else pickled, its raw buffers copied); only digest, write
+  and fsync wait for the writer.
 """
 
 from __future__ import annotations
@@ -49,7 +65,9 @@ import pickle
 import struct
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,7 +151,13 @@ def decode_state(data: bytes | memoryview) -> Any:
 class CheckpointStore(Protocol):
     uri: str
 
-    def save(self, actor_id: str, state: Any) -> str: ...
+    def save(self, actor_id: str, state: Any) -> str:
+        """Encode and write `state` durably (`write(actor_id, encode_state(state))`); returns its id."""
+        ...
+
+    def write(self, actor_id: str, parts: list[bytes | memoryview]) -> str:
+        """Write an encoded checkpoint durably and prune the actor's old ones; returns its id."""
+        ...
 
     def read(self, checkpoint_id: str) -> bytes:
         """The checkpoint's bytes, checked against the digest in its id (CheckpointError if absent or altered)."""
@@ -154,9 +178,11 @@ class FileCheckpointStore:
         self.root = Path(urlparse(uri).path)
 
     def save(self, actor_id: str, state: Any) -> str:
+        return self.write(actor_id, encode_state(state))
+
+    def write(self, actor_id: str, parts: list[bytes | memoryview]) -> str:
         folder = self.root / actor_id
         folder.mkdir(parents=True, exist_ok=True)
-        parts = encode_state(state)
         name = f"{time.time_ns():020d}-{_digest(parts)}"
         write_atomically(folder / f"{name}.ckpt", parts)
         with self._holds_locked():
@@ -221,7 +247,10 @@ class RedisCheckpointStore:
         self._redis = redis.Redis.from_url(uri, socket_timeout=30)
 
     def save(self, actor_id: str, state: Any) -> str:
-        data = b"".join(bytes(p) for p in encode_state(state))
+        return self.write(actor_id, encode_state(state))
+
+    def write(self, actor_id: str, parts: list[bytes | memoryview]) -> str:
+        data = b"".join(bytes(p) for p in parts)
         checkpoint_id = f"{actor_id}/{time.time_ns():020d}-{_digest([data])}"
         self._redis.set(f"ringwatch:checkpoints:{checkpoint_id}", data)
         self._prune(actor_id)
@@ -272,6 +301,39 @@ def open_store(uri: str) -> CheckpointStore:
 
 
 
+@dataclass(frozen=True)
+class DeferredState:
+    """What `__checkpoint__` returns to have its state made off the actor's thread (see the module docstring).
+
+    `build()` runs on the checkpoint writer thread while the actor serves other
+    calls: it must read only data the actor no longer changes (a snapshot taken
+    when `__checkpoint__` ran) and return the state (an Arrow table, or
+    anything picklable).
+    """
+
+    build: Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class Captured:
+    """A state taken on the actor's thread: encoded already, or still to build (`DeferredState`)."""
+
+    actor_id: str
+    encoded: list[bytes | memoryview] | None = None
+    deferred: DeferredState | None = None
+
+    def parts(self) -> list[bytes | memoryview]:
+        """The checkpoint's encoded parts (builds a deferred state: on the writer thread)."""
+        if self.deferred is not None:
+            return encode_state(self.deferred.build())
+        return self.encoded
+
+
+def _owned(parts: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """Encoded parts that share no memory with the actor: a pickle's raw buffers (views of its arrays) copied."""
+    return [bytes(part) if isinstance(part, memoryview) else part for part in parts]
+
+
 @dataclass
 class ActorCheckpoints:
     """One actor's checkpoint policy: when a checkpoint is due, how state is taken and given back."""
@@ -290,14 +352,23 @@ class ActorCheckpoints:
             return True
         return bool(self.interval_s and time.monotonic() - self.taken_at >= self.interval_s)
 
-    def take(self, instance: Any) -> str:
-        """Write the actor's state durably; returns the checkpoint id."""
+    def capture(self, instance: Any) -> Captured:
+        """Take the actor's state now (on its thread); `CheckpointWriter` or `write` makes it durable."""
         getter = getattr(instance, "__checkpoint__", None)
         state = getter() if getter is not None else dict(vars(instance))
-        checkpoint_id = self.store.save(self.actor_id, state)
         self.calls_since = 0
         self.taken_at = time.monotonic()
-        return checkpoint_id
+        if isinstance(state, DeferredState):
+            return Captured(self.actor_id, deferred=state)
+        return Captured(self.actor_id, encoded=_owned(encode_state(state)))
+
+    def write(self, captured: Captured) -> str:
+        """Make a captured state durable; returns the checkpoint id."""
+        return self.store.write(captured.actor_id, captured.parts())
+
+    def take(self, instance: Any) -> str:
+        """Capture and write the actor's state, both on the calling thread; returns the checkpoint id."""
+        return self.write(self.capture(instance))
 
     def restore(self, instance: Any, checkpoint_id: str) -> None:
         state = self.store.load(checkpoint_id)
@@ -306,3 +377,40 @@ class ActorCheckpoints:
             restorer(state)
         else:
             vars(instance).update(state)
+
+
+Written = Callable[[str | None, Exception | None], None]  # (checkpoint id, or the error that stopped it)
+
+
+class CheckpointWriter:
+    """One thread that makes captured checkpoints durable, in the order they were captured.
+
+    The actor's thread only captures (`ActorCheckpoints.capture`); building a
+    deferred state, encoding, the digest, the write and the fsync happen here,
+    so the actor serves its next calls meanwhile. `done(checkpoint_id, error)`
+    runs on this thread once a checkpoint is durable (or failed): whoever
+    answers for it hands the answer back to the actor's thread from there.
+    Started with the first checkpoint; a daemon (a process that exits
+    mid-write leaves only a temp file: no store names a partial checkpoint).
+    """
+
+    def __init__(self, checkpoints: ActorCheckpoints):
+        self._checkpoints = checkpoints
+        self._jobs: queue.SimpleQueue[tuple[Captured, Written]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, captured: Captured, done: Written) -> None:
+        self._jobs.put((captured, done))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ringwatch-checkpoint-writer", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            captured, done = self._jobs.get()
+            try:
+                checkpoint_id = self._checkpoints.write(captured)
+            except Exception as exc:  # noqa: BLE001 - the actor's thread decides: log it, or fail the call
+                done(None, exc)
+            else:
+                done(checkpoint_id, None)

@@ -10,9 +10,10 @@ the worker runs each channel's calls in order. Results come back on the same
 channel; a large one stays on the actor's node, kept for this one.
 
 When the channel breaks (the worker or its node died, or the actor was
-killed), the call it had started (the worker says when it starts one) fails
-with `ActorDiedError`, or goes again first in line if the actor allows
-`max_task_retries`; calls it had not started go again as they were; all wait
+killed), the calls it had started (the worker says when it starts one; a
+call whose result waits for a checkpoint stays started after later calls
+began) fail with `ActorDiedError`, or go again first in line if the actor
+allows `max_task_retries`; calls it had not started go again as they were; all wait
 until the GCS names a new worker (a restart), or fail with the reason it gives
 for the actor's death. Never a hang: an actor the GCS does not know fails after
 `UNKNOWN_ACTOR_WAIT_S`. Used on the node's dispatcher thread only.
@@ -56,7 +57,7 @@ class _RemoteActor:
     task_retries: int = 0
     waiting: deque[TaskSpec] = field(default_factory=deque)  # not sent yet, in call order
     in_flight: dict[str, TaskSpec] = field(default_factory=dict)  # sent, result not back, in call order
-    started: str | None = None  # the task id of the call the worker said it started
+    started: set[str] = field(default_factory=set)  # in-flight calls the worker said it started
     lost: set[str] = field(default_factory=set)  # worker addresses seen dead (GCS may still name them)
     lost_since: float | None = None  # when its worker was lost, until a new one is found
     unknown_since: float | None = None
@@ -215,12 +216,13 @@ class DirectCalls:
         if message[0] == "started":
             actor = self._by_task.get(task_id)
             if actor is not None:
-                actor.started = task_id
+                actor.started.add(task_id)
             return
         actor = self._by_task.pop(task_id, None)
         if actor is None:
             return  # a call already failed over when its channel broke
         actor.in_flight.pop(task_id, None)
+        actor.started.discard(task_id)
         if message[0] == "held":
             _, _, node, size = message
             if self._objects.held_elsewhere(task_id, node, size) is None:
@@ -248,7 +250,7 @@ class DirectCalls:
             again = []
             for spec in actor.in_flight.values():
                 self._by_task.pop(spec.task_id, None)
-                if spec.task_id != actor.started:
+                if spec.task_id not in actor.started:
                     again.append(spec)  # never started: it goes to the restarted actor as it was
                 elif spec.attempt < actor.task_retries:
                     spec.attempt += 1
@@ -256,7 +258,7 @@ class DirectCalls:
                 else:
                     self._finish(TaskResult(spec.task_id, None, ActorDiedError(
                         f"{spec.name}: the actor's worker died while the call was running ({reason})")))
-            actor.in_flight, actor.started = {}, None
+            actor.in_flight, actor.started = {}, set()
             actor.waiting.extendleft(reversed(again))
             self._to_send.discard(actor.actor_id)
             if actor.waiting:

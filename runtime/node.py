@@ -562,6 +562,8 @@ class Node:
             self._handle(method, args, self._reply_to_worker(worker, request_id))
         elif kind == "refs":
             self._apply_ref_changes(message[1], message[2])
+        elif kind == "parked":  # an actor's call whose result waits for its checkpoint: the worker serves others
+            worker.parked.add(message[1])
         elif kind == "requeue":
             self._scheduler.requeue(worker, message[1])
 

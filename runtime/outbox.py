@@ -7,18 +7,27 @@ already queued therefore holds the result and sends it with the next ones, in
 one message the node reads in one turn. Held results never wait long: any other
 message to the node writes them first (so order is kept, and a nested `get`
 or a checkpoint never waits behind them); the worker writes them before it
-starts a call once the oldest has waited `HOLD_S`, and before it runs out of
-queued calls (so the node sees in time that the worker needs more); and when a
-call runs long or blocks, a one-shot timer (`SIGALRM`, set when the first
-result is held) writes them once the oldest has waited `LATE_S`, so a caller
+starts a call once it has run `HOLD_S` of CPU time since the oldest was held,
+and before it runs out of queued calls (so the node sees in time that the
+worker needs more); and a one-shot timer (`SIGALRM`, set when the first
+result is held) looks every `LATE_S`: once the worker has blocked since the
+oldest was held (slept, waited for I/O: a voluntary context switch), or has
+run `HOLD_S` of CPU in a call that runs long, it writes them, so a caller
 waiting on a result is never left behind a call that blocks.
 
-`HOLD_S` is close to `LATE_S`: every write wakes the node's dispatcher, and
-on a busy node each wake-up costs it ~100 us of CPU with cold caches (8 actors
-x 1 ms calls on 2 cores: 0.5 wake-ups per call at 2 ms, 0.2-0.3 at 8 ms with
-long worker slices, `cpu_slice.py`). Only results with more calls queued
-behind them wait: a caller that waits for each result before the next call
-never does.
+The hold is counted in the worker's CPU time, not wall time: time a worker
+spends waiting for a core does not count. Where workers outnumber cores (8
+actors on 2 cores), a worker is preempted every few calls; counted in wall
+time, the wait for the core made results due, and the worker wrote them the
+moment it ran again — most writes were that one (0.36 of 0.46 writes per
+1 ms call, bench/runtime_micro.py's 8 actors x 1 ms calls under load). Every
+write wakes the node's dispatcher, which on a busy node costs it ~100 us of
+CPU with cold caches. Counted in CPU time, a worker writes about once per
+`HOLD_S` of its own work. The price: while workers outnumber the free cores,
+a result with more calls queued behind it waits for its worker's next
+`HOLD_S` of CPU, which takes longer in wall time (8 busy workers sharing 2
+cores each run a quarter of the time: ~30 ms rather than ~10). A caller that waits for each result before
+the next call never waits: nothing is queued behind its call.
 
 A timer rather than a flusher thread: a thread had to wake to look, and take
 the GIL from the busy main thread to do it — with 8 actors on 2 cores its
@@ -37,6 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import resource
 import signal
 import socket
 import struct
@@ -46,10 +56,11 @@ from multiprocessing.connection import Connection
 
 logger = logging.getLogger(__name__)
 
-HOLD_S = 0.008  # results older than this are written before the worker starts its next call
-LATE_S = 0.01  # the longest a result waits while a call runs long: latency added to an alert path
+HOLD_S = 0.008  # CPU time the worker runs (its own calls) while it holds a result, at most
+LATE_S = 0.01  # how often the timer looks whether a held result waits behind a call that blocked or runs long
 RETRY_S = 0.001  # the timer fired while the main thread was writing: look again this much later
 MAX_HELD = 32  # results held at most: written together once this many have gathered
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)  # Linux; elsewhere the process's
 
 _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
@@ -77,7 +88,8 @@ class Outbox:
         self._sock.setblocking(True)
         self._lock = threading.Lock()  # one writer at a time
         self._held: list[tuple] = []  # results not written yet, oldest first
-        self._since = 0.0  # when the oldest held result was held
+        self._since_cpu = 0.0  # the main thread's CPU time when the oldest held result was held
+        self._since_switches = 0  # its voluntary context switches (times it blocked) by then
         self._armed = False  # the timer is set
         self._on_alarm = self._late  # one bound method: `result` checks it is still the handler
         signal.signal(signal.SIGALRM, self._on_alarm)
@@ -107,13 +119,14 @@ class Outbox:
                             return
                         self._armed = True
                         signal.setitimer(signal.ITIMER_REAL, LATE_S)
-                    self._since = time.monotonic()
+                    self._since_cpu = time.thread_time()
+                    self._since_switches = _blocked_count()
                 return
             self._write_held()
 
     def flush(self, *, due_only: bool = False) -> None:
-        """Write the results held (only once the oldest has waited `HOLD_S`, with `due_only`)."""
-        if not self._held or (due_only and time.monotonic() - self._since < HOLD_S):
+        """Write the results held (with `due_only`: once the worker has run `HOLD_S` of CPU since the oldest)."""
+        if not self._held or (due_only and time.thread_time() - self._since_cpu < HOLD_S):
             return
         with self._lock:
             if self._held:
@@ -129,11 +142,12 @@ class Outbox:
         self._sock.sendall(self._take_held())
 
     def _late(self, signum: int, _frame: object) -> None:
-        """The timer: write what a long or blocked call keeps waiting (the oldest at `LATE_S`).
+        """The timer: write what a call that blocked or runs long keeps waiting.
 
         Set when a result is held and none was, it is not cancelled when the
         held results are written (two system calls per batch): it looks, and
-        sets itself again for the oldest result held by then, if any.
+        sets itself again while results are held that need not go yet (those
+        of a worker that has only been running or waiting for a core).
         """
         if not self._lock.acquire(blocking=False):  # a write is under way (perhaps the one interrupted)
             signal.setitimer(signal.ITIMER_REAL, RETRY_S)
@@ -142,10 +156,9 @@ class Outbox:
             self._armed = False
             if not self._held:
                 return
-            left = self._since + LATE_S - time.monotonic()
-            if left > 0:  # written and held again since the timer was set: wait for the new oldest
+            if time.thread_time() - self._since_cpu < HOLD_S and _blocked_count() == self._since_switches:
                 self._armed = True
-                signal.setitimer(signal.ITIMER_REAL, left)
+                signal.setitimer(signal.ITIMER_REAL, LATE_S)
                 return
             try:
                 self._write_held()
@@ -153,3 +166,8 @@ class Outbox:
                 self._held = []
         finally:
             self._lock.release()
+
+
+def _blocked_count() -> int:
+    """How many times the calling thread has blocked (its voluntary context switches)."""
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw

@@ -12,6 +12,8 @@ worker -> node:
                                                                    is recorded this way before the result
                                                                    of the call it covers is sent
   ("refs", held_ids, released_ids)                                 after a direct call
+  ("parked", task_id)                                              the call ran; its result goes once its
+                                                                   checkpoint is durable (the worker is free)
   ("requeue", [task_id, ...])                                      calls handed over but not started
 
 In a cluster, an actor's worker also serves direct calls (`direct.py`): other
@@ -25,6 +27,12 @@ channel and from the node run one at a time, each channel's in its order.
 A task that blocks in `get` first hands its not-yet-started calls back to the
 node, so they can run elsewhere: nothing waits behind a blocked worker. An
 actor never does: its calls run in order.
+
+An actor's checkpoints are written by a thread of their own (`_ActorBox`,
+`checkpoints.CheckpointWriter`): the main thread captures the state between
+two calls and serves the next ones; the writer leaves the answer (record the
+checkpoint with the node, then send the result it holds back) for the main
+thread, which runs it between two calls.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import logging
 import os
 import signal
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, wait
 from typing import Any
@@ -42,7 +51,7 @@ from typing import Any
 import cloudpickle
 
 from . import api
-from .checkpoints import ActorCheckpoints, open_store
+from .checkpoints import ActorCheckpoints, CheckpointWriter, open_store
 from .cpu_slice import ask_for_long_slices
 from .direct import Channel, DirectServer, direct_tls
 from .errors import ActorDiedError, TaskError
@@ -82,22 +91,34 @@ class Inbox:
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_w, False)
 
+    def wakeable(self) -> None:
+        """Let other threads wake the main thread (`hand`, `wake`); called on the main thread, before they start."""
+        if self._wake_r < 0:
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_w, False)
+
     def hand(self, message: tuple) -> None:
         """A direct channel's reader thread hands over a message (any thread)."""
         self._handed.append(message)
+        self.wake()
+
+    def wake(self) -> None:
+        """Make a waiting `get` return (("wake",) if nothing was handed): work was left for the main thread."""
         try:
             os.write(self._wake_w, b"x")
         except BlockingIOError:  # the pipe is full of wake-ups: one more is not needed
             pass
 
     def get(self) -> tuple:
-        """The next message: ("exit",) once the node's pipe is closed."""
+        """The next message: ("exit",) once the node's pipe is closed, ("wake",) after a bare `wake`."""
         while True:
             if self._handed:
                 return self._handed.popleft()
             if self._wake_r < 0 or self._conn in wait([self._conn, self._wake_r]):
                 return self._recv()
             os.read(self._wake_r, 4096)
+            if not self._handed:
+                return ("wake",)
 
     def _recv(self) -> tuple:
         try:
@@ -125,6 +146,8 @@ class WorkerLink:
         self.held: list[str] = []
         self.released: list[str] = []
         self.code: dict[str, bytes] = {}  # function id -> pickled code, as the node first sent it
+        self.later: deque[Callable[[], None]] = deque()  # work other threads leave for the main thread
+        self.awaited: dict[str, Callable[[], None]] = {}  # request id -> what its answer lets the main thread do
 
     def send(self, message: tuple) -> None:
         """To the node, now, after any results held (the node reads frames without `Connection`)."""
@@ -180,12 +203,40 @@ class WorkerLink:
                 if not ok:
                     raise value
                 return value
-            if message[0] in ("run", "direct"):
+            if message[0] == "reply":
+                self.answered(message)
+            elif message[0] in ("run", "direct"):
                 self.take(message)
                 if blocking:  # nothing may wait behind a blocked worker
                     self._hand_back(list(self.queue))
             elif message[0] == "exit":
                 raise SystemExit(0)
+
+    def leave(self, work: Callable[[], None]) -> None:
+        """Leave `work` for the main thread, which runs it between two calls (any thread)."""
+        self.later.append(work)
+        self.inbox.wake()
+
+    def run_later(self) -> None:
+        """Run what other threads left (main thread)."""
+        while self.later:
+            self.later.popleft()()
+
+    def ask(self, method: str, args: tuple, then: Callable[[], None]) -> None:
+        """A runtime request whose answer the main thread does not wait for: `then` runs once it came (main thread)."""
+        request_id = new_id()
+        self.awaited[request_id] = then
+        self.send(("call", request_id, method, args, *self.take_ref_changes()))
+
+    def answered(self, message: tuple) -> None:
+        """The node's answer to an `ask`: its `then` is left for the main thread (a failed request is logged)."""
+        _, request_id, ok, value = message
+        then = self.awaited.pop(request_id, None)
+        if then is None:
+            return
+        if not ok:
+            logger.error("runtime request %s failed: %s", request_id, value)
+        self.leave(then)
 
     def _hand_back(self, entries: list) -> None:
         """Give calls not started back to whoever sent them: the node, or a leasing node's channel."""
@@ -249,33 +300,79 @@ def main() -> None:
 
 @dataclass
 class _ActorBox:
-    """The actor this worker hosts, and its checkpoint policy (None without a store)."""
+    """The actor this worker hosts, its checkpoint policy (None without a store) and its checkpoint writer.
+
+    A checkpoint stalls the actor only while its state is captured
+    (`ActorCheckpoints.capture`, on this thread, between two calls); the
+    writer thread makes it durable while the actor serves the calls behind it.
+    The call it answers — the checkpoint call itself, or the call a periodic
+    checkpoint covers — gets its result once the checkpoint is durable and the
+    node has recorded it as the actor's latest (a restart resumes from it), so
+    a caller holding the result of a covered call, or a checkpoint id, holds
+    what a restart gives back. A failed periodic checkpoint is logged and the
+    covered result goes anyway; a failed checkpoint call fails. A periodic
+    checkpoint that falls due while the previous one is still being written
+    waits for the first call after it (captured states never pile up).
+    """
 
     instance: Any
     spec: TaskSpec
     checkpoints: ActorCheckpoints | None
+    writer: CheckpointWriter | None = None
+    writing: int = 0  # checkpoints captured, not answered yet (main thread only)
 
-    def checkpoint(self, link: WorkerLink) -> str:
-        """Write the state durably; return once the node has recorded it (before the covered result goes)."""
-        checkpoint_id = self.checkpoints.take(self.instance)
-        link.call("actor_checkpointed", self.spec.actor_id, checkpoint_id)
-        return checkpoint_id
+    def checkpoint(self, link: WorkerLink, spec: TaskSpec, reply: DirectReply | None,
+                   covered: TaskResult | None) -> None:
+        """Capture the state now and queue it for the writer; `spec`'s result (`covered`, or the id) goes later."""
+        def written(checkpoint_id: str | None, error: Exception | None) -> None:  # on the writer thread
+            link.leave(lambda: self._answer(link, spec, reply, covered, checkpoint_id, error))
+
+        self.writing += 1
+        try:
+            captured = self.checkpoints.capture(self.instance)
+        except Exception as exc:  # noqa: BLE001 - answered like a failed write
+            self._answer(link, spec, reply, covered, None, exc)
+            return
+        self.writer.submit(captured, written)
+        if reply is None:  # the node feeds a worker whose calls are all parked as an idle one
+            link.send(("parked", spec.task_id))
+
+    def _answer(self, link: WorkerLink, spec: TaskSpec, reply: DirectReply | None, covered: TaskResult | None,
+                checkpoint_id: str | None, error: Exception | None) -> None:
+        """On the main thread: record a durable checkpoint with the node, then send the result it holds back."""
+        self.writing -= 1
+        if error is not None:
+            if covered is None:
+                link.send_result(TaskResult(spec.task_id, None, _as_task_error(error, spec)), reply, may_hold=False)
+                return
+            logger.error("checkpoint of actor %s failed: %s", spec.name, error, exc_info=error)
+            link.send_result(covered, reply)  # the actor keeps serving; a restart resumes from an older checkpoint
+            return
+        result = covered if covered is not None else TaskResult(spec.task_id, pack(checkpoint_id), None)
+        args = (self.spec.actor_id, checkpoint_id)
+        if reply is None:  # the node reads the record before the result, from the same pipe
+            link.post("actor_checkpointed", args)
+            link.send_result(result, None, may_hold=False)
+        else:  # the result goes on the caller's channel: only once the node has recorded it
+            link.ask("actor_checkpointed", args, lambda: link.send_result(result, reply, may_hold=False))
 
 
-def _checkpoint_after(actor: list, spec: TaskSpec, link: WorkerLink) -> bool:
-    """A periodic checkpoint, when the actor's options call for one now; True if the call took a checkpoint."""
+def _checkpoint_after(actor: list, spec: TaskSpec, result: TaskResult, reply: DirectReply | None,
+                      link: WorkerLink) -> bool:
+    """A checkpoint call, or a periodic checkpoint the actor's options call for now: True if it took one (the
+    call's result then goes once the checkpoint is durable, `_ActorBox`)."""
     if not actor or spec.kind != ACTOR_CALL:
         return False
-    if spec.method == CHECKPOINT_METHOD:
-        return True
     box = actor[0]
-    if box.checkpoints is not None and box.checkpoints.call_done():
-        try:
-            box.checkpoint(link)
-        except Exception:  # the actor keeps serving; its next restart resumes from an older checkpoint
-            logger.exception("checkpoint of actor %s failed", spec.name)
+    if spec.method == CHECKPOINT_METHOD:
+        if result.error is not None:  # the actor has no checkpoint store
+            return False
+        box.checkpoint(link, spec, reply, None)
         return True
-    return False
+    if box.checkpoints is None or not box.checkpoints.call_done() or box.writing:
+        return False
+    box.checkpoint(link, spec, reply, result)
+    return True
 
 
 def worker_main(conn: Connection, node_info: dict) -> None:
@@ -296,6 +393,8 @@ def worker_main(conn: Connection, node_info: dict) -> None:
     gc.freeze()
     try:
         while True:
+            if link.later:  # checkpoints made durable: their answers
+                link.run_later()
             if not queue:
                 link.outbox.flush()
                 message = link.inbox.get()
@@ -303,6 +402,8 @@ def worker_main(conn: Connection, node_info: dict) -> None:
                     return
                 if message[0] in ("run", "direct"):
                     link.take(message)
+                elif message[0] == "reply":
+                    link.answered(message)
                 continue
             link.outbox.flush(due_only=True)
             spec, _, deps, reply = queue.popleft()
@@ -313,8 +414,8 @@ def worker_main(conn: Connection, node_info: dict) -> None:
                 if kept:  # inputs this worker's node keeps for the caller: through shared memory
                     deps = {**deps, **dict(zip(kept, link.call("get_kept", kept)))}
             result = _run(spec, link, functions, deps, actor, node_info)
-            checkpointed = _checkpoint_after(actor, spec, link)
-            link.send_result(result, reply, may_hold=not checkpointed)
+            if not _checkpoint_after(actor, spec, result, reply, link):
+                link.send_result(result, reply)
     except (EOFError, OSError, KeyboardInterrupt):
         return
     finally:
@@ -328,7 +429,7 @@ def _run(spec: TaskSpec, link: WorkerLink, functions: dict[str, Any], deps: dict
             functions[spec.function_id] = cloudpickle.loads(link.code[spec.function_id])
         args, kwargs = _resolve_args(spec, deps)
         if spec.kind == ACTOR_CREATE:
-            actor.append(_create_actor(functions[spec.function_id], spec, args, kwargs))
+            actor.append(_create_actor(functions[spec.function_id], spec, args, kwargs, link))
             direct = node_info.get("direct")  # in a cluster its creation's value says where to call it
             value = {"direct": direct["address"], "node": direct["node"]} if direct else None
         elif spec.kind == ACTOR_CALL:
@@ -337,7 +438,7 @@ def _run(spec: TaskSpec, link: WorkerLink, functions: dict[str, Any], deps: dict
             if spec.method == CHECKPOINT_METHOD:
                 if actor[0].checkpoints is None:
                     raise ValueError("this actor has no checkpoint store")
-                value = actor[0].checkpoint(link)
+                value = None  # taken right after (`_checkpoint_after`), answered with its id once durable
             else:
                 value = getattr(actor[0].instance, spec.method)(*args, **kwargs)
         else:
@@ -356,13 +457,15 @@ def _run(spec: TaskSpec, link: WorkerLink, functions: dict[str, Any], deps: dict
     return TaskResult(spec.task_id, blob, None, tuple(contained))
 
 
-def _create_actor(cls: type, spec: TaskSpec, args: list, kwargs: dict) -> _ActorBox:
+def _create_actor(cls: type, spec: TaskSpec, args: list, kwargs: dict, link: WorkerLink) -> _ActorBox:
     """Construct the actor; a restarted one then takes the state of its latest checkpoint."""
-    checkpoints = None
+    checkpoints = writer = None
     if spec.checkpoint_uri:
         checkpoints = ActorCheckpoints(open_store(spec.checkpoint_uri), spec.actor_id, spec.checkpoint_every,
                                        spec.checkpoint_interval_s)
-    box = _ActorBox(cls(*args, **kwargs), spec, checkpoints)
+        writer = CheckpointWriter(checkpoints)
+        link.inbox.wakeable()  # the writer hands its answers back to this thread
+    box = _ActorBox(cls(*args, **kwargs), spec, checkpoints, writer)
     if spec.restore_from and checkpoints is not None:
         checkpoints.restore(box.instance, spec.restore_from)
     return box

@@ -43,6 +43,7 @@ class Worker:
     conn: Connection | None = None
     actor_id: str | None = None
     in_flight: deque[TaskSpec] = field(default_factory=deque)  # handed to it, not finished, in order
+    parked: set[str] = field(default_factory=set)  # in flight, run, the result waiting for a checkpoint: not busy
     known_functions: set[str] = field(default_factory=set)
     blocked: bool = False  # waiting in a nested get or wait
     pipe: WorkerPipe | None = None  # the node's end of `conn`, read and written without blocking
@@ -51,6 +52,7 @@ class Worker:
 
     def take(self, task_id: str) -> TaskSpec | None:
         """Remove and return the in-flight call `task_id` (None if the worker was not running it)."""
+        self.parked.discard(task_id)
         for index, spec in enumerate(self.in_flight):
             if spec.task_id == task_id:
                 del self.in_flight[index]

@@ -107,6 +107,11 @@ class RayHead:
     (never `ray stop`, which would end every Ray cluster on the machine). Token
     authentication is on, with a token of its own (`auth_env`, for every process that
     joins it), not the per-user `~/.ray/auth_token` other Ray clusters on the machine share.
+    gRPC's fork handlers are off in the head (`GRPC_ENABLE_FORK_SUPPORT=0`): its Ray Client
+    proxy starts a server process per client by fork and exec while its gRPC threads run, and
+    with them on, that child now and then died before its exec (gRPC's "Check failed:
+    next_worker->state == KICKED"): the client's `init` failed (psutil ZombieProcess, or
+    "Starting Ray client server failed"), 3 of 55 connects here; none of 60 with them off.
     """
 
     num_cpus: int = 2
@@ -130,7 +135,8 @@ class RayHead:
                 "--temp-dir", str(self.temp_dir), "--disable-usage-stats"]
         log = open(self.temp_dir / "ray-start.log", "wb")
         self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env={**os.environ, **self.auth_env, "RAY_USAGE_STATS_ENABLED": "0"})
+                                         env={**os.environ, **self.auth_env, "RAY_USAGE_STATS_ENABLED": "0",
+                                              "GRPC_ENABLE_FORK_SUPPORT": "0"})
         marker = self.temp_dir / "ray_current_cluster"
         deadline = time.monotonic() + startup_timeout_s
         while not (marker.exists() and marker.read_text().strip()):

@@ -295,7 +295,7 @@ def test_a_checkpoint_is_arrow_tables_and_restores_the_same_graph(make):
 def test_a_shard_actor_checkpoint_is_one_arrow_table():
     shard = GraphShard(1, 2)
     shard.apply(payment_table(triangle()))
-    state = shard.__checkpoint__()
+    state = shard.__checkpoint__().build()  # built on the runtime's checkpoint writer thread
     restored = GraphShard(1, 2)
     restored.__restore__(state)
     assert state.num_rows == shard.edge_count() and restored.snapshot().equals(state)

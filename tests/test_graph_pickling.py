@@ -1,19 +1,23 @@
 """What crosses to shard actors each round (`ArrayRecord`): the same values back, arrays writable and aligned (numba
-compiles a kernel once per writability and alignment), tables as Arrow IPC, and no pickled object but the record's
-class and its rebuild function."""
+compiles a kernel once per writability and alignment), tables as Arrow IPC, nested records in their parent's one
+blob, and no pickled object but the rebuild function: classes are named by key, and only record classes are made."""
 
 from __future__ import annotations
 
 import pickle
 import pickletools
+import sys
 
 import numpy as np
 import pyarrow as pa
 
 from ringwatch.graph.batch import payment_table
-from ringwatch.graph.label_rounds import Candidates, FirstLayer, LabelReply
+import pytest
+
+from ringwatch.graph.label_rounds import Candidates, FirstLayer, LabelReply, LabelRequest, LateScans
 from ringwatch.graph.model import Transaction
 from ringwatch.graph.sharded import BatchPart, Stored
+from ringwatch.runtime.errors import SerializationError
 from ringwatch.runtime.serialization import dumps, loads
 
 
@@ -32,8 +36,7 @@ def round_trip(value):
 
 
 def test_a_record_comes_back_equal_with_writable_aligned_arrays_and_its_tables():
-    original = Stored(np.array([0, 1, 2], np.int8), (7, b"t2"), np.arange(12, dtype=np.int32).reshape(4, 3),
-                      np.array([1, 0, 3], np.int8), reply(), seconds=0.5)
+    original = stored()
     copy = round_trip(original)
     assert copy.newest_before == (7, b"t2") and copy.seconds == 0.5
     assert copy.lengths.shape == (4, 3) and np.array_equal(copy.lengths, original.lengths)
@@ -56,3 +59,44 @@ def test_a_batch_part_holds_no_pickled_array_or_table_only_bytes():
     copy = pickle.loads(data)
     assert copy.table.equals(part.table) and copy.first == part.first and copy.rows.flags.writeable
     assert isinstance(copy.table, pa.Table)
+
+
+def stored() -> Stored:
+    return Stored(np.array([0, 1, 2], np.int8), (7, b"t2"), np.arange(12, dtype=np.int32).reshape(4, 3),
+                  np.array([1, 0, 3], np.int8), reply(), seconds=0.5)
+
+
+def test_nested_records_travel_in_one_blob_and_no_class_is_pickled():
+    data, buffers = dumps(stored())  # Stored > LabelReply > Candidates, three tables in all
+    assert not buffers
+    ops = [(op.name, arg) for op, arg, _ in pickletools.genops(data)]
+    assert [name for name, _ in ops].count("BYTEARRAY8") == 1
+    globals_named = [arg for name, arg in ops if name in ("SHORT_BINUNICODE", "BINUNICODE")
+                     and arg in ("ringwatch.graph.pickling", "_rebuild", "Stored", "LabelReply", "Candidates")]
+    assert globals_named == ["ringwatch.graph.pickling", "_rebuild"]  # the rebuild function, by name, and nothing else
+
+
+def test_an_empty_array_comes_back_with_its_dtype_and_shape_and_writable():
+    request = LabelRequest(*(np.zeros(0, dtype) for dtype in (np.int32, np.int8, np.uint64, np.int64, np.int64)),
+                           LateScans(*(np.arange(2, dtype=np.int64) for _ in range(10))), True, 10, 6, 0, -1)
+    copy = round_trip(request)
+    assert copy.gid.dtype == np.uint64 and copy.gid.shape == (0,) and copy.gid.flags.writeable
+    assert np.array_equal(copy.scans.join_hop, [0, 1]) and copy.scans.join_hop.flags.aligned
+    assert copy.strict and copy.window == 10 and copy.max_degree == -1
+
+
+@pytest.mark.parametrize("key", ["ringwatch.graph.sharded:kernel", "this:xxxxxxxxxxxxxxxxxxxxxxxxx"])
+def test_a_key_that_names_no_record_class_is_refused_and_nothing_is_imported_for_it(key):
+    data, _ = dumps(stored())
+    name = b"ringwatch.graph.sharded:Stored"
+    assert len(key) == len(name) and data.count(name) == 1
+    with pytest.raises(TypeError, match="names no ArrayRecord class"):
+        pickle.loads(data.replace(name, key.encode()))
+    assert "this" not in sys.modules  # a key outside ringwatch imports nothing (importing `this` prints)
+
+
+def test_a_table_with_a_dictionary_encoded_column_is_refused_where_it_is_sent():
+    rows = payment_table([Transaction("t1", "a", "b", "1", 1, currency="EUR")])
+    encoded = rows.set_column(5, "currency", rows.column("currency").dictionary_encode())
+    with pytest.raises(SerializationError, match="dictionary-encoded columns \\['currency'\\]"):
+        dumps(BatchPart(encoded, np.array([0], np.int32), FirstLayer(True, True, 10, 0, -1)))
