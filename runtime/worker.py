@@ -327,6 +327,7 @@ class _ActorBox:
         def written(checkpoint_id: str | None, error: Exception | None) -> None:  # on the writer thread
             link.leave(lambda: self._answer(link, spec, reply, covered, checkpoint_id, error))
 
+        link.inbox.wakeable()  # the writer hands its answers back to this thread (actors never checkpointed: no pipe)
         self.writing += 1
         try:
             captured = self.checkpoints.capture(self.instance)
@@ -464,7 +465,6 @@ def _create_actor(cls: type, spec: TaskSpec, args: list, kwargs: dict, link: Wor
         checkpoints = ActorCheckpoints(open_store(spec.checkpoint_uri), spec.actor_id, spec.checkpoint_every,
                                        spec.checkpoint_interval_s)
         writer = CheckpointWriter(checkpoints)
-        link.inbox.wakeable()  # the writer hands its answers back to this thread
     box = _ActorBox(cls(*args, **kwargs), spec, checkpoints, writer)
     if spec.restore_from and checkpoints is not None:
         checkpoints.restore(box.instance, spec.restore_from)
