@@ -30,12 +30,12 @@ long (`MicroBatches.await_graph`), and partitions are read close to event-time o
 which batch a payment lands in changes nothing about the rings.
 
 Exactly once per alert id, through crashes:
-1. An aligned checkpoint is taken between batches, after every alert raised so
-   far has been handed to the sinks and the sinks made it durable (file
-   fsynced, Kafka acknowledged, webhook outbox on disk). Each shard checkpoints
-   itself through the runtime (on a thread beside the loop, see `AlignedCheckpoints.take`);
-   one record then ties those checkpoint ids to the source positions and
-   watermarks.
+1. An aligned checkpoint notes the positions between batches; its record is
+   written once every alert raised before it has been handed to the sinks and
+   the sinks made it durable (file fsynced, Kafka acknowledged, webhook outbox
+   on disk) and each shard has checkpointed itself through the runtime (the
+   waits run beside the loop, see `AlignedCheckpoints.take`); the record ties
+   those checkpoint ids to the source positions and watermarks.
 2. Kafka offsets are committed only after that record is durable.
 3. After a crash of the engine the newest record is restored and every
    partition replays from its position; after the loss of a shard actor (the
