@@ -44,8 +44,8 @@ import os
 import selectors
 import signal
 from collections import deque
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection
 from typing import Any
 
@@ -84,7 +84,8 @@ class Inbox:
     node's pipe (so is an actor's checkpoint writer's answer). Both are waited
     on with one selector made once: `multiprocessing.connection.wait` makes a
     selector per wait (10.7 us against 1.7 here), and a worker with a wake-up
-    pipe (every actor with a checkpoint store) waits once per synchronous call.
+    pipe (in a cluster; an actor once it has checkpointed) waits once per
+    synchronous call.
     """
 
     def __init__(self, conn: Connection, *, direct: bool):
@@ -334,6 +335,7 @@ class _ActorBox:
         def written(checkpoint_id: str | None, error: Exception | None) -> None:  # on the writer thread
             link.leave(lambda: self._answer(link, spec, reply, covered, checkpoint_id, error))
 
+        link.inbox.wakeable()  # the writer hands its answers back to this thread (actors never checkpointed: no pipe)
         self.writing += 1
         try:
             captured = self.checkpoints.capture(self.instance)
@@ -471,7 +473,6 @@ def _create_actor(cls: type, spec: TaskSpec, args: list, kwargs: dict, link: Wor
         checkpoints = ActorCheckpoints(open_store(spec.checkpoint_uri), spec.actor_id, spec.checkpoint_every,
                                        spec.checkpoint_interval_s)
         writer = CheckpointWriter(checkpoints)
-        link.inbox.wakeable()  # the writer hands its answers back to this thread
     box = _ActorBox(cls(*args, **kwargs), spec, checkpoints, writer)
     if spec.restore_from and checkpoints is not None:
         checkpoints.restore(box.instance, spec.restore_from)
