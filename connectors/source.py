@@ -60,8 +60,12 @@ class Source(Protocol):
         """Keep a refused record with its reason (made durable by the next `commit`)."""
         ...
 
-    def commit(self, positions: Positions) -> None:
-        """Everything before each partition's offset is processed: dead letters first, then the offsets."""
+    def commit(self, positions: Positions, *, wait: bool = True) -> None:
+        """Everything before each partition's offset is processed: dead letters first, then the offsets.
+
+        `wait=False` may return before the offsets are stored (a failure is then
+        only logged): for commits that a later one supersedes.
+        """
         ...
 
     def seek(self, positions: Positions) -> None:
@@ -206,7 +210,7 @@ class SequentialSource:
         self.dead_letters.append(DeadLetter(record.partition, record.offset, record.key, reason, record.raw))
         logger.warning("dead letter at %s[%d]@%d: %s", *record.position, reason)
 
-    def commit(self, positions: Positions) -> None:
+    def commit(self, positions: Positions, *, wait: bool = True) -> None:
         if self.partition in positions:
             self._committed = positions[self.partition]
 

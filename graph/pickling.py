@@ -100,7 +100,7 @@ def _encode(record: ArrayRecord, parts: list[memoryview], size: int) -> tuple[tu
             continue
         elif isinstance(value, pa.Table):
             data = memoryview(_one_batch(value).serialize()).cast("B")
-            items.append(("t", value.schema.serialize().to_pybytes(), size, data.nbytes))
+            items.append(("t", _schema_bytes(value.schema), size, data.nbytes))
         else:
             items.append(("v", value))
             continue
@@ -117,6 +117,25 @@ def _one_batch(table: Any) -> Any:
     if len(batches) == 1:
         return batches[0]
     return pa.RecordBatch.from_arrays([column.combine_chunks() for column in table.columns], schema=table.schema)
+
+
+_SENT: set[bytes] = set()  # schemas checked on the way out
+
+
+def _schema_bytes(schema: Any) -> bytes:
+    """A table's schema as IPC bytes; refused once, where it is sent, when a column is dictionary-encoded: a lone
+    record batch message carries no dictionaries, so the receiving end could not read it."""
+    import pyarrow as pa
+
+    data = schema.serialize().to_pybytes()
+    if data not in _SENT:
+        encoded = [field.name for field in schema if pa.types.is_dictionary(field.type)]
+        if encoded:
+            raise TypeError(f"dictionary-encoded columns {encoded} cannot travel in an ArrayRecord: decode them first")
+        if len(_SENT) >= _MAX_SCHEMAS:
+            _SENT.clear()
+        _SENT.add(data)
+    return data
 
 
 _SCHEMAS: dict[bytes, Any] = {}  # schemas read, by their IPC bytes: a table sends its schema, read once here

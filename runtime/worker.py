@@ -41,11 +41,12 @@ import gc
 import json
 import logging
 import os
+import selectors
 import signal
 from collections import deque
-from dataclasses import dataclass
 from collections.abc import Callable
-from multiprocessing.connection import Client, Connection, wait
+from dataclasses import dataclass
+from multiprocessing.connection import Client, Connection
 from typing import Any
 
 import cloudpickle
@@ -80,22 +81,29 @@ class Inbox:
     worker busy in a long call: it keeps what the pipe does not take yet). In a
     cluster, calls also arrive on direct channels, whose reader threads hand
     them over through a deque and a wake-up pipe, waited on together with the
-    node's pipe.
+    node's pipe (so is an actor's checkpoint writer's answer). Both are waited
+    on with one selector made once: `multiprocessing.connection.wait` makes a
+    selector per wait (10.7 us against 1.7 here), and a worker with a wake-up
+    pipe (in a cluster; an actor once it has checkpointed) waits once per
+    synchronous call.
     """
 
     def __init__(self, conn: Connection, *, direct: bool):
         self._conn = conn
         self._handed: deque = deque()
         self._wake_r = self._wake_w = -1
+        self._ready: selectors.BaseSelector | None = None  # the node's pipe (data True) and the wake-up pipe
         if direct:
-            self._wake_r, self._wake_w = os.pipe()
-            os.set_blocking(self._wake_w, False)
+            self.wakeable()
 
     def wakeable(self) -> None:
         """Let other threads wake the main thread (`hand`, `wake`); called on the main thread, before they start."""
         if self._wake_r < 0:
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_w, False)
+            self._ready = selectors.DefaultSelector()
+            self._ready.register(self._conn.fileno(), selectors.EVENT_READ, True)
+            self._ready.register(self._wake_r, selectors.EVENT_READ, False)
 
     def hand(self, message: tuple) -> None:
         """A direct channel's reader thread hands over a message (any thread)."""
@@ -114,7 +122,7 @@ class Inbox:
         while True:
             if self._handed:
                 return self._handed.popleft()
-            if self._wake_r < 0 or self._conn in wait([self._conn, self._wake_r]):
+            if self._ready is None or any(key.data for key, _ in self._ready.select()):
                 return self._recv()
             os.read(self._wake_r, 4096)
             if not self._handed:
@@ -327,6 +335,7 @@ class _ActorBox:
         def written(checkpoint_id: str | None, error: Exception | None) -> None:  # on the writer thread
             link.leave(lambda: self._answer(link, spec, reply, covered, checkpoint_id, error))
 
+        link.inbox.wakeable()  # the writer hands its answers back to this thread (actors never checkpointed: no pipe)
         self.writing += 1
         try:
             captured = self.checkpoints.capture(self.instance)
@@ -464,7 +473,6 @@ def _create_actor(cls: type, spec: TaskSpec, args: list, kwargs: dict, link: Wor
         checkpoints = ActorCheckpoints(open_store(spec.checkpoint_uri), spec.actor_id, spec.checkpoint_every,
                                        spec.checkpoint_interval_s)
         writer = CheckpointWriter(checkpoints)
-        link.inbox.wakeable()  # the writer hands its answers back to this thread
     box = _ActorBox(cls(*args, **kwargs), spec, checkpoints, writer)
     if spec.restore_from and checkpoints is not None:
         checkpoints.restore(box.instance, spec.restore_from)

@@ -3,8 +3,9 @@
 The engine's loop puts each batch's alerts here and moves on; the delivery
 thread hands them to every sink in order (a sink's `deliver` may write an
 outbox file or wait for a producer buffer). `drain` waits until everything put
-so far has been handed over, which is what an aligned checkpoint needs before
-it asks the sinks to flush. The queue is bounded: a sink that falls far behind
+so far has been handed over; `durable` asks the delivery thread itself to make
+it durable once it has (the sinks are only ever touched on that thread, and an
+aligned checkpoint no longer waits on the loop for a file's fsync). The queue is bounded: a sink that falls far behind
 slows the loop down instead of growing memory without limit.
 
 Ring ids are deterministic and every sink skips ids it has already delivered,
@@ -19,13 +20,15 @@ asks the sinks to flush.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import queue
 import threading
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from ringwatch.connectors import Sink
+from ringwatch.connectors import Sink, WebhookSink
 from ringwatch.graph import Alert
 from ringwatch.runtime.errors import RingwatchError
 
@@ -36,6 +39,14 @@ logger = logging.getLogger(__name__)
 MAX_QUEUED_BATCHES = 64
 _STOP = object()
 _RETRY = object()  # hand over the parked alerts that are ours now
+
+
+@dataclass
+class _Durable:
+    """Queued by `durable`: flush the sinks once everything before it is handed over."""
+
+    timeout_s: float
+    done: concurrent.futures.Future
 
 
 class DeliveryError(RingwatchError, RuntimeError):
@@ -71,6 +82,14 @@ class AlertDelivery:
         self._queue.join()
         self._raise_if_failed()
 
+    def durable(self, timeout_s: float) -> concurrent.futures.Future:
+        """A future of whether every alert put so far survives a crash: handed to every sink, then each sink
+        flushed on the delivery thread (the webhook outbox is written at `deliver`), each within `timeout_s`."""
+        self._raise_if_failed()
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put(_Durable(timeout_s, done))
+        return done
+
     def close(self) -> None:
         """Hand over what is queued, then stop the thread (sinks are closed by their owner)."""
         self._queue.put(_STOP)
@@ -86,13 +105,25 @@ class AlertDelivery:
             try:
                 if alerts is _STOP:
                     return
-                if self._failure is None:
+                if isinstance(alerts, _Durable):
+                    self._flush(alerts)
+                elif self._failure is None:
                     self._deliver(alerts)
             except BaseException as exc:  # reported to the loop by the next put/drain
                 logger.exception("alert delivery failed")
                 self._failure = exc
             finally:
                 self._queue.task_done()
+
+    def _flush(self, request: _Durable) -> None:
+        if self._failure is not None:
+            request.done.set_exception(DeliveryError(f"alert delivery failed: {self._failure}"))
+            return
+        try:
+            request.done.set_result(all(sink.flush(request.timeout_s) for sink in self.sinks.values()
+                                        if not isinstance(sink, WebhookSink)))
+        except BaseException as exc:  # a sink that cannot flush: the checkpoint or hand-over reports it
+            request.done.set_exception(exc)
 
     def _deliver(self, alerts: list[Alert] | object) -> None:
         if alerts is _RETRY:

@@ -30,12 +30,12 @@ long (`MicroBatches.await_graph`), and partitions are read close to event-time o
 which batch a payment lands in changes nothing about the rings.
 
 Exactly once per alert id, through crashes:
-1. An aligned checkpoint is taken between batches, after every alert raised so
-   far has been handed to the sinks and the sinks made it durable (file
-   fsynced, Kafka acknowledged, webhook outbox on disk). Each shard checkpoints
-   itself through the runtime (on a thread beside the loop, see `AlignedCheckpoints.take`);
-   one record then ties those checkpoint ids to the source positions and
-   watermarks.
+1. An aligned checkpoint notes the positions between batches; its record is
+   written once every alert raised before it has been handed to the sinks and
+   the sinks made it durable (file fsynced, Kafka acknowledged, webhook outbox
+   on disk) and each shard has checkpointed itself through the runtime (the
+   waits run beside the loop, see `AlignedCheckpoints.take`); the record ties
+   those checkpoint ids to the source positions and watermarks.
 2. Kafka offsets are committed only after that record is durable.
 3. After a crash of the engine the newest record is restored and every
    partition replays from its position; after the loss of a shard actor (the
@@ -222,11 +222,11 @@ class Engine:
             graph_thread=config.graph.placement != "in-process")
         self._checkpoints = view.checkpoints = AlignedCheckpoints(
             batches=batches, records=records, graph=graph, source=source, ledger=self._ledger, clock=self._clock,
-            tally=self.tally, delivery=delivery, sinks=self._sinks, claims=self._claims, eviction=eviction,
+            tally=self.tally, delivery=delivery, claims=self._claims, eviction=eviction,
             engine_id=self.engine_id, placement=config.graph.placement, failed=self.failed, last=restored)
         self._hand_over = PartitionHandOver(
             batches=batches, source=source, ledger=self._ledger, clock=self._clock, delivery=delivery,
-            sinks=self._sinks, claims=self._claims, records=records, shared=self.shared, failed=self.failed)
+            claims=self._claims, records=records, shared=self.shared, failed=self.failed)
         watch_counters(self.metrics, self.tally, self._sinks, delivery)
 
     def _close(self, metrics_server, started_runtime: bool) -> None:
@@ -242,6 +242,8 @@ class Engine:
             sink.close()
         if self._batches is not None:
             self._batches.close()
+        if self._checkpoints is not None:
+            self._checkpoints.close()
         if self._graph is not None:
             self._graph.close()
         if started_runtime:
@@ -251,7 +253,8 @@ class Engine:
 
     def _loop(self, stop: threading.Event) -> None:
         """Fill a batch (with shard actors: while the graph works on the one before), take the graph's answer,
-        start the next; between batches, write the record of a finished checkpoint and start the next one."""
+        start the next; between batches, move the checkpoint being taken on, and start the next one when the
+        interval has passed and none is being taken (one that took longer than the interval is followed at once)."""
         batches, checkpoints = self._batches, self._checkpoints
         interval_s = self.config.engine.checkpoint_interval / 1000
         next_checkpoint = time.monotonic() + interval_s
@@ -261,7 +264,7 @@ class Engine:
             with self._lock:
                 batches.finish()
                 checkpoints.finish(block=False)
-                if time.monotonic() >= next_checkpoint:
+                if time.monotonic() >= next_checkpoint and checkpoints.in_flight is None:
                     checkpoints.take("interval", wait=False)
                     next_checkpoint = time.monotonic() + interval_s
                 batches.start()

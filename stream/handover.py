@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from ringwatch.connectors import KafkaConnectorError, Sink, Source
+from ringwatch.connectors import KafkaConnectorError, Source
 
 from .checkpoint import Checkpoint, CheckpointRecords
-from .checkpointing import Batches, sinks_durable
+from .checkpointing import Batches
 from .claims import AlertClaims
 from .delivery import AlertDelivery
 from .event_time import EventClock
@@ -29,10 +29,10 @@ class PartitionHandOver:
     """The engine's side of a rebalance; `revoke` and `assign` run under the loop's lock (`Engine.on_*`)."""
 
     def __init__(self, *, batches: Batches, source: Source, ledger: PartitionLedger, clock: EventClock,
-                 delivery: AlertDelivery, sinks: dict[str, Sink], claims: AlertClaims | None,
+                 delivery: AlertDelivery, claims: AlertClaims | None,
                  records: CheckpointRecords, shared: bool, failed: threading.Event):
         self.batches, self.source, self.ledger, self.clock = batches, source, ledger, clock
-        self.delivery, self.sinks, self.claims, self.records = delivery, sinks, claims, records
+        self.delivery, self.claims, self.records = delivery, claims, records
         self.shared, self.failed = shared, failed
 
     def revoke(self, partitions: list[Partition]) -> None:
@@ -63,7 +63,7 @@ class PartitionHandOver:
         self.delivery.drain()
         if self.batches.rewound_for_restarts():
             return
-        if not sinks_durable(self.sinks, HAND_OVER_FLUSH_TIMEOUT_S):
+        if not self.delivery.durable(HAND_OVER_FLUSH_TIMEOUT_S).result():
             logger.warning("partitions %s handed over uncommitted: a sink did not make its alerts durable in %.0f s",
                            partitions, HAND_OVER_FLUSH_TIMEOUT_S)
             return

@@ -17,6 +17,7 @@ import pytest
 from ringwatch.graph.label_rounds import Candidates, FirstLayer, LabelReply, LabelRequest, LateScans
 from ringwatch.graph.model import Transaction
 from ringwatch.graph.sharded import BatchPart, Stored
+from ringwatch.runtime.errors import SerializationError
 from ringwatch.runtime.serialization import dumps, loads
 
 
@@ -92,3 +93,10 @@ def test_a_key_that_names_no_record_class_is_refused_and_nothing_is_imported_for
     with pytest.raises(TypeError, match="names no ArrayRecord class"):
         pickle.loads(data.replace(name, key.encode()))
     assert "this" not in sys.modules  # a key outside ringwatch imports nothing (importing `this` prints)
+
+
+def test_a_table_with_a_dictionary_encoded_column_is_refused_where_it_is_sent():
+    rows = payment_table([Transaction("t1", "a", "b", "1", 1, currency="EUR")])
+    encoded = rows.set_column(5, "currency", rows.column("currency").dictionary_encode())
+    with pytest.raises(SerializationError, match="dictionary-encoded columns \\['currency'\\]"):
+        dumps(BatchPart(encoded, np.array([0], np.int32), FirstLayer(True, True, 10, 0, -1)))

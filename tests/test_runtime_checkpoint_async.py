@@ -188,3 +188,31 @@ def test_a_periodic_checkpoint_due_while_one_is_written_waits_for_the_next_call(
         assert following.result(timeout=120) == 3
     newest = f"{actor.actor_id}/{max((folder / actor.actor_id).glob('*.ckpt')).stem}"
     assert open_store(f"file://{folder}").load(newest).column("item").to_pylist() == [1, 2, 3]
+
+
+@rt.remote(resources=SPARE)
+class Unbuildable:
+    """Its checkpoints fail on the writer thread."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def call(self) -> int:
+        self.calls += 1
+        return self.calls
+
+    def __checkpoint__(self) -> DeferredState:
+        def build() -> pa.Table:
+            raise OSError("the disk is gone")
+
+        return DeferredState(build)
+
+
+def test_a_checkpoint_that_fails_on_the_writer_fails_its_call_and_the_actor_goes_on(runtime, tmp_path):
+    actor = Unbuildable.options(checkpoint_uri=f"file://{tmp_path}", checkpoint_every=2).remote()
+    assert rt.get(actor.call.remote(), timeout=60) == 1
+
+    assert rt.get(actor.call.remote(), timeout=60) == 2  # a periodic checkpoint failed: logged, the result goes
+    with pytest.raises(rt.TaskError, match="the disk is gone"):
+        rt.checkpoint(actor, timeout=60)
+    assert rt.get(actor.call.remote(), timeout=60) == 3

@@ -14,6 +14,11 @@ import pytest
 import ringwatch.runtime as rt
 from services import RayHead
 
+# Imported as the module is collected, before the `ray_head` fixture starts the head: Ray fixes its
+# authentication settings on first import, so the session's token must be in the environment by then
+# (tests/conftest.py puts it there as pytest loads it, whichever module imports Ray first).
+ray = pytest.importorskip("ray")
+
 
 def until(condition, what: str, timeout_s: float = 60.0):
     deadline = time.monotonic() + timeout_s
@@ -94,7 +99,7 @@ class Gated:
 
 
 def test_tasks_and_objects(on_ray):
-    assert rt.is_initialized()
+    assert rt.is_initialized() and ray.is_initialized()  # this process joined the head, with its token
     assert rt.get([square.remote(i) for i in range(6)]) == [0, 1, 4, 9, 16, 25]
     stored = rt.put(7)
     assert rt.get(square.remote(stored)) == 49  # a top-level ref argument arrives as its value

@@ -8,7 +8,10 @@ task calling shard actors) go to Ray too. Errors leave as ringwatch's
 An actor is hosted by an `ActorHost`: the host constructs it, gives it the
 latest checkpoint when Ray restarts it (`max_restarts`), and checkpoints it
 after calls as `checkpoint_every` / `checkpoint_interval_s` ask, before the
-result of the call a checkpoint covers goes back.
+result of the call a checkpoint covers goes back. The whole checkpoint (a
+`DeferredState` built too) runs on the actor's thread here: a Ray actor of
+this kind answers a call by returning from it, so the writer thread of
+ringwatch's workers (`runtime/worker.py`) has no counterpart on Ray.
 
 Calls keep ringwatch's semantics through a restart. Ray fails every call made
 while an actor restarts unless it may re-send calls (at most once), so hosts run
