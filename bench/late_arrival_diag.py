@@ -36,7 +36,7 @@ from ring_search import payments, shuffle_within  # noqa: E402
 from ringwatch.connectors.synthetic import SyntheticConfig, generate  # noqa: E402
 from ringwatch.graph import LocalRingGraph, SearchOptions, ShardedRingGraph  # noqa: E402
 from ringwatch.graph.sharded import owners_of_column  # noqa: E402
-from ringwatch.stream.engine import EVICT_SLICES  # noqa: E402
+from ringwatch.stream.eviction import EVICT_SLICES  # noqa: E402
 
 PARTITIONS = 4
 FIGURES = ("rounds", "late", "late_met", "survivors", "gathers", "gathered_edges", "bytes_out", "bytes_in")

@@ -53,7 +53,7 @@ import pyarrow as pa
 from ringwatch.connectors.synthetic import SyntheticConfig, SyntheticStream, generate, write_stream
 from ringwatch.graph import (PAYMENT_SCHEMA, LocalRingGraph, SearchOptions, ShardedRingGraph, Transaction,
                              parse_duration)
-from ringwatch.stream.engine import EVICT_SLICES
+from ringwatch.stream.eviction import EVICT_SLICES
 
 ISSUE_DENSE_BASELINE_TX_S = 143  # dense mode, 1 shard, before v2 (issue 10)
 

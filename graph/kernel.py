@@ -257,7 +257,7 @@ def lookup(tx_tab, tx_tags, tx_buf, tx_off, e_hot, horizon, b_buf, b_start, b_st
         slot = (slot + np.uint64(1)) & mask
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # also run by a checkpoint writer thread beside the actor's
 def gather_bytes(buf, off, ids):
     """The byte strings of `ids`, back to back, and their int64 offsets (tx ids or names to decode)."""
     total = 0
@@ -426,7 +426,7 @@ def count_live(e_hot, n_edges, horizon):
     return live
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # also run by a checkpoint writer thread beside the actor's
 def live_edges(e_hot, n_edges, horizon):
     keep = np.empty(n_edges, np.int64)
     k = 0

@@ -22,7 +22,7 @@ import redis
 
 from engine_harness import wait_until
 from ringwatch import runtime as rt
-from ringwatch.connectors import GeneratorSource, SyntheticConfig, generate
+from ringwatch.connectors import GeneratorSource, SourceBatch, SyntheticConfig, generate
 from ringwatch.graph import LocalRingGraph, SearchOptions, ShardedRingGraph
 from ringwatch.runtime.auth import ClusterKeys
 from ringwatch.runtime.checkpoints import open_store
@@ -110,13 +110,37 @@ def test_group_records_in_the_gcs_take_distinct_epochs_and_carry_every_engines_p
         gcs.close()
 
 
+class GatedSource(GeneratorSource):
+    """Holds the payments from each gate offset on back until a checkpoint record covers every payment before it.
+
+    So the records the test checks are written while payments still come, however loaded the machine is
+    (a paced source left that to the race between its pace and the checkpoints). While a gate is shut a
+    poll returns nothing, like a Kafka poll of a drained topic.
+    """
+
+    def __init__(self, config: SyntheticConfig, records: FileCheckpointRecords, gates: list[int]):
+        super().__init__(config)
+        self.records, self.gates = records, gates
+
+    def poll(self, max_records: int = 500, timeout_ms: int = 100) -> SourceBatch:
+        if self.gates and self.offset >= self.gates[0]:
+            latest = self.records.latest()
+            if latest is None or sum(latest.positions.values()) < self.gates[0]:
+                time.sleep(0.005)  # what a drained topic's poll does: wait a little, return nothing
+                return SourceBatch.of_records([])
+            self.gates.pop(0)
+        if self.gates:
+            max_records = min(max_records, self.gates[0] - self.offset)
+        return super().poll(max_records, timeout_ms)
+
+
 @pytest.mark.parametrize("placement", ["in-process", "actors"])
 def test_records_written_while_the_loop_runs_are_covered_by_their_shard_checkpoints(tmp_path, placement):
     payments = 6_000
-    source = GeneratorSource(SyntheticConfig(n_transactions=payments, n_accounts=1_500, n_rings=8, days=12,
-                                             seed=5), rate=3_000)
-    transactions = source.stream.transactions
     state_dir = tmp_path / "state"
+    source = GatedSource(SyntheticConfig(n_transactions=payments, n_accounts=1_500, n_rings=8, days=12, seed=5),
+                         FileCheckpointRecords(state_dir), gates=[1_500, 3_000, 4_500])
+    transactions = source.stream.transactions
     config = Config(source=SourceConfig(topics=["synthetic"]),
                     graph=GraphConfig(placement=placement, window=2 * DAY_MS),
                     engine=EngineConfig(state_dir=str(state_dir), checkpoint_interval=100,
