@@ -118,7 +118,11 @@ def test_errors_surface_as_ringwatch_types(on_ray):
 
     @rt.remote
     def sleeps(seconds: float) -> None:
-        time.sleep(seconds)
+        """Works in short steps: Ray's cancel (not forced) interrupts Python code between them, but not a thread
+        blocked in one long `time.sleep` (ray-project/ray#32954), and the cancel below may find the task running."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
 
     with pytest.raises(rt.GetTimeoutError):
         rt.get(sleeps.remote(30), timeout=0.2)
