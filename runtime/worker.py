@@ -121,6 +121,8 @@ class Inbox:
         """The next message: ("exit",) once the node's pipe is closed, ("wake",) after a bare `wake`."""
         while True:
             if self._handed:
+                if self._conn.poll(0):  # the node's messages first: a busy direct channel must not starve them
+                    return self._recv()  # (a checkpoint's answer waits for the node's "recorded")
                 return self._handed.popleft()
             if self._ready is None or any(key.data for key, _ in self._ready.select()):
                 return self._recv()
